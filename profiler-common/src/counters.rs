@@ -1,0 +1,18 @@
+//! Indexes of the kernel's per-CPU self-diagnostic counters (`PROBE_COUNTERS`).
+//!
+//! Each counts something the kernel side had to give up on, so that userspace can export it
+//! instead of silently showing a smaller number.
+
+/// A pause could not be sent because the ring buffer was full.
+pub const STW_EVENT_LOST: u32 = 0;
+/// `startTheWorldWithSema` returned without a recorded entry (mapscope attached mid-pause).
+pub const STW_UNMATCHED_START: u32 = 1;
+/// The per-thread pending-pause table was full.
+pub const STW_PENDING_FULL: u32 = 2;
+
+/// Number of counters; the size of the `PROBE_COUNTERS` array.
+pub const COUNT: u32 = 3;
+
+/// Names for the `reason` label of `mapscope_probe_events_dropped_total`, by index.
+pub const NAMES: [&str; COUNT as usize] =
+    ["ring_buffer_full", "unmatched_start", "pending_table_full"];

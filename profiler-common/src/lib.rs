@@ -1,0 +1,8 @@
+//! Types shared by the kernel programs (`profiler-ebpf`) and the daemon (`profiler`).
+//!
+//! Everything here is `#[repr(C)]` and checked for size at compile time: both sides read the same
+//! bytes, so a field added on one side only must fail the build, not corrupt a number.
+#![no_std]
+
+pub mod counters;
+pub mod stw;

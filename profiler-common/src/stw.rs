@@ -1,0 +1,83 @@
+//! Stop-the-world (STW) pauses: the probe layouts and the event the kernel sends per pause.
+
+/// How a Go release passes stop/start-the-world facts between its runtime functions.
+///
+/// Sent to the kernel programs as the uprobe attach cookie, so one program serves every Go
+/// version. The userspace table `gobin::abi` says which Go release uses which layout and cites
+/// the Go source for each.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StwLayout {
+    /// Go 1.21: `stopTheWorldWithSema(reason stwReason)` and `startTheWorldWithSema() int64`.
+    /// The runtime hands no start time between the two, so the kernel clock stands in for it.
+    Go121 = 1,
+    /// Go 1.22: `worldStop{reason, start}` is returned by stop and passed to
+    /// `startTheWorldWithSema(now int64, w worldStop) int64`.
+    Go122 = 2,
+    /// Go 1.23 and later: `worldStop{reason, startedStopping, finishedStopping, stoppingCPUTime}`.
+    Go123 = 3,
+}
+
+impl StwLayout {
+    pub const fn from_cookie(cookie: u64) -> Option<Self> {
+        match cookie {
+            1 => Some(Self::Go121),
+            2 => Some(Self::Go122),
+            3 => Some(Self::Go123),
+            _ => None,
+        }
+    }
+}
+
+/// `finished_stopping_ns` was read from the kernel clock at the return of
+/// `stopTheWorldWithSema`, because this Go version does not expose the runtime's own value.
+pub const STW_FLAG_STOPPED_BY_KERNEL_CLOCK: u32 = 1 << 0;
+/// `started_stopping_ns` was read from the kernel clock at the entry of
+/// `stopTheWorldWithSema` (Go 1.21 only), rather than being the runtime's own value.
+pub const STW_FLAG_STARTED_BY_KERNEL_CLOCK: u32 = 1 << 1;
+
+/// One stop-the-world pause, sent from `startTheWorldWithSema`'s return to userspace.
+///
+/// All times are `CLOCK_MONOTONIC` nanoseconds: Go's `nanotime()` on Linux and the kernel's
+/// `bpf_ktime_get_ns()` read the same clock, so runtime and kernel timestamps subtract cleanly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StwEvent {
+    /// Thread-group id (the PID a user sees).
+    pub pid: u32,
+    /// The runtime's `stwReason` value; its meaning is per Go version (`model::reason`).
+    pub reason: u32,
+    /// `STW_FLAG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// When the runtime began stopping the world (`worldStop.startedStopping`).
+    pub started_stopping_ns: u64,
+    /// When every P had stopped (`worldStop.finishedStopping`).
+    pub finished_stopping_ns: u64,
+    /// The `now` that `startTheWorldWithSema` returned: the runtime's end of the pause.
+    pub restarted_ns: u64,
+}
+
+/// Per-thread state between a stop and the matching start. The runtime keeps the goroutine that
+/// stopped the world on its thread until it starts it again (it holds `m.preemptoff` or
+/// `acquirem`), so keying by thread id pairs them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingStw {
+    pub reason: u32,
+    pub flags: u32,
+    pub started_stopping_ns: u64,
+    pub finished_stopping_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<StwEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<PendingStw>() == 24);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are #[repr(C)], Copy, contain only integers (every bit pattern is valid) and
+    // have explicit padding fields, so any byte sequence of the right length is a valid value.
+    unsafe impl aya::Pod for super::StwEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingStw {}
+}

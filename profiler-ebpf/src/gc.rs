@@ -1,0 +1,191 @@
+//! Stop-the-world pauses: uprobes on `runtime.stopTheWorldWithSema` and
+//! `runtime.startTheWorldWithSema` (entry and every RET instruction; never a uretprobe, which
+//! corrupts Go stacks).
+//!
+//! The runtime measures its own pauses; these programs pick up the runtime's timestamps from
+//! the functions' arguments and results, so the exported pause is the runtime's number and not
+//! a second clock that would include the uprobes' own cost. The attach cookie says which Go
+//! layout (`StwLayout`) the registers follow.
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
+    macros::{map, uprobe},
+    maps::{HashMap, RingBuf},
+    programs::ProbeContext,
+};
+use aya_log_ebpf::warn;
+use profiler_common::{
+    counters,
+    stw::{
+        PendingStw, STW_FLAG_STARTED_BY_KERNEL_CLOCK, STW_FLAG_STOPPED_BY_KERNEL_CLOCK, StwEvent,
+        StwLayout,
+    },
+};
+
+use crate::{counters::bump, goabi::GoRegs};
+
+/// Threads currently between a stop and a start (Go 1.21/1.22, which need the stop side).
+/// Far more slots than a process has threads in a stop at once: only one thread can hold
+/// the runtime's `worldsema`.
+#[map]
+static STOPPED: HashMap<u64, PendingStw> = HashMap::with_max_entries(4096, 0);
+
+/// Threads inside `startTheWorldWithSema`, between its entry and its return.
+#[map]
+static STARTING: HashMap<u64, PendingStw> = HashMap::with_max_entries(4096, 0);
+
+/// One event per pause; at tens of pauses per second per target, 256 KiB is minutes of slack.
+#[map]
+static STW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+// Go ABI register slots used below (see goabi.rs), per function signature.
+/// `stopTheWorldWithSema(reason stwReason)`, Go 1.21: `reason`.
+const STOP_ARG_REASON: usize = 0;
+/// `stopTheWorldWithSema(...) worldStop`, Go 1.22: result `worldStop{reason, start}`.
+const STOP_RESULT_REASON: usize = 0;
+const STOP_RESULT_START: usize = 1;
+/// `startTheWorldWithSema(now int64, w worldStop) int64`, Go 1.22+: `w.reason`,
+/// `w.start`/`w.startedStopping`, and (Go 1.23+) `w.finishedStopping`.
+const START_ARG_REASON: usize = 1;
+const START_ARG_STARTED: usize = 2;
+const START_ARG_FINISHED: usize = 3;
+/// `startTheWorldWithSema` result (every version): the `now` the runtime ended the pause at.
+const START_RESULT_NOW: usize = 0;
+
+/// `stwReason` is a uint8; the rest of its register is whatever was there before.
+const REASON_MASK: u64 = 0xff;
+
+#[inline(always)]
+fn layout(ctx: &ProbeContext) -> Option<StwLayout> {
+    // SAFETY: the helper only reads the cookie attached to this program's perf event.
+    StwLayout::from_cookie(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
+}
+
+#[inline(always)]
+fn remember(map: &HashMap<u64, PendingStw>, thread: u64, pending: &PendingStw) {
+    if map.insert(thread, pending, 0).is_err() {
+        bump(counters::STW_PENDING_FULL);
+    }
+}
+
+/// Entry of `stopTheWorldWithSema`, Go 1.21 only: that runtime keeps the start time in a
+/// global rather than passing it on, so the kernel clock marks when stopping began.
+#[uprobe]
+pub fn stw_stop_entry(ctx: ProbeContext) -> u32 {
+    if layout(&ctx) != Some(StwLayout::Go121) {
+        return 0;
+    }
+    let regs = GoRegs::new(&ctx);
+    let pending = PendingStw {
+        reason: (regs.int(STOP_ARG_REASON) & REASON_MASK) as u32,
+        flags: STW_FLAG_STARTED_BY_KERNEL_CLOCK,
+        // SAFETY: reads the monotonic clock; no memory is touched.
+        started_stopping_ns: unsafe { bpf_ktime_get_ns() },
+        finished_stopping_ns: 0,
+    };
+    remember(&STOPPED, bpf_get_current_pid_tgid(), &pending);
+    0
+}
+
+/// RET sites of `stopTheWorldWithSema`, Go 1.21 and 1.22: those runtimes do not hand the end of
+/// stopping to `startTheWorldWithSema`, so the kernel clock marks it.
+#[uprobe]
+pub fn stw_stop_return(ctx: ProbeContext) -> u32 {
+    // SAFETY: reads the monotonic clock; no memory is touched.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let thread = bpf_get_current_pid_tgid();
+    match layout(&ctx) {
+        Some(StwLayout::Go121) => {
+            if let Some(pending) = STOPPED.get_ptr_mut(thread) {
+                // SAFETY: the pointer is this thread's own entry, fresh from the lookup.
+                unsafe {
+                    (*pending).finished_stopping_ns = now;
+                    (*pending).flags |= STW_FLAG_STOPPED_BY_KERNEL_CLOCK;
+                }
+            }
+        }
+        Some(StwLayout::Go122) => {
+            let regs = GoRegs::new(&ctx);
+            let pending = PendingStw {
+                reason: (regs.int(STOP_RESULT_REASON) & REASON_MASK) as u32,
+                flags: STW_FLAG_STOPPED_BY_KERNEL_CLOCK,
+                started_stopping_ns: regs.int(STOP_RESULT_START),
+                finished_stopping_ns: now,
+            };
+            remember(&STOPPED, thread, &pending);
+        }
+        _ => {}
+    }
+    0
+}
+
+/// Entry of `startTheWorldWithSema`: collect what the runtime knows about the pause so far.
+#[uprobe]
+pub fn stw_start_entry(ctx: ProbeContext) -> u32 {
+    let thread = bpf_get_current_pid_tgid();
+    let regs = GoRegs::new(&ctx);
+    let pending = match layout(&ctx) {
+        Some(StwLayout::Go121) => {
+            // SAFETY: copies the value out at once; the entry is only written by this thread.
+            let Some(stopped) = (unsafe { STOPPED.get(thread) }).copied() else {
+                return 0;
+            };
+            stopped
+        }
+        Some(StwLayout::Go122) => {
+            let started = regs.int(START_ARG_STARTED);
+            // SAFETY: as above.
+            let stopped = unsafe { STOPPED.get(thread) }.copied();
+            let (finished, flags) = match stopped {
+                // Only trust the kernel-clock end of stopping if it belongs to this very stop.
+                Some(s) if s.started_stopping_ns == started => (s.finished_stopping_ns, s.flags),
+                _ => (0, 0),
+            };
+            PendingStw {
+                reason: (regs.int(START_ARG_REASON) & REASON_MASK) as u32,
+                flags,
+                started_stopping_ns: started,
+                finished_stopping_ns: finished,
+            }
+        }
+        Some(StwLayout::Go123) => PendingStw {
+            reason: (regs.int(START_ARG_REASON) & REASON_MASK) as u32,
+            flags: 0,
+            started_stopping_ns: regs.int(START_ARG_STARTED),
+            finished_stopping_ns: regs.int(START_ARG_FINISHED),
+        },
+        None => return 0,
+    };
+    let _ = STOPPED.remove(thread);
+    remember(&STARTING, thread, &pending);
+    0
+}
+
+/// RET sites of `startTheWorldWithSema`: the result is the runtime's end of the pause.
+#[uprobe]
+pub fn stw_start_return(ctx: ProbeContext) -> u32 {
+    let thread = bpf_get_current_pid_tgid();
+    // SAFETY: copies the value out at once; the entry is only written by this thread.
+    let Some(pending) = (unsafe { STARTING.get(thread) }).copied() else {
+        bump(counters::STW_UNMATCHED_START);
+        return 0;
+    };
+    let _ = STARTING.remove(thread);
+    let event = StwEvent {
+        pid: (thread >> 32) as u32,
+        reason: pending.reason,
+        flags: pending.flags,
+        _pad: 0,
+        started_stopping_ns: pending.started_stopping_ns,
+        finished_stopping_ns: pending.finished_stopping_ns,
+        restarted_ns: GoRegs::new(&ctx).int(START_RESULT_NOW),
+    };
+    if STW_EVENTS.output::<StwEvent>(&event, 0).is_err() {
+        bump(counters::STW_EVENT_LOST);
+        warn!(
+            &ctx,
+            "stop-the-world event lost: ring buffer full (userspace too slow)"
+        );
+    }
+    0
+}

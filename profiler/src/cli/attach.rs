@@ -1,0 +1,47 @@
+//! `mapscope attach --pid N`
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::ExportArgs;
+use crate::{export::summary, session};
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// PID of the Go process to profile.
+    #[arg(long)]
+    pub pid: u32,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
+    session::preflight(true)?;
+    let process = session::open_process(args.pid)?;
+    let target = session::understand(process)?;
+    let listener = session::bind(args.export.listen)?;
+    let attached = session::attach(target)?;
+
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let process = &attached.target.process;
+    let (pid, exe, go_version) = (
+        process.pid,
+        process.exe_name.clone(),
+        attached.target.go_version.clone(),
+    );
+    let exited = process.exit_watcher()?.exited();
+    let stop = async {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("interrupted; detaching"),
+            _ = terminate.recv() => tracing::info!("terminated; detaching"),
+            result = exited => match result {
+                Ok(()) => tracing::info!("PID {pid} exited"),
+                Err(error) => tracing::warn!("cannot watch PID {pid} ({error}); detaching"),
+            },
+        }
+    };
+    let book = attached.profile(listener, stop).await?;
+    print!("{}", summary::render(&book, pid, &exe, &go_version));
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Command line: one file per subcommand. `main.rs` only parses and hands over.
+pub mod attach;
+pub mod run;
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default metrics address: loopback only, so nothing is exposed off the node unless asked.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9871";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mapscope",
+    version,
+    about = "eBPF profiler for Go services: GC pause distributions from outside the process",
+    long_about = "mapscope attaches kernel uprobes to a running Go program (no rebuild, no restart, \
+                  nothing written into it) and exports its stop-the-world pauses as Prometheus \
+                  metrics. Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_PTRACE for attach).",
+    after_help = "Exit codes: 0 ok, 2 usage, 3 no such process, 4 not a Go program, 5 unsupported Go \
+                  version, 6 symbols missing, 7 insufficient privileges, 8 kernel lacks uprobes/BTF, \
+                  9 listen address unavailable, 10 command could not be started, 1 anything else."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `debug` or `mapscope=debug,aya=warn`.
+    #[arg(
+        long,
+        global = true,
+        env = "MAPSCOPE_LOG",
+        hide_env_values = true,
+        default_value = "info"
+    )]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to a running Go process and serve its metrics until it exits or you press Ctrl-C.
+    Attach(attach::AttachArgs),
+    /// Start a command with the probes already attached, and profile it until it exits.
+    Run(run::RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Address to serve Prometheus metrics on (/metrics). Port 0 picks a free port (logged).
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_snapshot() {
+        let mut command = Cli::command();
+        let help = command.render_long_help().to_string();
+        let attach = command
+            .find_subcommand_mut("attach")
+            .map(|sub| sub.render_long_help().to_string())
+            .unwrap_or_default();
+        let run = command
+            .find_subcommand_mut("run")
+            .map(|sub| sub.render_long_help().to_string())
+            .unwrap_or_default();
+        let snapshot = format!("{help}\n---- attach\n{attach}\n---- run\n{run}");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots/help.txt");
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(path, &snapshot).unwrap();
+        }
+        let stored = std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(
+            snapshot, stored,
+            "--help changed; review it and rerun with UPDATE_SNAPSHOTS=1 to accept"
+        );
+    }
+
+    #[test]
+    fn run_takes_the_command_after_double_dash() {
+        let cli = Cli::try_parse_from([
+            "mapscope",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "svc",
+            "--flag",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.command, ["svc", "--flag"]);
+        assert_eq!(args.export.listen.port(), 0);
+    }
+
+    #[test]
+    fn attach_requires_a_pid() {
+        assert!(Cli::try_parse_from(["mapscope", "attach"]).is_err());
+        let cli = Cli::try_parse_from(["mapscope", "attach", "--pid", "42"]).unwrap();
+        let Command::Attach(args) = cli.command else {
+            panic!("not attach")
+        };
+        assert_eq!(args.pid, 42);
+        assert_eq!(args.export.listen.to_string(), DEFAULT_LISTEN);
+    }
+}

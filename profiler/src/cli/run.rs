@@ -1,0 +1,76 @@
+//! `mapscope run -- CMD ARGS...`
+use std::ffi::OsString;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::ExportArgs;
+use crate::{
+    error::{Exit, UserError},
+    export::summary,
+    session,
+    target::launch,
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub export: ExportArgs,
+
+    /// The command to start, after `--`. It is stopped before its first instruction, the
+    /// probes are attached, and then it runs; mapscope exits with its exit status.
+    #[arg(trailing_var_arg = true, required = true, num_args = 1.., value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Runs on the thread that started the child until the child is resumed: ptrace requests
+/// must come from the tracer thread, so nothing here may await before `resume`.
+pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    session::preflight(false)?;
+    let listener = session::bind(args.export.listen)?;
+    let stopped = launch::spawn_stopped(&args.command).map_err(|error| {
+        UserError::new(
+            Exit::Launch,
+            format!("{error}: check the command and its path"),
+        )
+    })?;
+    let process = session::open_process(stopped.pid)?;
+    // On any error below, dropping `stopped` kills the child rather than letting it run
+    // unobserved.
+    let target = session::understand(process)?;
+    let attached = session::attach(target)?;
+    let mut child = stopped.resume().context("resuming the command")?;
+
+    let pid = child.id();
+    let (exe, go_version) = (
+        attached.target.process.exe_name.clone(),
+        attached.target.go_version.clone(),
+    );
+    let exited = attached.target.process.exit_watcher()?.exited();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let stop = async {
+        tokio::pin!(exited);
+        loop {
+            // A signal is passed on to the command; mapscope keeps profiling until it exits.
+            let forward = tokio::select! {
+                _ = &mut exited => break,
+                _ = interrupt.recv() => libc::SIGINT,
+                _ = terminate.recv() => libc::SIGTERM,
+            };
+            // SAFETY: sends a signal to our own child, which has not been reaped yet (we reap
+            // it only after `exited` resolves), so the PID is still its own.
+            unsafe { libc::kill(pid as libc::pid_t, forward) };
+        }
+    };
+    let book = attached.profile(listener, stop).await?;
+    let status = child
+        .wait()
+        .context("collecting the command's exit status")?;
+    print!("{}", summary::render(&book, pid, &exe, &go_version));
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}

@@ -1,0 +1,2 @@
+//! Reading kernel maps and ring buffers into the model and the exporters.
+pub mod stw;

@@ -1,0 +1,102 @@
+//! Stop-the-world events: ring buffer → `Pause` → Prometheus and the summary book.
+use std::{mem::size_of, sync::Arc};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use profiler_common::{counters, stw::StwEvent};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    export::metrics::TargetMetrics,
+    gobin::abi::StwAbi,
+    model::pause::{self, PauseBook},
+    probes::loaded::StwMaps,
+};
+
+pub struct StwCollector {
+    events: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Kernel counter totals already exported, to export only the increase.
+    counters_seen: [u64; counters::COUNT as usize],
+    abi: &'static StwAbi,
+    metrics: Arc<TargetMetrics>,
+    pub book: PauseBook,
+}
+
+impl StwCollector {
+    pub fn new(
+        maps: StwMaps,
+        abi: &'static StwAbi,
+        metrics: Arc<TargetMetrics>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            events: crate::fdwatch::readable(maps.events)?,
+            counters: maps.counters,
+            counters_seen: [0; counters::COUNT as usize],
+            abi,
+            metrics,
+            book: PauseBook::default(),
+        })
+    }
+
+    /// Collect until `stop` resolves, then drain what is left. Events are rare (a few per GC
+    /// cycle), so each wake-up handles whatever has arrived.
+    pub async fn run_until(&mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut counter_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                ready = self.events.readable_mut() => match ready {
+                    Ok(mut guard) => {
+                        guard.clear_ready();
+                        self.drain();
+                    }
+                    Err(error) => {
+                        tracing::error!("reading stop-the-world events failed: {error}");
+                        break;
+                    }
+                },
+                _ = counter_tick.tick() => self.sync_counters(),
+            }
+        }
+        self.drain();
+        self.sync_counters();
+    }
+
+    /// Handle every event in the ring buffer now.
+    pub fn drain(&mut self) {
+        let ring = self.events.get_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<StwEvent>() {
+                self.metrics.dropped("short_event", 1);
+                continue;
+            }
+            // SAFETY: the buffer holds at least size_of::<StwEvent>() bytes written by the
+            // kernel program as an StwEvent; read_unaligned copes with any alignment, and every
+            // bit pattern is a valid StwEvent (integers only).
+            let event: StwEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            match pause::decode(&event, self.abi) {
+                Ok(pause) => {
+                    self.metrics.observe(&pause);
+                    self.book.record(&pause);
+                }
+                Err(invalid) => self.metrics.dropped(invalid.label(), 1),
+            }
+        }
+    }
+
+    fn sync_counters(&mut self) {
+        for index in 0..counters::COUNT {
+            let Ok(per_cpu) = self.counters.get(&index, 0) else {
+                continue;
+            };
+            let total: u64 = per_cpu.iter().sum();
+            let seen = &mut self.counters_seen[index as usize];
+            if total > *seen {
+                self.metrics
+                    .dropped(counters::NAMES[index as usize], total - *seen);
+                *seen = total;
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The Prometheus registry. Every metric is documented in docs/METRICS.md; keep the two in step.
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+};
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::model::pause::Pause;
+
+/// Pause histogram buckets: 0.5 µs doubling to 8.4 s (25 buckets), fine enough to tell 1 µs
+/// from 8 µs pauses and long enough for a multi-second stall.
+pub fn pause_buckets() -> Vec<f64> {
+    (0..25)
+        .map(|power| 0.5e-6 * f64::from(1u32 << power))
+        .collect()
+}
+
+const TARGET_LABELS: [&str; 3] = ["pid", "exe", "go_version"];
+
+/// One registry for the whole process; targets get label-bound handles from it.
+pub struct Metrics {
+    registry: Registry,
+    pause: HistogramVec,
+    stopping: HistogramVec,
+    gc_cycles: IntCounterVec,
+    dropped: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let with_reason = [
+            TARGET_LABELS[0],
+            TARGET_LABELS[1],
+            TARGET_LABELS[2],
+            "reason",
+        ];
+        let pause = HistogramVec::new(
+            HistogramOpts::new(
+                "mapscope_stw_pause_seconds",
+                "Stop-the-world pauses, from when the runtime began stopping the world until it \
+                 restarted it, as the runtime measures them (runtime/metrics \
+                 /sched/pauses/total/{gc,other}:seconds).",
+            )
+            .buckets(pause_buckets()),
+            &with_reason,
+        )?;
+        let stopping = HistogramVec::new(
+            HistogramOpts::new(
+                "mapscope_stw_stopping_seconds",
+                "Time to stop the world: from when the runtime began stopping until every P \
+                 had stopped (runtime/metrics /sched/pauses/stopping/{gc,other}:seconds).",
+            )
+            .buckets(pause_buckets()),
+            &with_reason,
+        )?;
+        let gc_cycles = IntCounterVec::new(
+            Opts::new(
+                "mapscope_gc_cycles_total",
+                "Completed GC cycles, counted at each GC mark termination \
+                 (runtime/metrics /gc/cycles/total:gc-cycles, MemStats.NumGC).",
+            ),
+            &TARGET_LABELS,
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "mapscope_probe_events_dropped_total",
+                "Events mapscope saw but could not count, by reason; non-zero means the other \
+                 numbers for this target are too low.",
+            ),
+            &[
+                TARGET_LABELS[0],
+                TARGET_LABELS[1],
+                TARGET_LABELS[2],
+                "reason",
+            ],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "mapscope_build_info",
+                "Always 1; labels identify this mapscope.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(pause.clone()))?;
+        registry.register(Box::new(stopping.clone()))?;
+        registry.register(Box::new(gc_cycles.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(build_info))?;
+        Ok(Self {
+            registry,
+            pause,
+            stopping,
+            gc_cycles,
+            dropped,
+        })
+    }
+
+    /// Label-bound handle for one target. Creates its GC series at zero, so a dashboard sees
+    /// "no pauses yet" rather than "no data".
+    pub fn target(self: &Arc<Self>, pid: u32, exe: &str, go_version: &str) -> TargetMetrics {
+        let target = TargetMetrics {
+            metrics: Arc::clone(self),
+            labels: [pid.to_string(), exe.to_owned(), go_version.to_owned()],
+            reasons: Mutex::default(),
+            drop_reasons: Mutex::default(),
+        };
+        target
+            .metrics
+            .gc_cycles
+            .with_label_values(&target.labels)
+            .reset();
+        for reason in ["gc_sweep_termination", "gc_mark_termination"] {
+            target.touch_reason(reason);
+        }
+        target
+    }
+
+    /// The text exposition format, as served on `/metrics`.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|error| prometheus::Error::Msg(error.to_string()))
+    }
+}
+
+/// The series of one target. `remove` deletes them all when the target goes away.
+pub struct TargetMetrics {
+    metrics: Arc<Metrics>,
+    labels: [String; 3],
+    /// Reasons with series, so `remove` can find them (the crate cannot delete by prefix).
+    reasons: Mutex<BTreeSet<String>>,
+    drop_reasons: Mutex<BTreeSet<String>>,
+}
+
+impl TargetMetrics {
+    fn with<'a>(&'a self, extra: &'a str) -> [&'a str; 4] {
+        [&self.labels[0], &self.labels[1], &self.labels[2], extra]
+    }
+
+    fn touch_reason(&self, reason: &str) {
+        let labels = self.with(reason);
+        self.metrics.pause.with_label_values(&labels);
+        self.metrics.stopping.with_label_values(&labels);
+        if let Ok(mut reasons) = self.reasons.lock() {
+            reasons.insert(reason.to_owned());
+        }
+    }
+
+    pub fn observe(&self, pause: &Pause) {
+        self.touch_reason(&pause.reason);
+        let labels = self.with(&pause.reason);
+        self.metrics
+            .pause
+            .with_label_values(&labels)
+            .observe(pause.total_ns as f64 / 1e9);
+        if let Some(stopping) = pause.stopping_ns {
+            self.metrics
+                .stopping
+                .with_label_values(&labels)
+                .observe(stopping as f64 / 1e9);
+        }
+        if pause.ends_gc_cycle {
+            self.metrics.gc_cycles.with_label_values(&self.labels).inc();
+        }
+    }
+
+    /// Add to a drop counter (`reason` from a fixed set: bounded cardinality).
+    pub fn dropped(&self, reason: &str, count: u64) {
+        if let Ok(mut reasons) = self.drop_reasons.lock() {
+            reasons.insert(reason.to_owned());
+        }
+        self.metrics
+            .dropped
+            .with_label_values(&self.with(reason))
+            .inc_by(count);
+    }
+
+    pub fn remove(&self) {
+        let _ = self.metrics.gc_cycles.remove_label_values(&self.labels);
+        if let Ok(reasons) = self.reasons.lock() {
+            for reason in reasons.iter() {
+                let _ = self.metrics.pause.remove_label_values(&self.with(reason));
+                let _ = self
+                    .metrics
+                    .stopping
+                    .remove_label_values(&self.with(reason));
+            }
+        }
+        if let Ok(reasons) = self.drop_reasons.lock() {
+            for reason in reasons.iter() {
+                let _ = self.metrics.dropped.remove_label_values(&self.with(reason));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pause(reason: &str, total_ns: u64, ends_gc_cycle: bool) -> Pause {
+        Pause {
+            reason: reason.to_owned(),
+            gc: true,
+            ends_gc_cycle,
+            total_ns,
+            stopping_ns: Some(total_ns / 10),
+        }
+    }
+
+    #[test]
+    fn buckets_cover_sub_microsecond_to_seconds() {
+        let buckets = pause_buckets();
+        assert_eq!(buckets.first(), Some(&0.5e-6));
+        assert!(buckets.last().is_some_and(|&last| last > 8.0));
+        assert!(buckets.windows(2).all(|pair| pair[1] == pair[0] * 2.0));
+    }
+
+    #[test]
+    fn exports_and_removes_a_targets_series() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let target = metrics.target(42, "svc", "go1.27.3");
+        target.observe(&pause("gc_sweep_termination", 20_000, false));
+        target.observe(&pause("gc_mark_termination", 30_000, true));
+        target.dropped("ring_buffer_full", 2);
+        let text = metrics.encode().unwrap();
+        let labels = r#"exe="svc",go_version="go1.27.3",pid="42""#;
+        assert!(
+            text.contains(&format!("mapscope_gc_cycles_total{{{labels}}} 1")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "mapscope_stw_pause_seconds_count{{{labels},reason=\"gc_mark_termination\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "mapscope_stw_pause_seconds_sum{{{labels},reason=\"gc_sweep_termination\"}} 0.00002"
+        )));
+        assert!(text.contains(&format!(
+            "mapscope_probe_events_dropped_total{{{labels},reason=\"ring_buffer_full\"}} 2"
+        )));
+
+        target.remove();
+        let text = metrics.encode().unwrap();
+        assert!(
+            !text.contains("pid=\"42\""),
+            "series left after remove:\n{text}"
+        );
+        assert!(text.contains("mapscope_build_info"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Rendering what was collected: Prometheus metrics over HTTP and the terminal summary.
+pub mod http;
+pub mod metrics;
+pub mod summary;

@@ -1,0 +1,229 @@
+//! Understanding a Go binary from outside: its Go version (build info), where runtime
+//! functions live (ELF symbols), their RET sites (disassembly), and how virtual addresses map
+//! to the file offsets that uprobes are placed at.
+pub mod abi;
+pub mod buildinfo;
+pub mod disasm;
+pub mod version;
+
+use std::{collections::BTreeMap, path::Path};
+
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+use thiserror::Error;
+
+pub use self::{buildinfo::BuildInfo, version::GoVersion};
+
+/// A function in the binary, by virtual address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Function {
+    pub address: u64,
+    pub size: u64,
+}
+
+/// A loadable segment: virtual address range and where its bytes are in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    address: u64,
+    file_offset: u64,
+    file_size: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum GoBinaryError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not an ELF executable ({detail})")]
+    NotElf { path: String, detail: String },
+    #[error("{path} is not a Go program (it has no Go build info)")]
+    NotGo { path: String },
+    #[error("{path} was built by a Go release older than 1.18 (old build info format)")]
+    PreGo118 { path: String },
+    #[error("{path} has corrupt Go build info: {detail}")]
+    CorruptBuildInfo { path: String, detail: String },
+    #[error("{path} has no ELF symbol table (stripped binary)")]
+    Stripped { path: String },
+}
+
+/// What mapscope knows about one Go executable.
+#[derive(Debug)]
+pub struct GoBinary {
+    data: Vec<u8>,
+    pub build_info: BuildInfo,
+    pub version: GoVersion,
+    segments: Vec<Segment>,
+    /// Only the runtime functions mapscope asked for, by full Go name.
+    functions: BTreeMap<String, Function>,
+}
+
+impl GoBinary {
+    /// Read and analyse the executable at `path` (for a live process, `/proc/PID/exe`, which
+    /// reaches the right file even in another mount namespace or after it was deleted).
+    /// `wanted` names the functions to resolve.
+    pub fn open(path: &Path, wanted: &[&str]) -> Result<Self, GoBinaryError> {
+        let shown = path.display().to_string();
+        let data = std::fs::read(path).map_err(|source| GoBinaryError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(data, &shown, wanted)
+    }
+
+    fn parse(data: Vec<u8>, shown: &str, wanted: &[&str]) -> Result<Self, GoBinaryError> {
+        let path = || shown.to_owned();
+        let file = object::File::parse(&*data).map_err(|error| GoBinaryError::NotElf {
+            path: path(),
+            detail: error.to_string(),
+        })?;
+        if file.format() != object::BinaryFormat::Elf {
+            return Err(GoBinaryError::NotElf {
+                path: path(),
+                detail: format!("{:?} file", file.format()),
+            });
+        }
+
+        let blob = match file.section_by_name(".go.buildinfo") {
+            Some(section) => section.data().ok(),
+            None => file
+                .segments()
+                .filter_map(|segment| segment.data().ok())
+                .find_map(buildinfo::find),
+        };
+        let blob = blob.ok_or_else(|| GoBinaryError::NotGo { path: path() })?;
+        let build_info = buildinfo::parse(blob).map_err(|error| match error {
+            buildinfo::BuildInfoError::NoMagic => GoBinaryError::NotGo { path: path() },
+            buildinfo::BuildInfoError::PointerFormat => GoBinaryError::PreGo118 { path: path() },
+            other => GoBinaryError::CorruptBuildInfo {
+                path: path(),
+                detail: other.to_string(),
+            },
+        })?;
+        let version =
+            build_info
+                .go_version
+                .parse()
+                .map_err(
+                    |error: version::VersionParseError| GoBinaryError::CorruptBuildInfo {
+                        path: path(),
+                        detail: error.to_string(),
+                    },
+                )?;
+
+        let segments = file
+            .segments()
+            .map(|segment| {
+                let (file_offset, file_size) = segment.file_range();
+                Segment {
+                    address: segment.address(),
+                    file_offset,
+                    file_size,
+                }
+            })
+            .collect();
+
+        if file.symbols().next().is_none() {
+            return Err(GoBinaryError::Stripped { path: path() });
+        }
+        let mut functions = BTreeMap::new();
+        for symbol in file.symbols() {
+            let Ok(name) = symbol.name() else { continue };
+            if wanted.contains(&name) {
+                functions.insert(
+                    name.to_owned(),
+                    Function {
+                        address: symbol.address(),
+                        size: symbol.size(),
+                    },
+                );
+            }
+        }
+        drop(file);
+        Ok(Self {
+            data,
+            build_info,
+            version,
+            segments,
+            functions,
+        })
+    }
+
+    pub fn function(&self, name: &str) -> Option<Function> {
+        self.functions.get(name).copied()
+    }
+
+    /// The file offset of a virtual address, through the program headers (a uprobe is placed by
+    /// file offset). `None` when no loadable segment holds the address in the file.
+    pub fn file_offset(&self, address: u64) -> Option<u64> {
+        self.segments.iter().find_map(|segment| {
+            let delta = address.checked_sub(segment.address)?;
+            (delta < segment.file_size).then_some(segment.file_offset + delta)
+        })
+    }
+
+    /// The machine code of a function, when the file holds all of it.
+    pub fn code(&self, function: Function) -> Option<&[u8]> {
+        let start = usize::try_from(self.file_offset(function.address)?).ok()?;
+        let end = start.checked_add(usize::try_from(function.size).ok()?)?;
+        self.data.get(start..end)
+    }
+
+    /// Virtual addresses of the function's RET instructions.
+    pub fn ret_sites(&self, function: Function) -> Vec<u64> {
+        self.code(function)
+            .map(|code| disasm::ret_sites(code, function.address))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_elf_input_is_a_clear_error() {
+        let error =
+            GoBinary::parse(b"#!/bin/sh\necho hi\n".to_vec(), "script.sh", &[]).unwrap_err();
+        assert!(matches!(error, GoBinaryError::NotElf { .. }), "{error}");
+    }
+
+    #[test]
+    fn c_program_is_not_go() {
+        // This test binary is Rust, which has no Go build info: the same answer as for any
+        // non-Go ELF file.
+        let me = std::env::current_exe().unwrap();
+        let error = GoBinary::open(&me, &[]).unwrap_err();
+        assert!(matches!(error, GoBinaryError::NotGo { .. }), "{error}");
+    }
+
+    #[test]
+    fn file_offsets_follow_program_headers() {
+        let binary = GoBinary {
+            data: Vec::new(),
+            build_info: BuildInfo::default(),
+            version: GoVersion::new(1, 27, 0),
+            segments: vec![
+                Segment {
+                    address: 0x400000,
+                    file_offset: 0,
+                    file_size: 0x1000,
+                },
+                Segment {
+                    address: 0x600000,
+                    file_offset: 0x1000,
+                    file_size: 0x800,
+                },
+            ],
+            functions: BTreeMap::new(),
+        };
+        assert_eq!(binary.file_offset(0x400010), Some(0x10));
+        assert_eq!(binary.file_offset(0x600010), Some(0x1010));
+        assert_eq!(
+            binary.file_offset(0x600800),
+            None,
+            "past the file-backed part"
+        );
+        assert_eq!(binary.file_offset(0x3fffff), None);
+    }
+}

@@ -1,0 +1,64 @@
+//! mapscope: parse the command line, set up logging, hand over to the subcommand, and turn
+//! errors into one line and an exit code.
+mod cli;
+mod collect;
+mod error;
+mod export;
+mod fdwatch;
+mod gobin;
+mod model;
+mod probes;
+mod session;
+mod target;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use cli::{Cli, Command};
+use error::{Exit, UserError};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries only the summary.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return fail(&anyhow::Error::new(error).context("starting the async runtime"));
+        }
+    };
+    // block_on runs the subcommand on this (main) thread, which `run` relies on for ptrace.
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Attach(args) => cli::attach::run(args).await.map(|()| 0),
+            Command::Run(args) => cli::run::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    match error.downcast_ref::<UserError>() {
+        Some(user) => {
+            eprintln!("mapscope: {user}");
+            ExitCode::from(user.exit as u8)
+        }
+        None => {
+            eprintln!("mapscope: error: {error:#}");
+            ExitCode::from(Exit::Internal as u8)
+        }
+    }
+}

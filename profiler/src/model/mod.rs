@@ -1,0 +1,4 @@
+//! Pure aggregation: what the collected events mean, with no I/O and no kernel in sight.
+pub mod histogram;
+pub mod pause;
+pub mod reason;

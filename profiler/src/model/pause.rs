@@ -1,0 +1,181 @@
+//! Stop-the-world pauses: decoding the kernel's events and keeping the per-reason tallies the
+//! terminal summary prints.
+use std::collections::BTreeMap;
+
+use profiler_common::stw::StwEvent;
+
+use super::{histogram::LogLinearHistogram, reason};
+use crate::gobin::abi::StwAbi;
+
+/// Pauses longer than this are not real pauses but mismatched timestamps.
+const MAX_PLAUSIBLE_PAUSE_NS: u64 = 3600 * 1_000_000_000;
+
+/// One stop-the-world, in the runtime's own terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pause {
+    /// Prometheus label value, e.g. `gc_mark_termination`.
+    pub reason: String,
+    pub gc: bool,
+    pub ends_gc_cycle: bool,
+    /// From when stopping began until the world restarted: `/sched/pauses/total/*`.
+    pub total_ns: u64,
+    /// From when stopping began until every P stopped: `/sched/pauses/stopping/*`.
+    pub stopping_ns: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidPause {
+    /// The restart time is before the start, or implausibly far after it.
+    Timestamps,
+}
+
+impl InvalidPause {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Timestamps => "invalid_timestamps",
+        }
+    }
+}
+
+pub fn decode(event: &StwEvent, abi: &StwAbi) -> Result<Pause, InvalidPause> {
+    let total_ns = event
+        .restarted_ns
+        .checked_sub(event.started_stopping_ns)
+        .filter(|&total| total <= MAX_PLAUSIBLE_PAUSE_NS)
+        .ok_or(InvalidPause::Timestamps)?;
+    let stopping_ns = (event.finished_stopping_ns != 0)
+        .then(|| {
+            event
+                .finished_stopping_ns
+                .checked_sub(event.started_stopping_ns)
+        })
+        .flatten()
+        .filter(|&stopping| stopping <= total_ns);
+    let (label, gc, ends_gc_cycle) = match abi.reason_name(event.reason) {
+        Some(name) => (
+            reason::label(name),
+            reason::is_gc(name),
+            reason::ends_gc_cycle(name),
+        ),
+        None => (reason::unnamed(event.reason), false, false),
+    };
+    Ok(Pause {
+        reason: label,
+        gc,
+        ends_gc_cycle,
+        total_ns,
+        stopping_ns,
+    })
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ReasonTally {
+    pub total: LogLinearHistogram,
+    pub sum_ns: u128,
+}
+
+/// Everything the terminal summary needs, for one target.
+#[derive(Clone, Debug, Default)]
+pub struct PauseBook {
+    pub by_reason: BTreeMap<String, ReasonTally>,
+    pub gc_cycles: u64,
+}
+
+impl PauseBook {
+    pub fn record(&mut self, pause: &Pause) {
+        let tally = self.by_reason.entry(pause.reason.clone()).or_default();
+        tally.total.record(pause.total_ns);
+        tally.sum_ns += u128::from(pause.total_ns);
+        if pause.ends_gc_cycle {
+            self.gc_cycles += 1;
+        }
+    }
+
+    pub fn pauses(&self) -> u64 {
+        self.by_reason
+            .values()
+            .map(|tally| tally.total.count())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gobin::{
+        GoVersion,
+        abi::{Support, stw_abi},
+    };
+
+    fn abi() -> &'static StwAbi {
+        match stw_abi(GoVersion::new(1, 27, 3)) {
+            Support::Known(row) => row,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn event(reason: u32, started: u64, finished: u64, restarted: u64) -> StwEvent {
+        StwEvent {
+            pid: 1,
+            reason,
+            started_stopping_ns: started,
+            finished_stopping_ns: finished,
+            restarted_ns: restarted,
+            ..StwEvent::default()
+        }
+    }
+
+    #[test]
+    fn decodes_runtime_timestamps_into_total_and_stopping() {
+        let pause = decode(&event(1, 1_000, 1_300, 51_000), abi()).unwrap();
+        assert_eq!(pause.reason, "gc_mark_termination");
+        assert!(pause.gc && pause.ends_gc_cycle);
+        assert_eq!(pause.total_ns, 50_000);
+        assert_eq!(pause.stopping_ns, Some(300));
+    }
+
+    #[test]
+    fn unknown_stopping_end_and_unknown_reason() {
+        let pause = decode(&event(99, 1_000, 0, 2_000), abi()).unwrap();
+        assert_eq!(pause.reason, "reason_99");
+        assert!(!pause.gc);
+        assert_eq!(pause.stopping_ns, None);
+        // A stopping end after the restart is not trusted.
+        assert_eq!(
+            decode(&event(7, 1_000, 9_000, 2_000), abi())
+                .unwrap()
+                .stopping_ns,
+            None
+        );
+    }
+
+    #[test]
+    fn rejects_inverted_or_absurd_timestamps() {
+        assert_eq!(
+            decode(&event(1, 5_000, 0, 4_000), abi()),
+            Err(InvalidPause::Timestamps)
+        );
+        assert_eq!(
+            decode(&event(1, 0, 0, MAX_PLAUSIBLE_PAUSE_NS + 1), abi()),
+            Err(InvalidPause::Timestamps)
+        );
+    }
+
+    #[test]
+    fn book_counts_cycles_by_mark_termination() {
+        let mut book = PauseBook::default();
+        for (reason, total) in [
+            (2, 10_000),
+            (1, 20_000),
+            (2, 30_000),
+            (1, 40_000),
+            (7, 5_000),
+        ] {
+            book.record(&decode(&event(reason, 0, 0, total), abi()).unwrap());
+        }
+        assert_eq!(book.gc_cycles, 2);
+        assert_eq!(book.pauses(), 5);
+        assert_eq!(book.by_reason["gc_sweep_termination"].sum_ns, 40_000);
+        assert_eq!(book.by_reason["read_mem_stats"].total.count(), 1);
+    }
+}

@@ -1,0 +1,146 @@
+//! The eBPF object for one target: loaded, attached to its probe points, and detached on drop.
+use std::{num::NonZeroU32, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use aya_log::EbpfLogger;
+use thiserror::Error;
+
+use super::stw::{PROGRAMS, ProbePoint};
+
+/// Built by build.rs from profiler-ebpf; aligned because aya parses it in place.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mapscope"));
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("eBPF program {name} is missing from the object")]
+    MissingProgram { name: &'static str },
+    #[error("loading eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("attaching a uprobe to {function} at {address:#x}: {source}")]
+    Attach {
+        function: &'static str,
+        address: u64,
+        source: ProgramError,
+    },
+    #[error("eBPF map {0} is missing or of the wrong type")]
+    Map(&'static str),
+}
+
+/// Kernel maps that the collectors read; they outlive the probes so the last events can still
+/// be drained after detaching.
+pub struct StwMaps {
+    pub events: RingBuf<MapData>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+pub struct AttachedProbes {
+    ebpf: Ebpf,
+    /// Drains aya-log records into `tracing`. Must outlive the programs: dropping it closes
+    /// the log map.
+    logger: Option<tokio::task::JoinHandle<()>>,
+    pub count: usize,
+}
+
+impl AttachedProbes {
+    /// Load the programs and attach every point, for `pid` only. The executable is named by
+    /// `/proc/PID/exe` so the kernel resolves the right inode in any mount namespace.
+    pub fn attach(pid: u32, exe: &Path, points: &[ProbePoint]) -> Result<Self, LoadError> {
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(spawn_log_drain(logger)),
+            Err(error) => {
+                tracing::warn!("eBPF log messages will not be shown: {error}");
+                None
+            }
+        };
+        for name in PROGRAMS {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        for point in points {
+            let program: &mut UProbe = ebpf
+                .program_mut(point.program)
+                .ok_or(LoadError::MissingProgram {
+                    name: point.program,
+                })?
+                .try_into()
+                .map_err(|source| LoadError::Program {
+                    name: point.program,
+                    source,
+                })?;
+            let attach_point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                cookie: Some(point.layout as u64),
+            };
+            program
+                .attach(attach_point, exe, scope)
+                .map_err(|source| LoadError::Attach {
+                    function: point.function,
+                    address: point.address,
+                    source,
+                })?;
+        }
+        Ok(Self {
+            ebpf,
+            logger,
+            count: points.len(),
+        })
+    }
+
+    pub fn take_stw_maps(&mut self) -> Result<StwMaps, LoadError> {
+        let events = self
+            .ebpf
+            .take_map("STW_EVENTS")
+            .and_then(|map| RingBuf::try_from(map).ok())
+            .ok_or(LoadError::Map("STW_EVENTS"))?;
+        let counters = self
+            .ebpf
+            .take_map("PROBE_COUNTERS")
+            .and_then(|map| PerCpuArray::try_from(map).ok())
+            .ok_or(LoadError::Map("PROBE_COUNTERS"))?;
+        Ok(StwMaps { events, counters })
+    }
+
+    /// Remove every uprobe from the target. The kernel restores the original instructions.
+    pub fn detach(self) {
+        let Self { ebpf, logger, .. } = self;
+        drop(ebpf);
+        if let Some(logger) = logger {
+            logger.abort();
+        }
+    }
+}
+
+fn spawn_log_drain(logger: EbpfLogger<&'static dyn log::Log>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut logger) = crate::fdwatch::readable(logger) else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    })
+}

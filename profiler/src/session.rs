@@ -1,0 +1,209 @@
+//! One profiled target, from "here is a PID" to the summary: the single code path behind
+//! `attach` and `run` (and, later, each target of the daemon).
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::sync::oneshot;
+
+use crate::{
+    collect::stw::StwCollector,
+    error::{Exit, UserError},
+    export::{self, metrics::Metrics},
+    gobin::{
+        GoBinary, GoBinaryError,
+        abi::{self, NEWEST_KNOWN, OLDEST_SUPPORTED, StwAbi, Support},
+    },
+    model::pause::PauseBook,
+    probes::{
+        loaded::AttachedProbes,
+        preflight,
+        stw::{self, PlanError, ProbePoint},
+    },
+    target::process::{Process, ProcessError},
+};
+
+/// A process mapscope has read and knows how to probe.
+pub struct Target {
+    pub process: Process,
+    pub go_version: String,
+    pub abi: &'static StwAbi,
+    pub points: Vec<ProbePoint>,
+}
+
+/// Refuse early, with the reason, if this machine or this process cannot run mapscope.
+pub fn preflight(need_ptrace: bool) -> Result<(), UserError> {
+    preflight::check_capabilities(preflight::effective_capabilities(), need_ptrace).map_err(
+        |error| {
+            UserError::new(
+                Exit::Privileges,
+                format!(
+                    "insufficient privileges: {error}; run mapscope as root (sudo) or grant \
+                     those capabilities (securityContext.capabilities.add in Kubernetes)"
+                ),
+            )
+        },
+    )?;
+    preflight::check_kernel(&preflight::sysfs_root()).map_err(|error| {
+        UserError::new(
+            Exit::KernelFeature,
+            format!("unsupported kernel: {error}; mapscope needs a Linux kernel built with uprobes and BTF (5.15 or newer)"),
+        )
+    })
+}
+
+pub fn open_process(pid: u32) -> Result<Process, UserError> {
+    Process::open(pid).map_err(|error| match error {
+        ProcessError::NotFound { .. } => UserError::new(
+            Exit::NoSuchProcess,
+            format!("PID {pid} does not exist: check it with `ps -p {pid}` (in a container, use the PID as seen from mapscope's PID namespace)"),
+        ),
+        ProcessError::Denied { .. } => UserError::new(
+            Exit::Privileges,
+            format!("{error}: run mapscope as root or with CAP_SYS_PTRACE"),
+        ),
+        ProcessError::Other { .. } => UserError::new(Exit::Internal, error.to_string()),
+    })
+}
+
+/// Read the target's executable and work out where the probes go.
+pub fn understand(process: Process) -> Result<Target, UserError> {
+    let pid = process.pid;
+    let who = format!("PID {pid} ({})", process.exe_name);
+    let binary = GoBinary::open(&process.exe_path(), &[abi::STOP_THE_WORLD, abi::START_THE_WORLD])
+        .map_err(|error| match error {
+            GoBinaryError::NotGo { .. } | GoBinaryError::NotElf { .. } => UserError::new(
+                Exit::NotGo,
+                format!("{who} is not a Go program: {error}; mapscope profiles Go programs only"),
+            ),
+            GoBinaryError::CorruptBuildInfo { .. } => UserError::new(
+                Exit::NotGo,
+                format!("{who}: {error}; the executable may be damaged"),
+            ),
+            GoBinaryError::PreGo118 { .. } => UserError::new(
+                Exit::UnsupportedGo,
+                format!("{who}: {error}; mapscope supports Go {}.{} and newer: rebuild it with a current Go", OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1),
+            ),
+            GoBinaryError::Stripped { .. } => UserError::new(
+                Exit::MissingSymbols,
+                format!("{who}: {error}; build without -ldflags=-s so the symbol table stays"),
+            ),
+            GoBinaryError::Read { .. } => UserError::new(
+                if process.is_alive() { Exit::Privileges } else { Exit::NoSuchProcess },
+                format!("{who}: {error}"),
+            ),
+        })?;
+    let go_version = binary.build_info.go_version.clone();
+    let abi = match abi::stw_abi(binary.version) {
+        Support::Known(row) => row,
+        Support::Newer(row) => {
+            tracing::warn!(
+                "{who} was built by {go_version}, newer than the newest Go mapscope knows \
+                 (1.{}); assuming the 1.{} runtime layout: check the numbers against \
+                 runtime/metrics before trusting them",
+                NEWEST_KNOWN.1,
+                NEWEST_KNOWN.1
+            );
+            row
+        }
+        Support::TooOld => {
+            return Err(UserError::new(
+                Exit::UnsupportedGo,
+                format!(
+                    "{who} was built by {go_version}, older than the oldest Go mapscope supports \
+                     ({}.{}): rebuild it with Go {}.{} or newer",
+                    OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1, OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1
+                ),
+            ));
+        }
+    };
+    let points = stw::plan(&binary, abi).map_err(|error| match error {
+        PlanError::MissingFunction(_) => UserError::new(
+            Exit::MissingSymbols,
+            format!("{who}: {error}; is it stripped? build without -ldflags=-s"),
+        ),
+        other => UserError::new(Exit::NotGo, format!("{who}: {other}")),
+    })?;
+    if !process.is_alive() {
+        return Err(UserError::new(
+            Exit::NoSuchProcess,
+            format!("{who} exited while mapscope was reading it"),
+        ));
+    }
+    Ok(Target {
+        process,
+        go_version,
+        abi,
+        points,
+    })
+}
+
+pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, UserError> {
+    export::http::bind(listen).map_err(|error| {
+        UserError::new(
+            Exit::ListenAddress,
+            format!("cannot listen on {listen}: {error}; pick another address with --listen (port 0 picks a free one)"),
+        )
+    })
+}
+
+/// Probes in place, not yet collecting: `run` resumes its stopped child in between.
+pub struct Attached {
+    pub target: Target,
+    probes: AttachedProbes,
+}
+
+pub fn attach(target: Target) -> anyhow::Result<Attached> {
+    let probes = AttachedProbes::attach(
+        target.process.pid,
+        &target.process.exe_path(),
+        &target.points,
+    )
+    .with_context(|| format!("attaching to PID {}", target.process.pid))?;
+    Ok(Attached { target, probes })
+}
+
+impl Attached {
+    /// Serve metrics and collect until `stop` resolves; then detach every probe, drain the last
+    /// events and return the tally for the summary.
+    pub async fn profile(
+        mut self,
+        listener: std::net::TcpListener,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<PauseBook> {
+        let process = &self.target.process;
+        let metrics = Arc::new(Metrics::new().context("creating the metrics registry")?);
+        let target_metrics =
+            Arc::new(metrics.target(process.pid, &process.exe_name, &self.target.go_version));
+        let listener = tokio::net::TcpListener::from_std(listener).context("serving metrics")?;
+        let address = listener.local_addr().context("serving metrics")?;
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(export::http::serve(listener, Arc::clone(&metrics), async {
+            let _ = shutdown_rx.await;
+        }));
+        tracing::info!(
+            "attached {} probes to PID {} ({}, {}); metrics on http://{address}/metrics",
+            self.probes.count,
+            process.pid,
+            process.exe_name,
+            self.target.go_version,
+        );
+
+        let maps = self.probes.take_stw_maps()?;
+        let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))
+            .context("watching the event ring buffer")?;
+        collector.run_until(stop).await;
+        self.probes.detach();
+        tracing::info!("detached all probes from PID {}", process.pid);
+        collector.drain();
+
+        let book = std::mem::take(&mut collector.book);
+        target_metrics.remove();
+        let _ = shutdown.send(());
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!("metrics server stopped with an error: {error}"),
+            Err(error) => tracing::warn!("metrics server task failed: {error}"),
+        }
+        Ok(book)
+    }
+}

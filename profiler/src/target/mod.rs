@@ -1,0 +1,4 @@
+//! Target processes: finding them, holding on to them (pidfd, so a reused PID is never
+//! mistaken for the target), launching them stopped, and noticing when they exit.
+pub mod launch;
+pub mod process;

@@ -1,0 +1,133 @@
+//! A live process held by a pidfd.
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::PathBuf,
+};
+
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+
+#[derive(Debug, Error)]
+pub enum ProcessError {
+    #[error("no process with PID {pid}")]
+    NotFound { pid: u32 },
+    #[error("not allowed to inspect PID {pid}: {source}")]
+    Denied { pid: u32, source: io::Error },
+    #[error("cannot open PID {pid}: {source}")]
+    Other { pid: u32, source: io::Error },
+}
+
+pub struct Process {
+    pub pid: u32,
+    pidfd: OwnedFd,
+    /// Base name of the executable, for labels and messages (`/proc/PID/exe`'s target).
+    pub exe_name: String,
+}
+
+impl Process {
+    pub fn open(pid: u32) -> Result<Self, ProcessError> {
+        let pidfd = pidfd_open(pid).map_err(|source| match source.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::EINVAL) => ProcessError::NotFound { pid },
+            Some(libc::EPERM) | Some(libc::EACCES) => ProcessError::Denied { pid, source },
+            _ => ProcessError::Other { pid, source },
+        })?;
+        let link = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|source| match source
+            .kind()
+        {
+            io::ErrorKind::NotFound => ProcessError::NotFound { pid },
+            io::ErrorKind::PermissionDenied => ProcessError::Denied { pid, source },
+            _ => ProcessError::Other { pid, source },
+        })?;
+        let exe_name = link
+            .file_name()
+            .map(|name| {
+                name.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_owned()
+            })
+            .unwrap_or_else(|| format!("pid{pid}"));
+        Ok(Self {
+            pid,
+            pidfd,
+            exe_name,
+        })
+    }
+
+    /// The executable as the kernel sees it. Reading or probing through this path reaches the
+    /// right inode even in another mount namespace or after the file was deleted or replaced.
+    pub fn exe_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/exe", self.pid))
+    }
+
+    /// False once the process has exited. Because this asks the pidfd, a new process that
+    /// reuses the PID still reads as "exited".
+    pub fn is_alive(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout; poll only writes `revents`.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready == 0
+    }
+
+    /// A handle that resolves when the process exits (its pidfd turns readable). It owns a
+    /// duplicate of the pidfd, so it can outlive borrows of the `Process`. Needs a tokio runtime.
+    pub fn exit_watcher(&self) -> io::Result<ExitWatcher> {
+        Ok(ExitWatcher(crate::fdwatch::readable(
+            self.pidfd.try_clone()?,
+        )?))
+    }
+}
+
+pub struct ExitWatcher(AsyncFd<OwnedFd>);
+
+impl ExitWatcher {
+    pub async fn exited(self) -> io::Result<()> {
+        let _ready = self.0.readable().await?;
+        Ok(())
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_itself_and_sees_it_alive() {
+        let me = Process::open(std::process::id()).unwrap();
+        assert!(me.is_alive());
+        assert!(!me.exe_name.is_empty());
+    }
+
+    #[test]
+    fn missing_pid_is_not_found() {
+        // PIDs above pid_max (at most 2^22) never exist.
+        let error = Process::open(4_999_999).err().unwrap();
+        assert!(
+            matches!(error, ProcessError::NotFound { pid: 4_999_999 }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn exited_child_reads_as_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let process = Process::open(child.id()).unwrap();
+        child.wait().unwrap();
+        assert!(!process.is_alive());
+    }
+}

@@ -1,0 +1,3 @@
+module mapscope.test/gcload
+
+go 1.21

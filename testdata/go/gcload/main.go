@@ -1,0 +1,149 @@
+// gcload is mapscope's test target: a GC-heavy program that reports, about the same window
+// that mapscope observes, what the Go runtime itself counted (runtime/metrics and
+// runtime.ReadMemStats).
+//
+// Protocol on stdin/stdout, one line each:
+//
+//	-> "ready"           after start-up; the program is idle (no GC) until told to go
+//	<- "go"              run the load
+//	-> {json report}     runtime counters for the load window
+//	<- "exit" or EOF     exit 0
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"sync"
+	"time"
+)
+
+var (
+	duration = flag.Duration("duration", 2*time.Second, "how long the allocation load runs")
+	workers  = flag.Int("workers", 4, "allocating goroutines")
+	forced   = flag.Int("forced-gcs", 20, "runtime.GC() calls during the load, besides natural GCs")
+)
+
+var names = []string{
+	"/gc/cycles/total:gc-cycles",
+	"/sched/pauses/total/gc:seconds",
+	"/sched/pauses/total/other:seconds",
+	"/sched/pauses/stopping/gc:seconds",
+	"/sched/pauses/stopping/other:seconds",
+	"/gc/pauses:seconds",
+}
+
+type histogram struct {
+	Count uint64  `json:"count"`
+	SumLo float64 `json:"sum_lo"`
+	SumHi float64 `json:"sum_hi"`
+	Known bool    `json:"known"`
+}
+
+type report struct {
+	GoVersion       string               `json:"go_version"`
+	NumGC           uint32               `json:"num_gc"`
+	PauseTotalNs    uint64               `json:"pause_total_ns"`
+	GCCycles        uint64               `json:"gc_cycles"`
+	Histograms      map[string]histogram `json:"histograms"`
+	ReadMemStatsSTW int                  `json:"read_mem_stats_stw"`
+}
+
+func sample() []metrics.Sample {
+	s := make([]metrics.Sample, len(names))
+	for i, n := range names {
+		s[i].Name = n
+	}
+	metrics.Read(s)
+	return s
+}
+
+// delta of a histogram between two reads: count, and the bounds of its sum from bucket edges.
+func delta(before, after metrics.Value) histogram {
+	if after.Kind() != metrics.KindFloat64Histogram {
+		return histogram{}
+	}
+	a := after.Float64Histogram()
+	b := before.Float64Histogram()
+	var h histogram
+	h.Known = true
+	for i, n := range a.Counts {
+		d := n - b.Counts[i]
+		h.Count += d
+		lo, hi := a.Buckets[i], a.Buckets[i+1]
+		if lo < 0 {
+			lo = 0
+		}
+		if hi > 1e9 { // the last bucket is open-ended (+Inf)
+			hi = lo
+		}
+		h.SumLo += float64(d) * lo
+		h.SumHi += float64(d) * hi
+	}
+	return h
+}
+
+var sink [][]byte
+
+func load() {
+	deadline := time.Now().Add(*duration)
+	var wg sync.WaitGroup
+	for w := 0; w < *workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			live := make([][]byte, 4096)
+			for i := 0; time.Now().Before(deadline); i++ {
+				live[i%len(live)] = make([]byte, 256+i%2048)
+			}
+			sink = append(sink[:0], live[0])
+		}(w)
+	}
+	interval := *duration / time.Duration(*forced+1)
+	for i := 0; i < *forced; i++ {
+		time.Sleep(interval)
+		runtime.GC()
+	}
+	wg.Wait()
+	// Finish any cycle the load started, so every cycle in the window is complete.
+	runtime.GC()
+}
+
+func main() {
+	flag.Parse()
+	runtime.GC()
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		switch in.Text() {
+		case "go":
+			before := sample()
+			var msBefore, msAfter runtime.MemStats
+			runtime.ReadMemStats(&msBefore)
+			load()
+			runtime.ReadMemStats(&msAfter)
+			after := sample()
+			r := report{
+				GoVersion:       runtime.Version(),
+				NumGC:           msAfter.NumGC - msBefore.NumGC,
+				PauseTotalNs:    msAfter.PauseTotalNs - msBefore.PauseTotalNs,
+				Histograms:      map[string]histogram{},
+				ReadMemStatsSTW: 2,
+			}
+			if after[0].Value.Kind() == metrics.KindUint64 {
+				r.GCCycles = after[0].Value.Uint64() - before[0].Value.Uint64()
+			}
+			for i := 1; i < len(names); i++ {
+				r.Histograms[names[i]] = delta(before[i].Value, after[i].Value)
+			}
+			out, _ := json.Marshal(r)
+			fmt.Println(string(out))
+		case "exit":
+			return
+		}
+	}
+}
