@@ -7,10 +7,6 @@ pub enum Exit {
     /// A bug or an unexpected system failure.
     Internal = 1,
     /// Bad command line (clap's own code).
-    #[expect(
-        dead_code,
-        reason = "clap exits with 2 itself; listed to keep the codes distinct"
-    )]
     Usage = 2,
     NoSuchProcess = 3,
     NotGo = 4,

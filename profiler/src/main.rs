@@ -1,21 +1,12 @@
 //! mapscope: parse the command line, set up logging, hand over to the subcommand, and turn
 //! errors into one line and an exit code.
-mod cli;
-mod collect;
-mod error;
-mod export;
-mod fdwatch;
-mod gobin;
-mod model;
-mod probes;
-mod session;
-mod target;
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use cli::{Cli, Command};
-use error::{Exit, UserError};
+use mapscope::{
+    cli::{self, Cli, Command},
+    error::{Exit, UserError},
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {

@@ -1,1 +1,124 @@
-fn main() {}
+//! Developer tasks: set-up, build, run, test, bench. Every task installs what it is missing
+//! first, so each works on a fresh machine with nothing installed by hand.
+mod bench;
+mod setup;
+mod shell;
+
+use std::{ffi::OsString, path::PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "mapscope's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: rust-src, bpf-linker, Go toolchains.
+    Setup,
+    /// Release build; the binary ends up at target/release/mapscope.
+    Build,
+    /// Build and run mapscope as root. With no arguments: profile the bundled demo service.
+    Run {
+        /// Arguments for mapscope, after `--` (e.g. `-- attach --pid 1234`).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every test tier: unit tests, then real eBPF against real Go programs (as root).
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Same-run overhead ratios: a GC-heavy Go benchmark with and without mapscope attached.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => {
+            setup::rust()?;
+            setup::go_toolchains(setup::GO_VERSIONS)?;
+            Ok(())
+        }
+        Task::Build => build_release().map(|_| ()),
+        Task::Run { args } => run(args),
+        Task::Test { filter } => test(filter),
+        Task::Bench => bench::run(),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn build_release() -> Result<PathBuf> {
+    setup::rust()?;
+    shell::run(shell::cargo().args(["build", "--release", "-p", "profiler"]))?;
+    let binary = workspace_root().join("target/release/mapscope");
+    if !binary.exists() {
+        bail!("the build finished but {} is missing", binary.display());
+    }
+    Ok(binary)
+}
+
+fn run(args: Vec<OsString>) -> Result<()> {
+    let mapscope = build_release()?;
+    let args = if args.is_empty() {
+        let demo = setup::build_demo()?;
+        println!(
+            "profiling the bundled demo service; metrics at http://127.0.0.1:9871/metrics, Ctrl-C stops"
+        );
+        vec!["run".into(), "--".into(), demo.into_os_string()]
+    } else {
+        args
+    };
+    let status = shell::as_root(&mapscope)
+        .args(&args)
+        .status()
+        .with_context(|| format!("starting {}", mapscope.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    setup::rust()?;
+    let toolchains = setup::go_toolchains(setup::GO_VERSIONS)?;
+    let go_list = toolchains
+        .iter()
+        .map(|(version, go)| format!("{version}={}", go.display()))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    shell::run(shell::cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+    shell::run(shell::cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    // Unit tests and the integration tiers in one cargo invocation: the integration tests are
+    // `#[ignore]`d for plain `cargo test` (they need root and Go toolchains), and included here.
+    let mut command = shell::cargo();
+    command.args(["test", "--workspace"]);
+    if !shell::is_root() {
+        command.args(["--config", r#"target."cfg(all())".runner="sudo -E""#]);
+    }
+    command.args(["--", "--include-ignored"]);
+    if let Some(filter) = filter {
+        command.arg(filter);
+    }
+    command
+        .env("MAPSCOPE_TEST_GO", go_list)
+        .env("MAPSCOPE_TEST_GOCACHE", setup::cache_dir().join("gocache"));
+    shell::run(&mut command)
+}

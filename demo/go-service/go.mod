@@ -1,0 +1,3 @@
+module mapscope.demo/service
+
+go 1.21

@@ -1,0 +1,15 @@
+//! mapscope's library: the data flows top to bottom through these modules.
+//!
+//! A Go binary is understood (`gobin`) → probes are placed (`probes`) on a process (`target`)
+//! → the kernel counts and emits, events are read (`collect`) → aggregated (`model`) →
+//! rendered (`export`). `session` strings one target through all of it; `cli` is the front.
+pub mod cli;
+pub mod collect;
+pub mod error;
+pub mod export;
+mod fdwatch;
+pub mod gobin;
+pub mod model;
+pub mod probes;
+pub mod session;
+pub mod target;

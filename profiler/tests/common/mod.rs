@@ -1,0 +1,427 @@
+//! Shared harness for the integration tests: Go toolchains (installed by `cargo xtask test`),
+//! Go targets built from testdata/, processes cleaned up by guards, and Prometheus scraping.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, OnceLock, mpsc},
+    time::{Duration, Instant},
+};
+
+pub const MAPSCOPE: &str = env!("CARGO_BIN_EXE_mapscope");
+
+/// Why the real-kernel tests are ignored by plain `cargo test`.
+pub const NEEDS_SETUP: &str = "needs root and Go toolchains: run `cargo xtask test`";
+
+/// The `go` binary for a release, from `MAPSCOPE_TEST_GO` (`1.27.3=/path/go,...`).
+pub fn go(version: &str) -> PathBuf {
+    let list = std::env::var("MAPSCOPE_TEST_GO")
+        .unwrap_or_else(|_| panic!("MAPSCOPE_TEST_GO is not set: {NEEDS_SETUP}"));
+    list.split(',')
+        .filter_map(|entry| entry.split_once('='))
+        .find(|(v, _)| *v == version)
+        .map(|(_, path)| PathBuf::from(path))
+        .unwrap_or_else(|| {
+            panic!("Go {version} is not in MAPSCOPE_TEST_GO ({list}): {NEEDS_SETUP}")
+        })
+}
+
+fn go_command(version: &str) -> Command {
+    let mut command = Command::new(go(version));
+    command
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod");
+    if let Some(cache) = std::env::var_os("MAPSCOPE_TEST_GOCACHE") {
+        command.env("GOCACHE", cache);
+    }
+    command
+}
+
+/// Build `testdata/go/<program>` with Go `version` and extra `go build` flags; cached per
+/// (program, version, flags) for the life of the test binary.
+pub fn build_go(program: &str, version: &str, flags: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let key = format!("{program}-{version}-{}", flags.join(" "));
+    let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap();
+    if let Some(path) = built.get(&key) {
+        return path.clone();
+    }
+    let tag: String = flags
+        .join("_")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let output = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("go")
+        .join(format!(
+            "{program}-go{version}{}{tag}",
+            if tag.is_empty() { "" } else { "-" }
+        ));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/go")
+        .join(program);
+    let out = go_command(version)
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&output)
+        .arg(".")
+        .current_dir(&source)
+        .output()
+        .expect("running go build");
+    assert!(
+        out.status.success(),
+        "go build of {program} with Go {version} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    built.insert(key, output.clone());
+    output
+}
+
+/// `go tool <args>` output, with the toolchain of `version`.
+pub fn go_tool(version: &str, args: &[&str]) -> String {
+    let out = go_command(version)
+        .arg("tool")
+        .args(args)
+        .output()
+        .expect("running go tool");
+    assert!(
+        out.status.success(),
+        "go tool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Kills the process when the test ends, passed or failed.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's stream, readable with a timeout.
+pub struct Lines {
+    receiver: mpsc::Receiver<String>,
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    pub fn new(stream: impl std::io::Read + Send + 'static) -> Self {
+        let (sender, receiver) = mpsc::channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                record.lock().unwrap().push(line.clone());
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { receiver, seen }
+    }
+
+    /// The next line that satisfies `wanted`, or a panic naming what was seen instead.
+    pub fn wait_for(&self, what: &str, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receiver.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "timed out after {timeout:?} waiting for {what}; lines so far:\n{}",
+                    self.seen.lock().unwrap().join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn all(&self) -> String {
+        self.seen.lock().unwrap().join("\n")
+    }
+}
+
+/// A running testdata/go/gcload (or compatible) process speaking the stdin/stdout protocol.
+pub struct GoTarget {
+    pub guard: ChildGuard,
+    stdin: ChildStdin,
+    pub stdout: Lines,
+}
+
+impl GoTarget {
+    pub fn start(binary: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(binary)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the Go target");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = Lines::new(child.stdout.take().unwrap());
+        let target = Self {
+            guard: ChildGuard(child),
+            stdin,
+            stdout,
+        };
+        target
+            .stdout
+            .wait_for("the target's \"ready\"", Duration::from_secs(30), |line| {
+                line == "ready"
+            });
+        target
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.0.id()
+    }
+
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("writing to the target");
+        self.stdin.flush().unwrap();
+    }
+
+    /// Run one load window and return the runtime's own report of it.
+    pub fn run_load(&mut self) -> Report {
+        self.send("go");
+        let line = self
+            .stdout
+            .wait_for("the target's report", Duration::from_secs(120), |line| {
+                line.starts_with('{')
+            });
+        serde_json::from_str(&line).unwrap_or_else(|error| panic!("bad report {line}: {error}"))
+    }
+}
+
+/// What testdata/go/gcload reports about a load window (runtime/metrics and MemStats deltas).
+#[derive(Debug, serde::Deserialize)]
+pub struct Report {
+    pub go_version: String,
+    pub num_gc: u64,
+    pub pause_total_ns: u64,
+    pub gc_cycles: u64,
+    pub histograms: BTreeMap<String, RuntimeHistogram>,
+    pub read_mem_stats_stw: u64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct RuntimeHistogram {
+    pub count: u64,
+    pub sum_lo: f64,
+    pub sum_hi: f64,
+    pub known: bool,
+}
+
+impl Report {
+    /// A runtime/metrics histogram, if this Go release has it.
+    pub fn histogram(&self, name: &str) -> Option<&RuntimeHistogram> {
+        self.histograms
+            .get(name)
+            .filter(|histogram| histogram.known)
+    }
+}
+
+/// A running `mapscope attach` or `mapscope run`.
+pub struct Mapscope {
+    pub guard: ChildGuard,
+    pub address: SocketAddr,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    stdin: Option<ChildStdin>,
+}
+
+impl Mapscope {
+    pub fn attach(pid: u32) -> Self {
+        Self::start(&[
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+    }
+
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(MAPSCOPE)
+            .args(args)
+            .env("MAPSCOPE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting mapscope");
+        let stdin = child.stdin.take();
+        let stdout = Lines::new(child.stdout.take().unwrap());
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        let line = stderr.wait_for("mapscope to attach", Duration::from_secs(30), |line| {
+            line.contains("metrics on http://")
+        });
+        let address = line
+            .rsplit("http://")
+            .next()
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .and_then(|address| address.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Self {
+            guard: ChildGuard(child),
+            address,
+            stdout,
+            stderr,
+            stdin,
+        }
+    }
+
+    /// mapscope's stdin, which `mapscope run` hands on to its command.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        Metrics(parse_prometheus(&http_get(self.address, "/metrics")))
+    }
+
+    /// Scrape until `ready` holds (events reach userspace asynchronously), or give up after
+    /// `timeout` and return the last scrape for the assertions to judge.
+    pub fn scrape_until(&self, timeout: Duration, ready: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let metrics = self.scrape();
+            if ready(&metrics) || Instant::now() > deadline {
+                // One more scrape after a pause: a count that keeps rising would be a bug too.
+                std::thread::sleep(Duration::from_millis(300));
+                return self.scrape();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sends a signal to our own, not yet reaped, child.
+        unsafe { libc::kill(self.guard.0.id() as i32, signal) };
+    }
+
+    /// Wait for mapscope to exit by itself (within `timeout`).
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.guard.0.try_wait().unwrap() {
+                // Let the reader threads reach the end of the streams.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mapscope did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr.all()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn http_get(address: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .expect("connecting to mapscope");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// The Prometheus text format, as far as mapscope writes it.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+                let labels = body
+                    .split("\",")
+                    .filter(|pair| !pair.is_empty())
+                    .map(|pair| {
+                        let (key, value) = pair
+                            .split_once("=\"")
+                            .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                        (key.to_owned(), value.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name, labels)
+            }
+            None => (series, BTreeMap::new()),
+        };
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+pub struct Metrics(pub Vec<Sample>);
+
+impl Metrics {
+    /// Sum of a metric over the series whose labels satisfy `filter`.
+    pub fn sum(&self, name: &str, filter: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
+        self.0
+            .iter()
+            .filter(|s| s.name == name && filter(&s.labels))
+            .map(|s| s.value)
+            .sum()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|s| s.name == name)
+    }
+
+    pub fn gc_cycles(&self) -> u64 {
+        self.sum("mapscope_gc_cycles_total", |_| true) as u64
+    }
+}
+
+pub fn is_gc_reason(labels: &BTreeMap<String, String>) -> bool {
+    labels
+        .get("reason")
+        .is_some_and(|reason| reason.starts_with("gc_"))
+}

@@ -1,0 +1,256 @@
+//! mapscope's pause numbers against the Go runtime's own, for every supported Go release:
+//! a GC-heavy target reports runtime/metrics and MemStats deltas for a load window that
+//! mapscope observes in full.
+mod common;
+
+use std::time::Duration;
+
+use common::{GoTarget, Mapscope, Report, is_gc_reason};
+
+/// How far mapscope's pause-time sum may be from the runtime's `PauseTotalNs` on Go 1.22+,
+/// where both add up the very same runtime timestamps (worldStop start → start-the-world
+/// `now`): only float rounding of the Prometheus sum separates them.
+const SAME_CLOCK_TOLERANCE: f64 = 0.001;
+
+fn compare_with_runtime(version: &str) {
+    let binary = common::build_go("gcload", version, &[]);
+    let mut target = GoTarget::start(&binary, &["-duration", "2s", "-forced-gcs", "20"]);
+    let mut mapscope = Mapscope::attach(target.pid());
+    let report: Report = target.run_load();
+    assert_eq!(report.go_version, format!("go{version}"));
+    assert!(
+        report.num_gc >= 20,
+        "the load should force at least 20 GCs: {report:?}"
+    );
+
+    let metrics =
+        mapscope.scrape_until(Duration::from_secs(10), |m| m.gc_cycles() >= report.num_gc);
+    let count = |gc: bool| {
+        metrics.sum("mapscope_stw_pause_seconds_count", |l| {
+            is_gc_reason(l) == gc
+        }) as u64
+    };
+    let sum = |gc: bool| metrics.sum("mapscope_stw_pause_seconds_sum", |l| is_gc_reason(l) == gc);
+    let stopping_count = |gc: bool| {
+        metrics.sum("mapscope_stw_stopping_seconds_count", |l| {
+            is_gc_reason(l) == gc
+        }) as u64
+    };
+    let stopping_sum = |gc: bool| {
+        metrics.sum("mapscope_stw_stopping_seconds_sum", |l| {
+            is_gc_reason(l) == gc
+        })
+    };
+    let runtime_pause_total = report.pause_total_ns as f64 / 1e9;
+
+    let mut table = vec![format!(
+        "Go {version}: mapscope vs the runtime's own view of the same window"
+    )];
+    let mut row = |what: &str, ours: String, theirs: String| {
+        table.push(format!("  {what:<34} {ours:>14} {theirs:>22}"))
+    };
+    row(
+        "GC cycles (NumGC)",
+        metrics.gc_cycles().to_string(),
+        report.num_gc.to_string(),
+    );
+    row(
+        "GC cycles (/gc/cycles/total)",
+        metrics.gc_cycles().to_string(),
+        report.gc_cycles.to_string(),
+    );
+    row(
+        "GC pause time, s (PauseTotalNs)",
+        format!("{:.6}", sum(true)),
+        format!("{runtime_pause_total:.6}"),
+    );
+
+    assert_eq!(
+        metrics.gc_cycles(),
+        report.num_gc,
+        "GC cycles vs MemStats.NumGC"
+    );
+    assert_eq!(
+        metrics.gc_cycles(),
+        report.gc_cycles,
+        "GC cycles vs /gc/cycles/total:gc-cycles"
+    );
+
+    if let Some(total_gc) = report.histogram("/sched/pauses/total/gc:seconds") {
+        // Go 1.22+: the runtime's /sched/pauses/* histograms have the same definition.
+        let total_other = report
+            .histogram("/sched/pauses/total/other:seconds")
+            .unwrap();
+        let stopping_gc = report
+            .histogram("/sched/pauses/stopping/gc:seconds")
+            .unwrap();
+        row(
+            "GC pauses (/sched/pauses/total/gc)",
+            count(true).to_string(),
+            total_gc.count.to_string(),
+        );
+        row(
+            "GC pause time, s (bucket bounds)",
+            format!("{:.6}", sum(true)),
+            format!("{:.6}..{:.6}", total_gc.sum_lo, total_gc.sum_hi),
+        );
+        row(
+            "other pauses (/total/other)",
+            count(false).to_string(),
+            total_other.count.to_string(),
+        );
+        row(
+            "other pause time, s (bucket bounds)",
+            format!("{:.6}", sum(false)),
+            format!("{:.6}..{:.6}", total_other.sum_lo, total_other.sum_hi),
+        );
+        row(
+            "GC stops (/sched/pauses/stopping/gc)",
+            stopping_count(true).to_string(),
+            stopping_gc.count.to_string(),
+        );
+        row(
+            "GC stopping time, s (bucket bounds)",
+            format!("{:.6}", stopping_sum(true)),
+            format!("{:.6}..{:.6}", stopping_gc.sum_lo, stopping_gc.sum_hi),
+        );
+        println!("{}", table.join("\n"));
+
+        assert_eq!(
+            count(true),
+            total_gc.count,
+            "GC pause count vs /sched/pauses/total/gc"
+        );
+        assert_eq!(
+            count(false),
+            total_other.count,
+            "non-GC pause count vs /sched/pauses/total/other"
+        );
+        assert_eq!(
+            stopping_count(true),
+            stopping_gc.count,
+            "GC stop count vs /sched/pauses/stopping/gc"
+        );
+        let error = (sum(true) - runtime_pause_total).abs() / runtime_pause_total;
+        assert!(
+            error <= SAME_CLOCK_TOLERANCE,
+            "GC pause sum {} vs PauseTotalNs {runtime_pause_total}: {:.4}% apart",
+            sum(true),
+            error * 100.0
+        );
+        let within = |value: f64, lo: f64, hi: f64| value >= lo * 0.999 && value <= hi * 1.001;
+        assert!(
+            within(sum(true), total_gc.sum_lo, total_gc.sum_hi),
+            "GC pause sum outside the runtime histogram's bounds"
+        );
+        assert!(
+            within(sum(false), total_other.sum_lo, total_other.sum_hi),
+            "non-GC pause sum outside the runtime histogram's bounds"
+        );
+        if version_at_least(version, 23) {
+            // Go 1.23+ hands over finishedStopping, so stopping time is the runtime's own too.
+            assert!(
+                within(stopping_sum(true), stopping_gc.sum_lo, stopping_gc.sum_hi),
+                "GC stopping sum outside the runtime histogram's bounds"
+            );
+        }
+    } else {
+        // Go 1.21 has only /gc/pauses:seconds, whose mark-termination pauses end before the
+        // world restarts (gcMarkTermination reads the clock before startTheWorldWithSema), and
+        // no runtime start-of-stopping timestamp to reuse. mapscope measures up to the real
+        // restart, so it reads somewhat higher; the counts must still agree exactly.
+        let pauses = report.histogram("/gc/pauses:seconds").unwrap();
+        row(
+            "GC pauses (/gc/pauses)",
+            count(true).to_string(),
+            pauses.count.to_string(),
+        );
+        row(
+            "read mem stats pauses",
+            count(false).to_string(),
+            report.read_mem_stats_stw.to_string(),
+        );
+        println!("{}", table.join("\n"));
+        assert_eq!(
+            count(true),
+            pauses.count,
+            "GC pause count vs /gc/pauses:seconds"
+        );
+        assert_eq!(
+            count(false),
+            report.read_mem_stats_stw,
+            "the two ReadMemStats stops"
+        );
+        let ratio = sum(true) / runtime_pause_total;
+        assert!(
+            (0.97..=1.5).contains(&ratio),
+            "Go 1.21 GC pause sum {:.6} s is {ratio:.3}x PauseTotalNs",
+            sum(true)
+        );
+    }
+
+    // Per-target labels, and nothing unbounded among them.
+    let labels = &metrics
+        .0
+        .iter()
+        .find(|s| s.name == "mapscope_gc_cycles_total")
+        .unwrap()
+        .labels;
+    assert_eq!(labels.get("pid"), Some(&target.pid().to_string()));
+    assert_eq!(
+        labels.get("go_version").map(String::as_str),
+        Some(format!("go{version}").as_str())
+    );
+    assert!(
+        labels
+            .get("exe")
+            .is_some_and(|exe| exe.starts_with("gcload"))
+    );
+
+    // SIGTERM: detach, summary on stdout, exit 0.
+    mapscope.signal(libc::SIGTERM);
+    let status = mapscope.wait(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "mapscope exited with {status}; stderr:\n{}",
+        mapscope.stderr.all()
+    );
+    let summary = mapscope.stdout.all();
+    assert!(
+        summary.contains(&format!("{} GC cycles completed", report.num_gc)),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("gc_mark_termination") && summary.contains("p99"),
+        "{summary}"
+    );
+    target.send("exit");
+}
+
+fn version_at_least(version: &str, minor: u32) -> bool {
+    version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|m| m >= minor)
+}
+
+macro_rules! per_go_release {
+    ($($name:ident => $version:literal),* $(,)?) => {$(
+        #[test]
+        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+        fn $name() {
+            compare_with_runtime($version);
+        }
+    )*};
+}
+
+per_go_release! {
+    pauses_match_runtime_go1_21 => "1.21.13",
+    pauses_match_runtime_go1_22 => "1.22.10",
+    pauses_match_runtime_go1_23 => "1.23.9",
+    pauses_match_runtime_go1_24 => "1.24.11",
+    pauses_match_runtime_go1_25 => "1.25.5",
+    pauses_match_runtime_go1_26 => "1.26.6",
+    pauses_match_runtime_go1_27 => "1.27.3",
+}
