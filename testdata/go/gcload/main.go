@@ -26,6 +26,7 @@ var (
 	duration = flag.Duration("duration", 2*time.Second, "how long the allocation load runs")
 	workers  = flag.Int("workers", 4, "allocating goroutines")
 	forced   = flag.Int("forced-gcs", 20, "runtime.GC() calls during the load, besides natural GCs")
+	exitCode = flag.Int("exit-code", 0, "exit status on \"exit\"")
 )
 
 var names = []string{
@@ -143,7 +144,7 @@ func main() {
 			out, _ := json.Marshal(r)
 			fmt.Println(string(out))
 		case "exit":
-			return
+			os.Exit(*exitCode)
 		}
 	}
 }

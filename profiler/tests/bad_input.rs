@@ -1,0 +1,256 @@
+//! Every way a user can point mapscope at the wrong thing: one line on stderr naming the
+//! problem and the fix, a distinct exit code, never a panic.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use common::{GoTarget, MAPSCOPE};
+use object::{Object as _, ObjectSection as _};
+
+const GO: &str = "1.27.3";
+
+fn mapscope(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(MAPSCOPE);
+    command.args(args).env("NO_COLOR", "1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("running mapscope")
+}
+
+/// The exit code, and the stderr, which must be exactly one `mapscope: ` line.
+fn one_line_error(output: &Output) -> (i32, String) {
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line on stderr, got:\n{stderr}"
+    );
+    assert!(stderr.starts_with("mapscope: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+fn attach(pid: u32) -> Output {
+    mapscope(
+        &[
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn missing_pid() {
+    // Above the kernel's largest pid_max (2^22): it cannot exist.
+    let (code, message) = one_line_error(&attach(4_999_999));
+    assert_eq!(code, 3, "{message}");
+    assert!(
+        message.contains("PID 4999999 does not exist") && message.contains("ps -p"),
+        "{message}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn not_a_go_program() {
+    let sleeper = common::ChildGuard(Command::new("sleep").arg("60").spawn().unwrap());
+    let (code, message) = one_line_error(&attach(sleeper.0.id()));
+    assert_eq!(code, 4, "{message}");
+    assert!(message.contains("(sleep) is not a Go program"), "{message}");
+}
+
+/// A copy of a Go binary whose build info says `new_version` (same length as the original).
+fn with_build_info_version(binary: &Path, new_version: &str, name: &str) -> PathBuf {
+    let mut data = std::fs::read(binary).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let section = file.section_by_name(".go.buildinfo").unwrap();
+    let (start, size) = section.file_range().unwrap();
+    let (start, end) = (start as usize, (start + size) as usize);
+    let old = format!("go{GO}");
+    assert_eq!(old.len(), new_version.len());
+    let at = data[start..end]
+        .windows(old.len())
+        .position(|window| window == old.as_bytes())
+        .expect("version string in .go.buildinfo")
+        + start;
+    drop(file);
+    data[at..at + old.len()].copy_from_slice(new_version.as_bytes());
+    let output = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&output, data).unwrap();
+    std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    output
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn go_older_than_supported() {
+    let real = common::build_go("gcload", GO, &[]);
+    // The runtime does not read this copy of the version, so the program still runs normally.
+    let old = with_build_info_version(&real, "go1.16.3", "gcload-claims-go1.16");
+    let target = GoTarget::start(&old, &[]);
+    let (code, message) = one_line_error(&attach(target.pid()));
+    assert_eq!(code, 5, "{message}");
+    assert!(
+        message.contains("go1.16.3")
+            && message.contains("older than the oldest Go mapscope supports"),
+        "{message}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn corrupt_build_info() {
+    let real = common::build_go("gcload", GO, &[]);
+    let corrupt = with_build_info_version(&real, "gox.yy.z", "gcload-corrupt-buildinfo");
+    let target = GoTarget::start(&corrupt, &[]);
+    let (code, message) = one_line_error(&attach(target.pid()));
+    assert_eq!(code, 4, "{message}");
+    assert!(message.contains("corrupt Go build info"), "{message}");
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn stripped_binary() {
+    let stripped = common::build_go("gcload", GO, &["-ldflags=-s -w"]);
+    let target = GoTarget::start(&stripped, &[]);
+    let (code, message) = one_line_error(&attach(target.pid()));
+    assert_eq!(code, 6, "{message}");
+    assert!(
+        message.contains("no ELF symbol table") && message.contains("-ldflags=-s"),
+        "{message}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn without_privileges() {
+    let target = GoTarget::start(&common::build_go("gcload", GO, &[]), &[]);
+    // As nobody, with every capability dropped.
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .args([
+            MAPSCOPE,
+            "attach",
+            "--pid",
+            &target.pid().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("running setpriv (util-linux)");
+    let (code, message) = one_line_error(&output);
+    assert_eq!(code, 7, "{message}");
+    assert!(
+        message.contains("CAP_BPF")
+            && message.contains("CAP_PERFMON")
+            && message.contains("CAP_SYS_PTRACE")
+            && message.contains("root"),
+        "{message}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn listen_address_taken() {
+    let target = GoTarget::start(&common::build_go("gcload", GO, &[]), &[]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = mapscope(
+        &[
+            "attach",
+            "--pid",
+            &target.pid().to_string(),
+            "--listen",
+            &address,
+        ],
+        &[],
+    );
+    let (code, message) = one_line_error(&output);
+    assert_eq!(code, 9, "{message}");
+    assert!(
+        message.contains(&format!("cannot listen on {address}")) && message.contains("--listen"),
+        "{message}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn kernel_without_uprobes_or_btf() {
+    let target = GoTarget::start(&common::build_go("gcload", GO, &[]), &[]);
+    let pid = target.pid().to_string();
+    let sysfs = tempfile::tempdir().unwrap();
+    let args = ["attach", "--pid", pid.as_str(), "--listen", "127.0.0.1:0"];
+
+    let (code, message) =
+        one_line_error(&mapscope(&args, &[("MAPSCOPE_SYSFS_ROOT", sysfs.path())]));
+    assert_eq!(code, 8, "{message}");
+    assert!(message.contains("uprobe support"), "{message}");
+
+    let uprobe = sysfs.path().join("bus/event_source/devices/uprobe");
+    std::fs::create_dir_all(&uprobe).unwrap();
+    std::fs::write(uprobe.join("type"), "7\n").unwrap();
+    let (code, message) =
+        one_line_error(&mapscope(&args, &[("MAPSCOPE_SYSFS_ROOT", sysfs.path())]));
+    assert_eq!(code, 8, "{message}");
+    assert!(message.contains("BTF"), "{message}");
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn run_with_missing_command() {
+    let output = mapscope(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "/nonexistent/service",
+        ],
+        &[],
+    );
+    let (code, message) = one_line_error(&output);
+    assert_eq!(code, 10, "{message}");
+    assert!(message.contains("/nonexistent/service"), "{message}");
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn run_with_non_go_command_kills_it() {
+    let marker = Path::new(env!("CARGO_TARGET_TMPDIR")).join("non-go-ran");
+    let _ = std::fs::remove_file(&marker);
+    let script = format!("touch {}", marker.display());
+    let output = mapscope(
+        &["run", "--listen", "127.0.0.1:0", "--", "sh", "-c", &script],
+        &[],
+    );
+    let (code, message) = one_line_error(&output);
+    assert_eq!(code, 4, "{message}");
+    assert!(
+        !marker.exists(),
+        "the command ran although mapscope could not attach to it"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let output = mapscope(&["attach"], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--pid"), "{stderr}");
+}

@@ -1,0 +1,109 @@
+//! The per-Go-release table (gobin::abi) and the binary analysis, checked against binaries
+//! built by each release and against the Go toolchain's own tools.
+mod common;
+
+use mapscope::gobin::{
+    GoBinary, GoVersion,
+    abi::{self, Support},
+};
+use mapscope::probes::stw;
+
+fn check_release(version: &str) {
+    let path = common::build_go("gcload", version, &[]);
+    let binary = GoBinary::open(&path, &[abi::STOP_THE_WORLD, abi::START_THE_WORLD]).unwrap();
+    assert_eq!(binary.build_info.go_version, format!("go{version}"));
+    assert_eq!(
+        binary.version,
+        format!("go{version}").parse::<GoVersion>().unwrap()
+    );
+    assert_eq!(
+        binary.build_info.main_path.as_deref(),
+        Some("mapscope.test/gcload")
+    );
+    let Support::Known(row) = abi::stw_abi(binary.version) else {
+        panic!("Go {version} has no row in the table");
+    };
+
+    let nm = common::go_tool(version, &["nm", path.to_str().unwrap()]);
+    let shown = path.to_str().unwrap();
+    for function in [abi::STOP_THE_WORLD, abi::START_THE_WORLD] {
+        let found = binary
+            .function(function)
+            .unwrap_or_else(|| panic!("{function} not found"));
+        let nm_address = nm
+            .lines()
+            .find(|line| line.ends_with(&format!(" T {function}")))
+            .and_then(|line| u64::from_str_radix(line.split_whitespace().next()?, 16).ok())
+            .unwrap_or_else(|| panic!("go tool nm does not list {function}"));
+        assert_eq!(
+            found.address, nm_address,
+            "{function} address vs go tool nm"
+        );
+
+        let objdump = common::go_tool(
+            version,
+            &[
+                "objdump",
+                "-s",
+                &format!("^{}$", function.replace('.', "\\.")),
+                shown,
+            ],
+        );
+        // Lines look like "  proc.go:1839\t\t0x4515be\t\tc3\t\t\tRET\t\t": location,
+        // address, encoding, instruction, separated by runs of tabs.
+        let objdump_rets: Vec<u64> = objdump
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line
+                    .split('\t')
+                    .map(str::trim)
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                let instruction = fields.get(3)?;
+                let mnemonic = instruction.split_whitespace().next()?;
+                (mnemonic == "RET")
+                    .then(|| u64::from_str_radix(fields[1].trim_start_matches("0x"), 16).ok())?
+            })
+            .collect();
+        assert!(
+            !objdump_rets.is_empty(),
+            "go tool objdump shows no RET in {function}:\n{objdump}"
+        );
+        assert_eq!(
+            binary.ret_sites(found),
+            objdump_rets,
+            "{function} RET sites vs go tool objdump"
+        );
+    }
+
+    let points = stw::plan(&binary, row).unwrap();
+    assert!(
+        points
+            .iter()
+            .any(|point| point.program == stw::START_RETURN)
+    );
+    for point in &points {
+        // Non-PIE Go binaries map the text segment at a file offset equal to address - base.
+        assert!(point.file_offset < std::fs::metadata(&path).unwrap().len());
+    }
+}
+
+macro_rules! per_go_release {
+    ($($name:ident => $version:literal),* $(,)?) => {$(
+        #[test]
+        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+        fn $name() {
+            check_release($version);
+        }
+    )*};
+}
+
+per_go_release! {
+    table_and_analysis_go1_21 => "1.21.13",
+    table_and_analysis_go1_22 => "1.22.10",
+    table_and_analysis_go1_23 => "1.23.9",
+    table_and_analysis_go1_24 => "1.24.11",
+    table_and_analysis_go1_25 => "1.25.5",
+    table_and_analysis_go1_26 => "1.26.6",
+    table_and_analysis_go1_27 => "1.27.3",
+}

@@ -1,0 +1,189 @@
+//! Attaching and detaching leave the target as it was; target exit and `run` behave as
+//! documented.
+mod common;
+
+use std::{
+    fs::File,
+    os::unix::fs::FileExt as _,
+    time::{Duration, Instant},
+};
+
+use common::{GoTarget, Mapscope};
+use mapscope::gobin::{GoBinary, abi};
+
+const GO: &str = "1.27.3";
+const INT3: u8 = 0xcc;
+
+/// The first byte of each probed instruction as the target process sees it right now.
+fn probed_bytes(pid: u32, addresses: &[u64]) -> Vec<u8> {
+    let memory = File::open(format!("/proc/{pid}/mem")).expect("opening the target's memory");
+    addresses
+        .iter()
+        .map(|&address| {
+            let mut byte = [0u8];
+            memory
+                .read_exact_at(&mut byte, address)
+                .expect("reading target text");
+            byte[0]
+        })
+        .collect()
+}
+
+/// The kernel places a uprobe by writing a breakpoint (int3) over the probed instruction in
+/// the target's memory and restores the original byte on detach, so the target's text shows
+/// directly whether any probe is left.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn sigterm_removes_every_probe() {
+    let binary_path = common::build_go("gcload", GO, &[]);
+    let binary = GoBinary::open(&binary_path, &[abi::START_THE_WORLD]).unwrap();
+    let start = binary.function(abi::START_THE_WORLD).unwrap();
+    // The default Go build on linux/amd64 is not PIE: virtual addresses are the addresses.
+    let mut sites = vec![start.address];
+    sites.extend(binary.ret_sites(start));
+    let original: Vec<u8> = sites
+        .iter()
+        .map(|&address| binary.code(start).unwrap()[(address - start.address) as usize])
+        .collect();
+    assert!(original.iter().all(|&byte| byte != INT3));
+
+    let mut target = GoTarget::start(&binary_path, &["-duration", "500ms"]);
+    assert_eq!(
+        probed_bytes(target.pid(), &sites),
+        original,
+        "before attaching"
+    );
+
+    let mut mapscope = Mapscope::attach(target.pid());
+    assert!(
+        probed_bytes(target.pid(), &sites)
+            .iter()
+            .all(|&byte| byte == INT3),
+        "while attached: every site holds a breakpoint"
+    );
+
+    mapscope.signal(libc::SIGTERM);
+    assert!(mapscope.wait(Duration::from_secs(10)).success());
+    assert_eq!(
+        probed_bytes(target.pid(), &sites),
+        original,
+        "after SIGTERM: original instructions back"
+    );
+
+    // And the target carries on normally.
+    let report = target.run_load();
+    assert!(report.num_gc > 0);
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn notices_target_exit_within_a_second() {
+    let mut target = GoTarget::start(
+        &common::build_go("gcload", GO, &[]),
+        &["-duration", "300ms"],
+    );
+    let mut mapscope = Mapscope::attach(target.pid());
+    let report = target.run_load();
+    target.send("exit");
+    let _ = target.guard.0.wait();
+    let exited = Instant::now();
+    let status = mapscope.wait(Duration::from_secs(5));
+    let noticed = exited.elapsed();
+    assert!(
+        status.success(),
+        "{status}; stderr:\n{}",
+        mapscope.stderr.all()
+    );
+    assert!(
+        noticed <= Duration::from_secs(1),
+        "mapscope took {noticed:?} to notice the exit"
+    );
+    let summary = mapscope.stdout.all();
+    assert!(
+        summary.contains(&format!("{} GC cycles completed", report.num_gc)),
+        "{summary}"
+    );
+}
+
+/// `mapscope run` attaches before any Go code runs: it sees the GC cycle gcload forces during
+/// start-up, before it prints "ready", which an attach after start would miss. It passes stdin
+/// on, and exits with the command's status.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn run_attaches_before_go_code_and_passes_exit_status() {
+    let binary = common::build_go("gcload", GO, &[]);
+    let binary = binary.to_str().unwrap();
+    let mut mapscope = Mapscope::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        binary,
+        "-duration",
+        "300ms",
+        "-exit-code",
+        "7",
+    ]);
+    mapscope
+        .stdout
+        .wait_for("the command's \"ready\"", Duration::from_secs(30), |line| {
+            line == "ready"
+        });
+    let metrics = mapscope.scrape_until(Duration::from_secs(5), |m| m.gc_cycles() >= 1);
+    assert_eq!(
+        metrics.gc_cycles(),
+        1,
+        "the start-up runtime.GC(), and nothing else yet"
+    );
+
+    mapscope.send("go");
+    let line = mapscope
+        .stdout
+        .wait_for("the report", Duration::from_secs(60), |line| {
+            line.starts_with('{')
+        });
+    let report: common::Report = serde_json::from_str(&line).unwrap();
+    let metrics = mapscope.scrape_until(Duration::from_secs(10), |m| {
+        m.gc_cycles() >= report.num_gc + 1
+    });
+    assert_eq!(metrics.gc_cycles(), report.num_gc + 1);
+
+    mapscope.send("exit");
+    let status = mapscope.wait(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "mapscope run passes the command's exit status on"
+    );
+    assert!(mapscope.stdout.all().contains("GC cycles completed"));
+}
+
+/// SIGTERM to `mapscope run` goes on to the command; mapscope reports and exits with its
+/// status once the command has exited.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn run_forwards_sigterm() {
+    let binary = common::build_go("gcload", GO, &[]);
+    let mut mapscope = Mapscope::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        binary.to_str().unwrap(),
+    ]);
+    mapscope
+        .stdout
+        .wait_for("the command's \"ready\"", Duration::from_secs(30), |line| {
+            line == "ready"
+        });
+    mapscope.signal(libc::SIGTERM);
+    let status = mapscope.wait(Duration::from_secs(10));
+    // gcload does not handle SIGTERM, so it dies of it: 128 + 15.
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "stderr:\n{}",
+        mapscope.stderr.all()
+    );
+    assert!(mapscope.stdout.all().contains("GC cycles completed"));
+}
