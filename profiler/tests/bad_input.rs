@@ -1,5 +1,11 @@
 //! Every way a user can point mapscope at the wrong thing: one line on stderr naming the
 //! problem and the fix, a distinct exit code, never a panic.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
 mod common;
 
 use std::{

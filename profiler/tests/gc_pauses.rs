@@ -1,6 +1,12 @@
 //! mapscope's pause numbers against the Go runtime's own, for every supported Go release:
 //! a GC-heavy target reports runtime/metrics and MemStats deltas for a load window that
 //! mapscope observes in full.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,11 @@
 //! The per-Go-release table (gobin::abi) and the binary analysis, checked against binaries
 //! built by each release and against the Go toolchain's own tools.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
 mod common;
 
 use mapscope::gobin::{

@@ -4,7 +4,7 @@ mod bench;
 mod setup;
 mod shell;
 
-use std::{ffi::OsString, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -97,23 +97,35 @@ fn test(filter: Option<String>) -> Result<()> {
 
     shell::run(shell::cargo().args(["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
+    // Userspace on stable; the eBPF crate only builds for the bpf target, with nightly.
     shell::run(shell::cargo().args([
         "clippy",
         "--workspace",
+        "--exclude",
+        "profiler-ebpf",
         "--all-targets",
         "--",
         "-D",
         "warnings",
     ]))?;
+    shell::run(
+        Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "-p", "profiler-ebpf", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--config", r#"build.rustflags=["--cfg=bpf_target_arch=\"x86_64\""]"#])
+            .args(["--", "-D", "warnings"]),
+    )?;
 
     // Unit tests and the integration tiers in one cargo invocation: the integration tests are
     // `#[ignore]`d for plain `cargo test` (they need root and Go toolchains), and included here.
     let mut command = shell::cargo();
-    command.args(["test", "--workspace"]);
+    // The default members: everything but the eBPF crate, which build.rs builds for the kernel.
+    command.arg("test");
     if !shell::is_root() {
         command.args(["--config", r#"target."cfg(all())".runner="sudo -E""#]);
     }
-    command.args(["--", "--include-ignored"]);
+    // --show-output: the integration tests print their mapscope-vs-runtime comparisons.
+    command.args(["--", "--include-ignored", "--show-output"]);
     if let Some(filter) = filter {
         command.arg(filter);
     }

@@ -4,6 +4,11 @@
     dead_code,
     reason = "each test binary uses a different part of the harness"
 )]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness: a failure here is a test failure"
+)]
 
 use std::{
     collections::{BTreeMap, HashMap},
