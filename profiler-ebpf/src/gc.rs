@@ -8,6 +8,7 @@
 //! layout (`StwLayout`) the registers follow.
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
     macros::{map, uprobe},
     maps::{HashMap, RingBuf},
@@ -37,6 +38,11 @@ static STARTING: HashMap<u64, PendingStw> = HashMap::with_max_entries(4096, 0);
 /// One event per pause; at tens of pauses per second per target, 256 KiB is minutes of slack.
 #[map]
 static STW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Wake userspace only once this much is waiting; otherwise it drains on its own timer
+/// (collect/stw.rs). A wake-up per pause costs the daemon a context switch per pause, which on
+/// a GC-heavy target competes with the target for CPU.
+const WAKEUP_THRESHOLD_BYTES: u64 = 64 * 1024;
 
 // Go ABI register slots used below (see goabi.rs), per function signature.
 /// `stopTheWorldWithSema(reason stwReason)`, Go 1.21: `reason`.
@@ -180,7 +186,15 @@ pub fn stw_start_return(ctx: ProbeContext) -> u32 {
         finished_stopping_ns: pending.finished_stopping_ns,
         restarted_ns: GoRegs::new(&ctx).int(START_RESULT_NOW),
     };
-    if STW_EVENTS.output::<StwEvent>(&event, 0).is_err() {
+    let wakeup = if STW_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_THRESHOLD_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if STW_EVENTS
+        .output::<StwEvent>(&event, u64::from(wakeup))
+        .is_err()
+    {
         bump(counters::STW_EVENT_LOST);
         warn!(
             &ctx,

@@ -149,9 +149,7 @@ fn run_attaches_before_go_code_and_passes_exit_status() {
             line.starts_with('{')
         });
     let report: common::Report = serde_json::from_str(&line).unwrap();
-    let metrics = mapscope.scrape_until(Duration::from_secs(10), |m| {
-        m.gc_cycles() > report.num_gc
-    });
+    let metrics = mapscope.scrape_until(Duration::from_secs(10), |m| m.gc_cycles() > report.num_gc);
     assert_eq!(metrics.gc_cycles(), report.num_gc + 1);
 
     mapscope.send("exit");

@@ -110,9 +110,20 @@ fn test(filter: Option<String>) -> Result<()> {
     ]))?;
     shell::run(
         Command::new("rustup")
-            .args(["run", "nightly", "cargo", "clippy", "-p", "profiler-ebpf", "--release"])
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "-p",
+                "profiler-ebpf",
+                "--release",
+            ])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-            .args(["--config", r#"build.rustflags=["--cfg=bpf_target_arch=\"x86_64\""]"#])
+            .args([
+                "--config",
+                r#"build.rustflags=["--cfg=bpf_target_arch=\"x86_64\""]"#,
+            ])
             .args(["--", "-D", "warnings"]),
     )?;
 

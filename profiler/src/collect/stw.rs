@@ -12,6 +12,9 @@ use crate::{
     probes::loaded::StwMaps,
 };
 
+/// How stale the exported pause metrics may be (a Prometheus scrape interval is 15 s or more).
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub struct StwCollector {
     events: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
@@ -38,11 +41,12 @@ impl StwCollector {
         })
     }
 
-    /// Collect until `stop` resolves, then drain what is left. Events are rare (a few per GC
-    /// cycle), so each wake-up handles whatever has arrived.
+    /// Collect until `stop` resolves, then drain what is left. The kernel wakes us only when
+    /// its ring buffer is filling up; otherwise events wait for the next tick, so a GC-heavy
+    /// target costs one wake-up per tick rather than one per pause.
     pub async fn run_until(&mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut counter_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
         loop {
             tokio::select! {
                 () = &mut stop => break,
@@ -56,7 +60,10 @@ impl StwCollector {
                         break;
                     }
                 },
-                _ = counter_tick.tick() => self.sync_counters(),
+                _ = tick.tick() => {
+                    self.drain();
+                    self.sync_counters();
+                }
             }
         }
         self.drain();

@@ -12,7 +12,7 @@ use aya::{
 use aya_log::EbpfLogger;
 use thiserror::Error;
 
-use super::stw::{PROGRAMS, ProbePoint};
+use super::stw::ProbePoint;
 
 /// Built by build.rs from profiler-ebpf; aligned because aya parses it in place.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mapscope"));
@@ -65,7 +65,12 @@ impl AttachedProbes {
                 None
             }
         };
-        for name in PROGRAMS {
+        // Load only the programs this plan uses (the object also holds the bench's calibration
+        // program, and Go releases differ in which STW programs they need).
+        let mut names: Vec<&'static str> = points.iter().map(|point| point.program).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or(LoadError::MissingProgram { name })?

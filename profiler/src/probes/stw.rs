@@ -12,7 +12,8 @@ pub const STOP_ENTRY: &str = "stw_stop_entry";
 pub const STOP_RETURN: &str = "stw_stop_return";
 pub const START_ENTRY: &str = "stw_start_entry";
 pub const START_RETURN: &str = "stw_start_return";
-pub const PROGRAMS: [&str; 4] = [STOP_ENTRY, STOP_RETURN, START_ENTRY, START_RETURN];
+/// The empty program that `cargo xtask bench` measures mapscope's programs against.
+pub const CALIBRATION_NOOP: &str = "calibration_noop";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbePoint {

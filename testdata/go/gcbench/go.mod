@@ -1,0 +1,3 @@
+module mapscope.test/gcbench
+
+go 1.21
