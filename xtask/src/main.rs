@@ -143,5 +143,14 @@ fn test(filter: Option<String>) -> Result<()> {
     command
         .env("MAPSCOPE_TEST_GO", go_list)
         .env("MAPSCOPE_TEST_GOCACHE", setup::cache_dir().join("gocache"));
-    shell::run(&mut command)
+    let totals = shell::run_counting_tests(&mut command)?;
+    // One closing line over every test binary, so nobody has to add up cargo's per-binary lines.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }

@@ -18,6 +18,55 @@ pub fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Default)]
+pub struct TestTotals {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+/// Run `cargo test`, passing its output through, and add up its `test result:` lines.
+pub fn run_counting_tests(command: &mut Command) -> Result<TestTotals> {
+    use std::io::{BufRead as _, BufReader};
+
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {shown}"))?;
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(result) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    result
+                        .split([';', '.'])
+                        .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                totals.passed += count(" passed");
+                totals.failed += count(" failed");
+                totals.ignored += count(" ignored");
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {shown}"))?;
+    if !status.success() {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            totals.passed,
+            totals.failed.max(1),
+            totals.ignored
+        );
+        bail!("{shown} failed ({status})");
+    }
+    Ok(totals)
+}
+
 /// Standard output of a command that must succeed.
 pub fn output(command: &mut Command) -> Result<String> {
     let shown = format!("{command:?}");

@@ -153,6 +153,40 @@ mod tests {
         }
     }
 
+    /// Deterministic fuzzing: random and mutated blobs must never panic, and a parsed string
+    /// can never be longer than its input (no unbounded allocation). Issue #3 adds cargo-fuzz.
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let valid = blob("go1.27.3", "path\tx\nbuild\tGOARCH=amd64\n");
+        for round in 0..20_000 {
+            let mut input = if round % 2 == 0 {
+                valid.clone()
+            } else {
+                let mut random = MAGIC.to_vec();
+                random.extend((0..next() % 96).map(|_| next() as u8));
+                random
+            };
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % input.len() as u64) as usize;
+                input[at] = next() as u8;
+            }
+            input.truncate((next() % (input.len() as u64 + 1)) as usize);
+            if let Ok(info) = parse(&input) {
+                assert!(info.go_version.len() <= input.len());
+                let _ = info.go_version.parse::<crate::gobin::GoVersion>();
+            }
+            let _ = find(&input);
+        }
+    }
+
     #[test]
     fn finds_aligned_header_in_an_image() {
         let mut image = vec![0u8; 64];

@@ -86,10 +86,13 @@ impl GoBinary {
 
         let blob = match file.section_by_name(".go.buildinfo") {
             Some(section) => section.data().ok(),
-            None => file
+            // Only a file without section headers is searched for the magic: any other
+            // program may hold the magic as data (mapscope does), without being Go.
+            None if file.sections().next().is_none() => file
                 .segments()
                 .filter_map(|segment| segment.data().ok())
                 .find_map(buildinfo::find),
+            None => None,
         };
         let blob = blob.ok_or_else(|| GoBinaryError::NotGo { path: path() })?;
         let build_info = buildinfo::parse(blob).map_err(|error| match error {
@@ -189,9 +192,9 @@ mod tests {
     }
 
     #[test]
-    fn c_program_is_not_go() {
-        // This test binary is Rust, which has no Go build info: the same answer as for any
-        // non-Go ELF file.
+    fn rust_program_is_not_go() {
+        // This test binary is Rust and even contains the build info magic as data (the
+        // buildinfo tests use it): still not Go.
         let me = std::env::current_exe().unwrap();
         let error = GoBinary::open(&me, &[]).unwrap_err();
         assert!(matches!(error, GoBinaryError::NotGo { .. }), "{error}");

@@ -125,8 +125,13 @@ mod tests {
 
     #[test]
     fn exited_child_reads_as_not_alive() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let process = Process::open(child.id()).unwrap();
+        assert!(process.is_alive());
+        child.kill().unwrap();
         child.wait().unwrap();
         assert!(!process.is_alive());
     }
