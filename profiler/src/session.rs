@@ -153,13 +153,21 @@ pub struct Attached {
 }
 
 pub fn attach(target: Target) -> anyhow::Result<Attached> {
-    let probes = AttachedProbes::attach(
-        target.process.pid,
-        &target.process.exe_path(),
-        &target.points,
-    )
-    .with_context(|| format!("attaching to PID {}", target.process.pid))?;
-    Ok(Attached { target, probes })
+    let process = &target.process;
+    match AttachedProbes::attach(process.pid, &process.exe_path(), &target.points) {
+        Ok(probes) => Ok(Attached { target, probes }),
+        Err(_) if !process.is_alive() => Err(UserError::new(
+            Exit::NoSuchProcess,
+            format!(
+                "PID {} ({}) exited while mapscope was attaching",
+                process.pid, process.exe_name
+            ),
+        )
+        .into()),
+        Err(error) => {
+            Err(anyhow::Error::new(error).context(format!("attaching to PID {}", process.pid)))
+        }
+    }
 }
 
 impl Attached {

@@ -81,6 +81,23 @@ fn sigterm_removes_every_probe() {
     assert!(report.num_gc > 0);
 }
 
+/// Even a mapscope killed outright leaves nothing behind: the kernel drops a uprobe when the
+/// last file descriptor of its perf event closes, and a dead process closes them all.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn sigkill_leaves_no_probe_either() {
+    let binary_path = common::build_go("gcload", GO, &[]);
+    let binary = GoBinary::open(&binary_path, &[abi::START_THE_WORLD]).unwrap();
+    let start = binary.function(abi::START_THE_WORLD).unwrap();
+    let target = GoTarget::start(&binary_path, &[]);
+    let mut mapscope = Mapscope::attach(target.pid());
+    assert_eq!(probed_bytes(target.pid(), &[start.address]), [INT3]);
+    mapscope.signal(libc::SIGKILL);
+    mapscope.wait(Duration::from_secs(5));
+    let original = binary.code(start).unwrap()[0];
+    assert_eq!(probed_bytes(target.pid(), &[start.address]), [original]);
+}
+
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn notices_target_exit_within_a_second() {
