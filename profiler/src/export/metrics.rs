@@ -209,7 +209,6 @@ mod tests {
     fn pause(reason: &str, total_ns: u64, ends_gc_cycle: bool) -> Pause {
         Pause {
             reason: reason.to_owned(),
-            gc: true,
             ends_gc_cycle,
             total_ns,
             stopping_ns: Some(total_ns / 10),

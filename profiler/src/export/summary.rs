@@ -89,7 +89,6 @@ mod tests {
         for total_ns in [10_000, 20_000, 30_000] {
             book.record(&Pause {
                 reason: "gc_mark_termination".into(),
-                gc: true,
                 ends_gc_cycle: true,
                 total_ns,
                 stopping_ns: None,

@@ -15,7 +15,6 @@ const MAX_PLAUSIBLE_PAUSE_NS: u64 = 3600 * 1_000_000_000;
 pub struct Pause {
     /// Prometheus label value, e.g. `gc_mark_termination`.
     pub reason: String,
-    pub gc: bool,
     pub ends_gc_cycle: bool,
     /// From when stopping began until the world restarted: `/sched/pauses/total/*`.
     pub total_ns: u64,
@@ -51,17 +50,12 @@ pub fn decode(event: &StwEvent, abi: &StwAbi) -> Result<Pause, InvalidPause> {
         })
         .flatten()
         .filter(|&stopping| stopping <= total_ns);
-    let (label, gc, ends_gc_cycle) = match abi.reason_name(event.reason) {
-        Some(name) => (
-            reason::label(name),
-            reason::is_gc(name),
-            reason::ends_gc_cycle(name),
-        ),
-        None => (reason::unnamed(event.reason), false, false),
+    let (label, ends_gc_cycle) = match abi.reason_name(event.reason) {
+        Some(name) => (reason::label(name), reason::ends_gc_cycle(name)),
+        None => (reason::unnamed(event.reason), false),
     };
     Ok(Pause {
         reason: label,
-        gc,
         ends_gc_cycle,
         total_ns,
         stopping_ns,
@@ -129,7 +123,7 @@ mod tests {
     fn decodes_runtime_timestamps_into_total_and_stopping() {
         let pause = decode(&event(1, 1_000, 1_300, 51_000), abi()).unwrap();
         assert_eq!(pause.reason, "gc_mark_termination");
-        assert!(pause.gc && pause.ends_gc_cycle);
+        assert!(pause.ends_gc_cycle);
         assert_eq!(pause.total_ns, 50_000);
         assert_eq!(pause.stopping_ns, Some(300));
     }
@@ -138,7 +132,7 @@ mod tests {
     fn unknown_stopping_end_and_unknown_reason() {
         let pause = decode(&event(99, 1_000, 0, 2_000), abi()).unwrap();
         assert_eq!(pause.reason, "reason_99");
-        assert!(!pause.gc);
+        assert!(!pause.ends_gc_cycle);
         assert_eq!(pause.stopping_ns, None);
         // A stopping end after the restart is not trusted.
         assert_eq!(
