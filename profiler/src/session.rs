@@ -83,9 +83,9 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
                 Exit::UnsupportedGo,
                 format!("{who}: {error}; mapscope supports Go {}.{} and newer: rebuild it with a current Go", OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1),
             ),
-            GoBinaryError::Stripped { .. } => UserError::new(
+            GoBinaryError::NoFunctionTable { .. } => UserError::new(
                 Exit::MissingSymbols,
-                format!("{who}: {error}; build without -ldflags=-s so the symbol table stays"),
+                format!("{who}: {error}; the executable may be damaged"),
             ),
             GoBinaryError::Read { .. } => UserError::new(
                 if process.is_alive() { Exit::Privileges } else { Exit::NoSuchProcess },
@@ -119,7 +119,9 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
     let points = stw::plan(&binary, abi).map_err(|error| match error {
         PlanError::MissingFunction(_) => UserError::new(
             Exit::MissingSymbols,
-            format!("{who}: {error}; is it stripped? build without -ldflags=-s"),
+            format!(
+                "{who}: {error}; this Go runtime may have renamed it: please report the Go version"
+            ),
         ),
         other => UserError::new(Exit::NotGo, format!("{who}: {other}")),
     })?;

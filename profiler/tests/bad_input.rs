@@ -125,19 +125,6 @@ fn corrupt_build_info() {
 
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
-fn stripped_binary() {
-    let stripped = common::build_go("gcload", GO, &["-ldflags=-s -w"]);
-    let target = GoTarget::start(&stripped, &[]);
-    let (code, message) = one_line_error(&attach(target.pid()));
-    assert_eq!(code, 6, "{message}");
-    assert!(
-        message.contains("no ELF symbol table") && message.contains("-ldflags=-s"),
-        "{message}"
-    );
-}
-
-#[test]
-#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn without_privileges() {
     let target = GoTarget::start(&common::build_go("gcload", GO, &[]), &[]);
     // As nobody, with every capability dropped.

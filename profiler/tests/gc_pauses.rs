@@ -18,8 +18,8 @@ use common::{GoTarget, Mapscope, Report, is_gc_reason};
 /// `now`): only float rounding of the Prometheus sum separates them.
 const SAME_CLOCK_TOLERANCE: f64 = 0.001;
 
-fn compare_with_runtime(version: &str) {
-    let binary = common::build_go("gcload", version, &[]);
+fn compare_with_runtime(version: &str, build_flags: &[&str]) {
+    let binary = common::build_go("gcload", version, build_flags);
     let mut target = GoTarget::start(&binary, &["-duration", "2s", "-forced-gcs", "20"]);
     let mut mapscope = Mapscope::attach(target.pid());
     let report: Report = target.run_load();
@@ -50,7 +50,7 @@ fn compare_with_runtime(version: &str) {
     let runtime_pause_total = report.pause_total_ns as f64 / 1e9;
 
     let mut table = vec![format!(
-        "Go {version}: mapscope vs the runtime's own view of the same window"
+        "Go {version} {build_flags:?}: mapscope vs the runtime's own view of the same window"
     )];
     let mut row = |what: &str, ours: String, theirs: String| {
         table.push(format!("  {what:<34} {ours:>14} {theirs:>22}"))
@@ -246,7 +246,7 @@ macro_rules! per_go_release {
         #[test]
         #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
         fn $name() {
-            compare_with_runtime($version);
+            compare_with_runtime($version, &[]);
         }
     )*};
 }
@@ -259,4 +259,24 @@ per_go_release! {
     pauses_match_runtime_go1_25 => "1.25.5",
     pauses_match_runtime_go1_26 => "1.26.6",
     pauses_match_runtime_go1_27 => "1.27.3",
+}
+
+/// Stripped binaries (no .symtab: functions come from the Go pclntab) and position-independent
+/// ones (addresses relocated at load; probes are placed by file offset).
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn pauses_match_runtime_stripped_go1_23() {
+    compare_with_runtime("1.23.9", &["-ldflags=-s -w"]);
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn pauses_match_runtime_stripped_go1_27() {
+    compare_with_runtime("1.27.3", &["-ldflags=-s -w"]);
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn pauses_match_runtime_stripped_pie_go1_27() {
+    compare_with_runtime("1.27.3", &["-buildmode=pie", "-ldflags=-s -w"]);
 }

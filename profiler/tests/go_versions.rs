@@ -9,7 +9,7 @@
 mod common;
 
 use mapscope::gobin::{
-    GoBinary, GoVersion,
+    FunctionSource, GoBinary, GoVersion,
     abi::{self, Support},
 };
 use mapscope::probes::stw;
@@ -81,6 +81,31 @@ fn check_release(version: &str) {
             "{function} RET sites vs go tool objdump"
         );
     }
+
+    // The stripped twin (-s -w drops .symtab and DWARF, not code) resolves the same addresses
+    // and RET sites from the Go pclntab.
+    let stripped_path = common::build_go("gcload", version, &["-ldflags=-s -w"]);
+    let stripped =
+        GoBinary::open(&stripped_path, &[abi::STOP_THE_WORLD, abi::START_THE_WORLD]).unwrap();
+    assert_eq!(binary.function_source, FunctionSource::SymbolTable);
+    assert_eq!(stripped.function_source, FunctionSource::Pclntab);
+    assert_eq!(stripped.build_info.go_version, format!("go{version}"));
+    for function in [abi::STOP_THE_WORLD, abi::START_THE_WORLD] {
+        let (full, bare) = (
+            binary.function(function).unwrap(),
+            stripped.function(function).unwrap(),
+        );
+        assert_eq!(
+            bare.address, full.address,
+            "{function} address from the pclntab"
+        );
+        assert_eq!(
+            stripped.ret_sites(bare),
+            binary.ret_sites(full),
+            "{function} RET sites in the stripped twin"
+        );
+    }
+    assert!(stw::plan(&stripped, row).is_ok());
 
     let points = stw::plan(&binary, row).unwrap();
     assert!(

@@ -18,7 +18,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9871";
                   nothing written into it) and exports its stop-the-world pauses as Prometheus \
                   metrics. Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_PTRACE for attach).",
     after_help = "Exit codes: 0 ok, 2 usage, 3 no such process, 4 not a Go program, 5 unsupported Go \
-                  version, 6 symbols missing, 7 insufficient privileges, 8 kernel lacks uprobes/BTF, \
+                  version, 6 runtime functions not found, 7 insufficient privileges, 8 kernel lacks uprobes/BTF, \
                   9 listen address unavailable, 10 command could not be started, 1 anything else."
 )]
 pub struct Cli {

@@ -4,6 +4,7 @@
 pub mod abi;
 pub mod buildinfo;
 pub mod disasm;
+pub mod pclntab;
 pub mod version;
 
 use std::{collections::BTreeMap, path::Path};
@@ -43,8 +44,8 @@ pub enum GoBinaryError {
     PreGo118 { path: String },
     #[error("{path} has corrupt Go build info: {detail}")]
     CorruptBuildInfo { path: String, detail: String },
-    #[error("{path} has no ELF symbol table (stripped binary)")]
-    Stripped { path: String },
+    #[error("{path} has neither an ELF symbol table nor a readable Go pclntab ({detail})")]
+    NoFunctionTable { path: String, detail: String },
 }
 
 /// What mapscope knows about one Go executable.
@@ -56,6 +57,16 @@ pub struct GoBinary {
     segments: Vec<Segment>,
     /// Only the runtime functions mapscope asked for, by full Go name.
     functions: BTreeMap<String, Function>,
+    /// Where the functions were found.
+    pub function_source: FunctionSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FunctionSource {
+    /// The ELF `.symtab`.
+    SymbolTable,
+    /// The Go runtime's own function table: the binary is stripped.
+    Pclntab,
 }
 
 impl GoBinary {
@@ -126,9 +137,6 @@ impl GoBinary {
             })
             .collect();
 
-        if file.symbols().next().is_none() {
-            return Err(GoBinaryError::Stripped { path: path() });
-        }
         let mut functions = BTreeMap::new();
         for symbol in file.symbols() {
             let Ok(name) = symbol.name() else { continue };
@@ -142,6 +150,17 @@ impl GoBinary {
                 );
             }
         }
+        let mut function_source = FunctionSource::SymbolTable;
+        if file.symbols().next().is_none() {
+            // Stripped: the runtime's own table has every function.
+            functions = Self::pclntab_functions(&file, wanted).map_err(|error| {
+                GoBinaryError::NoFunctionTable {
+                    path: path(),
+                    detail: error.to_string(),
+                }
+            })?;
+            function_source = FunctionSource::Pclntab;
+        }
         drop(file);
         Ok(Self {
             data,
@@ -149,7 +168,39 @@ impl GoBinary {
             version,
             segments,
             functions,
+            function_source,
         })
+    }
+
+    fn pclntab_functions(
+        file: &object::File<'_>,
+        wanted: &[&str],
+    ) -> Result<BTreeMap<String, Function>, pclntab::PclntabError> {
+        let text = file
+            .section_by_name(".text")
+            .map(|section| section.address());
+        if let Some(section) = file.section_by_name(".gopclntab") {
+            let data = section
+                .data()
+                .map_err(|_| pclntab::PclntabError::NoHeader)?;
+            return Ok(pclntab::Pclntab::parse(data, text)?.find(wanted));
+        }
+        // No section headers: search the loaded segments, as the runtime's moduledata would
+        // point to it. The header is pointer-aligned.
+        for segment in file.segments() {
+            let Ok(data) = segment.data() else { continue };
+            for at in (0..data.len().saturating_sub(8)).step_by(8) {
+                if pclntab::looks_like_header(&data[at..])
+                    && let Ok(table) = pclntab::Pclntab::parse(&data[at..], text)
+                {
+                    let found = table.find(wanted);
+                    if !found.is_empty() {
+                        return Ok(found);
+                    }
+                }
+            }
+        }
+        Err(pclntab::PclntabError::NoHeader)
     }
 
     pub fn function(&self, name: &str) -> Option<Function> {
@@ -219,6 +270,7 @@ mod tests {
                 },
             ],
             functions: BTreeMap::new(),
+            function_source: FunctionSource::SymbolTable,
         };
         assert_eq!(binary.file_offset(0x400010), Some(0x10));
         assert_eq!(binary.file_offset(0x600010), Some(0x1010));

@@ -29,7 +29,7 @@ pub struct ProbePoint {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("function {0} not found in the symbol table")]
+    #[error("function {0} not found in the binary")]
     MissingFunction(&'static str),
     #[error("no RET instruction found in {0}")]
     NoReturn(&'static str),
