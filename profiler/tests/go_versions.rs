@@ -55,6 +55,33 @@ fn check_release(version: &str) {
                 shown,
             ],
         );
+        // The entry probe sits on the instruction after the prologue's stack-check branch
+        // (JBE to the morestack path), so a call that grows its stack counts once.
+        let instructions: Vec<(u64, String)> = objdump
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line
+                    .split('\t')
+                    .map(str::trim)
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                let address =
+                    u64::from_str_radix(fields.get(1)?.trim_start_matches("0x"), 16).ok()?;
+                Some((address, fields.get(3)?.to_string()))
+            })
+            .collect();
+        let after_jbe = instructions
+            .windows(2)
+            .take(6)
+            .find(|pair| pair[0].1.starts_with("JBE"))
+            .map(|pair| pair[1].0)
+            .unwrap_or_else(|| panic!("no stack-check JBE at the start of {function}:\n{objdump}"));
+        assert_eq!(
+            binary.entry_site(found),
+            after_jbe,
+            "{function} entry probe site"
+        );
+
         // Lines look like "  proc.go:1839\t\t0x4515be\t\tc3\t\t\tRET\t\t": location,
         // address, encoding, instruction, separated by runs of tabs.
         let objdump_rets: Vec<u64> = objdump

@@ -45,7 +45,7 @@ fn sigterm_removes_every_probe() {
     let binary = GoBinary::open(&binary_path, &[abi::START_THE_WORLD]).unwrap();
     let start = binary.function(abi::START_THE_WORLD).unwrap();
     // The default Go build on linux/amd64 is not PIE: virtual addresses are the addresses.
-    let mut sites = vec![start.address];
+    let mut sites = vec![binary.entry_site(start)];
     sites.extend(binary.ret_sites(start));
     let original: Vec<u8> = sites
         .iter()
@@ -89,13 +89,14 @@ fn sigkill_leaves_no_probe_either() {
     let binary_path = common::build_go("gcload", GO, &[]);
     let binary = GoBinary::open(&binary_path, &[abi::START_THE_WORLD]).unwrap();
     let start = binary.function(abi::START_THE_WORLD).unwrap();
+    let entry = binary.entry_site(start);
     let target = GoTarget::start(&binary_path, &[]);
     let mut mapscope = Mapscope::attach(target.pid());
-    assert_eq!(probed_bytes(target.pid(), &[start.address]), [INT3]);
+    assert_eq!(probed_bytes(target.pid(), &[entry]), [INT3]);
     mapscope.signal(libc::SIGKILL);
     mapscope.wait(Duration::from_secs(5));
-    let original = binary.code(start).unwrap()[0];
-    assert_eq!(probed_bytes(target.pid(), &[start.address]), [original]);
+    let original = binary.code(start).unwrap()[(entry - start.address) as usize];
+    assert_eq!(probed_bytes(target.pid(), &[entry]), [original]);
 }
 
 #[test]

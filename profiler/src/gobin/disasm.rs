@@ -1,7 +1,7 @@
 //! Finding a function's RET instructions, where mapscope places its "function returned"
 //! probes: a uretprobe rewrites the return address on the stack, which Go's stack copying
 //! and traceback cannot survive, so returns are observed at the instructions themselves.
-use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
 /// Virtual addresses of every near RET in `code`, which starts at `address`.
 pub fn ret_sites(code: &[u8], address: u64) -> Vec<u64> {
@@ -14,6 +14,50 @@ pub fn ret_sites(code: &[u8], address: u64) -> Vec<u64> {
         }
     }
     sites
+}
+
+/// How many instructions a Go stack-check prologue takes at most (`MOVQ SP, R12; SUBQ $n, R12;
+/// JCS; CMPQ R12, 16(R14); JBE` for huge frames).
+const MAX_PROLOGUE: usize = 6;
+
+/// Where a function-entry probe belongs: just after Go's stack-bound check.
+///
+/// A Go function starts with `CMPQ SP, 16(R14); JBE more` (R14 holds the goroutine, 16 is
+/// `g.stackguard0`), or compares R12 after `LEAQ -frame(SP), R12` for large frames. When the
+/// stack must grow, `more` calls `runtime.morestack` and jumps back to the function's first
+/// instruction, so a probe there would fire twice for one call. The instruction after the
+/// branch runs once per call, with the argument registers untouched. Functions without the
+/// check (`//go:nosplit`) are probed at their first instruction.
+pub fn entry_after_stack_check(code: &[u8], address: u64) -> u64 {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut compared_stack_guard = false;
+    for _ in 0..MAX_PROLOGUE {
+        if !decoder.can_decode() {
+            break;
+        }
+        let instruction = decoder.decode();
+        if instruction.mnemonic() == Mnemonic::Cmp && reads_stack_guard(&instruction) {
+            compared_stack_guard = true;
+        } else if compared_stack_guard && instruction.mnemonic() == Mnemonic::Jbe {
+            return instruction.next_ip();
+        } else if compared_stack_guard {
+            break;
+        }
+    }
+    address
+}
+
+/// `g.stackguard0` and `g.stackguard1` (src/runtime/runtime2.go: `stack` is two words, then
+/// the two guards). Go's amd64 ABIInternal keeps g in R14. Functions that run on the system
+/// stack compare against `stackguard1` (Go 1.24+ compiles `stopTheWorldWithSema` that way).
+const STACK_GUARD_OFFSETS: [u64; 2] = [16, 24];
+
+fn reads_stack_guard(instruction: &Instruction) -> bool {
+    (0..instruction.op_count()).any(|operand| {
+        instruction.op_kind(operand) == OpKind::Memory
+            && instruction.memory_base() == Register::R14
+            && STACK_GUARD_OFFSETS.contains(&instruction.memory_displacement64())
+    })
 }
 
 #[cfg(test)]
@@ -34,8 +78,34 @@ mod tests {
     }
 
     #[test]
+    fn entry_probe_goes_after_the_stack_check() {
+        // CMPQ SP, 0x10(R14); JBE +0x20; PUSHQ BP
+        let small = [0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55];
+        assert_eq!(entry_after_stack_check(&small, 0x1000), 0x1006);
+        // LEAQ -0x98(SP), R12; CMPQ R12, 0x10(R14); JBE rel32; PUSHQ BP
+        let large = [
+            0x4c, 0x8d, 0xa4, 0x24, 0x68, 0xff, 0xff, 0xff, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86,
+            0x00, 0x01, 0x00, 0x00, 0x55,
+        ];
+        assert_eq!(entry_after_stack_check(&large, 0x2000), 0x2012);
+        // LEAQ -0x18(SP), R12; CMPQ R12, 0x18(R14) (stackguard1); JBE rel32; PUSHQ BP
+        let system_stack = [
+            0x4c, 0x8d, 0x64, 0x24, 0xe8, 0x4d, 0x3b, 0x66, 0x18, 0x0f, 0x86, 0x0e, 0x04, 0x00,
+            0x00, 0x55,
+        ];
+        assert_eq!(entry_after_stack_check(&system_stack, 0x450f20), 0x450f2f);
+        // nosplit: PUSHQ BP; MOVQ SP, BP: no check, probe the first instruction.
+        let nosplit = [0x55, 0x48, 0x89, 0xe5];
+        assert_eq!(entry_after_stack_check(&nosplit, 0x3000), 0x3000);
+        // A compare against something else is not the stack check.
+        let other = [0x48, 0x39, 0xd8, 0x76, 0x02, 0x55];
+        assert_eq!(entry_after_stack_check(&other, 0x4000), 0x4000);
+    }
+
+    #[test]
     fn empty_and_garbage_input_yield_no_sites() {
         assert!(ret_sites(&[], 0).is_empty());
         assert!(ret_sites(&[0x0f, 0xff, 0xff], 0).is_empty());
+        assert_eq!(entry_after_stack_check(&[], 0x10), 0x10);
     }
 }

@@ -223,6 +223,14 @@ impl GoBinary {
         self.data.get(start..end)
     }
 
+    /// Where to probe the function's entry so a call counts once even if the goroutine's stack
+    /// had to grow (see `disasm::entry_after_stack_check`).
+    pub fn entry_site(&self, function: Function) -> u64 {
+        self.code(function).map_or(function.address, |code| {
+            disasm::entry_after_stack_check(code, function.address)
+        })
+    }
+
     /// Virtual addresses of the function's RET instructions.
     pub fn ret_sites(&self, function: Function) -> Vec<u64> {
         self.code(function)

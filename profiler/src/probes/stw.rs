@@ -65,7 +65,7 @@ pub fn plan(binary: &GoBinary, abi: &StwAbi) -> Result<Vec<ProbePoint>, PlanErro
             .function(function)
             .ok_or(PlanError::MissingFunction(function))?;
         let addresses = match site {
-            Site::Entry => vec![found.address],
+            Site::Entry => vec![binary.entry_site(found)],
             Site::Returns => binary.ret_sites(found),
         };
         if addresses.is_empty() {
