@@ -168,8 +168,15 @@ pub struct GoTarget {
 
 impl GoTarget {
     pub fn start(binary: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(binary)
-            .args(args)
+        let mut command = Command::new(binary);
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// Start a command that ends up exec'ing a gcload-compatible program (e.g. through
+    /// `unshare`).
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -1,0 +1,83 @@
+//! Targets as production has them: binaries deleted or replaced after start, and processes in
+//! their own mount namespace (containers), whose executable path means nothing on the host.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
+mod common;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use common::{GoTarget, Mapscope};
+
+const GO: &str = "1.27.3";
+
+/// Attach, run one load window, and check mapscope saw exactly the runtime's GC cycles and
+/// pauses.
+fn attach_and_compare(mut target: GoTarget) {
+    let mapscope = Mapscope::attach(target.pid());
+    let report = target.run_load();
+    let metrics =
+        mapscope.scrape_until(Duration::from_secs(10), |m| m.gc_cycles() >= report.num_gc);
+    assert_eq!(
+        metrics.gc_cycles(),
+        report.num_gc,
+        "GC cycles vs MemStats.NumGC"
+    );
+    let pauses = metrics.sum("mapscope_stw_pause_seconds_count", common::is_gc_reason) as u64;
+    let runtime = report.histogram("/sched/pauses/total/gc:seconds").unwrap();
+    assert_eq!(pauses, runtime.count, "GC pauses vs /sched/pauses/total/gc");
+    target.send("exit");
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn binary_deleted_after_start() {
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("gcload-deleted");
+    std::fs::copy(common::build_go("gcload", GO, &[]), &copy).unwrap();
+    let target = GoTarget::start(&copy, &["-duration", "500ms"]);
+    std::fs::remove_file(&copy).unwrap();
+    let link = std::fs::read_link(format!("/proc/{}/exe", target.pid())).unwrap();
+    assert!(link.to_string_lossy().ends_with("(deleted)"), "{link:?}");
+    attach_and_compare(target);
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn process_in_its_own_mount_namespace() {
+    // The target runs from a tmpfs mounted only inside its namespace: from mapscope's side the
+    // directory is empty, and only /proc/PID/exe reaches the binary.
+    let binary = common::build_go("gcload", GO, &[]);
+    let mountpoint = tempfile::tempdir().unwrap();
+    let inside = mountpoint.path().join("gcload");
+    let script = format!(
+        "mount -t tmpfs mapscope-test {dir} && cp {binary} {inside} && exec {inside} -duration 500ms",
+        dir = mountpoint.path().display(),
+        binary = binary.display(),
+        inside = inside.display(),
+    );
+    let mut command = Command::new("unshare");
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let target = GoTarget::spawn(command);
+    assert!(
+        !Path::new(&inside).exists(),
+        "the binary must be invisible outside the namespace"
+    );
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{}/ns/mnt", target.pid())).unwrap(),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap(),
+        "the target should be in another mount namespace"
+    );
+    attach_and_compare(target);
+}
