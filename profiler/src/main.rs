@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Attach(args) => cli::attach::run(args).await.map(|()| 0),
             Command::Run(args) => cli::run::run(args).await,
+            Command::Inspect(args) => cli::inspect::run(args).map(|()| 0),
         }
     });
     match result {

@@ -1,6 +1,6 @@
 //! One profiled target, from "here is a PID" to the summary: the single code path behind
 //! `attach` and `run` (and, later, each target of the daemon).
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::sync::oneshot;
@@ -65,36 +65,45 @@ pub fn open_process(pid: u32) -> Result<Process, UserError> {
     })
 }
 
-/// Read the target's executable and work out where the probes go.
-pub fn understand(process: Process) -> Result<Target, UserError> {
-    let pid = process.pid;
-    let who = format!("PID {pid} ({})", process.exe_name);
-    let binary = GoBinary::open(&process.exe_path(), &[abi::STOP_THE_WORLD, abi::START_THE_WORLD])
-        .map_err(|error| match error {
-            GoBinaryError::NotGo { .. } | GoBinaryError::NotElf { .. } => UserError::new(
-                Exit::NotGo,
-                format!("{who} is not a Go program: {error}; mapscope profiles Go programs only"),
+/// Read and analyse a Go executable; every failure becomes a one-line user error. `who` names
+/// it in messages; `alive` tells a vanished process from an unreadable file.
+pub fn open_binary(
+    path: &Path,
+    who: &str,
+    alive: impl Fn() -> bool,
+) -> Result<GoBinary, UserError> {
+    GoBinary::open(path, &[abi::STOP_THE_WORLD, abi::START_THE_WORLD]).map_err(|error| match error {
+        GoBinaryError::NotGo { .. } | GoBinaryError::NotElf { .. } => UserError::new(
+            Exit::NotGo,
+            format!("{who} is not a Go program: {error}; mapscope profiles Go programs only"),
+        ),
+        GoBinaryError::CorruptBuildInfo { .. } | GoBinaryError::NoFunctionTable { .. } => {
+            UserError::new(Exit::NotGo, format!("{who}: {error}; the executable may be damaged"))
+        }
+        GoBinaryError::PreGo118 { .. } => UserError::new(
+            Exit::UnsupportedGo,
+            format!(
+                "{who}: {error}; mapscope supports Go {}.{} and newer: rebuild it with a current Go",
+                OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1
             ),
-            GoBinaryError::CorruptBuildInfo { .. } => UserError::new(
-                Exit::NotGo,
-                format!("{who}: {error}; the executable may be damaged"),
-            ),
-            GoBinaryError::PreGo118 { .. } => UserError::new(
-                Exit::UnsupportedGo,
-                format!("{who}: {error}; mapscope supports Go {}.{} and newer: rebuild it with a current Go", OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1),
-            ),
-            GoBinaryError::NoFunctionTable { .. } => UserError::new(
-                Exit::MissingSymbols,
-                format!("{who}: {error}; the executable may be damaged"),
-            ),
-            GoBinaryError::Read { .. } => UserError::new(
-                if process.is_alive() { Exit::Privileges } else { Exit::NoSuchProcess },
-                format!("{who}: {error}"),
-            ),
-        })?;
-    let go_version = binary.build_info.go_version.clone();
-    let abi = match abi::stw_abi(binary.version) {
-        Support::Known(row) => row,
+        ),
+        GoBinaryError::Read { ref source, .. } => {
+            let exit = match source.kind() {
+                _ if !alive() => Exit::NoSuchProcess,
+                std::io::ErrorKind::PermissionDenied => Exit::Privileges,
+                std::io::ErrorKind::NotFound => Exit::NotGo,
+                _ => Exit::Internal,
+            };
+            UserError::new(exit, error.to_string())
+        }
+    })
+}
+
+/// The runtime table row for this binary's Go release, or the "too old" error.
+pub fn stw_support(binary: &GoBinary, who: &str) -> Result<&'static StwAbi, UserError> {
+    let go_version = &binary.build_info.go_version;
+    match abi::stw_abi(binary.version) {
+        Support::Known(row) => Ok(row),
         Support::Newer(row) => {
             tracing::warn!(
                 "{who} was built by {go_version}, newer than the newest Go mapscope knows \
@@ -103,28 +112,25 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
                 NEWEST_KNOWN.1,
                 NEWEST_KNOWN.1
             );
-            row
+            Ok(row)
         }
-        Support::TooOld => {
-            return Err(UserError::new(
-                Exit::UnsupportedGo,
-                format!(
-                    "{who} was built by {go_version}, older than the oldest Go mapscope supports \
-                     ({}.{}): rebuild it with Go {}.{} or newer",
-                    OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1, OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1
-                ),
-            ));
-        }
-    };
-    let points = stw::plan(&binary, abi).map_err(|error| match error {
-        PlanError::MissingFunction(_) => UserError::new(
-            Exit::MissingSymbols,
+        Support::TooOld => Err(UserError::new(
+            Exit::UnsupportedGo,
             format!(
-                "{who}: {error}; this Go runtime may have renamed it: please report the Go version"
+                "{who} was built by {go_version}, older than the oldest Go mapscope supports \
+                 ({}.{}): rebuild it with Go {}.{} or newer",
+                OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1, OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1
             ),
-        ),
-        other => UserError::new(Exit::NotGo, format!("{who}: {other}")),
-    })?;
+        )),
+    }
+}
+
+/// Read the target's executable and work out where the probes go.
+pub fn understand(process: Process) -> Result<Target, UserError> {
+    let who = format!("PID {} ({})", process.pid, process.exe_name);
+    let binary = open_binary(&process.exe_path(), &who, || process.is_alive())?;
+    let abi = stw_support(&binary, &who)?;
+    let points = stw::plan(&binary, abi).map_err(|error| plan_error(&who, error))?;
     if !process.is_alive() {
         return Err(UserError::new(
             Exit::NoSuchProcess,
@@ -133,10 +139,22 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
     }
     Ok(Target {
         process,
-        go_version,
+        go_version: binary.build_info.go_version.clone(),
         abi,
         points,
     })
+}
+
+pub fn plan_error(who: &str, error: PlanError) -> UserError {
+    match error {
+        PlanError::MissingFunction(_) => UserError::new(
+            Exit::MissingSymbols,
+            format!(
+                "{who}: {error}; this Go runtime may have renamed it: please report the Go version"
+            ),
+        ),
+        other => UserError::new(Exit::NotGo, format!("{who}: {other}")),
+    }
 }
 
 pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, UserError> {

@@ -9,14 +9,13 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
 use common::{GoTarget, MAPSCOPE};
-use object::{Object as _, ObjectSection as _};
 
-const GO: &str = "1.27.3";
+const GO: &str = common::NEWEST_GO;
 
 fn mapscope(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut command = Command::new(MAPSCOPE);
@@ -74,34 +73,12 @@ fn not_a_go_program() {
     assert!(message.contains("(sleep) is not a Go program"), "{message}");
 }
 
-/// A copy of a Go binary whose build info says `new_version` (same length as the original).
-fn with_build_info_version(binary: &Path, new_version: &str, name: &str) -> PathBuf {
-    let mut data = std::fs::read(binary).unwrap();
-    let file = object::File::parse(&*data).unwrap();
-    let section = file.section_by_name(".go.buildinfo").unwrap();
-    let (start, size) = section.file_range().unwrap();
-    let (start, end) = (start as usize, (start + size) as usize);
-    let old = format!("go{GO}");
-    assert_eq!(old.len(), new_version.len());
-    let at = data[start..end]
-        .windows(old.len())
-        .position(|window| window == old.as_bytes())
-        .expect("version string in .go.buildinfo")
-        + start;
-    drop(file);
-    data[at..at + old.len()].copy_from_slice(new_version.as_bytes());
-    let output = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::write(&output, data).unwrap();
-    std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    output
-}
-
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn go_older_than_supported() {
     let real = common::build_go("gcload", GO, &[]);
     // The runtime does not read this copy of the version, so the program still runs normally.
-    let old = with_build_info_version(&real, "go1.16.3", "gcload-claims-go1.16");
+    let old = common::with_build_info_version(&real, "go1.16.3", "gcload-claims-go1.16");
     let target = GoTarget::start(&old, &[]);
     let (code, message) = one_line_error(&attach(target.pid()));
     assert_eq!(code, 5, "{message}");
@@ -116,7 +93,7 @@ fn go_older_than_supported() {
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn corrupt_build_info() {
     let real = common::build_go("gcload", GO, &[]);
-    let corrupt = with_build_info_version(&real, "gox.yy.z", "gcload-corrupt-buildinfo");
+    let corrupt = common::with_build_info_version(&real, "gox.yy.z", "gcload-corrupt-buildinfo");
     let target = GoTarget::start(&corrupt, &[]);
     let (code, message) = one_line_error(&attach(target.pid()));
     assert_eq!(code, 4, "{message}");

@@ -1,5 +1,6 @@
 //! Command line: one file per subcommand. `main.rs` only parses and hands over.
 pub mod attach;
+pub mod inspect;
 pub mod run;
 
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Start a command with the probes already attached, and profile it until it exits.
     Run(run::RunArgs),
+    /// Show what mapscope can see in a Go binary: version, build, probe points, features.
+    Inspect(inspect::InspectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -74,7 +77,12 @@ mod tests {
             .find_subcommand_mut("run")
             .map(|sub| sub.render_long_help().to_string())
             .unwrap_or_default();
-        let snapshot = format!("{help}\n---- attach\n{attach}\n---- run\n{run}");
+        let inspect = command
+            .find_subcommand_mut("inspect")
+            .map(|sub| sub.render_long_help().to_string())
+            .unwrap_or_default();
+        let snapshot =
+            format!("{help}\n---- attach\n{attach}\n---- run\n{run}\n---- inspect\n{inspect}");
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots/help.txt");
         if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
             std::fs::write(path, &snapshot).unwrap();

@@ -36,15 +36,16 @@ pub enum GoBinaryError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} is not an ELF executable ({detail})")]
+    // The variants below leave the path out of their message: callers name the target.
+    #[error("not an ELF executable ({detail})")]
     NotElf { path: String, detail: String },
-    #[error("{path} is not a Go program (it has no Go build info)")]
+    #[error("no Go build info in the executable")]
     NotGo { path: String },
-    #[error("{path} was built by a Go release older than 1.18 (old build info format)")]
+    #[error("built by a Go release older than 1.18 (old build info format)")]
     PreGo118 { path: String },
-    #[error("{path} has corrupt Go build info: {detail}")]
+    #[error("corrupt Go build info: {detail}")]
     CorruptBuildInfo { path: String, detail: String },
-    #[error("{path} has neither an ELF symbol table nor a readable Go pclntab ({detail})")]
+    #[error("neither an ELF symbol table nor a readable Go pclntab ({detail})")]
     NoFunctionTable { path: String, detail: String },
 }
 
@@ -59,9 +60,22 @@ pub struct GoBinary {
     functions: BTreeMap<String, Function>,
     /// Where the functions were found.
     pub function_source: FunctionSource,
+    pub layout: Layout,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the executable was linked, as far as a user deciding about mapscope cares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Layout {
+    /// Position-independent (ELF type ET_DYN): loaded at a random base.
+    pub pie: bool,
+    /// No program interpreter (PT_INTERP): statically linked.
+    pub static_link: bool,
+    /// Has DWARF debug information.
+    pub dwarf: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FunctionSource {
     /// The ELF `.symtab`.
     SymbolTable,
@@ -125,6 +139,12 @@ impl GoBinary {
                     },
                 )?;
 
+        let layout = Layout {
+            pie: file.kind() == object::ObjectKind::Dynamic,
+            static_link: !has_interpreter(&data),
+            dwarf: file.section_by_name(".debug_info").is_some()
+                || file.section_by_name(".zdebug_info").is_some(),
+        };
         let segments = file
             .segments()
             .map(|segment| {
@@ -169,6 +189,7 @@ impl GoBinary {
             segments,
             functions,
             function_source,
+            layout,
         })
     }
 
@@ -239,6 +260,17 @@ impl GoBinary {
     }
 }
 
+/// Whether a 64-bit little-endian ELF file has a PT_INTERP program header (dynamic linking).
+fn has_interpreter(data: &[u8]) -> bool {
+    use object::read::elf::{ElfFile64, ProgramHeader as _};
+    ElfFile64::<object::Endianness>::parse(data).is_ok_and(|elf| {
+        let endian = elf.endian();
+        elf.elf_program_headers()
+            .iter()
+            .any(|header| header.p_type(endian) == object::elf::PT_INTERP)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +280,13 @@ mod tests {
         let error =
             GoBinary::parse(b"#!/bin/sh\necho hi\n".to_vec(), "script.sh", &[]).unwrap_err();
         assert!(matches!(error, GoBinaryError::NotElf { .. }), "{error}");
+    }
+
+    #[test]
+    fn this_dynamically_linked_test_binary_has_an_interpreter() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(has_interpreter(&me));
+        assert!(!has_interpreter(b"not an ELF file"));
     }
 
     #[test]
@@ -279,6 +318,7 @@ mod tests {
             ],
             functions: BTreeMap::new(),
             function_source: FunctionSource::SymbolTable,
+            layout: Layout::default(),
         };
         assert_eq!(binary.file_offset(0x400010), Some(0x10));
         assert_eq!(binary.file_offset(0x600010), Some(0x1010));

@@ -10,6 +10,7 @@
     reason = "test harness: a failure here is a test failure"
 )]
 
+use object::{Object as _, ObjectSection as _};
 use std::{
     collections::{BTreeMap, HashMap},
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -21,6 +22,9 @@ use std::{
 };
 
 pub const MAPSCOPE: &str = env!("CARGO_BIN_EXE_mapscope");
+
+/// The Go release most single-version tests build with.
+pub const NEWEST_GO: &str = "1.27.3";
 
 /// Why the real-kernel tests are ignored by plain `cargo test`.
 pub const NEEDS_SETUP: &str = "needs root and Go toolchains: run `cargo xtask test`";
@@ -436,4 +440,26 @@ pub fn is_gc_reason(labels: &BTreeMap<String, String>) -> bool {
     labels
         .get("reason")
         .is_some_and(|reason| reason.starts_with("gc_"))
+}
+
+/// A copy of a Go binary whose build info says `new_version` (same length as the original).
+pub fn with_build_info_version(binary: &Path, new_version: &str, name: &str) -> PathBuf {
+    let mut data = std::fs::read(binary).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let section = file.section_by_name(".go.buildinfo").unwrap();
+    let (start, size) = section.file_range().unwrap();
+    let (start, end) = (start as usize, (start + size) as usize);
+    let old = format!("go{NEWEST_GO}");
+    assert_eq!(old.len(), new_version.len());
+    let at = data[start..end]
+        .windows(old.len())
+        .position(|window| window == old.as_bytes())
+        .expect("version string in .go.buildinfo")
+        + start;
+    drop(file);
+    data[at..at + old.len()].copy_from_slice(new_version.as_bytes());
+    let output = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&output, data).unwrap();
+    std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    output
 }

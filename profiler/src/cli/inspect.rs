@@ -1,0 +1,215 @@
+//! `mapscope inspect --pid N` / `mapscope inspect PATH`: what mapscope can see in a binary, for
+//! a person deciding whether it can help (or for scripts, with `--json`).
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::{
+    gobin::{
+        FunctionSource, GoBinary, Layout,
+        abi::{self, NEWEST_KNOWN, OLDEST_SUPPORTED, Support},
+    },
+    probes::stw,
+    session,
+};
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Inspect the executable of this running process (read through /proc/PID/exe).
+    #[arg(long, conflicts_with = "path")]
+    pub pid: Option<u32>,
+
+    /// Inspect this executable file.
+    #[arg(required_unless_present = "pid")]
+    pub path: Option<PathBuf>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub path: String,
+    pub go_version: String,
+    /// `supported`, `newer` (best effort with the newest known layout) or `too_old`.
+    pub go_support: &'static str,
+    pub main_path: Option<String>,
+    pub build_settings: BTreeMap<String, String>,
+    pub stripped: bool,
+    pub function_source: FunctionSource,
+    #[serde(flatten)]
+    pub layout: Layout,
+    pub probes: Vec<ProbeSite>,
+    pub features: Vec<Feature>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProbeSite {
+    pub program: &'static str,
+    pub function: &'static str,
+    /// `entry` or `return`.
+    pub site: &'static str,
+    pub address: u64,
+    pub file_offset: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Feature {
+    pub name: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let (path, who, alive): (PathBuf, String, Box<dyn Fn() -> bool>) = match (args.pid, args.path) {
+        (Some(pid), _) => {
+            let process = session::open_process(pid)?;
+            let who = format!("PID {pid} ({})", process.exe_name);
+            (
+                process.exe_path(),
+                who,
+                Box::new(move || process.is_alive()),
+            )
+        }
+        (None, Some(path)) => {
+            let who = path.display().to_string();
+            (path, who, Box::new(|| true))
+        }
+        (None, None) => unreachable!("clap requires --pid or PATH"),
+    };
+    let binary = session::open_binary(&path, &who, alive)?;
+    let report = build(&who, &binary);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+pub fn build(who: &str, binary: &GoBinary) -> Report {
+    let support = abi::stw_abi(binary.version);
+    let (go_support, row) = match support {
+        Support::Known(row) => ("supported", Some(row)),
+        Support::Newer(row) => ("newer", Some(row)),
+        Support::TooOld => ("too_old", None),
+    };
+    let mut probes = Vec::new();
+    let pauses = match row.map(|row| stw::plan(binary, row)) {
+        Some(Ok(points)) => {
+            let entry_programs = [stw::STOP_ENTRY, stw::START_ENTRY];
+            probes.extend(points.iter().map(|point| ProbeSite {
+                program: point.program,
+                function: point.function,
+                site: if entry_programs.contains(&point.program) {
+                    "entry"
+                } else {
+                    "return"
+                },
+                address: point.address,
+                file_offset: point.file_offset,
+            }));
+            let detail = match support {
+                Support::Newer(_) => format!(
+                    "best effort: Go newer than 1.{} uses the 1.{} runtime layout",
+                    NEWEST_KNOWN.1, NEWEST_KNOWN.1
+                ),
+                _ => format!("{} probe points", points.len()),
+            };
+            Feature {
+                name: "gc_pause_distributions",
+                available: true,
+                detail,
+            }
+        }
+        Some(Err(error)) => Feature {
+            name: "gc_pause_distributions",
+            available: false,
+            detail: session::plan_error(who, error).message,
+        },
+        None => Feature {
+            name: "gc_pause_distributions",
+            available: false,
+            detail: format!(
+                "{} is older than the oldest Go mapscope supports ({}.{})",
+                binary.build_info.go_version, OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1
+            ),
+        },
+    };
+    Report {
+        path: who.to_owned(),
+        go_version: binary.build_info.go_version.clone(),
+        go_support,
+        main_path: binary.build_info.main_path.clone(),
+        build_settings: binary.build_info.settings.iter().cloned().collect(),
+        stripped: binary.function_source == FunctionSource::Pclntab,
+        function_source: binary.function_source,
+        layout: binary.layout,
+        probes,
+        features: vec![pauses],
+    }
+}
+
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let yes_no =
+        |flag: bool, yes: &str, no: &str| if flag { yes.to_owned() } else { no.to_owned() };
+    let _ = writeln!(out, "{}", report.path);
+    let _ = writeln!(
+        out,
+        "  Go version      {} ({})",
+        report.go_version,
+        report.go_support.replace('_', " ")
+    );
+    if let Some(main) = &report.main_path {
+        let _ = writeln!(out, "  main package    {main}");
+    }
+    // The text view leaves out empty settings and the long DefaultGODEBUG list (--json has all).
+    let settings: Vec<String> = report
+        .build_settings
+        .iter()
+        .filter(|(key, value)| !value.is_empty() && key.as_str() != "DefaultGODEBUG")
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    if !settings.is_empty() {
+        let _ = writeln!(out, "  build settings  {}", settings.join(" "));
+    }
+    let _ = writeln!(
+        out,
+        "  binary          {}, {}, {}, {}",
+        yes_no(
+            report.stripped,
+            "stripped (functions from the Go pclntab)",
+            "with symbol table"
+        ),
+        yes_no(report.layout.pie, "PIE", "not PIE"),
+        yes_no(
+            report.layout.static_link,
+            "statically linked",
+            "dynamically linked"
+        ),
+        yes_no(report.layout.dwarf, "DWARF", "no DWARF"),
+    );
+    if !report.probes.is_empty() {
+        let _ = writeln!(out, "  probe points");
+        for probe in &report.probes {
+            let _ = writeln!(
+                out,
+                "    {:<18} {:<32} {:<6} {:#x} (file offset {:#x})",
+                probe.program, probe.function, probe.site, probe.address, probe.file_offset
+            );
+        }
+    }
+    let _ = writeln!(out, "  features");
+    for feature in &report.features {
+        let state = if feature.available {
+            "available"
+        } else {
+            "unavailable"
+        };
+        let _ = writeln!(out, "    {:<24} {state}: {}", feature.name, feature.detail);
+    }
+    out
+}

@@ -1,0 +1,134 @@
+//! `mapscope inspect`: the report matches what mapscope would really probe, for ordinary,
+//! stripped and PIE builds, by path and by PID; bad files get one line and a non-zero exit.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{GoTarget, MAPSCOPE, NEWEST_GO};
+use mapscope::gobin::{GoBinary, abi};
+use serde_json::Value;
+
+fn inspect(args: &[&str]) -> Output {
+    Command::new(MAPSCOPE)
+        .arg("inspect")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn inspect_json(args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend(args);
+    let output = inspect(&all);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The report's probe points are the entry site and RET sites the library computes.
+fn check_report(version: &str, flags: &[&str], stripped: bool, pie: bool) {
+    let path = common::build_go("gcload", version, flags);
+    let report = inspect_json(&[path.to_str().unwrap()]);
+    assert_eq!(report["go_version"], format!("go{version}"));
+    assert_eq!(report["go_support"], "supported");
+    assert_eq!(report["main_path"], "mapscope.test/gcload");
+    assert_eq!(report["stripped"], stripped);
+    assert_eq!(report["pie"], pie);
+    // gcload uses no cgo, so only the PIE build (which Go links against ld.so) is dynamic.
+    assert_eq!(report["static_link"], !pie);
+    assert_eq!(report["dwarf"], !stripped);
+    assert_eq!(report["features"][0]["name"], "gc_pause_distributions");
+    assert_eq!(report["features"][0]["available"], true);
+
+    let binary = GoBinary::open(&path, &[abi::START_THE_WORLD]).unwrap();
+    let start = binary.function(abi::START_THE_WORLD).unwrap();
+    let probes = report["probes"].as_array().unwrap();
+    let sites = |site: &str| -> Vec<u64> {
+        probes
+            .iter()
+            .filter(|probe| probe["function"] == abi::START_THE_WORLD && probe["site"] == site)
+            .map(|probe| probe["address"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(sites("entry"), vec![binary.entry_site(start)]);
+    assert_eq!(sites("return"), binary.ret_sites(start));
+    for probe in probes {
+        let address = probe["address"].as_u64().unwrap();
+        assert_eq!(probe["file_offset"].as_u64(), binary.file_offset(address));
+    }
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn reports_ordinary_stripped_and_pie_builds() {
+    check_report(NEWEST_GO, &[], false, false);
+    check_report(NEWEST_GO, &["-ldflags=-s -w"], true, false);
+    check_report(NEWEST_GO, &["-buildmode=pie", "-ldflags=-s -w"], true, true);
+    check_report("1.21.13", &[], false, false);
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn by_pid_matches_by_path() {
+    let path = common::build_go("gcload", NEWEST_GO, &[]);
+    let target = GoTarget::start(&path, &[]);
+    let mut by_pid = inspect_json(&["--pid", &target.pid().to_string()]);
+    let mut by_path = inspect_json(&[path.to_str().unwrap()]);
+    assert!(
+        by_pid["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("PID {}", target.pid()))
+    );
+    by_pid["path"] = Value::Null;
+    by_path["path"] = Value::Null;
+    assert_eq!(by_pid, by_path);
+
+    let text = inspect(&["--pid", &target.pid().to_string()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Go version      go1.27.3 (supported)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gc_pause_distributions   available"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn too_old_go_is_reported_not_refused() {
+    let real = common::build_go("gcload", NEWEST_GO, &[]);
+    let old = common::with_build_info_version(&real, "go1.16.3", "gcload-inspect-go1.16");
+    let report = inspect_json(&[old.to_str().unwrap()]);
+    assert_eq!(report["go_support"], "too_old");
+    assert_eq!(report["features"][0]["available"], false);
+    assert!(report["probes"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn non_go_corrupt_and_missing_files_are_one_line_errors() {
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), b"\x7fELF but not really an ELF file at all").unwrap();
+    for (path, words) in [
+        ("/bin/sh", "is not a Go program"),
+        (junk.path().to_str().unwrap(), "not an ELF executable"),
+        ("/nonexistent/mapscope-test", "cannot read"),
+    ] {
+        let output = inspect(&[path]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(4), "{path}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(words), "{path}: {stderr}");
+    }
+}
