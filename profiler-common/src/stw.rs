@@ -8,6 +8,10 @@
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StwLayout {
+    /// Go 1.19: `stopTheWorldWithSema()` takes no reason: callers put it in `m.preemptoff`
+    /// (a string) first, so the kernel reads it through the current g (R14) → `g.m`. The
+    /// start side is as in Go 1.21.
+    Go119 = 4,
     /// Go 1.21: `stopTheWorldWithSema(reason stwReason)` and `startTheWorldWithSema() int64`.
     /// The runtime hands no start time between the two, so the kernel clock stands in for it.
     Go121 = 1,
@@ -18,14 +22,36 @@ pub enum StwLayout {
     Go123 = 3,
 }
 
-impl StwLayout {
-    pub const fn from_cookie(cookie: u64) -> Option<Self> {
-        match cookie {
-            1 => Some(Self::Go121),
-            2 => Some(Self::Go122),
-            3 => Some(Self::Go123),
-            _ => None,
-        }
+/// Everything a probe needs to know about its Go release, packed into the 64-bit attach cookie:
+/// the layout in bits 0–7, the offset of `g.m` in bits 8–23 and of `m.preemptoff` in bits 24–39
+/// (both only used by `Go119`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StwCookie {
+    pub layout: StwLayout,
+    pub g_m_offset: u16,
+    pub m_preemptoff_offset: u16,
+}
+
+impl StwCookie {
+    pub const fn encode(self) -> u64 {
+        (self.layout as u64)
+            | ((self.g_m_offset as u64) << 8)
+            | ((self.m_preemptoff_offset as u64) << 24)
+    }
+
+    pub const fn decode(cookie: u64) -> Option<Self> {
+        let layout = match cookie & 0xff {
+            1 => StwLayout::Go121,
+            2 => StwLayout::Go122,
+            3 => StwLayout::Go123,
+            4 => StwLayout::Go119,
+            _ => return None,
+        };
+        Some(Self {
+            layout,
+            g_m_offset: ((cookie >> 8) & 0xffff) as u16,
+            m_preemptoff_offset: ((cookie >> 24) & 0xffff) as u16,
+        })
     }
 }
 
@@ -33,8 +59,13 @@ impl StwLayout {
 /// `stopTheWorldWithSema`, because this Go version does not expose the runtime's own value.
 pub const STW_FLAG_STOPPED_BY_KERNEL_CLOCK: u32 = 1 << 0;
 /// `started_stopping_ns` was read from the kernel clock at the entry of
-/// `stopTheWorldWithSema` (Go 1.21 only), rather than being the runtime's own value.
+/// `stopTheWorldWithSema` (Go 1.19 and 1.21), rather than being the runtime's own value.
 pub const STW_FLAG_STARTED_BY_KERNEL_CLOCK: u32 = 1 << 1;
+/// The reason is the text in `reason_text` (Go 1.19's `m.preemptoff`), not a `stwReason`.
+pub const STW_FLAG_REASON_IS_TEXT: u32 = 1 << 2;
+
+/// Bytes of reason text carried (Go 1.19's longest, "doAllThreadsSyscall", has 19).
+pub const REASON_TEXT_LEN: usize = 24;
 
 /// One stop-the-world pause, sent from `startTheWorldWithSema`'s return to userspace.
 ///
@@ -45,7 +76,8 @@ pub const STW_FLAG_STARTED_BY_KERNEL_CLOCK: u32 = 1 << 1;
 pub struct StwEvent {
     /// Thread-group id (the PID a user sees).
     pub pid: u32,
-    /// The runtime's `stwReason` value; its meaning is per Go version (`model::reason`).
+    /// The runtime's `stwReason` value; its meaning is per Go version (`gobin::abi`). With
+    /// `STW_FLAG_REASON_IS_TEXT`, the length of `reason_text` instead.
     pub reason: u32,
     /// `STW_FLAG_*` bits.
     pub flags: u32,
@@ -56,6 +88,9 @@ pub struct StwEvent {
     pub finished_stopping_ns: u64,
     /// The `now` that `startTheWorldWithSema` returned: the runtime's end of the pause.
     pub restarted_ns: u64,
+    /// With `STW_FLAG_REASON_IS_TEXT`: the reason text, `reason` bytes long (at most
+    /// `REASON_TEXT_LEN`).
+    pub reason_text: [u8; REASON_TEXT_LEN],
 }
 
 /// Per-thread state between a stop and the matching start. The runtime keeps the goroutine that
@@ -68,10 +103,11 @@ pub struct PendingStw {
     pub flags: u32,
     pub started_stopping_ns: u64,
     pub finished_stopping_ns: u64,
+    pub reason_text: [u8; REASON_TEXT_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<StwEvent>() == 40);
-const _: () = assert!(core::mem::size_of::<PendingStw>() == 24);
+const _: () = assert!(core::mem::size_of::<StwEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<PendingStw>() == 48);
 
 #[cfg(feature = "user")]
 mod user {

@@ -9,7 +9,10 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::{self, bpf_get_attach_cookie},
+    },
     macros::{map, uprobe},
     maps::{HashMap, RingBuf},
     programs::ProbeContext,
@@ -18,8 +21,8 @@ use aya_log_ebpf::warn;
 use profiler_common::{
     counters,
     stw::{
-        PendingStw, STW_FLAG_STARTED_BY_KERNEL_CLOCK, STW_FLAG_STOPPED_BY_KERNEL_CLOCK, StwEvent,
-        StwLayout,
+        PendingStw, REASON_TEXT_LEN, STW_FLAG_REASON_IS_TEXT, STW_FLAG_STARTED_BY_KERNEL_CLOCK,
+        STW_FLAG_STOPPED_BY_KERNEL_CLOCK, StwCookie, StwEvent, StwLayout,
     },
 };
 
@@ -62,9 +65,55 @@ const START_RESULT_NOW: usize = 0;
 const REASON_MASK: u64 = 0xff;
 
 #[inline(always)]
-fn layout(ctx: &ProbeContext) -> Option<StwLayout> {
+fn cookie(ctx: &ProbeContext) -> Option<StwCookie> {
     // SAFETY: the helper only reads the cookie attached to this program's perf event.
-    StwLayout::from_cookie(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
+    StwCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
+}
+
+#[inline(always)]
+fn layout(ctx: &ProbeContext) -> Option<StwLayout> {
+    cookie(ctx).map(|cookie| cookie.layout)
+}
+
+/// Go 1.19: the reason text the caller left in `getg().m.preemptoff` (a Go string: pointer,
+/// length). Returns the bytes read and their count; an unreadable string reads as empty, which
+/// is the GC sweep termination's own (empty) reason, so such a pause is flagged by its length
+/// of zero only where the string really was empty.
+#[inline(always)]
+fn preemptoff(regs: &GoRegs, cookie: &StwCookie) -> ([u8; REASON_TEXT_LEN], u32) {
+    let mut text = [0u8; REASON_TEXT_LEN];
+    let g = regs.g();
+    // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly on a bad
+    // address; nothing is dereferenced directly.
+    let Ok(m) = (unsafe { bpf_probe_read_user((g + u64::from(cookie.g_m_offset)) as *const u64) })
+    else {
+        return (text, 0);
+    };
+    let field = m + u64::from(cookie.m_preemptoff_offset);
+    // SAFETY: as above.
+    let (Ok(pointer), Ok(length)) = (
+        unsafe { bpf_probe_read_user(field as *const u64) },
+        unsafe { bpf_probe_read_user((field + 8) as *const u64) },
+    ) else {
+        return (text, 0);
+    };
+    let length = if length > REASON_TEXT_LEN as u64 {
+        REASON_TEXT_LEN as u32
+    } else {
+        length as u32
+    };
+    if length > 0 {
+        // SAFETY: `length` is at most the buffer's size; the helper fails cleanly on a bad
+        // source address, leaving zeros.
+        unsafe {
+            generated::bpf_probe_read_user(
+                text.as_mut_ptr().cast(),
+                length,
+                pointer as *const core::ffi::c_void,
+            )
+        };
+    }
+    (text, length)
 }
 
 #[inline(always)]
@@ -74,34 +123,52 @@ fn remember(map: &HashMap<u64, PendingStw>, thread: u64, pending: &PendingStw) {
     }
 }
 
-/// Entry of `stopTheWorldWithSema`, Go 1.21 only: that runtime keeps the start time in a
-/// global rather than passing it on, so the kernel clock marks when stopping began.
+/// Entry of `stopTheWorldWithSema`, Go 1.19 and 1.21: those runtimes keep the start time in a
+/// global rather than passing it on, so the kernel clock marks when stopping began. Go 1.21
+/// passes the reason as an argument; Go 1.19 leaves it in `m.preemptoff`.
 #[uprobe]
 pub fn stw_stop_entry(ctx: ProbeContext) -> u32 {
-    if layout(&ctx) != Some(StwLayout::Go121) {
+    let Some(cookie) = cookie(&ctx) else {
         return 0;
-    }
+    };
     let regs = GoRegs::new(&ctx);
+    let (reason, flags, reason_text) = match cookie.layout {
+        StwLayout::Go121 => (
+            (regs.int(STOP_ARG_REASON) & REASON_MASK) as u32,
+            STW_FLAG_STARTED_BY_KERNEL_CLOCK,
+            [0; REASON_TEXT_LEN],
+        ),
+        StwLayout::Go119 => {
+            let (text, length) = preemptoff(&regs, &cookie);
+            (
+                length,
+                STW_FLAG_STARTED_BY_KERNEL_CLOCK | STW_FLAG_REASON_IS_TEXT,
+                text,
+            )
+        }
+        _ => return 0,
+    };
     let pending = PendingStw {
-        reason: (regs.int(STOP_ARG_REASON) & REASON_MASK) as u32,
-        flags: STW_FLAG_STARTED_BY_KERNEL_CLOCK,
+        reason,
+        flags,
         // SAFETY: reads the monotonic clock; no memory is touched.
         started_stopping_ns: unsafe { bpf_ktime_get_ns() },
         finished_stopping_ns: 0,
+        reason_text,
     };
     remember(&STOPPED, bpf_get_current_pid_tgid(), &pending);
     0
 }
 
-/// RET sites of `stopTheWorldWithSema`, Go 1.21 and 1.22: those runtimes do not hand the end of
-/// stopping to `startTheWorldWithSema`, so the kernel clock marks it.
+/// RET sites of `stopTheWorldWithSema`, Go 1.19, 1.21 and 1.22: those runtimes do not hand the
+/// end of stopping to `startTheWorldWithSema`, so the kernel clock marks it.
 #[uprobe]
 pub fn stw_stop_return(ctx: ProbeContext) -> u32 {
     // SAFETY: reads the monotonic clock; no memory is touched.
     let now = unsafe { bpf_ktime_get_ns() };
     let thread = bpf_get_current_pid_tgid();
     match layout(&ctx) {
-        Some(StwLayout::Go121) => {
+        Some(StwLayout::Go119 | StwLayout::Go121) => {
             if let Some(pending) = STOPPED.get_ptr_mut(thread) {
                 // SAFETY: the pointer is this thread's own entry, fresh from the lookup.
                 unsafe {
@@ -117,6 +184,7 @@ pub fn stw_stop_return(ctx: ProbeContext) -> u32 {
                 flags: STW_FLAG_STOPPED_BY_KERNEL_CLOCK,
                 started_stopping_ns: regs.int(STOP_RESULT_START),
                 finished_stopping_ns: now,
+                reason_text: [0; REASON_TEXT_LEN],
             };
             remember(&STOPPED, thread, &pending);
         }
@@ -131,7 +199,7 @@ pub fn stw_start_entry(ctx: ProbeContext) -> u32 {
     let thread = bpf_get_current_pid_tgid();
     let regs = GoRegs::new(&ctx);
     let pending = match layout(&ctx) {
-        Some(StwLayout::Go121) => {
+        Some(StwLayout::Go119 | StwLayout::Go121) => {
             // SAFETY: copies the value out at once; the entry is only written by this thread.
             let Some(stopped) = (unsafe { STOPPED.get(thread) }).copied() else {
                 return 0;
@@ -152,6 +220,7 @@ pub fn stw_start_entry(ctx: ProbeContext) -> u32 {
                 flags,
                 started_stopping_ns: started,
                 finished_stopping_ns: finished,
+                reason_text: [0; REASON_TEXT_LEN],
             }
         }
         Some(StwLayout::Go123) => PendingStw {
@@ -159,6 +228,7 @@ pub fn stw_start_entry(ctx: ProbeContext) -> u32 {
             flags: 0,
             started_stopping_ns: regs.int(START_ARG_STARTED),
             finished_stopping_ns: regs.int(START_ARG_FINISHED),
+            reason_text: [0; REASON_TEXT_LEN],
         },
         None => return 0,
     };
@@ -185,6 +255,7 @@ pub fn stw_start_return(ctx: ProbeContext) -> u32 {
         started_stopping_ns: pending.started_stopping_ns,
         finished_stopping_ns: pending.finished_stopping_ns,
         restarted_ns: GoRegs::new(&ctx).int(START_RESULT_NOW),
+        reason_text: pending.reason_text,
     };
     let wakeup = if STW_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_THRESHOLD_BYTES {
         BPF_RB_FORCE_WAKEUP

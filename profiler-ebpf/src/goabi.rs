@@ -38,5 +38,15 @@ impl<'a> GoRegs<'a> {
     }
 }
 
+impl GoRegs<'_> {
+    /// The current goroutine (`g`): ABIInternal keeps it in R14 on amd64.
+    #[cfg(bpf_target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn g(&self) -> u64 {
+        // SAFETY: as in `int`.
+        unsafe { (*self.ctx.regs).r14 }
+    }
+}
+
 #[cfg(not(bpf_target_arch = "x86_64"))]
 compile_error!("mapscope reads Go's amd64 register ABI; add this architecture to goabi.rs");

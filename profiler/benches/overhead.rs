@@ -30,7 +30,7 @@ use mapscope::{
         stw::{CALIBRATION_NOOP, ProbePoint, START_ENTRY, START_RETURN},
     },
 };
-use profiler_common::stw::StwLayout;
+use profiler_common::stw::{StwCookie, StwLayout};
 
 const ROUNDS: usize = 7;
 const ALLOC_SECONDS: &str = "2s";
@@ -174,7 +174,12 @@ async fn call_run(gcbench: &Path, programs: Option<(&'static str, &'static str)>
             function: SITE,
             address,
             file_offset: binary.file_offset(address).unwrap(),
-            layout: StwLayout::Go123,
+            cookie: StwCookie {
+                layout: StwLayout::Go123,
+                g_m_offset: 0,
+                m_preemptoff_offset: 0,
+            }
+            .encode(),
         };
         let mut points = vec![point(entry, site.address)];
         points.extend(

@@ -114,6 +114,14 @@ pub fn stw_support(binary: &GoBinary, who: &str) -> Result<&'static StwAbi, User
             );
             Ok(row)
         }
+        Support::Unsupported => Err(UserError::new(
+            Exit::UnsupportedGo,
+            format!(
+                "{who} was built by {go_version}, which mapscope does not support: it supports \
+                 Go 1.19 and 1.21 through 1.{}; rebuild it with a supported Go",
+                NEWEST_KNOWN.1
+            ),
+        )),
         Support::TooOld => Err(UserError::new(
             Exit::UnsupportedGo,
             format!(

@@ -157,6 +157,7 @@ macro_rules! per_go_release {
 }
 
 per_go_release! {
+    table_and_analysis_go1_19 => "1.19.8",
     table_and_analysis_go1_21 => "1.21.13",
     table_and_analysis_go1_22 => "1.22.10",
     table_and_analysis_go1_23 => "1.23.9",

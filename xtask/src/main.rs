@@ -42,6 +42,8 @@ fn main() -> Result<()> {
         Task::Setup => {
             setup::rust()?;
             setup::go_toolchains(setup::GO_VERSIONS)?;
+            setup::debian_go()?;
+            setup::debian_go_program()?;
             Ok(())
         }
         Task::Build => build_release().map(|_| ()),
@@ -88,7 +90,10 @@ fn run(args: Vec<OsString>) -> Result<()> {
 
 fn test(filter: Option<String>) -> Result<()> {
     setup::rust()?;
-    let toolchains = setup::go_toolchains(setup::GO_VERSIONS)?;
+    let mut toolchains = setup::go_toolchains(setup::GO_VERSIONS)?;
+    let (debian_version, debian_go) = setup::debian_go()?;
+    toolchains.insert(debian_version, debian_go);
+    let debian_program = setup::debian_go_program()?;
     let go_list = toolchains
         .iter()
         .map(|(version, go)| format!("{version}={}", go.display()))
@@ -142,6 +147,7 @@ fn test(filter: Option<String>) -> Result<()> {
     }
     command
         .env("MAPSCOPE_TEST_GO", go_list)
+        .env("MAPSCOPE_TEST_DEBIAN_GO_PROGRAM", debian_program)
         .env("MAPSCOPE_TEST_GOCACHE", setup::cache_dir().join("gocache"));
     let totals = shell::run_counting_tests(&mut command)?;
     // One closing line over every test binary, so nobody has to add up cargo's per-binary lines.

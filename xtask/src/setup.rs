@@ -15,6 +15,23 @@ use crate::shell;
 pub const GO_VERSIONS: &[&str] = &[
     "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
 ];
+/// Debian's own Go (the one distributions build their Go packages with), from its package.
+pub const DEBIAN_GO: DebianGo = DebianGo {
+    version: "1.19.8",
+    package: "golang-1.19-go",
+    go: "/usr/lib/go-1.19/bin/go",
+};
+
+pub struct DebianGo {
+    pub version: &'static str,
+    pub package: &'static str,
+    pub go: &'static str,
+}
+
+/// A real third-party Go program as a distribution ships it (stripped, Go 1.19), for the tests.
+/// Only unpacked, never installed: its package would start a server.
+const DEBIAN_GO_PROGRAM: &str = "prometheus";
+
 /// The Go that builds the demo and the benchmark target.
 pub const NEWEST_GO: &str = "1.27.3";
 /// bpf-linker line known to work with the nightly's LLVM.
@@ -169,4 +186,86 @@ pub fn build_demo() -> Result<PathBuf> {
     let root = crate::workspace_root();
     let output = root.join("target/demo/mapscope-demo");
     build_go(NEWEST_GO, &root.join("demo/go-service"), &output)
+}
+
+/// Install Debian packages that are missing (`apt-get update` once, only when needed).
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", package])
+                .output()
+                .is_ok_and(|out| {
+                    String::from_utf8_lossy(&out.stdout).contains("install ok installed")
+                })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages {}", missing.join(" "));
+    shell::run(shell::as_root("apt-get").args(["update", "-qq"]))?;
+    shell::run(
+        shell::as_root("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Debian's Go toolchain: (version, `go` binary).
+pub fn debian_go() -> Result<(String, PathBuf)> {
+    debian_packages(&[DEBIAN_GO.package])?;
+    let reported = shell::output(Command::new(DEBIAN_GO.go).arg("version"))?;
+    if !reported.contains(&format!("go{} ", DEBIAN_GO.version)) {
+        bail!(
+            "{} reports {:?}, expected Go {}: update DEBIAN_GO in xtask/src/setup.rs",
+            DEBIAN_GO.go,
+            reported.trim(),
+            DEBIAN_GO.version
+        );
+    }
+    Ok((DEBIAN_GO.version.to_owned(), PathBuf::from(DEBIAN_GO.go)))
+}
+
+/// Debian's packaged Go program, unpacked (not installed) into the cache; its binary's path.
+pub fn debian_go_program() -> Result<PathBuf> {
+    let dir = cache_dir().join("debian").join(DEBIAN_GO_PROGRAM);
+    let binary = dir.join("usr/bin").join(DEBIAN_GO_PROGRAM);
+    if binary.exists() {
+        return Ok(binary);
+    }
+    eprintln!("xtask: unpacking Debian's {DEBIAN_GO_PROGRAM} package (not installing it)");
+    let download = cache_dir().join("debian/download");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    let fetched = Command::new("apt-get")
+        .args(["download", DEBIAN_GO_PROGRAM])
+        .current_dir(&download)
+        .status()
+        .is_ok_and(|status| status.success());
+    if !fetched {
+        // The package lists may not be there yet on a fresh machine.
+        shell::run(shell::as_root("apt-get").args(["update", "-qq"]))?;
+        shell::run(
+            Command::new("apt-get")
+                .args(["download", DEBIAN_GO_PROGRAM])
+                .current_dir(&download),
+        )?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .context("apt-get download produced no .deb")?;
+    shell::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    if !binary.exists() {
+        bail!(
+            "{} is not in Debian's {DEBIAN_GO_PROGRAM} package",
+            binary.display()
+        );
+    }
+    Ok(binary)
 }

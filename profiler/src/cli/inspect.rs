@@ -33,7 +33,8 @@ pub struct InspectArgs {
 pub struct Report {
     pub path: String,
     pub go_version: String,
-    /// `supported`, `newer` (best effort with the newest known layout) or `too_old`.
+    /// `supported`, `newer` (best effort with the newest known layout), `too_old` or
+    /// `unsupported` (Go 1.20).
     pub go_support: &'static str,
     pub main_path: Option<String>,
     pub build_settings: BTreeMap<String, String>,
@@ -95,6 +96,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         Support::Known(row) => ("supported", Some(row)),
         Support::Newer(row) => ("newer", Some(row)),
         Support::TooOld => ("too_old", None),
+        Support::Unsupported => ("unsupported", None),
     };
     let mut probes = Vec::new();
     let pauses = match row.map(|row| stw::plan(binary, row)) {
@@ -133,8 +135,11 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
             name: "gc_pause_distributions",
             available: false,
             detail: format!(
-                "{} is older than the oldest Go mapscope supports ({}.{})",
-                binary.build_info.go_version, OLDEST_SUPPORTED.0, OLDEST_SUPPORTED.1
+                "mapscope supports Go {}.{} and 1.21 through 1.{}, not {}",
+                OLDEST_SUPPORTED.0,
+                OLDEST_SUPPORTED.1,
+                NEWEST_KNOWN.1,
+                binary.build_info.go_version
             ),
         },
     };

@@ -1,7 +1,7 @@
 //! Per-Go-release facts about the runtime functions mapscope probes: one table, each row
 //! citing the Go source it was read from, each row tested against a binary built by that
 //! release (tests/go_versions.rs).
-use profiler_common::stw::StwLayout;
+use profiler_common::stw::{StwCookie, StwLayout};
 
 use super::GoVersion;
 
@@ -9,7 +9,7 @@ pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
 
 /// The oldest and newest Go releases this table describes.
-pub const OLDEST_SUPPORTED: (u32, u32) = (1, 21);
+pub const OLDEST_SUPPORTED: (u32, u32) = (1, 19);
 pub const NEWEST_KNOWN: (u32, u32) = (1, 27);
 
 /// How one range of Go releases stops and starts the world.
@@ -18,8 +18,15 @@ pub struct StwAbi {
     pub first: (u32, u32),
     pub last: (u32, u32),
     pub layout: StwLayout,
-    /// Stop/start reasons, indexed by the runtime's `stwReason` value.
+    /// Stop/start reasons, indexed by the runtime's `stwReason` value (Go 1.21+).
     pub reasons: &'static [&'static str],
+    /// Go 1.19: the texts callers leave in `m.preemptoff`, with the Go 1.21+ reason each
+    /// became, so labels are the same whatever the release.
+    pub reason_texts: &'static [(&'static str, &'static str)],
+    /// Go 1.19: offsets of `g.m` and `m.preemptoff` (from the DWARF of a go1.19.8 binary:
+    /// runtime.g member m at 48, runtime.m member preemptoff at 248).
+    pub g_m_offset: u16,
+    pub m_preemptoff_offset: u16,
     /// Where in Go's source these facts come from.
     pub source: &'static str,
 }
@@ -46,12 +53,43 @@ const REASONS_GO121: &[&str] = &[
     "ResetDebugLog (test)",
 ];
 
+/// Go 1.19's `m.preemptoff` texts (src/runtime/mgc.go, proc.go and callers of
+/// `stopTheWorld`/`stopTheWorldGC` in go1.19.8) and the Go 1.21 reason each corresponds to.
+/// `gcStart` only runs with an empty `preemptoff`, so empty means sweep termination.
+const REASON_TEXTS_GO119: &[(&str, &str)] = &[
+    ("", "GC sweep termination"),
+    ("gcing", "GC mark termination"),
+    ("write heap dump", "write heap dump"),
+    ("profile", "goroutine profile"),
+    ("profile cleanup", "goroutine profile cleanup"),
+    ("stack trace", "all goroutines stack trace"),
+    ("read mem stats", "read mem stats"),
+    ("doAllThreadsSyscall", "AllThreadsSyscall"),
+    ("GOMAXPROCS", "GOMAXPROCS"),
+    ("start tracing", "start trace"),
+    ("stop tracing", "stop trace"),
+];
+
 pub const STW_TABLE: &[StwAbi] = &[
+    StwAbi {
+        first: (1, 19),
+        last: (1, 19),
+        layout: StwLayout::Go119,
+        reasons: &[],
+        reason_texts: REASON_TEXTS_GO119,
+        g_m_offset: 48,
+        m_preemptoff_offset: 248,
+        source: "go1.19.8 src/runtime/proc.go: func stopTheWorldWithSema() (reason in \
+                 getg().m.preemptoff); func startTheWorldWithSema(emitTraceEvent bool) int64",
+    },
     StwAbi {
         first: (1, 21),
         last: (1, 21),
         layout: StwLayout::Go121,
         reasons: REASONS_GO121,
+        reason_texts: &[],
+        g_m_offset: 0,
+        m_preemptoff_offset: 0,
         source: "go1.21.13 src/runtime/proc.go: func stopTheWorldWithSema(reason stwReason); \
                  func startTheWorldWithSema() int64 (returns the restart time)",
     },
@@ -60,6 +98,9 @@ pub const STW_TABLE: &[StwAbi] = &[
         last: (1, 22),
         layout: StwLayout::Go122,
         reasons: REASONS_GO121,
+        reason_texts: &[],
+        g_m_offset: 0,
+        m_preemptoff_offset: 0,
         source: "go1.22.10 src/runtime/proc.go: type worldStop struct { reason stwReason; \
                  start int64 }; func stopTheWorldWithSema(reason stwReason) worldStop; \
                  func startTheWorldWithSema(now int64, w worldStop) int64",
@@ -69,6 +110,9 @@ pub const STW_TABLE: &[StwAbi] = &[
         last: NEWEST_KNOWN,
         layout: StwLayout::Go123,
         reasons: REASONS_GO121,
+        reason_texts: &[],
+        g_m_offset: 0,
+        m_preemptoff_offset: 0,
         source: "go1.23.9 .. go1.27.3 src/runtime/proc.go: type worldStop struct { reason \
                  stwReason; startedStopping, finishedStopping, stoppingCPUTime int64 }; \
                  func startTheWorldWithSema(now int64, w worldStop) int64",
@@ -82,6 +126,8 @@ pub enum Support {
     /// Newer than the table: use the newest row and warn, since the layout may have changed.
     Newer(&'static StwAbi),
     TooOld,
+    /// Between supported releases but not described (Go 1.20).
+    Unsupported,
 }
 
 pub fn stw_abi(version: GoVersion) -> Support {
@@ -89,15 +135,15 @@ pub fn stw_abi(version: GoVersion) -> Support {
     if release < OLDEST_SUPPORTED {
         return Support::TooOld;
     }
-    match STW_TABLE
+    if let Some(row) = STW_TABLE
         .iter()
         .find(|row| row.first <= release && release <= row.last)
     {
-        Some(row) => Support::Known(row),
-        None => match STW_TABLE.last() {
-            Some(newest) => Support::Newer(newest),
-            None => Support::TooOld,
-        },
+        return Support::Known(row);
+    }
+    match STW_TABLE.last() {
+        Some(newest) if release > newest.last => Support::Newer(newest),
+        _ => Support::Unsupported,
     }
 }
 
@@ -105,6 +151,24 @@ impl StwAbi {
     /// The runtime's name for a `stwReason` value, or `None` if this release has no such value.
     pub fn reason_name(&self, reason: u32) -> Option<&'static str> {
         self.reasons.get(reason as usize).copied()
+    }
+
+    /// Go 1.19: the Go 1.21+ name for a `m.preemptoff` text, if it is one the runtime uses.
+    pub fn reason_for_text(&self, text: &str) -> Option<&'static str> {
+        self.reason_texts
+            .iter()
+            .find(|(known, _)| *known == text)
+            .map(|&(_, name)| name)
+    }
+
+    /// The attach cookie for this release's probes.
+    pub fn cookie(&self) -> u64 {
+        StwCookie {
+            layout: self.layout,
+            g_m_offset: self.g_m_offset,
+            m_preemptoff_offset: self.m_preemptoff_offset,
+        }
+        .encode()
     }
 }
 
@@ -114,7 +178,7 @@ mod tests {
 
     #[test]
     fn every_supported_release_has_exactly_one_row() {
-        for minor in OLDEST_SUPPORTED.1..=NEWEST_KNOWN.1 {
+        for minor in (OLDEST_SUPPORTED.1..=NEWEST_KNOWN.1).filter(|&minor| minor != 20) {
             let rows = STW_TABLE
                 .iter()
                 .filter(|row| row.first <= (1, minor) && (1, minor) <= row.last)
@@ -129,11 +193,13 @@ mod tests {
             Support::Known(row) => Some(row.layout),
             _ => None,
         };
+        assert_eq!(layout(19, 8), Some(StwLayout::Go119));
         assert_eq!(layout(21, 13), Some(StwLayout::Go121));
         assert_eq!(layout(22, 0), Some(StwLayout::Go122));
         assert_eq!(layout(23, 9), Some(StwLayout::Go123));
         assert_eq!(layout(27, 3), Some(StwLayout::Go123));
-        assert_eq!(stw_abi(GoVersion::new(1, 20, 14)), Support::TooOld);
+        assert_eq!(stw_abi(GoVersion::new(1, 18, 10)), Support::TooOld);
+        assert_eq!(stw_abi(GoVersion::new(1, 20, 14)), Support::Unsupported);
         assert!(
             matches!(stw_abi(GoVersion::new(1, 28, 0)), Support::Newer(row) if row.layout == StwLayout::Go123)
         );
@@ -148,5 +214,38 @@ mod tests {
         assert_eq!(row.reason_name(2), Some("GC sweep termination"));
         assert_eq!(row.reason_name(7), Some("read mem stats"));
         assert_eq!(row.reason_name(200), None);
+    }
+
+    #[test]
+    fn go119_texts_map_to_the_same_reasons() {
+        let Support::Known(old) = stw_abi(GoVersion::new(1, 19, 8)) else {
+            panic!("1.19 is known")
+        };
+        assert_eq!(old.reason_for_text(""), Some("GC sweep termination"));
+        assert_eq!(old.reason_for_text("gcing"), Some("GC mark termination"));
+        assert_eq!(
+            old.reason_for_text("doAllThreadsSyscall"),
+            Some("AllThreadsSyscall")
+        );
+        assert_eq!(old.reason_for_text("something new"), None);
+        let Support::Known(new) = stw_abi(GoVersion::new(1, 27, 3)) else {
+            panic!("1.27 is known")
+        };
+        for (_, name) in REASON_TEXTS_GO119 {
+            assert!(
+                new.reasons.contains(name),
+                "{name} is not a Go 1.21+ reason"
+            );
+        }
+    }
+
+    #[test]
+    fn cookies_round_trip() {
+        for row in STW_TABLE {
+            let cookie = StwCookie::decode(row.cookie()).unwrap();
+            assert_eq!(cookie.layout, row.layout);
+            assert_eq!(cookie.g_m_offset, row.g_m_offset);
+            assert_eq!(cookie.m_preemptoff_offset, row.m_preemptoff_offset);
+        }
     }
 }

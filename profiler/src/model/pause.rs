@@ -1,8 +1,8 @@
 //! Stop-the-world pauses: decoding the kernel's events and keeping the per-reason tallies the
 //! terminal summary prints.
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
-use profiler_common::stw::StwEvent;
+use profiler_common::stw::{REASON_TEXT_LEN, STW_FLAG_REASON_IS_TEXT, StwEvent};
 
 use super::{histogram::LogLinearHistogram, reason};
 use crate::gobin::abi::StwAbi;
@@ -50,9 +50,21 @@ pub fn decode(event: &StwEvent, abi: &StwAbi) -> Result<Pause, InvalidPause> {
         })
         .flatten()
         .filter(|&stopping| stopping <= total_ns);
-    let (label, ends_gc_cycle) = match abi.reason_name(event.reason) {
-        Some(name) => (reason::label(name), reason::ends_gc_cycle(name)),
-        None => (reason::unnamed(event.reason), false),
+    let runtime_name: Result<Cow<'_, str>, u32> = if event.flags & STW_FLAG_REASON_IS_TEXT != 0 {
+        // Go 1.19: the runtime's text, mapped to the name newer releases use for it.
+        let length = (event.reason as usize).min(REASON_TEXT_LEN);
+        let text = String::from_utf8_lossy(&event.reason_text[..length]).into_owned();
+        Ok(abi
+            .reason_for_text(&text)
+            .map_or(Cow::Owned(text), Cow::Borrowed))
+    } else {
+        abi.reason_name(event.reason)
+            .map(Cow::Borrowed)
+            .ok_or(event.reason)
+    };
+    let (label, ends_gc_cycle) = match runtime_name {
+        Ok(name) => (reason::label(&name), name == reason::GC_MARK_TERMINATION),
+        Err(number) => (reason::unnamed(number), false),
     };
     Ok(Pause {
         reason: label,
@@ -140,6 +152,35 @@ mod tests {
                 .unwrap()
                 .stopping_ns,
             None
+        );
+    }
+
+    #[test]
+    fn go119_reason_texts_get_the_same_labels() {
+        let Support::Known(old) = stw_abi("go1.19.8".parse().unwrap()) else {
+            panic!("1.19 is known")
+        };
+        let text_event = |text: &str| {
+            let mut event = event(0, 1_000, 0, 9_000);
+            event.flags = STW_FLAG_REASON_IS_TEXT;
+            event.reason = text.len() as u32;
+            event.reason_text[..text.len()].copy_from_slice(text.as_bytes());
+            event
+        };
+        let mark = decode(&text_event("gcing"), old).unwrap();
+        assert_eq!(mark.reason, "gc_mark_termination");
+        assert!(mark.ends_gc_cycle);
+        assert_eq!(
+            decode(&text_event(""), old).unwrap().reason,
+            "gc_sweep_termination"
+        );
+        assert_eq!(
+            decode(&text_event("stack trace"), old).unwrap().reason,
+            "all_goroutines_stack_trace"
+        );
+        assert_eq!(
+            decode(&text_event("Some New Thing"), old).unwrap().reason,
+            "some_new_thing"
         );
     }
 

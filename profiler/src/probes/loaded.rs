@@ -94,7 +94,7 @@ impl AttachedProbes {
                 })?;
             let attach_point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
-                cookie: Some(point.layout as u64),
+                cookie: Some(point.cookie),
             };
             program
                 .attach(attach_point, exe, scope)

@@ -23,8 +23,8 @@ pub struct ProbePoint {
     pub address: u64,
     /// Where the instruction is in the file: what the kernel attaches a uprobe by.
     pub file_offset: u64,
-    /// Passed to the program as the attach cookie.
-    pub layout: StwLayout,
+    /// Passed to the program as the attach cookie (`StwCookie`).
+    pub cookie: u64,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub enum PlanError {
 pub fn plan(binary: &GoBinary, abi: &StwAbi) -> Result<Vec<ProbePoint>, PlanError> {
     // Which sites each layout needs; see the module doc of profiler-ebpf/src/gc.rs.
     let sites: &[(&'static str, &'static str, Site)] = match abi.layout {
-        StwLayout::Go121 => &[
+        StwLayout::Go119 | StwLayout::Go121 => &[
             (STOP_ENTRY, STOP_THE_WORLD, Site::Entry),
             (STOP_RETURN, STOP_THE_WORLD, Site::Returns),
             (START_ENTRY, START_THE_WORLD, Site::Entry),
@@ -80,7 +80,7 @@ pub fn plan(binary: &GoBinary, abi: &StwAbi) -> Result<Vec<ProbePoint>, PlanErro
                 function,
                 address,
                 file_offset,
-                layout: abi.layout,
+                cookie: abi.cookie(),
             });
         }
     }

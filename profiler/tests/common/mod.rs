@@ -357,14 +357,19 @@ pub fn http_get(address: SocketAddr, path: &str) -> String {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    // Bytes: some endpoints (pprof) answer in binary.
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8_lossy(&response[..split]);
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
     );
-    body.to_owned()
+    String::from_utf8_lossy(&response[split + 4..]).into_owned()
 }
 
 #[derive(Debug, Clone, PartialEq)]

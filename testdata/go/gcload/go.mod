@@ -1,3 +1,3 @@
 module mapscope.test/gcload
 
-go 1.21
+go 1.19
