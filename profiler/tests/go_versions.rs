@@ -166,3 +166,53 @@ per_go_release! {
     table_and_analysis_go1_26 => "1.26.6",
     table_and_analysis_go1_27 => "1.27.3",
 }
+
+/// Bounded fuzzing of the whole binary analysis on real Go executables: random bytes changed
+/// in the ELF headers, the build info and the pclntab must give an error or a result, never a
+/// panic or a runaway allocation (every length read is checked against the file).
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn mutated_go_binaries_never_panic() {
+    use object::{Object as _, ObjectSection as _};
+
+    for flags in [&[][..], &["-ldflags=-s -w"][..]] {
+        let path = common::build_go("gcload", "1.27.3", flags);
+        let original = std::fs::read(&path).unwrap();
+        let file = object::File::parse(&*original).unwrap();
+        let mut regions = vec![(0u64, 4096u64)];
+        for name in [".go.buildinfo", ".gopclntab"] {
+            regions.push(file.section_by_name(name).unwrap().file_range().unwrap());
+        }
+        drop(file);
+        let scratch = tempfile::tempdir().unwrap();
+        let mutant_path = scratch.path().join("mutant");
+        let mut state = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..150 {
+            let mut mutant = original.clone();
+            let (start, size) = regions[round % regions.len()];
+            // Early bytes matter most (headers); later rounds reach further in.
+            let span = size.min(64 + (round as u64) * 64);
+            for _ in 0..1 + next() % 8 {
+                let at = (start + next() % span) as usize;
+                mutant[at] = next() as u8;
+            }
+            std::fs::write(&mutant_path, &mutant).unwrap();
+            if let Ok(binary) =
+                GoBinary::open(&mutant_path, &[abi::STOP_THE_WORLD, abi::START_THE_WORLD])
+            {
+                for function in [abi::STOP_THE_WORLD, abi::START_THE_WORLD] {
+                    if let Some(found) = binary.function(function) {
+                        let _ = binary.ret_sites(found);
+                        let _ = binary.entry_site(found);
+                    }
+                }
+            }
+        }
+    }
+}

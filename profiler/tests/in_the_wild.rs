@@ -81,3 +81,26 @@ fn process_in_its_own_mount_namespace() {
     );
     attach_and_compare(target);
 }
+
+/// A Go release newer than the table: a clear warning, then best effort with the newest layout
+/// (here the binary is really Go 1.27 claiming to be 1.99, so the numbers must still agree).
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn newer_go_than_known_warns_and_works() {
+    let real = common::build_go("gcload", GO, &[]);
+    let newer = common::with_build_info_version(&real, "go1.99.0", "gcload-claims-go1.99");
+    let target = GoTarget::start(&newer, &["-duration", "500ms"]);
+    let pid = target.pid();
+    let mapscope_stderr = {
+        let mapscope = Mapscope::attach(pid);
+        let stderr = mapscope.stderr.all();
+        drop(mapscope);
+        stderr
+    };
+    assert!(
+        mapscope_stderr.contains("newer than the newest Go mapscope knows")
+            && mapscope_stderr.contains("check the numbers against runtime/metrics"),
+        "{mapscope_stderr}"
+    );
+    attach_and_compare(target);
+}

@@ -4,6 +4,7 @@
 pub mod abi;
 pub mod buildinfo;
 pub mod disasm;
+mod moduledata;
 pub mod pclntab;
 pub mod version;
 
@@ -197,23 +198,34 @@ impl GoBinary {
         file: &object::File<'_>,
         wanted: &[&str],
     ) -> Result<BTreeMap<String, Function>, pclntab::PclntabError> {
-        let text = file
+        let text_section = file
             .section_by_name(".text")
             .map(|section| section.address());
+        // Where Go's text starts, when the header leaves it to run time: the runtime's own
+        // moduledata, else the start of .text (right for the Go linker's own layout).
+        let text_start = |data: &[u8], address: u64| {
+            let (header_text, funcnames) = pclntab::header_words(data)?;
+            if header_text != 0 {
+                return Some(header_text);
+            }
+            moduledata::text_start(file, address, funcnames).or(text_section)
+        };
         if let Some(section) = file.section_by_name(".gopclntab") {
             let data = section
                 .data()
                 .map_err(|_| pclntab::PclntabError::NoHeader)?;
+            let text = text_start(data, section.address());
             return Ok(pclntab::Pclntab::parse(data, text)?.find(wanted));
         }
-        // No section headers: search the loaded segments, as the runtime's moduledata would
-        // point to it. The header is pointer-aligned.
+        // No section headers: search the loaded segments. The header is pointer-aligned.
         for segment in file.segments() {
             let Ok(data) = segment.data() else { continue };
             for at in (0..data.len().saturating_sub(8)).step_by(8) {
-                if pclntab::looks_like_header(&data[at..])
-                    && let Ok(table) = pclntab::Pclntab::parse(&data[at..], text)
-                {
+                if !pclntab::looks_like_header(&data[at..]) {
+                    continue;
+                }
+                let text = text_start(&data[at..], segment.address() + at as u64);
+                if let Ok(table) = pclntab::Pclntab::parse(&data[at..], text) {
                     let found = table.find(wanted);
                     if !found.is_empty() {
                         return Ok(found);

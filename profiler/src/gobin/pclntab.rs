@@ -50,9 +50,21 @@ pub fn looks_like_header(data: &[u8]) -> bool {
         && data[7] == 8
 }
 
+/// The header's textStart and funcnametab offset, if `data` starts with a pclntab header.
+pub fn header_words(data: &[u8]) -> Option<(u64, u64)> {
+    if !looks_like_header(data) {
+        return None;
+    }
+    let word = |index: usize| {
+        let at = 8 + index * 8;
+        Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+    };
+    Some((word(2)?, word(3)?))
+}
+
 impl<'a> Pclntab<'a> {
-    /// `text_fallback` is the `.text` address, used when the header's textStart is zero (the
-    /// linker leaves it for a run-time relocation in recent Go releases).
+    /// `text_fallback` is where Go's text starts (`moduledata.text`), used when the header's
+    /// textStart is zero (recent linkers leave it to be filled in at run time).
     pub fn parse(data: &'a [u8], text_fallback: Option<u64>) -> Result<Self, PclntabError> {
         if !looks_like_header(data) {
             return Err(PclntabError::NoHeader);

@@ -57,13 +57,31 @@ fn go_command(version: &str) -> Command {
 /// Build `testdata/go/<program>` with Go `version` and extra `go build` flags; cached per
 /// (program, version, flags) for the life of the test binary.
 pub fn build_go(program: &str, version: &str, flags: &[&str]) -> PathBuf {
+    build_go_env(program, version, flags, &[])
+}
+
+/// `build_go` with environment settings for `go build` (e.g. `CGO_ENABLED=0`).
+pub fn build_go_env(program: &str, version: &str, flags: &[&str], env: &[(&str, &str)]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let key = format!("{program}-{version}-{}", flags.join(" "));
+    let settings: Vec<String> = env
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let key = format!(
+        "{program}-{version}-{}-{}",
+        flags.join(" "),
+        settings.join(" ")
+    );
     let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap();
     if let Some(path) = built.get(&key) {
         return path.clone();
     }
-    let tag: String = flags
+    let words: Vec<&str> = flags
+        .iter()
+        .copied()
+        .chain(settings.iter().map(String::as_str))
+        .collect();
+    let tag: String = words
         .join("_")
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -78,6 +96,7 @@ pub fn build_go(program: &str, version: &str, flags: &[&str]) -> PathBuf {
         .join("../testdata/go")
         .join(program);
     let out = go_command(version)
+        .envs(env.iter().copied())
         .arg("build")
         .args(flags)
         .arg("-o")
