@@ -138,6 +138,7 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
     let who = format!("PID {} ({})", process.pid, process.exe_name);
     let binary = open_binary(&process.exe_path(), &who, || process.is_alive())?;
     let abi = stw_support(&binary, &who)?;
+    check_dwarf(&binary, abi, &who)?;
     let points = stw::plan(&binary, abi).map_err(|error| plan_error(&who, error))?;
     if !process.is_alive() {
         return Err(UserError::new(
@@ -151,6 +152,23 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
         abi,
         points,
     })
+}
+
+/// Where the binary carries DWARF, its runtime must look the way the table says; otherwise
+/// mapscope would read the wrong registers or offsets, so it refuses rather than guess.
+pub fn check_dwarf(binary: &GoBinary, abi: &StwAbi, who: &str) -> Result<(), UserError> {
+    match binary.dwarf_disagreements(&abi.dwarf) {
+        Some(found) if !found.is_empty() => Err(UserError::new(
+            Exit::UnsupportedGo,
+            format!(
+                "{who}: its Go runtime ({}) differs from what mapscope knows of that release: {}; \
+                 please report this with the Go version",
+                binary.build_info.go_version,
+                found.join("; ")
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub fn plan_error(who: &str, error: PlanError) -> UserError {

@@ -30,6 +30,24 @@ fn check_release(version: &str) {
         panic!("Go {version} has no row in the table");
     };
 
+    // The binary's DWARF confirms its row of the table, and tells it apart from the others.
+    assert_eq!(
+        binary.dwarf_disagreements(&row.dwarf),
+        Some(vec![]),
+        "Go {version}: DWARF vs its table row"
+    );
+    for other in abi::STW_TABLE
+        .iter()
+        .filter(|other| other.layout != row.layout)
+    {
+        let found = binary.dwarf_disagreements(&other.dwarf).unwrap();
+        assert!(
+            !found.is_empty(),
+            "Go {version}: the DWARF check cannot tell it from {:?}",
+            other.layout
+        );
+    }
+
     let nm = common::go_tool(version, &["nm", path.to_str().unwrap()]);
     let shown = path.to_str().unwrap();
     for function in [abi::STOP_THE_WORLD, abi::START_THE_WORLD] {
@@ -117,6 +135,11 @@ fn check_release(version: &str) {
     assert_eq!(binary.function_source, FunctionSource::SymbolTable);
     assert_eq!(stripped.function_source, FunctionSource::Pclntab);
     assert_eq!(stripped.build_info.go_version, format!("go{version}"));
+    assert_eq!(
+        stripped.dwarf_disagreements(&row.dwarf),
+        None,
+        "a stripped binary has no DWARF"
+    );
     for function in [abi::STOP_THE_WORLD, abi::START_THE_WORLD] {
         let (full, bare) = (
             binary.function(function).unwrap(),

@@ -104,3 +104,41 @@ fn newer_go_than_known_warns_and_works() {
     );
     attach_and_compare(target);
 }
+
+/// No section headers at all (as `sstrip` leaves a binary): the build info, the pclntab and
+/// Go's text start must all be found through the program headers and the runtime's moduledata.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn binary_without_section_headers() {
+    for (flags, name) in [
+        (&["-ldflags=-s -w"][..], "gcload-no-sections"),
+        (
+            &["-buildmode=pie", "-ldflags=-s -w"][..],
+            "gcload-pie-no-sections",
+        ),
+    ] {
+        let mut data = std::fs::read(common::build_go("gcload", GO, flags)).unwrap();
+        // ELF64 header: e_shoff at 0x28 (8 bytes), e_shnum at 0x3c, e_shstrndx at 0x3e (2 each).
+        data[0x28..0x30].fill(0);
+        data[0x3c..0x40].fill(0);
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::write(&path, &data).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+
+        let output = Command::new(common::MAPSCOPE)
+            .args(["inspect", "--json"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["go_version"], format!("go{GO}"));
+        assert_eq!(report["stripped"], true);
+        attach_and_compare(GoTarget::start(&path, &["-duration", "300ms"]));
+    }
+}

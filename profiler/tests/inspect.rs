@@ -46,6 +46,10 @@ fn check_report(version: &str, flags: &[&str], stripped: bool, pie: bool) {
     // gcload uses no cgo, so only the PIE build (which Go links against ld.so) is dynamic.
     assert_eq!(report["static_link"], !pie);
     assert_eq!(report["dwarf"], !stripped);
+    assert_eq!(
+        report["dwarf_check"],
+        if stripped { "no_dwarf" } else { "agrees" }
+    );
     assert_eq!(report["features"][0]["name"], "gc_pause_distributions");
     assert_eq!(report["features"][0]["available"], true);
 

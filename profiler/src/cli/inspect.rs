@@ -42,6 +42,8 @@ pub struct Report {
     pub function_source: FunctionSource,
     #[serde(flatten)]
     pub layout: Layout,
+    /// `agrees`, `no_dwarf`, `not_applicable` (unsupported release) or what differs.
+    pub dwarf_check: String,
     pub probes: Vec<ProbeSite>,
     pub features: Vec<Feature>,
 }
@@ -98,6 +100,12 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         Support::TooOld => ("too_old", None),
         Support::Unsupported => ("unsupported", None),
     };
+    let dwarf_check = match row.map(|row| binary.dwarf_disagreements(&row.dwarf)) {
+        None => "not_applicable".to_owned(),
+        Some(None) => "no_dwarf".to_owned(),
+        Some(Some(found)) if found.is_empty() => "agrees".to_owned(),
+        Some(Some(found)) => found.join("; "),
+    };
     let mut probes = Vec::new();
     let pauses = match row.map(|row| stw::plan(binary, row)) {
         Some(Ok(points)) => {
@@ -152,6 +160,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         stripped: binary.function_source == FunctionSource::Pclntab,
         function_source: binary.function_source,
         layout: binary.layout,
+        dwarf_check,
         probes,
         features: vec![pauses],
     }
@@ -196,6 +205,11 @@ pub fn render(report: &Report) -> String {
             "dynamically linked"
         ),
         yes_no(report.layout.dwarf, "DWARF", "no DWARF"),
+    );
+    let _ = writeln!(
+        out,
+        "  DWARF check     {}",
+        report.dwarf_check.replace('_', " ")
     );
     if !report.probes.is_empty() {
         let _ = writeln!(out, "  probe points");

@@ -3,7 +3,7 @@
 //! release (tests/go_versions.rs).
 use profiler_common::stw::{StwCookie, StwLayout};
 
-use super::GoVersion;
+use super::{GoVersion, dwarf::DwarfFacts};
 
 pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
@@ -27,6 +27,8 @@ pub struct StwAbi {
     /// runtime.g member m at 48, runtime.m member preemptoff at 248).
     pub g_m_offset: u16,
     pub m_preemptoff_offset: u16,
+    /// What a binary's DWARF must show for this row to apply (checked when it has DWARF).
+    pub dwarf: DwarfFacts,
     /// Where in Go's source these facts come from.
     pub source: &'static str,
 }
@@ -79,6 +81,14 @@ pub const STW_TABLE: &[StwAbi] = &[
         reason_texts: REASON_TEXTS_GO119,
         g_m_offset: 48,
         m_preemptoff_offset: 248,
+        dwarf: DwarfFacts {
+            members: &[],
+            offsets: &[("runtime.g", "m", 48), ("runtime.m", "preemptoff", 248)],
+            params: &[
+                (STOP_THE_WORLD, &[]),
+                (START_THE_WORLD, &["emitTraceEvent"]),
+            ],
+        },
         source: "go1.19.8 src/runtime/proc.go: func stopTheWorldWithSema() (reason in \
                  getg().m.preemptoff); func startTheWorldWithSema(emitTraceEvent bool) int64",
     },
@@ -90,6 +100,11 @@ pub const STW_TABLE: &[StwAbi] = &[
         reason_texts: &[],
         g_m_offset: 0,
         m_preemptoff_offset: 0,
+        dwarf: DwarfFacts {
+            members: &[],
+            offsets: &[],
+            params: &[(STOP_THE_WORLD, &["reason"]), (START_THE_WORLD, &[])],
+        },
         source: "go1.21.13 src/runtime/proc.go: func stopTheWorldWithSema(reason stwReason); \
                  func startTheWorldWithSema() int64 (returns the restart time)",
     },
@@ -101,6 +116,14 @@ pub const STW_TABLE: &[StwAbi] = &[
         reason_texts: &[],
         g_m_offset: 0,
         m_preemptoff_offset: 0,
+        dwarf: DwarfFacts {
+            members: &[("runtime.worldStop", &["reason", "start"])],
+            offsets: &[],
+            params: &[
+                (STOP_THE_WORLD, &["reason"]),
+                (START_THE_WORLD, &["now", "w"]),
+            ],
+        },
         source: "go1.22.10 src/runtime/proc.go: type worldStop struct { reason stwReason; \
                  start int64 }; func stopTheWorldWithSema(reason stwReason) worldStop; \
                  func startTheWorldWithSema(now int64, w worldStop) int64",
@@ -113,6 +136,22 @@ pub const STW_TABLE: &[StwAbi] = &[
         reason_texts: &[],
         g_m_offset: 0,
         m_preemptoff_offset: 0,
+        dwarf: DwarfFacts {
+            members: &[(
+                "runtime.worldStop",
+                &[
+                    "reason",
+                    "startedStopping",
+                    "finishedStopping",
+                    "stoppingCPUTime",
+                ],
+            )],
+            offsets: &[],
+            params: &[
+                (STOP_THE_WORLD, &["reason"]),
+                (START_THE_WORLD, &["now", "w"]),
+            ],
+        },
         source: "go1.23.9 .. go1.27.3 src/runtime/proc.go: type worldStop struct { reason \
                  stwReason; startedStopping, finishedStopping, stoppingCPUTime int64 }; \
                  func startTheWorldWithSema(now int64, w worldStop) int64",

@@ -4,6 +4,7 @@
 pub mod abi;
 pub mod buildinfo;
 pub mod disasm;
+pub mod dwarf;
 mod moduledata;
 pub mod pclntab;
 pub mod version;
@@ -254,6 +255,19 @@ impl GoBinary {
         let start = usize::try_from(self.file_offset(function.address)?).ok()?;
         let end = start.checked_add(usize::try_from(function.size).ok()?)?;
         self.data.get(start..end)
+    }
+
+    /// How this binary's DWARF disagrees with the table's `facts`: `None` without DWARF, an
+    /// empty list when they agree.
+    pub fn dwarf_disagreements(&self, facts: &dwarf::DwarfFacts) -> Option<Vec<String>> {
+        if !self.layout.dwarf {
+            return None;
+        }
+        let file = object::File::parse(&*self.data).ok()?;
+        Some(match dwarf::index(&file, facts) {
+            Ok(index) => facts.disagreements(&index),
+            Err(error) => vec![format!("its DWARF could not be read: {error}")],
+        })
     }
 
     /// Where to probe the function's entry so a call counts once even if the goroutine's stack

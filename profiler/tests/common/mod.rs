@@ -129,6 +129,23 @@ pub fn go_tool(version: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Spawn, retrying "text file busy": a test that has just written an executable can find it
+/// still open for writing in a child that another test thread forked at that moment and that has
+/// not reached exec yet (the descriptor is close-on-exec, so the wait is short).
+pub fn spawn_retrying_busy(command: &mut Command) -> Child {
+    for _ in 0..50 {
+        match command.spawn() {
+            Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => {
+                return result.unwrap_or_else(|error| panic!("starting {command:?}: {error}"));
+            }
+        }
+    }
+    panic!("{command:?} stayed busy (ETXTBSY) for a second")
+}
+
 /// Kills the process when the test ends, passed or failed.
 pub struct ChildGuard(pub Child);
 
@@ -199,11 +216,8 @@ impl GoTarget {
     /// Start a command that ends up exec'ing a gcload-compatible program (e.g. through
     /// `unshare`).
     pub fn spawn(mut command: Command) -> Self {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the Go target");
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = spawn_retrying_busy(&mut command);
         let stdin = child.stdin.take().unwrap();
         let stdout = Lines::new(child.stdout.take().unwrap());
         let target = Self {
