@@ -76,9 +76,9 @@ fn layout(ctx: &ProbeContext) -> Option<StwLayout> {
 }
 
 /// Go 1.19: the reason text the caller left in `getg().m.preemptoff` (a Go string: pointer,
-/// length). Returns the bytes read and their count; an unreadable string reads as empty, which
-/// is the GC sweep termination's own (empty) reason, so such a pause is flagged by its length
-/// of zero only where the string really was empty.
+/// length), and its length. A failed read gives length 0, the same as sweep termination's empty
+/// text; reads fail only if the table's offsets are wrong for the binary, which the DWARF
+/// cross-check and the per-release tests are there to catch.
 #[inline(always)]
 fn preemptoff(regs: &GoRegs, cookie: &StwCookie) -> ([u8; REASON_TEXT_LEN], u32) {
     let mut text = [0u8; REASON_TEXT_LEN];

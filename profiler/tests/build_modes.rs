@@ -96,17 +96,8 @@ fn check_release(version: &str) {
             "{what}: stripped link layout"
         );
 
-        let nm = common::go_tool(version, &["nm", full_path.to_str().unwrap()]);
         for function in wanted {
-            let nm_address = nm
-                .lines()
-                .find(|line| {
-                    let mut fields = line.split_whitespace();
-                    let (_, kind, name) = (fields.next(), fields.next(), fields.next());
-                    matches!(kind, Some("T" | "t")) && name == Some(function)
-                })
-                .and_then(|line| u64::from_str_radix(line.split_whitespace().next()?, 16).ok())
-                .unwrap_or_else(|| panic!("{what}: go tool nm does not list {function}"));
+            let nm_address = common::nm_address(version, &full_path, function);
             let (in_full, in_bare) = (
                 full.function(function).unwrap(),
                 bare.function(function).unwrap(),
@@ -119,27 +110,7 @@ fn check_release(version: &str) {
                 in_bare.address, nm_address,
                 "{what}: {function} from the pclntab vs go tool nm"
             );
-            let objdump = common::go_tool(
-                version,
-                &[
-                    "objdump",
-                    "-s",
-                    &format!("^{}$", function.replace('.', "\\.")),
-                    full_path.to_str().unwrap(),
-                ],
-            );
-            let rets: Vec<u64> = objdump
-                .lines()
-                .filter_map(|line| {
-                    let fields: Vec<&str> = line
-                        .split('\t')
-                        .map(str::trim)
-                        .filter(|f| !f.is_empty())
-                        .collect();
-                    (fields.get(3)?.split_whitespace().next()? == "RET")
-                        .then(|| u64::from_str_radix(fields[1].trim_start_matches("0x"), 16).ok())?
-                })
-                .collect();
+            let rets = common::objdump_rets(&common::objdump(version, &full_path, function));
             assert!(!rets.is_empty(), "{what}: no RET in objdump of {function}");
             assert_eq!(
                 full.ret_sites(in_full),

@@ -48,81 +48,41 @@ fn check_release(version: &str) {
         );
     }
 
-    let nm = common::go_tool(version, &["nm", path.to_str().unwrap()]);
-    let shown = path.to_str().unwrap();
     for function in [abi::STOP_THE_WORLD, abi::START_THE_WORLD] {
         let found = binary
             .function(function)
             .unwrap_or_else(|| panic!("{function} not found"));
-        let nm_address = nm
-            .lines()
-            .find(|line| line.ends_with(&format!(" T {function}")))
-            .and_then(|line| u64::from_str_radix(line.split_whitespace().next()?, 16).ok())
-            .unwrap_or_else(|| panic!("go tool nm does not list {function}"));
         assert_eq!(
-            found.address, nm_address,
+            found.address,
+            common::nm_address(version, &path, function),
             "{function} address vs go tool nm"
         );
 
-        let objdump = common::go_tool(
-            version,
-            &[
-                "objdump",
-                "-s",
-                &format!("^{}$", function.replace('.', "\\.")),
-                shown,
-            ],
-        );
+        let instructions = common::objdump(version, &path, function);
         // The entry probe sits on the instruction after the prologue's stack-check branch
         // (JBE to the morestack path), so a call that grows its stack counts once.
-        let instructions: Vec<(u64, String)> = objdump
-            .lines()
-            .filter_map(|line| {
-                let fields: Vec<&str> = line
-                    .split('\t')
-                    .map(str::trim)
-                    .filter(|f| !f.is_empty())
-                    .collect();
-                let address =
-                    u64::from_str_radix(fields.get(1)?.trim_start_matches("0x"), 16).ok()?;
-                Some((address, fields.get(3)?.to_string()))
-            })
-            .collect();
         let after_jbe = instructions
             .windows(2)
             .take(6)
             .find(|pair| pair[0].1.starts_with("JBE"))
             .map(|pair| pair[1].0)
-            .unwrap_or_else(|| panic!("no stack-check JBE at the start of {function}:\n{objdump}"));
+            .unwrap_or_else(|| {
+                panic!("no stack-check JBE at the start of {function}: {instructions:?}")
+            });
         assert_eq!(
             binary.entry_site(found),
             after_jbe,
             "{function} entry probe site"
         );
 
-        // Lines look like "  proc.go:1839\t\t0x4515be\t\tc3\t\t\tRET\t\t": location,
-        // address, encoding, instruction, separated by runs of tabs.
-        let objdump_rets: Vec<u64> = objdump
-            .lines()
-            .filter_map(|line| {
-                let fields: Vec<&str> = line
-                    .split('\t')
-                    .map(str::trim)
-                    .filter(|f| !f.is_empty())
-                    .collect();
-                let instruction = fields.get(3)?;
-                let mnemonic = instruction.split_whitespace().next()?;
-                (mnemonic == "RET")
-                    .then(|| u64::from_str_radix(fields[1].trim_start_matches("0x"), 16).ok())?
-            })
-            .collect();
+        let rets = common::objdump_rets(&instructions);
         assert!(
-            !objdump_rets.is_empty(),
-            "go tool objdump shows no RET in {function}:\n{objdump}"
+            !rets.is_empty(),
+            "go tool objdump shows no RET in {function}"
         );
         assert_eq!(
             binary.ret_sites(found),
-            objdump_rets,
+            rets,
             "{function} RET sites vs go tool objdump"
         );
     }

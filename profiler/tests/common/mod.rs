@@ -146,6 +146,61 @@ pub fn spawn_retrying_busy(command: &mut Command) -> Child {
     panic!("{command:?} stayed busy (ETXTBSY) for a second")
 }
 
+/// A function's address according to `go tool nm`.
+pub fn nm_address(version: &str, binary: &Path, function: &str) -> u64 {
+    go_tool(version, &["nm", binary.to_str().unwrap()])
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (address, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
+            (matches!(kind, "T" | "t") && name == function)
+                .then(|| u64::from_str_radix(address, 16).ok())?
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "go tool nm does not list {function} in {}",
+                binary.display()
+            )
+        })
+}
+
+/// A function's instructions according to `go tool objdump`: (address, instruction text).
+/// Lines look like "  proc.go:1839\t\t0x4515be\t\tc3\t\t\tRET\t\t": location, address,
+/// encoding, instruction, separated by runs of tabs.
+pub fn objdump(version: &str, binary: &Path, function: &str) -> Vec<(u64, String)> {
+    let pattern = format!("^{}$", function.replace('.', "\\."));
+    let text = go_tool(
+        version,
+        &["objdump", "-s", &pattern, binary.to_str().unwrap()],
+    );
+    let instructions: Vec<(u64, String)> = text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line
+                .split('\t')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .collect();
+            let address = u64::from_str_radix(fields.get(1)?.trim_start_matches("0x"), 16).ok()?;
+            Some((address, fields.get(3)?.to_string()))
+        })
+        .collect();
+    assert!(
+        !instructions.is_empty(),
+        "go tool objdump shows nothing for {function}:\n{text}"
+    );
+    instructions
+}
+
+/// Addresses of the RET instructions in an objdump listing.
+pub fn objdump_rets(instructions: &[(u64, String)]) -> Vec<u64> {
+    instructions
+        .iter()
+        .filter(|(_, instruction)| instruction.split_whitespace().next() == Some("RET"))
+        .map(|&(address, _)| address)
+        .collect()
+}
+
 /// Kills the process when the test ends, passed or failed.
 pub struct ChildGuard(pub Child);
 
