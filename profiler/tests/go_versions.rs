@@ -11,6 +11,7 @@ mod common;
 use mapscope::gobin::{
     FunctionSource, GoBinary, GoVersion,
     abi::{self, Support},
+    dwarf::DwarfFacts,
 };
 use mapscope::probes::stw;
 
@@ -29,6 +30,20 @@ fn check_release(version: &str) {
     let Support::Known(row) = abi::stw_abi(binary.version) else {
         panic!("Go {version} has no row in the table");
     };
+
+    // moduledata.gofunc, where inline trees are found in stripped binaries, is where the table
+    // says (its offset moved in Go 1.27).
+    let gofunc_offset = abi::moduledata_gofunc_offset(binary.version).expect("a gofunc offset");
+    let moduledata_facts: &'static DwarfFacts = Box::leak(Box::new(DwarfFacts {
+        members: &[],
+        offsets: Box::leak(Box::new([("runtime.moduledata", "gofunc", gofunc_offset)])),
+        params: &[],
+    }));
+    assert_eq!(
+        binary.dwarf_disagreements(moduledata_facts),
+        Some(vec![]),
+        "Go {version}: moduledata.gofunc"
+    );
 
     // The binary's DWARF confirms its row of the table, and tells it apart from the others.
     assert_eq!(

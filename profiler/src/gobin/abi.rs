@@ -158,6 +158,42 @@ pub const STW_TABLE: &[StwAbi] = &[
     },
 ];
 
+/// Offset of `gofunc` in `runtime.moduledata` per release range (from the DWARF of binaries
+/// built by go1.19.8, go1.21.13–go1.26.6 and go1.27.3, which added `typedesclen`, `itaboffset`
+/// and `itabsize` before it; checked against each binary's DWARF in tests/go_versions.rs).
+pub const MODULEDATA_GOFUNC: &[ModuleDataRow] = &[
+    ModuleDataRow {
+        first: (1, 19),
+        last: (1, 19),
+        gofunc: 304,
+    },
+    ModuleDataRow {
+        first: (1, 21),
+        last: (1, 26),
+        gofunc: 320,
+    },
+    ModuleDataRow {
+        first: (1, 27),
+        last: (1, 27),
+        gofunc: 344,
+    },
+];
+
+/// Where `runtime.moduledata` keeps `gofunc`, for a range of Go releases.
+pub struct ModuleDataRow {
+    pub first: (u32, u32),
+    pub last: (u32, u32),
+    pub gofunc: u64,
+}
+
+pub fn moduledata_gofunc_offset(version: GoVersion) -> Option<u64> {
+    let release = version.release();
+    MODULEDATA_GOFUNC
+        .iter()
+        .find(|row| row.first <= release && release <= row.last)
+        .map(|row| row.gofunc)
+}
+
 /// What mapscope will do with a binary of this Go version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Support {

@@ -7,6 +7,7 @@ pub mod disasm;
 pub mod dwarf;
 mod moduledata;
 pub mod pclntab;
+pub mod symbolize;
 pub mod version;
 
 use std::{collections::BTreeMap, path::Path};
@@ -63,6 +64,17 @@ pub struct GoBinary {
     /// Where the functions were found.
     pub function_source: FunctionSource,
     pub layout: Layout,
+    /// The Go pclntab, for symbolizing any PC (`symbolizer`).
+    pclntab: Option<PclntabSpan>,
+}
+
+/// Where the pclntab is in the file, and the addresses it is relative to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PclntabSpan {
+    file_offset: usize,
+    len: usize,
+    text_start: Option<u64>,
+    gofunc: Option<u64>,
 }
 
 /// How the executable was linked, as far as a user deciding about mapscope cares.
@@ -172,15 +184,23 @@ impl GoBinary {
                 );
             }
         }
+        let pclntab = Self::locate_pclntab(&file, &data, wanted, version);
         let mut function_source = FunctionSource::SymbolTable;
         if file.symbols().next().is_none() {
             // Stripped: the runtime's own table has every function.
-            functions = Self::pclntab_functions(&file, wanted).map_err(|error| {
-                GoBinaryError::NoFunctionTable {
-                    path: path(),
-                    detail: error.to_string(),
-                }
+            let span = pclntab.ok_or_else(|| GoBinaryError::NoFunctionTable {
+                path: path(),
+                detail: pclntab::PclntabError::NoHeader.to_string(),
             })?;
+            let table = pclntab::Pclntab::parse(
+                &data[span.file_offset..span.file_offset + span.len],
+                span.text_start,
+            )
+            .map_err(|error| GoBinaryError::NoFunctionTable {
+                path: path(),
+                detail: error.to_string(),
+            })?;
+            functions = table.find(wanted);
             function_source = FunctionSource::Pclntab;
         }
         drop(file);
@@ -192,49 +212,84 @@ impl GoBinary {
             functions,
             function_source,
             layout,
+            pclntab,
         })
     }
 
-    fn pclntab_functions(
+    /// Find the pclntab: its section, or in a file without section headers a header found in
+    /// the loaded segments (pointer-aligned) that lists `wanted`. Also works out Go's text
+    /// start and `go:func.*`: from the header, the symbol table, the runtime's moduledata, or
+    /// (text start, for the Go linker's own layout) the start of `.text`.
+    fn locate_pclntab(
         file: &object::File<'_>,
+        data: &[u8],
         wanted: &[&str],
-    ) -> Result<BTreeMap<String, Function>, pclntab::PclntabError> {
+        version: GoVersion,
+    ) -> Option<PclntabSpan> {
         let text_section = file
             .section_by_name(".text")
             .map(|section| section.address());
-        // Where Go's text starts, when the header leaves it to run time: the runtime's own
-        // moduledata, else the start of .text (right for the Go linker's own layout).
-        let text_start = |data: &[u8], address: u64| {
-            let (header_text, funcnames) = pclntab::header_words(data)?;
-            if header_text != 0 {
-                return Some(header_text);
-            }
-            moduledata::text_start(file, address, funcnames).or(text_section)
+        let gofunc_symbol = file
+            .symbols()
+            .find(|symbol| matches!(symbol.name(), Ok("go:func.*" | "go.func.*")))
+            .map(|symbol| symbol.address());
+        let span = |file_offset: usize, address: u64| -> Option<PclntabSpan> {
+            let table = data.get(file_offset..)?;
+            let (header_text, funcnames) = pclntab::header_words(table)?;
+            let module = moduledata::read(
+                file,
+                address,
+                funcnames,
+                abi::moduledata_gofunc_offset(version),
+            )
+            .unwrap_or_default();
+            let text_start = Some(header_text)
+                .filter(|&text| text != 0)
+                .or(module.text)
+                .or(text_section);
+            Some(PclntabSpan {
+                file_offset,
+                len: table.len(),
+                text_start,
+                gofunc: gofunc_symbol.or(module.gofunc),
+            })
         };
         if let Some(section) = file.section_by_name(".gopclntab") {
-            let data = section
-                .data()
-                .map_err(|_| pclntab::PclntabError::NoHeader)?;
-            let text = text_start(data, section.address());
-            return Ok(pclntab::Pclntab::parse(data, text)?.find(wanted));
+            let (offset, size) = section.file_range()?;
+            let found = span(usize::try_from(offset).ok()?, section.address())?;
+            return Some(PclntabSpan {
+                len: usize::try_from(size).ok()?,
+                ..found
+            });
         }
-        // No section headers: search the loaded segments. The header is pointer-aligned.
         for segment in file.segments() {
-            let Ok(data) = segment.data() else { continue };
-            for at in (0..data.len().saturating_sub(8)).step_by(8) {
-                if !pclntab::looks_like_header(&data[at..]) {
+            let (segment_offset, segment_size) = segment.file_range();
+            let Some(bytes) = usize::try_from(segment_offset).ok().and_then(|start| {
+                data.get(start..start.checked_add(usize::try_from(segment_size).ok()?)?)
+            }) else {
+                continue;
+            };
+            for at in (0..bytes.len().saturating_sub(8)).step_by(8) {
+                if !pclntab::looks_like_header(&bytes[at..]) {
                     continue;
                 }
-                let text = text_start(&data[at..], segment.address() + at as u64);
-                if let Ok(table) = pclntab::Pclntab::parse(&data[at..], text) {
-                    let found = table.find(wanted);
-                    if !found.is_empty() {
-                        return Ok(found);
-                    }
+                let Some(found) = span(segment_offset as usize + at, segment.address() + at as u64)
+                else {
+                    continue;
+                };
+                let found = PclntabSpan {
+                    len: bytes.len() - at,
+                    ..found
+                };
+                let table = &data[found.file_offset..found.file_offset + found.len];
+                if pclntab::Pclntab::parse(table, found.text_start)
+                    .is_ok_and(|table| wanted.is_empty() || !table.find(wanted).is_empty())
+                {
+                    return Some(found);
                 }
             }
         }
-        Err(pclntab::PclntabError::NoHeader)
+        None
     }
 
     pub fn function(&self, name: &str) -> Option<Function> {
@@ -345,6 +400,7 @@ mod tests {
             functions: BTreeMap::new(),
             function_source: FunctionSource::SymbolTable,
             layout: Layout::default(),
+            pclntab: None,
         };
         assert_eq!(binary.file_offset(0x400010), Some(0x10));
         assert_eq!(binary.file_offset(0x600010), Some(0x1010));

@@ -1,5 +1,6 @@
-//! The runtime's `firstmoduledata`, for the one fact the pclntab may not say in the file: where
-//! Go's text starts (`moduledata.text`, the address of `runtime.text`).
+//! The runtime's `firstmoduledata`, for what the pclntab may not say in the file: where Go's
+//! text starts (`moduledata.text`, the address of `runtime.text`), and where the `go:func.*`
+//! data is (`moduledata.gofunc`), which inline trees are relative to.
 //!
 //! Recent linkers leave the pclntab header's textStart as zero in the file, and with external
 //! linking `runtime.text` is not the start of `.text` (the C start-up code comes first), so
@@ -79,26 +80,39 @@ impl<'a> Image<'a> {
     }
 }
 
-/// `moduledata.text` for the module whose pclntab is at `pclntab_address` with its function
-/// name table `funcnametab_offset` bytes in.
-pub fn text_start(
+/// What mapscope reads from `moduledata`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModuleData {
+    /// Where Go's text starts (`runtime.text`).
+    pub text: Option<u64>,
+    /// The `go:func.*` data that FUNCDATA offsets (inline trees) are relative to.
+    pub gofunc: Option<u64>,
+}
+
+/// The moduledata of the module whose pclntab is at `pclntab_address` with its function name
+/// table `funcnametab_offset` bytes in. `gofunc_offset` is the release's offset of the
+/// `gofunc` field (`abi::moduledata_gofunc_offset`).
+pub fn read(
     file: &object::File<'_>,
     pclntab_address: u64,
     funcnametab_offset: u64,
-) -> Option<u64> {
+    gofunc_offset: Option<u64>,
+) -> Option<ModuleData> {
     if pclntab_address == 0 {
         return None;
     }
     let image = Image::new(file);
-    image
+    let base = image
         .holding(pclntab_address)
         .into_iter()
         .find_map(|candidate| {
             let base = candidate.checked_sub(PC_HEADER)?;
             let names = image.word(base + FUNCNAMETAB)?;
-            (names == pclntab_address.checked_add(funcnametab_offset)?)
-                .then(|| image.word(base + TEXT))
-                .flatten()
-                .filter(|&text| text != 0)
-        })
+            (names == pclntab_address.checked_add(funcnametab_offset)?).then_some(base)
+        })?;
+    let nonzero = |value: Option<u64>| value.filter(|&value| value != 0);
+    Some(ModuleData {
+        text: nonzero(image.word(base + TEXT)),
+        gofunc: nonzero(gofunc_offset.and_then(|offset| image.word(base + offset))),
+    })
 }

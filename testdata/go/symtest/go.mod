@@ -1,0 +1,3 @@
+module mapscope.test/symtest
+
+go 1.19
