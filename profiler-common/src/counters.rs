@@ -10,9 +10,16 @@ pub const STW_UNMATCHED_START: u32 = 1;
 /// The per-thread pending-pause table was full.
 pub const STW_PENDING_FULL: u32 = 2;
 
+/// An allocation sample could not be counted: its (stack, size) table was full.
+pub const ALLOC_TABLE_FULL: u32 = 3;
+
 /// Number of counters; the size of the `PROBE_COUNTERS` array.
-pub const COUNT: u32 = 3;
+pub const COUNT: u32 = 4;
 
 /// Names for the `reason` label of `mapscope_probe_events_dropped_total`, by index.
-pub const NAMES: [&str; COUNT as usize] =
-    ["ring_buffer_full", "unmatched_start", "pending_table_full"];
+pub const NAMES: [&str; COUNT as usize] = [
+    "ring_buffer_full",
+    "unmatched_start",
+    "pending_table_full",
+    "alloc_table_full",
+];

@@ -4,5 +4,6 @@
 //! bytes, so a field added on one side only must fail the build, not corrupt a number.
 #![no_std]
 
+pub mod alloc;
 pub mod counters;
 pub mod stw;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use tokio::sync::oneshot;
 
 use crate::{
-    collect::stw::StwCollector,
+    collect::{alloc::AllocCollector, stw::StwCollector},
     error::{Exit, UserError},
     export::{self, metrics::Metrics},
     gobin::{
@@ -15,11 +15,15 @@ use crate::{
     },
     model::pause::PauseBook,
     probes::{
+        self,
         loaded::AttachedProbes,
         preflight,
         stw::{self, PlanError, ProbePoint},
     },
-    target::process::{Process, ProcessError},
+    target::{
+        memory,
+        process::{Process, ProcessError},
+    },
 };
 
 /// A process mapscope has read and knows how to probe.
@@ -28,6 +32,10 @@ pub struct Target {
     pub go_version: String,
     pub abi: &'static StwAbi,
     pub points: Vec<ProbePoint>,
+    /// Where `runtime.MemProfileRate` is in the target, when the symbol table says.
+    pub mem_profile_rate: Option<u64>,
+    /// Whether the allocation sampler is among `points`.
+    pub sampling_allocations: bool,
 }
 
 /// Refuse early, with the reason, if this machine or this process cannot run mapscope.
@@ -72,7 +80,7 @@ pub fn open_binary(
     who: &str,
     alive: impl Fn() -> bool,
 ) -> Result<GoBinary, UserError> {
-    GoBinary::open(path, &[abi::STOP_THE_WORLD, abi::START_THE_WORLD]).map_err(|error| match error {
+    GoBinary::open(path, abi::WANTED).map_err(|error| match error {
         GoBinaryError::NotGo { .. } | GoBinaryError::NotElf { .. } => UserError::new(
             Exit::NotGo,
             format!("{who} is not a Go program: {error}; mapscope profiles Go programs only"),
@@ -139,7 +147,22 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
     let binary = open_binary(&process.exe_path(), &who, || process.is_alive())?;
     let abi = stw_support(&binary, &who)?;
     check_dwarf(&binary, abi, &who)?;
-    let points = stw::plan(&binary, abi).map_err(|error| plan_error(&who, error))?;
+    let mut points = stw::plan(&binary, abi).map_err(|error| plan_error(&who, error))?;
+    let alloc_point = probes::alloc::plan(&binary);
+    match alloc_point {
+        Some(point) => points.push(point),
+        None => tracing::warn!("{who}: no runtime.profilealloc found; allocation sampling is off"),
+    }
+    let mem_profile_rate = binary.function(abi::MEM_PROFILE_RATE).map(|variable| {
+        // A PIE's variables move with its load address.
+        let bias = match (binary.layout.pie, binary.lowest_address()) {
+            (true, Some(lowest)) => memory::executable_base(process.pid)
+                .map(|base| base.saturating_sub(lowest))
+                .unwrap_or(0),
+            _ => 0,
+        };
+        variable.address + bias
+    });
     if !process.is_alive() {
         return Err(UserError::new(
             Exit::NoSuchProcess,
@@ -151,6 +174,8 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
         go_version: binary.build_info.go_version.clone(),
         abi,
         points,
+        mem_profile_rate,
+        sampling_allocations: alloc_point.is_some(),
     })
 }
 
@@ -245,10 +270,41 @@ impl Attached {
         let maps = self.probes.take_stw_maps()?;
         let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))
             .context("watching the event ring buffer")?;
-        collector.run_until(stop).await;
+        // The allocation sampler runs beside the pause collector until the same stop.
+        let (stop_all, stopped) = tokio::sync::watch::channel(false);
+        let alloc_task = if self.target.sampling_allocations {
+            let maps = self.probes.take_alloc_maps()?;
+            let (pid, address) = (process.pid, self.target.mem_profile_rate);
+            let read_rate = Box::new(move || address.and_then(|at| memory::read_i64(pid, at).ok()));
+            let mut alloc = AllocCollector::new(maps, read_rate, Arc::clone(&target_metrics));
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(async move {
+                alloc
+                    .run_until(async move {
+                        let _ = stopped.changed().await;
+                    })
+                    .await;
+                alloc
+            }))
+        } else {
+            None
+        };
+        collector
+            .run_until(async {
+                stop.await;
+                let _ = stop_all.send(true);
+            })
+            .await;
+        let alloc = match alloc_task {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
         self.probes.detach();
         tracing::info!("detached all probes from PID {}", process.pid);
         collector.drain();
+        if let Some(mut alloc) = alloc {
+            alloc.read();
+        }
 
         let book = std::mem::take(&mut collector.book);
         target_metrics.remove();

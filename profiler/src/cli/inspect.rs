@@ -151,6 +151,17 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
             ),
         },
     };
+    // Nothing is attached to a release mapscope does not support.
+    let alloc_point = row.and_then(|_| crate::probes::alloc::plan(binary));
+    if let Some(point) = alloc_point {
+        probes.push(ProbeSite {
+            program: point.program,
+            function: point.function,
+            site: "entry",
+            address: point.address,
+            file_offset: point.file_offset,
+        });
+    }
     Report {
         path: who.to_owned(),
         go_version: binary.build_info.go_version.clone(),
@@ -162,7 +173,19 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         layout: binary.layout,
         dwarf_check,
         probes,
-        features: vec![pauses],
+        features: vec![
+            pauses,
+            Feature {
+                name: "allocation_sampling",
+                available: alloc_point.is_some(),
+                detail: match binary.function(abi::MEM_PROFILE_RATE) {
+                    _ if row.is_none() => "this Go release is not supported".to_owned(),
+                    _ if alloc_point.is_none() => "runtime.profilealloc not found".to_owned(),
+                    Some(_) => "via runtime.profilealloc; MemProfileRate read from the target".to_owned(),
+                    None => "via runtime.profilealloc; stripped, so MemProfileRate is assumed to be the default 512 KiB".to_owned(),
+                },
+            },
+        ],
     }
 }
 

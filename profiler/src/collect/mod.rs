@@ -1,2 +1,3 @@
 //! Reading kernel maps and ring buffers into the model and the exporters.
+pub mod alloc;
 pub mod stw;

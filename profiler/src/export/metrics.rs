@@ -5,11 +5,11 @@ use std::{
 };
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-use crate::model::pause::Pause;
+use crate::model::{alloc::AllocTotals, pause::Pause};
 
 /// Pause histogram buckets: 0.5 µs doubling to 8.4 s (25 buckets), fine enough to tell 1 µs
 /// from 8 µs pauses and long enough for a multi-second stall.
@@ -28,6 +28,10 @@ pub struct Metrics {
     stopping: HistogramVec,
     gc_cycles: IntCounterVec,
     dropped: IntCounterVec,
+    alloc_bytes: CounterVec,
+    alloc_objects: CounterVec,
+    alloc_samples: IntCounterVec,
+    alloc_rate: IntGaugeVec,
 }
 
 impl Metrics {
@@ -79,6 +83,37 @@ impl Metrics {
                 "reason",
             ],
         )?;
+        let alloc_bytes = CounterVec::new(
+            Opts::new(
+                "mapscope_alloc_bytes_total",
+                "Heap bytes allocated, estimated from the runtime's own allocation sampling \
+                 (scaled as pprof scales alloc_space) (runtime/metrics /gc/heap/allocs:bytes).",
+            ),
+            &TARGET_LABELS,
+        )?;
+        let alloc_objects = CounterVec::new(
+            Opts::new(
+                "mapscope_alloc_objects_total",
+                "Heap objects allocated, estimated from the runtime's own allocation sampling \
+                 (runtime/metrics /gc/heap/allocs:objects).",
+            ),
+            &TARGET_LABELS,
+        )?;
+        let alloc_samples = IntCounterVec::new(
+            Opts::new(
+                "mapscope_alloc_samples_total",
+                "Allocations the runtime's heap profiler sampled (the estimates' statistical \
+                 basis: their relative error is about 1/sqrt of this).",
+            ),
+            &TARGET_LABELS,
+        )?;
+        let alloc_rate = IntGaugeVec::new(
+            Opts::new(
+                "mapscope_alloc_sample_rate_bytes",
+                "The target's runtime.MemProfileRate: average bytes between samples.",
+            ),
+            &TARGET_LABELS,
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "mapscope_build_info",
@@ -93,6 +128,10 @@ impl Metrics {
         registry.register(Box::new(stopping.clone()))?;
         registry.register(Box::new(gc_cycles.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(alloc_bytes.clone()))?;
+        registry.register(Box::new(alloc_objects.clone()))?;
+        registry.register(Box::new(alloc_samples.clone()))?;
+        registry.register(Box::new(alloc_rate.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -100,6 +139,10 @@ impl Metrics {
             stopping,
             gc_cycles,
             dropped,
+            alloc_bytes,
+            alloc_objects,
+            alloc_samples,
+            alloc_rate,
         })
     }
 
@@ -172,6 +215,24 @@ impl TargetMetrics {
         }
     }
 
+    /// Export the growth of the allocation estimates from `before` to `now`.
+    pub fn allocated(&self, before: &AllocTotals, now: &AllocTotals, rate: i64) {
+        let metrics = &self.metrics;
+        metrics
+            .alloc_bytes
+            .with_label_values(&self.labels)
+            .inc_by((now.bytes - before.bytes).max(0.0));
+        metrics
+            .alloc_objects
+            .with_label_values(&self.labels)
+            .inc_by((now.objects - before.objects).max(0.0));
+        metrics
+            .alloc_samples
+            .with_label_values(&self.labels)
+            .inc_by(now.samples.saturating_sub(before.samples));
+        metrics.alloc_rate.with_label_values(&self.labels).set(rate);
+    }
+
     /// Add to a drop counter (`reason` from a fixed set: bounded cardinality).
     pub fn dropped(&self, reason: &str, count: u64) {
         if let Ok(mut reasons) = self.drop_reasons.lock() {
@@ -185,6 +246,10 @@ impl TargetMetrics {
 
     pub fn remove(&self) {
         let _ = self.metrics.gc_cycles.remove_label_values(&self.labels);
+        let _ = self.metrics.alloc_bytes.remove_label_values(&self.labels);
+        let _ = self.metrics.alloc_objects.remove_label_values(&self.labels);
+        let _ = self.metrics.alloc_samples.remove_label_values(&self.labels);
+        let _ = self.metrics.alloc_rate.remove_label_values(&self.labels);
         if let Ok(reasons) = self.reasons.lock() {
             for reason in reasons.iter() {
                 let _ = self.metrics.pause.remove_label_values(&self.with(reason));

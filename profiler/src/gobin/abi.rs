@@ -7,6 +7,20 @@ use super::{GoVersion, dwarf::DwarfFacts};
 
 pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
+/// `func profilealloc(mp *m, x unsafe.Pointer, size uintptr)`, the same in go1.19.8 through
+/// go1.27.3 (src/runtime/malloc.go): called for each allocation the heap profiler samples.
+pub const PROFILE_ALLOC: &str = "runtime.profilealloc";
+/// `var MemProfileRate int` (src/runtime/mprof.go): bytes per sample, 512 KiB unless changed.
+pub const MEM_PROFILE_RATE: &str = "runtime.MemProfileRate";
+pub const DEFAULT_MEM_PROFILE_RATE: i64 = 512 * 1024;
+
+/// Everything mapscope looks up in a binary.
+pub const WANTED: &[&str] = &[
+    STOP_THE_WORLD,
+    START_THE_WORLD,
+    PROFILE_ALLOC,
+    MEM_PROFILE_RATE,
+];
 
 /// The oldest and newest Go releases this table describes.
 pub const OLDEST_SUPPORTED: (u32, u32) = (1, 19);

@@ -312,6 +312,16 @@ impl GoBinary {
         self.data.get(start..end)
     }
 
+    /// The lowest address a loadable segment maps from the file: a PIE's load bias is where the
+    /// kernel put the executable minus this.
+    pub fn lowest_address(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .filter(|segment| segment.file_size > 0)
+            .map(|segment| segment.address)
+            .min()
+    }
+
     /// How this binary's DWARF disagrees with the table's `facts`: `None` without DWARF, an
     /// empty list when they agree.
     pub fn dwarf_disagreements(&self, facts: &dwarf::DwarfFacts) -> Option<Vec<String>> {

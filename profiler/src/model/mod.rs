@@ -1,4 +1,5 @@
 //! Pure aggregation: what the collected events mean, with no I/O and no kernel in sight.
+pub mod alloc;
 pub mod histogram;
 pub mod pause;
 pub mod reason;

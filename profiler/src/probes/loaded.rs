@@ -3,7 +3,7 @@ use std::{num::NonZeroU32, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -11,6 +11,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use thiserror::Error;
+
+use profiler_common::alloc::AllocKey;
 
 use super::stw::ProbePoint;
 
@@ -36,6 +38,12 @@ pub enum LoadError {
     },
     #[error("eBPF map {0} is missing or of the wrong type")]
     Map(&'static str),
+}
+
+/// Kernel maps of the allocation sampler.
+pub struct AllocMaps {
+    pub samples: PerCpuHashMap<MapData, AllocKey, u64>,
+    pub stacks: StackTraceMap<MapData>,
 }
 
 /// Kernel maps that the collectors read; they outlive the probes so the last events can still
@@ -123,6 +131,20 @@ impl AttachedProbes {
             .and_then(|map| PerCpuArray::try_from(map).ok())
             .ok_or(LoadError::Map("PROBE_COUNTERS"))?;
         Ok(StwMaps { events, counters })
+    }
+
+    pub fn take_alloc_maps(&mut self) -> Result<AllocMaps, LoadError> {
+        let samples = self
+            .ebpf
+            .take_map("ALLOC_SAMPLES")
+            .and_then(|map| PerCpuHashMap::try_from(map).ok())
+            .ok_or(LoadError::Map("ALLOC_SAMPLES"))?;
+        let stacks = self
+            .ebpf
+            .take_map("ALLOC_STACKS")
+            .and_then(|map| StackTraceMap::try_from(map).ok())
+            .ok_or(LoadError::Map("ALLOC_STACKS"))?;
+        Ok(AllocMaps { samples, stacks })
     }
 
     /// Remove every uprobe from the target. The kernel restores the original instructions.

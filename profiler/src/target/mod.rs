@@ -1,4 +1,5 @@
 //! Target processes: finding them, holding on to them (pidfd, so a reused PID is never
 //! mistaken for the target), launching them stopped, and noticing when they exit.
 pub mod launch;
+pub mod memory;
 pub mod process;

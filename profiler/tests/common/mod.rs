@@ -317,6 +317,9 @@ pub struct Report {
     pub pause_total_ns: u64,
     pub gc_cycles: u64,
     pub histograms: BTreeMap<String, RuntimeHistogram>,
+    /// runtime/metrics counters' growth over the window (e.g. /gc/heap/allocs:bytes).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
     pub read_mem_stats_stw: u64,
 }
 

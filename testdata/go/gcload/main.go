@@ -7,7 +7,11 @@
 //	-> "ready"           after start-up; the program is idle (no GC) until told to go
 //	<- "go"              run the load
 //	-> {json report}     runtime counters for the load window
+//	<- "heap FILE"       write the runtime's own heap profile (pprof) to FILE, answer "ok"
 //	<- "exit" or EOF     exit 0
+//
+// Writing heap profiles also keeps runtime.MemProfile reachable: without it the linker turns
+// the runtime's allocation sampling off (MemProfileRate = 0).
 package main
 
 import (
@@ -18,6 +22,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"time"
 )
@@ -36,6 +42,8 @@ var names = []string{
 	"/sched/pauses/stopping/gc:seconds",
 	"/sched/pauses/stopping/other:seconds",
 	"/gc/pauses:seconds",
+	"/gc/heap/allocs:bytes",
+	"/gc/heap/allocs:objects",
 }
 
 type histogram struct {
@@ -51,6 +59,7 @@ type report struct {
 	PauseTotalNs    uint64               `json:"pause_total_ns"`
 	GCCycles        uint64               `json:"gc_cycles"`
 	Histograms      map[string]histogram `json:"histograms"`
+	Counters        map[string]uint64    `json:"counters"`
 	ReadMemStatsSTW int                  `json:"read_mem_stats_stw"`
 }
 
@@ -133,18 +142,37 @@ func main() {
 				NumGC:           msAfter.NumGC - msBefore.NumGC,
 				PauseTotalNs:    msAfter.PauseTotalNs - msBefore.PauseTotalNs,
 				Histograms:      map[string]histogram{},
+				Counters:        map[string]uint64{},
 				ReadMemStatsSTW: 2,
 			}
 			if after[0].Value.Kind() == metrics.KindUint64 {
 				r.GCCycles = after[0].Value.Uint64() - before[0].Value.Uint64()
 			}
 			for i := 1; i < len(names); i++ {
-				r.Histograms[names[i]] = delta(before[i].Value, after[i].Value)
+				if after[i].Value.Kind() == metrics.KindUint64 {
+					r.Counters[names[i]] = after[i].Value.Uint64() - before[i].Value.Uint64()
+				} else {
+					r.Histograms[names[i]] = delta(before[i].Value, after[i].Value)
+				}
 			}
 			out, _ := json.Marshal(r)
 			fmt.Println(string(out))
 		case "exit":
 			os.Exit(*exitCode)
+		default:
+			if strings.HasPrefix(in.Text(), "heap ") {
+				file := strings.TrimPrefix(in.Text(), "heap ")
+				out, err := os.Create(file)
+				if err == nil {
+					err = pprof.Lookup("heap").WriteTo(out, 0)
+					out.Close()
+				}
+				if err != nil {
+					fmt.Println("error:", err)
+				} else {
+					fmt.Println("ok")
+				}
+			}
 		}
 	}
 }

@@ -1,0 +1,51 @@
+//! Sampled allocations: a uprobe on `runtime.profilealloc`, which the runtime calls for the
+//! allocations its heap profiler samples (on average one per `runtime.MemProfileRate` bytes,
+//! 512 KiB by default). So the probe fires rarely whatever the allocation rate, and nothing is
+//! sent per sample: the kernel counts samples by (user stack, size), and userspace scales them
+//! the way pprof does.
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    macros::{map, uprobe},
+    maps::{PerCpuHashMap, StackTrace},
+    programs::{ProbeContext, tracing::StackIdContext as _},
+};
+use profiler_common::{
+    alloc::{AllocKey, MAX_ALLOC_KEYS, MAX_ALLOC_STACKS},
+    counters,
+};
+
+use crate::{counters::bump, goabi::GoRegs};
+
+/// User stacks of sampled allocations, walked by the kernel through Go's frame pointers.
+#[map]
+static ALLOC_STACKS: StackTrace = StackTrace::with_max_entries(MAX_ALLOC_STACKS, 0);
+
+/// Samples counted by (stack, size), per CPU (userspace adds the CPUs up).
+#[map]
+static ALLOC_SAMPLES: PerCpuHashMap<AllocKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+
+/// `profilealloc(mp *m, x unsafe.Pointer, size uintptr)`, Go 1.19 through 1.27
+/// (src/runtime/malloc.go): `size` is the third integer argument.
+const PROFILEALLOC_ARG_SIZE: usize = 2;
+
+#[uprobe]
+pub fn alloc_sample(ctx: ProbeContext) -> u32 {
+    let size = GoRegs::new(&ctx).int(PROFILEALLOC_ARG_SIZE);
+    let stack_id = ctx
+        .get_stackid(&ALLOC_STACKS, u64::from(BPF_F_USER_STACK))
+        .map_or(-1, |id| id as i32);
+    let key = AllocKey {
+        stack_id,
+        _pad: 0,
+        size,
+    };
+    if let Some(count) = ALLOC_SAMPLES.get_ptr_mut(key) {
+        // SAFETY: this CPU's own slot for the key, fresh from the lookup; uprobe programs do
+        // not preempt each other on one CPU.
+        unsafe { *count += 1 };
+    } else if ALLOC_SAMPLES.insert(key, 1, 0).is_err() {
+        bump(counters::ALLOC_TABLE_FULL);
+    }
+    0
+}

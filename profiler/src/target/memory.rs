@@ -1,0 +1,67 @@
+//! Reading (never writing) a target's memory.
+use std::io;
+
+/// Read `buffer.len()` bytes at `address` in process `pid` (process_vm_readv: no ptrace stop,
+/// no write access needed or used).
+pub fn read(pid: u32, address: u64, buffer: &mut [u8]) -> io::Result<()> {
+    let local = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: buffer.len(),
+    };
+    // SAFETY: `local` describes our own writable buffer of exactly that length; the kernel
+    // checks `remote` against the target's address space and fails cleanly if it is unmapped.
+    let read = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    match usize::try_from(read) {
+        Ok(count) if count == buffer.len() => Ok(()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "short read of target memory",
+        )),
+        Err(_) => Err(io::Error::last_os_error()),
+    }
+}
+
+pub fn read_i64(pid: u32, address: u64) -> io::Result<i64> {
+    let mut bytes = [0u8; 8];
+    read(pid, address, &mut bytes)?;
+    Ok(i64::from_le_bytes(bytes))
+}
+
+/// Where the executable's first mapping starts in the target: the load bias of a PIE is this
+/// minus the lowest loadable address of the file (0 for Go PIEs).
+pub fn executable_base(pid: u32) -> io::Result<u64> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let exe = exe.to_string_lossy();
+    let exe = exe.trim_end_matches(" (deleted)");
+    maps.lines()
+        .find(|line| {
+            line.trim_end()
+                .trim_end_matches(" (deleted)")
+                .ends_with(exe)
+        })
+        .and_then(|line| line.split('-').next())
+        .and_then(|start| u64::from_str_radix(start, 16).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "executable not in /proc/PID/maps"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_memory() {
+        let value: i64 = 0x1122_3344_5566_7788;
+        let address = &value as *const i64 as u64;
+        assert_eq!(read_i64(std::process::id(), address).unwrap(), value);
+        assert!(
+            read_i64(std::process::id(), 8).is_err(),
+            "page zero is never mapped"
+        );
+        assert!(executable_base(std::process::id()).unwrap() > 0);
+    }
+}

@@ -1,0 +1,117 @@
+//! Allocation estimates from the runtime's own sampling against the runtime's exact counters
+//! (runtime/metrics /gc/heap/allocs:bytes and :objects) for the same window.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{GoTarget, Mapscope};
+
+/// The estimates are sums over Poisson samples, so their relative standard error is about
+/// 1/sqrt(samples). The test allows five standard errors, plus 1% for the few allocations the
+/// target makes outside its measured window while mapscope watches (reading metrics, JSON).
+fn tolerance(samples: f64) -> f64 {
+    5.0 / samples.sqrt() + 0.01
+}
+
+fn compare(version: &str) {
+    let binary = common::build_go("gcload", version, &[]);
+    let mut target = GoTarget::start(&binary, &["-duration", "2s", "-forced-gcs", "5"]);
+    let mapscope = Mapscope::attach(target.pid());
+    let report = target.run_load();
+    // mapscope reads the kernel's counts every second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = mapscope.scrape();
+    let get = |name: &str| metrics.sum(name, |_| true);
+    let (bytes, objects, samples) = (
+        get("mapscope_alloc_bytes_total"),
+        get("mapscope_alloc_objects_total"),
+        get("mapscope_alloc_samples_total"),
+    );
+    let runtime_bytes = report.counters["/gc/heap/allocs:bytes"] as f64;
+    let runtime_objects = report.counters["/gc/heap/allocs:objects"] as f64;
+    let bound = tolerance(samples);
+    let off = |ours: f64, theirs: f64| (ours - theirs).abs() / theirs;
+    println!(
+        "Go {version}: {samples} samples (rate {}), bound {:.2}%\n  bytes   mapscope {bytes:.0} runtime {runtime_bytes} ({:+.2}%)\n  objects mapscope {objects:.0} runtime {runtime_objects} ({:+.2}%)",
+        get("mapscope_alloc_sample_rate_bytes"),
+        bound * 100.0,
+        (bytes / runtime_bytes - 1.0) * 100.0,
+        (objects / runtime_objects - 1.0) * 100.0,
+    );
+    assert!(
+        samples >= 1000.0,
+        "too few samples for a meaningful check: {samples}"
+    );
+    assert_eq!(
+        get("mapscope_alloc_sample_rate_bytes"),
+        524_288.0,
+        "the runtime's default rate"
+    );
+    assert!(
+        off(bytes, runtime_bytes) <= bound,
+        "bytes {bytes} vs {runtime_bytes}"
+    );
+    assert!(
+        off(objects, runtime_objects) <= bound,
+        "objects {objects} vs {runtime_objects}"
+    );
+    target.send("exit");
+}
+
+/// A program that never references runtime.MemProfile has sampling turned off by the linker
+/// (MemProfileRate = 0): mapscope must say so rather than report zero allocations as fact.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn sampling_off_is_reported() {
+    let gcbench = common::build_go("gcbench", common::NEWEST_GO, &[]);
+    let mut mapscope = Mapscope::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        gcbench.to_str().unwrap(),
+        "-mode",
+        "alloc",
+        "-duration",
+        "2s",
+    ]);
+    let warning = mapscope.stderr.wait_for(
+        "the sampling-off warning",
+        Duration::from_secs(10),
+        |line| line.contains("runtime.MemProfileRate to 0"),
+    );
+    assert!(warning.contains("allocation sampling off"), "{warning}");
+    let metrics = mapscope.scrape();
+    assert_eq!(
+        metrics.sum("mapscope_alloc_sample_rate_bytes", |_| true),
+        0.0
+    );
+    assert!(mapscope.wait(Duration::from_secs(20)).success());
+}
+
+macro_rules! per_go_release {
+    ($($name:ident => $version:literal),* $(,)?) => {$(
+        #[test]
+        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+        fn $name() {
+            compare($version);
+        }
+    )*};
+}
+
+per_go_release! {
+    allocations_match_runtime_go1_19 => "1.19.8",
+    allocations_match_runtime_go1_21 => "1.21.13",
+    allocations_match_runtime_go1_22 => "1.22.10",
+    allocations_match_runtime_go1_23 => "1.23.9",
+    allocations_match_runtime_go1_24 => "1.24.11",
+    allocations_match_runtime_go1_25 => "1.25.5",
+    allocations_match_runtime_go1_26 => "1.26.6",
+    allocations_match_runtime_go1_27 => "1.27.3",
+}
