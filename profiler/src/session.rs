@@ -6,7 +6,10 @@ use anyhow::Context as _;
 use tokio::sync::oneshot;
 
 use crate::{
-    collect::{alloc::AllocCollector, stw::StwCollector},
+    collect::{
+        alloc::{AllocCollector, SiteOptions},
+        stw::StwCollector,
+    },
     error::{Exit, UserError},
     export::{self, metrics::Metrics},
     gobin::{
@@ -36,6 +39,17 @@ pub struct Target {
     pub mem_profile_rate: Option<u64>,
     /// Whether the allocation sampler is among `points`.
     pub sampling_allocations: bool,
+    /// The executable as read, for symbolizing stacks.
+    pub binary: Arc<GoBinary>,
+    /// Where the executable is loaded relative to its file addresses (non-zero for PIEs).
+    pub load_bias: u64,
+}
+
+/// What the user can tune about a profiling session.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Allocation sites with series of their own (the rest are `other`).
+    pub alloc_top_sites: usize,
 }
 
 /// Refuse early, with the reason, if this machine or this process cannot run mapscope.
@@ -153,16 +167,16 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
         Some(point) => points.push(point),
         None => tracing::warn!("{who}: no runtime.profilealloc found; allocation sampling is off"),
     }
-    let mem_profile_rate = binary.function(abi::MEM_PROFILE_RATE).map(|variable| {
-        // A PIE's variables move with its load address.
-        let bias = match (binary.layout.pie, binary.lowest_address()) {
-            (true, Some(lowest)) => memory::executable_base(process.pid)
-                .map(|base| base.saturating_sub(lowest))
-                .unwrap_or(0),
-            _ => 0,
-        };
-        variable.address + bias
-    });
+    // A PIE's code and variables move with its load address.
+    let load_bias = match (binary.layout.pie, binary.lowest_address()) {
+        (true, Some(lowest)) => memory::executable_base(process.pid)
+            .map(|base| base.saturating_sub(lowest))
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let mem_profile_rate = binary
+        .function(abi::MEM_PROFILE_RATE)
+        .map(|variable| variable.address + load_bias);
     if !process.is_alive() {
         return Err(UserError::new(
             Exit::NoSuchProcess,
@@ -176,6 +190,8 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
         points,
         mem_profile_rate,
         sampling_allocations: alloc_point.is_some(),
+        binary: Arc::new(binary),
+        load_bias,
     })
 }
 
@@ -247,6 +263,7 @@ impl Attached {
     pub async fn profile(
         mut self,
         listener: std::net::TcpListener,
+        options: Options,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<PauseBook> {
         let process = &self.target.process;
@@ -276,7 +293,13 @@ impl Attached {
             let maps = self.probes.take_alloc_maps()?;
             let (pid, address) = (process.pid, self.target.mem_profile_rate);
             let read_rate = Box::new(move || address.and_then(|at| memory::read_i64(pid, at).ok()));
-            let mut alloc = AllocCollector::new(maps, read_rate, Arc::clone(&target_metrics));
+            let sites = SiteOptions {
+                binary: Arc::clone(&self.target.binary),
+                load_bias: self.target.load_bias,
+                top_sites: options.alloc_top_sites,
+            };
+            let mut alloc =
+                AllocCollector::new(maps, read_rate, Arc::clone(&target_metrics), sites);
             let mut stopped = stopped.clone();
             Some(tokio::spawn(async move {
                 alloc

@@ -20,6 +20,7 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
     let process = session::open_process(args.pid)?;
     let target = session::understand(process)?;
     let listener = session::bind(args.export.listen)?;
+    let options = args.export.options();
     let attached = session::attach(target)?;
 
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -41,7 +42,7 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
             },
         }
     };
-    let book = attached.profile(listener, stop).await?;
+    let book = attached.profile(listener, options, stop).await?;
     print!("{}", summary::render(&book, pid, &exe, &go_version));
     Ok(())
 }

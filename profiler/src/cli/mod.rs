@@ -52,6 +52,19 @@ pub struct ExportArgs {
     /// Address to serve Prometheus metrics on (/metrics). Port 0 picks a free port (logged).
     #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+
+    /// Allocation sites that get series of their own (the first to rank by bytes); all others
+    /// are summed under function="other", keeping the number of series bounded.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub alloc_top_sites: usize,
+}
+
+impl ExportArgs {
+    pub fn options(&self) -> crate::session::Options {
+        crate::session::Options {
+            alloc_top_sites: self.alloc_top_sites,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     session::preflight(false)?;
     let listener = session::bind(args.export.listen)?;
+    let options = args.export.options();
     let stopped = launch::spawn_stopped(&args.command).map_err(|error| {
         UserError::new(
             Exit::Launch,
@@ -64,7 +65,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             unsafe { libc::kill(pid as libc::pid_t, forward) };
         }
     };
-    let book = attached.profile(listener, stop).await?;
+    let book = attached.profile(listener, options, stop).await?;
     let status = child
         .wait()
         .context("collecting the command's exit status")?;

@@ -1,21 +1,46 @@
 //! Sampled allocations: the kernel's (stack, size) sample counts → estimated allocated bytes and
 //! objects, scaled as pprof scales the runtime's heap profile.
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuHashMap, StackTraceMap};
 use profiler_common::alloc::AllocKey;
 
 use crate::{
     export::metrics::TargetMetrics,
-    model::alloc::{AllocTotals, estimate},
+    gobin::GoBinary,
+    model::{
+        alloc::{AllocTotals, estimate},
+        sites::{Churn, Site, SiteTotals, classify},
+    },
     probes::loaded::AllocMaps,
 };
+
+/// How the collector names allocation sites.
+pub struct SiteOptions {
+    /// The target's executable, for symbolizing stacks.
+    pub binary: Arc<GoBinary>,
+    /// Subtracted from addresses in the target to get addresses in the file (PIEs).
+    pub load_bias: u64,
+    /// Sites with series of their own; the rest are folded into `other`.
+    pub top_sites: usize,
+}
 
 /// How often the kernel's counts are read (a Prometheus scrape interval is 15 s or more).
 const READ_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct AllocCollector {
     samples: PerCpuHashMap<MapData, AllocKey, u64>,
+    stacks: StackTraceMap<MapData>,
+    sites: SiteOptions,
+    /// Symbolized and classified stacks, by stack id (stacks never change once recorded).
+    classified: HashMap<i32, (Site, Option<Churn>)>,
+    /// Sites with their own series; sticky, so every series only grows.
+    named: BTreeSet<Site>,
+    sites_exported: SiteTotals,
     /// Reads the target's `runtime.MemProfileRate`.
     rate: Box<dyn FnMut() -> Option<i64> + Send>,
     metrics: Arc<TargetMetrics>,
@@ -30,9 +55,15 @@ impl AllocCollector {
         maps: AllocMaps,
         rate: Box<dyn FnMut() -> Option<i64> + Send>,
         metrics: Arc<TargetMetrics>,
+        sites: SiteOptions,
     ) -> Self {
         Self {
             samples: maps.samples,
+            stacks: maps.stacks,
+            sites,
+            classified: HashMap::new(),
+            named: BTreeSet::new(),
+            sites_exported: SiteTotals::default(),
             rate,
             metrics,
             exported: AllocTotals::default(),
@@ -84,12 +115,107 @@ impl AllocCollector {
             }
         };
         let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
-        for entry in self.samples.iter() {
-            let Ok((key, per_cpu)) = entry else { continue };
-            *counts.entry(key.size).or_default() += per_cpu.iter().sum::<u64>();
+        let mut sites = SiteTotals::default();
+        let entries: Vec<(AllocKey, u64)> = self
+            .samples
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>()))
+            .collect();
+        for (key, count) in entries {
+            *counts.entry(key.size).or_default() += count;
+            let (site, churn) = self.classify(key.stack_id);
+            sites.add(&site, churn, key.size, count, rate);
         }
         let totals = estimate(&counts, rate);
         self.metrics.allocated(&self.exported, &totals, rate);
         self.exported = totals;
+        self.export_sites(sites);
+    }
+
+    /// The site and churn kind of a recorded stack.
+    fn classify(&mut self, stack_id: i32) -> (Site, Option<Churn>) {
+        if let Some(known) = self.classified.get(&stack_id) {
+            return known.clone();
+        }
+        let Ok(stack) = u32::try_from(stack_id)
+            .map_err(|_| ())
+            .and_then(|id| self.stacks.get(&id, 0).map_err(|_| ()))
+        else {
+            return (
+                Site {
+                    function: "unknown".into(),
+                    location: String::new(),
+                },
+                None,
+            );
+        };
+        let mut frames = Vec::new();
+        if let Some(symbolizer) = self.sites.binary.symbolizer() {
+            for (index, frame) in stack.frames().iter().enumerate() {
+                // The first address is where the probe fired; the others are return addresses,
+                // whose call instruction is the byte before.
+                let pc = frame.ip.saturating_sub(self.sites.load_bias);
+                let pc = if index == 0 { pc } else { pc.saturating_sub(1) };
+                for found in symbolizer.frames(pc) {
+                    let file = found.file.rsplit('/').next().unwrap_or_default().to_owned();
+                    frames.push((found.function, format!("{file}:{}", found.line)));
+                }
+            }
+        }
+        let classified = classify(&frames);
+        self.classified.insert(stack_id, classified.clone());
+        classified
+    }
+
+    /// Export what each site gained since the last read: under its own name if it is among the
+    /// first `top_sites` to rank, else under `other`.
+    fn export_sites(&mut self, now: SiteTotals) {
+        let mut ranked: Vec<(&Site, f64)> = now
+            .by_site
+            .iter()
+            .map(|(site, &(_, bytes))| (site, bytes))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (site, _) in ranked {
+            if self.named.len() >= self.sites.top_sites {
+                break;
+            }
+            self.named.insert(site.clone());
+        }
+        let other = Site {
+            function: "other".into(),
+            location: String::new(),
+        };
+        let label = |site: &Site| {
+            if self.named.contains(site) {
+                site.clone()
+            } else {
+                other.clone()
+            }
+        };
+        for (site, &(objects, bytes)) in &now.by_site {
+            let (before_objects, before_bytes) = self
+                .sites_exported
+                .by_site
+                .get(site)
+                .copied()
+                .unwrap_or_default();
+            self.metrics.site_allocated(
+                &label(site),
+                objects - before_objects,
+                bytes - before_bytes,
+            );
+        }
+        for ((churn, site), &objects) in &now.churn {
+            let before = self
+                .sites_exported
+                .churn
+                .get(&(*churn, site.clone()))
+                .copied()
+                .unwrap_or_default();
+            self.metrics.churned(*churn, &label(site), objects - before);
+        }
+        self.sites_exported = now;
     }
 }

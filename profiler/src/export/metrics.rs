@@ -9,7 +9,11 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::model::{alloc::AllocTotals, pause::Pause};
+use crate::model::{
+    alloc::AllocTotals,
+    pause::Pause,
+    sites::{Churn, Site},
+};
 
 /// Pause histogram buckets: 0.5 µs doubling to 8.4 s (25 buckets), fine enough to tell 1 µs
 /// from 8 µs pauses and long enough for a multi-second stall.
@@ -32,6 +36,9 @@ pub struct Metrics {
     alloc_objects: CounterVec,
     alloc_samples: IntCounterVec,
     alloc_rate: IntGaugeVec,
+    site_bytes: CounterVec,
+    site_objects: CounterVec,
+    churn: CounterVec,
 }
 
 impl Metrics {
@@ -114,6 +121,44 @@ impl Metrics {
             ),
             &TARGET_LABELS,
         )?;
+        let with_site = [
+            TARGET_LABELS[0],
+            TARGET_LABELS[1],
+            TARGET_LABELS[2],
+            "function",
+            "location",
+        ];
+        let site_bytes = CounterVec::new(
+            Opts::new(
+                "mapscope_alloc_site_bytes_total",
+                "Heap bytes allocated by call site (the first function outside the runtime), \
+                 estimated from the runtime's allocation sampling; the top sites by bytes have \
+                 series of their own, the rest are function=\"other\" (pprof alloc_space).",
+            ),
+            &with_site,
+        )?;
+        let site_objects = CounterVec::new(
+            Opts::new(
+                "mapscope_alloc_site_objects_total",
+                "Heap objects allocated by call site, estimated likewise (pprof alloc_objects).",
+            ),
+            &with_site,
+        )?;
+        let churn = CounterVec::new(
+            Opts::new(
+                "mapscope_alloc_churn_objects_total",
+                "Allocations made by map creation (kind makemap_small, makemap) or slice growth \
+                 (growslice), by call site, estimated from the runtime's allocation sampling.",
+            ),
+            &[
+                TARGET_LABELS[0],
+                TARGET_LABELS[1],
+                TARGET_LABELS[2],
+                "kind",
+                "function",
+                "location",
+            ],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "mapscope_build_info",
@@ -132,6 +177,9 @@ impl Metrics {
         registry.register(Box::new(alloc_objects.clone()))?;
         registry.register(Box::new(alloc_samples.clone()))?;
         registry.register(Box::new(alloc_rate.clone()))?;
+        registry.register(Box::new(site_bytes.clone()))?;
+        registry.register(Box::new(site_objects.clone()))?;
+        registry.register(Box::new(churn.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -143,6 +191,9 @@ impl Metrics {
             alloc_objects,
             alloc_samples,
             alloc_rate,
+            site_bytes,
+            site_objects,
+            churn,
         })
     }
 
@@ -154,6 +205,8 @@ impl Metrics {
             labels: [pid.to_string(), exe.to_owned(), go_version.to_owned()],
             reasons: Mutex::default(),
             drop_reasons: Mutex::default(),
+            sites: Mutex::default(),
+            churn_sites: Mutex::default(),
         };
         target
             .metrics
@@ -181,6 +234,8 @@ pub struct TargetMetrics {
     /// Reasons with series, so `remove` can find them (the crate cannot delete by prefix).
     reasons: Mutex<BTreeSet<String>>,
     drop_reasons: Mutex<BTreeSet<String>>,
+    sites: Mutex<BTreeSet<Site>>,
+    churn_sites: Mutex<BTreeSet<(Churn, Site)>>,
 }
 
 impl TargetMetrics {
@@ -233,6 +288,51 @@ impl TargetMetrics {
         metrics.alloc_rate.with_label_values(&self.labels).set(rate);
     }
 
+    fn site_labels<'a>(&'a self, site: &'a Site) -> [&'a str; 5] {
+        [
+            &self.labels[0],
+            &self.labels[1],
+            &self.labels[2],
+            &site.function,
+            &site.location,
+        ]
+    }
+
+    /// Add an allocation site's growth.
+    pub fn site_allocated(&self, site: &Site, objects: f64, bytes: f64) {
+        if let Ok(mut sites) = self.sites.lock() {
+            sites.insert(site.clone());
+        }
+        let labels = self.site_labels(site);
+        self.metrics
+            .site_objects
+            .with_label_values(&labels)
+            .inc_by(objects.max(0.0));
+        self.metrics
+            .site_bytes
+            .with_label_values(&labels)
+            .inc_by(bytes.max(0.0));
+    }
+
+    /// Add a churn pattern's growth at a site.
+    pub fn churned(&self, churn: Churn, site: &Site, objects: f64) {
+        if let Ok(mut sites) = self.churn_sites.lock() {
+            sites.insert((churn, site.clone()));
+        }
+        let labels = [
+            self.labels[0].as_str(),
+            &self.labels[1],
+            &self.labels[2],
+            churn.label(),
+            &site.function,
+            &site.location,
+        ];
+        self.metrics
+            .churn
+            .with_label_values(&labels)
+            .inc_by(objects.max(0.0));
+    }
+
     /// Add to a drop counter (`reason` from a fixed set: bounded cardinality).
     pub fn dropped(&self, reason: &str, count: u64) {
         if let Ok(mut reasons) = self.drop_reasons.lock() {
@@ -257,6 +357,26 @@ impl TargetMetrics {
                     .metrics
                     .stopping
                     .remove_label_values(&self.with(reason));
+            }
+        }
+        if let Ok(sites) = self.sites.lock() {
+            for site in sites.iter() {
+                let labels = self.site_labels(site);
+                let _ = self.metrics.site_bytes.remove_label_values(&labels);
+                let _ = self.metrics.site_objects.remove_label_values(&labels);
+            }
+        }
+        if let Ok(sites) = self.churn_sites.lock() {
+            for (churn, site) in sites.iter() {
+                let labels = [
+                    self.labels[0].as_str(),
+                    &self.labels[1],
+                    &self.labels[2],
+                    churn.label(),
+                    &site.function,
+                    &site.location,
+                ];
+                let _ = self.metrics.churn.remove_label_values(&labels);
             }
         }
         if let Ok(reasons) = self.drop_reasons.lock() {

@@ -3,3 +3,4 @@ pub mod alloc;
 pub mod histogram;
 pub mod pause;
 pub mod reason;
+pub mod sites;

@@ -1,0 +1,166 @@
+//! Allocation sites and churn by site, against the Go toolchain's own view: `go tool pprof` on
+//! the heap profile the target writes about itself for the same run.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{GoTarget, Mapscope};
+
+/// main.* functions and their alloc_space, as `go tool pprof -top` ranks them (flat).
+fn pprof_ranking(
+    version: &str,
+    binary: &std::path::Path,
+    profile: &std::path::Path,
+) -> Vec<(String, f64)> {
+    let top = common::go_tool(
+        version,
+        &[
+            "pprof",
+            "-sample_index=alloc_space",
+            "-unit=B",
+            "-top",
+            binary.to_str().unwrap(),
+            profile.to_str().unwrap(),
+        ],
+    );
+    top.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (flat, name) = (fields.first()?, fields.last()?);
+            let bytes: f64 = flat.trim_end_matches('B').parse().ok()?;
+            (name.starts_with("main.") && bytes > 0.0).then(|| (name.to_string(), bytes))
+        })
+        .collect()
+}
+
+fn compare(version: &str) {
+    let binary = common::build_go("allocsites", version, &[]);
+    let mut target = GoTarget::start(&binary, &["-duration", "2s"]);
+    let mapscope = Mapscope::attach(target.pid());
+    target.send("go");
+    target
+        .stdout
+        .wait_for("the report", Duration::from_secs(60), |line| {
+            line.starts_with('{')
+        });
+    let profile = tempfile::NamedTempFile::new().unwrap();
+    target.send(&format!("heap {}", profile.path().display()));
+    target
+        .stdout
+        .wait_for("the heap profile", Duration::from_secs(30), |line| {
+            line.starts_with("heap written")
+        });
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = mapscope.scrape();
+
+    let mut ours: BTreeMap<String, f64> = BTreeMap::new();
+    for sample in metrics
+        .0
+        .iter()
+        .filter(|s| s.name == "mapscope_alloc_site_bytes_total")
+    {
+        let function = &sample.labels["function"];
+        if function.starts_with("main.") {
+            *ours.entry(function.clone()).or_default() += sample.value;
+        }
+    }
+    let mut ours: Vec<(String, f64)> = ours.into_iter().collect();
+    ours.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let theirs = pprof_ranking(version, &binary, profile.path());
+    println!(
+        "Go {version}: allocation sites by bytes\n  mapscope: {ours:?}\n  pprof:    {theirs:?}"
+    );
+
+    let names = |ranking: &[(String, f64)]| {
+        ranking
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&ours).len(),
+        5,
+        "the five allocating functions: {ours:?}"
+    );
+    // Both rank the runtime's very same samples, so they agree on each function's share; the
+    // order may differ only between functions within 5% of each other.
+    let total: f64 = theirs.iter().map(|(_, bytes)| bytes).sum();
+    let our_total: f64 = ours.iter().map(|(_, bytes)| bytes).sum();
+    for (name, bytes) in &theirs {
+        let share = bytes / total;
+        let our_share = ours
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, b)| b / our_total);
+        assert!(
+            (share - our_share).abs() < 0.03,
+            "{name}: pprof share {share:.3}, mapscope {our_share:.3}"
+        );
+    }
+    for pair in theirs.windows(2) {
+        let (first, second) = (&pair[0], &pair[1]);
+        if first.1 > second.1 * 1.05 {
+            let position = |name: &str| names(&ours).iter().position(|n| n == name);
+            assert!(
+                position(&first.0) < position(&second.0),
+                "{} ranks above {} in pprof, not in mapscope",
+                first.0,
+                second.0
+            );
+        }
+    }
+
+    // Churn patterns land on the functions that cause them.
+    let churn = |kind: &str| -> Vec<String> {
+        metrics
+            .0
+            .iter()
+            .filter(|s| {
+                s.name == "mapscope_alloc_churn_objects_total"
+                    && s.labels["kind"] == kind
+                    && s.value > 0.0
+            })
+            .map(|s| s.labels["function"].clone())
+            .collect()
+    };
+    assert!(
+        churn("growslice").contains(&"main.growSlice".to_owned()),
+        "{:?}",
+        churn("growslice")
+    );
+    assert!(
+        churn("makemap_small").contains(&"main.smallMaps".to_owned()),
+        "{:?}",
+        churn("makemap_small")
+    );
+    assert!(
+        churn("makemap").contains(&"main.presizedMaps".to_owned()),
+        "{:?}",
+        churn("makemap")
+    );
+    target.send("exit");
+}
+
+macro_rules! per_go_release {
+    ($($name:ident => $version:literal),* $(,)?) => {$(
+        #[test]
+        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+        fn $name() {
+            compare($version);
+        }
+    )*};
+}
+
+per_go_release! {
+    sites_match_pprof_go1_19 => "1.19.8",
+    sites_match_pprof_go1_21 => "1.21.13",
+    sites_match_pprof_go1_23 => "1.23.9",
+    sites_match_pprof_go1_24 => "1.24.11",
+    sites_match_pprof_go1_27 => "1.27.3",
+}

@@ -1,0 +1,3 @@
+module mapscope.test/allocsites
+
+go 1.19
