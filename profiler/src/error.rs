@@ -16,6 +16,8 @@ pub enum Exit {
     KernelFeature = 8,
     ListenAddress = 9,
     Launch = 10,
+    /// `profile` found nothing to sample (allocation sampling off in the target).
+    NothingSampled = 11,
 }
 
 #[derive(Debug)]

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             Command::Attach(args) => cli::attach::run(args).await.map(|()| 0),
             Command::Run(args) => cli::run::run(args).await,
             Command::Inspect(args) => cli::inspect::run(args).map(|()| 0),
+            Command::Profile(args) => cli::profile::run(args).await.map(|()| 0),
         }
     });
     match result {

@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     collect::{
-        alloc::{AllocCollector, SiteOptions},
+        alloc::{AllocCollector, AllocProfile, SiteOptions},
         stw::StwCollector,
     },
     error::{Exit, UserError},
@@ -233,6 +233,13 @@ pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, UserError> {
     })
 }
 
+/// What a profiling session leaves: the pause tally for the summary, and the allocation profile
+/// if allocations were sampled.
+pub struct Outcome {
+    pub book: PauseBook,
+    pub allocs: Option<export::pprof::Profile>,
+}
+
 /// Probes in place, not yet collecting: `run` resumes its stopped child in between.
 pub struct Attached {
     pub target: Target,
@@ -262,27 +269,47 @@ impl Attached {
     /// events and return the tally for the summary.
     pub async fn profile(
         mut self,
-        listener: std::net::TcpListener,
+        listener: Option<std::net::TcpListener>,
         options: Options,
         stop: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<PauseBook> {
+    ) -> anyhow::Result<Outcome> {
         let process = &self.target.process;
         let metrics = Arc::new(Metrics::new().context("creating the metrics registry")?);
         let target_metrics =
             Arc::new(metrics.target(process.pid, &process.exe_name, &self.target.go_version));
-        let listener = tokio::net::TcpListener::from_std(listener).context("serving metrics")?;
-        let address = listener.local_addr().context("serving metrics")?;
+        let allocs = AllocProfile::default();
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(export::http::serve(listener, Arc::clone(&metrics), async {
-            let _ = shutdown_rx.await;
-        }));
-        tracing::info!(
-            "attached {} probes to PID {} ({}, {}); metrics on http://{address}/metrics",
-            self.probes.count,
-            process.pid,
-            process.exe_name,
-            self.target.go_version,
-        );
+        let server = match listener {
+            Some(listener) => {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).context("serving metrics")?;
+                let address = listener.local_addr().context("serving metrics")?;
+                let served = export::http::Served {
+                    metrics: Arc::clone(&metrics),
+                    allocs: Arc::clone(&allocs),
+                };
+                tracing::info!(
+                    "attached {} probes to PID {} ({}, {}); metrics on http://{address}/metrics",
+                    self.probes.count,
+                    process.pid,
+                    process.exe_name,
+                    self.target.go_version,
+                );
+                Some(tokio::spawn(export::http::serve(listener, served, async {
+                    let _ = shutdown_rx.await;
+                })))
+            }
+            None => {
+                tracing::info!(
+                    "attached {} probes to PID {} ({}, {})",
+                    self.probes.count,
+                    process.pid,
+                    process.exe_name,
+                    self.target.go_version,
+                );
+                None
+            }
+        };
 
         let maps = self.probes.take_stw_maps()?;
         let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))
@@ -300,6 +327,7 @@ impl Attached {
             };
             let mut alloc =
                 AllocCollector::new(maps, read_rate, Arc::clone(&target_metrics), sites);
+            alloc.profile = Arc::clone(&allocs);
             let mut stopped = stopped.clone();
             Some(tokio::spawn(async move {
                 alloc
@@ -332,11 +360,14 @@ impl Attached {
         let book = std::mem::take(&mut collector.book);
         target_metrics.remove();
         let _ = shutdown.send(());
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!("metrics server stopped with an error: {error}"),
-            Err(error) => tracing::warn!("metrics server task failed: {error}"),
+        if let Some(server) = server {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!("metrics server stopped with an error: {error}"),
+                Err(error) => tracing::warn!("metrics server task failed: {error}"),
+            }
         }
-        Ok(book)
+        let allocs = allocs.lock().ok().and_then(|mut current| current.take());
+        Ok(Outcome { book, allocs })
     }
 }

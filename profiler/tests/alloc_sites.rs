@@ -39,6 +39,28 @@ fn pprof_ranking(
         .collect()
 }
 
+/// Two rankings of main.* functions give each function the same share of bytes, within 3%.
+fn assert_same_shares(expected: &[(String, f64)], actual: &[(String, f64)], what: &str) {
+    let total = |ranking: &[(String, f64)]| ranking.iter().map(|(_, bytes)| bytes).sum::<f64>();
+    let (expected_total, actual_total) = (total(expected), total(actual));
+    assert_eq!(
+        expected.len(),
+        actual.len(),
+        "{what}: {actual:?} vs {expected:?}"
+    );
+    for (name, bytes) in expected {
+        let share = bytes / expected_total;
+        let other = actual
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, b)| b / actual_total);
+        assert!(
+            (share - other).abs() < 0.03,
+            "{what}: {name} has {other:.3} of bytes, pprof on the runtime's profile {share:.3}"
+        );
+    }
+}
+
 fn compare(version: &str) {
     let binary = common::build_go("allocsites", version, &[]);
     let mut target = GoTarget::start(&binary, &["-duration", "2s"]);
@@ -116,6 +138,19 @@ fn compare(version: &str) {
         }
     }
 
+    // The profile served at /debug/pprof/allocs opens in go tool pprof and ranks the same.
+    let served = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        served.path(),
+        common::http_get_bytes(mapscope.address, "/debug/pprof/allocs"),
+    )
+    .unwrap();
+    assert_same_shares(
+        &theirs,
+        &pprof_ranking(version, &binary, served.path()),
+        "/debug/pprof/allocs",
+    );
+
     // Churn patterns land on the functions that cause them.
     let churn = |kind: &str| -> Vec<String> {
         metrics
@@ -163,4 +198,81 @@ per_go_release! {
     sites_match_pprof_go1_23 => "1.23.9",
     sites_match_pprof_go1_24 => "1.24.11",
     sites_match_pprof_go1_27 => "1.27.3",
+}
+
+/// `mapscope profile alloc` writes a profile that go tool pprof opens, with the shares of the
+/// runtime's own heap profile; with sampling off it says why and exits 11.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn profile_alloc_command() {
+    let version = common::NEWEST_GO;
+    let binary = common::build_go("allocsites", version, &[]);
+    let mut target = GoTarget::start(&binary, &["-duration", "3s"]);
+    let output = tempfile::NamedTempFile::new().unwrap();
+    target.send("go");
+    let run = std::process::Command::new(common::MAPSCOPE)
+        .args([
+            "profile",
+            "alloc",
+            "--pid",
+            &target.pid().to_string(),
+            "--duration",
+            "2s",
+            "-o",
+        ])
+        .arg(output.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    target
+        .stdout
+        .wait_for("the report", Duration::from_secs(60), |line| {
+            line.starts_with('{')
+        });
+    let heap = tempfile::NamedTempFile::new().unwrap();
+    target.send(&format!("heap {}", heap.path().display()));
+    target
+        .stdout
+        .wait_for("the heap profile", Duration::from_secs(30), |line| {
+            line.starts_with("heap written")
+        });
+    let ours = pprof_ranking(version, &binary, output.path());
+    println!("mapscope profile alloc: {ours:?}");
+    assert_same_shares(
+        &pprof_ranking(version, &binary, heap.path()),
+        &ours,
+        "mapscope profile alloc",
+    );
+    target.send("exit");
+
+    // gcbench never references runtime.MemProfile, so the linker turned sampling off.
+    let gcbench = common::build_go("gcbench", version, &[]);
+    let idle = GoTarget::spawn({
+        let mut command = std::process::Command::new(&gcbench);
+        command.args(["-mode", "call"]);
+        command
+    });
+    let run = std::process::Command::new(common::MAPSCOPE)
+        .args([
+            "profile",
+            "alloc",
+            "--pid",
+            &idle.pid().to_string(),
+            "--duration",
+            "1500ms",
+            "-o",
+        ])
+        .arg(output.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(11), "{stderr}");
+    assert!(
+        stderr.contains("MemProfileRate is 0") && stderr.contains("runtime/pprof"),
+        "{stderr}"
+    );
 }

@@ -42,7 +42,7 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
             },
         }
     };
-    let book = attached.profile(listener, options, stop).await?;
+    let book = attached.profile(Some(listener), options, stop).await?.book;
     print!("{}", summary::render(&book, pid, &exe, &go_version));
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Command line: one file per subcommand. `main.rs` only parses and hands over.
 pub mod attach;
 pub mod inspect;
+pub mod profile;
 pub mod run;
 
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9871";
                   metrics. Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_PTRACE for attach).",
     after_help = "Exit codes: 0 ok, 2 usage, 3 no such process, 4 not a Go program, 5 unsupported Go \
                   version, 6 runtime functions not found, 7 insufficient privileges, 8 kernel lacks uprobes/BTF, \
-                  9 listen address unavailable, 10 command could not be started, 1 anything else."
+                  9 listen address unavailable, 10 command could not be started, 11 nothing was sampled, 1 anything else."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -45,6 +46,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Show what mapscope can see in a Go binary: version, build, probe points, features.
     Inspect(inspect::InspectArgs),
+    /// Take a profile from a running Go process and write it in pprof format.
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Debug, Args)]
@@ -94,8 +97,14 @@ mod tests {
             .find_subcommand_mut("inspect")
             .map(|sub| sub.render_long_help().to_string())
             .unwrap_or_default();
-        let snapshot =
-            format!("{help}\n---- attach\n{attach}\n---- run\n{run}\n---- inspect\n{inspect}");
+        let profile = command
+            .find_subcommand_mut("profile")
+            .and_then(|sub| sub.find_subcommand_mut("alloc"))
+            .map(|sub| sub.render_long_help().to_string())
+            .unwrap_or_default();
+        let snapshot = format!(
+            "{help}\n---- attach\n{attach}\n---- run\n{run}\n---- inspect\n{inspect}\n---- profile alloc\n{profile}"
+        );
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots/help.txt");
         if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
             std::fs::write(path, &snapshot).unwrap();

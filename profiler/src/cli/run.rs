@@ -65,7 +65,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             unsafe { libc::kill(pid as libc::pid_t, forward) };
         }
     };
-    let book = attached.profile(listener, options, stop).await?;
+    let book = attached.profile(Some(listener), options, stop).await?.book;
     let status = child
         .wait()
         .context("collecting the command's exit status")?;

@@ -11,10 +11,11 @@ use profiler_common::alloc::AllocKey;
 
 use crate::{
     export::metrics::TargetMetrics,
+    export::pprof::{self, Line},
     gobin::GoBinary,
     model::{
-        alloc::{AllocTotals, estimate},
-        sites::{Churn, Site, SiteTotals, classify},
+        alloc::{AllocTotals, estimate, scale},
+        sites::{Churn, Site, SiteTotals, classify, is_runtime},
     },
     probes::loaded::AllocMaps,
 };
@@ -29,6 +30,17 @@ pub struct SiteOptions {
     pub top_sites: usize,
 }
 
+/// The latest allocation profile, for `/debug/pprof/allocs` and `mapscope profile alloc`.
+pub type AllocProfile = Arc<std::sync::Mutex<Option<pprof::Profile>>>;
+
+/// A sampled stack, symbolized once: its physical frames (address and lines, innermost first)
+/// and what it means.
+struct Symbolized {
+    frames: Vec<(u64, Vec<Line>)>,
+    site: Site,
+    churn: Option<Churn>,
+}
+
 /// How often the kernel's counts are read (a Prometheus scrape interval is 15 s or more).
 const READ_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -37,7 +49,10 @@ pub struct AllocCollector {
     stacks: StackTraceMap<MapData>,
     sites: SiteOptions,
     /// Symbolized and classified stacks, by stack id (stacks never change once recorded).
-    classified: HashMap<i32, (Site, Option<Churn>)>,
+    classified: HashMap<i32, Arc<Symbolized>>,
+    /// Published after every read.
+    pub profile: AllocProfile,
+    started: (std::time::SystemTime, std::time::Instant),
     /// Sites with their own series; sticky, so every series only grows.
     named: BTreeSet<Site>,
     sites_exported: SiteTotals,
@@ -62,6 +77,8 @@ impl AllocCollector {
             stacks: maps.stacks,
             sites,
             classified: HashMap::new(),
+            profile: AllocProfile::default(),
+            started: (std::time::SystemTime::now(), std::time::Instant::now()),
             named: BTreeSet::new(),
             sites_exported: SiteTotals::default(),
             rate,
@@ -122,50 +139,97 @@ impl AllocCollector {
             .filter_map(Result::ok)
             .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>()))
             .collect();
+        let mut samples = Vec::new();
         for (key, count) in entries {
             *counts.entry(key.size).or_default() += count;
-            let (site, churn) = self.classify(key.stack_id);
-            sites.add(&site, churn, key.size, count, rate);
+            let stack = self.symbolize(key.stack_id);
+            sites.add(&stack.site, stack.churn, key.size, count, rate);
+            let objects = count as f64 * scale(key.size, rate);
+            samples.push(pprof::Sample {
+                stack: without_allocator(&stack.frames),
+                values: vec![
+                    objects.round() as i64,
+                    (objects * key.size as f64).round() as i64,
+                ],
+            });
         }
         let totals = estimate(&counts, rate);
         self.metrics.allocated(&self.exported, &totals, rate);
         self.exported = totals;
         self.export_sites(sites);
+        self.publish(samples, rate);
     }
 
-    /// The site and churn kind of a recorded stack.
-    fn classify(&mut self, stack_id: i32) -> (Site, Option<Churn>) {
-        if let Some(known) = self.classified.get(&stack_id) {
-            return known.clone();
-        }
-        let Ok(stack) = u32::try_from(stack_id)
-            .map_err(|_| ())
-            .and_then(|id| self.stacks.get(&id, 0).map_err(|_| ()))
-        else {
-            return (
-                Site {
-                    function: "unknown".into(),
-                    location: String::new(),
-                },
-                None,
-            );
+    /// Make the samples so far the current allocation profile, typed like Go's own.
+    fn publish(&self, samples: Vec<pprof::Sample>, rate: i64) {
+        let (wall, monotonic) = self.started;
+        let profile = pprof::Profile {
+            sample_types: vec![("alloc_objects", "count"), ("alloc_space", "bytes")],
+            default_sample_type: "alloc_space",
+            period_type: ("space", "bytes"),
+            period: rate,
+            time_nanos: wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as i64),
+            duration_nanos: monotonic.elapsed().as_nanos() as i64,
+            samples,
         };
+        if let Ok(mut current) = self.profile.lock() {
+            *current = Some(profile);
+        }
+    }
+
+    /// A recorded stack, symbolized and classified (cached: stacks never change).
+    fn symbolize(&mut self, stack_id: i32) -> Arc<Symbolized> {
+        if let Some(known) = self.classified.get(&stack_id) {
+            return Arc::clone(known);
+        }
         let mut frames = Vec::new();
-        if let Some(symbolizer) = self.sites.binary.symbolizer() {
+        let stack = u32::try_from(stack_id)
+            .ok()
+            .and_then(|id| self.stacks.get(&id, 0).ok());
+        if let (Some(stack), Some(symbolizer)) = (stack, self.sites.binary.symbolizer()) {
             for (index, frame) in stack.frames().iter().enumerate() {
                 // The first address is where the probe fired; the others are return addresses,
                 // whose call instruction is the byte before.
                 let pc = frame.ip.saturating_sub(self.sites.load_bias);
                 let pc = if index == 0 { pc } else { pc.saturating_sub(1) };
-                for found in symbolizer.frames(pc) {
-                    let file = found.file.rsplit('/').next().unwrap_or_default().to_owned();
-                    frames.push((found.function, format!("{file}:{}", found.line)));
-                }
+                let lines: Vec<Line> = symbolizer
+                    .frames(pc)
+                    .into_iter()
+                    .map(|found| Line {
+                        function: found.function,
+                        file: found.file,
+                        line: i64::from(found.line),
+                    })
+                    .collect();
+                frames.push((frame.ip, lines));
             }
         }
-        let classified = classify(&frames);
-        self.classified.insert(stack_id, classified.clone());
-        classified
+        let flat: Vec<(String, String)> = frames
+            .iter()
+            .flat_map(|(_, lines)| lines.iter())
+            .map(|line| {
+                let file = line.file.rsplit('/').next().unwrap_or_default();
+                (line.function.clone(), format!("{file}:{}", line.line))
+            })
+            .collect();
+        let (site, churn) = if flat.is_empty() {
+            let unknown = Site {
+                function: "unknown".into(),
+                location: String::new(),
+            };
+            (unknown, None)
+        } else {
+            classify(&flat)
+        };
+        let symbolized = Arc::new(Symbolized {
+            frames,
+            site,
+            churn,
+        });
+        self.classified.insert(stack_id, Arc::clone(&symbolized));
+        symbolized
     }
 
     /// Export what each site gained since the last read: under its own name if it is among the
@@ -217,5 +281,30 @@ impl AllocCollector {
             self.metrics.churned(*churn, &label(site), objects - before);
         }
         self.sites_exported = now;
+    }
+}
+
+/// The stack without the runtime's allocator frames at its leaf, as Go's own heap profiles show
+/// it (their stacks start at the code that allocated). A stack that is all runtime stays whole.
+fn without_allocator(frames: &[(u64, Vec<Line>)]) -> Vec<(u64, Vec<Line>)> {
+    let mut kept = Vec::new();
+    let mut in_allocator = true;
+    for (address, lines) in frames {
+        let lines: Vec<Line> = lines
+            .iter()
+            .filter(|line| {
+                in_allocator &= is_runtime(&line.function);
+                !in_allocator
+            })
+            .cloned()
+            .collect();
+        if !lines.is_empty() {
+            kept.push((*address, lines));
+        }
+    }
+    if kept.is_empty() {
+        frames.to_vec()
+    } else {
+        kept
     }
 }

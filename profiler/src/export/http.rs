@@ -5,27 +5,65 @@ use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, rou
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
+use crate::collect::alloc::AllocProfile;
 
-const INDEX: &str = "mapscope: Prometheus metrics at /metrics\n";
+const INDEX: &str =
+    "mapscope: Prometheus metrics at /metrics, allocation profile (pprof) at /debug/pprof/allocs\n";
+
+/// What the endpoints serve.
+#[derive(Clone)]
+pub struct Served {
+    pub metrics: Arc<Metrics>,
+    pub allocs: AllocProfile,
+}
 
 /// Serve until `shutdown` resolves. The listener is bound by the caller, so a taken address
 /// is reported before any probe is attached.
 pub async fn serve(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
+    served: Served,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = Router::new()
         .route("/", get(|| async { INDEX }))
         .route("/metrics", get(scrape))
-        .with_state(metrics);
+        .route("/debug/pprof/allocs", get(allocs))
+        .with_state(served);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.encode() {
+/// The allocations sampled since mapscope attached, as a gzipped pprof profile (`go tool pprof
+/// http://ADDR/debug/pprof/allocs`).
+async fn allocs(State(served): State<Served>) -> impl IntoResponse {
+    let profile = served
+        .allocs
+        .lock()
+        .ok()
+        .and_then(|current| current.as_ref().map(|p| p.encode()));
+    match profile {
+        Some(Ok(bytes)) => (
+            StatusCode::OK,
+            [("content-type", "application/octet-stream")],
+            bytes,
+        ),
+        Some(Err(error)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain; charset=utf-8")],
+            format!("encoding the profile failed: {error}\n").into_bytes(),
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            [("content-type", "text/plain; charset=utf-8")],
+            b"no allocation profile: sampling is off in this target or nothing was read yet\n"
+                .to_vec(),
+        ),
+    }
+}
+
+async fn scrape(State(served): State<Served>) -> impl IntoResponse {
+    match served.metrics.encode() {
         Ok(text) => (
             StatusCode::OK,
             [("content-type", "text/plain; version=0.0.4; charset=utf-8")],

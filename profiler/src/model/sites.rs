@@ -42,7 +42,7 @@ impl Churn {
 }
 
 /// Whether a function is part of the runtime's allocation machinery rather than a caller.
-fn is_runtime(function: &str) -> bool {
+pub fn is_runtime(function: &str) -> bool {
     function.starts_with("runtime.") || function.starts_with("internal/runtime/")
 }
 

@@ -442,6 +442,11 @@ impl Mapscope {
 }
 
 pub fn http_get(address: SocketAddr, path: &str) -> String {
+    String::from_utf8_lossy(&http_get_bytes(address, path)).into_owned()
+}
+
+/// The body of a successful GET, as bytes (pprof profiles are binary).
+pub fn http_get_bytes(address: SocketAddr, path: &str) -> Vec<u8> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
         .expect("connecting to mapscope");
     stream
@@ -460,7 +465,7 @@ pub fn http_get(address: SocketAddr, path: &str) -> String {
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
         "{head}"
     );
-    String::from_utf8_lossy(&response[split + 4..]).into_owned()
+    response[split + 4..].to_vec()
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,138 @@
+//! `mapscope profile alloc --pid N --duration D -o FILE`: an allocation profile that
+//! `go tool pprof` opens, taken from outside the process.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    error::{Exit, UserError},
+    session,
+};
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    #[command(subcommand)]
+    pub kind: ProfileKind,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileKind {
+    /// Sample allocations for a while and write them as a pprof profile (alloc_objects and
+    /// alloc_space, like Go's own heap profile), from the runtime's own sampling.
+    Alloc(AllocArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AllocArgs {
+    /// PID of the Go process.
+    #[arg(long)]
+    pub pid: u32,
+
+    /// How long to sample: `30s`, `500ms`, `5m`. Ctrl-C or the target's exit end it early.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+
+    /// Where to write the profile (gzipped protobuf; open with `go tool pprof FILE`).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+}
+
+pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
+    let ProfileKind::Alloc(args) = args.kind;
+    session::preflight(true)?;
+    let process = session::open_process(args.pid)?;
+    let target = session::understand(process)?;
+    if !target.sampling_allocations {
+        return Err(UserError::new(
+            Exit::NothingSampled,
+            format!(
+                "PID {}: this Go runtime has no runtime.profilealloc to sample allocations at",
+                args.pid
+            ),
+        )
+        .into());
+    }
+    let attached = session::attach(target)?;
+    let exited = attached.target.process.exit_watcher()?.exited();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let stop = async {
+        tokio::select! {
+            () = tokio::time::sleep(args.duration) => {},
+            _ = interrupt.recv() => tracing::info!("interrupted; writing what was sampled so far"),
+            _ = terminate.recv() => tracing::info!("terminated; writing what was sampled so far"),
+            _ = exited => tracing::info!("PID {} exited; writing what was sampled", args.pid),
+        }
+    };
+    let options = session::Options {
+        alloc_top_sites: 20,
+    };
+    let outcome = attached.profile(None, options, stop).await?;
+    let profile = outcome.allocs.ok_or_else(|| {
+        UserError::new(
+            Exit::NothingSampled,
+            format!(
+                "PID {}: no allocations were sampled: its runtime.MemProfileRate is 0 (the Go linker \
+                 sets that when the program never references runtime.MemProfile); import \
+                 runtime/pprof or net/http/pprof, or set runtime.MemProfileRate, to profile it",
+                args.pid
+            ),
+        )
+    })?;
+    let bytes = profile.encode().context("encoding the profile")?;
+    std::fs::write(&args.output, bytes)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    eprintln!(
+        "mapscope: wrote {} allocation sample stacks to {}; open it with `go tool pprof {}`",
+        profile.samples.len(),
+        args.output.display(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("{text:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "0s", "-1s", "10x", "fast"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}
