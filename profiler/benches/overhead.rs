@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: mapscope's cost to the target, as ratios measured in the same run.
 //!
 //! 1. Slowdown: a GC-heavy Go program's allocation throughput with mapscope attached from the
-//!    start (`mapscope run`) against the same program alone, in interleaved rounds.
+//!    start (`mapscope run`) against the same program alone, in interleaved rounds. The program
+//!    links runtime.MemProfile, so the runtime samples allocations and mapscope's allocation probe
+//!    fires as it would on a service that imports pprof.
 //! 2. Per-hit cost: a Go function shaped like `runtime.startTheWorldWithSema` called in a tight
 //!    loop, with no probe, with an empty uprobe at its entry and RET, and with mapscope's own
 //!    programs there (events drained by mapscope's collector, as in production).
@@ -50,6 +52,7 @@ fn main() {
     let mut ratios = Vec::new();
     let (mut pause_alone, mut pause_attached) = (Vec::new(), Vec::new());
     let mut cycles = 0.0;
+    let mut bytes_per_second = Vec::new();
     for round in 1..=ROUNDS {
         let alone =
             alloc_run(Command::new(&gcbench).args(["-mode", "alloc", "-duration", ALLOC_SECONDS]));
@@ -68,6 +71,7 @@ fn main() {
             attached.cycles_per_second
         );
         ratios.push(ratio);
+        bytes_per_second.push(alone.bytes_per_second);
         pause_alone.push(alone.mean_gc_pause_us);
         pause_attached.push(attached.mean_gc_pause_us);
     }
@@ -80,6 +84,15 @@ fn main() {
         "  median throughput ratio attached/alone: {ratio:.4} (slowdown {:+.2}%; rounds ranged {lowest:.3}..{highest:.3}), at {:.0} GC cycles/s",
         (1.0 - ratio) * 100.0,
         cycles / ROUNDS as f64
+    );
+    let rate = median(&mut bytes_per_second);
+    // The runtime samples one allocation per 512 KiB on average; each costs a probe hit.
+    let samples_per_second = rate / (512.0 * 1024.0);
+    println!(
+        "  allocation rate {:.2} GB/s: about {samples_per_second:.0} sampled allocations (probe hits) per second; \
+         slowdown per GB/s allocated: {:+.2}%",
+        rate / 1e9,
+        (1.0 - ratio) * 100.0 / (rate / 1e9)
     );
     let (alone, attached) = (median(&mut pause_alone), median(&mut pause_attached));
     println!(
@@ -130,6 +143,7 @@ fn build_gcbench(go: &Path) -> PathBuf {
 
 struct AllocRun {
     ops_per_second: f64,
+    bytes_per_second: f64,
     cycles_per_second: f64,
     /// The runtime's own mean per pause (two pauses per cycle).
     mean_gc_pause_us: f64,
@@ -149,6 +163,7 @@ fn alloc_run(command: &mut Command) -> AllocRun {
     let cycles = result["gc_cycles"].as_f64().unwrap();
     AllocRun {
         ops_per_second: result["ops"].as_f64().unwrap() / seconds,
+        bytes_per_second: result["alloc_bytes"].as_f64().unwrap() / seconds,
         cycles_per_second: cycles / seconds,
         mean_gc_pause_us: result["pause_total_ns"].as_f64().unwrap() / cycles.max(1.0) / 2.0 / 1e3,
     }

@@ -249,13 +249,7 @@ fn profile_alloc_command() {
     );
     target.send("exit");
 
-    // gcbench never references runtime.MemProfile, so the linker turned sampling off.
-    let gcbench = common::build_go("gcbench", version, &[]);
-    let idle = GoTarget::spawn({
-        let mut command = std::process::Command::new(&gcbench);
-        command.args(["-mode", "call"]);
-        command
-    });
+    let idle = GoTarget::start(&common::build_go("nosampling", version, &[]), &[]);
     let run = std::process::Command::new(common::MAPSCOPE)
         .args([
             "profile",

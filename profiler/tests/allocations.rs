@@ -69,17 +69,13 @@ fn compare(version: &str) {
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn sampling_off_is_reported() {
-    let gcbench = common::build_go("gcbench", common::NEWEST_GO, &[]);
+    let nosampling = common::build_go("nosampling", common::NEWEST_GO, &[]);
     let mut mapscope = Mapscope::start(&[
         "run",
         "--listen",
         "127.0.0.1:0",
         "--",
-        gcbench.to_str().unwrap(),
-        "-mode",
-        "alloc",
-        "-duration",
-        "2s",
+        nosampling.to_str().unwrap(),
     ]);
     let warning = mapscope.stderr.wait_for(
         "the sampling-off warning",
@@ -92,6 +88,7 @@ fn sampling_off_is_reported() {
         metrics.sum("mapscope_alloc_sample_rate_bytes", |_| true),
         0.0
     );
+    mapscope.send("exit");
     assert!(mapscope.wait(Duration::from_secs(20)).success());
 }
 

@@ -1,0 +1,3 @@
+module mapscope.test/nosampling
+
+go 1.19
