@@ -10,7 +10,7 @@ use aya::maps::{MapData, PerCpuHashMap, StackTraceMap};
 use profiler_common::alloc::AllocKey;
 
 use crate::{
-    export::metrics::TargetMetrics,
+    export::metrics::{SizeHistogram, TargetMetrics},
     export::pprof::{self, Line},
     gobin::GoBinary,
     model::{
@@ -155,6 +155,12 @@ impl AllocCollector {
         }
         let totals = estimate(&counts, rate);
         self.metrics.allocated(&self.exported, &totals, rate);
+        let objects_by_size = counts
+            .iter()
+            .map(|(&size, &count)| (size, count as f64 * scale(size, rate)))
+            .collect();
+        self.metrics
+            .allocation_sizes(SizeHistogram::from_estimates(&objects_by_size));
         self.exported = totals;
         self.export_sites(sites);
         self.publish(samples, rate);

@@ -1,12 +1,14 @@
 //! The Prometheus registry. Every metric is documented in docs/METRICS.md; keep the two in step.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
 };
 
 use prometheus::{
     CounterVec, Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
+    core::{Collector, Desc},
+    proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
 use crate::model::{
@@ -23,7 +25,105 @@ pub fn pause_buckets() -> Vec<f64> {
         .collect()
 }
 
+/// Allocation size buckets: 8 B doubling to 32 MiB (23 buckets), around Go's size classes
+/// (8 B to 32 KiB) and the large allocations above them.
+pub fn size_buckets() -> Vec<f64> {
+    (3..=25).map(|power| f64::from(1u32 << power)).collect()
+}
+
 const TARGET_LABELS: [&str; 3] = ["pid", "exe", "go_version"];
+
+/// `mapscope_alloc_size_bytes`: estimated allocations by size, per target. A collector of its
+/// own because the counts are estimates (scaled samples), which a Prometheus histogram cannot
+/// observe; it renders the latest estimates as a histogram at each scrape.
+struct SizeHistograms {
+    desc: Desc,
+    by_target: Mutex<BTreeMap<[String; 3], SizeHistogram>>,
+}
+
+/// Estimated allocation counts per size bucket (the last is +Inf), their count and byte sum.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SizeHistogram {
+    pub buckets: Vec<f64>,
+    pub count: f64,
+    pub sum: f64,
+}
+
+impl SizeHistogram {
+    /// From estimated object counts by allocation size.
+    pub fn from_estimates(objects_by_size: &BTreeMap<u64, f64>) -> Self {
+        let bounds = size_buckets();
+        let mut histogram = Self {
+            buckets: vec![0.0; bounds.len() + 1],
+            ..Self::default()
+        };
+        for (&size, &objects) in objects_by_size {
+            let index = bounds
+                .iter()
+                .position(|&bound| size as f64 <= bound)
+                .unwrap_or(bounds.len());
+            histogram.buckets[index] += objects;
+            histogram.count += objects;
+            histogram.sum += objects * size as f64;
+        }
+        histogram
+    }
+}
+
+impl Collector for SizeHistograms {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(by_target) = self.by_target.lock() else {
+            return Vec::new();
+        };
+        let bounds = size_buckets();
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::HISTOGRAM);
+        for (labels, estimate) in by_target.iter() {
+            let mut cumulative = 0.0;
+            let buckets = bounds
+                .iter()
+                .zip(&estimate.buckets)
+                .map(|(&bound, &objects)| {
+                    cumulative += objects;
+                    let mut bucket = Bucket::default();
+                    bucket.set_upper_bound(bound);
+                    bucket.set_cumulative_count(cumulative.round() as u64);
+                    bucket
+                })
+                .collect();
+            let mut histogram = Histogram::default();
+            histogram.set_bucket(buckets);
+            histogram.set_sample_count(estimate.count.round() as u64);
+            histogram.set_sample_sum(estimate.sum);
+            // Sorted by name, as the crate's own metrics are.
+            let mut pairs: Vec<LabelPair> = TARGET_LABELS
+                .iter()
+                .zip(labels)
+                .map(|(name, value)| {
+                    let mut pair = LabelPair::default();
+                    pair.set_name((*name).to_owned());
+                    pair.set_value(value.clone());
+                    pair
+                })
+                .collect();
+            pairs.sort_by(|a, b| a.name().cmp(b.name()));
+            let mut metric = Metric::default();
+            metric.set_label(pairs);
+            metric.set_histogram(histogram);
+            family.mut_metric().push(metric);
+        }
+        if family.get_metric().is_empty() {
+            return Vec::new();
+        }
+        vec![family]
+    }
+}
 
 /// One registry for the whole process; targets get label-bound handles from it.
 pub struct Metrics {
@@ -39,6 +139,20 @@ pub struct Metrics {
     site_bytes: CounterVec,
     site_objects: CounterVec,
     churn: CounterVec,
+    sizes: Arc<SizeHistograms>,
+}
+
+/// Lets the registry hold the shared size histograms.
+struct SharedSizes(Arc<SizeHistograms>);
+
+impl Collector for SharedSizes {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
+    }
 }
 
 impl Metrics {
@@ -159,6 +273,20 @@ impl Metrics {
                 "location",
             ],
         )?;
+        let sizes = Arc::new(SizeHistograms {
+            desc: Desc::new(
+                "mapscope_alloc_size_bytes".to_owned(),
+                "Heap allocations by size, estimated from the runtime's allocation sampling \
+                 (buckets 8 B doubling to 32 MiB)."
+                    .to_owned(),
+                TARGET_LABELS
+                    .iter()
+                    .map(|label| (*label).to_owned())
+                    .collect(),
+                Default::default(),
+            )?,
+            by_target: Mutex::default(),
+        });
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "mapscope_build_info",
@@ -180,6 +308,7 @@ impl Metrics {
         registry.register(Box::new(site_bytes.clone()))?;
         registry.register(Box::new(site_objects.clone()))?;
         registry.register(Box::new(churn.clone()))?;
+        registry.register(Box::new(SharedSizes(Arc::clone(&sizes))))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -194,6 +323,7 @@ impl Metrics {
             site_bytes,
             site_objects,
             churn,
+            sizes,
         })
     }
 
@@ -298,6 +428,13 @@ impl TargetMetrics {
         ]
     }
 
+    /// Replace this target's allocation size estimates.
+    pub fn allocation_sizes(&self, histogram: SizeHistogram) {
+        if let Ok(mut by_target) = self.metrics.sizes.by_target.lock() {
+            by_target.insert(self.labels.clone(), histogram);
+        }
+    }
+
     /// Add an allocation site's growth.
     pub fn site_allocated(&self, site: &Site, objects: f64, bytes: f64) {
         if let Ok(mut sites) = self.sites.lock() {
@@ -345,6 +482,9 @@ impl TargetMetrics {
     }
 
     pub fn remove(&self) {
+        if let Ok(mut by_target) = self.metrics.sizes.by_target.lock() {
+            by_target.remove(&self.labels);
+        }
         let _ = self.metrics.gc_cycles.remove_label_values(&self.labels);
         let _ = self.metrics.alloc_bytes.remove_label_values(&self.labels);
         let _ = self.metrics.alloc_objects.remove_label_values(&self.labels);
@@ -406,6 +546,51 @@ mod tests {
         assert_eq!(buckets.first(), Some(&0.5e-6));
         assert!(buckets.last().is_some_and(|&last| last > 8.0));
         assert!(buckets.windows(2).all(|pair| pair[1] == pair[0] * 2.0));
+    }
+
+    #[test]
+    fn size_histogram_buckets_estimates() {
+        let histogram = SizeHistogram::from_estimates(&BTreeMap::from([
+            (8, 100.0),
+            (24, 10.0),
+            (4096, 2.5),
+            (1 << 30, 1.0),
+        ]));
+        assert_eq!(histogram.buckets.len(), size_buckets().len() + 1);
+        assert_eq!(histogram.buckets[0], 100.0, "8 B is in the 8 B bucket");
+        assert_eq!(histogram.buckets[2], 10.0, "24 B is in the 32 B bucket");
+        assert_eq!(histogram.buckets[9], 2.5, "4 KiB is in the 4096 B bucket");
+        assert_eq!(histogram.buckets[23], 1.0, "1 GiB is past the last bound");
+        assert_eq!(histogram.count, 113.5);
+
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let target = metrics.target(9, "svc", "go1.27.3");
+        target.allocation_sizes(histogram);
+        let text = metrics.encode().unwrap();
+        let labels = r#"exe="svc",go_version="go1.27.3",pid="9""#;
+        assert!(
+            text.contains(&format!(
+                "mapscope_alloc_size_bytes_bucket{{{labels},le=\"8\"}} 100"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "mapscope_alloc_size_bytes_bucket{{{labels},le=\"4096\"}} 113"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("mapscope_alloc_size_bytes_count{{{labels}}} 114")),
+            "{text}"
+        );
+        target.remove();
+        assert!(
+            !metrics
+                .encode()
+                .unwrap()
+                .contains("mapscope_alloc_size_bytes")
+        );
     }
 
     #[test]
