@@ -19,6 +19,13 @@ const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
 pub const MAX_ALLOC_KEYS: u32 = 16_384;
 pub const MAX_ALLOC_STACKS: u32 = 16_384;
 
+/// Exact mode's per-CPU counters (`ALLOC_EXACT`): objects, bytes, then one count per power of
+/// two of the requested size (index `EXACT_SIZE_BASE + floor(log2(size))`).
+pub const EXACT_OBJECTS: u32 = 0;
+pub const EXACT_BYTES: u32 = 1;
+pub const EXACT_SIZE_BASE: u32 = 2;
+pub const EXACT_SLOTS: u32 = EXACT_SIZE_BASE + 64;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: #[repr(C)], Copy, integers only, explicit padding: every byte pattern is valid.

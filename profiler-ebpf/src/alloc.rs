@@ -6,11 +6,14 @@
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     macros::{map, uprobe},
-    maps::{PerCpuHashMap, StackTrace},
+    maps::{PerCpuArray, PerCpuHashMap, StackTrace},
     programs::{ProbeContext, tracing::StackIdContext as _},
 };
 use profiler_common::{
-    alloc::{AllocKey, MAX_ALLOC_KEYS, MAX_ALLOC_STACKS},
+    alloc::{
+        AllocKey, EXACT_BYTES, EXACT_OBJECTS, EXACT_SIZE_BASE, EXACT_SLOTS, MAX_ALLOC_KEYS,
+        MAX_ALLOC_STACKS,
+    },
     counters,
 };
 
@@ -47,5 +50,36 @@ pub fn alloc_sample(ctx: ProbeContext) -> u32 {
     } else if ALLOC_SAMPLES.insert(key, 1, 0).is_err() {
         bump(counters::ALLOC_TABLE_FULL);
     }
+    0
+}
+
+/// Exact mode (opt-in, costly): every allocation, counted per CPU with a log2 size histogram.
+#[map]
+static ALLOC_EXACT: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXACT_SLOTS, 0);
+
+/// `mallocgc(size uintptr, typ *_type, needzero bool)` and Go 1.26+'s size-specialized
+/// `mallocgc*SC*` variants, which compiled code calls directly (src/runtime/malloc.go,
+/// malloc_generated.go): `size` is the first integer argument.
+const MALLOCGC_ARG_SIZE: usize = 0;
+
+#[inline(always)]
+fn add(slot: u32, value: u64) {
+    if let Some(counter) = ALLOC_EXACT.get_ptr_mut(slot) {
+        // SAFETY: this CPU's own slot, fresh from the lookup; uprobe programs do not preempt
+        // each other on one CPU.
+        unsafe { *counter += value };
+    }
+}
+
+#[uprobe]
+pub fn alloc_exact(ctx: ProbeContext) -> u32 {
+    let size = GoRegs::new(&ctx).int(MALLOCGC_ARG_SIZE);
+    // mallocgc(0) hands out the shared zero-sized object; the runtime does not count it.
+    if size == 0 {
+        return 0;
+    }
+    add(EXACT_OBJECTS, 1);
+    add(EXACT_BYTES, size);
+    add(EXACT_SIZE_BASE + (63 - size.leading_zeros()), 1);
     0
 }

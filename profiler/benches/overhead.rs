@@ -35,6 +35,7 @@ use mapscope::{
 use profiler_common::stw::{StwCookie, StwLayout};
 
 const ROUNDS: usize = 7;
+const EXACT_ROUNDS: usize = 3;
 const ALLOC_SECONDS: &str = "2s";
 const CALLS: usize = 200_000;
 const CALL_ROUNDS: usize = 3;
@@ -98,6 +99,27 @@ fn main() {
     println!(
         "  median mean GC pause (MemStats.PauseTotalNs / NumGC / 2): alone {alone:.1} µs, attached {attached:.1} µs ({:+.1} µs per pause from probe hits inside the stopped world)",
         attached - alone
+    );
+
+    println!(
+        "== exact allocation mode (--alloc-exact): {EXACT_ROUNDS} interleaved rounds of {ALLOC_SECONDS}"
+    );
+    let mut exact_ratios = Vec::new();
+    for _ in 0..EXACT_ROUNDS {
+        let alone =
+            alloc_run(Command::new(&gcbench).args(["-mode", "alloc", "-duration", ALLOC_SECONDS]));
+        let exact = alloc_run(
+            Command::new(mapscope)
+                .args(["run", "--listen", "127.0.0.1:0", "--alloc-exact", "--"])
+                .arg(&gcbench)
+                .args(["-mode", "alloc", "-duration", ALLOC_SECONDS]),
+        );
+        exact_ratios.push(exact.ops_per_second / alone.ops_per_second);
+    }
+    let exact = median(&mut exact_ratios);
+    println!(
+        "  median throughput ratio exact/alone: {exact:.4} (the target runs {:.0}x slower: a uprobe on every allocation)",
+        1.0 / exact
     );
 
     println!("== per-hit cost: {CALLS} calls of {SITE}, 2 uprobe hits per call (entry + RET)");

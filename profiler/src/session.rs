@@ -50,6 +50,8 @@ pub struct Target {
 pub struct Options {
     /// Allocation sites with series of their own (the rest are `other`).
     pub alloc_top_sites: usize,
+    /// Count every allocation (a uprobe on each: very costly).
+    pub alloc_exact: bool,
 }
 
 /// Refuse early, with the reason, if this machine or this process cannot run mapscope.
@@ -246,7 +248,16 @@ pub struct Attached {
     probes: AttachedProbes,
 }
 
-pub fn attach(target: Target) -> anyhow::Result<Attached> {
+pub fn attach(mut target: Target, options: Options) -> anyhow::Result<Attached> {
+    if options.alloc_exact {
+        let exact = probes::alloc::plan_exact(&target.binary);
+        tracing::warn!(
+            "exact allocation counting puts a uprobe on every allocation ({} entry points): each \
+             costs microseconds, so expect the target to run many times slower while attached",
+            exact.len()
+        );
+        target.points.extend(exact);
+    }
     let process = &target.process;
     match AttachedProbes::attach(process.pid, &process.exe_path(), &target.points) {
         Ok(probes) => Ok(Attached { target, probes }),
@@ -328,6 +339,7 @@ impl Attached {
             let mut alloc =
                 AllocCollector::new(maps, read_rate, Arc::clone(&target_metrics), sites);
             alloc.profile = Arc::clone(&allocs);
+            alloc.exact = options.alloc_exact;
             let mut stopped = stopped.clone();
             Some(tokio::spawn(async move {
                 alloc

@@ -92,6 +92,54 @@ fn sampling_off_is_reported() {
     assert!(mapscope.wait(Duration::from_secs(20)).success());
 }
 
+/// Exact mode counts every allocation: the count must equal the runtime's own object count for
+/// the window, but for the few allocations the target makes outside it while mapscope watches
+/// (reading stdin, writing the report): at most 2000, or 0.1%.
+fn compare_exact(version: &str) {
+    let binary = common::build_go("gcload", version, &[]);
+    let mut target = GoTarget::start(&binary, &["-duration", "1s", "-forced-gcs", "2"]);
+    let pid = target.pid().to_string();
+    let mapscope = Mapscope::start(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--listen",
+        "127.0.0.1:0",
+        "--alloc-exact",
+    ]);
+    assert!(
+        mapscope.stderr.all().contains("uprobe on every allocation"),
+        "the overhead warning"
+    );
+    let report = target.run_load();
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = mapscope.scrape();
+    let exact = metrics.sum("mapscope_alloc_exact_objects_total", |_| true);
+    let runtime = report.counters["/gc/heap/allocs:objects"] as f64;
+    println!(
+        "Go {version} exact mode: mapscope {exact} objects, runtime {runtime} ({:+})",
+        exact - runtime
+    );
+    assert!(
+        runtime > 10_000.0,
+        "the load allocated too little: {runtime}"
+    );
+    assert!(
+        (exact - runtime).abs() <= (runtime * 0.001).max(2000.0),
+        "exact {exact} vs runtime {runtime}"
+    );
+    target.send("exit");
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn exact_mode_counts_every_allocation() {
+    // mallocgc alone (1.19, 1.23, 1.24), and with the size-specialized variants (1.26, 1.27).
+    for version in ["1.19.8", "1.23.9", "1.24.11", "1.26.6", "1.27.3"] {
+        compare_exact(version);
+    }
+}
+
 macro_rules! per_go_release {
     ($($name:ident => $version:literal),* $(,)?) => {$(
         #[test]

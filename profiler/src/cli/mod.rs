@@ -60,12 +60,19 @@ pub struct ExportArgs {
     /// are summed under function="other", keeping the number of series bounded.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub alloc_top_sites: usize,
+
+    /// Also count every allocation exactly (mapscope_alloc_exact_*), with a uprobe on each
+    /// allocation entry point. COSTLY: each allocation then pays microseconds, the target may run
+    /// tens of times slower. For short diagnostic runs, never as a default.
+    #[arg(long)]
+    pub alloc_exact: bool,
 }
 
 impl ExportArgs {
     pub fn options(&self) -> crate::session::Options {
         crate::session::Options {
             alloc_top_sites: self.alloc_top_sites,
+            alloc_exact: self.alloc_exact,
         }
     }
 }

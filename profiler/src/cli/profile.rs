@@ -54,7 +54,11 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let attached = session::attach(target)?;
+    let options = session::Options {
+        alloc_top_sites: 20,
+        alloc_exact: false,
+    };
+    let attached = session::attach(target, options)?;
     let exited = attached.target.process.exit_watcher()?.exited();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -65,9 +69,6 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
             _ = terminate.recv() => tracing::info!("terminated; writing what was sampled so far"),
             _ = exited => tracing::info!("PID {} exited; writing what was sampled", args.pid),
         }
-    };
-    let options = session::Options {
-        alloc_top_sites: 20,
     };
     let outcome = attached.profile(None, options, stop).await?;
     let profile = outcome.allocs.ok_or_else(|| {

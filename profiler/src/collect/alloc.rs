@@ -6,8 +6,8 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, PerCpuHashMap, StackTraceMap};
-use profiler_common::alloc::AllocKey;
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use profiler_common::alloc::{AllocKey, EXACT_BYTES, EXACT_OBJECTS};
 
 use crate::{
     export::metrics::{SizeHistogram, TargetMetrics},
@@ -46,6 +46,10 @@ const READ_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct AllocCollector {
     samples: PerCpuHashMap<MapData, AllocKey, u64>,
+    /// Exact mode's counters, read when `exact` is on.
+    exact_counts: PerCpuArray<MapData, u64>,
+    pub exact: bool,
+    exact_exported: (u64, u64),
     stacks: StackTraceMap<MapData>,
     sites: SiteOptions,
     /// Symbolized and classified stacks, by stack id (stacks never change once recorded).
@@ -74,6 +78,9 @@ impl AllocCollector {
     ) -> Self {
         Self {
             samples: maps.samples,
+            exact_counts: maps.exact,
+            exact: false,
+            exact_exported: (0, 0),
             stacks: maps.stacks,
             sites,
             classified: HashMap::new(),
@@ -103,6 +110,19 @@ impl AllocCollector {
 
     /// Re-read every count and export what grew.
     pub fn read(&mut self) {
+        if self.exact {
+            let total = |slot: u32| -> u64 {
+                self.exact_counts
+                    .get(&slot, 0)
+                    .map_or(0, |per_cpu| per_cpu.iter().sum())
+            };
+            let now = (total(EXACT_OBJECTS), total(EXACT_BYTES));
+            self.metrics.exactly_allocated(
+                now.0.saturating_sub(self.exact_exported.0),
+                now.1.saturating_sub(self.exact_exported.1),
+            );
+            self.exact_exported = now;
+        }
         let rate = (self.rate)().or(self.last_rate);
         self.last_rate = rate;
         let rate = match rate {

@@ -140,6 +140,8 @@ pub struct Metrics {
     site_objects: CounterVec,
     churn: CounterVec,
     sizes: Arc<SizeHistograms>,
+    exact_objects: IntCounterVec,
+    exact_bytes: IntCounterVec,
 }
 
 /// Lets the registry hold the shared size histograms.
@@ -287,6 +289,22 @@ impl Metrics {
             )?,
             by_target: Mutex::default(),
         });
+        let exact_objects = IntCounterVec::new(
+            Opts::new(
+                "mapscope_alloc_exact_objects_total",
+                "Heap objects allocated, every one counted (exact mode, --alloc-exact: costly) \
+                 (runtime/metrics /gc/heap/allocs:objects).",
+            ),
+            &TARGET_LABELS,
+        )?;
+        let exact_bytes = IntCounterVec::new(
+            Opts::new(
+                "mapscope_alloc_exact_bytes_total",
+                "Heap bytes requested, every allocation counted (exact mode). Requested sizes: \
+                 /gc/heap/allocs:bytes counts size-class-rounded bytes, so it is larger.",
+            ),
+            &TARGET_LABELS,
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "mapscope_build_info",
@@ -309,6 +327,8 @@ impl Metrics {
         registry.register(Box::new(site_objects.clone()))?;
         registry.register(Box::new(churn.clone()))?;
         registry.register(Box::new(SharedSizes(Arc::clone(&sizes))))?;
+        registry.register(Box::new(exact_objects.clone()))?;
+        registry.register(Box::new(exact_bytes.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -324,6 +344,8 @@ impl Metrics {
             site_objects,
             churn,
             sizes,
+            exact_objects,
+            exact_bytes,
         })
     }
 
@@ -428,6 +450,18 @@ impl TargetMetrics {
         ]
     }
 
+    /// Add exact mode's counts.
+    pub fn exactly_allocated(&self, objects: u64, bytes: u64) {
+        self.metrics
+            .exact_objects
+            .with_label_values(&self.labels)
+            .inc_by(objects);
+        self.metrics
+            .exact_bytes
+            .with_label_values(&self.labels)
+            .inc_by(bytes);
+    }
+
     /// Replace this target's allocation size estimates.
     pub fn allocation_sizes(&self, histogram: SizeHistogram) {
         if let Ok(mut by_target) = self.metrics.sizes.by_target.lock() {
@@ -482,6 +516,8 @@ impl TargetMetrics {
     }
 
     pub fn remove(&self) {
+        let _ = self.metrics.exact_objects.remove_label_values(&self.labels);
+        let _ = self.metrics.exact_bytes.remove_label_values(&self.labels);
         if let Ok(mut by_target) = self.metrics.sizes.by_target.lock() {
             by_target.remove(&self.labels);
         }

@@ -14,12 +14,29 @@ pub const PROFILE_ALLOC: &str = "runtime.profilealloc";
 pub const MEM_PROFILE_RATE: &str = "runtime.MemProfileRate";
 pub const DEFAULT_MEM_PROFILE_RATE: i64 = 512 * 1024;
 
-/// Everything mapscope looks up in a binary.
+/// `func mallocgc(size uintptr, typ *_type, needzero bool)`: every heap allocation in go1.19.8
+/// through go1.25.5 goes through it (src/runtime/malloc.go).
+pub const MALLOCGC: &str = "runtime.mallocgc";
+/// Go 1.26+ (the SizeSpecializedMalloc experiment, on by default): compiled code also calls
+/// these generated, size-class specialized allocators directly, with the same first argument
+/// (src/runtime/malloc_generated.go; cmd/compile/internal/ssagen/ssa.go). They never fall back
+/// into `mallocgc`, so probing them and it counts each allocation once.
+pub const MALLOCGC_SPECIALIZED: &[&str] = &[
+    "runtime.mallocgcSmallNoScanSC*",
+    "runtime.mallocgcSmallScanNoHeaderSC*",
+    "runtime.mallocgcTinySC*",
+];
+
+/// Everything mapscope looks up in a binary (a trailing `*` is a prefix).
 pub const WANTED: &[&str] = &[
     STOP_THE_WORLD,
     START_THE_WORLD,
     PROFILE_ALLOC,
     MEM_PROFILE_RATE,
+    MALLOCGC,
+    MALLOCGC_SPECIALIZED[0],
+    MALLOCGC_SPECIALIZED[1],
+    MALLOCGC_SPECIALIZED[2],
 ];
 
 /// The oldest and newest Go releases this table describes.

@@ -174,7 +174,7 @@ impl GoBinary {
         let mut functions = BTreeMap::new();
         for symbol in file.symbols() {
             let Ok(name) = symbol.name() else { continue };
-            if wanted.contains(&name) {
+            if is_wanted(wanted, name) {
                 functions.insert(
                     name.to_owned(),
                     Function {
@@ -312,6 +312,15 @@ impl GoBinary {
         self.data.get(start..end)
     }
 
+    /// The resolved functions whose names start with `prefix` (asked for as `prefix*`).
+    pub fn functions_with_prefix(&self, prefix: &str) -> Vec<(&str, Function)> {
+        self.functions
+            .range(prefix.to_owned()..)
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .map(|(name, &function)| (name.as_str(), function))
+            .collect()
+    }
+
     /// The lowest address a loadable segment maps from the file: a PIE's load bias is where the
     /// kernel put the executable minus this.
     pub fn lowest_address(&self) -> Option<u64> {
@@ -349,6 +358,14 @@ impl GoBinary {
             .map(|code| disasm::ret_sites(code, function.address))
             .unwrap_or_default()
     }
+}
+
+/// Whether `name` is asked for: exactly, or by a `prefix*` entry.
+pub(crate) fn is_wanted(wanted: &[&str], name: &str) -> bool {
+    wanted.iter().any(|want| match want.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => *want == name,
+    })
 }
 
 /// Whether a 64-bit little-endian ELF file has a PT_INTERP program header (dynamic linking).

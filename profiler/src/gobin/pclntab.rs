@@ -304,7 +304,10 @@ impl<'a> Pclntab<'a> {
             let Some(name) = self.name_of(record) else {
                 continue;
             };
-            if let Some(&name) = wanted.iter().find(|want| want.as_bytes() == name) {
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
+            if super::is_wanted(wanted, name) {
                 found.insert(
                     name.to_owned(),
                     Function {

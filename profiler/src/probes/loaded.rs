@@ -44,6 +44,8 @@ pub enum LoadError {
 pub struct AllocMaps {
     pub samples: PerCpuHashMap<MapData, AllocKey, u64>,
     pub stacks: StackTraceMap<MapData>,
+    /// Exact mode's counters (filled only when its probes are attached).
+    pub exact: PerCpuArray<MapData, u64>,
 }
 
 /// Kernel maps that the collectors read; they outlive the probes so the last events can still
@@ -144,7 +146,16 @@ impl AttachedProbes {
             .take_map("ALLOC_STACKS")
             .and_then(|map| StackTraceMap::try_from(map).ok())
             .ok_or(LoadError::Map("ALLOC_STACKS"))?;
-        Ok(AllocMaps { samples, stacks })
+        let exact = self
+            .ebpf
+            .take_map("ALLOC_EXACT")
+            .and_then(|map| PerCpuArray::try_from(map).ok())
+            .ok_or(LoadError::Map("ALLOC_EXACT"))?;
+        Ok(AllocMaps {
+            samples,
+            stacks,
+            exact,
+        })
     }
 
     /// Remove every uprobe from the target. The kernel restores the original instructions.
