@@ -77,7 +77,8 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
             format!(
                 "PID {}: no allocations were sampled: its runtime.MemProfileRate is 0 (the Go linker \
                  sets that when the program never references runtime.MemProfile); import \
-                 runtime/pprof or net/http/pprof, or set runtime.MemProfileRate, to profile it",
+                 runtime/pprof or net/http/pprof, or set runtime.MemProfileRate, to profile it \
+                 (or count every allocation with `mapscope attach --alloc-exact`, at a large cost)",
                 args.pid
             ),
         )

@@ -133,7 +133,11 @@ impl AllocCollector {
                     match other {
                         Some(0) => tracing::warn!(
                             "the target set runtime.MemProfileRate to 0, which turns the runtime's \
-                             allocation sampling off: mapscope sees no allocations"
+                             allocation sampling off: mapscope sees no sampled allocations. The Go \
+                             linker does that when a program never references runtime.MemProfile; \
+                             importing runtime/pprof or net/http/pprof (or setting \
+                             runtime.MemProfileRate) turns it back on, or --alloc-exact counts \
+                             every allocation at a large cost"
                         ),
                         _ => tracing::warn!(
                             "cannot read the target's runtime.MemProfileRate (stripped binary?); \
