@@ -182,17 +182,8 @@ fn compare(version: &str) {
     target.send("exit");
 }
 
-macro_rules! per_go_release {
-    ($($name:ident => $version:literal),* $(,)?) => {$(
-        #[test]
-        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
-        fn $name() {
-            compare($version);
-        }
-    )*};
-}
-
-per_go_release! {
+common::per_go_release! {
+    compare;
     sites_match_pprof_go1_19 => "1.19.8",
     sites_match_pprof_go1_21 => "1.21.13",
     sites_match_pprof_go1_23 => "1.23.9",

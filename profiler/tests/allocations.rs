@@ -140,17 +140,8 @@ fn exact_mode_counts_every_allocation() {
     }
 }
 
-macro_rules! per_go_release {
-    ($($name:ident => $version:literal),* $(,)?) => {$(
-        #[test]
-        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
-        fn $name() {
-            compare($version);
-        }
-    )*};
-}
-
-per_go_release! {
+common::per_go_release! {
+    compare;
     allocations_match_runtime_go1_19 => "1.19.8",
     allocations_match_runtime_go1_21 => "1.21.13",
     allocations_match_runtime_go1_22 => "1.22.10",

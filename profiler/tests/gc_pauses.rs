@@ -241,17 +241,13 @@ fn version_at_least(version: &str, minor: u32) -> bool {
         .is_some_and(|m| m >= minor)
 }
 
-macro_rules! per_go_release {
-    ($($name:ident => $version:literal),* $(,)?) => {$(
-        #[test]
-        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
-        fn $name() {
-            compare_with_runtime($version, &[]);
-        }
-    )*};
+/// The default build of each release.
+fn release_defaults(version: &str) {
+    compare_with_runtime(version, &[]);
 }
 
-per_go_release! {
+common::per_go_release! {
+    release_defaults;
     pauses_match_runtime_go1_19 => "1.19.8",
     pauses_match_runtime_go1_21 => "1.21.13",
     pauses_match_runtime_go1_22 => "1.22.10",

@@ -144,17 +144,8 @@ fn check_release(version: &str) {
     }
 }
 
-macro_rules! per_go_release {
-    ($($name:ident => $version:literal),* $(,)?) => {$(
-        #[test]
-        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
-        fn $name() {
-            check_release($version);
-        }
-    )*};
-}
-
-per_go_release! {
+common::per_go_release! {
+    check_release;
     table_and_analysis_go1_19 => "1.19.8",
     table_and_analysis_go1_21 => "1.21.13",
     table_and_analysis_go1_22 => "1.22.10",

@@ -62,18 +62,14 @@ fn check(version: &str, flags: &[&str]) {
     );
 }
 
-macro_rules! per_go_release {
-    ($($name:ident => $version:literal),* $(,)?) => {$(
-        #[test]
-        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
-        fn $name() {
-            check($version, &[]);
-            check($version, &["-ldflags=-s -w"]);
-        }
-    )*};
+/// Each release, built normally and stripped.
+fn check_both(version: &str) {
+    check(version, &[]);
+    check(version, &["-ldflags=-s -w"]);
 }
 
-per_go_release! {
+common::per_go_release! {
+    check_both;
     frames_match_runtime_go1_19 => "1.19.8",
     frames_match_runtime_go1_21 => "1.21.13",
     frames_match_runtime_go1_22 => "1.22.10",

@@ -111,49 +111,11 @@ impl AllocCollector {
     /// Re-read every count and export what grew.
     pub fn read(&mut self) {
         if self.exact {
-            let total = |slot: u32| -> u64 {
-                self.exact_counts
-                    .get(&slot, 0)
-                    .map_or(0, |per_cpu| per_cpu.iter().sum())
-            };
-            let now = (total(EXACT_OBJECTS), total(EXACT_BYTES));
-            self.metrics.exactly_allocated(
-                now.0.saturating_sub(self.exact_exported.0),
-                now.1.saturating_sub(self.exact_exported.1),
-            );
-            self.exact_exported = now;
+            self.read_exact();
         }
-        let rate = (self.rate)().or(self.last_rate);
-        self.last_rate = rate;
-        let rate = match rate {
-            Some(rate) if rate > 0 => rate,
-            other => {
-                if self.warned_rate != Some(other.unwrap_or(-1)) {
-                    self.warned_rate = Some(other.unwrap_or(-1));
-                    match other {
-                        Some(0) => tracing::warn!(
-                            "the target set runtime.MemProfileRate to 0, which turns the runtime's \
-                             allocation sampling off: mapscope sees no sampled allocations. The Go \
-                             linker does that when a program never references runtime.MemProfile; \
-                             importing runtime/pprof or net/http/pprof (or setting \
-                             runtime.MemProfileRate) turns it back on, or --alloc-exact counts \
-                             every allocation at a large cost"
-                        ),
-                        _ => tracing::warn!(
-                            "cannot read the target's runtime.MemProfileRate (stripped binary?); \
-                             assuming the runtime default of 512 KiB: allocation estimates are \
-                             wrong if the program changed it"
-                        ),
-                    }
-                }
-                match other {
-                    Some(0) => {
-                        self.metrics.allocated(&self.exported, &self.exported, 0);
-                        return;
-                    }
-                    _ => crate::gobin::abi::DEFAULT_MEM_PROFILE_RATE,
-                }
-            }
+        let Some(rate) = self.sampling_rate() else {
+            self.metrics.allocated(&self.exported, &self.exported, 0);
+            return;
         };
         let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
         let mut sites = SiteTotals::default();
@@ -188,6 +150,54 @@ impl AllocCollector {
         self.exported = totals;
         self.export_sites(sites);
         self.publish(samples, rate);
+    }
+
+    /// Exact mode: export the growth of the every-allocation counters.
+    fn read_exact(&mut self) {
+        let total = |slot: u32| -> u64 {
+            self.exact_counts
+                .get(&slot, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum())
+        };
+        let now = (total(EXACT_OBJECTS), total(EXACT_BYTES));
+        self.metrics.exactly_allocated(
+            now.0.saturating_sub(self.exact_exported.0),
+            now.1.saturating_sub(self.exact_exported.1),
+        );
+        self.exact_exported = now;
+    }
+
+    /// The rate to scale samples by: the target's `MemProfileRate`, the last one read once the
+    /// target has gone, or the runtime default when it cannot be read (stripped binary). `None`
+    /// when sampling is off. Each condition is logged once.
+    fn sampling_rate(&mut self) -> Option<i64> {
+        let rate = (self.rate)().or(self.last_rate);
+        self.last_rate = rate;
+        if let Some(rate) = rate.filter(|&rate| rate > 0) {
+            return Some(rate);
+        }
+        let condition = rate.unwrap_or(-1);
+        let first_time = self.warned_rate != Some(condition);
+        self.warned_rate = Some(condition);
+        if rate == Some(0) {
+            if first_time {
+                tracing::warn!(
+                    "the target set runtime.MemProfileRate to 0, which turns the runtime's \
+                     allocation sampling off: mapscope sees no sampled allocations. The Go linker \
+                     does that when a program never references runtime.MemProfile; importing \
+                     runtime/pprof or net/http/pprof (or setting runtime.MemProfileRate) turns it \
+                     back on, or --alloc-exact counts every allocation at a large cost"
+                );
+            }
+            return None;
+        }
+        if first_time {
+            tracing::warn!(
+                "cannot read the target's runtime.MemProfileRate (stripped binary?); assuming the \
+                 runtime default of 512 KiB: allocation estimates are wrong if the program changed it"
+            );
+        }
+        Some(crate::gobin::abi::DEFAULT_MEM_PROFILE_RATE)
     }
 
     /// Make the samples so far the current allocation profile, typed like Go's own.

@@ -23,6 +23,21 @@ use std::{
 
 pub const MAPSCOPE: &str = env!("CARGO_BIN_EXE_mapscope");
 
+/// One `#[test]` per Go release, each calling `$check(version)`; ignored by plain `cargo test`,
+/// since it needs root and the toolchains `cargo xtask test` installs.
+#[allow(unused_macros, reason = "only the per-release test files use it")]
+macro_rules! per_go_release {
+    ($check:path; $($name:ident => $version:literal),* $(,)?) => {$(
+        #[test]
+        #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+        fn $name() {
+            $check($version);
+        }
+    )*};
+}
+#[allow(unused_imports, reason = "only the per-release test files use it")]
+pub(crate) use per_go_release;
+
 /// The Go release most single-version tests build with.
 pub const NEWEST_GO: &str = "1.27.3";
 
