@@ -92,26 +92,25 @@ mod tests {
     fn help_snapshot() {
         let mut command = Cli::command();
         let help = command.render_long_help().to_string();
-        let attach = command
-            .find_subcommand_mut("attach")
-            .map(|sub| sub.render_long_help().to_string())
-            .unwrap_or_default();
-        let run = command
-            .find_subcommand_mut("run")
-            .map(|sub| sub.render_long_help().to_string())
-            .unwrap_or_default();
-        let inspect = command
-            .find_subcommand_mut("inspect")
-            .map(|sub| sub.render_long_help().to_string())
-            .unwrap_or_default();
-        let profile = command
-            .find_subcommand_mut("profile")
-            .and_then(|sub| sub.find_subcommand_mut("alloc"))
-            .map(|sub| sub.render_long_help().to_string())
-            .unwrap_or_default();
-        let snapshot = format!(
-            "{help}\n---- attach\n{attach}\n---- run\n{run}\n---- inspect\n{inspect}\n---- profile alloc\n{profile}"
-        );
+        // The long help of a subcommand, found by its path of names.
+        let mut help_of = |path: &[&str]| {
+            let mut found = Some(&mut command);
+            for name in path {
+                found = found.and_then(|sub| sub.find_subcommand_mut(name));
+            }
+            found
+                .map(|sub| sub.render_long_help().to_string())
+                .unwrap_or_default()
+        };
+        let sections = [
+            ("attach", help_of(&["attach"])),
+            ("run", help_of(&["run"])),
+            ("inspect", help_of(&["inspect"])),
+            ("profile alloc", help_of(&["profile", "alloc"])),
+        ];
+        let snapshot = sections.iter().fold(help, |all, (name, text)| {
+            format!("{all}\n---- {name}\n{text}")
+        });
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots/help.txt");
         if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
             std::fs::write(path, &snapshot).unwrap();

@@ -3,7 +3,7 @@ use std::{num::NonZeroU32, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -121,40 +121,26 @@ impl AttachedProbes {
         })
     }
 
+    /// Take a map out of the object, as the type the collector reads it as.
+    fn take<T: TryFrom<Map>>(&mut self, name: &'static str) -> Result<T, LoadError> {
+        self.ebpf
+            .take_map(name)
+            .and_then(|map| T::try_from(map).ok())
+            .ok_or(LoadError::Map(name))
+    }
+
     pub fn take_stw_maps(&mut self) -> Result<StwMaps, LoadError> {
-        let events = self
-            .ebpf
-            .take_map("STW_EVENTS")
-            .and_then(|map| RingBuf::try_from(map).ok())
-            .ok_or(LoadError::Map("STW_EVENTS"))?;
-        let counters = self
-            .ebpf
-            .take_map("PROBE_COUNTERS")
-            .and_then(|map| PerCpuArray::try_from(map).ok())
-            .ok_or(LoadError::Map("PROBE_COUNTERS"))?;
-        Ok(StwMaps { events, counters })
+        Ok(StwMaps {
+            events: self.take("STW_EVENTS")?,
+            counters: self.take("PROBE_COUNTERS")?,
+        })
     }
 
     pub fn take_alloc_maps(&mut self) -> Result<AllocMaps, LoadError> {
-        let samples = self
-            .ebpf
-            .take_map("ALLOC_SAMPLES")
-            .and_then(|map| PerCpuHashMap::try_from(map).ok())
-            .ok_or(LoadError::Map("ALLOC_SAMPLES"))?;
-        let stacks = self
-            .ebpf
-            .take_map("ALLOC_STACKS")
-            .and_then(|map| StackTraceMap::try_from(map).ok())
-            .ok_or(LoadError::Map("ALLOC_STACKS"))?;
-        let exact = self
-            .ebpf
-            .take_map("ALLOC_EXACT")
-            .and_then(|map| PerCpuArray::try_from(map).ok())
-            .ok_or(LoadError::Map("ALLOC_EXACT"))?;
         Ok(AllocMaps {
-            samples,
-            stacks,
-            exact,
+            samples: self.take("ALLOC_SAMPLES")?,
+            stacks: self.take("ALLOC_STACKS")?,
+            exact: self.take("ALLOC_EXACT")?,
         })
     }
 
