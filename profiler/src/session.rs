@@ -379,7 +379,11 @@ impl Attached {
                 Err(error) => tracing::warn!("metrics server task failed: {error}"),
             }
         }
-        let allocs = allocs.lock().ok().and_then(|mut current| current.take());
+        let allocs = allocs
+            .lock()
+            .ok()
+            .and_then(|mut current| current.take())
+            .map(|snapshot| snapshot.to_pprof());
         Ok(Outcome { book, allocs })
     }
 }

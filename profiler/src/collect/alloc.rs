@@ -30,8 +30,50 @@ pub struct SiteOptions {
     pub top_sites: usize,
 }
 
-/// The latest allocation profile, for `/debug/pprof/allocs` and `mapscope profile alloc`.
-pub type AllocProfile = Arc<std::sync::Mutex<Option<pprof::Profile>>>;
+/// The latest allocation samples, for `/debug/pprof/allocs` and `mapscope profile alloc`.
+pub type AllocProfile = Arc<std::sync::Mutex<Option<AllocSnapshot>>>;
+
+/// The sampled allocations as of the last read. Cheap to publish every second (the stacks are
+/// shared, already symbolized); the pprof profile is built from it only when one is asked for.
+pub struct AllocSnapshot {
+    /// (stack, sampled size, sample count).
+    samples: Vec<(Arc<Symbolized>, u64, u64)>,
+    rate: i64,
+    started: (std::time::SystemTime, std::time::Instant),
+    taken: std::time::Instant,
+}
+
+impl AllocSnapshot {
+    /// The allocations as a pprof profile typed like Go's own (alloc_objects, alloc_space).
+    pub fn to_pprof(&self) -> pprof::Profile {
+        let samples = self
+            .samples
+            .iter()
+            .map(|(stack, size, count)| {
+                let objects = *count as f64 * scale(*size, self.rate);
+                pprof::Sample {
+                    stack: without_allocator(&stack.frames),
+                    values: vec![
+                        objects.round() as i64,
+                        (objects * *size as f64).round() as i64,
+                    ],
+                }
+            })
+            .collect();
+        let (wall, monotonic) = self.started;
+        pprof::Profile {
+            sample_types: vec![("alloc_objects", "count"), ("alloc_space", "bytes")],
+            default_sample_type: "alloc_space",
+            period_type: ("space", "bytes"),
+            period: self.rate,
+            time_nanos: wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as i64),
+            duration_nanos: self.taken.duration_since(monotonic).as_nanos() as i64,
+            samples,
+        }
+    }
+}
 
 /// A sampled stack, symbolized once: its physical frames (address and lines, innermost first)
 /// and what it means.
@@ -130,14 +172,7 @@ impl AllocCollector {
             *counts.entry(key.size).or_default() += count;
             let stack = self.symbolize(key.stack_id);
             sites.add(&stack.site, stack.churn, key.size, count, rate);
-            let objects = count as f64 * scale(key.size, rate);
-            samples.push(pprof::Sample {
-                stack: without_allocator(&stack.frames),
-                values: vec![
-                    objects.round() as i64,
-                    (objects * key.size as f64).round() as i64,
-                ],
-            });
+            samples.push((Arc::clone(&stack), key.size, count));
         }
         let totals = estimate(&counts, rate);
         self.metrics.allocated(&self.exported, &totals, rate);
@@ -200,22 +235,16 @@ impl AllocCollector {
         Some(crate::gobin::abi::DEFAULT_MEM_PROFILE_RATE)
     }
 
-    /// Make the samples so far the current allocation profile, typed like Go's own.
-    fn publish(&self, samples: Vec<pprof::Sample>, rate: i64) {
-        let (wall, monotonic) = self.started;
-        let profile = pprof::Profile {
-            sample_types: vec![("alloc_objects", "count"), ("alloc_space", "bytes")],
-            default_sample_type: "alloc_space",
-            period_type: ("space", "bytes"),
-            period: rate,
-            time_nanos: wall
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_nanos() as i64),
-            duration_nanos: monotonic.elapsed().as_nanos() as i64,
+    /// Make the samples so far the current allocation snapshot.
+    fn publish(&self, samples: Vec<(Arc<Symbolized>, u64, u64)>, rate: i64) {
+        let snapshot = AllocSnapshot {
             samples,
+            rate,
+            started: self.started,
+            taken: std::time::Instant::now(),
         };
         if let Ok(mut current) = self.profile.lock() {
-            *current = Some(profile);
+            *current = Some(snapshot);
         }
     }
 

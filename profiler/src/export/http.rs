@@ -37,11 +37,11 @@ pub async fn serve(
 /// The allocations sampled since mapscope attached, as a gzipped pprof profile (`go tool pprof
 /// http://ADDR/debug/pprof/allocs`).
 async fn allocs(State(served): State<Served>) -> impl IntoResponse {
-    let profile = served
-        .allocs
-        .lock()
-        .ok()
-        .and_then(|current| current.as_ref().map(|p| p.encode()));
+    let profile = served.allocs.lock().ok().and_then(|current| {
+        current
+            .as_ref()
+            .map(|snapshot| snapshot.to_pprof().encode())
+    });
     match profile {
         Some(Ok(bytes)) => (
             StatusCode::OK,
