@@ -13,8 +13,14 @@ pub const STW_PENDING_FULL: u32 = 2;
 /// An allocation sample could not be counted: its (stack, size) table was full.
 pub const ALLOC_TABLE_FULL: u32 = 3;
 
+/// A map event could not be counted: the map or site table was full.
+pub const MAP_TABLE_FULL: u32 = 4;
+/// A `makemap` returned without a recorded entry (mapscope attached mid-call), or its
+/// pending table was full.
+pub const MAP_UNMATCHED_CREATION: u32 = 5;
+
 /// Number of counters; the size of the `PROBE_COUNTERS` array.
-pub const COUNT: u32 = 4;
+pub const COUNT: u32 = 6;
 
 /// Names for the `reason` label of `mapscope_probe_events_dropped_total`, by index.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -22,4 +28,6 @@ pub const NAMES: [&str; COUNT as usize] = [
     "unmatched_start",
     "pending_table_full",
     "alloc_table_full",
+    "map_table_full",
+    "map_unmatched_creation",
 ];

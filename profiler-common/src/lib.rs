@@ -6,4 +6,5 @@
 
 pub mod alloc;
 pub mod counters;
+pub mod maps;
 pub mod stw;

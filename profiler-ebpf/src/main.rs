@@ -8,6 +8,7 @@ mod calibration;
 mod counters;
 mod gc;
 mod goabi;
+mod maps;
 
 #[cfg(not(test))]
 #[panic_handler]

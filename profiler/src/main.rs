@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             Command::Run(args) => cli::run::run(args).await,
             Command::Inspect(args) => cli::inspect::run(args).map(|()| 0),
             Command::Profile(args) => cli::profile::run(args).await.map(|()| 0),
+            Command::Heatmap(args) => cli::heatmap::run(args).await.map(|()| 0),
         }
     });
     match result {

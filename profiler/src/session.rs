@@ -8,13 +8,15 @@ use tokio::sync::oneshot;
 use crate::{
     collect::{
         alloc::{AllocCollector, AllocProfile, SiteOptions},
+        maps::{MapCollector, MapOptions, MapReport, MapView},
+        stacks::Stacks,
         stw::StwCollector,
     },
     error::{Exit, UserError},
     export::{self, metrics::Metrics},
     gobin::{
         GoBinary, GoBinaryError,
-        abi::{self, NEWEST_KNOWN, OLDEST_SUPPORTED, StwAbi, Support},
+        abi::{self, MapAbiRow, NEWEST_KNOWN, OLDEST_SUPPORTED, StwAbi, Support},
     },
     model::pause::PauseBook,
     probes::{
@@ -39,6 +41,8 @@ pub struct Target {
     pub mem_profile_rate: Option<u64>,
     /// Whether the allocation sampler is among `points`.
     pub sampling_allocations: bool,
+    /// The map layout of this Go release, when the map probes are among `points`.
+    pub maps: Option<&'static MapAbiRow>,
     /// The executable as read, for symbolizing stacks.
     pub binary: Arc<GoBinary>,
     /// Where the executable is loaded relative to its file addresses (non-zero for PIEs).
@@ -52,6 +56,10 @@ pub struct Options {
     pub alloc_top_sites: usize,
     /// Count every allocation (a uprobe on each: very costly).
     pub alloc_exact: bool,
+    /// Track Go maps (growth, overflow and creation probes; snapshots).
+    pub maps: Option<MapOptions>,
+    /// Take one more round of map snapshots when profiling stops (for `mapscope heatmap`).
+    pub final_map_snapshot: bool,
 }
 
 /// Refuse early, with the reason, if this machine or this process cannot run mapscope.
@@ -158,7 +166,7 @@ pub fn stw_support(binary: &GoBinary, who: &str) -> Result<&'static StwAbi, User
 }
 
 /// Read the target's executable and work out where the probes go.
-pub fn understand(process: Process) -> Result<Target, UserError> {
+pub fn understand(process: Process, options: &Options) -> Result<Target, UserError> {
     let who = format!("PID {} ({})", process.pid, process.exe_name);
     let binary = open_binary(&process.exe_path(), &who, || process.is_alive())?;
     let abi = stw_support(&binary, &who)?;
@@ -168,6 +176,20 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
     match alloc_point {
         Some(point) => points.push(point),
         None => tracing::warn!("{who}: no runtime.profilealloc found; allocation sampling is off"),
+    }
+    let maps = options
+        .maps
+        .and(abi::map_abi(binary.version, abi::has_bucket_maps(&binary)));
+    if let Some(row) = maps {
+        let (map_points, missing) = probes::maps::plan(&binary, row);
+        if !missing.is_empty() {
+            // The linker leaves out what a program never calls (no map growth, no sized make).
+            tracing::info!(
+                "{who}: no {} in this binary; those map events cannot happen in it",
+                missing.join(", ")
+            );
+        }
+        points.extend(map_points);
     }
     // A PIE's code and variables move with its load address.
     let load_bias = match (binary.layout.pie, binary.lowest_address()) {
@@ -192,6 +214,7 @@ pub fn understand(process: Process) -> Result<Target, UserError> {
         points,
         mem_profile_rate,
         sampling_allocations: alloc_point.is_some(),
+        maps,
         binary: Arc::new(binary),
         load_bias,
     })
@@ -240,6 +263,8 @@ pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, UserError> {
 pub struct Outcome {
     pub book: PauseBook,
     pub allocs: Option<export::pprof::Profile>,
+    /// The last snapshot of each tracked map.
+    pub maps: Vec<MapReport>,
 }
 
 /// Probes in place, not yet collecting: `run` resumes its stopped child in between.
@@ -289,6 +314,7 @@ impl Attached {
         let target_metrics =
             Arc::new(metrics.target(process.pid, &process.exe_name, &self.target.go_version));
         let allocs = AllocProfile::default();
+        let map_view = MapView::default();
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let server = match listener {
             Some(listener) => {
@@ -298,6 +324,7 @@ impl Attached {
                 let served = export::http::Served {
                     metrics: Arc::clone(&metrics),
                     allocs: Arc::clone(&allocs),
+                    maps: Arc::clone(&map_view),
                 };
                 tracing::info!(
                     "attached {} probes to PID {} ({}, {}); metrics on http://{address}/metrics",
@@ -352,6 +379,34 @@ impl Attached {
         } else {
             None
         };
+        let map_task = match (self.target.maps, options.maps) {
+            (Some(row), Some(map_options)) => {
+                let maps = self.probes.take_map_maps()?;
+                let stacks = Stacks::new(Arc::clone(&self.target.binary), self.target.load_bias);
+                let mut collector = MapCollector::new(
+                    maps,
+                    stacks,
+                    row.abi,
+                    process.pid,
+                    map_options,
+                    Arc::clone(&target_metrics),
+                );
+                collector.view = Arc::clone(&map_view);
+                let mut stopped = stopped.clone();
+                let final_round = options.final_map_snapshot;
+                Some(tokio::spawn(async move {
+                    collector
+                        .run_until(async move {
+                            let _ = stopped.changed().await;
+                        })
+                        .await;
+                    if final_round {
+                        collector.snapshot_round().await;
+                    }
+                }))
+            }
+            _ => None,
+        };
         collector
             .run_until(async {
                 stop.await;
@@ -362,6 +417,9 @@ impl Attached {
             Some(task) => task.await.ok(),
             None => None,
         };
+        if let Some(task) = map_task {
+            let _ = task.await;
+        }
         self.probes.detach();
         tracing::info!("detached all probes from PID {}", process.pid);
         collector.drain();
@@ -384,6 +442,7 @@ impl Attached {
             .ok()
             .and_then(|mut current| current.take())
             .map(|snapshot| snapshot.to_pprof());
-        Ok(Outcome { book, allocs })
+        let maps = map_view.lock().map(|view| view.clone()).unwrap_or_default();
+        Ok(Outcome { book, allocs, maps })
     }
 }

@@ -18,7 +18,7 @@ pub struct AttachArgs {
 pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
     session::preflight(true)?;
     let process = session::open_process(args.pid)?;
-    let target = session::understand(process)?;
+    let target = session::understand(process, &args.export.options())?;
     let listener = session::bind(args.export.listen)?;
     let options = args.export.options();
     let attached = session::attach(target, options)?;

@@ -1,5 +1,6 @@
 //! Command line: one file per subcommand. `main.rs` only parses and hands over.
 pub mod attach;
+pub mod heatmap;
 pub mod inspect;
 pub mod profile;
 pub mod run;
@@ -48,6 +49,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Take a profile from a running Go process and write it in pprof format.
     Profile(profile::ProfileArgs),
+    /// Draw the buckets of a running Go process's big maps (SVG), or write them as JSON.
+    Heatmap(heatmap::HeatmapArgs),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +69,9 @@ pub struct ExportArgs {
     /// tens of times slower. For short diagnostic runs, never as a default.
     #[arg(long)]
     pub alloc_exact: bool,
+
+    #[command(flatten)]
+    pub maps: MapArgs,
 }
 
 impl ExportArgs {
@@ -73,7 +79,51 @@ impl ExportArgs {
         crate::session::Options {
             alloc_top_sites: self.alloc_top_sites,
             alloc_exact: self.alloc_exact,
+            maps: self.maps.options(),
+            final_map_snapshot: false,
         }
+    }
+}
+
+/// Go map tracking: probes on map growth, overflow buckets and large sized `make` only (never
+/// on inserts), and snapshots of the biggest maps read from the target's memory.
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// Do not track maps (no map probes, no snapshots).
+    #[arg(long)]
+    pub no_maps: bool,
+
+    /// Maps read per snapshot round: the biggest and busiest of those tracked.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub map_snapshots: usize,
+
+    /// Time between snapshot rounds: `10s`, `1m`.
+    #[arg(long, value_name = "DURATION", value_parser = profile::parse_duration, default_value = "10s")]
+    pub map_snapshot_interval: std::time::Duration,
+
+    /// Largest map read, in bytes of its memory (a 1M-entry map[int]int is about 40 MB);
+    /// bigger maps are skipped and counted as too_large.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub map_snapshot_max_bytes: u64,
+
+    /// Target memory read per second at most, across snapshots (reads are paced).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub map_read_rate: u64,
+
+    /// Map sites that get series of their own (the first seen); the rest are site="other".
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub map_top_sites: usize,
+}
+
+impl MapArgs {
+    pub fn options(&self) -> Option<crate::collect::maps::MapOptions> {
+        (!self.no_maps).then_some(crate::collect::maps::MapOptions {
+            snapshot_maps: self.map_snapshots,
+            snapshot_interval: self.map_snapshot_interval,
+            max_bytes_per_snapshot: self.map_snapshot_max_bytes,
+            max_bytes_per_second: self.map_read_rate,
+            top_sites: self.map_top_sites,
+        })
     }
 }
 
@@ -107,6 +157,7 @@ mod tests {
             ("run", help_of(&["run"])),
             ("inspect", help_of(&["inspect"])),
             ("profile alloc", help_of(&["profile", "alloc"])),
+            ("heatmap", help_of(&["heatmap"])),
         ];
         let snapshot = sections.iter().fold(help, |all, (name, text)| {
             format!("{all}\n---- {name}\n{text}")

@@ -43,7 +43,13 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let ProfileKind::Alloc(args) = args.kind;
     session::preflight(true)?;
     let process = session::open_process(args.pid)?;
-    let target = session::understand(process)?;
+    let options = session::Options {
+        alloc_top_sites: 20,
+        alloc_exact: false,
+        maps: None,
+        final_map_snapshot: false,
+    };
+    let target = session::understand(process, &options)?;
     if !target.sampling_allocations {
         return Err(UserError::new(
             Exit::NothingSampled,
@@ -54,10 +60,6 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let options = session::Options {
-        alloc_top_sites: 20,
-        alloc_exact: false,
-    };
     let attached = session::attach(target, options)?;
     let exited = attached.target.process.exit_watcher()?.exited();
     let mut interrupt = signal(SignalKind::interrupt())?;

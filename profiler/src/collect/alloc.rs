@@ -1,7 +1,7 @@
 //! Sampled allocations: the kernel's (stack, size) sample counts → estimated allocated bytes and
 //! objects, scaled as pprof scales the runtime's heap profile.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::Duration,
 };
@@ -15,10 +15,12 @@ use crate::{
     gobin::GoBinary,
     model::{
         alloc::{AllocTotals, estimate, scale},
-        sites::{Churn, Site, SiteTotals, classify, is_runtime},
+        sites::{Site, SiteTotals, is_runtime},
     },
     probes::loaded::AllocMaps,
 };
+
+use super::stacks::{Stacks, Symbolized};
 
 /// How the collector names allocation sites.
 pub struct SiteOptions {
@@ -75,14 +77,6 @@ impl AllocSnapshot {
     }
 }
 
-/// A sampled stack, symbolized once: its physical frames (address and lines, innermost first)
-/// and what it means.
-struct Symbolized {
-    frames: Vec<(u64, Vec<Line>)>,
-    site: Site,
-    churn: Option<Churn>,
-}
-
 /// How often the kernel's counts are read (a Prometheus scrape interval is 15 s or more).
 const READ_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -94,8 +88,7 @@ pub struct AllocCollector {
     exact_exported: (u64, u64),
     stacks: StackTraceMap<MapData>,
     sites: SiteOptions,
-    /// Symbolized and classified stacks, by stack id (stacks never change once recorded).
-    classified: HashMap<i32, Arc<Symbolized>>,
+    symbolizer: Stacks,
     /// Published after every read.
     pub profile: AllocProfile,
     started: (std::time::SystemTime, std::time::Instant),
@@ -124,8 +117,8 @@ impl AllocCollector {
             exact: false,
             exact_exported: (0, 0),
             stacks: maps.stacks,
+            symbolizer: Stacks::new(Arc::clone(&sites.binary), sites.load_bias),
             sites,
-            classified: HashMap::new(),
             profile: AllocProfile::default(),
             started: (std::time::SystemTime::now(), std::time::Instant::now()),
             named: BTreeSet::new(),
@@ -170,7 +163,7 @@ impl AllocCollector {
         let mut samples = Vec::new();
         for (key, count) in entries {
             *counts.entry(key.size).or_default() += count;
-            let stack = self.symbolize(key.stack_id);
+            let stack = self.symbolizer.symbolize(&self.stacks, key.stack_id);
             sites.add(&stack.site, stack.churn, key.size, count, rate);
             samples.push((Arc::clone(&stack), key.size, count));
         }
@@ -246,59 +239,6 @@ impl AllocCollector {
         if let Ok(mut current) = self.profile.lock() {
             *current = Some(snapshot);
         }
-    }
-
-    /// A recorded stack, symbolized and classified (cached: stacks never change).
-    fn symbolize(&mut self, stack_id: i32) -> Arc<Symbolized> {
-        if let Some(known) = self.classified.get(&stack_id) {
-            return Arc::clone(known);
-        }
-        let mut frames = Vec::new();
-        let stack = u32::try_from(stack_id)
-            .ok()
-            .and_then(|id| self.stacks.get(&id, 0).ok());
-        if let (Some(stack), Some(symbolizer)) = (stack, self.sites.binary.symbolizer()) {
-            for (index, frame) in stack.frames().iter().enumerate() {
-                // The first address is where the probe fired; the others are return addresses,
-                // whose call instruction is the byte before.
-                let pc = frame.ip.saturating_sub(self.sites.load_bias);
-                let pc = if index == 0 { pc } else { pc.saturating_sub(1) };
-                let lines: Vec<Line> = symbolizer
-                    .frames(pc)
-                    .into_iter()
-                    .map(|found| Line {
-                        function: found.function,
-                        file: found.file,
-                        line: i64::from(found.line),
-                    })
-                    .collect();
-                frames.push((frame.ip, lines));
-            }
-        }
-        let flat: Vec<(String, String)> = frames
-            .iter()
-            .flat_map(|(_, lines)| lines.iter())
-            .map(|line| {
-                let file = line.file.rsplit('/').next().unwrap_or_default();
-                (line.function.clone(), format!("{file}:{}", line.line))
-            })
-            .collect();
-        let (site, churn) = if flat.is_empty() {
-            let unknown = Site {
-                function: "unknown".into(),
-                location: String::new(),
-            };
-            (unknown, None)
-        } else {
-            classify(&flat)
-        };
-        let symbolized = Arc::new(Symbolized {
-            frames,
-            site,
-            churn,
-        });
-        self.classified.insert(stack_id, Arc::clone(&symbolized));
-        symbolized
     }
 
     /// Export what each site gained since the last read: under its own name if it is among the

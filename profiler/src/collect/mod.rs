@@ -1,3 +1,5 @@
 //! Reading kernel maps and ring buffers into the model and the exporters.
 pub mod alloc;
+pub mod maps;
+pub mod stacks;
 pub mod stw;

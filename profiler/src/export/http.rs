@@ -1,20 +1,33 @@
 //! The `/metrics` endpoint.
 use std::{net::SocketAddr, sync::Arc};
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::{Query, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::get,
+};
 use tokio::net::TcpListener;
 
-use super::metrics::Metrics;
-use crate::collect::alloc::AllocProfile;
+use super::{heatmap, metrics::Metrics};
+use crate::collect::{alloc::AllocProfile, maps::MapView};
 
-const INDEX: &str =
-    "mapscope: Prometheus metrics at /metrics, allocation profile (pprof) at /debug/pprof/allocs\n";
+const INDEX: &str = "mapscope: Prometheus metrics at /metrics, allocation profile (pprof) at \
+                     /debug/pprof/allocs, map snapshots at /debug/maps (JSON) and \
+                     /debug/maps/heatmap.svg (?site=PATTERN filters both)\n";
 
 /// What the endpoints serve.
 #[derive(Clone)]
 pub struct Served {
     pub metrics: Arc<Metrics>,
     pub allocs: AllocProfile,
+    pub maps: MapView,
+}
+
+#[derive(serde::Deserialize)]
+struct MapQuery {
+    site: Option<String>,
 }
 
 /// Serve until `shutdown` resolves. The listener is bound by the caller, so a taken address
@@ -28,6 +41,8 @@ pub async fn serve(
         .route("/", get(|| async { INDEX }))
         .route("/metrics", get(scrape))
         .route("/debug/pprof/allocs", get(allocs))
+        .route("/debug/maps", get(maps_json))
+        .route("/debug/maps/heatmap.svg", get(maps_svg))
         .with_state(served);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
@@ -60,6 +75,39 @@ async fn allocs(State(served): State<Served>) -> impl IntoResponse {
                 .to_vec(),
         ),
     }
+}
+
+/// The latest snapshot of each tracked map, with distributions and heatmap bands.
+async fn maps_json(
+    State(served): State<Served>,
+    Query(query): Query<MapQuery>,
+) -> impl IntoResponse {
+    let reports = served
+        .maps
+        .lock()
+        .map(|view| view.clone())
+        .unwrap_or_default();
+    match heatmap::to_json(&heatmap::matching(&reports, query.site.as_deref())) {
+        Ok(json) => (StatusCode::OK, [("content-type", "application/json")], json),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain; charset=utf-8")],
+            format!("encoding the maps failed: {error}\n"),
+        ),
+    }
+}
+
+async fn maps_svg(
+    State(served): State<Served>,
+    Query(query): Query<MapQuery>,
+) -> impl IntoResponse {
+    let reports = served
+        .maps
+        .lock()
+        .map(|view| view.clone())
+        .unwrap_or_default();
+    let svg = heatmap::to_svg(&heatmap::matching(&reports, query.site.as_deref()));
+    (StatusCode::OK, [("content-type", "image/svg+xml")], svg)
 }
 
 async fn scrape(State(served): State<Served>) -> impl IntoResponse {

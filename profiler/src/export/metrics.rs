@@ -11,6 +11,7 @@ use prometheus::{
     proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
+use super::map_metrics::{MapFamilies, TargetMapMetrics};
 use crate::model::{
     alloc::AllocTotals,
     pause::Pause,
@@ -142,6 +143,7 @@ pub struct Metrics {
     sizes: Arc<SizeHistograms>,
     exact_objects: IntCounterVec,
     exact_bytes: IntCounterVec,
+    maps: MapFamilies,
 }
 
 /// Lets the registry hold the shared size histograms.
@@ -330,7 +332,9 @@ impl Metrics {
         registry.register(Box::new(exact_objects.clone()))?;
         registry.register(Box::new(exact_bytes.clone()))?;
         registry.register(Box::new(build_info))?;
+        let maps = MapFamilies::register(&registry)?;
         Ok(Self {
+            maps,
             registry,
             pause,
             stopping,
@@ -359,6 +363,8 @@ impl Metrics {
             drop_reasons: Mutex::default(),
             sites: Mutex::default(),
             churn_sites: Mutex::default(),
+            map_sites: Mutex::default(),
+            map_drop_reasons: Mutex::default(),
         };
         target
             .metrics
@@ -388,6 +394,8 @@ pub struct TargetMetrics {
     drop_reasons: Mutex<BTreeSet<String>>,
     sites: Mutex<BTreeSet<Site>>,
     churn_sites: Mutex<BTreeSet<(Churn, Site)>>,
+    map_sites: Mutex<BTreeSet<String>>,
+    map_drop_reasons: Mutex<BTreeSet<String>>,
 }
 
 impl TargetMetrics {
@@ -515,7 +523,18 @@ impl TargetMetrics {
             .inc_by(count);
     }
 
+    /// The Go-map series of this target.
+    pub fn maps(&self) -> TargetMapMetrics<'_> {
+        TargetMapMetrics {
+            families: &self.metrics.maps,
+            labels: &self.labels,
+            sites: &self.map_sites,
+            reasons: &self.map_drop_reasons,
+        }
+    }
+
     pub fn remove(&self) {
+        self.maps().remove();
         let _ = self.metrics.exact_objects.remove_label_values(&self.labels);
         let _ = self.metrics.exact_bytes.remove_label_values(&self.labels);
         if let Ok(mut by_target) = self.metrics.sizes.by_target.lock() {

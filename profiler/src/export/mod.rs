@@ -1,5 +1,7 @@
 //! Rendering what was collected: Prometheus metrics over HTTP and the terminal summary.
+pub mod heatmap;
 pub mod http;
+pub mod map_metrics;
 pub mod metrics;
 pub mod pprof;
 pub mod summary;

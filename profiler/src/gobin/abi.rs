@@ -1,7 +1,10 @@
 //! Per-Go-release facts about the runtime functions mapscope probes: one table, each row
 //! citing the Go source it was read from, each row tested against a binary built by that
 //! release (tests/go_versions.rs).
-use profiler_common::stw::{StwCookie, StwLayout};
+use profiler_common::{
+    maps::MapEvent,
+    stw::{StwCookie, StwLayout},
+};
 
 use super::{GoVersion, dwarf::DwarfFacts};
 
@@ -27,8 +30,23 @@ pub const MALLOCGC_SPECIALIZED: &[&str] = &[
     "runtime.mallocgcTinySC*",
 ];
 
+/// `makemap(t, hint int, h) *hmap` / `*maps.Map`: a map created with a size hint (src/runtime
+/// map.go, map_swiss.go) in go1.19.8 through go1.27.3: type, hint, header in RAX, RBX, RCX.
+pub const MAKEMAP: &str = "runtime.makemap";
+const HASH_GROW: &str = "runtime.hashGrow";
+const NEW_OVERFLOW: &str = "runtime.(*hmap).newoverflow";
+const GROW_TO_TABLE: &str = "internal/runtime/maps.(*Map).growToTable";
+const TABLE_GROW: &str = "internal/runtime/maps.(*table).grow";
+const TABLE_SPLIT: &str = "internal/runtime/maps.(*table).split";
+
 /// Everything mapscope looks up in a binary (a trailing `*` is a prefix).
 pub const WANTED: &[&str] = &[
+    MAKEMAP,
+    HASH_GROW,
+    NEW_OVERFLOW,
+    GROW_TO_TABLE,
+    TABLE_GROW,
+    TABLE_SPLIT,
     STOP_THE_WORLD,
     START_THE_WORLD,
     PROFILE_ALLOC,
@@ -354,4 +372,196 @@ mod tests {
             assert_eq!(cookie.m_preemptoff_offset, row.m_preemptoff_offset);
         }
     }
+}
+
+/// Where a bucket map (Go ≤ 1.23) keeps what a snapshot reads: byte offsets in `hmap` and in
+/// the map type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketMapAbi {
+    pub hmap_size: u64,
+    pub count: u64,
+    /// `hash0` (uint32), the map's random hash seed.
+    pub hash0: u64,
+    pub flags: u64,
+    pub log2_buckets: u64,
+    pub buckets: u64,
+    pub old_buckets: u64,
+    pub nevacuate: u64,
+    /// `maptype.bucketsize` (uint16).
+    pub type_bucket_size: u64,
+}
+
+/// Where a swiss-table map (Go 1.24+) keeps what a snapshot reads: byte offsets in `maps.Map`,
+/// `maps.table` and the map type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwissMapAbi {
+    pub map_size: u64,
+    pub used: u64,
+    /// `seed` (uintptr), the map's random hash seed.
+    pub seed: u64,
+    pub dir_ptr: u64,
+    pub dir_len: u64,
+    pub global_depth: u64,
+    pub writing: u64,
+    pub table_size: u64,
+    pub table_used: u64,
+    pub table_capacity: u64,
+    pub table_local_depth: u64,
+    pub table_groups: u64,
+    pub table_length_mask: u64,
+    /// `GroupSize` (uintptr) in `abi.SwissMapType` / `abi.MapType`.
+    pub type_group_size: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapAbi {
+    Buckets(BucketMapAbi),
+    Swiss(SwissMapAbi),
+}
+
+/// A runtime function whose entry is a map event, and the Go ABI argument slots (0 = RAX, 1 =
+/// RBX, 2 = RCX) of its map header and map type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapEventProbe {
+    pub function: &'static str,
+    pub event: MapEvent,
+    pub map_arg: u8,
+    pub type_arg: u8,
+}
+
+pub struct MapAbiRow {
+    pub first: (u32, u32),
+    pub last: (u32, u32),
+    pub abi: MapAbi,
+    pub events: &'static [MapEventProbe],
+    pub source: &'static str,
+}
+
+/// Go maps per release range. Each event function is entered exactly once per event:
+/// `hashGrow` once per growth (never while one is in progress), `newoverflow` once per overflow
+/// bucket; in swiss maps `rehash` calls either `grow` (capacity doubles) or `split` (a full
+/// 1024-slot table becomes two), and `growToTable` turns a small map into a table.
+pub const MAP_TABLE: &[MapAbiRow] = &[
+    MapAbiRow {
+        first: (1, 19),
+        last: (1, 23),
+        abi: MapAbi::Buckets(BucketMapAbi {
+            hmap_size: 48,
+            count: 0,
+            hash0: 12,
+            flags: 8,
+            log2_buckets: 9,
+            buckets: 16,
+            old_buckets: 24,
+            nevacuate: 32,
+            type_bucket_size: 82,
+        }),
+        events: &[
+            MapEventProbe {
+                function: HASH_GROW,
+                event: MapEvent::Growth,
+                map_arg: 1,
+                type_arg: 0,
+            },
+            MapEventProbe {
+                function: NEW_OVERFLOW,
+                event: MapEvent::Overflow,
+                map_arg: 0,
+                type_arg: 1,
+            },
+        ],
+        source: "go1.19.8 .. go1.23.9 src/runtime/map.go: type hmap struct { count int; flags \
+                 uint8; B uint8; noverflow uint16; hash0 uint32; buckets, oldbuckets \
+                 unsafe.Pointer; nevacuate uintptr; extra *mapextra }; maptype (runtime/type.go, \
+                 internal/abi/type.go): _type (48 B), key, elem, bucket, hasher, keysize uint8, \
+                 valuesize uint8, bucketsize uint16; func hashGrow(t *maptype, h *hmap); func \
+                 (h *hmap) newoverflow(t *maptype, b *bmap) *bmap",
+    },
+    MapAbiRow {
+        first: (1, 24),
+        last: (1, 27),
+        abi: MapAbi::Swiss(SwissMapAbi {
+            map_size: 48,
+            used: 0,
+            seed: 8,
+            dir_ptr: 16,
+            dir_len: 24,
+            global_depth: 32,
+            writing: 34,
+            table_size: 32,
+            table_used: 0,
+            table_capacity: 2,
+            table_local_depth: 6,
+            table_groups: 16,
+            table_length_mask: 24,
+            type_group_size: 80,
+        }),
+        events: &[
+            MapEventProbe {
+                function: GROW_TO_TABLE,
+                event: MapEvent::Growth,
+                map_arg: 0,
+                type_arg: 1,
+            },
+            MapEventProbe {
+                function: TABLE_GROW,
+                event: MapEvent::Growth,
+                map_arg: 2,
+                type_arg: 1,
+            },
+            MapEventProbe {
+                function: TABLE_SPLIT,
+                event: MapEvent::Growth,
+                map_arg: 2,
+                type_arg: 1,
+            },
+        ],
+        source: "go1.24.11 .. go1.27.3 src/internal/runtime/maps: type Map struct { used uint64; \
+                 seed uintptr; dirPtr unsafe.Pointer; dirLen int; globalDepth, globalShift, \
+                 writing uint8; ... }; type table struct { used, capacity, growthLeft uint16; \
+                 localDepth uint8; index int; groups groupsReference{data, lengthMask} }; \
+                 SwissMapType/MapType: _type, Key, Elem, Group, Hasher, GroupSize (offset 80); \
+                 func (m *Map) growToTable(typ); func (t *table) grow(typ, m, newCapacity \
+                 uint16); func (t *table) split(typ, m)",
+    },
+];
+
+/// Go 1.24 and 1.25 built with GOEXPERIMENT=noswissmap keep bucket maps, with `clearSeq
+/// uint64` added to `hmap` before `extra` (src/runtime/map_noswiss.go): 56 bytes, the fields
+/// read here where they were.
+pub const NOSWISS_MAP_ROW: MapAbiRow = MapAbiRow {
+    first: (1, 24),
+    last: (1, 25),
+    abi: MapAbi::Buckets(BucketMapAbi {
+        hmap_size: 56,
+        count: 0,
+        hash0: 12,
+        flags: 8,
+        log2_buckets: 9,
+        buckets: 16,
+        old_buckets: 24,
+        nevacuate: 32,
+        type_bucket_size: 82,
+    }),
+    events: MAP_TABLE[0].events,
+    source: "go1.24.11, go1.25.5 src/runtime/map_noswiss.go (GOEXPERIMENT=noswissmap)",
+};
+
+/// The map row for a release; the newest for releases after it (the caller has warned).
+/// `has_bucket_maps` says the binary has `runtime.hashGrow`: a 1.24/1.25 program built without
+/// swiss tables.
+pub fn map_abi(version: GoVersion, has_bucket_maps: bool) -> Option<&'static MapAbiRow> {
+    let release = version.release();
+    if has_bucket_maps && (NOSWISS_MAP_ROW.first..=NOSWISS_MAP_ROW.last).contains(&release) {
+        return Some(&NOSWISS_MAP_ROW);
+    }
+    MAP_TABLE
+        .iter()
+        .find(|row| row.first <= release && release <= row.last)
+        .or_else(|| MAP_TABLE.last().filter(|newest| release > newest.last))
+}
+
+/// Whether a binary's runtime has bucket maps (`hashGrow` exists only there).
+pub fn has_bucket_maps(binary: &super::GoBinary) -> bool {
+    binary.function(HASH_GROW).is_some()
 }

@@ -47,6 +47,41 @@ pub fn entry_after_stack_check(code: &[u8], address: u64) -> u64 {
     address
 }
 
+/// Where a probe sees the function's caller in the frame-pointer chain: just after the frame
+/// pointer is set up (`PUSHQ BP; MOVQ SP, BP`, or `SUBQ $n, SP; MOVQ BP, m(SP); LEAQ m(SP), BP`
+/// before Go 1.21), searching from `start` (the entry site). Before that instruction BP is
+/// still the caller's, so a stack walk starts at the caller's caller: the immediate caller is
+/// lost (kernels from 6.12 recover it only at a PUSHQ BP). `start` if no setup is found.
+pub fn after_frame_setup(code: &[u8], address: u64, start: u64) -> u64 {
+    let Some(offset) = start
+        .checked_sub(address)
+        .and_then(|at| usize::try_from(at).ok())
+    else {
+        return start;
+    };
+    let Some(rest) = code.get(offset..) else {
+        return start;
+    };
+    let mut decoder = Decoder::with_ip(64, rest, start, DecoderOptions::NONE);
+    for _ in 0..MAX_PROLOGUE {
+        if !decoder.can_decode() {
+            break;
+        }
+        let instruction = decoder.decode();
+        let sets_frame = instruction.op0_kind() == OpKind::Register
+            && instruction.op0_register() == Register::RBP
+            && ((instruction.mnemonic() == Mnemonic::Mov
+                && instruction.op1_kind() == OpKind::Register
+                && instruction.op1_register() == Register::RSP)
+                || (instruction.mnemonic() == Mnemonic::Lea
+                    && instruction.memory_base() == Register::RSP));
+        if sets_frame {
+            return instruction.next_ip();
+        }
+    }
+    start
+}
+
 /// `g.stackguard0` and `g.stackguard1` (src/runtime/runtime2.go: `stack` is two words, then
 /// the two guards). Go's amd64 ABIInternal keeps g in R14. Functions that run on the system
 /// stack compare against `stackguard1` (Go 1.24+ compiles `stopTheWorldWithSema` that way).
@@ -100,6 +135,27 @@ mod tests {
         // A compare against something else is not the stack check.
         let other = [0x48, 0x39, 0xd8, 0x76, 0x02, 0x55];
         assert_eq!(entry_after_stack_check(&other, 0x4000), 0x4000);
+    }
+
+    #[test]
+    fn frame_site_follows_the_frame_pointer_setup() {
+        // Go 1.21+: CMPQ SP, 0x10(R14); JBE; PUSHQ BP; MOVQ SP, BP; SUBQ $0x18, SP
+        let modern = [
+            0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x18,
+        ];
+        let entry = entry_after_stack_check(&modern, 0x1000);
+        assert_eq!(after_frame_setup(&modern, 0x1000, entry), 0x100a);
+        // Go 1.19: CMPQ SP, 0x10(R14); JBE; SUBQ $0x38, SP; MOVQ BP, 0x30(SP); LEAQ 0x30(SP), BP
+        let old = [
+            0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x48, 0x83, 0xec, 0x38, 0x48, 0x89, 0x6c, 0x24,
+            0x30, 0x48, 0x8d, 0x6c, 0x24, 0x30, 0x90,
+        ];
+        let entry = entry_after_stack_check(&old, 0x2000);
+        assert_eq!(after_frame_setup(&old, 0x2000, entry), 0x2014);
+        // No frame (leaf function): the entry itself.
+        let leaf = [0x48, 0x89, 0xd8, 0xc3];
+        assert_eq!(after_frame_setup(&leaf, 0x3000, 0x3000), 0x3000);
+        assert_eq!(after_frame_setup(&leaf, 0x3000, 0x2000), 0x2000);
     }
 
     #[test]

@@ -352,6 +352,15 @@ impl GoBinary {
         })
     }
 
+    /// Where to probe the function so the kernel's stack walk includes its immediate caller:
+    /// after the stack check and the frame pointer setup (see `disasm::after_frame_setup`).
+    pub fn frame_site(&self, function: Function) -> u64 {
+        let entry = self.entry_site(function);
+        self.code(function).map_or(entry, |code| {
+            disasm::after_frame_setup(code, function.address, entry)
+        })
+    }
+
     /// Virtual addresses of the function's RET instructions.
     pub fn ret_sites(&self, function: Function) -> Vec<u64> {
         self.code(function)

@@ -1,6 +1,7 @@
 //! Pure aggregation: what the collected events mean, with no I/O and no kernel in sight.
 pub mod alloc;
 pub mod histogram;
+pub mod maps;
 pub mod pause;
 pub mod reason;
 pub mod sites;

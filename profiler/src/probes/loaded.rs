@@ -3,7 +3,7 @@ use std::{num::NonZeroU32, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -12,7 +12,10 @@ use aya::{
 use aya_log::EbpfLogger;
 use thiserror::Error;
 
-use profiler_common::alloc::AllocKey;
+use profiler_common::{
+    alloc::AllocKey,
+    maps::{MapSiteKey, TrackedMap},
+};
 
 use super::stw::ProbePoint;
 
@@ -46,6 +49,14 @@ pub struct AllocMaps {
     pub stacks: StackTraceMap<MapData>,
     /// Exact mode's counters (filled only when its probes are attached).
     pub exact: PerCpuArray<MapData, u64>,
+}
+
+/// Kernel maps of the Go-map tracker.
+pub struct MapMaps {
+    /// Maps seen, by header address (an LRU hash).
+    pub tracked: HashMap<MapData, u64, TrackedMap>,
+    pub site_events: PerCpuHashMap<MapData, MapSiteKey, u64>,
+    pub stacks: StackTraceMap<MapData>,
 }
 
 /// Kernel maps that the collectors read; they outlive the probes so the last events can still
@@ -141,6 +152,14 @@ impl AttachedProbes {
             samples: self.take("ALLOC_SAMPLES")?,
             stacks: self.take("ALLOC_STACKS")?,
             exact: self.take("ALLOC_EXACT")?,
+        })
+    }
+
+    pub fn take_map_maps(&mut self) -> Result<MapMaps, LoadError> {
+        Ok(MapMaps {
+            tracked: self.take("TRACKED_MAPS")?,
+            site_events: self.take("MAP_SITE_EVENTS")?,
+            stacks: self.take("MAP_STACKS")?,
         })
     }
 

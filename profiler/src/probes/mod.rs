@@ -2,5 +2,6 @@
 //! (`preflight`), the plan computed from the binary (`stw`), and the loaded eBPF object.
 pub mod alloc;
 pub mod loaded;
+pub mod maps;
 pub mod preflight;
 pub mod stw;

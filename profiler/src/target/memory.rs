@@ -25,6 +25,54 @@ pub fn read(pid: u32, address: u64, buffer: &mut [u8]) -> io::Result<()> {
     }
 }
 
+/// The kernel's limit on iovecs per `process_vm_readv` call (UIO_MAXIOV).
+const MAX_IOVECS: usize = 1024;
+
+/// Read many (address, buffer) pieces in as few system calls as the kernel allows. Fails if any
+/// piece cannot be read whole.
+pub fn read_many(pid: u32, pieces: &mut [(u64, &mut [u8])]) -> io::Result<()> {
+    for batch in pieces.chunks_mut(MAX_IOVECS) {
+        let mut local = Vec::with_capacity(batch.len());
+        let mut remote = Vec::with_capacity(batch.len());
+        let mut wanted = 0usize;
+        for (address, buffer) in batch.iter_mut() {
+            wanted += buffer.len();
+            remote.push(libc::iovec {
+                iov_base: *address as *mut libc::c_void,
+                iov_len: buffer.len(),
+            });
+            local.push(libc::iovec {
+                iov_base: buffer.as_mut_ptr().cast(),
+                iov_len: buffer.len(),
+            });
+        }
+        // SAFETY: every local iovec describes one of our own writable buffers of exactly that
+        // length, borrowed for the call; the kernel checks the remote ones against the target's
+        // address space and stops at the first it cannot read.
+        let read = unsafe {
+            libc::process_vm_readv(
+                pid as libc::pid_t,
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        match usize::try_from(read) {
+            Ok(count) if count == wanted => {}
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "short read of target memory",
+                ));
+            }
+            Err(_) => return Err(io::Error::last_os_error()),
+        }
+    }
+    Ok(())
+}
+
 pub fn read_i64(pid: u32, address: u64) -> io::Result<i64> {
     let mut bytes = [0u8; 8];
     read(pid, address, &mut bytes)?;
@@ -63,5 +111,25 @@ mod tests {
             "page zero is never mapped"
         );
         assert!(executable_base(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn reads_many_pieces_across_batches() {
+        let values: Vec<u64> = (0..3000).map(|i| i * 3 + 1).collect();
+        let mut buffers = vec![[0u8; 8]; values.len()];
+        let mut pieces: Vec<(u64, &mut [u8])> = buffers
+            .iter_mut()
+            .zip(&values)
+            .map(|(buffer, value)| (value as *const u64 as u64, &mut buffer[..]))
+            .collect();
+        read_many(std::process::id(), &mut pieces).unwrap();
+        for (buffer, value) in buffers.iter().zip(&values) {
+            assert_eq!(u64::from_le_bytes(*buffer), *value);
+        }
+        let mut bad = [0u8; 8];
+        let mut good = [0u8; 8];
+        let mut pieces: Vec<(u64, &mut [u8])> =
+            vec![(values.as_ptr() as u64, &mut good[..]), (8, &mut bad[..])];
+        assert!(read_many(std::process::id(), &mut pieces).is_err());
     }
 }

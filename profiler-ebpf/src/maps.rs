@@ -1,0 +1,190 @@
+//! Go maps, learned from the runtime's rare map events only: growth, overflow-bucket
+//! allocation, and creation with a large size hint. Never a probe on inserts or lookups (see
+//! the brief: one hit costs microseconds, an insert nanoseconds).
+//!
+//! A map is first seen at one of those events; the kernel remembers it by header address with
+//! the user stack of that moment (its site), and counts every later event of that map against
+//! the same site without walking the stack again. Userspace reads the maps' memory from there.
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
+    macros::{map, uprobe},
+    maps::{HashMap, LruHashMap, PerCpuHashMap, StackTrace},
+    programs::{ProbeContext, tracing::StackIdContext as _},
+};
+use profiler_common::{
+    counters,
+    maps::{
+        MAX_MAP_SITE_KEYS, MAX_MAP_STACKS, MAX_PENDING_CREATIONS, MAX_TRACKED_MAPS, MapEvent,
+        MapEventCookie, MapSiteKey, PendingCreation, TRACK_MIN_HINT, TrackedMap,
+    },
+};
+
+use crate::{counters::bump, goabi::GoRegs};
+
+/// Sites of maps: the user stack at the event where each map was first seen.
+#[map]
+static MAP_STACKS: StackTrace = StackTrace::with_max_entries(MAX_MAP_STACKS, 0);
+
+/// Maps seen, by header address. LRU: a freed map that never shows again ages out.
+#[map]
+static TRACKED_MAPS: LruHashMap<u64, TrackedMap> =
+    LruHashMap::with_max_entries(MAX_TRACKED_MAPS, 0);
+
+/// Events by (site, event), per CPU: the exact counts behind the Prometheus counters.
+#[map]
+static MAP_SITE_EVENTS: PerCpuHashMap<MapSiteKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_MAP_SITE_KEYS, 0);
+
+/// `makemap` calls between entry and return, by goroutine.
+#[map]
+static PENDING_CREATIONS: HashMap<u64, PendingCreation> =
+    HashMap::with_max_entries(MAX_PENDING_CREATIONS, 0);
+
+#[inline(always)]
+fn user_stack(ctx: &ProbeContext) -> i32 {
+    ctx.get_stackid(&MAP_STACKS, u64::from(BPF_F_USER_STACK))
+        .map_or(-1, |id| id as i32)
+}
+
+#[inline(always)]
+fn count_at_site(stack_id: i32, event: MapEvent) {
+    let key = MapSiteKey {
+        stack_id,
+        event: event as u32,
+    };
+    if let Some(count) = MAP_SITE_EVENTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's own slot, fresh from the lookup; uprobe programs do not preempt
+        // each other on one CPU.
+        unsafe { *count += 1 };
+    } else if MAP_SITE_EVENTS.insert(key, 1, 0).is_err() {
+        bump(counters::MAP_TABLE_FULL);
+    }
+}
+
+/// A growth or overflow event: the cookie says which. `MAP` and `TYPE` are the Go ABI
+/// argument slots of the map header and the map type; they are constants, one program per
+/// pair, because the verifier refuses a register chosen at run time (a variable offset into
+/// the context).
+#[inline(always)]
+fn on_event<const MAP: usize, const TYPE: usize>(ctx: &ProbeContext) -> u32 {
+    // SAFETY: the helper only reads the cookie attached to this program's perf event.
+    let Some(cookie) = MapEventCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
+    else {
+        return 0;
+    };
+    let regs = GoRegs::new(ctx);
+    let map = regs.int(MAP);
+    if map == 0 {
+        return 0;
+    }
+    // SAFETY: reads the kernel's monotonic clock; no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let slot = match cookie.event {
+        MapEvent::Growth => 0,
+        MapEvent::Overflow => 1,
+    };
+    let stack_id = if let Some(tracked) = TRACKED_MAPS.get_ptr_mut(map) {
+        // SAFETY: the value lives in the map while this program runs. Two CPUs updating one
+        // map's entry at once may lose an increment: these per-map figures only rank maps for
+        // snapshots; the exported counts are the per-CPU site counts below.
+        unsafe {
+            (*tracked).events[slot] += 1;
+            (*tracked).last_event_ns = now;
+            (*tracked).stack_id
+        }
+    } else {
+        let stack_id = user_stack(ctx);
+        let mut tracked = TrackedMap {
+            map_type: regs.int(TYPE),
+            hint: 0,
+            events: [0; 2],
+            last_event_ns: now,
+            stack_id,
+            layout: cookie.layout,
+            _pad: [0; 3],
+        };
+        tracked.events[slot] = 1;
+        if TRACKED_MAPS.insert(map, tracked, 0).is_err() {
+            bump(counters::MAP_TABLE_FULL);
+        }
+        stack_id
+    };
+    count_at_site(stack_id, cookie.event);
+    0
+}
+
+/// Map in RAX, type in RBX: `(*hmap).newoverflow(t, b)`, `(*Map).growToTable(typ)`.
+#[uprobe]
+pub fn map_event_map0_type1(ctx: ProbeContext) -> u32 {
+    on_event::<0, 1>(&ctx)
+}
+
+/// Map in RBX, type in RAX: `hashGrow(t, h)`.
+#[uprobe]
+pub fn map_event_map1_type0(ctx: ProbeContext) -> u32 {
+    on_event::<1, 0>(&ctx)
+}
+
+/// Map in RCX, type in RBX: `(*table).grow(typ, m, n)`, `(*table).split(typ, m)`.
+#[uprobe]
+pub fn map_event_map2_type1(ctx: ProbeContext) -> u32 {
+    on_event::<2, 1>(&ctx)
+}
+
+/// `makemap(t *maptype, hint int, h *hmap) *hmap` (bucket maps) and
+/// `makemap(t *abi.SwissMapType, hint int, m *maps.Map) *maps.Map` (Go 1.24+), at entry: the
+/// type and hint are known here, the map only at the return. The cookie carries the layout.
+#[uprobe]
+pub fn map_create_entry(ctx: ProbeContext) -> u32 {
+    let regs = GoRegs::new(&ctx);
+    let hint = regs.int(1);
+    // A negative hint is refused by the runtime; small ones are not worth a stack walk.
+    if (hint as i64) < TRACK_MIN_HINT as i64 {
+        return 0;
+    }
+    let pending = PendingCreation {
+        map_type: regs.int(0),
+        hint,
+        stack_id: user_stack(&ctx),
+        // SAFETY: as in `map_event`.
+        layout: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u8,
+        _pad: [0; 3],
+    };
+    if PENDING_CREATIONS.insert(regs.g(), pending, 0).is_err() {
+        bump(counters::MAP_UNMATCHED_CREATION);
+    }
+    0
+}
+
+/// At each RET of `makemap`: the new map is the result (first result register).
+#[uprobe]
+pub fn map_create_return(ctx: ProbeContext) -> u32 {
+    let regs = GoRegs::new(&ctx);
+    let g = regs.g();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING_CREATIONS.get(g) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_CREATIONS.remove(g);
+    let map = regs.int(0);
+    if map == 0 {
+        return 0;
+    }
+    let tracked = TrackedMap {
+        map_type: pending.map_type,
+        hint: pending.hint,
+        events: [0; 2],
+        // SAFETY: as in `map_event`.
+        last_event_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id: pending.stack_id,
+        layout: pending.layout,
+        _pad: [0; 3],
+    };
+    // Replaces whatever was known at this address: a new map there is a new identity.
+    if TRACKED_MAPS.insert(map, tracked, 0).is_err() {
+        bump(counters::MAP_TABLE_FULL);
+    }
+    0
+}

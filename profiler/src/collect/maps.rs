@@ -1,0 +1,292 @@
+//! Go maps: the kernel's event counts by site → Prometheus counters, and periodic snapshots
+//! of the biggest tracked maps, read from the target's memory → distributions and gauges, and
+//! the latest snapshot of each map for the heatmap endpoint and `mapscope heatmap`.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as KernelHashMap, MapData, PerCpuHashMap, StackTraceMap};
+use profiler_common::maps::{MapEvent, MapSiteKey, TrackedMap};
+
+use super::stacks::Stacks;
+use crate::{
+    export::{map_metrics::SiteTotals, metrics::TargetMetrics},
+    gobin::abi::MapAbi,
+    model::maps::MapShape,
+    probes::loaded::MapMaps,
+    target::gomap::{self, Budgeted, SnapshotError},
+};
+
+/// What the user can tune about map tracking.
+#[derive(Clone, Copy, Debug)]
+pub struct MapOptions {
+    /// Maps snapshotted per round (the biggest and busiest tracked ones).
+    pub snapshot_maps: usize,
+    pub snapshot_interval: Duration,
+    /// A map needing more bytes than this is not read (dropped as too_large).
+    pub max_bytes_per_snapshot: u64,
+    /// Reads are paced to stay under this rate.
+    pub max_bytes_per_second: u64,
+    /// Sites with series of their own; the rest are `other`.
+    pub top_sites: usize,
+}
+
+/// The latest kept snapshot of one map.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapReport {
+    pub address: u64,
+    pub site: String,
+    pub map_type: u64,
+    /// Size hint it was created with (0 if first seen growing).
+    pub hint: u64,
+    /// Events of this map since it was first seen (may miss a few under contention; the
+    /// Prometheus counters are exact).
+    pub growths: u64,
+    pub overflows: u64,
+    #[serde(flatten)]
+    pub shape: MapShape,
+    pub read_bytes: u64,
+    pub read_micros: u64,
+    pub taken_unix_ms: u64,
+}
+
+/// The latest snapshots, shared with the HTTP endpoint.
+pub type MapView = Arc<Mutex<Vec<MapReport>>>;
+
+/// How often the kernel's event counts are read.
+const EVENT_INTERVAL: Duration = Duration::from_secs(1);
+/// A map that fails this many snapshots in a row for a reason other than a write in progress
+/// is forgotten (freed, most likely).
+const FORGET_AFTER: u32 = 2;
+/// A map found changing while read this many rounds in a row has its last snapshot withdrawn.
+const STALE_AFTER: u32 = 3;
+
+pub struct MapCollector {
+    tracked: KernelHashMap<MapData, u64, TrackedMap>,
+    site_events: PerCpuHashMap<MapData, MapSiteKey, u64>,
+    stack_map: StackTraceMap<MapData>,
+    stacks: Stacks,
+    abi: MapAbi,
+    pid: u32,
+    options: MapOptions,
+    metrics: Arc<TargetMetrics>,
+    exported: HashMap<MapSiteKey, u64>,
+    /// Sites with their own series; sticky.
+    named: BTreeSet<String>,
+    latest: HashMap<u64, MapReport>,
+    failures: HashMap<u64, u32>,
+    sites_with_gauges: BTreeSet<String>,
+    pub view: MapView,
+}
+
+impl MapCollector {
+    pub fn new(
+        maps: MapMaps,
+        stacks: Stacks,
+        abi: MapAbi,
+        pid: u32,
+        options: MapOptions,
+        metrics: Arc<TargetMetrics>,
+    ) -> Self {
+        Self {
+            tracked: maps.tracked,
+            site_events: maps.site_events,
+            stack_map: maps.stacks,
+            stacks,
+            abi,
+            pid,
+            options,
+            metrics,
+            exported: HashMap::new(),
+            named: BTreeSet::new(),
+            latest: HashMap::new(),
+            failures: HashMap::new(),
+            sites_with_gauges: BTreeSet::new(),
+            view: MapView::default(),
+        }
+    }
+
+    pub async fn run_until(&mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut events = tokio::time::interval(EVENT_INTERVAL);
+        let mut snapshots = tokio::time::interval(self.options.snapshot_interval);
+        snapshots.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = events.tick() => self.read_events(),
+                _ = snapshots.tick() => self.snapshot_round().await,
+            }
+        }
+        self.read_events();
+    }
+
+    /// The site label of a kernel stack: `function (file:line)`.
+    fn site(&mut self, stack_id: i32) -> String {
+        let symbolized = self.stacks.symbolize(&self.stack_map, stack_id);
+        let site = &symbolized.site;
+        if site.location.is_empty() {
+            site.function.clone()
+        } else {
+            format!("{} ({})", site.function, site.location)
+        }
+    }
+
+    /// The label a site is exported under: itself while it is among the first `top_sites`.
+    fn label(&mut self, site: String) -> String {
+        if self.named.contains(&site) {
+            return site;
+        }
+        if self.named.len() < self.options.top_sites {
+            self.named.insert(site.clone());
+            return site;
+        }
+        "other".to_owned()
+    }
+
+    /// Export the growth of every (site, event) count since the last read.
+    pub fn read_events(&mut self) {
+        let counts: Vec<(MapSiteKey, u64)> = self
+            .site_events
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>()))
+            .collect();
+        let bucket_maps = matches!(self.abi, MapAbi::Buckets(_));
+        let mut by_site: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (key, count) in counts {
+            let before = self.exported.insert(key, count).unwrap_or(0);
+            let site = self.site(key.stack_id);
+            let label = self.label(site);
+            let totals = by_site.entry(label).or_default();
+            if key.event == MapEvent::Growth as u32 {
+                totals.0 += count.saturating_sub(before);
+            } else if key.event == MapEvent::Overflow as u32 {
+                totals.1 += count.saturating_sub(before);
+            }
+        }
+        let metrics = self.metrics.maps();
+        for (site, (growths, overflows)) in by_site {
+            metrics.events(&site, growths, overflows, bucket_maps);
+        }
+    }
+
+    /// Snapshot the biggest and busiest tracked maps, then refresh the gauges and the view.
+    pub async fn snapshot_round(&mut self) {
+        let tracked: Vec<(u64, TrackedMap)> = self.tracked.iter().filter_map(Result::ok).collect();
+        let alive: BTreeSet<u64> = tracked.iter().map(|(address, _)| *address).collect();
+        self.latest.retain(|address, _| alive.contains(address));
+        self.failures.retain(|address, _| alive.contains(address));
+        let mut ranked = tracked;
+        // Biggest first (by the last snapshot, else the creation hint), then busiest.
+        ranked.sort_by_key(|(address, map)| {
+            let size = self
+                .latest
+                .get(address)
+                .map_or(map.hint, |report| report.shape.entries);
+            std::cmp::Reverse((size, map.events[0] + map.events[1]))
+        });
+        for (address, map) in ranked.into_iter().take(self.options.snapshot_maps) {
+            let read_bytes = self.snapshot(address, &map);
+            let pace = read_bytes as f64 / self.options.max_bytes_per_second.max(1) as f64;
+            if pace > 0.001 {
+                tokio::time::sleep(Duration::from_secs_f64(pace)).await;
+            }
+        }
+        self.export_totals();
+    }
+
+    /// Read one map; returns the bytes read.
+    fn snapshot(&mut self, address: u64, map: &TrackedMap) -> u64 {
+        let site = self.site(map.stack_id);
+        let label = self.label(site.clone());
+        let mut memory = Budgeted {
+            pid: self.pid,
+            budget: self.options.max_bytes_per_snapshot,
+            bytes_read: 0,
+        };
+        let started = Instant::now();
+        let result = gomap::read_map(&mut memory, &self.abi, address, map.map_type);
+        let elapsed = started.elapsed();
+        let metrics = self.metrics.maps();
+        match result {
+            Ok(shape) => {
+                metrics.snapshot(&label, &shape, memory.bytes_read);
+                self.failures.remove(&address);
+                let report = MapReport {
+                    address,
+                    site,
+                    map_type: map.map_type,
+                    hint: map.hint,
+                    growths: map.events[0],
+                    overflows: map.events[1],
+                    shape,
+                    read_bytes: memory.bytes_read,
+                    read_micros: elapsed.as_micros() as u64,
+                    taken_unix_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |since| since.as_millis() as u64),
+                };
+                self.latest.insert(address, report);
+            }
+            Err(error) => {
+                metrics.dropped(error.reason(), memory.bytes_read);
+                tracing::debug!("map at {address:#x} ({site}): snapshot dropped: {error}");
+                let failures = self.failures.entry(address).or_default();
+                *failures += 1;
+                match error {
+                    // A write in progress: keep showing the last good snapshot for a while,
+                    // not forever (a map written all the time is not readable this way).
+                    SnapshotError::Changed => {
+                        if *failures >= STALE_AFTER {
+                            self.latest.remove(&address);
+                        }
+                    }
+                    SnapshotError::TooLarge { .. } => {
+                        self.latest.remove(&address);
+                    }
+                    // Never show a snapshot that may describe freed memory.
+                    SnapshotError::Unreadable | SnapshotError::Inconsistent(_) => {
+                        self.latest.remove(&address);
+                        if *failures >= FORGET_AFTER {
+                            self.failures.remove(&address);
+                            // Only mapscope's own kernel table is written, never the target.
+                            let _ = self.tracked.remove(&address);
+                        }
+                    }
+                }
+            }
+        }
+        memory.bytes_read
+    }
+
+    fn export_totals(&mut self) {
+        let mut by_site: BTreeMap<String, SiteTotals> = BTreeMap::new();
+        let reports: Vec<MapReport> = self.latest.values().cloned().collect();
+        for report in &reports {
+            let label = self.label(report.site.clone());
+            let totals = by_site.entry(label).or_default();
+            totals.maps += 1;
+            totals.entries += report.shape.entries;
+            totals.capacity_slots += report.shape.capacity_slots;
+            totals.bytes += report.shape.bytes;
+        }
+        let metrics = self.metrics.maps();
+        for site in &self.sites_with_gauges {
+            if !by_site.contains_key(site) {
+                metrics.clear_totals(site);
+            }
+        }
+        for (site, totals) in &by_site {
+            metrics.totals(site, *totals);
+        }
+        self.sites_with_gauges = by_site.into_keys().collect();
+        let mut view = reports;
+        view.sort_by_key(|report| std::cmp::Reverse(report.shape.bytes));
+        if let Ok(mut shared) = self.view.lock() {
+            *shared = view;
+        }
+    }
+}

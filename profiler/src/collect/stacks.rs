@@ -1,0 +1,91 @@
+//! User stacks recorded by the kernel (bpf_get_stackid), symbolized against the target's
+//! executable and classified into sites, once per stack: a stack id never changes meaning.
+use std::{collections::HashMap, sync::Arc};
+
+use aya::maps::{MapData, StackTraceMap};
+
+use crate::{
+    export::pprof::Line,
+    gobin::GoBinary,
+    model::sites::{Churn, Site, classify},
+};
+
+/// A stack, symbolized once: its physical frames (address and lines, innermost first) and
+/// what it means.
+pub struct Symbolized {
+    pub frames: Vec<(u64, Vec<Line>)>,
+    pub site: Site,
+    pub churn: Option<Churn>,
+}
+
+/// Symbolizes and caches the stacks of one target.
+pub struct Stacks {
+    binary: Arc<GoBinary>,
+    /// Subtracted from addresses in the target to get addresses in the file (PIEs).
+    load_bias: u64,
+    known: HashMap<i32, Arc<Symbolized>>,
+}
+
+impl Stacks {
+    pub fn new(binary: Arc<GoBinary>, load_bias: u64) -> Self {
+        Self {
+            binary,
+            load_bias,
+            known: HashMap::new(),
+        }
+    }
+
+    /// The stack `stack_id` of `map`, symbolized and classified; a negative or unknown id is
+    /// the site `unknown`.
+    pub fn symbolize(&mut self, map: &StackTraceMap<MapData>, stack_id: i32) -> Arc<Symbolized> {
+        if let Some(known) = self.known.get(&stack_id) {
+            return Arc::clone(known);
+        }
+        let mut frames = Vec::new();
+        let stack = u32::try_from(stack_id)
+            .ok()
+            .and_then(|id| map.get(&id, 0).ok());
+        if let (Some(stack), Some(symbolizer)) = (stack, self.binary.symbolizer()) {
+            for (index, frame) in stack.frames().iter().enumerate() {
+                // The first address is where the probe fired; the others are return addresses,
+                // whose call instruction is the byte before.
+                let pc = frame.ip.saturating_sub(self.load_bias);
+                let pc = if index == 0 { pc } else { pc.saturating_sub(1) };
+                let lines: Vec<Line> = symbolizer
+                    .frames(pc)
+                    .into_iter()
+                    .map(|found| Line {
+                        function: found.function,
+                        file: found.file,
+                        line: i64::from(found.line),
+                    })
+                    .collect();
+                frames.push((frame.ip, lines));
+            }
+        }
+        let flat: Vec<(String, String)> = frames
+            .iter()
+            .flat_map(|(_, lines)| lines.iter())
+            .map(|line| {
+                let file = line.file.rsplit('/').next().unwrap_or_default();
+                (line.function.clone(), format!("{file}:{}", line.line))
+            })
+            .collect();
+        let (site, churn) = if flat.is_empty() {
+            let unknown = Site {
+                function: "unknown".into(),
+                location: String::new(),
+            };
+            (unknown, None)
+        } else {
+            classify(&flat)
+        };
+        let symbolized = Arc::new(Symbolized {
+            frames,
+            site,
+            churn,
+        });
+        self.known.insert(stack_id, Arc::clone(&symbolized));
+        symbolized
+    }
+}

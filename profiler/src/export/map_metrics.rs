@@ -1,0 +1,300 @@
+//! The Go-map metric families (docs/METRICS.md, "Maps"). Every series is per target and per
+//! map site: the function (and file:line) that created the map or first grew it. Bucket
+//! indexes are never labels; distributions over buckets are histograms.
+use std::collections::BTreeSet;
+
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::model::maps::{Distribution, MapShape};
+
+const SITE_LABELS: [&str; 4] = ["pid", "exe", "go_version", "site"];
+const REASON_LABELS: [&str; 4] = ["pid", "exe", "go_version", "reason"];
+
+/// Entries per bucket: a bucket holds 8, its overflow chain 8 more per bucket; a swiss group
+/// holds 8 (so its buckets stop at 8).
+fn entry_buckets() -> Vec<f64> {
+    vec![
+        0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0,
+    ]
+}
+
+fn chain_buckets() -> Vec<f64> {
+    vec![0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0]
+}
+
+fn tombstone_buckets() -> Vec<f64> {
+    (0..=8).map(f64::from).collect()
+}
+
+pub struct MapFamilies {
+    bucket_entries: HistogramVec,
+    overflow_chains: HistogramVec,
+    tombstones: HistogramVec,
+    entries: GaugeVec,
+    capacity: GaugeVec,
+    bytes: GaugeVec,
+    tracked: GaugeVec,
+    growths: IntCounterVec,
+    overflows: IntCounterVec,
+    snapshots: IntCounterVec,
+    dropped: IntCounterVec,
+    bytes_read: IntCounterVec,
+}
+
+impl MapFamilies {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &SITE_LABELS,
+            )
+        };
+        let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &SITE_LABELS);
+        let families = Self {
+            bucket_entries: histogram(
+                "mapscope_map_bucket_entries",
+                "Entries per bucket including its overflow chain (bucket maps, Go <= 1.23), or \
+                 full slots per group (swiss tables, Go 1.24+), over the buckets/groups of the \
+                 tracked maps of a site; every snapshot observes each bucket once.",
+                entry_buckets(),
+            )?,
+            overflow_chains: histogram(
+                "mapscope_map_overflow_chain_length",
+                "Overflow buckets chained to each bucket (bucket maps), per snapshot.",
+                chain_buckets(),
+            )?,
+            tombstones: histogram(
+                "mapscope_map_group_tombstones",
+                "Deleted slots (tombstones) per group (swiss tables), per snapshot.",
+                tombstone_buckets(),
+            )?,
+            entries: gauge(
+                "mapscope_map_entries",
+                "Entries in the tracked maps of a site, at their last snapshot.",
+            )?,
+            capacity: gauge(
+                "mapscope_map_capacity_slots",
+                "Slots the tracked maps of a site hold without allocating (buckets x 8 incl. \
+                 overflow, or table capacities), at their last snapshot.",
+            )?,
+            bytes: gauge(
+                "mapscope_map_bytes",
+                "Bytes held by the tracked maps of a site (headers, bucket arrays, overflow \
+                 buckets; or directories, tables, groups), at their last snapshot.",
+            )?,
+            tracked: gauge(
+                "mapscope_maps_snapshotted",
+                "Maps of a site whose last snapshot is in the map gauges.",
+            )?,
+            growths: IntCounterVec::new(
+                Opts::new(
+                    "mapscope_map_growths_total",
+                    "Map growths (bucket maps: hashGrow; swiss: table grown, split, or small map \
+                     made a table) by map site.",
+                ),
+                &SITE_LABELS,
+            )?,
+            overflows: IntCounterVec::new(
+                Opts::new(
+                    "mapscope_map_overflow_buckets_total",
+                    "Overflow buckets allocated (runtime newoverflow, bucket maps) by map site.",
+                ),
+                &SITE_LABELS,
+            )?,
+            snapshots: IntCounterVec::new(
+                Opts::new(
+                    "mapscope_map_snapshots_total",
+                    "Map snapshots taken and kept.",
+                ),
+                &SITE_LABELS[..3],
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "mapscope_map_snapshots_dropped_total",
+                    "Map snapshots dropped, by reason: changed (written while read), \
+                     inconsistent (freed and reused, or torn), unreadable (freed), too_large \
+                     (over --map-snapshot-max-bytes).",
+                ),
+                &REASON_LABELS,
+            )?,
+            bytes_read: IntCounterVec::new(
+                Opts::new(
+                    "mapscope_map_snapshot_read_bytes_total",
+                    "Bytes of target memory read for map snapshots.",
+                ),
+                &SITE_LABELS[..3],
+            )?,
+        };
+        registry.register(Box::new(families.bucket_entries.clone()))?;
+        registry.register(Box::new(families.overflow_chains.clone()))?;
+        registry.register(Box::new(families.tombstones.clone()))?;
+        registry.register(Box::new(families.entries.clone()))?;
+        registry.register(Box::new(families.capacity.clone()))?;
+        registry.register(Box::new(families.bytes.clone()))?;
+        registry.register(Box::new(families.tracked.clone()))?;
+        registry.register(Box::new(families.growths.clone()))?;
+        registry.register(Box::new(families.overflows.clone()))?;
+        registry.register(Box::new(families.snapshots.clone()))?;
+        registry.register(Box::new(families.dropped.clone()))?;
+        registry.register(Box::new(families.bytes_read.clone()))?;
+        Ok(families)
+    }
+}
+
+/// Sums of one site's latest snapshots, for its gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SiteTotals {
+    pub maps: u64,
+    pub entries: u64,
+    pub capacity_slots: u64,
+    pub bytes: u64,
+}
+
+/// The map series of one target (labels pid, exe, go_version).
+pub struct TargetMapMetrics<'a> {
+    pub families: &'a MapFamilies,
+    pub labels: &'a [String; 3],
+    pub sites: &'a std::sync::Mutex<BTreeSet<String>>,
+    pub reasons: &'a std::sync::Mutex<BTreeSet<String>>,
+}
+
+fn observe_all(histogram: &prometheus::Histogram, distribution: &Distribution) {
+    for (&value, &count) in distribution {
+        for _ in 0..count {
+            histogram.observe(f64::from(value));
+        }
+    }
+}
+
+impl TargetMapMetrics<'_> {
+    fn with<'b>(&'b self, site: &'b str) -> [&'b str; 4] {
+        [&self.labels[0], &self.labels[1], &self.labels[2], site]
+    }
+
+    fn touch(&self, site: &str) {
+        if let Ok(mut sites) = self.sites.lock() {
+            sites.insert(site.to_owned());
+        }
+    }
+
+    pub fn events(&self, site: &str, growths: u64, overflows: u64, bucket_maps: bool) {
+        self.touch(site);
+        let labels = self.with(site);
+        self.families
+            .growths
+            .with_label_values(&labels)
+            .inc_by(growths);
+        if bucket_maps {
+            self.families
+                .overflows
+                .with_label_values(&labels)
+                .inc_by(overflows);
+        }
+    }
+
+    /// One kept snapshot: its buckets/groups into the site's histograms.
+    pub fn snapshot(&self, site: &str, shape: &MapShape, bytes_read: u64) {
+        self.touch(site);
+        let labels = self.with(site);
+        let families = self.families;
+        observe_all(
+            &families.bucket_entries.with_label_values(&labels),
+            &shape.entries_per_unit(),
+        );
+        if let Some(chains) = shape.overflow_chains() {
+            observe_all(
+                &families.overflow_chains.with_label_values(&labels),
+                &chains,
+            );
+        }
+        if let Some(tombstones) = shape.tombstones_per_group() {
+            observe_all(&families.tombstones.with_label_values(&labels), &tombstones);
+        }
+        families.snapshots.with_label_values(self.labels).inc();
+        families
+            .bytes_read
+            .with_label_values(self.labels)
+            .inc_by(bytes_read);
+    }
+
+    pub fn dropped(&self, reason: &str, bytes_read: u64) {
+        if let Ok(mut reasons) = self.reasons.lock() {
+            reasons.insert(reason.to_owned());
+        }
+        let labels = [
+            self.labels[0].as_str(),
+            &self.labels[1],
+            &self.labels[2],
+            reason,
+        ];
+        self.families.dropped.with_label_values(&labels).inc();
+        self.families
+            .bytes_read
+            .with_label_values(self.labels)
+            .inc_by(bytes_read);
+    }
+
+    /// Set a site's gauges to the sums of its maps' latest snapshots.
+    pub fn totals(&self, site: &str, totals: SiteTotals) {
+        self.touch(site);
+        let labels = self.with(site);
+        let families = self.families;
+        families
+            .tracked
+            .with_label_values(&labels)
+            .set(totals.maps as f64);
+        families
+            .entries
+            .with_label_values(&labels)
+            .set(totals.entries as f64);
+        families
+            .capacity
+            .with_label_values(&labels)
+            .set(totals.capacity_slots as f64);
+        families
+            .bytes
+            .with_label_values(&labels)
+            .set(totals.bytes as f64);
+    }
+
+    /// A site whose maps are all gone has no gauges (not zeros, which would read as empty maps).
+    pub fn clear_totals(&self, site: &str) {
+        let labels = self.with(site);
+        let families = self.families;
+        let _ = families.tracked.remove_label_values(&labels);
+        let _ = families.entries.remove_label_values(&labels);
+        let _ = families.capacity.remove_label_values(&labels);
+        let _ = families.bytes.remove_label_values(&labels);
+    }
+
+    pub fn remove(&self) {
+        let families = self.families;
+        if let Ok(sites) = self.sites.lock() {
+            for site in sites.iter() {
+                let labels = self.with(site);
+                let _ = families.bucket_entries.remove_label_values(&labels);
+                let _ = families.overflow_chains.remove_label_values(&labels);
+                let _ = families.tombstones.remove_label_values(&labels);
+                let _ = families.entries.remove_label_values(&labels);
+                let _ = families.capacity.remove_label_values(&labels);
+                let _ = families.bytes.remove_label_values(&labels);
+                let _ = families.tracked.remove_label_values(&labels);
+                let _ = families.growths.remove_label_values(&labels);
+                let _ = families.overflows.remove_label_values(&labels);
+            }
+        }
+        if let Ok(reasons) = self.reasons.lock() {
+            for reason in reasons.iter() {
+                let labels = [
+                    self.labels[0].as_str(),
+                    &self.labels[1],
+                    &self.labels[2],
+                    reason,
+                ];
+                let _ = families.dropped.remove_label_values(&labels);
+            }
+        }
+        let _ = families.snapshots.remove_label_values(self.labels);
+        let _ = families.bytes_read.remove_label_values(self.labels);
+    }
+}

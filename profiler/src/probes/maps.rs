@@ -1,0 +1,92 @@
+//! Where the map probes go: the entry of each map event function of the binary's Go release
+//! (growth, overflow), and the entry (after its frame setup) and every RET of `makemap`
+//! (creation with a large hint).
+use profiler_common::maps::{LAYOUT_BUCKETS, LAYOUT_SWISS, MapEventCookie};
+
+use super::stw::ProbePoint;
+use crate::gobin::{
+    GoBinary,
+    abi::{MAKEMAP, MapAbi, MapAbiRow},
+};
+
+/// Program names in the eBPF object (profiler-ebpf/src/maps.rs). The event programs differ
+/// only in which argument registers hold the map and its type.
+const MAP_EVENT: [(u8, u8, &str); 3] = [
+    (0, 1, "map_event_map0_type1"),
+    (1, 0, "map_event_map1_type0"),
+    (2, 1, "map_event_map2_type1"),
+];
+pub const MAP_CREATE_ENTRY: &str = "map_create_entry";
+pub const MAP_CREATE_RETURN: &str = "map_create_return";
+
+fn layout(row: &MapAbiRow) -> u8 {
+    match row.abi {
+        MapAbi::Buckets(_) => LAYOUT_BUCKETS,
+        MapAbi::Swiss(_) => LAYOUT_SWISS,
+    }
+}
+
+/// The probe points, and the event functions this binary lacks (the linker drops functions a
+/// program never calls: a program without map growth has no `hashGrow`).
+pub fn plan(binary: &GoBinary, row: &MapAbiRow) -> (Vec<ProbePoint>, Vec<&'static str>) {
+    let mut points = Vec::new();
+    let mut missing = Vec::new();
+    for probe in row.events {
+        let Some(program) = MAP_EVENT
+            .iter()
+            .find(|(map, kind, _)| (*map, *kind) == (probe.map_arg, probe.type_arg))
+            .map(|(_, _, name)| *name)
+        else {
+            missing.push(probe.function);
+            continue;
+        };
+        let Some(function) = binary.function(probe.function) else {
+            missing.push(probe.function);
+            continue;
+        };
+        let address = binary.entry_site(function);
+        let Some(file_offset) = binary.file_offset(address) else {
+            missing.push(probe.function);
+            continue;
+        };
+        let cookie = MapEventCookie {
+            event: probe.event,
+            map_arg: probe.map_arg,
+            type_arg: probe.type_arg,
+            layout: layout(row),
+        };
+        points.push(ProbePoint {
+            program,
+            function: probe.function,
+            address,
+            file_offset,
+            cookie: cookie.encode(),
+        });
+    }
+    match binary.function(MAKEMAP) {
+        Some(function) => {
+            // makemap is called from the code that makes the map: that caller is the site, so
+            // the probe goes where the stack walk includes it.
+            let entry = binary.frame_site(function);
+            let sites = std::iter::once((MAP_CREATE_ENTRY, entry)).chain(
+                binary
+                    .ret_sites(function)
+                    .into_iter()
+                    .map(|ret| (MAP_CREATE_RETURN, ret)),
+            );
+            for (program, address) in sites {
+                if let Some(file_offset) = binary.file_offset(address) {
+                    points.push(ProbePoint {
+                        program,
+                        function: MAKEMAP,
+                        address,
+                        file_offset,
+                        cookie: u64::from(layout(row)),
+                    });
+                }
+            }
+        }
+        None => missing.push(MAKEMAP),
+    }
+    (points, missing)
+}

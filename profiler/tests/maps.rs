@@ -1,0 +1,550 @@
+//! Go maps: mapscope's snapshots and event counts against the target's own view of its maps,
+//! computed in-process through unsafe by testdata/go/mapshapes, for bucket maps (Go ≤ 1.23)
+//! and swiss tables (Go 1.24+).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use common::{GoTarget, Mapscope, per_go_release};
+
+/// One map as the target reports it about itself.
+#[derive(Debug, serde::Deserialize)]
+struct Shape {
+    name: String,
+    function: String,
+    address: u64,
+    layout: String,
+    entries: u64,
+    capacity_slots: u64,
+    bytes: u64,
+    bucket_entries: BTreeMap<u32, u64>,
+    #[serde(default)]
+    chain_lengths: BTreeMap<u32, u64>,
+    #[serde(default)]
+    tombstones: BTreeMap<u32, u64>,
+    growths: u64,
+    overflows: u64,
+    #[serde(default)]
+    b: u8,
+    #[serde(default)]
+    tables: u64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ShapesReport {
+    maps: Vec<Shape>,
+}
+
+fn shapes(target: &mut GoTarget, command: &str) -> Vec<Shape> {
+    target.send(command);
+    let line = target
+        .stdout
+        .wait_for("the map report", Duration::from_secs(120), |line| {
+            line.starts_with('{')
+        });
+    let report: ShapesReport =
+        serde_json::from_str(&line).unwrap_or_else(|error| panic!("bad report {line}: {error}"));
+    assert_eq!(report.maps.len(), 4, "{line}");
+    report.maps
+}
+
+/// mapscope's latest snapshots (`/debug/maps`).
+fn snapshots(mapscope: &Mapscope) -> Vec<serde_json::Value> {
+    let body = common::http_get(mapscope.address, "/debug/maps");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["maps"].as_array().cloned().unwrap_or_default()
+}
+
+fn snapshot_of(snapshots: &[serde_json::Value], address: u64) -> Option<&serde_json::Value> {
+    snapshots
+        .iter()
+        .find(|snapshot| snapshot["address"].as_u64() == Some(address))
+}
+
+fn distribution(value: &serde_json::Value) -> BTreeMap<u32, u64> {
+    value
+        .as_object()
+        .map(|object| {
+            object
+                .iter()
+                .map(|(key, count)| (key.parse().unwrap(), count.as_u64().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait until mapscope has a snapshot of every map that agrees with the target on its entry
+/// count (snapshots taken while the maps were being built are older).
+fn settled_snapshots(mapscope: &Mapscope, maps: &[Shape]) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = snapshots(mapscope);
+        let all = maps.iter().all(|map| {
+            snapshot_of(&found, map.address)
+                .is_some_and(|snapshot| snapshot["entries"].as_u64() == Some(map.entries))
+        });
+        if all || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn start(version: &str) -> (GoTarget, Mapscope) {
+    let binary = common::build_go("mapshapes", version, &[]);
+    let target = GoTarget::start(&binary, &[]);
+    let mapscope = Mapscope::start(&[
+        "attach",
+        "--pid",
+        &target.pid().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--map-snapshot-interval",
+        "1s",
+    ]);
+    (target, mapscope)
+}
+
+fn site_is(function: &str) -> impl Fn(&BTreeMap<String, String>) -> bool + '_ {
+    move |labels| {
+        labels
+            .get("site")
+            .is_some_and(|site| site.starts_with(&format!("{function} (")))
+    }
+}
+
+/// Quiescent maps: every snapshot figure equals the target's own, and the growth and overflow
+/// counts by site equal what the target counted while building.
+fn snapshots_match_the_runtime(version: &str) {
+    let (mut target, mapscope) = start(version);
+    let maps = shapes(&mut target, "build");
+    let found = settled_snapshots(&mapscope, &maps);
+    let bucket_maps = maps[0].layout == "buckets";
+    let metrics = mapscope.scrape();
+    println!("Go {version}: map, entries, capacity, bytes, growths, overflows (target | mapscope)");
+    for map in &maps {
+        let snapshot = snapshot_of(&found, map.address).unwrap_or_else(|| {
+            panic!(
+                "no snapshot of {} at {:#x}: {found:#?}",
+                map.name, map.address
+            )
+        });
+        let site = snapshot["site"].as_str().unwrap();
+        let growths = metrics.sum("mapscope_map_growths_total", site_is(&map.function));
+        let overflows = metrics.sum(
+            "mapscope_map_overflow_buckets_total",
+            site_is(&map.function),
+        );
+        println!(
+            "  {:9} {:7} {:7} | {:7} {:7} {:8} | {:8} {:4} | {:4} {:5} | {:5}",
+            map.name,
+            map.entries,
+            snapshot["entries"],
+            map.capacity_slots,
+            snapshot["capacity_slots"],
+            map.bytes,
+            snapshot["bytes"],
+            map.growths,
+            growths,
+            map.overflows,
+            overflows
+        );
+        assert!(
+            site.starts_with(&format!("{} (main.go:", map.function)),
+            "{}: site {site}",
+            map.name
+        );
+        assert_eq!(snapshot["layout"], map.layout.as_str());
+        assert_eq!(
+            snapshot["entries"].as_u64(),
+            Some(map.entries),
+            "{}",
+            map.name
+        );
+        assert_eq!(
+            snapshot["capacity_slots"].as_u64(),
+            Some(map.capacity_slots),
+            "{}",
+            map.name
+        );
+        assert_eq!(snapshot["bytes"].as_u64(), Some(map.bytes), "{}", map.name);
+        assert_eq!(
+            distribution(&snapshot["bucket_entries"]),
+            map.bucket_entries,
+            "{}: entries per bucket",
+            map.name
+        );
+        if bucket_maps {
+            assert_eq!(snapshot["log2_buckets"].as_u64(), Some(u64::from(map.b)));
+            assert_eq!(
+                distribution(&snapshot["overflow_chains"]),
+                map.chain_lengths,
+                "{}: chains",
+                map.name
+            );
+            assert_eq!(
+                overflows as u64, map.overflows,
+                "{}: overflow buckets",
+                map.name
+            );
+        } else {
+            assert_eq!(
+                snapshot["tables"].as_array().map_or(0, Vec::len) as u64,
+                map.tables,
+                "{}",
+                map.name
+            );
+            assert_eq!(
+                distribution(&snapshot["tombstones"]),
+                map.tombstones,
+                "{}: tombstones",
+                map.name
+            );
+            assert!(!metrics.has("mapscope_map_overflow_buckets_total"));
+        }
+        assert_eq!(growths as u64, map.growths, "{}: growths", map.name);
+        // One map per site here, so the site's gauges are this map's figures.
+        for (gauge, expected) in [
+            ("mapscope_map_entries", map.entries),
+            ("mapscope_map_capacity_slots", map.capacity_slots),
+            ("mapscope_map_bytes", map.bytes),
+        ] {
+            assert_eq!(
+                metrics.sum(gauge, site_is(&map.function)) as u64,
+                expected,
+                "{}: {gauge}",
+                map.name
+            );
+        }
+    }
+    assert!(
+        maps.iter().any(|map| map.growths > 10) && maps.iter().any(|map| map.growths == 0),
+        "the shapes must include grown and pre-sized maps"
+    );
+    histograms_match_one_round(&mapscope, &maps, bucket_maps);
+    let stderr = mapscope.stderr.all();
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+/// The histograms gain, per snapshot round of quiescent maps, exactly each map's distribution
+/// (the JSON's sums agree with the metrics).
+fn histograms_match_one_round(mapscope: &Mapscope, maps: &[Shape], bucket_maps: bool) {
+    let snapshots_taken =
+        |metrics: &common::Metrics| metrics.sum("mapscope_map_snapshots_total", |_| true);
+    // Scrape between rounds: once the snapshot counter has moved and then stayed still for
+    // 400 ms (rounds are 1 s apart and take a few tens of ms).
+    let quiet_scrape = || {
+        let before = snapshots_taken(&mapscope.scrape());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = (before, Instant::now());
+        loop {
+            let now = mapscope.scrape();
+            let taken = snapshots_taken(&now);
+            if taken != last.0 {
+                last = (taken, Instant::now());
+            } else if taken > before && last.1.elapsed() >= Duration::from_millis(400) {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no quiet point between snapshot rounds in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = quiet_scrape();
+    let second = quiet_scrape();
+    type Of = fn(&Shape) -> &BTreeMap<u32, u64>;
+    let histograms: &[(&str, Of)] = if bucket_maps {
+        &[
+            ("mapscope_map_bucket_entries", |map| &map.bucket_entries),
+            ("mapscope_map_overflow_chain_length", |map| {
+                &map.chain_lengths
+            }),
+        ]
+    } else {
+        &[
+            ("mapscope_map_bucket_entries", |map| &map.bucket_entries),
+            ("mapscope_map_group_tombstones", |map| &map.tombstones),
+        ]
+    };
+    for map in maps {
+        for (name, of) in histograms {
+            let delta = |le: &str| {
+                let bucket = format!("{name}_bucket");
+                let at = |metrics: &common::Metrics| {
+                    metrics.sum(&bucket, |labels| {
+                        site_is(&map.function)(labels)
+                            && labels.get("le").map(String::as_str) == Some(le)
+                    })
+                };
+                at(&second) - at(&first)
+            };
+            let distribution = of(map);
+            let units: u64 = distribution.values().sum();
+            // Whole snapshots of this map between the two scrapes.
+            let per_round = delta("+Inf") / units as f64;
+            assert!(
+                per_round >= 1.0 && per_round.fract() == 0.0,
+                "{}: {name} gained {} observations for {units} buckets",
+                map.name,
+                delta("+Inf")
+            );
+            for le in ["0", "1", "4", "8"] {
+                let bound: u32 = le.parse().unwrap();
+                let expected: u64 = distribution.range(..=bound).map(|(_, count)| count).sum();
+                assert_eq!(
+                    delta(le),
+                    per_round * expected as f64,
+                    "{}: {name} le={le}",
+                    map.name
+                );
+            }
+        }
+    }
+}
+
+per_go_release! {
+    snapshots_match_the_runtime;
+    snapshots_go1_19 => "1.19.8",
+    snapshots_go1_21 => "1.21.13",
+    snapshots_go1_22 => "1.22.10",
+    snapshots_go1_23 => "1.23.9",
+    snapshots_go1_24 => "1.24.11",
+    snapshots_go1_25 => "1.25.5",
+    snapshots_go1_26 => "1.26.6",
+    snapshots_go1_27 => "1.27.3",
+}
+
+/// A tracked map that is freed and whose memory is reused disappears: its snapshots are
+/// dropped with a counted reason, nothing wrong is shown, nothing fails.
+fn freed_map_is_dropped(version: &str) {
+    let (mut target, mapscope) = start(version);
+    let maps = shapes(&mut target, "build");
+    let grown = maps.iter().find(|map| map.name == "grown").unwrap();
+    settled_snapshots(&mapscope, &maps);
+    target.send("free grown");
+    let freed = target
+        .stdout
+        .wait_for("the map freed", Duration::from_secs(60), |line| {
+            line.ends_with("reused")
+        });
+    assert_eq!(
+        freed, "reused",
+        "the Go runtime did not reuse the freed map's memory"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dropped = |metrics: &common::Metrics| {
+        metrics.sum("mapscope_map_snapshots_dropped_total", |labels| {
+            matches!(
+                labels.get("reason").map(String::as_str),
+                Some("inconsistent" | "unreadable")
+            )
+        })
+    };
+    loop {
+        // The view first: the gauges are set at the same moment, so a scrape after it is
+        // at least as new.
+        let gone = snapshot_of(&snapshots(&mapscope), grown.address).is_none();
+        let metrics = mapscope.scrape();
+        if gone && dropped(&metrics) >= 1.0 {
+            assert_eq!(
+                metrics.sum("mapscope_map_entries", site_is(&grown.function)),
+                0.0,
+                "the freed map's site keeps no gauges"
+            );
+            assert!(
+                !metrics
+                    .0
+                    .iter()
+                    .any(|sample| sample.name == "mapscope_map_entries"
+                        && site_is(&grown.function)(&sample.labels))
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed map is still shown or no drop was counted: {:#?}",
+            snapshot_of(&snapshots(&mapscope), grown.address)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The other maps are still read correctly.
+    let found = snapshots(&mapscope);
+    for map in maps.iter().filter(|map| map.name != "grown") {
+        let snapshot = snapshot_of(&found, map.address).expect("the live maps stay tracked");
+        assert_eq!(snapshot["entries"].as_u64(), Some(map.entries));
+    }
+    let stderr = mapscope.stderr.all();
+    assert!(
+        !stderr.contains("ERROR") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+per_go_release! {
+    freed_map_is_dropped;
+    freed_map_go1_23 => "1.23.9",
+    freed_map_go1_27 => "1.27.3",
+}
+
+/// A map written all the time while mapscope reads it: snapshots are dropped as changed (or
+/// inconsistent) or kept whole; never an error, never a torn figure kept.
+fn written_map_is_read_or_dropped(version: &str) {
+    let (mut target, mapscope) = start(version);
+    let maps = shapes(&mut target, "build");
+    let grown = maps.iter().find(|map| map.name == "grown").unwrap();
+    settled_snapshots(&mapscope, &maps);
+    target.send("churn grown");
+    target
+        .stdout
+        .wait_for("the churn", Duration::from_secs(30), |line| line == "ok");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = mapscope.scrape();
+        let dropped = metrics.sum("mapscope_map_snapshots_dropped_total", |labels| {
+            matches!(
+                labels.get("reason").map(String::as_str),
+                Some("changed" | "inconsistent")
+            )
+        });
+        if let Some(snapshot) = snapshot_of(&snapshots(&mapscope), grown.address) {
+            // Kept snapshots add up: entries over buckets equal the entry count.
+            let counted: u64 = distribution(&snapshot["bucket_entries"])
+                .iter()
+                .map(|(entries, buckets)| u64::from(*entries) * buckets)
+                .sum();
+            assert_eq!(Some(counted), snapshot["entries"].as_u64());
+        }
+        if dropped >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot of the churning map was dropped"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let stderr = mapscope.stderr.all();
+    assert!(
+        !stderr.contains("ERROR") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+per_go_release! {
+    written_map_is_read_or_dropped;
+    written_map_go1_23 => "1.23.9",
+    written_map_go1_27 => "1.27.3",
+}
+
+/// `mapscope heatmap`: an SVG with one cell per bucket band of each chosen map, and a JSON
+/// form whose figures are the target's.
+fn heatmap_command(version: &str) {
+    let binary = common::build_go("mapshapes", version, &[]);
+    let mut target = GoTarget::start(&binary, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("maps.svg");
+    let json = dir.path().join("maps.json");
+    let pid = target.pid().to_string();
+    let run = |output: &std::path::Path| {
+        let mut child = std::process::Command::new(common::MAPSCOPE)
+            .args(["heatmap", "--pid", &pid, "--site", "main.build"])
+            .args(["--duration", "8s", "-o", output.to_str().unwrap()])
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = common::Lines::new(child.stderr.take().unwrap());
+        stderr.wait_for("heatmap to attach", Duration::from_secs(30), |line| {
+            line.contains("attached")
+        });
+        (common::ChildGuard(child), stderr)
+    };
+    let (mut svg_run, svg_stderr) = run(&svg);
+    let maps = shapes(&mut target, "build");
+    assert!(svg_run.0.wait().unwrap().success(), "{}", svg_stderr.all());
+    // The maps exist now: a second watch learns of none unless they change, so grow one.
+    let (mut json_run, json_stderr) = run(&json);
+    let again = shapes(&mut target, "build");
+    assert!(
+        json_run.0.wait().unwrap().success(),
+        "{}",
+        json_stderr.all()
+    );
+
+    let image = std::fs::read_to_string(&svg).unwrap();
+    assert!(image.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(image.trim_end().ends_with("</svg>"));
+    let attribute = |text: &str, name: &str| -> u64 {
+        let start = text.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        text[start..]
+            .split('"')
+            .next()
+            .unwrap()
+            .trim_start_matches("0x")
+            .parse()
+            .unwrap()
+    };
+    let height = attribute(&image, "height");
+    let groups: Vec<&str> = image.split("<g class=\"map\"").skip(1).collect();
+    assert_eq!(
+        groups.len(),
+        maps.len(),
+        "one panel per map built at a main.build* site"
+    );
+    for group in &groups {
+        let group = &group[..group.find("</g>").unwrap()];
+        let cells: Vec<&str> = group.split("<rect class=\"cell\"").skip(1).collect();
+        assert_eq!(cells.len() as u64, attribute(group, "data-cells"));
+        let entries: u64 = cells
+            .iter()
+            .map(|cell| attribute(cell, "data-entries"))
+            .sum();
+        assert_eq!(entries, attribute(group, "data-entries"));
+        assert!(maps.iter().any(|map| map.entries == entries), "{entries}");
+        for cell in &cells {
+            assert!(attribute(cell, "y") + 10 <= height);
+        }
+        let units: u64 = cells.iter().map(|cell| attribute(cell, "data-units")).sum();
+        assert!(units >= cells.len() as u64 && cells.len() <= 4096 + 1);
+    }
+
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let drawn = data["maps"].as_array().unwrap();
+    assert!(!drawn.is_empty());
+    for snapshot in drawn {
+        let map = again
+            .iter()
+            .find(|map| snapshot["address"].as_u64() == Some(map.address))
+            .unwrap_or_else(|| panic!("{snapshot:#}"));
+        assert_eq!(snapshot["entries"].as_u64(), Some(map.entries));
+        assert_eq!(
+            distribution(&snapshot["bucket_entries"]),
+            map.bucket_entries
+        );
+        let banded: u64 = snapshot["bands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|band| band["entries"].as_u64().unwrap())
+            .sum();
+        assert_eq!(banded, map.entries);
+    }
+}
+
+per_go_release! {
+    heatmap_command;
+    heatmap_go1_23 => "1.23.9",
+    heatmap_go1_27 => "1.27.3",
+}

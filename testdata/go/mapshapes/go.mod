@@ -1,0 +1,3 @@
+module mapscope.test/mapshapes
+
+go 1.19

@@ -1,0 +1,248 @@
+// mapshapes builds Go maps of known shapes and reports their internals as the runtime lays
+// them out, computed in-process through unsafe: the oracle for mapscope's map snapshots.
+//
+// Protocol on stdin/stdout, one line each:
+//
+//	-> "ready"          after start-up
+//	<- "build"          build every shape, counting its growths and overflow-bucket allocations
+//	                    by watching the map header after each insert or delete
+//	-> {json report}    each map's internals (see shape)
+//	<- "inspect"        the same report again, without touching the maps
+//	<- "free NAME"      drop the map NAME, collect it and reuse its memory; answer "reused"
+//	<- "churn NAME"     keep inserting into and deleting from NAME in the background; "ok"
+//	<- "exit" or EOF    exit 0
+//
+// Each shape is built in its own function, which is the map's site as mapscope names it.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"unsafe"
+)
+
+// shape is one map's internals, as mapscope must see them.
+type shape struct {
+	Name     string `json:"name"`
+	Function string `json:"function"`
+	// Address of the map header (*hmap or *maps.Map).
+	Address uint64 `json:"address"`
+	Layout  string `json:"layout"` // "buckets" or "swiss"
+	Entries int    `json:"entries"`
+	// Capacity in slots: bucket maps, 8 per bucket reachable from the bucket array (including
+	// overflow chains); swiss tables, the tables' capacities (8 for a one-group small map).
+	CapacitySlots uint64 `json:"capacity_slots"`
+	Bytes         uint64 `json:"bytes"`
+	// Entries per bucket including its overflow chain (bucket maps) or full slots per group
+	// (swiss): value -> how many buckets/groups.
+	BucketEntries map[int]int `json:"bucket_entries"`
+	// Overflow buckets chained to each bucket (bucket maps).
+	ChainLengths map[int]int `json:"chain_lengths,omitempty"`
+	// Tombstones per group (swiss).
+	Tombstones map[int]int `json:"tombstones,omitempty"`
+	// Growths and overflow-bucket allocations, counted while building.
+	Growths   int `json:"growths"`
+	Overflows int `json:"overflows"`
+	// Bucket maps: log2 of the bucket count, and whether a growth is still evacuating.
+	B       int  `json:"b,omitempty"`
+	Growing bool `json:"growing,omitempty"`
+	// Swiss: the directory's length and its distinct tables.
+	DirLen int `json:"dir_len,omitempty"`
+	Tables int `json:"tables,omitempty"`
+}
+
+var (
+	mu     sync.Mutex
+	maps   = map[string]any{}
+	counts = map[string]*watch{}
+	sites  = map[string]string{}
+	// Keeps freed-map garbage alive long enough to land where the map was.
+	reuse []*junk
+)
+
+const (
+	grownN    = 150000
+	presizedN = 60000
+	shrunkN   = 80000
+	keptN     = 4000
+	stringsN  = 40000
+)
+
+//go:noinline
+func buildGrown() {
+	m := map[int]int{}
+	w := newWatch(m)
+	for i := 0; i < grownN; i++ {
+		m[i*7919] = i
+		w.step()
+	}
+	keep("grown", "main.buildGrown", m, w)
+}
+
+//go:noinline
+func buildPresized() {
+	m := make(map[int]int, presizedN)
+	w := newWatch(m)
+	for i := 0; i < presizedN; i++ {
+		m[i*31+7] = i
+		w.step()
+	}
+	keep("presized", "main.buildPresized", m, w)
+}
+
+//go:noinline
+func buildShrunk() {
+	m := map[int]int{}
+	w := newWatch(m)
+	for i := 0; i < shrunkN; i++ {
+		m[i] = i
+		w.step()
+	}
+	for i := keptN; i < shrunkN; i++ {
+		delete(m, i)
+		w.step()
+	}
+	keep("shrunk", "main.buildShrunk", m, w)
+}
+
+//go:noinline
+func buildStrings() {
+	m := map[string]string{}
+	w := newWatch(m)
+	for i := 0; i < stringsN; i++ {
+		m[fmt.Sprintf("key-%d", i)] = "v"
+		w.step()
+	}
+	keep("strings", "main.buildStrings", m, w)
+}
+
+func keep(name, function string, m any, w *watch) {
+	mu.Lock()
+	defer mu.Unlock()
+	maps[name] = m
+	counts[name] = w
+	sites[name] = function
+}
+
+// header is the map's runtime header: a map value is a pointer to it.
+func header(m any) unsafe.Pointer {
+	return (*[2]unsafe.Pointer)(unsafe.Pointer(&m))[1]
+}
+
+// typeOf is the map's runtime type descriptor.
+func typeOf(m any) unsafe.Pointer {
+	return (*[2]unsafe.Pointer)(unsafe.Pointer(&m))[0]
+}
+
+func report() {
+	mu.Lock()
+	defer mu.Unlock()
+	var out []shape
+	for _, name := range []string{"grown", "presized", "shrunk", "strings"} {
+		m, ok := maps[name]
+		if !ok {
+			continue
+		}
+		s := inspect(m)
+		s.Name = name
+		s.Function = sites[name]
+		s.Address = uint64(uintptr(header(m)))
+		s.Growths = counts[name].growths
+		s.Overflows = counts[name].overflows
+		out = append(out, s)
+	}
+	b, err := json.Marshal(map[string]any{"go_version": runtime.Version(), "maps": out})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(string(b))
+}
+
+// junk has the size of a map header (48 bytes) and, like it, a pointer: the runtime keeps
+// objects with and without pointers in different spans.
+type junk struct {
+	next *junk
+	fill [5]uint64
+}
+
+// free drops a map and allocates garbage in its header's size class until the header's memory
+// holds something else (checked through its old address), so mapscope finds the memory it
+// tracked freed and reused. Answers "reused" or, if the runtime never reused it, "not reused".
+func free(name string) string {
+	mu.Lock()
+	m := maps[name]
+	delete(maps, name)
+	delete(counts, name) // its watch points into the map too
+	mu.Unlock()
+	address := uintptr(header(m))
+	original := *(*uint64)(header(m))
+	m = nil
+	for round := 0; round < 50; round++ {
+		runtime.GC()
+		debug.FreeOSMemory()
+		for i := 0; i < 20000; i++ {
+			b := &junk{}
+			for j := range b.fill {
+				b.fill[j] = 0xA5A5A5A5A5A5A5A5
+			}
+			reuse = append(reuse, b)
+		}
+		// Reading freed heap memory is safe here: the heap arena stays mapped.
+		if *(*uint64)(unsafe.Pointer(address)) != original {
+			return "reused"
+		}
+	}
+	return "not reused"
+}
+
+func churn(name string) {
+	mu.Lock()
+	m, ok := maps[name].(map[int]int)
+	mu.Unlock()
+	if !ok {
+		return
+	}
+	go func() {
+		for i := 0; ; i++ {
+			mu.Lock()
+			k := 1 << 40 + i%50000
+			m[k] = i
+			delete(m, k-1000)
+			mu.Unlock()
+		}
+	}()
+}
+
+func main() {
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		words := strings.Fields(in.Text())
+		if len(words) == 0 {
+			continue
+		}
+		switch words[0] {
+		case "build":
+			buildGrown()
+			buildPresized()
+			buildShrunk()
+			buildStrings()
+			report()
+		case "inspect":
+			report()
+		case "free":
+			fmt.Println(free(words[1]))
+		case "churn":
+			churn(words[1])
+			fmt.Println("ok")
+		case "exit":
+			return
+		}
+	}
+}
