@@ -15,8 +15,8 @@ pub const ALLOC_TABLE_FULL: u32 = 3;
 
 /// A map event could not be counted: the map or site table was full.
 pub const MAP_TABLE_FULL: u32 = 4;
-/// A `makemap` returned without a recorded entry (mapscope attached mid-call), or its
-/// pending table was full.
+/// A `makemap` call with a large hint could not be remembered until its return: the table of
+/// calls in flight was full.
 pub const MAP_UNMATCHED_CREATION: u32 = 5;
 
 /// Number of counters; the size of the `PROBE_COUNTERS` array.

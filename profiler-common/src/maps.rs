@@ -107,6 +107,10 @@ pub const MAX_MAP_STACKS: u32 = 4096;
 pub const MAX_MAP_SITE_KEYS: u32 = 8192;
 /// `makemap` calls in flight at once (one per goroutine inside it).
 pub const MAX_PENDING_CREATIONS: u32 = 4096;
+/// Growth and overflow events of maps holding fewer entries than this are ignored (the
+/// program returns before any stack walk or table update): programs make small maps by the
+/// million, and collisions and growth cost matter in big ones.
+pub const MIN_TRACKED_ENTRIES: u64 = 128;
 /// Maps created with at least this size hint are tracked from creation; smaller ones only once
 /// they grow (most `make(map, n)` calls have small hints and are not worth a stack walk).
 pub const TRACK_MIN_HINT: u64 = 1024;

@@ -8,7 +8,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap, PerCpuHashMap, StackTrace},
     programs::{ProbeContext, tracing::StackIdContext as _},
@@ -16,8 +16,9 @@ use aya_ebpf::{
 use profiler_common::{
     counters,
     maps::{
-        MAX_MAP_SITE_KEYS, MAX_MAP_STACKS, MAX_PENDING_CREATIONS, MAX_TRACKED_MAPS, MapEvent,
-        MapEventCookie, MapSiteKey, PendingCreation, TRACK_MIN_HINT, TrackedMap,
+        MAX_MAP_SITE_KEYS, MAX_MAP_STACKS, MAX_PENDING_CREATIONS, MAX_TRACKED_MAPS,
+        MIN_TRACKED_ENTRIES, MapEvent, MapEventCookie, MapSiteKey, PendingCreation, TRACK_MIN_HINT,
+        TrackedMap,
     },
 };
 
@@ -78,6 +79,13 @@ fn on_event<const MAP: usize, const TYPE: usize>(ctx: &ProbeContext) -> u32 {
     let map = regs.int(MAP);
     if map == 0 {
         return 0;
+    }
+    // Small maps come and go by the million; their events are not worth a stack walk or a
+    // table slot. Both layouts keep the entry count first (hmap.count, maps.Map.used).
+    // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+    match unsafe { bpf_probe_read_user(map as *const u64) } {
+        Ok(entries) if entries >= MIN_TRACKED_ENTRIES => {}
+        _ => return 0,
     }
     // SAFETY: reads the kernel's monotonic clock; no arguments.
     let now = unsafe { bpf_ktime_get_ns() };

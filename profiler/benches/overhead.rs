@@ -7,6 +7,11 @@
 //! 2. Per-hit cost: a Go function shaped like `runtime.startTheWorldWithSema` called in a tight
 //!    loop, with no probe, with an empty uprobe at its entry and RET, and with mapscope's own
 //!    programs there (events drained by mapscope's collector, as in production).
+//! 3. Map probes: a map-heavy program's request throughput alone, under `mapscope run
+//!    --no-maps` and under `mapscope run` (map probes on), interleaved; and the cost of one map
+//!    growth event (16-entry maps built in a loop).
+//! 4. Map snapshots: reading a 1M-entry map (bucket map, Go 1.23; swiss table, Go 1.27) against
+//!    a raw read of as many bytes of the same process.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -46,6 +51,14 @@ fn main() {
         std::env::var("MAPSCOPE_BENCH_GO").expect("MAPSCOPE_BENCH_GO: run `cargo xtask bench`");
     let gcbench = build_gcbench(Path::new(&go));
     let mapscope = env!("CARGO_BIN_EXE_mapscope");
+    map_probes(&gcbench, mapscope);
+    let bucket_go = std::env::var("MAPSCOPE_BENCH_GO_BUCKETS")
+        .expect("MAPSCOPE_BENCH_GO_BUCKETS: run `cargo xtask bench`");
+    map_snapshots(
+        &build_gcbench_as(Path::new(&bucket_go), "gcbench-buckets"),
+        "1.23",
+    );
+    map_snapshots(&gcbench, "1.27");
 
     println!(
         "== target slowdown: {ROUNDS} interleaved rounds of {ALLOC_SECONDS}, allocation throughput"
@@ -146,8 +159,149 @@ fn main() {
     );
 }
 
+const MAP_ROUNDS: usize = 7;
+const SNAPSHOT_ROUNDS: usize = 5;
+
+/// Requests per second of `gcbench -mode maps` run by `command`.
+fn requests_per_second(command: &mut Command) -> f64 {
+    let output = command.stderr(Stdio::null()).output().unwrap();
+    assert!(output.status.success(), "{command:?} failed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().find(|line| line.starts_with('{')).unwrap();
+    let result: serde_json::Value = serde_json::from_str(line).unwrap();
+    result["ops"].as_f64().unwrap() / result["seconds"].as_f64().unwrap()
+}
+
+fn map_probes(gcbench: &Path, mapscope: &str) {
+    println!(
+        "== map probes: {MAP_ROUNDS} interleaved rounds of {ALLOC_SECONDS} of a map-heavy program (gcbench -mode maps)"
+    );
+    let load = ["-mode", "maps", "-duration", ALLOC_SECONDS];
+    let (mut with_maps, mut without_maps) = (Vec::new(), Vec::new());
+    for round in 1..=MAP_ROUNDS {
+        let alone = requests_per_second(Command::new(gcbench).args(load));
+        let no_maps = requests_per_second(
+            Command::new(mapscope)
+                .args(["run", "--listen", "127.0.0.1:0", "--no-maps", "--"])
+                .arg(gcbench)
+                .args(load),
+        );
+        let maps = requests_per_second(
+            Command::new(mapscope)
+                .args(["run", "--listen", "127.0.0.1:0", "--"])
+                .arg(gcbench)
+                .args(load),
+        );
+        println!(
+            "  round {round}: alone {:.0} k req/s, --no-maps {:.0} k, map probes on {:.0} k",
+            alone / 1e3,
+            no_maps / 1e3,
+            maps / 1e3
+        );
+        with_maps.push(maps / alone);
+        without_maps.push(maps / no_maps);
+    }
+    let (total, maps_only) = (median(&mut with_maps), median(&mut without_maps));
+    println!(
+        "  median ratio with map probes / alone: {total:.4} ({:+.2}%); / --no-maps: {maps_only:.4} (map probes alone {:+.2}%)",
+        (1.0 - total) * 100.0,
+        (1.0 - maps_only) * 100.0
+    );
+    let per_map = |command: &mut Command| {
+        let output = command.stderr(Stdio::null()).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().find(|line| line.starts_with('{')).unwrap();
+        let result: serde_json::Value = serde_json::from_str(line).unwrap();
+        result["ns_per_map"].as_f64().unwrap()
+    };
+    let small = ["-mode", "smallmaps", "-duration", "1s"];
+    let (mut alone, mut attached) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        alone.push(per_map(Command::new(gcbench).args(small)));
+        attached.push(per_map(
+            Command::new(mapscope)
+                .args(["run", "--listen", "127.0.0.1:0", "--"])
+                .arg(gcbench)
+                .args(small),
+        ));
+    }
+    let (alone, attached) = (median(&mut alone), median(&mut attached));
+    println!(
+        "  a 16-entry map built from empty: {alone:.0} ns alone, {attached:.0} ns with map probes: {:.2} µs per growth event (one per map on swiss tables), paid even by maps under 128 entries, which are not counted",
+        (attached - alone) / 1e3
+    );
+}
+
+/// Snapshot a 1M-entry map in a live process, against raw reads of as many bytes.
+fn map_snapshots(gcbench: &Path, release: &str) {
+    use mapscope::{
+        gobin::abi::map_abi,
+        target::{
+            gomap::{Budgeted, read_map},
+            memory,
+        },
+    };
+    let mut child = Command::new(gcbench)
+        .args(["-mode", "bigmap", "-entries", "1000000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = stdout.next().unwrap().unwrap();
+    let found: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let address = |key: &str| found[key].as_u64().unwrap();
+    let binary = GoBinary::open(gcbench, abi::WANTED).unwrap();
+    let row = map_abi(binary.version, abi::has_bucket_maps(&binary)).unwrap();
+    let pid = child.id();
+    let (mut snapshot_ms, mut raw_ms) = (Vec::new(), Vec::new());
+    let mut read = (0, 0, 0);
+    for _ in 0..SNAPSHOT_ROUNDS {
+        let mut budgeted = Budgeted {
+            pid,
+            budget: u64::MAX,
+            bytes_read: 0,
+        };
+        let started = std::time::Instant::now();
+        let shape = read_map(&mut budgeted, &row.abi, address("map"), address("type")).unwrap();
+        snapshot_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        read = (budgeted.bytes_read, shape.entries, shape.bytes);
+        // The same number of bytes, read raw in the same 1 MiB pieces.
+        let mut buffer = vec![0u8; 1 << 20];
+        let started = std::time::Instant::now();
+        let mut left = budgeted.bytes_read.min(address("buffer_len"));
+        let mut at = address("buffer");
+        while left > 0 {
+            let piece = left.min(buffer.len() as u64) as usize;
+            memory::read_many(pid, &mut [(at, &mut buffer[..piece])]).unwrap();
+            at += piece as u64;
+            left -= piece as u64;
+        }
+        raw_ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let (snapshot, raw) = (median(&mut snapshot_ms), median(&mut raw_ms));
+    println!(
+        "== map snapshot, Go {release} ({}): {} entries, {:.1} MB held, {:.1} MB read: {snapshot:.1} ms (median of {SNAPSHOT_ROUNDS}); raw read of as many bytes {raw:.1} ms; ratio {:.2}",
+        if matches!(row.abi, abi::MapAbi::Buckets(_)) {
+            "bucket map"
+        } else {
+            "swiss tables"
+        },
+        read.1,
+        read.2 as f64 / 1e6,
+        read.0 as f64 / 1e6,
+        snapshot / raw
+    );
+}
+
 fn build_gcbench(go: &Path) -> PathBuf {
-    let output = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gcbench");
+    build_gcbench_as(go, "gcbench")
+}
+
+fn build_gcbench_as(go: &Path, name: &str) -> PathBuf {
+    let output = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let mut command = Command::new(go);
     command
         .args(["build", "-o"])

@@ -180,8 +180,8 @@ pub fn understand(process: Process, options: &Options) -> Result<Target, UserErr
     let maps = options
         .maps
         .and(abi::map_abi(binary.version, abi::has_bucket_maps(&binary)));
-    if let Some(row) = maps {
-        let (map_points, missing) = probes::maps::plan(&binary, row);
+    if let (Some(row), Some(map_options)) = (maps, options.maps) {
+        let (map_points, missing) = probes::maps::plan(&binary, row, map_options.creations);
         if !missing.is_empty() {
             // The linker leaves out what a program never calls (no map growth, no sized make).
             tracing::info!(

@@ -69,6 +69,29 @@ fn check_report(version: &str, flags: &[&str], stripped: bool, pie: bool) {
         let address = probe["address"].as_u64().unwrap();
         assert_eq!(probe["file_offset"].as_u64(), binary.file_offset(address));
     }
+    // Map probes: the growth functions of the release's map implementation, after their
+    // stack check (gcload's maps grow: the functions are linked in).
+    let swiss = version >= "1.24";
+    let growth = if swiss {
+        "internal/runtime/maps.(*table).grow"
+    } else {
+        "runtime.hashGrow"
+    };
+    let maps = &report["features"][2];
+    assert_eq!(maps["name"], "go_maps");
+    assert_eq!(maps["available"], true, "{maps}");
+    let layout = if swiss { "swiss tables" } else { "bucket maps" };
+    assert!(
+        maps["detail"].as_str().unwrap().starts_with(layout),
+        "{maps}"
+    );
+    let binary = GoBinary::open(&path, &[growth]).unwrap();
+    let function = binary.function(growth).unwrap();
+    assert!(
+        probes.iter().any(|probe| probe["function"] == growth
+            && probe["address"].as_u64() == Some(binary.entry_site(function))),
+        "{probes:#?}"
+    );
 }
 
 #[test]

@@ -4,9 +4,12 @@ use anyhow::Result;
 
 use crate::{setup, shell};
 
+const BUCKET_MAP_GO: &str = "1.23.9";
+
 pub fn run() -> Result<()> {
     setup::rust()?;
-    let toolchains = setup::go_toolchains(&[setup::NEWEST_GO])?;
+    // Go 1.23 for a bucket-map snapshot (1.24+ has swiss tables).
+    let toolchains = setup::go_toolchains(&[setup::NEWEST_GO, BUCKET_MAP_GO])?;
     let mut command = shell::cargo();
     command.args(["bench", "-p", "profiler", "--bench", "overhead"]);
     if !shell::is_root() {
@@ -14,6 +17,9 @@ pub fn run() -> Result<()> {
     }
     if let Some(go) = toolchains.get(setup::NEWEST_GO) {
         command.env("MAPSCOPE_BENCH_GO", go);
+    }
+    if let Some(go) = toolchains.get(BUCKET_MAP_GO) {
+        command.env("MAPSCOPE_BENCH_GO_BUCKETS", go);
     }
     command.env("MAPSCOPE_TEST_GOCACHE", setup::cache_dir().join("gocache"));
     shell::run(&mut command)

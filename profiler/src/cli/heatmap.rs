@@ -26,14 +26,20 @@ pub struct HeatmapArgs {
     pub site: Option<String>,
 
     /// How long to watch for map events before taking the snapshots. mapscope learns of a map
-    /// when it grows, allocates an overflow bucket or is made with a size hint of 1024 or more:
-    /// a map that does none of these while watched is not drawn.
+    /// holding 128 entries or more when it grows or allocates an overflow bucket (or is made
+    /// with a size hint of 1024 or more, with --map-creations): a map that does none of these
+    /// while watched is not drawn.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
 
     /// Maps drawn at most (the biggest).
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub maps: usize,
+
+    /// Also learn maps made with `make(map, n)`, n >= 1024 (see `attach --map-creations`:
+    /// costly for programs that make many maps).
+    #[arg(long)]
+    pub map_creations: bool,
 
     /// Largest map read, in bytes of its memory.
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
@@ -79,6 +85,7 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
             max_bytes_per_snapshot: args.max_bytes,
             max_bytes_per_second: u64::MAX,
             top_sites: usize::MAX,
+            creations: args.map_creations,
         }),
         final_map_snapshot: true,
     };

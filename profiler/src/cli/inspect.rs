@@ -162,6 +162,41 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
             file_offset: point.file_offset,
         });
     }
+    let map_row = row.and_then(|_| abi::map_abi(binary.version, abi::has_bucket_maps(binary)));
+    let maps = match map_row {
+        None => Feature {
+            name: "go_maps",
+            available: false,
+            detail: "this Go release is not supported".to_owned(),
+        },
+        Some(map_row) => {
+            let (points, missing) = crate::probes::maps::plan(binary, map_row, false);
+            probes.extend(points.iter().map(|point| ProbeSite {
+                program: point.program,
+                function: point.function,
+                site: "entry",
+                address: point.address,
+                file_offset: point.file_offset,
+            }));
+            let layout = match map_row.abi {
+                abi::MapAbi::Buckets(_) => "bucket maps",
+                abi::MapAbi::Swiss(_) => "swiss tables",
+            };
+            Feature {
+                name: "go_maps",
+                available: !points.is_empty(),
+                detail: if missing.is_empty() {
+                    format!("{layout}: {} probe points", points.len())
+                } else {
+                    format!(
+                        "{layout}: {} probe points; not in this binary (never called): {}",
+                        points.len(),
+                        missing.join(", ")
+                    )
+                },
+            }
+        }
+    };
     Report {
         path: who.to_owned(),
         go_version: binary.build_info.go_version.clone(),
@@ -185,6 +220,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
                     None => "via runtime.profilealloc; stripped, so MemProfileRate is assumed to be the default 512 KiB".to_owned(),
                 },
             },
+            maps,
         ],
     }
 }

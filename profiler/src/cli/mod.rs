@@ -113,6 +113,12 @@ pub struct MapArgs {
     /// Map sites that get series of their own (the first seen); the rest are site="other".
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub map_top_sites: usize,
+
+    /// Also track maps from their creation by `make(map, n)` with n >= 1024 (else a map is
+    /// learned when it grows or overflows). COSTLY: probes every `make(map, n)` call whose n is
+    /// not a small constant, about 50 µs each on a VM; for diagnostic runs.
+    #[arg(long)]
+    pub map_creations: bool,
 }
 
 impl MapArgs {
@@ -123,6 +129,7 @@ impl MapArgs {
             max_bytes_per_snapshot: self.map_snapshot_max_bytes,
             max_bytes_per_second: self.map_read_rate,
             top_sites: self.map_top_sites,
+            creations: self.map_creations,
         })
     }
 }

@@ -31,6 +31,9 @@ pub struct MapOptions {
     pub max_bytes_per_second: u64,
     /// Sites with series of their own; the rest are `other`.
     pub top_sites: usize,
+    /// Also probe `makemap`, to track maps made with a size hint of 1024 or more from their
+    /// creation (costly: see `probes::maps::plan`).
+    pub creations: bool,
 }
 
 /// The latest kept snapshot of one map.

@@ -89,8 +89,8 @@ impl MapFamilies {
             growths: IntCounterVec::new(
                 Opts::new(
                     "mapscope_map_growths_total",
-                    "Map growths (bucket maps: hashGrow; swiss: table grown, split, or small map \
-                     made a table) by map site.",
+                    "Growths of maps of 128+ entries (bucket maps: hashGrow; swiss tables: a \
+                     table grown or split) by map site.",
                 ),
                 &SITE_LABELS,
             )?,

@@ -35,7 +35,6 @@ pub const MALLOCGC_SPECIALIZED: &[&str] = &[
 pub const MAKEMAP: &str = "runtime.makemap";
 const HASH_GROW: &str = "runtime.hashGrow";
 const NEW_OVERFLOW: &str = "runtime.(*hmap).newoverflow";
-const GROW_TO_TABLE: &str = "internal/runtime/maps.(*Map).growToTable";
 const TABLE_GROW: &str = "internal/runtime/maps.(*table).grow";
 const TABLE_SPLIT: &str = "internal/runtime/maps.(*table).split";
 
@@ -44,7 +43,6 @@ pub const WANTED: &[&str] = &[
     MAKEMAP,
     HASH_GROW,
     NEW_OVERFLOW,
-    GROW_TO_TABLE,
     TABLE_GROW,
     TABLE_SPLIT,
     STOP_THE_WORLD,
@@ -440,7 +438,7 @@ pub struct MapAbiRow {
 /// Go maps per release range. Each event function is entered exactly once per event:
 /// `hashGrow` once per growth (never while one is in progress), `newoverflow` once per overflow
 /// bucket; in swiss maps `rehash` calls either `grow` (capacity doubles) or `split` (a full
-/// 1024-slot table becomes two), and `growToTable` turns a small map into a table.
+/// 1024-slot table becomes two).
 pub const MAP_TABLE: &[MapAbiRow] = &[
     MapAbiRow {
         first: (1, 19),
@@ -496,13 +494,9 @@ pub const MAP_TABLE: &[MapAbiRow] = &[
             table_length_mask: 24,
             type_group_size: 80,
         }),
+        // Not `growToTable`: it turns an 8-entry small map into a table, below
+        // MIN_TRACKED_ENTRIES, and fires for every map that outgrows 8 entries.
         events: &[
-            MapEventProbe {
-                function: GROW_TO_TABLE,
-                event: MapEvent::Growth,
-                map_arg: 0,
-                type_arg: 1,
-            },
             MapEventProbe {
                 function: TABLE_GROW,
                 event: MapEvent::Growth,
@@ -521,8 +515,8 @@ pub const MAP_TABLE: &[MapAbiRow] = &[
                  writing uint8; ... }; type table struct { used, capacity, growthLeft uint16; \
                  localDepth uint8; index int; groups groupsReference{data, lengthMask} }; \
                  SwissMapType/MapType: _type, Key, Elem, Group, Hasher, GroupSize (offset 80); \
-                 func (m *Map) growToTable(typ); func (t *table) grow(typ, m, newCapacity \
-                 uint16); func (t *table) split(typ, m)",
+                 func (t *table) grow(typ, m, newCapacity uint16); func (t *table) split(typ, \
+                 m)",
     },
 ];
 

@@ -28,7 +28,14 @@ fn layout(row: &MapAbiRow) -> u8 {
 
 /// The probe points, and the event functions this binary lacks (the linker drops functions a
 /// program never calls: a program without map growth has no `hashGrow`).
-pub fn plan(binary: &GoBinary, row: &MapAbiRow) -> (Vec<ProbePoint>, Vec<&'static str>) {
+/// `creations` adds the `makemap` probes: they fire on every `make(map, n)` whose hint is not a
+/// small constant, and the one at its RET is single-stepped by the kernel (tens of µs a call
+/// on a VM), so they are opt-in.
+pub fn plan(
+    binary: &GoBinary,
+    row: &MapAbiRow,
+    creations: bool,
+) -> (Vec<ProbePoint>, Vec<&'static str>) {
     let mut points = Vec::new();
     let mut missing = Vec::new();
     for probe in row.events {
@@ -64,6 +71,7 @@ pub fn plan(binary: &GoBinary, row: &MapAbiRow) -> (Vec<ProbePoint>, Vec<&'stati
         });
     }
     match binary.function(MAKEMAP) {
+        _ if !creations => {}
         Some(function) => {
             // makemap is called from the code that makes the map: that caller is the site, so
             // the probe goes where the stack walk includes it.

@@ -4,10 +4,18 @@
 //	             miniature) and print {"ops":…,"seconds":…,"gc_cycles":…,"pause_total_ns":…}.
 //	-mode call:  print "ready", wait for "go" on stdin, then call stwProbeSite -calls times
 //	             and print {"calls":…,"ns_per_call":…}; the bench puts uprobes on that function.
+//	-mode maps:  a map-heavy service in miniature for -duration: each request hashes 1 KiB,
+//	             looks up and updates a big long-lived map and builds a small map; every 64th
+//	             grows a map past 8 entries, every 512th grows one from empty to 2048; print
+//	             {"ops":…,"seconds":…}.
+//	-mode smallmaps: build 16-entry maps from empty for -duration; print {"ns_per_map":…}.
+//	-mode bigmap: build a -entries map[int]int and a buffer of as many bytes as the map holds,
+//	             print {"map":ADDR,"type":ADDR,"buffer":ADDR,"buffer_len":N}, then wait for EOF.
 package main
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -17,6 +25,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 var (
@@ -25,6 +34,7 @@ var (
 	workers  = flag.Int("workers", 2, "alloc: allocating goroutines")
 	calls    = flag.Int("calls", 200000, "call: how many calls")
 	heapOut  = flag.String("heap", "", "alloc: write the heap profile here afterwards")
+	entries  = flag.Int("entries", 1_000_000, "bigmap: entries")
 )
 
 var sink atomic.Pointer[[]byte]
@@ -101,9 +111,127 @@ func callLoop() {
 	fmt.Println(string(out))
 }
 
+var mapSink atomic.Pointer[map[string]int]
+
+func mapLoad() {
+	deadline := time.Now().Add(*duration)
+	var ops atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	keys := make([]string, 16)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("field-%d", i)
+	}
+	for w := 0; w < *workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			cache := make(map[int]int)
+			for i := 0; i < 200_000; i++ {
+				cache[i] = i
+			}
+			payload := make([]byte, 1024)
+			n := int64(0)
+			for i := 0; ; i++ {
+				if i%256 == 0 && time.Now().After(deadline) {
+					break
+				}
+				// A request: hash a payload, look up and update the cache, build a small map
+				// of fields (6: no growth).
+				payload[i%len(payload)] = byte(i)
+				digest := sha256.Sum256(payload)
+				sum := int(digest[0])
+				for j := 0; j < 16; j++ {
+					sum += cache[(i*7919+j*104729)%400_000]
+				}
+				cache[200_000+i%200_000] = sum
+				delete(cache, 200_000+(i+100_000)%200_000)
+				fields := make(map[string]int)
+				for j, key := range keys[:6] {
+					fields[key] = j + sum
+				}
+				// Every 64th request builds a bigger map of fields (it grows once or twice).
+				if i%64 == 0 {
+					for j, key := range keys {
+						fields[key] = j
+					}
+				}
+				mapSink.Store(&fields)
+				// Every 512th request grows a map from empty to 2048 entries.
+				if i%512 == 0 {
+					grown := map[int]int{}
+					for j := 0; j < 2048; j++ {
+						grown[j] = j
+					}
+					sum += len(grown)
+				}
+				n++
+			}
+			ops.Add(n)
+		}(w)
+	}
+	wg.Wait()
+	out, _ := json.Marshal(map[string]any{"ops": ops.Load(), "seconds": time.Since(start).Seconds()})
+	fmt.Println(string(out))
+}
+
+// smallMaps builds 16-entry maps from empty for -duration (each grows past its first bucket or
+// group: one growth event on swiss tables, two on bucket maps) and prints
+// {"ns_per_map":…}.
+func smallMaps() {
+	start := time.Now()
+	count := 0
+	for time.Since(start) < *duration {
+		for i := 0; i < 1000; i++ {
+			m := map[int]int{}
+			for j := 0; j < 16; j++ {
+				m[j] = j
+			}
+			total += int64(len(m))
+			count++
+		}
+	}
+	out, _ := json.Marshal(map[string]any{"ns_per_map": float64(time.Since(start).Nanoseconds()) / float64(count)})
+	fmt.Println(string(out))
+}
+
+// eface is an interface's two words: the type descriptor and the data (for a map, its header).
+type eface struct{ typ, data unsafe.Pointer }
+
+func bigMap() {
+	m := make(map[int]int)
+	for i := 0; i < *entries; i++ {
+		m[i*7919] = i
+	}
+	var boxed any = m
+	e := (*eface)(unsafe.Pointer(&boxed))
+	buffer := make([]byte, 64<<20)
+	for i := range buffer {
+		buffer[i] = byte(i)
+	}
+	out, _ := json.Marshal(map[string]any{
+		"map":        uintptr(e.data),
+		"type":       uintptr(e.typ),
+		"buffer":     uintptr(unsafe.Pointer(&buffer[0])),
+		"buffer_len": len(buffer),
+	})
+	fmt.Println(string(out))
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+	}
+	runtime.KeepAlive(m)
+	runtime.KeepAlive(buffer)
+}
+
 func main() {
 	flag.Parse()
 	switch *mode {
+	case "maps":
+		mapLoad()
+	case "smallmaps":
+		smallMaps()
+	case "bigmap":
+		bigMap()
 	case "alloc":
 		allocate()
 	case "call":

@@ -54,17 +54,20 @@ const (
 )
 
 // watch counts growths (a new bucket array replacing one that existed: hashGrow) and
-// overflow-bucket allocations (noverflow is exact below B=16 and resets at each growth).
+// overflow-bucket allocations (noverflow is exact below B=16 and resets at each growth), as
+// mapscope counts them: only events of maps holding at least minTrackedEntries entries before
+// the insert or delete that caused them.
 type watch struct {
-	h                    *hmap
-	buckets              unsafe.Pointer
-	noverflow            uint16
-	growths, overflows   int
+	h                  *hmap
+	buckets            unsafe.Pointer
+	noverflow          uint16
+	count              int
+	growths, overflows int
 }
 
 func newWatch(m any) *watch {
 	h := (*hmap)(header(m))
-	return &watch{h: h, buckets: h.buckets, noverflow: h.noverflow}
+	return &watch{h: h, buckets: h.buckets, noverflow: h.noverflow, count: h.count}
 }
 
 //go:noinline
@@ -73,18 +76,20 @@ func (w *watch) step() {
 	if h.B >= 16 {
 		panic("noverflow is approximate from B=16: keep the test maps smaller")
 	}
-	if h.buckets != w.buckets {
-		if w.buckets != nil {
+	counted := w.count >= minTrackedEntries
+	overflows := int(h.noverflow) - int(w.noverflow)
+	if h.buckets != w.buckets && w.buckets != nil {
+		if counted {
 			w.growths++
-			w.overflows += int(h.noverflow)
-		} else {
-			w.overflows += int(h.noverflow) - int(w.noverflow)
 		}
-	} else {
-		w.overflows += int(h.noverflow) - int(w.noverflow)
+		overflows = int(h.noverflow) // noverflow restarted at the growth
+	}
+	if counted {
+		w.overflows += overflows
 	}
 	w.buckets = h.buckets
 	w.noverflow = h.noverflow
+	w.count = h.count
 }
 
 func bucketAt(array unsafe.Pointer, i uintptr, size uintptr) unsafe.Pointer {

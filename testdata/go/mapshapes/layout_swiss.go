@@ -91,26 +91,29 @@ func capacity(m *swissMap) uint64 {
 }
 
 // watch counts growths: every grow, split or small-to-table conversion adds capacity (a grown
-// table doubles, a split one becomes two); the first group of a small map does not count, as a
-// bucket map's first bucket does not.
+// table doubles, a split one becomes two), as mapscope counts them: only events of maps holding
+// at least minTrackedEntries entries before the insert that caused them (so never the
+// small-to-table conversion, at 8).
 type watch struct {
 	m                  *swissMap
 	capacity           uint64
+	count              uint64
 	growths, overflows int
 }
 
 func newWatch(m any) *watch {
 	h := (*swissMap)(header(m))
-	return &watch{m: h, capacity: capacity(h)}
+	return &watch{m: h, capacity: capacity(h), count: h.used}
 }
 
 //go:noinline
 func (w *watch) step() {
 	now := capacity(w.m)
-	if now > w.capacity && w.capacity != 0 {
+	if now > w.capacity && w.count >= minTrackedEntries {
 		w.growths++
 	}
 	w.capacity = now
+	w.count = w.m.used
 }
 
 func control(group unsafe.Pointer) [groupSlots]uint8 {

@@ -66,6 +66,10 @@ var (
 	reuse []*junk
 )
 
+// mapscope ignores the growth and overflow events of maps with fewer entries
+// (profiler-common/src/maps.rs, MIN_TRACKED_ENTRIES).
+const minTrackedEntries = 128
+
 const (
 	grownN    = 150000
 	presizedN = 60000
