@@ -105,6 +105,8 @@ pub const MAX_TRACKED_MAPS: u32 = 8192;
 /// Distinct map sites (stacks) and (site, event) counters.
 pub const MAX_MAP_STACKS: u32 = 4096;
 pub const MAX_MAP_SITE_KEYS: u32 = 8192;
+/// Maps whose assignments are counted in one sampling window.
+pub const MAX_ASSIGN_MAPS: u32 = 16_384;
 /// `makemap` calls in flight at once (one per goroutine inside it).
 pub const MAX_PENDING_CREATIONS: u32 = 4096;
 /// Growth and overflow events of maps holding fewer entries than this are ignored (the

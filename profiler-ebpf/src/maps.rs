@@ -16,9 +16,9 @@ use aya_ebpf::{
 use profiler_common::{
     counters,
     maps::{
-        MAX_MAP_SITE_KEYS, MAX_MAP_STACKS, MAX_PENDING_CREATIONS, MAX_TRACKED_MAPS,
-        MIN_TRACKED_ENTRIES, MapEvent, MapEventCookie, MapSiteKey, PendingCreation, TRACK_MIN_HINT,
-        TrackedMap,
+        MAX_ASSIGN_MAPS, MAX_MAP_SITE_KEYS, MAX_MAP_STACKS, MAX_PENDING_CREATIONS,
+        MAX_TRACKED_MAPS, MIN_TRACKED_ENTRIES, MapEvent, MapEventCookie, MapSiteKey,
+        PendingCreation, TRACK_MIN_HINT, TrackedMap,
     },
 };
 
@@ -192,6 +192,26 @@ pub fn map_create_return(ctx: ProbeContext) -> u32 {
     };
     // Replaces whatever was known at this address: a new map there is a new identity.
     if TRACKED_MAPS.insert(map, tracked, 0).is_err() {
+        bump(counters::MAP_TABLE_FULL);
+    }
+    0
+}
+
+/// Assignments (`m[k] = v`) counted by map, while `--map-assign-sampling` has the assignment
+/// probes attached (a short window now and then: they fire on every assignment).
+#[map]
+static MAP_ASSIGNS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_ASSIGN_MAPS, 0);
+
+/// `mapassign*(t, h/m, key)`, Go 1.19 through 1.27: the map is the second argument (RBX). Small
+/// maps are counted too: the count is by map, and userspace keeps the tracked ones.
+#[uprobe]
+pub fn map_assign(ctx: ProbeContext) -> u32 {
+    let map = GoRegs::new(&ctx).int(1);
+    if let Some(count) = MAP_ASSIGNS.get_ptr_mut(map) {
+        // SAFETY: this CPU's own slot, fresh from the lookup; uprobe programs do not preempt
+        // each other on one CPU.
+        unsafe { *count += 1 };
+    } else if MAP_ASSIGNS.insert(map, 1, 0).is_err() {
         bump(counters::MAP_TABLE_FULL);
     }
     0

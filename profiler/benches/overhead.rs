@@ -230,6 +230,45 @@ fn map_probes(gcbench: &Path, mapscope: &str) {
         "  a 16-entry map built from empty: {alone:.0} ns alone, {attached:.0} ns with map probes: {:.2} µs per growth event (one per map on swiss tables), paid even by maps under 128 entries, which are not counted",
         (attached - alone) / 1e3
     );
+    let sized = ["-mode", "sizedmaps", "-duration", "1s"];
+    let alone = per_map(Command::new(gcbench).args(sized));
+    let creations = per_map(
+        Command::new(mapscope)
+            .args(["run", "--listen", "127.0.0.1:0", "--map-creations", "--"])
+            .arg(gcbench)
+            .args(sized),
+    );
+    println!(
+        "  make(map[int]int, n) with a run-time n: {alone:.0} ns alone, {creations:.0} ns with --map-creations ({:.1} µs per call: entry and RET probes on makemap)",
+        (creations - alone) / 1e3
+    );
+    let (mut plain, mut sampled) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        plain.push(requests_per_second(
+            Command::new(mapscope)
+                .args(["run", "--listen", "127.0.0.1:0", "--"])
+                .arg(gcbench)
+                .args(load),
+        ));
+        sampled.push(requests_per_second(
+            Command::new(mapscope)
+                .args([
+                    "run",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--map-assign-sampling",
+                    "100ms/1s",
+                    "--",
+                ])
+                .arg(gcbench)
+                .args(load),
+        ));
+    }
+    let ratio = median(&mut sampled) / median(&mut plain);
+    println!(
+        "  --map-assign-sampling 100ms/1s (probes on every assignment 10% of the time): throughput ratio {ratio:.3} to map probes alone ({:+.1}%)",
+        (1.0 - ratio) * 100.0
+    );
 }
 
 /// Snapshot a 1M-entry map in a live process, against raw reads of as many bytes.

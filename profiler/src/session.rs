@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use crate::{
     collect::{
         alloc::{AllocCollector, AllocProfile, SiteOptions},
-        maps::{MapCollector, MapOptions, MapReport, MapView},
+        maps::{AssignProbes, MapCollector, MapOptions, MapReport, MapView},
         stacks::Stacks,
         stw::StwCollector,
     },
@@ -392,6 +392,12 @@ impl Attached {
                     Arc::clone(&target_metrics),
                 );
                 collector.view = Arc::clone(&map_view);
+                if map_options.assign_sampling.is_some() {
+                    collector.assign_probes = Some(AssignProbes {
+                        exe: process.exe_path(),
+                        points: probes::maps::plan_assign(&self.target.binary),
+                    });
+                }
                 let mut stopped = stopped.clone();
                 let final_round = options.final_map_snapshot;
                 Some(tokio::spawn(async move {

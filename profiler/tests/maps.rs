@@ -557,3 +557,64 @@ per_go_release! {
     heatmap_go1_23 => "1.23.9",
     heatmap_go1_27 => "1.27.3",
 }
+
+/// `--map-assign-sampling`: the assignment rate measured in the sampling windows is the rate the
+/// target itself achieved (a paced load, as a service under steady traffic).
+fn assignment_rates_are_sampled(version: &str) {
+    let binary = common::build_go("mapshapes", version, &[]);
+    let mut target = GoTarget::start(&binary, &[]);
+    let mapscope = Mapscope::start(&[
+        "attach",
+        "--pid",
+        &target.pid().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--map-snapshot-interval",
+        "1s",
+        "--map-assign-sampling",
+        "400ms/1s",
+    ]);
+    let maps = shapes(&mut target, "build");
+    let grown = maps.iter().find(|map| map.name == "grown").unwrap();
+    target.send("assign grown 20000");
+    target
+        .stdout
+        .wait_for("the assignments", Duration::from_secs(30), |line| {
+            line == "ok"
+        });
+    // Several windows at the steady rate.
+    std::thread::sleep(Duration::from_secs(5));
+    let metrics = mapscope.scrape();
+    target.send("assigned");
+    let line = target
+        .stdout
+        .wait_for("the rate", Duration::from_secs(30), |line| {
+            line.starts_with('{')
+        });
+    let achieved: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let achieved = achieved["per_second"].as_f64().unwrap();
+    let sampled = metrics.sum("mapscope_map_assigns_per_second", site_is(&grown.function));
+    println!("Go {version}: {sampled:.0} assignments/s sampled, {achieved:.0}/s achieved");
+    assert!(
+        (sampled / achieved - 1.0).abs() < 0.15,
+        "sampled {sampled:.0}/s, the target achieved {achieved:.0}/s"
+    );
+    // The other maps were not written: their sites read zero.
+    let presized = maps.iter().find(|map| map.name == "presized").unwrap();
+    assert!(
+        metrics.sum(
+            "mapscope_map_assigns_per_second",
+            site_is(&presized.function)
+        ) < 1.0
+    );
+    let snapshot = snapshot_of(&snapshots(&mapscope), grown.address)
+        .cloned()
+        .unwrap();
+    assert!(snapshot["assigns_per_second"].as_f64().unwrap() > 0.5 * achieved);
+}
+
+per_go_release! {
+    assignment_rates_are_sampled;
+    assign_sampling_go1_23 => "1.23.9",
+    assign_sampling_go1_27 => "1.27.3",
+}

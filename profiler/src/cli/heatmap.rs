@@ -86,6 +86,7 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
             max_bytes_per_second: u64::MAX,
             top_sites: usize::MAX,
             creations: args.map_creations,
+            assign_sampling: None,
         }),
         final_map_snapshot: true,
     };

@@ -119,6 +119,13 @@ pub struct MapArgs {
     /// not a small constant, about 50 µs each on a VM; for diagnostic runs.
     #[arg(long)]
     pub map_creations: bool,
+
+    /// Measure assignment rates into the tracked maps (mapscope_map_assigns_per_second) by
+    /// attaching probes to every map assignment for WINDOW out of every PERIOD, e.g.
+    /// `200ms/30s`. COSTLY while attached (about a microsecond per assignment); the rate is the
+    /// one measured during the window.
+    #[arg(long, value_name = "WINDOW/PERIOD")]
+    pub map_assign_sampling: Option<crate::collect::maps::AssignSampling>,
 }
 
 impl MapArgs {
@@ -130,6 +137,7 @@ impl MapArgs {
             max_bytes_per_second: self.map_read_rate,
             top_sites: self.map_top_sites,
             creations: self.map_creations,
+            assign_sampling: self.map_assign_sampling,
         })
     }
 }

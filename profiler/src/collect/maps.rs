@@ -34,6 +34,41 @@ pub struct MapOptions {
     /// Also probe `makemap`, to track maps made with a size hint of 1024 or more from their
     /// creation (costly: see `probes::maps::plan`).
     pub creations: bool,
+    /// Count assignments for `window` out of every `period` (costly while attached).
+    pub assign_sampling: Option<AssignSampling>,
+}
+
+/// Duty cycle of the assignment probes: attached for `window` once every `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AssignSampling {
+    pub window: Duration,
+    pub period: Duration,
+}
+
+impl std::str::FromStr for AssignSampling {
+    type Err = String;
+
+    /// `WINDOW/PERIOD`, e.g. `200ms/10s`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (window, period) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not WINDOW/PERIOD, e.g. 200ms/10s"))?;
+        let window = crate::cli::profile::parse_duration(window)?;
+        let period = crate::cli::profile::parse_duration(period)?;
+        if window >= period {
+            return Err(format!(
+                "{text:?}: the window must be shorter than the period (the probes would never \
+                 come off)"
+            ));
+        }
+        Ok(Self { window, period })
+    }
+}
+
+/// What the assignment sampler attaches, and where.
+pub struct AssignProbes {
+    pub exe: std::path::PathBuf,
+    pub points: Vec<crate::probes::stw::ProbePoint>,
 }
 
 /// The latest kept snapshot of one map.
@@ -53,6 +88,9 @@ pub struct MapReport {
     pub read_bytes: u64,
     pub read_micros: u64,
     pub taken_unix_ms: u64,
+    /// Assignments per second in the last sampling window (`--map-assign-sampling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigns_per_second: Option<f64>,
 }
 
 /// The latest snapshots, shared with the HTTP endpoint.
@@ -81,6 +119,11 @@ pub struct MapCollector {
     latest: HashMap<u64, MapReport>,
     failures: HashMap<u64, u32>,
     sites_with_gauges: BTreeSet<String>,
+    /// The assignment probes, when sampling is on.
+    pub assign_probes: Option<AssignProbes>,
+    /// Assignments per second by map, from the last window.
+    assign_rates: HashMap<u64, f64>,
+    sites_with_rates: BTreeSet<String>,
     pub view: MapView,
 }
 
@@ -107,6 +150,9 @@ impl MapCollector {
             latest: HashMap::new(),
             failures: HashMap::new(),
             sites_with_gauges: BTreeSet::new(),
+            assign_probes: None,
+            assign_rates: HashMap::new(),
+            sites_with_rates: BTreeSet::new(),
             view: MapView::default(),
         }
     }
@@ -116,14 +162,99 @@ impl MapCollector {
         let mut events = tokio::time::interval(EVENT_INTERVAL);
         let mut snapshots = tokio::time::interval(self.options.snapshot_interval);
         snapshots.tick().await;
+        let sampling = self
+            .options
+            .assign_sampling
+            .filter(|_| self.assign_probes.is_some());
+        let mut assigns =
+            tokio::time::interval(sampling.map_or(Duration::from_secs(3600), |s| s.period));
+        assigns.tick().await;
         loop {
             tokio::select! {
                 () = &mut stop => break,
                 _ = events.tick() => self.read_events(),
                 _ = snapshots.tick() => self.snapshot_round().await,
+                _ = assigns.tick(), if sampling.is_some() => {
+                    // A stop during the window ends it early; the probes come off either way.
+                    if let Some(sampling) = sampling {
+                        self.sample_assigns(sampling.window, &mut stop).await;
+                    }
+                }
             }
         }
         self.read_events();
+    }
+
+    /// Attach the assignment probes for `window` (or until `stop`), then count by map.
+    async fn sample_assigns(
+        &mut self,
+        window: Duration,
+        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) {
+        let Some(probes) = &self.assign_probes else {
+            return;
+        };
+        let mut attached = match crate::probes::loaded::AttachedProbes::attach(
+            self.pid,
+            &probes.exe,
+            &probes.points,
+        ) {
+            Ok(attached) => attached,
+            // The target exiting fails the attach; that is no news. (An exited child not yet
+            // reaped still has /proc/PID, but no exe.)
+            Err(_) if std::fs::read_link(format!("/proc/{}/exe", self.pid)).is_err() => {
+                return;
+            }
+            Err(error) => {
+                tracing::warn!("map assignment sampling: attaching failed: {error}");
+                return;
+            }
+        };
+        let started = Instant::now();
+        tokio::select! {
+            () = tokio::time::sleep(window) => {}
+            () = stop.as_mut() => {}
+        }
+        // Read the counts at the end of the window, before detaching: removing uprobes takes
+        // the kernel a while, and counts after `seconds` would inflate the rate.
+        let seconds = started.elapsed().as_secs_f64();
+        let rates = attached.take_assign_counts().map(|counts| {
+            counts
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(map, per_cpu)| (map, per_cpu.iter().sum::<u64>() as f64 / seconds))
+                .collect()
+        });
+        attached.detach();
+        if let Ok(rates) = rates {
+            self.assign_rates = rates;
+            self.export_assign_rates();
+        }
+    }
+
+    /// Per site, the assignment rates of its tracked maps.
+    fn export_assign_rates(&mut self) {
+        let tracked: Vec<(u64, TrackedMap)> = self.tracked.iter().filter_map(Result::ok).collect();
+        let mut by_site: BTreeMap<String, f64> = BTreeMap::new();
+        for (address, map) in tracked {
+            let rate = self.assign_rates.get(&address).copied().unwrap_or(0.0);
+            let site = self.site(map.stack_id);
+            let label = self.label(site);
+            *by_site.entry(label).or_default() += rate;
+            if let Some(report) = self.latest.get_mut(&address) {
+                report.assigns_per_second = Some(rate);
+            }
+        }
+        let metrics = self.metrics.maps();
+        for site in &self.sites_with_rates {
+            if !by_site.contains_key(site) {
+                metrics.clear_assign_rate(site);
+            }
+        }
+        for (site, rate) in &by_site {
+            metrics.assign_rate(site, *rate);
+        }
+        self.sites_with_rates = by_site.into_keys().collect();
     }
 
     /// The site label of a kernel stack: `function (file:line)`.
@@ -231,6 +362,7 @@ impl MapCollector {
                     taken_unix_ms: std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |since| since.as_millis() as u64),
+                    assigns_per_second: self.assign_rates.get(&address).copied(),
                 };
                 self.latest.insert(address, report);
             }

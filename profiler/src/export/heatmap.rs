@@ -233,6 +233,7 @@ mod tests {
             read_bytes: 0,
             read_micros: 0,
             taken_unix_ms: 0,
+            assigns_per_second: None,
         }
     }
 

@@ -34,6 +34,7 @@ pub struct MapFamilies {
     capacity: GaugeVec,
     bytes: GaugeVec,
     tracked: GaugeVec,
+    assigns: GaugeVec,
     growths: IntCounterVec,
     overflows: IntCounterVec,
     snapshots: IntCounterVec,
@@ -86,6 +87,11 @@ impl MapFamilies {
                 "mapscope_maps_snapshotted",
                 "Maps of a site whose last snapshot is in the map gauges.",
             )?,
+            assigns: gauge(
+                "mapscope_map_assigns_per_second",
+                "Assignments (m[k] = v, new or existing keys) per second into the tracked maps \
+                 of a site, measured in the last --map-assign-sampling window (only with it).",
+            )?,
             growths: IntCounterVec::new(
                 Opts::new(
                     "mapscope_map_growths_total",
@@ -132,6 +138,7 @@ impl MapFamilies {
         registry.register(Box::new(families.capacity.clone()))?;
         registry.register(Box::new(families.bytes.clone()))?;
         registry.register(Box::new(families.tracked.clone()))?;
+        registry.register(Box::new(families.assigns.clone()))?;
         registry.register(Box::new(families.growths.clone()))?;
         registry.register(Box::new(families.overflows.clone()))?;
         registry.register(Box::new(families.snapshots.clone()))?;
@@ -257,6 +264,18 @@ impl TargetMapMetrics<'_> {
             .set(totals.bytes as f64);
     }
 
+    pub fn assign_rate(&self, site: &str, rate: f64) {
+        self.touch(site);
+        self.families
+            .assigns
+            .with_label_values(&self.with(site))
+            .set(rate);
+    }
+
+    pub fn clear_assign_rate(&self, site: &str) {
+        let _ = self.families.assigns.remove_label_values(&self.with(site));
+    }
+
     /// A site whose maps are all gone has no gauges (not zeros, which would read as empty maps).
     pub fn clear_totals(&self, site: &str) {
         let labels = self.with(site);
@@ -279,6 +298,7 @@ impl TargetMapMetrics<'_> {
                 let _ = families.capacity.remove_label_values(&labels);
                 let _ = families.bytes.remove_label_values(&labels);
                 let _ = families.tracked.remove_label_values(&labels);
+                let _ = families.assigns.remove_label_values(&labels);
                 let _ = families.growths.remove_label_values(&labels);
                 let _ = families.overflows.remove_label_values(&labels);
             }

@@ -33,6 +33,16 @@ pub const MALLOCGC_SPECIALIZED: &[&str] = &[
 /// `makemap(t, hint int, h) *hmap` / `*maps.Map`: a map created with a size hint (src/runtime
 /// map.go, map_swiss.go) in go1.19.8 through go1.27.3: type, hint, header in RAX, RBX, RCX.
 pub const MAKEMAP: &str = "runtime.makemap";
+/// `mapassign*(t, h, key) unsafe.Pointer`: every `m[k] = v`, the map in RBX, in go1.19.8
+/// through go1.27.3 (src/runtime/map*.go; from 1.24 the bodies live in internal/runtime/maps
+/// and are linknamed to these names). Probed only in `--map-assign-sampling` windows.
+pub const MAP_ASSIGN: &[&str] = &[
+    "runtime.mapassign",
+    "runtime.mapassign_fast32",
+    "runtime.mapassign_fast64",
+    "runtime.mapassign_fast64ptr",
+    "runtime.mapassign_faststr",
+];
 const HASH_GROW: &str = "runtime.hashGrow";
 const NEW_OVERFLOW: &str = "runtime.(*hmap).newoverflow";
 const TABLE_GROW: &str = "internal/runtime/maps.(*table).grow";
@@ -41,6 +51,11 @@ const TABLE_SPLIT: &str = "internal/runtime/maps.(*table).split";
 /// Everything mapscope looks up in a binary (a trailing `*` is a prefix).
 pub const WANTED: &[&str] = &[
     MAKEMAP,
+    MAP_ASSIGN[0],
+    MAP_ASSIGN[1],
+    MAP_ASSIGN[2],
+    MAP_ASSIGN[3],
+    MAP_ASSIGN[4],
     HASH_GROW,
     NEW_OVERFLOW,
     TABLE_GROW,

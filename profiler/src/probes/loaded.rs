@@ -155,6 +155,11 @@ impl AttachedProbes {
         })
     }
 
+    /// Assignment counts by map (`--map-assign-sampling`).
+    pub fn take_assign_counts(&mut self) -> Result<PerCpuHashMap<MapData, u64, u64>, LoadError> {
+        self.take("MAP_ASSIGNS")
+    }
+
     pub fn take_map_maps(&mut self) -> Result<MapMaps, LoadError> {
         Ok(MapMaps {
             tracked: self.take("TRACKED_MAPS")?,

@@ -6,7 +6,7 @@ use profiler_common::maps::{LAYOUT_BUCKETS, LAYOUT_SWISS, MapEventCookie};
 use super::stw::ProbePoint;
 use crate::gobin::{
     GoBinary,
-    abi::{MAKEMAP, MapAbi, MapAbiRow},
+    abi::{self, MAKEMAP, MapAbi, MapAbiRow},
 };
 
 /// Program names in the eBPF object (profiler-ebpf/src/maps.rs). The event programs differ
@@ -18,6 +18,26 @@ const MAP_EVENT: [(u8, u8, &str); 3] = [
 ];
 pub const MAP_CREATE_ENTRY: &str = "map_create_entry";
 pub const MAP_CREATE_RETURN: &str = "map_create_return";
+pub const MAP_ASSIGN: &str = "map_assign";
+
+/// The assignment probes (`--map-assign-sampling`): the entry of every `mapassign*` variant the
+/// binary has, after its stack check.
+pub fn plan_assign(binary: &GoBinary) -> Vec<ProbePoint> {
+    abi::MAP_ASSIGN
+        .iter()
+        .filter_map(|&name| {
+            let function = binary.function(name)?;
+            let address = binary.entry_site(function);
+            Some(ProbePoint {
+                program: MAP_ASSIGN,
+                function: name,
+                address,
+                file_offset: binary.file_offset(address)?,
+                cookie: 0,
+            })
+        })
+        .collect()
+}
 
 fn layout(row: &MapAbiRow) -> u8 {
     match row.abi {

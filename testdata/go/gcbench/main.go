@@ -9,6 +9,7 @@
 //	             grows a map past 8 entries, every 512th grows one from empty to 2048; print
 //	             {"ops":…,"seconds":…}.
 //	-mode smallmaps: build 16-entry maps from empty for -duration; print {"ns_per_map":…}.
+//	-mode sizedmaps: make(map[int]int, n) with a run-time n for -duration; same output.
 //	-mode bigmap: build a -entries map[int]int and a buffer of as many bytes as the map holds,
 //	             print {"map":ADDR,"type":ADDR,"buffer":ADDR,"buffer_len":N}, then wait for EOF.
 package main
@@ -195,6 +196,24 @@ func smallMaps() {
 	fmt.Println(string(out))
 }
 
+// sizedMaps calls make(map[int]int, n) with a run-time n (runtime.makemap) for -duration and
+// prints {"ns_per_map":…}.
+func sizedMaps() {
+	n := 16 + len(os.Args)%2
+	start := time.Now()
+	count := 0
+	for time.Since(start) < *duration {
+		for i := 0; i < 100; i++ {
+			m := make(map[int]int, n)
+			total += int64(len(m))
+			mapSink.Store(nil)
+			count++
+		}
+	}
+	out, _ := json.Marshal(map[string]any{"ns_per_map": float64(time.Since(start).Nanoseconds()) / float64(count)})
+	fmt.Println(string(out))
+}
+
 // eface is an interface's two words: the type descriptor and the data (for a map, its header).
 type eface struct{ typ, data unsafe.Pointer }
 
@@ -230,6 +249,8 @@ func main() {
 		mapLoad()
 	case "smallmaps":
 		smallMaps()
+	case "sizedmaps":
+		sizedMaps()
 	case "bigmap":
 		bigMap()
 	case "alloc":

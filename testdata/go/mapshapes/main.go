@@ -10,6 +10,8 @@
 //	<- "inspect"        the same report again, without touching the maps
 //	<- "free NAME"      drop the map NAME, collect it and reuse its memory; answer "reused"
 //	<- "churn NAME"     keep inserting into and deleting from NAME in the background; "ok"
+//	<- "assign NAME N"  keep assigning to existing keys of NAME, N per second; "ok"
+//	<- "assigned"       -> {"per_second": the rate achieved since "assign"}
 //	<- "exit" or EOF    exit 0
 //
 // Each shape is built in its own function, which is the map's site as mapscope names it.
@@ -24,6 +26,8 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
@@ -223,6 +227,37 @@ func churn(name string) {
 	}()
 }
 
+var (
+	assigned      atomic.Int64
+	assignStarted time.Time
+)
+
+// assign keeps updating existing keys of NAME (no growth) at a paced rate, as a service under
+// steady load does: 1/1000 of the rate every millisecond.
+func assign(name string, perSecond int) {
+	mu.Lock()
+	m, ok := maps[name].(map[int]int)
+	mu.Unlock()
+	if !ok {
+		return
+	}
+	assignStarted = time.Now()
+	go func() {
+		ticker := time.NewTicker(time.Millisecond)
+		for i := 0; ; {
+			<-ticker.C
+			// Catch up with the clock, so a late tick does not lower the rate.
+			due := int(time.Since(assignStarted).Seconds() * float64(perSecond))
+			mu.Lock()
+			for ; i < due; i++ {
+				m[(i%grownN)*7919] = i
+			}
+			mu.Unlock()
+			assigned.Store(int64(i))
+		}
+	}()
+}
+
 func main() {
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
@@ -245,6 +280,14 @@ func main() {
 		case "churn":
 			churn(words[1])
 			fmt.Println("ok")
+		case "assign":
+			var rate int
+			fmt.Sscan(words[2], &rate)
+			assign(words[1], rate)
+			fmt.Println("ok")
+		case "assigned":
+			seconds := time.Since(assignStarted).Seconds()
+			fmt.Printf("{\"per_second\":%f}\n", float64(assigned.Load())/seconds)
 		case "exit":
 			return
 		}
