@@ -17,7 +17,10 @@ use profiler_common::{
     counters,
 };
 
-use crate::{counters::bump, goabi::GoRegs};
+use crate::{
+    counters::{bump, hit},
+    goabi::GoRegs,
+};
 
 /// User stacks of sampled allocations, walked by the kernel through Go's frame pointers.
 #[map]
@@ -34,6 +37,7 @@ const PROFILEALLOC_ARG_SIZE: usize = 2;
 
 #[uprobe]
 pub fn alloc_sample(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_ALLOC);
     let size = GoRegs::new(&ctx).int(PROFILEALLOC_ARG_SIZE);
     let stack_id = ctx
         .get_stackid(&ALLOC_STACKS, u64::from(BPF_F_USER_STACK))
@@ -73,6 +77,7 @@ fn add(slot: u32, value: u64) {
 
 #[uprobe]
 pub fn alloc_exact(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_ALLOC);
     let size = GoRegs::new(&ctx).int(MALLOCGC_ARG_SIZE);
     // mallocgc(0) hands out the shared zero-sized object; the runtime does not count it.
     if size == 0 {

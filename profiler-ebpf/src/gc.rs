@@ -26,7 +26,10 @@ use profiler_common::{
     },
 };
 
-use crate::{counters::bump, goabi::GoRegs};
+use crate::{
+    counters::{bump, hit},
+    goabi::GoRegs,
+};
 
 /// Threads currently between a stop and a start (Go 1.21/1.22, which need the stop side).
 /// Far more slots than a process has threads in a stop at once: only one thread can hold
@@ -128,6 +131,7 @@ fn remember(map: &HashMap<u64, PendingStw>, thread: u64, pending: &PendingStw) {
 /// passes the reason as an argument; Go 1.19 leaves it in `m.preemptoff`.
 #[uprobe]
 pub fn stw_stop_entry(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_STW);
     let Some(cookie) = cookie(&ctx) else {
         return 0;
     };
@@ -164,6 +168,7 @@ pub fn stw_stop_entry(ctx: ProbeContext) -> u32 {
 /// end of stopping to `startTheWorldWithSema`, so the kernel clock marks it.
 #[uprobe]
 pub fn stw_stop_return(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_STW);
     // SAFETY: reads the monotonic clock; no memory is touched.
     let now = unsafe { bpf_ktime_get_ns() };
     let thread = bpf_get_current_pid_tgid();
@@ -196,6 +201,7 @@ pub fn stw_stop_return(ctx: ProbeContext) -> u32 {
 /// Entry of `startTheWorldWithSema`: collect what the runtime knows about the pause so far.
 #[uprobe]
 pub fn stw_start_entry(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_STW);
     let thread = bpf_get_current_pid_tgid();
     let regs = GoRegs::new(&ctx);
     let pending = match layout(&ctx) {
@@ -240,6 +246,7 @@ pub fn stw_start_entry(ctx: ProbeContext) -> u32 {
 /// RET sites of `startTheWorldWithSema`: the result is the runtime's end of the pause.
 #[uprobe]
 pub fn stw_start_return(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_STW);
     let thread = bpf_get_current_pid_tgid();
     // SAFETY: copies the value out at once; the entry is only written by this thread.
     let Some(pending) = (unsafe { STARTING.get(thread) }).copied() else {

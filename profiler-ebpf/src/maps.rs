@@ -22,7 +22,10 @@ use profiler_common::{
     },
 };
 
-use crate::{counters::bump, goabi::GoRegs};
+use crate::{
+    counters::{bump, hit},
+    goabi::GoRegs,
+};
 
 /// Sites of maps: the user stack at the event where each map was first seen.
 #[map]
@@ -126,18 +129,21 @@ fn on_event<const MAP: usize, const TYPE: usize>(ctx: &ProbeContext) -> u32 {
 /// Map in RAX, type in RBX: `(*hmap).newoverflow(t, b)`, `(*Map).growToTable(typ)`.
 #[uprobe]
 pub fn map_event_map0_type1(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_MAP_EVENT);
     on_event::<0, 1>(&ctx)
 }
 
 /// Map in RBX, type in RAX: `hashGrow(t, h)`.
 #[uprobe]
 pub fn map_event_map1_type0(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_MAP_EVENT);
     on_event::<1, 0>(&ctx)
 }
 
 /// Map in RCX, type in RBX: `(*table).grow(typ, m, n)`, `(*table).split(typ, m)`.
 #[uprobe]
 pub fn map_event_map2_type1(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_MAP_EVENT);
     on_event::<2, 1>(&ctx)
 }
 
@@ -146,6 +152,7 @@ pub fn map_event_map2_type1(ctx: ProbeContext) -> u32 {
 /// type and hint are known here, the map only at the return. The cookie carries the layout.
 #[uprobe]
 pub fn map_create_entry(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_MAP_CREATE);
     let regs = GoRegs::new(&ctx);
     let hint = regs.int(1);
     // A negative hint is refused by the runtime; small ones are not worth a stack walk.
@@ -169,6 +176,7 @@ pub fn map_create_entry(ctx: ProbeContext) -> u32 {
 /// At each RET of `makemap`: the new map is the result (first result register).
 #[uprobe]
 pub fn map_create_return(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_MAP_CREATE);
     let regs = GoRegs::new(&ctx);
     let g = regs.g();
     // SAFETY: the value is copied out before the entry is removed.
@@ -206,6 +214,7 @@ static MAP_ASSIGNS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MA
 /// maps are counted too: the count is by map, and userspace keeps the tracked ones.
 #[uprobe]
 pub fn map_assign(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_MAP_ASSIGN);
     let map = GoRegs::new(&ctx).int(1);
     if let Some(count) = MAP_ASSIGNS.get_ptr_mut(map) {
         // SAFETY: this CPU's own slot, fresh from the lookup; uprobe programs do not preempt

@@ -27,7 +27,7 @@ use std::{
 
 use mapscope::{
     collect::stw::StwCollector,
-    export::metrics::Metrics,
+    export::metrics::{Metrics, TargetIdentity},
     gobin::{
         GoBinary,
         abi::{self, Support},
@@ -425,7 +425,12 @@ async fn call_run(gcbench: &Path, programs: Option<(&'static str, &'static str)>
                 unreachable!("1.27 is in the table")
             };
             let metrics = Arc::new(Metrics::new().unwrap());
-            let target = Arc::new(metrics.target(child.id(), "gcbench", "go1.27.3"));
+            let target = Arc::new(metrics.target(&TargetIdentity {
+                pid: child.id(),
+                exe: "gcbench".into(),
+                go_version: "go1.27.3".into(),
+                container: String::new(),
+            }));
             let mut collector =
                 StwCollector::new(probes.take_stw_maps().unwrap(), abi, target).unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

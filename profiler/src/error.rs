@@ -18,6 +18,8 @@ pub enum Exit {
     Launch = 10,
     /// `profile` found nothing to sample (allocation sampling off in the target).
     NothingSampled = 11,
+    /// The daemon's config file or web config file is invalid.
+    Config = 12,
 }
 
 #[derive(Debug)]

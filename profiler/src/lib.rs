@@ -5,6 +5,7 @@
 //! rendered (`export`). `session` strings one target through all of it; `cli` is the front.
 pub mod cli;
 pub mod collect;
+pub mod daemon;
 pub mod error;
 pub mod export;
 mod fdwatch;

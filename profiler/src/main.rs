@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => cli::inspect::run(args).map(|()| 0),
             Command::Profile(args) => cli::profile::run(args).await.map(|()| 0),
             Command::Heatmap(args) => cli::heatmap::run(args).await.map(|()| 0),
+            Command::Daemon(args) => cli::daemon::run(args).await.map(|()| 0),
         }
     });
     match result {

@@ -13,7 +13,10 @@ use crate::{
         stw::StwCollector,
     },
     error::{Exit, UserError},
-    export::{self, metrics::Metrics},
+    export::{
+        self,
+        metrics::{Metrics, TargetIdentity},
+    },
     gobin::{
         GoBinary, GoBinaryError,
         abi::{self, MapAbiRow, NEWEST_KNOWN, OLDEST_SUPPORTED, StwAbi, Support},
@@ -47,6 +50,8 @@ pub struct Target {
     pub binary: Arc<GoBinary>,
     /// Where the executable is loaded relative to its file addresses (non-zero for PIEs).
     pub load_bias: u64,
+    /// The container the process runs in (from its cgroup), empty outside containers.
+    pub container: String,
 }
 
 /// What the user can tune about a profiling session.
@@ -207,6 +212,7 @@ pub fn understand(process: Process, options: &Options) -> Result<Target, UserErr
             format!("{who} exited while mapscope was reading it"),
         ));
     }
+    let container = process.container_id().unwrap_or_default();
     Ok(Target {
         process,
         go_version: binary.build_info.go_version.clone(),
@@ -217,6 +223,7 @@ pub fn understand(process: Process, options: &Options) -> Result<Target, UserErr
         maps,
         binary: Arc::new(binary),
         load_bias,
+        container,
     })
 }
 
@@ -300,32 +307,74 @@ pub fn attach(mut target: Target, options: Options) -> anyhow::Result<Attached> 
     }
 }
 
+/// What this process's HTTP endpoint serves: one registry, and each target's latest allocation
+/// profile and map snapshots by PID. Shared by every target of `mapscope daemon`.
+#[derive(Clone)]
+pub struct Exported {
+    pub metrics: Arc<Metrics>,
+    pub views: export::http::TargetViews,
+}
+
+impl Exported {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics: Arc::new(metrics),
+            views: export::http::TargetViews::default(),
+        }
+    }
+}
+
+/// Serve `exported` on `listener` until `shutdown` resolves. `web` adds TLS and basic auth.
+pub fn serve(
+    listener: std::net::TcpListener,
+    exported: &Exported,
+    web: Option<Arc<export::webconfig::WebConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::from_std(listener).context("serving metrics")?;
+    let address = listener.local_addr().context("serving metrics")?;
+    let served = export::http::Served {
+        metrics: Arc::clone(&exported.metrics),
+        targets: exported.views.clone(),
+    };
+    Ok((
+        address,
+        tokio::spawn(export::http::serve(listener, served, web, shutdown)),
+    ))
+}
+
+/// A target's presence in the endpoint: removed on drop.
+struct Registered<'a> {
+    exported: &'a Exported,
+    metrics: Arc<crate::export::metrics::TargetMetrics>,
+    pid: u32,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.metrics.remove();
+        self.exported.views.remove(self.pid);
+        self.exported.metrics.targets_changed(-1);
+    }
+}
+
 impl Attached {
     /// Serve metrics and collect until `stop` resolves; then detach every probe, drain the last
-    /// events and return the tally for the summary.
+    /// events and return the tally for the summary. (`attach`, `run`, `profile`, `heatmap`.)
     pub async fn profile(
-        mut self,
+        self,
         listener: Option<std::net::TcpListener>,
         options: Options,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<Outcome> {
-        let process = &self.target.process;
-        let metrics = Arc::new(Metrics::new().context("creating the metrics registry")?);
-        let target_metrics =
-            Arc::new(metrics.target(process.pid, &process.exe_name, &self.target.go_version));
-        let allocs = AllocProfile::default();
-        let map_view = MapView::default();
+        let exported = Exported::new(Metrics::new().context("creating the metrics registry")?);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let process = &self.target.process;
         let server = match listener {
             Some(listener) => {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).context("serving metrics")?;
-                let address = listener.local_addr().context("serving metrics")?;
-                let served = export::http::Served {
-                    metrics: Arc::clone(&metrics),
-                    allocs: Arc::clone(&allocs),
-                    maps: Arc::clone(&map_view),
-                };
+                let (address, server) = serve(listener, &exported, None, async {
+                    let _ = shutdown_rx.await;
+                })?;
                 tracing::info!(
                     "attached {} probes to PID {} ({}, {}); metrics on http://{address}/metrics",
                     self.probes.count,
@@ -333,9 +382,7 @@ impl Attached {
                     process.exe_name,
                     self.target.go_version,
                 );
-                Some(tokio::spawn(export::http::serve(listener, served, async {
-                    let _ = shutdown_rx.await;
-                })))
+                Some(server)
             }
             None => {
                 tracing::info!(
@@ -347,6 +394,51 @@ impl Attached {
                 );
                 None
             }
+        };
+        let outcome = self.collect(&exported, options, stop).await;
+        let _ = shutdown.send(());
+        if let Some(server) = server {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!("metrics server stopped with an error: {error}"),
+                Err(error) => tracing::warn!("metrics server task failed: {error}"),
+            }
+        }
+        outcome
+    }
+
+    /// Collect into `exported` until `stop` resolves; then detach every probe, drain the last
+    /// events, remove the target's series and views, and return the tally. The one code path
+    /// for a target, whether alone or one of the daemon's.
+    pub async fn collect(
+        mut self,
+        exported: &Exported,
+        options: Options,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<Outcome> {
+        let process = &self.target.process;
+        let who = TargetIdentity {
+            pid: process.pid,
+            exe: process.exe_name.clone(),
+            go_version: self.target.go_version.clone(),
+            container: self.target.container.clone(),
+        };
+        let target_metrics = Arc::new(exported.metrics.target(&who));
+        let allocs = AllocProfile::default();
+        let map_view = MapView::default();
+        exported.views.insert(
+            process.pid,
+            export::http::TargetView {
+                allocs: Arc::clone(&allocs),
+                maps: Arc::clone(&map_view),
+            },
+        );
+        exported.metrics.targets_changed(1);
+        // However this ends, the target's series and views go with it.
+        let _registered = Registered {
+            exported,
+            metrics: Arc::clone(&target_metrics),
+            pid: process.pid,
         };
 
         let maps = self.probes.take_stw_maps()?;
@@ -434,15 +526,6 @@ impl Attached {
         }
 
         let book = std::mem::take(&mut collector.book);
-        target_metrics.remove();
-        let _ = shutdown.send(());
-        if let Some(server) = server {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!("metrics server stopped with an error: {error}"),
-                Err(error) => tracing::warn!("metrics server task failed: {error}"),
-            }
-        }
         let allocs = allocs
             .lock()
             .ok()

@@ -1,5 +1,6 @@
 //! Command line: one file per subcommand. `main.rs` only parses and hands over.
 pub mod attach;
+pub mod daemon;
 pub mod heatmap;
 pub mod inspect;
 pub mod profile;
@@ -51,6 +52,9 @@ pub enum Command {
     Profile(profile::ProfileArgs),
     /// Draw the buckets of a running Go process's big maps (SVG), or write them as JSON.
     Heatmap(heatmap::HeatmapArgs),
+    /// Profile every selected Go process as it starts, until it exits (DaemonSet, sidecar,
+    /// systemd): one metrics endpoint for all.
+    Daemon(daemon::DaemonArgs),
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +177,7 @@ mod tests {
             ("inspect", help_of(&["inspect"])),
             ("profile alloc", help_of(&["profile", "alloc"])),
             ("heatmap", help_of(&["heatmap"])),
+            ("daemon", help_of(&["daemon"])),
         ];
         let snapshot = sections.iter().fold(help, |all, (name, text)| {
             format!("{all}\n---- {name}\n{text}")

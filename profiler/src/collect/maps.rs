@@ -225,7 +225,13 @@ impl MapCollector {
                 .map(|(map, per_cpu)| (map, per_cpu.iter().sum::<u64>() as f64 / seconds))
                 .collect()
         });
+        let hits = attached
+            .hit_counts()
+            .get(profiler_common::counters::HIT_MAP_ASSIGN as usize)
+            .copied()
+            .unwrap_or(0);
         attached.detach();
+        self.metrics.probe_hits("map_assign", hits);
         if let Ok(rates) = rates {
             self.assign_rates = rates;
             self.export_assign_rates();

@@ -20,6 +20,8 @@ pub struct StwCollector {
     counters: PerCpuArray<MapData, u64>,
     /// Kernel counter totals already exported, to export only the increase.
     counters_seen: [u64; counters::COUNT as usize],
+    hits: PerCpuArray<MapData, u64>,
+    hits_seen: [u64; counters::HIT_KINDS as usize],
     abi: &'static StwAbi,
     metrics: Arc<TargetMetrics>,
     pub book: PauseBook,
@@ -35,6 +37,8 @@ impl StwCollector {
             events: crate::fdwatch::readable(maps.events)?,
             counters: maps.counters,
             counters_seen: [0; counters::COUNT as usize],
+            hits: maps.hits,
+            hits_seen: [0; counters::HIT_KINDS as usize],
             abi,
             metrics,
             book: PauseBook::default(),
@@ -93,6 +97,18 @@ impl StwCollector {
     }
 
     fn sync_counters(&mut self) {
+        for kind in 0..counters::HIT_KINDS {
+            let Ok(per_cpu) = self.hits.get(&kind, 0) else {
+                continue;
+            };
+            let total: u64 = per_cpu.iter().sum();
+            let seen = &mut self.hits_seen[kind as usize];
+            if total > *seen {
+                self.metrics
+                    .probe_hits(counters::HIT_NAMES[kind as usize], total - *seen);
+                *seen = total;
+            }
+        }
         for index in 0..counters::COUNT {
             let Ok(per_cpu) = self.counters.get(&index, 0) else {
                 continue;

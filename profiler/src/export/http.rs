@@ -1,58 +1,212 @@
-//! The `/metrics` endpoint.
-use std::{net::SocketAddr, sync::Arc};
+//! The HTTP endpoint: `/metrics` for Prometheus, and per target its allocation profile and map
+//! snapshots (`?pid=N` picks the target when there are several). Optionally behind TLS and
+//! basic auth (`webconfig`).
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use axum::{
     Router,
-    extract::{Query, State},
-    http::StatusCode,
-    response::IntoResponse,
+    extract::{Query, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use tokio::net::TcpListener;
 
-use super::{heatmap, metrics::Metrics};
+use super::{heatmap, metrics::Metrics, webconfig::WebConfig};
 use crate::collect::{alloc::AllocProfile, maps::MapView};
 
 const INDEX: &str = "mapscope: Prometheus metrics at /metrics, allocation profile (pprof) at \
                      /debug/pprof/allocs, map snapshots at /debug/maps (JSON) and \
-                     /debug/maps/heatmap.svg (?site=PATTERN filters both)\n";
+                     /debug/maps/heatmap.svg (?site=PATTERN filters both; ?pid=N picks the \
+                     target when there are several)\n";
+
+/// One target's latest allocation profile and map snapshots.
+#[derive(Clone)]
+pub struct TargetView {
+    pub allocs: AllocProfile,
+    pub maps: MapView,
+}
+
+/// The views of every target being profiled, by PID.
+#[derive(Clone, Default)]
+pub struct TargetViews(Arc<Mutex<BTreeMap<u32, TargetView>>>);
+
+impl TargetViews {
+    pub fn insert(&self, pid: u32, view: TargetView) {
+        if let Ok(mut views) = self.0.lock() {
+            views.insert(pid, view);
+        }
+    }
+
+    pub fn remove(&self, pid: u32) {
+        if let Ok(mut views) = self.0.lock() {
+            views.remove(&pid);
+        }
+    }
+
+    /// The target `pid`, or the only one when no PID is given.
+    fn pick(&self, pid: Option<u32>) -> Result<TargetView, (StatusCode, String)> {
+        let views = self
+            .0
+            .lock()
+            .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "poisoned\n".to_owned()))?;
+        match pid {
+            Some(pid) => views.get(&pid).cloned().ok_or_else(|| {
+                (
+                    StatusCode::NOT_FOUND,
+                    format!("PID {pid} is not profiled here\n"),
+                )
+            }),
+            None if views.len() == 1 => Ok(views
+                .values()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| unreachable!("one view"))),
+            None if views.is_empty() => Err((
+                StatusCode::NOT_FOUND,
+                "no target is profiled yet\n".to_owned(),
+            )),
+            None => Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "several targets are profiled here: add ?pid= one of {}\n",
+                    views
+                        .keys()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+}
 
 /// What the endpoints serve.
 #[derive(Clone)]
 pub struct Served {
     pub metrics: Arc<Metrics>,
-    pub allocs: AllocProfile,
-    pub maps: MapView,
+    pub targets: TargetViews,
 }
 
 #[derive(serde::Deserialize)]
-struct MapQuery {
+struct TargetQuery {
+    pid: Option<u32>,
     site: Option<String>,
 }
 
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
 /// Serve until `shutdown` resolves. The listener is bound by the caller, so a taken address
-/// is reported before any probe is attached.
+/// is reported before any probe is attached. With `web`, requests need its credentials and,
+/// if it has a certificate, TLS.
 pub async fn serve(
     listener: TcpListener,
     served: Served,
+    web: Option<Arc<WebConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/", get(|| async { INDEX }))
         .route("/metrics", get(scrape))
         .route("/debug/pprof/allocs", get(allocs))
         .route("/debug/maps", get(maps_json))
         .route("/debug/maps/heatmap.svg", get(maps_svg))
         .with_state(served);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    if let Some(web) = web.as_ref().filter(|web| web.requires_auth()) {
+        router = router.layer(middleware::from_fn_with_state(Arc::clone(web), basic_auth));
+    }
+    match web.and_then(|web| web.tls.clone()) {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(acceptor) => {
+            serve_tls(listener, router, acceptor, shutdown).await;
+            Ok(())
+        }
+    }
 }
 
-/// The allocations sampled since mapscope attached, as a gzipped pprof profile (`go tool pprof
-/// http://ADDR/debug/pprof/allocs`).
-async fn allocs(State(served): State<Served>) -> impl IntoResponse {
-    let profile = served.allocs.lock().ok().and_then(|current| {
+async fn basic_auth(State(web): State<Arc<WebConfig>>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    // bcrypt takes milliseconds by design: off the async workers.
+    let given = given.map(str::to_owned);
+    let check = Arc::clone(&web);
+    let allowed = tokio::task::spawn_blocking(move || check.authorized(given.as_deref()))
+        .await
+        .unwrap_or(false);
+    if allowed {
+        return next.run(request).await;
+    }
+    let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n".to_owned());
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"mapscope\""),
+    );
+    response
+}
+
+/// Accept TLS connections until `shutdown`; each connection is served on its own task, and a
+/// client that does not finish its handshake in 10 s is dropped.
+async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::debug!("accepting a connection: {error}");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+            let Ok(Ok(stream)) = handshake.await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+        });
+    }
+}
+
+/// A target's allocations sampled since mapscope attached, as a gzipped pprof profile (`go
+/// tool pprof http://ADDR/debug/pprof/allocs`).
+async fn allocs(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
+    let view = match served.targets.pick(query.pid) {
+        Ok(view) => view,
+        Err((status, message)) => return text(status, message),
+    };
+    let profile = view.allocs.lock().ok().and_then(|current| {
         current
             .as_ref()
             .map(|snapshot| snapshot.to_pprof().encode())
@@ -60,66 +214,79 @@ async fn allocs(State(served): State<Served>) -> impl IntoResponse {
     match profile {
         Some(Ok(bytes)) => (
             StatusCode::OK,
-            [("content-type", "application/octet-stream")],
+            [(header::CONTENT_TYPE, "application/octet-stream")],
             bytes,
-        ),
-        Some(Err(error)) => (
+        )
+            .into_response(),
+        Some(Err(error)) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "text/plain; charset=utf-8")],
-            format!("encoding the profile failed: {error}\n").into_bytes(),
+            format!("encoding the profile failed: {error}\n"),
         ),
-        None => (
+        None => text(
             StatusCode::NOT_FOUND,
-            [("content-type", "text/plain; charset=utf-8")],
-            b"no allocation profile: sampling is off in this target or nothing was read yet\n"
-                .to_vec(),
+            "no allocation profile: sampling is off in this target or nothing was read yet\n"
+                .to_owned(),
         ),
     }
 }
 
-/// The latest snapshot of each tracked map, with distributions and heatmap bands.
-async fn maps_json(
-    State(served): State<Served>,
-    Query(query): Query<MapQuery>,
-) -> impl IntoResponse {
-    let reports = served
+/// A target's latest snapshot of each tracked map, with distributions and heatmap bands.
+async fn maps_json(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
+    let view = match served.targets.pick(query.pid) {
+        Ok(view) => view,
+        Err((status, message)) => return text(status, message),
+    };
+    let reports = view
         .maps
         .lock()
         .map(|view| view.clone())
         .unwrap_or_default();
     match heatmap::to_json(&heatmap::matching(&reports, query.site.as_deref())) {
-        Ok(json) => (StatusCode::OK, [("content-type", "application/json")], json),
-        Err(error) => (
+        Ok(json) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response(),
+        Err(error) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "text/plain; charset=utf-8")],
             format!("encoding the maps failed: {error}\n"),
         ),
     }
 }
 
-async fn maps_svg(
-    State(served): State<Served>,
-    Query(query): Query<MapQuery>,
-) -> impl IntoResponse {
-    let reports = served
+async fn maps_svg(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
+    let view = match served.targets.pick(query.pid) {
+        Ok(view) => view,
+        Err((status, message)) => return text(status, message),
+    };
+    let reports = view
         .maps
         .lock()
         .map(|view| view.clone())
         .unwrap_or_default();
     let svg = heatmap::to_svg(&heatmap::matching(&reports, query.site.as_deref()));
-    (StatusCode::OK, [("content-type", "image/svg+xml")], svg)
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "image/svg+xml")],
+        svg,
+    )
+        .into_response()
 }
 
-async fn scrape(State(served): State<Served>) -> impl IntoResponse {
+async fn scrape(State(served): State<Served>) -> Response {
     match served.metrics.encode() {
-        Ok(text) => (
+        Ok(body) => (
             StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-            text,
-        ),
-        Err(error) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(error) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "text/plain; charset=utf-8")],
             format!("encoding metrics failed: {error}\n"),
         ),
     }

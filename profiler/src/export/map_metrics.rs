@@ -7,9 +7,6 @@ use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Reg
 
 use crate::model::maps::{Distribution, MapShape};
 
-const SITE_LABELS: [&str; 4] = ["pid", "exe", "go_version", "site"];
-const REASON_LABELS: [&str; 4] = ["pid", "exe", "go_version", "reason"];
-
 /// Entries per bucket: a bucket holds 8, its overflow chain 8 more per bucket; a swiss group
 /// holds 8 (so its buckets stop at 8).
 fn entry_buckets() -> Vec<f64> {
@@ -43,14 +40,28 @@ pub struct MapFamilies {
 }
 
 impl MapFamilies {
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    /// The families, labeled by `target_labels` (plus `site` or `reason`).
+    pub fn register(
+        registry: &Registry,
+        target_labels: &[String],
+    ) -> Result<Self, prometheus::Error> {
+        let target: Vec<&str> = target_labels.iter().map(String::as_str).collect();
+        let with = |extra: &'static str| -> Vec<&str> {
+            target
+                .iter()
+                .copied()
+                .chain(std::iter::once(extra))
+                .collect()
+        };
+        let site_labels = with("site");
+        let reason_labels = with("reason");
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(buckets),
-                &SITE_LABELS,
+                &site_labels,
             )
         };
-        let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &SITE_LABELS);
+        let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &site_labels);
         let families = Self {
             bucket_entries: histogram(
                 "mapscope_map_bucket_entries",
@@ -98,21 +109,21 @@ impl MapFamilies {
                     "Growths of maps of 128+ entries (bucket maps: hashGrow; swiss tables: a \
                      table grown or split) by map site.",
                 ),
-                &SITE_LABELS,
+                &site_labels,
             )?,
             overflows: IntCounterVec::new(
                 Opts::new(
                     "mapscope_map_overflow_buckets_total",
                     "Overflow buckets allocated (runtime newoverflow, bucket maps) by map site.",
                 ),
-                &SITE_LABELS,
+                &site_labels,
             )?,
             snapshots: IntCounterVec::new(
                 Opts::new(
                     "mapscope_map_snapshots_total",
                     "Map snapshots taken and kept.",
                 ),
-                &SITE_LABELS[..3],
+                &target,
             )?,
             dropped: IntCounterVec::new(
                 Opts::new(
@@ -121,14 +132,14 @@ impl MapFamilies {
                      inconsistent (freed and reused, or torn), unreadable (freed), too_large \
                      (over --map-snapshot-max-bytes).",
                 ),
-                &REASON_LABELS,
+                &reason_labels,
             )?,
             bytes_read: IntCounterVec::new(
                 Opts::new(
                     "mapscope_map_snapshot_read_bytes_total",
                     "Bytes of target memory read for map snapshots.",
                 ),
-                &SITE_LABELS[..3],
+                &target,
             )?,
         };
         registry.register(Box::new(families.bucket_entries.clone()))?;
@@ -160,7 +171,7 @@ pub struct SiteTotals {
 /// The map series of one target (labels pid, exe, go_version).
 pub struct TargetMapMetrics<'a> {
     pub families: &'a MapFamilies,
-    pub labels: &'a [String; 3],
+    pub labels: &'a [String],
     pub sites: &'a std::sync::Mutex<BTreeSet<String>>,
     pub reasons: &'a std::sync::Mutex<BTreeSet<String>>,
 }
@@ -174,8 +185,12 @@ fn observe_all(histogram: &prometheus::Histogram, distribution: &Distribution) {
 }
 
 impl TargetMapMetrics<'_> {
-    fn with<'b>(&'b self, site: &'b str) -> [&'b str; 4] {
-        [&self.labels[0], &self.labels[1], &self.labels[2], site]
+    fn with<'b>(&'b self, site: &'b str) -> Vec<&'b str> {
+        self.labels
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(site))
+            .collect()
     }
 
     fn touch(&self, site: &str) {
@@ -228,12 +243,7 @@ impl TargetMapMetrics<'_> {
         if let Ok(mut reasons) = self.reasons.lock() {
             reasons.insert(reason.to_owned());
         }
-        let labels = [
-            self.labels[0].as_str(),
-            &self.labels[1],
-            &self.labels[2],
-            reason,
-        ];
+        let labels = self.with(reason);
         self.families.dropped.with_label_values(&labels).inc();
         self.families
             .bytes_read
@@ -305,12 +315,7 @@ impl TargetMapMetrics<'_> {
         }
         if let Ok(reasons) = self.reasons.lock() {
             for reason in reasons.iter() {
-                let labels = [
-                    self.labels[0].as_str(),
-                    &self.labels[1],
-                    &self.labels[2],
-                    reason,
-                ];
+                let labels = self.with(reason);
                 let _ = families.dropped.remove_label_values(&labels);
             }
         }

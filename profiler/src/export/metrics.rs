@@ -32,14 +32,31 @@ pub fn size_buckets() -> Vec<f64> {
     (3..=25).map(|power| f64::from(1u32 << power)).collect()
 }
 
-const TARGET_LABELS: [&str; 3] = ["pid", "exe", "go_version"];
+/// Label names as the crate takes them (it copies them).
+fn refs(names: &[String]) -> Vec<&str> {
+    names.iter().map(String::as_str).collect()
+}
+
+/// Labels of every per-target series, before any user-defined ones (`--label`, daemon config).
+pub const BASE_TARGET_LABELS: [&str; 4] = ["pid", "exe", "go_version", "container"];
+
+/// Who a target is, as its labels say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetIdentity {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+    /// Container id from the process's cgroup, empty outside containers.
+    pub container: String,
+}
 
 /// `mapscope_alloc_size_bytes`: estimated allocations by size, per target. A collector of its
 /// own because the counts are estimates (scaled samples), which a Prometheus histogram cannot
 /// observe; it renders the latest estimates as a histogram at each scrape.
 struct SizeHistograms {
     desc: Desc,
-    by_target: Mutex<BTreeMap<[String; 3], SizeHistogram>>,
+    label_names: Vec<String>,
+    by_target: Mutex<BTreeMap<Vec<String>, SizeHistogram>>,
 }
 
 /// Estimated allocation counts per size bucket (the last is +Inf), their count and byte sum.
@@ -103,7 +120,8 @@ impl Collector for SizeHistograms {
             histogram.set_sample_count(estimate.count.round() as u64);
             histogram.set_sample_sum(estimate.sum);
             // Sorted by name, as the crate's own metrics are.
-            let mut pairs: Vec<LabelPair> = TARGET_LABELS
+            let mut pairs: Vec<LabelPair> = self
+                .label_names
                 .iter()
                 .zip(labels)
                 .map(|(name, value)| {
@@ -133,6 +151,7 @@ pub struct Metrics {
     stopping: HistogramVec,
     gc_cycles: IntCounterVec,
     dropped: IntCounterVec,
+    hits: IntCounterVec,
     alloc_bytes: CounterVec,
     alloc_objects: CounterVec,
     alloc_samples: IntCounterVec,
@@ -144,6 +163,10 @@ pub struct Metrics {
     exact_objects: IntCounterVec,
     exact_bytes: IntCounterVec,
     maps: MapFamilies,
+    targets: prometheus::IntGauge,
+    attach_failures: IntCounterVec,
+    /// User-defined labels (name, value) on every per-target series.
+    extra_labels: Vec<(String, String)>,
 }
 
 /// Lets the registry hold the shared size histograms.
@@ -161,13 +184,27 @@ impl Collector for SharedSizes {
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_labels(Vec::new())
+    }
+
+    /// A registry whose per-target series also carry the user-defined labels `extra` (name,
+    /// value), the same for every target of this process.
+    pub fn with_labels(extra: Vec<(String, String)>) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let with_reason = [
-            TARGET_LABELS[0],
-            TARGET_LABELS[1],
-            TARGET_LABELS[2],
-            "reason",
-        ];
+        let target_labels: Vec<String> = BASE_TARGET_LABELS
+            .iter()
+            .map(|name| (*name).to_owned())
+            .chain(extra.iter().map(|(name, _)| name.clone()))
+            .collect();
+        let names = |more: &[&'static str]| -> Vec<String> {
+            target_labels
+                .iter()
+                .cloned()
+                .chain(more.iter().map(|name| (*name).to_owned()))
+                .collect()
+        };
+
+        let with_reason = names(&["reason"]);
         let pause = HistogramVec::new(
             HistogramOpts::new(
                 "mapscope_stw_pause_seconds",
@@ -176,7 +213,7 @@ impl Metrics {
                  /sched/pauses/total/{gc,other}:seconds).",
             )
             .buckets(pause_buckets()),
-            &with_reason,
+            &refs(&with_reason),
         )?;
         let stopping = HistogramVec::new(
             HistogramOpts::new(
@@ -185,7 +222,7 @@ impl Metrics {
                  had stopped (runtime/metrics /sched/pauses/stopping/{gc,other}:seconds).",
             )
             .buckets(pause_buckets()),
-            &with_reason,
+            &refs(&with_reason),
         )?;
         let gc_cycles = IntCounterVec::new(
             Opts::new(
@@ -193,7 +230,7 @@ impl Metrics {
                 "Completed GC cycles, counted at each GC mark termination \
                  (runtime/metrics /gc/cycles/total:gc-cycles, MemStats.NumGC).",
             ),
-            &TARGET_LABELS,
+            &refs(&names(&[])),
         )?;
         let dropped = IntCounterVec::new(
             Opts::new(
@@ -201,12 +238,15 @@ impl Metrics {
                 "Events mapscope saw but could not count, by reason; non-zero means the other \
                  numbers for this target are too low.",
             ),
-            &[
-                TARGET_LABELS[0],
-                TARGET_LABELS[1],
-                TARGET_LABELS[2],
-                "reason",
-            ],
+            &refs(&names(&["reason"])),
+        )?;
+        let hits = IntCounterVec::new(
+            Opts::new(
+                "mapscope_probe_hits_total",
+                "Uprobe hits, by probe family (stw, alloc, map_event, map_create, map_assign): \
+                 what mapscope costs the target, at about a microsecond per hit.",
+            ),
+            &refs(&names(&["probe"])),
         )?;
         let alloc_bytes = CounterVec::new(
             Opts::new(
@@ -214,7 +254,7 @@ impl Metrics {
                 "Heap bytes allocated, estimated from the runtime's own allocation sampling \
                  (scaled as pprof scales alloc_space) (runtime/metrics /gc/heap/allocs:bytes).",
             ),
-            &TARGET_LABELS,
+            &refs(&names(&[])),
         )?;
         let alloc_objects = CounterVec::new(
             Opts::new(
@@ -222,7 +262,7 @@ impl Metrics {
                 "Heap objects allocated, estimated from the runtime's own allocation sampling \
                  (runtime/metrics /gc/heap/allocs:objects).",
             ),
-            &TARGET_LABELS,
+            &refs(&names(&[])),
         )?;
         let alloc_samples = IntCounterVec::new(
             Opts::new(
@@ -230,22 +270,16 @@ impl Metrics {
                 "Allocations the runtime's heap profiler sampled (the estimates' statistical \
                  basis: their relative error is about 1/sqrt of this).",
             ),
-            &TARGET_LABELS,
+            &refs(&names(&[])),
         )?;
         let alloc_rate = IntGaugeVec::new(
             Opts::new(
                 "mapscope_alloc_sample_rate_bytes",
                 "The target's runtime.MemProfileRate: average bytes between samples.",
             ),
-            &TARGET_LABELS,
+            &refs(&names(&[])),
         )?;
-        let with_site = [
-            TARGET_LABELS[0],
-            TARGET_LABELS[1],
-            TARGET_LABELS[2],
-            "function",
-            "location",
-        ];
+        let with_site = names(&["function", "location"]);
         let site_bytes = CounterVec::new(
             Opts::new(
                 "mapscope_alloc_site_bytes_total",
@@ -253,14 +287,14 @@ impl Metrics {
                  estimated from the runtime's allocation sampling; the top sites by bytes have \
                  series of their own, the rest are function=\"other\" (pprof alloc_space).",
             ),
-            &with_site,
+            &refs(&with_site),
         )?;
         let site_objects = CounterVec::new(
             Opts::new(
                 "mapscope_alloc_site_objects_total",
                 "Heap objects allocated by call site, estimated likewise (pprof alloc_objects).",
             ),
-            &with_site,
+            &refs(&with_site),
         )?;
         let churn = CounterVec::new(
             Opts::new(
@@ -268,14 +302,7 @@ impl Metrics {
                 "Allocations made by map creation (kind makemap_small, makemap) or slice growth \
                  (growslice), by call site, estimated from the runtime's allocation sampling.",
             ),
-            &[
-                TARGET_LABELS[0],
-                TARGET_LABELS[1],
-                TARGET_LABELS[2],
-                "kind",
-                "function",
-                "location",
-            ],
+            &refs(&names(&["kind", "function", "location"])),
         )?;
         let sizes = Arc::new(SizeHistograms {
             desc: Desc::new(
@@ -283,12 +310,10 @@ impl Metrics {
                 "Heap allocations by size, estimated from the runtime's allocation sampling \
                  (buckets 8 B doubling to 32 MiB)."
                     .to_owned(),
-                TARGET_LABELS
-                    .iter()
-                    .map(|label| (*label).to_owned())
-                    .collect(),
+                target_labels.clone(),
                 Default::default(),
             )?,
+            label_names: target_labels.clone(),
             by_target: Mutex::default(),
         });
         let exact_objects = IntCounterVec::new(
@@ -297,7 +322,7 @@ impl Metrics {
                 "Heap objects allocated, every one counted (exact mode, --alloc-exact: costly) \
                  (runtime/metrics /gc/heap/allocs:objects).",
             ),
-            &TARGET_LABELS,
+            &refs(&names(&[])),
         )?;
         let exact_bytes = IntCounterVec::new(
             Opts::new(
@@ -305,7 +330,7 @@ impl Metrics {
                 "Heap bytes requested, every allocation counted (exact mode). Requested sizes: \
                  /gc/heap/allocs:bytes counts size-class-rounded bytes, so it is larger.",
             ),
-            &TARGET_LABELS,
+            &refs(&names(&[])),
         )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -321,6 +346,7 @@ impl Metrics {
         registry.register(Box::new(stopping.clone()))?;
         registry.register(Box::new(gc_cycles.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(hits.clone()))?;
         registry.register(Box::new(alloc_bytes.clone()))?;
         registry.register(Box::new(alloc_objects.clone()))?;
         registry.register(Box::new(alloc_samples.clone()))?;
@@ -332,14 +358,36 @@ impl Metrics {
         registry.register(Box::new(exact_objects.clone()))?;
         registry.register(Box::new(exact_bytes.clone()))?;
         registry.register(Box::new(build_info))?;
-        let maps = MapFamilies::register(&registry)?;
+        let maps = MapFamilies::register(&registry, &target_labels)?;
+        let targets = prometheus::IntGauge::new(
+            "mapscope_targets",
+            "Processes mapscope is attached to now.",
+        )?;
+        let attach_failures = IntCounterVec::new(
+            Opts::new(
+                "mapscope_target_attach_failures_total",
+                "Selected processes mapscope did not attach to, by reason (not_go, \
+                 unsupported_go, missing_symbols, exited, privileges, max_targets, error).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(targets.clone()))?;
+        registry.register(Box::new(attach_failures.clone()))?;
+        // The daemon's own CPU, memory and file descriptors (process_*), from /proc/self.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             maps,
+            targets,
+            attach_failures,
+            extra_labels: extra,
             registry,
             pause,
             stopping,
             gc_cycles,
             dropped,
+            hits,
             alloc_bytes,
             alloc_objects,
             alloc_samples,
@@ -355,10 +403,19 @@ impl Metrics {
 
     /// Label-bound handle for one target. Creates its GC series at zero, so a dashboard sees
     /// "no pauses yet" rather than "no data".
-    pub fn target(self: &Arc<Self>, pid: u32, exe: &str, go_version: &str) -> TargetMetrics {
+    pub fn target(self: &Arc<Self>, who: &TargetIdentity) -> TargetMetrics {
+        let labels = [
+            who.pid.to_string(),
+            who.exe.clone(),
+            who.go_version.clone(),
+            who.container.clone(),
+        ]
+        .into_iter()
+        .chain(self.extra_labels.iter().map(|(_, value)| value.clone()))
+        .collect();
         let target = TargetMetrics {
             metrics: Arc::clone(self),
-            labels: [pid.to_string(), exe.to_owned(), go_version.to_owned()],
+            labels,
             reasons: Mutex::default(),
             drop_reasons: Mutex::default(),
             sites: Mutex::default(),
@@ -377,6 +434,16 @@ impl Metrics {
         target
     }
 
+    /// One more (or one fewer) attached target.
+    pub fn targets_changed(&self, delta: i64) {
+        self.targets.add(delta);
+    }
+
+    /// A selected process mapscope could not attach to (`reason` from a fixed set).
+    pub fn attach_failed(&self, reason: &str) {
+        self.attach_failures.with_label_values(&[reason]).inc();
+    }
+
     /// The text exposition format, as served on `/metrics`.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();
@@ -388,7 +455,7 @@ impl Metrics {
 /// The series of one target. `remove` deletes them all when the target goes away.
 pub struct TargetMetrics {
     metrics: Arc<Metrics>,
-    labels: [String; 3],
+    labels: Vec<String>,
     /// Reasons with series, so `remove` can find them (the crate cannot delete by prefix).
     reasons: Mutex<BTreeSet<String>>,
     drop_reasons: Mutex<BTreeSet<String>>,
@@ -399,8 +466,12 @@ pub struct TargetMetrics {
 }
 
 impl TargetMetrics {
-    fn with<'a>(&'a self, extra: &'a str) -> [&'a str; 4] {
-        [&self.labels[0], &self.labels[1], &self.labels[2], extra]
+    fn with<'a>(&'a self, extra: &'a str) -> Vec<&'a str> {
+        self.labels
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(extra))
+            .collect()
     }
 
     fn touch_reason(&self, reason: &str) {
@@ -448,14 +519,24 @@ impl TargetMetrics {
         metrics.alloc_rate.with_label_values(&self.labels).set(rate);
     }
 
-    fn site_labels<'a>(&'a self, site: &'a Site) -> [&'a str; 5] {
-        [
-            &self.labels[0],
-            &self.labels[1],
-            &self.labels[2],
-            &site.function,
-            &site.location,
-        ]
+    fn site_labels<'a>(&'a self, site: &'a Site) -> Vec<&'a str> {
+        self.labels
+            .iter()
+            .map(String::as_str)
+            .chain([site.function.as_str(), site.location.as_str()])
+            .collect()
+    }
+
+    fn churn_labels<'a>(&'a self, churn: Churn, site: &'a Site) -> Vec<&'a str> {
+        self.labels
+            .iter()
+            .map(String::as_str)
+            .chain([
+                churn.label(),
+                site.function.as_str(),
+                site.location.as_str(),
+            ])
+            .collect()
     }
 
     /// Add exact mode's counts.
@@ -498,18 +579,19 @@ impl TargetMetrics {
         if let Ok(mut sites) = self.churn_sites.lock() {
             sites.insert((churn, site.clone()));
         }
-        let labels = [
-            self.labels[0].as_str(),
-            &self.labels[1],
-            &self.labels[2],
-            churn.label(),
-            &site.function,
-            &site.location,
-        ];
+        let labels = self.churn_labels(churn, site);
         self.metrics
             .churn
             .with_label_values(&labels)
             .inc_by(objects.max(0.0));
+    }
+
+    /// Add probe hits of a family (`probe` from a fixed set).
+    pub fn probe_hits(&self, probe: &str, count: u64) {
+        self.metrics
+            .hits
+            .with_label_values(&self.with(probe))
+            .inc_by(count);
     }
 
     /// Add to a drop counter (`reason` from a fixed set: bounded cardinality).
@@ -535,6 +617,9 @@ impl TargetMetrics {
 
     pub fn remove(&self) {
         self.maps().remove();
+        for probe in profiler_common::counters::HIT_NAMES {
+            let _ = self.metrics.hits.remove_label_values(&self.with(probe));
+        }
         let _ = self.metrics.exact_objects.remove_label_values(&self.labels);
         let _ = self.metrics.exact_bytes.remove_label_values(&self.labels);
         if let Ok(mut by_target) = self.metrics.sizes.by_target.lock() {
@@ -563,14 +648,7 @@ impl TargetMetrics {
         }
         if let Ok(sites) = self.churn_sites.lock() {
             for (churn, site) in sites.iter() {
-                let labels = [
-                    self.labels[0].as_str(),
-                    &self.labels[1],
-                    &self.labels[2],
-                    churn.label(),
-                    &site.function,
-                    &site.location,
-                ];
+                let labels = self.churn_labels(*churn, site);
                 let _ = self.metrics.churn.remove_label_values(&labels);
             }
         }
@@ -619,10 +697,15 @@ mod tests {
         assert_eq!(histogram.count, 113.5);
 
         let metrics = Arc::new(Metrics::new().unwrap());
-        let target = metrics.target(9, "svc", "go1.27.3");
+        let target = metrics.target(&TargetIdentity {
+            pid: 9,
+            exe: "svc".into(),
+            go_version: "go1.27.3".into(),
+            container: String::new(),
+        });
         target.allocation_sizes(histogram);
         let text = metrics.encode().unwrap();
-        let labels = r#"exe="svc",go_version="go1.27.3",pid="9""#;
+        let labels = r#"container="",exe="svc",go_version="go1.27.3",pid="9""#;
         assert!(
             text.contains(&format!(
                 "mapscope_alloc_size_bytes_bucket{{{labels},le=\"8\"}} 100"
@@ -650,13 +733,20 @@ mod tests {
 
     #[test]
     fn exports_and_removes_a_targets_series() {
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let target = metrics.target(42, "svc", "go1.27.3");
+        // User-defined labels (daemon config) go on every series of every target.
+        let metrics =
+            Arc::new(Metrics::with_labels(vec![("cluster".into(), "eu".into())]).unwrap());
+        let target = metrics.target(&TargetIdentity {
+            pid: 42,
+            exe: "svc".into(),
+            go_version: "go1.27.3".into(),
+            container: "c0ffee".into(),
+        });
         target.observe(&pause("gc_sweep_termination", 20_000, false));
         target.observe(&pause("gc_mark_termination", 30_000, true));
         target.dropped("ring_buffer_full", 2);
         let text = metrics.encode().unwrap();
-        let labels = r#"exe="svc",go_version="go1.27.3",pid="42""#;
+        let labels = r#"cluster="eu",container="c0ffee",exe="svc",go_version="go1.27.3",pid="42""#;
         assert!(
             text.contains(&format!("mapscope_gc_cycles_total{{{labels}}} 1")),
             "{text}"

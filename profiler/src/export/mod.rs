@@ -5,3 +5,4 @@ pub mod map_metrics;
 pub mod metrics;
 pub mod pprof;
 pub mod summary;
+pub mod webconfig;

@@ -70,6 +70,24 @@ pub fn parse(blob: &[u8]) -> Result<BuildInfo, BuildInfoError> {
 
 /// Find the build info header in a memory image when there is no `.go.buildinfo` section.
 /// Go aligns the blob to 16 bytes (the same search `debug/buildinfo` does).
+/// Whether the file at `path` is a Go program: an ELF file with valid Go build info (in its
+/// `.go.buildinfo` section, or found by its magic when it has no section headers).
+pub fn is_go_file(path: &std::path::Path) -> bool {
+    use object::{Object as _, ObjectSection as _};
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return false;
+    };
+    let blob = match file.section_by_name(".go.buildinfo") {
+        Some(section) => section.data().ok(),
+        None if file.sections().next().is_none() => find(&data),
+        None => None,
+    };
+    blob.is_some_and(|blob| parse(blob).is_ok())
+}
+
 pub fn find(image: &[u8]) -> Option<&[u8]> {
     (0..image.len().saturating_sub(HEADER_LEN))
         .step_by(16)

@@ -64,6 +64,8 @@ pub struct MapMaps {
 pub struct StwMaps {
     pub events: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Hits of every probe family (`profiler_common::counters::HIT_*`).
+    pub hits: PerCpuArray<MapData, u64>,
 }
 
 pub struct AttachedProbes {
@@ -144,6 +146,7 @@ impl AttachedProbes {
         Ok(StwMaps {
             events: self.take("STW_EVENTS")?,
             counters: self.take("PROBE_COUNTERS")?,
+            hits: self.take("PROBE_HITS")?,
         })
     }
 
@@ -153,6 +156,16 @@ impl AttachedProbes {
             stacks: self.take("ALLOC_STACKS")?,
             exact: self.take("ALLOC_EXACT")?,
         })
+    }
+
+    /// Hits of every probe family, summed over CPUs, by `profiler_common::counters::HIT_*`.
+    pub fn hit_counts(&mut self) -> Vec<u64> {
+        let Ok(hits) = self.take::<PerCpuArray<MapData, u64>>("PROBE_HITS") else {
+            return Vec::new();
+        };
+        (0..profiler_common::counters::HIT_KINDS)
+            .map(|kind| hits.get(&kind, 0).map_or(0, |per_cpu| per_cpu.iter().sum()))
+            .collect()
     }
 
     /// Assignment counts by map (`--map-assign-sampling`).

@@ -60,6 +60,13 @@ impl Process {
         PathBuf::from(format!("/proc/{}/exe", self.pid))
     }
 
+    /// The id of the container the process runs in, from its cgroup path (docker, containerd,
+    /// CRI-O, podman), or `None` outside containers.
+    pub fn container_id(&self) -> Option<String> {
+        let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid)).ok()?;
+        container_id_from_cgroup(&cgroup)
+    }
+
     /// False once the process has exited. Because this asks the pidfd, a new process that
     /// reuses the PID still reads as "exited".
     pub fn is_alive(&self) -> bool {
@@ -102,9 +109,64 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// The last 64-hex-digit run in the cgroup paths of `/proc/PID/cgroup` (`0::/system.slice/
+/// docker-<id>.scope`, `.../cri-containerd-<id>.scope`, `crio-<id>.scope`, `/docker/<id>`,
+/// `libpod-<id>.scope`): container runtimes name the container's cgroup after its id.
+pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
+    let mut found = None;
+    for line in cgroup.lines() {
+        let path = line.rsplit(':').next().unwrap_or_default();
+        let mut run_start = None;
+        for (index, byte) in path.bytes().chain(std::iter::once(b'/')).enumerate() {
+            let hex = byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte);
+            match (hex, run_start) {
+                (true, None) => run_start = Some(index),
+                (false, Some(start)) => {
+                    if index - start == 64 {
+                        found = Some(path[start..index].to_owned());
+                    }
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ids_from_cgroup_paths() {
+        let id = "3f4c2a1b".repeat(8);
+        for cgroup in [
+            format!("0::/system.slice/docker-{id}.scope\n"),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1c2d_33.slice/cri-containerd-{id}.scope\n"
+            ),
+            format!("12:pids:/docker/{id}\n11:memory:/docker/{id}\n"),
+            format!("0::/machine.slice/libpod-{id}.scope/container\n"),
+            format!("0::/kubepods/besteffort/pod42/crio-{id}.scope\n"),
+        ] {
+            assert_eq!(
+                container_id_from_cgroup(&cgroup),
+                Some(id.clone()),
+                "{cgroup}"
+            );
+        }
+        for host in [
+            "0::/user.slice/user-0.slice/session-3.scope\n",
+            "0::/init.scope\n",
+            "0::/\n",
+            // 63 and 65 hex digits are not ids.
+            &format!("0::/x-{}.scope\n", &id[1..]),
+            &format!("0::/x-{id}a.scope\n"),
+        ] {
+            assert_eq!(container_id_from_cgroup(host), None, "{host}");
+        }
+    }
 
     #[test]
     fn opens_itself_and_sees_it_alive() {

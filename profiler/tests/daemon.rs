@@ -1,0 +1,462 @@
+//! `mapscope daemon`: targets found by selectors as they start and stop, labeled, counted,
+//! removed when they exit, a reused PID never taken for the old target; its config file and
+//! its endpoint's TLS and basic auth.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{GoTarget, MAPSCOPE, Mapscope, Metrics};
+
+/// A copy of a test program under a name no other test uses, so `exe=` selects only ours.
+fn renamed(binary: &Path, name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::copy(binary, &path).unwrap();
+    path
+}
+
+fn has_pid(metrics: &Metrics, pid: u32) -> bool {
+    metrics
+        .0
+        .iter()
+        .any(|sample| sample.labels.get("pid") == Some(&pid.to_string()))
+}
+
+/// Scrape until `ready`; panics with the last scrape after `timeout`.
+fn wait_until(
+    daemon: &Mapscope,
+    what: &str,
+    timeout: Duration,
+    ready: impl Fn(&Metrics) -> bool,
+) -> Metrics {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let metrics = daemon.scrape();
+        if ready(&metrics) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?}; daemon log:\n{}",
+            daemon.stderr.all()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Start a selected program so that it gets `pid` (the kernel hands out the PID after
+/// `ns_last_pid`; another process forking in between spoils a try, so try again).
+fn start_with_pid(pid: u32, binary: &Path, args: &[&str]) -> Option<GoTarget> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let mut command = Command::new(binary);
+        command.args(args);
+        let target = GoTarget::spawn(command);
+        if target.pid() == pid {
+            return Some(target);
+        }
+    }
+    None
+}
+
+/// `start_with_pid` for a program that is not a test target.
+fn start_plain_with_pid(pid: u32, program: &str, args: &[&str]) -> Option<common::ChildGuard> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let child = common::ChildGuard(Command::new(program).args(args).spawn().ok()?);
+        if child.0.id() == pid {
+            return Some(child);
+        }
+    }
+    None
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn daemon_follows_targets_as_they_come_and_go() {
+    let tag = std::process::id();
+    let gcload = renamed(
+        &common::build_go("gcload", common::NEWEST_GO, &[]),
+        &format!("dmn-gc-{tag}"),
+    );
+    let maps = renamed(
+        &common::build_go("mapshapes", "1.23.9", &[]),
+        &format!("dmn-maps-{tag}"),
+    );
+    let marker = format!("--marker-{tag}");
+    // Already running when the daemon starts.
+    let mut first = GoTarget::start(&gcload, &["-duration", "1s"]);
+    let daemon = Mapscope::start(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--select",
+        &format!("exe={}", gcload.file_name().unwrap().to_str().unwrap()),
+        "--select",
+        &format!("cmdline={marker}"),
+        "--label",
+        "team=payments",
+        "--map-snapshot-interval",
+        "1s",
+    ]);
+    let metrics = wait_until(
+        &daemon,
+        "the running target attached",
+        Duration::from_secs(10),
+        |metrics| has_pid(metrics, first.pid()),
+    );
+    let series = metrics
+        .0
+        .iter()
+        .find(|sample| {
+            sample.name == "mapscope_gc_cycles_total"
+                && sample.labels.get("pid") == Some(&first.pid().to_string())
+        })
+        .unwrap();
+    assert_eq!(
+        series.labels["exe"],
+        gcload.file_name().unwrap().to_str().unwrap()
+    );
+    assert_eq!(
+        series.labels["go_version"],
+        format!("go{}", common::NEWEST_GO)
+    );
+    assert_eq!(series.labels["team"], "payments");
+    assert_eq!(metrics.sum("mapscope_targets", |_| true), 1.0);
+    first.run_load();
+    wait_until(
+        &daemon,
+        "GC cycles counted",
+        Duration::from_secs(10),
+        |metrics| {
+            metrics.sum("mapscope_gc_cycles_total", |labels| {
+                labels.get("pid") == Some(&first.pid().to_string())
+            }) > 0.0
+        },
+    );
+
+    // Started later (selected by its command line): attached within 2 seconds.
+    let started = Instant::now();
+    let mut second = GoTarget::start(&maps, &[&marker]);
+    wait_until(
+        &daemon,
+        "the new target attached",
+        Duration::from_secs(10),
+        |metrics| has_pid(metrics, second.pid()),
+    );
+    let took = started.elapsed();
+    println!("a new target was attached {took:?} after it started");
+    assert!(took < Duration::from_secs(2), "attached after {took:?}");
+    assert_eq!(daemon.scrape().sum("mapscope_targets", |_| true), 2.0);
+    let rss_start = rss_kib(daemon.guard.0.id());
+
+    // Its maps are tracked; then it dies (SIGKILL) while being snapshotted every second.
+    second.send("build");
+    second
+        .stdout
+        .wait_for("the map report", Duration::from_secs(60), |line| {
+            line.starts_with('{')
+        });
+    wait_until(
+        &daemon,
+        "map snapshots",
+        Duration::from_secs(10),
+        |metrics| {
+            metrics.sum("mapscope_map_entries", |labels| {
+                labels.get("pid") == Some(&second.pid().to_string())
+            }) > 0.0
+        },
+    );
+    let second_pid = second.pid();
+    drop(second);
+    // The first exits normally.
+    let first_pid = first.pid();
+    first.send("exit");
+    let metrics = wait_until(
+        &daemon,
+        "exited targets detached",
+        Duration::from_secs(10),
+        |metrics| !has_pid(metrics, second_pid) && !has_pid(metrics, first_pid),
+    );
+    assert_eq!(metrics.sum("mapscope_targets", |_| true), 0.0);
+    // Reap it: a zombie still holds its PID.
+    drop(first);
+
+    // A PID reused: first by a process the selectors do not pick (never attached), then by a
+    // different selected program (attached as what it is, not as the old target).
+    let other = start_plain_with_pid(first_pid, "/bin/sleep", &["30"]);
+    if let Some(other) = other {
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !has_pid(&daemon.scrape(), first_pid),
+            "an unselected process was attached"
+        );
+        drop(other);
+    } else {
+        println!(
+            "could not get PID {first_pid} again for the unselected process; skipped that step"
+        );
+    }
+    let reused = start_with_pid(first_pid, &maps, &[&marker]).expect("a process with the old PID");
+    let metrics = wait_until(
+        &daemon,
+        "the PID's new process attached",
+        Duration::from_secs(10),
+        |metrics| has_pid(metrics, first_pid),
+    );
+    for sample in metrics
+        .0
+        .iter()
+        .filter(|sample| sample.labels.get("pid") == Some(&first_pid.to_string()))
+    {
+        assert_eq!(
+            sample.labels["exe"],
+            maps.file_name().unwrap().to_str().unwrap(),
+            "{sample:?}"
+        );
+        assert_eq!(sample.labels["go_version"], "go1.23.9");
+    }
+    drop(reused);
+
+    // Several more come and go: the daemon's memory stays bounded.
+    for round in 0..6 {
+        let mut target = GoTarget::start(&maps, &[&marker]);
+        wait_until(
+            &daemon,
+            "a cycling target attached",
+            Duration::from_secs(10),
+            |metrics| has_pid(metrics, target.pid()),
+        );
+        target.send("build");
+        target
+            .stdout
+            .wait_for("the map report", Duration::from_secs(60), |line| {
+                line.starts_with('{')
+            });
+        let pid = target.pid();
+        drop(target);
+        wait_until(
+            &daemon,
+            "a cycling target detached",
+            Duration::from_secs(10),
+            |metrics| !has_pid(metrics, pid),
+        );
+        println!(
+            "round {round}: daemon RSS {} KiB",
+            rss_kib(daemon.guard.0.id())
+        );
+    }
+    let rss_end = rss_kib(daemon.guard.0.id());
+    println!(
+        "daemon RSS: {rss_start} KiB with two targets, {rss_end} KiB after 6 more came and went"
+    );
+    assert!(
+        rss_end < rss_start + 32 * 1024,
+        "RSS grew from {rss_start} to {rss_end} KiB"
+    );
+    let metrics = daemon.scrape();
+    assert!(metrics.sum("process_resident_memory_bytes", |_| true) > 0.0);
+    assert!(metrics.sum("mapscope_probe_hits_total", |_| true) >= 0.0);
+    let log = daemon.stderr.all();
+    assert!(!log.contains("ERROR") && !log.contains("panicked"), "{log}");
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn max_targets_refuses_and_counts() {
+    let tag = std::process::id();
+    let gcload = renamed(
+        &common::build_go("gcload", common::NEWEST_GO, &[]),
+        &format!("dmn-cap-{tag}"),
+    );
+    let one = GoTarget::start(&gcload, &[]);
+    let two = GoTarget::start(&gcload, &[]);
+    let daemon = Mapscope::start(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--select",
+        &format!("exe={}", gcload.file_name().unwrap().to_str().unwrap()),
+        "--max-targets",
+        "1",
+    ]);
+    let metrics = wait_until(
+        &daemon,
+        "one attached, one refused",
+        Duration::from_secs(10),
+        |metrics| {
+            metrics.sum("mapscope_target_attach_failures_total", |labels| {
+                labels.get("reason").map(String::as_str) == Some("max_targets")
+            }) == 1.0
+        },
+    );
+    assert_eq!(metrics.sum("mapscope_targets", |_| true), 1.0);
+    assert!(has_pid(&metrics, one.pid()) != has_pid(&metrics, two.pid()));
+    assert!(daemon.stderr.all().contains("--max-targets"));
+}
+
+/// `mapscope daemon` with `args`: its exit code and stderr (it must refuse before attaching).
+fn refused(args: &[&str]) -> (i32, String) {
+    let output = Command::new(MAPSCOPE)
+        .arg("daemon")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_config_files_are_refused_with_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, line, reason) in [
+        (
+            "select = [\"go\"]\nlisten = \"127.0.0.1:0\"\ncolor = \"red\"\n",
+            3,
+            "color: unknown key",
+        ),
+        ("select = [\"go\", \"user=root\"]\n", 1, "unknown selector"),
+        ("select = [\"go\"]\n\nlisten = \"localhost\"\n", 3, "listen"),
+        (
+            "select = [\"go\"]\nmax-targets = \"many\"\n",
+            2,
+            "max-targets",
+        ),
+        ("select = [\"go\"\n", 1, ""),
+        (
+            "select = [\"go\"]\n[labels]\npid = \"1\"\n",
+            2,
+            "already uses the label",
+        ),
+    ] {
+        let path = dir.path().join("mapscope.toml");
+        std::fs::write(&path, text).unwrap();
+        let (code, stderr) = refused(&["--config", path.to_str().unwrap()]);
+        assert_eq!(code, 12, "{text:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(&format!("{}:{line}:", path.display())) && stderr.contains(reason),
+            "{text:?}: {stderr}"
+        );
+    }
+    let (code, stderr) = refused(&["--config", "/nonexistent/mapscope.toml"]);
+    assert_eq!(code, 12, "{stderr}");
+    assert!(stderr.contains("/nonexistent/mapscope.toml"), "{stderr}");
+    let (code, stderr) = refused(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no process is selected"), "{stderr}");
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, "basic_auth_users:\n  alice: plaintext\n").unwrap();
+    let (code, stderr) = refused(&["--select", "go", "--web-config-file", web.to_str().unwrap()]);
+    assert_eq!(code, 12, "{stderr}");
+    assert!(
+        stderr.contains("web.yml") && stderr.contains("bcrypt"),
+        "{stderr}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_endpoint_takes_tls_and_basic_auth_from_a_web_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let hash = bcrypt::hash("scrape-me", 4).unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\nbasic_auth_users:\n  prometheus: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(MAPSCOPE)
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--select",
+            "exe=no-such-program-here",
+        ])
+        .args(["--web-config-file", web.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = common::Lines::new(child.stderr.take().unwrap());
+    let _guard = common::ChildGuard(child);
+    let line = stderr.wait_for("the daemon to listen", Duration::from_secs(30), |line| {
+        line.contains("metrics on https://")
+    });
+    let url = line.rsplit("metrics on ").next().unwrap().trim().to_owned();
+    let curl = |args: &[&str]| -> String {
+        let output = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let cert = dir.path().join("cert.pem");
+    let cert = cert.to_str().unwrap();
+    assert_eq!(
+        curl(&["--cacert", cert, "-u", "prometheus:scrape-me", &url]),
+        "200"
+    );
+    assert_eq!(curl(&["--cacert", cert, &url]), "401");
+    assert_eq!(
+        curl(&["--cacert", cert, "-u", "prometheus:wrong", &url]),
+        "401"
+    );
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    assert_eq!(curl(&[&url.replace("https://", "http://")]), "000");
+}
