@@ -17,7 +17,8 @@ const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
 /// Entries in the counts map and the stack map: distinct (stack, size) pairs and stacks. The
 /// counts are per CPU: 16384 keys x 8 bytes is 128 KiB per CPU.
 pub const MAX_ALLOC_KEYS: u32 = 16_384;
-pub const MAX_ALLOC_STACKS: u32 = 16_384;
+/// A stack takes 1 KiB (127 frames), preallocated per target: 4096 are 4 MiB of kernel memory.
+pub const MAX_ALLOC_STACKS: u32 = 4096;
 
 /// Exact mode's per-CPU counters (`ALLOC_EXACT`): objects, bytes, then one count per power of
 /// two of the requested size (index `EXACT_SIZE_BASE + floor(log2(size))`).

@@ -103,7 +103,7 @@ const _: () = assert!(core::mem::size_of::<PendingCreation>() == 24);
 /// Maps remembered at once (least recently touched are forgotten first); 48 B each.
 pub const MAX_TRACKED_MAPS: u32 = 8192;
 /// Distinct map sites (stacks) and (site, event) counters.
-pub const MAX_MAP_STACKS: u32 = 4096;
+pub const MAX_MAP_STACKS: u32 = 1024;
 pub const MAX_MAP_SITE_KEYS: u32 = 8192;
 /// Maps whose assignments are counted in one sampling window.
 pub const MAX_ASSIGN_MAPS: u32 = 16_384;

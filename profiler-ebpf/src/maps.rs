@@ -126,7 +126,7 @@ fn on_event<const MAP: usize, const TYPE: usize>(ctx: &ProbeContext) -> u32 {
     0
 }
 
-/// Map in RAX, type in RBX: `(*hmap).newoverflow(t, b)`, `(*Map).growToTable(typ)`.
+/// Map in RAX, type in RBX: `(*hmap).newoverflow(t, b)`.
 #[uprobe]
 pub fn map_event_map0_type1(ctx: ProbeContext) -> u32 {
     hit(counters::HIT_MAP_EVENT);

@@ -142,15 +142,23 @@ fn daemon_follows_targets_as_they_come_and_go() {
     assert_eq!(series.labels["team"], "payments");
     assert_eq!(metrics.sum("mapscope_targets", |_| true), 1.0);
     first.run_load();
-    wait_until(
+    let first_label = first.pid().to_string();
+    let metrics = wait_until(
         &daemon,
         "GC cycles counted",
         Duration::from_secs(10),
         |metrics| {
             metrics.sum("mapscope_gc_cycles_total", |labels| {
-                labels.get("pid") == Some(&first.pid().to_string())
+                labels.get("pid") == Some(&first_label)
             }) > 0.0
         },
+    );
+    // The daemon's own accounting of what it costs the target.
+    assert!(
+        metrics.sum("mapscope_probe_hits_total", |labels| {
+            labels.get("pid") == Some(&first_label)
+                && labels.get("probe").map(String::as_str) == Some("stw")
+        }) > 0.0
     );
 
     // Started later (selected by its command line): attached within 2 seconds.
@@ -274,7 +282,6 @@ fn daemon_follows_targets_as_they_come_and_go() {
     );
     let metrics = daemon.scrape();
     assert!(metrics.sum("process_resident_memory_bytes", |_| true) > 0.0);
-    assert!(metrics.sum("mapscope_probe_hits_total", |_| true) >= 0.0);
     let log = daemon.stderr.all();
     assert!(!log.contains("ERROR") && !log.contains("panicked"), "{log}");
 }
@@ -459,4 +466,28 @@ fn the_endpoint_takes_tls_and_basic_auth_from_a_web_config() {
     );
     // Plain HTTP to the TLS port gets no HTTP answer.
     assert_eq!(curl(&[&url.replace("https://", "http://")]), "000");
+}
+
+/// `--select go` reads build info: Go programs, stripped or not, are Go; others are not.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_go_selector_knows_go_programs() {
+    use mapscope::gobin::buildinfo::is_go_file;
+    let plain = common::build_go("gcload", common::NEWEST_GO, &[]);
+    let stripped = common::build_go("gcload", "1.21.13", &["-ldflags=-s -w"]);
+    let old = common::build_go("gcload", "1.19.8", &[]);
+    for go in [&plain, &stripped, &old] {
+        assert!(is_go_file(go), "{} is a Go program", go.display());
+    }
+    for other in [
+        Path::new(MAPSCOPE),
+        Path::new("/bin/sleep"),
+        Path::new("/nonexistent"),
+    ] {
+        assert!(
+            !is_go_file(other),
+            "{} is not a Go program",
+            other.display()
+        );
+    }
 }

@@ -61,9 +61,10 @@ const MAP_FLAGS: &[&str] = &[
     "300ms/1s",
 ];
 
-/// How long the GC and allocation loads run (`-duration`): the queries run while they still
-/// do, so that every rate window is full of load.
-const LOAD: &str = "20s";
+/// How long the GC and allocation loads run (`-duration`): far longer than the test needs, so
+/// the queries run while they still do, whatever the machine's speed (the targets are killed
+/// when the test ends).
+const LOAD: &str = "300s";
 
 /// How long to let Prometheus scrape the loaded targets before querying.
 const SCRAPING: Duration = Duration::from_secs(10);

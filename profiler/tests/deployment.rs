@@ -255,14 +255,9 @@ fn option_value<'a>(args: &[&'a str], option: &str) -> Option<&'a str> {
 
 /// A selector the daemon accepts: `go`, `exe=NAME`, `cmdline=REGEX` or `cgroup=PATH`.
 fn check_select(file: &str, spec: &str) {
-    let valid = spec == "go"
-        || ["exe=", "cmdline=", "cgroup="]
-            .iter()
-            .any(|kind| spec.strip_prefix(kind).is_some_and(|rest| !rest.is_empty()));
-    assert!(
-        valid,
-        "{file}: select {spec:?} is not go, exe=NAME, cmdline=REGEX or cgroup=PATH"
-    );
+    if let Err(error) = spec.parse::<mapscope::daemon::select::Selector>() {
+        panic!("{file}: select {spec:?}: {error}");
+    }
 }
 
 fn listen_port(file: &str, listen: &str) -> u64 {
@@ -1020,21 +1015,20 @@ fn check_daemon_options<'a>(file: &str, names: impl Iterator<Item = &'a str>) {
 
 /// `mapscope daemon --help`, or None while the binary has no daemon subcommand.
 fn daemon_help() -> Option<String> {
-    static HELP: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    HELP.get_or_init(|| {
-        let output = Command::new(env!("CARGO_BIN_EXE_mapscope"))
-            .args(["daemon", "--help"])
-            .output()
-            .expect("running mapscope daemon --help");
-        if output.status.success() {
-            Some(String::from_utf8_lossy(&output.stdout).into_owned())
-        } else {
-            eprintln!(
-                "mapscope has no daemon subcommand yet: option names not checked ({})",
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    Some(
+        HELP.get_or_init(|| {
+            let output = Command::new(env!("CARGO_BIN_EXE_mapscope"))
+                .args(["daemon", "--help"])
+                .output()
+                .expect("running mapscope daemon --help");
+            assert!(
+                output.status.success(),
+                "mapscope daemon --help failed: {}",
                 String::from_utf8_lossy(&output.stderr).trim()
             );
-            None
-        }
-    })
-    .clone()
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        })
+        .clone(),
+    )
 }

@@ -28,7 +28,8 @@ pub struct DaemonArgs {
 
     /// Which processes to profile, repeatable, any match selects: `exe=NAME` (executable base
     /// name), `exe=/PATH/GLOB*` (full path), `cmdline=REGEX`, `cgroup=PATH` (part of the cgroup
-    /// path: a pod, a container id), `go` (every Go program).
+    /// path: a pod, a container id), `go` (every Go program); `+` joins parts that must all
+    /// match (`go+cgroup=kubepods`: Go programs in pods).
     #[arg(long = "select", value_name = "SPEC")]
     pub select: Vec<Selector>,
 
@@ -38,8 +39,8 @@ pub struct DaemonArgs {
 
     /// Targets at most; selected processes beyond it are refused, logged and counted
     /// (mapscope_target_attach_failures_total{reason="max_targets"}).
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub max_targets: usize,
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_targets: u64,
 
     /// TLS and basic auth for the endpoint, from a Prometheus exporter web config file
     /// (`tls_server_config: {cert_file, key_file}`, `basic_auth_users: {NAME: BCRYPT-HASH}`).
@@ -84,7 +85,9 @@ fn with_config(args: DaemonArgs) -> Result<DaemonArgs, UserError> {
             format!("cannot read the config file {}: {error}", path.display()),
         )
     })?;
-    let argv: Vec<String> = std::env::args().collect();
+    let argv: Vec<String> = std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
     let at = argv
         .iter()
         .position(|arg| arg == "daemon")
@@ -149,11 +152,12 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         None => None,
     };
     session::preflight(true)?;
-    let labels = args
-        .label
-        .iter()
-        .map(|label| (label.name.clone(), label.value.clone()))
-        .collect();
+    // One value per label name: the config file's come first, the command line's later win.
+    let mut labels: Vec<(String, String)> = Vec::new();
+    for label in &args.label {
+        labels.retain(|(name, _)| *name != label.name);
+        labels.push((label.name.clone(), label.value.clone()));
+    }
     let exported =
         Exported::new(Metrics::with_labels(labels).context("creating the metrics registry")?);
     let listener = session::bind(args.export.listen)?;
@@ -168,7 +172,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     })?;
     let settings = daemon::Settings {
         selectors: args.select.clone(),
-        max_targets: args.max_targets,
+        max_targets: usize::try_from(args.max_targets).unwrap_or(usize::MAX),
         options: args.export.options(),
     };
     tracing::info!(

@@ -23,7 +23,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9871";
                   metrics. Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_PTRACE for attach).",
     after_help = "Exit codes: 0 ok, 2 usage, 3 no such process, 4 not a Go program, 5 unsupported Go \
                   version, 6 runtime functions not found, 7 insufficient privileges, 8 kernel lacks uprobes/BTF, \
-                  9 listen address unavailable, 10 command could not be started, 11 nothing was sampled, 1 anything else."
+                  9 listen address unavailable, 10 command could not be started, 11 nothing was sampled, \
+                  12 invalid config file, 1 anything else."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -110,8 +111,9 @@ pub struct MapArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
     pub map_snapshot_max_bytes: u64,
 
-    /// Target memory read per second at most, across snapshots (reads are paced).
-    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    /// Target memory read per second at most by this target's snapshots (reads are paced;
+    /// at least 1 MiB/s).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1 << 20..))]
     pub map_read_rate: u64,
 
     /// Map sites that get series of their own (the first seen); the rest are site="other".

@@ -118,10 +118,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !(seconds > 0.0 && seconds.is_finite()) {
-        return Err(format!("{text:?} must be a positive duration"));
+    if !(seconds >= 0.001 && seconds.is_finite()) {
+        return Err(format!("{text:?} must be a duration of 1ms or more"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"))
 }
 
 #[cfg(test)]
@@ -135,7 +135,16 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "s", "0s", "-1s", "10x", "fast"] {
+        for bad in [
+            "",
+            "s",
+            "0s",
+            "-1s",
+            "10x",
+            "fast",
+            "0.1ms",
+            "99999999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

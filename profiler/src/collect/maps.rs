@@ -101,8 +101,12 @@ const EVENT_INTERVAL: Duration = Duration::from_secs(1);
 /// A map that fails this many snapshots in a row for a reason other than a write in progress
 /// is forgotten (freed, most likely).
 const FORGET_AFTER: u32 = 2;
-/// A map found changing while read this many rounds in a row has its last snapshot withdrawn.
+/// A map found changing while read this many rounds in a row has its last snapshot withdrawn,
+/// and is forgotten after `GIVE_UP_AFTER`.
 const STALE_AFTER: u32 = 3;
+const GIVE_UP_AFTER: u32 = 10;
+/// Longest pause between two map reads, whatever the rate: a round never stalls for long.
+const MAX_PACE: Duration = Duration::from_secs(1);
 
 pub struct MapCollector {
     tracked: KernelHashMap<MapData, u64, TrackedMap>,
@@ -210,6 +214,21 @@ impl MapCollector {
                 return;
             }
         };
+        let Ok(counts) = attached.take_assign_counts() else {
+            attached.detach();
+            return;
+        };
+        let read =
+            |counts: &aya::maps::PerCpuHashMap<aya::maps::MapData, u64, u64>| -> HashMap<u64, u64> {
+                counts
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(map, per_cpu)| (map, per_cpu.iter().sum::<u64>()))
+                    .collect()
+            };
+        // Counted from here: what the first probes saw while the others were being attached
+        // is subtracted.
+        let baseline = read(&counts);
         let started = Instant::now();
         tokio::select! {
             () = tokio::time::sleep(window) => {}
@@ -218,13 +237,13 @@ impl MapCollector {
         // Read the counts at the end of the window, before detaching: removing uprobes takes
         // the kernel a while, and counts after `seconds` would inflate the rate.
         let seconds = started.elapsed().as_secs_f64();
-        let rates = attached.take_assign_counts().map(|counts| {
-            counts
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(map, per_cpu)| (map, per_cpu.iter().sum::<u64>() as f64 / seconds))
-                .collect()
-        });
+        let rates: Result<HashMap<u64, f64>, ()> = Ok(read(&counts)
+            .into_iter()
+            .map(|(map, count)| {
+                let before = baseline.get(&map).copied().unwrap_or(0);
+                (map, count.saturating_sub(before) as f64 / seconds)
+            })
+            .collect());
         let hits = attached
             .hit_counts()
             .get(profiler_common::counters::HIT_MAP_ASSIGN as usize)
@@ -319,20 +338,30 @@ impl MapCollector {
         let alive: BTreeSet<u64> = tracked.iter().map(|(address, _)| *address).collect();
         self.latest.retain(|address, _| alive.contains(address));
         self.failures.retain(|address, _| alive.contains(address));
-        let mut ranked = tracked;
-        // Biggest first (by the last snapshot, else the creation hint), then busiest.
-        ranked.sort_by_key(|(address, map)| {
-            let size = self
-                .latest
-                .get(address)
-                .map_or(map.hint, |report| report.shape.entries);
-            std::cmp::Reverse((size, map.events[0] + map.events[1]))
+        // Biggest first, by entry count: the last snapshot's, else the header's count word
+        // (8 bytes, the first field in both layouts), else the creation hint; then busiest.
+        let mut ranked: Vec<(u64, u64, TrackedMap)> = tracked
+            .into_iter()
+            .map(|(address, map)| {
+                let size = match self.latest.get(&address) {
+                    Some(report) => report.shape.entries,
+                    None => crate::target::memory::read_i64(self.pid, address)
+                        .ok()
+                        .and_then(|count| u64::try_from(count).ok())
+                        .unwrap_or(map.hint),
+                };
+                (address, size, map)
+            })
+            .collect();
+        ranked.sort_by_key(|(_, size, map)| {
+            std::cmp::Reverse((*size, map.events[0] + map.events[1]))
         });
-        for (address, map) in ranked.into_iter().take(self.options.snapshot_maps) {
-            let read_bytes = self.snapshot(address, &map);
+        for (address, _, map) in ranked.into_iter().take(self.options.snapshot_maps) {
+            // Reading a big map takes milliseconds of system calls: off the async workers.
+            let read_bytes = tokio::task::block_in_place(|| self.snapshot(address, &map));
             let pace = read_bytes as f64 / self.options.max_bytes_per_second.max(1) as f64;
             if pace > 0.001 {
-                tokio::time::sleep(Duration::from_secs_f64(pace)).await;
+                tokio::time::sleep(Duration::from_secs_f64(pace).min(MAX_PACE)).await;
             }
         }
         self.export_totals();
@@ -383,6 +412,11 @@ impl MapCollector {
                     SnapshotError::Changed => {
                         if *failures >= STALE_AFTER {
                             self.latest.remove(&address);
+                        }
+                        if *failures >= GIVE_UP_AFTER {
+                            // Never readable whole: not worth a read every round.
+                            self.failures.remove(&address);
+                            let _ = self.tracked.remove(&address);
                         }
                     }
                     SnapshotError::TooLarge { .. } => {

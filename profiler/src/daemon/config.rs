@@ -4,7 +4,7 @@
 //!
 //! The file is turned into command-line arguments and each one is checked by the same parser
 //! as the flags, so a value means the same in both places; what is wrong is reported with the
-//! file, the line and the reason.
+//! file, the line and the reason. Relative paths of `*-file` keys are relative to the file.
 use std::{collections::BTreeMap, path::Path};
 
 use toml::Spanned;
@@ -98,6 +98,17 @@ pub fn to_args(
             }
         };
         for value in values {
+            // A file named in the config is found next to it, as a web config's certificate is
+            // found next to the web config.
+            let value = if flag.ends_with("-file") && Path::new(&value).is_relative() {
+                path.parent()
+                    .unwrap_or(Path::new("."))
+                    .join(&value)
+                    .display()
+                    .to_string()
+            } else {
+                value
+            };
             let arg = vec![format!("--{flag}={value}")];
             check(&arg).map_err(at)?;
             args.extend(arg);
@@ -137,6 +148,7 @@ mod tests {
             ("label", FlagKind::List),
             ("max-targets", FlagKind::Value),
             ("no-maps", FlagKind::Switch),
+            ("web-config-file", FlagKind::Value),
         ]
         .into_iter()
         .map(|(name, kind)| (name.to_owned(), kind))
@@ -191,6 +203,18 @@ mod tests {
                 "--select=go",
                 "--select=exe=api",
             ]
+        );
+    }
+
+    #[test]
+    fn relative_files_are_next_to_the_config() {
+        assert_eq!(
+            parse("web-config-file = \"web.yml\"\n", &[]).unwrap(),
+            ["--web-config-file=/etc/web.yml"]
+        );
+        assert_eq!(
+            parse("web-config-file = \"/srv/web.yml\"\n", &[]).unwrap(),
+            ["--web-config-file=/srv/web.yml"]
         );
     }
 

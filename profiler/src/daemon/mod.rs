@@ -5,7 +5,7 @@ pub mod config;
 pub mod select;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -27,12 +27,14 @@ pub struct Settings {
     pub options: Options,
 }
 
-/// A process as the daemon keys it: PID and start time (clock ticks since boot), so a PID
-/// reused by a new process is a new key.
+/// A process as the daemon keys it: PID, start time (clock ticks since boot) and executable
+/// (device, inode). A PID reused by a new process, or a process that exec'd another program,
+/// is a new key: `runc init` becoming the container's program, `sh -c 'exec app'`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct ProcessKey {
     pid: u32,
     start_time: u64,
+    exe: (u64, u64),
 }
 
 fn start_time(pid: u32) -> Option<u64> {
@@ -40,6 +42,19 @@ fn start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     let after = stat.rsplit_once(')')?.1;
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn process_key(pid: u32) -> Option<ProcessKey> {
+    use std::os::unix::fs::MetadataExt as _;
+    let start_time = start_time(pid)?;
+    // Kernel threads have no executable: (0, 0), and no candidate later.
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe"))
+        .map_or((0, 0), |metadata| (metadata.dev(), metadata.ino()));
+    Some(ProcessKey {
+        pid,
+        start_time,
+        exe,
+    })
 }
 
 fn candidate(pid: u32) -> Option<Candidate> {
@@ -89,6 +104,13 @@ impl GoCache {
     }
 }
 
+/// A target being profiled: its task stops when its process exits, when the daemon stops, or
+/// when `stop` is sent (the process exec'd another program).
+struct Running {
+    name: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// Run until `stop` resolves: scan, attach, detach; then detach everything.
 pub async fn run(
     settings: Settings,
@@ -97,27 +119,34 @@ pub async fn run(
 ) {
     tokio::pin!(stop);
     let (stop_all, stopping) = watch::channel(false);
-    let mut tasks: JoinSet<ProcessKey> = JoinSet::new();
-    let mut attached: BTreeMap<ProcessKey, String> = BTreeMap::new();
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut task_keys: HashMap<tokio::task::Id, ProcessKey> = HashMap::new();
+    let mut attached: BTreeMap<ProcessKey, Running> = BTreeMap::new();
     // Processes looked at and not attached (not selected, or failed): not looked at again
-    // while they live.
-    let mut passed: HashMap<ProcessKey, ()> = HashMap::new();
+    // while they live. Refused for the target cap: counted once, retried when a slot frees.
+    let mut passed: HashSet<ProcessKey> = HashSet::new();
+    let mut refused: HashSet<ProcessKey> = HashSet::new();
     let mut go = GoCache::default();
     let mut scan = tokio::time::interval(SCAN_INTERVAL);
     let own_pid = std::process::id();
     loop {
         tokio::select! {
             () = &mut stop => break,
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(key) = done
-                    && let Some(name) = attached.remove(&key)
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                // A task that panicked is over too: its slot is freed either way.
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(error) => error.id(),
+                };
+                if let Some(key) = task_keys.remove(&id)
+                    && let Some(running) = attached.remove(&key)
                 {
-                    tracing::info!("PID {} ({name}) exited; detached", key.pid);
+                    tracing::info!("PID {} ({}) is gone; detached", key.pid, running.name);
                 }
             }
             _ = scan.tick() => {
                 let Ok(entries) = std::fs::read_dir("/proc") else { continue };
-                let mut alive = Vec::new();
+                let mut alive = HashSet::new();
                 for entry in entries.flatten() {
                     let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
                         continue;
@@ -125,65 +154,71 @@ pub async fn run(
                     if pid == own_pid {
                         continue;
                     }
-                    let Some(start_time) = start_time(pid) else { continue };
-                    let key = ProcessKey { pid, start_time };
-                    alive.push(key);
-                    if attached.contains_key(&key) || passed.contains_key(&key) {
+                    let Some(key) = process_key(pid) else { continue };
+                    alive.insert(key);
+                    if attached.contains_key(&key) || passed.contains(&key) {
                         continue;
                     }
                     let Some(candidate) = candidate(pid) else {
-                        // Kernel threads have no executable.
-                        passed.insert(key, ());
+                        passed.insert(key);
                         continue;
                     };
-                    let selected = settings.selectors.iter().any(|selector| {
-                        selector.matches(&candidate).unwrap_or_else(|| go.is_go(pid))
-                    });
+                    let selected = settings
+                        .selectors
+                        .iter()
+                        .any(|selector| selector.selects(&candidate, &mut || go.is_go(pid)));
                     if !selected {
-                        passed.insert(key, ());
+                        passed.insert(key);
                         continue;
                     }
                     if attached.len() >= settings.max_targets {
-                        passed.insert(key, ());
-                        exported.metrics.attach_failed("max_targets");
-                        tracing::warn!(
-                            "PID {pid} ({}) is selected but mapscope is already attached to {} \
-                             processes (--max-targets): not attaching",
-                            candidate.exe,
-                            settings.max_targets
-                        );
+                        if refused.insert(key) {
+                            exported.metrics.attach_failed("max_targets");
+                            tracing::warn!(
+                                "PID {pid} ({}) is selected but mapscope is already attached to {} \
+                                 processes (--max-targets): not attaching while that lasts",
+                                candidate.exe,
+                                settings.max_targets
+                            );
+                        }
                         continue;
                     }
-                    match attach(pid, &settings.options) {
-                        Ok(target) => {
+                    let options = settings.options;
+                    let attaching = tokio::task::spawn_blocking(move || attach(key, &options)).await;
+                    match attaching {
+                        Ok(Ok(target)) => {
                             let name = target.target.process.exe_name.clone();
                             tracing::info!(
                                 "attached to PID {pid} ({name}, {})",
                                 target.target.go_version
                             );
-                            attached.insert(key, name);
+                            let (stop_one, stopped) = tokio::sync::oneshot::channel::<()>();
+                            attached.insert(key, Running { name, stop: Some(stop_one) });
                             let exported = exported.clone();
-                            let options = settings.options;
                             let mut stopping = stopping.clone();
-                            tasks.spawn(async move {
+                            let task = tasks.spawn(async move {
                                 let exited = target.target.process.exit_watcher();
                                 let stop = async move {
-                                    match exited {
-                                        Ok(watcher) => tokio::select! {
-                                            _ = watcher.exited() => {}
-                                            _ = stopping.changed() => {}
-                                        },
-                                        Err(_) => { let _ = stopping.changed().await; }
+                                    let exited = async move {
+                                        match exited {
+                                            Ok(watcher) => { let _ = watcher.exited().await; }
+                                            Err(_) => std::future::pending().await,
+                                        }
+                                    };
+                                    tokio::select! {
+                                        () = exited => {}
+                                        _ = stopping.changed() => {}
+                                        _ = stopped => {}
                                     }
                                 };
                                 if let Err(error) = target.collect(&exported, options, stop).await {
                                     tracing::warn!("PID {pid}: profiling ended early: {error:#}");
                                 }
-                                key
                             });
+                            task_keys.insert(task.id(), key);
                         }
-                        Err(error) => {
-                            passed.insert(key, ());
+                        Ok(Err(error)) => {
+                            passed.insert(key);
                             let reason = failure_reason(&error);
                             exported.metrics.attach_failed(reason);
                             // A process gone before it could be attached is no news.
@@ -193,11 +228,28 @@ pub async fn run(
                                 tracing::warn!("not attaching to PID {pid} ({}): {error:#}", candidate.exe);
                             }
                         }
+                        Err(error) => {
+                            passed.insert(key);
+                            exported.metrics.attach_failed("error");
+                            tracing::warn!("attaching to PID {pid} failed: {error}");
+                        }
                     }
                 }
-                // Forget processes that are gone, so the table stays as big as /proc.
-                let alive: std::collections::HashSet<ProcessKey> = alive.into_iter().collect();
-                passed.retain(|key, ()| alive.contains(key));
+                // A target whose key is gone but whose task runs exec'd another program: its
+                // probes sit on the old executable. Stop it; the new program is a new key.
+                for (key, running) in attached.iter_mut() {
+                    if !alive.contains(key) && let Some(stop) = running.stop.take() {
+                        tracing::info!(
+                            "PID {} ({}) now runs another program: detaching",
+                            key.pid,
+                            running.name
+                        );
+                        let _ = stop.send(());
+                    }
+                }
+                // Forget processes that are gone, so the tables stay as big as /proc.
+                passed.retain(|key| alive.contains(key));
+                refused.retain(|key| alive.contains(key));
             }
         }
     }
@@ -206,8 +258,16 @@ pub async fn run(
     tracing::info!("detached from every target");
 }
 
-fn attach(pid: u32, options: &Options) -> anyhow::Result<session::Attached> {
-    let process = session::open_process(pid)?;
+/// Attach to the process `key` names, if it still is that process once held by its pidfd.
+fn attach(key: ProcessKey, options: &Options) -> anyhow::Result<session::Attached> {
+    let process = session::open_process(key.pid)?;
+    if process_key(key.pid) != Some(key) {
+        return Err(UserError::new(
+            Exit::NoSuchProcess,
+            format!("PID {} changed while mapscope opened it", key.pid),
+        )
+        .into());
+    }
     let target = session::understand(process, options)?;
     session::attach(target, *options)
 }

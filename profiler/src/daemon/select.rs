@@ -31,10 +31,29 @@ pub enum Selector {
     Cgroup(String),
     /// `go`: every Go program (the executable carries Go build info).
     Go,
+    /// `A+B`: all of them (e.g. `go+cgroup=kubepods`: Go programs in pods).
+    All(Vec<Selector>),
 }
 
 impl Selector {
-    /// Whether the selector is decided by the candidate alone (`go` needs the executable read).
+    /// Whether the candidate is selected; `is_go` reads the executable, only when a `go`
+    /// selector needs it.
+    pub fn selects(&self, candidate: &Candidate, is_go: &mut impl FnMut() -> bool) -> bool {
+        match self {
+            Self::Go => is_go(),
+            // Decide on what is known first: the executable is read only if it still matters.
+            Self::All(parts) => {
+                !parts
+                    .iter()
+                    .any(|part| part.matches(candidate) == Some(false))
+                    && parts.iter().all(|part| part.selects(candidate, is_go))
+            }
+            other => other.matches(candidate).unwrap_or(false),
+        }
+    }
+
+    /// Whether the selector is decided by the candidate alone (`None` for `go`, which needs
+    /// the executable read).
     pub fn matches(&self, candidate: &Candidate) -> Option<bool> {
         match self {
             Self::ExeName(name) => Some(candidate.exe_name() == name),
@@ -48,6 +67,17 @@ impl Selector {
                     .is_some_and(|path| path.contains(part.as_str()))
             })),
             Self::Go => None,
+            Self::All(parts) => {
+                let mut all = Some(true);
+                for part in parts {
+                    match part.matches(candidate) {
+                        Some(false) => return Some(false),
+                        None => all = None,
+                        Some(true) => {}
+                    }
+                }
+                all
+            }
         }
     }
 }
@@ -56,13 +86,25 @@ impl FromStr for Selector {
     type Err = String;
 
     fn from_str(spec: &str) -> Result<Self, String> {
+        // `+` joins selectors that must all match. (A regex with `+` in a cmdline= part must
+        // then be the last part: everything after `cmdline=` is its regex.)
+        if let Some((first, rest)) = spec.split_once('+')
+            && !first.starts_with("cmdline=")
+        {
+            let mut parts = vec![first.parse::<Selector>()?];
+            match rest.parse::<Selector>()? {
+                Self::All(more) => parts.extend(more),
+                one => parts.push(one),
+            }
+            return Ok(Self::All(parts));
+        }
         if spec == "go" {
             return Ok(Self::Go);
         }
         let Some((kind, value)) = spec.split_once('=') else {
             return Err(format!(
                 "{spec:?} is not a selector: use exe=NAME, exe=/PATH/GLOB*, cmdline=REGEX, \
-                 cgroup=PATH or go"
+                 cgroup=PATH or go, joined by + to require all"
             ));
         };
         if value.is_empty() {
@@ -97,6 +139,10 @@ impl fmt::Display for Selector {
             Self::Cmdline(regex) => write!(f, "cmdline={regex}"),
             Self::Cgroup(part) => write!(f, "cgroup={part}"),
             Self::Go => write!(f, "go"),
+            Self::All(parts) => {
+                let parts: Vec<String> = parts.iter().map(ToString::to_string).collect();
+                write!(f, "{}", parts.join("+"))
+            }
         }
     }
 }
@@ -190,6 +236,39 @@ mod tests {
                 .matches(&deleted),
             Some(true)
         );
+    }
+
+    #[test]
+    fn plus_requires_every_part() {
+        let pod = candidate(
+            "/app/api",
+            "/app/api",
+            "0::/kubepods.slice/pod1/cri-containerd-x.scope",
+        );
+        let host = candidate(
+            "/usr/bin/containerd",
+            "containerd",
+            "0::/system.slice/containerd.service",
+        );
+        let spec: Selector = "go+cgroup=kubepods".parse().unwrap();
+        assert_eq!(spec.to_string(), "go+cgroup=kubepods");
+        let mut go = || true;
+        assert!(spec.selects(&pod, &mut go));
+        assert!(!spec.selects(&host, &mut go));
+        assert!(!spec.selects(&pod, &mut || false));
+        // The executable is not read when another part already rules the process out.
+        let mut read = false;
+        assert!(!spec.selects(&host, &mut || {
+            read = true;
+            true
+        }));
+        assert!(
+            !read,
+            "the executable was read for a process the cgroup rules out"
+        );
+        let three: Selector = "exe=api+cgroup=pod1+cmdline=a(p)+i".parse().unwrap();
+        assert!(three.selects(&pod, &mut go));
+        assert!("go+java".parse::<Selector>().is_err());
     }
 
     #[test]

@@ -68,8 +68,6 @@ pub fn parse(blob: &[u8]) -> Result<BuildInfo, BuildInfoError> {
     Ok(info)
 }
 
-/// Find the build info header in a memory image when there is no `.go.buildinfo` section.
-/// Go aligns the blob to 16 bytes (the same search `debug/buildinfo` does).
 /// Whether the file at `path` is a Go program: an ELF file with valid Go build info (in its
 /// `.go.buildinfo` section, or found by its magic when it has no section headers).
 pub fn is_go_file(path: &std::path::Path) -> bool {
@@ -88,6 +86,8 @@ pub fn is_go_file(path: &std::path::Path) -> bool {
     blob.is_some_and(|blob| parse(blob).is_ok())
 }
 
+/// Find the build info header in a memory image when there is no `.go.buildinfo` section.
+/// Go aligns the blob to 16 bytes (the same search `debug/buildinfo` does).
 pub fn find(image: &[u8]) -> Option<&[u8]> {
     (0..image.len().saturating_sub(HEADER_LEN))
         .step_by(16)

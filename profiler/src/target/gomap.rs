@@ -21,6 +21,25 @@ pub trait Memory {
     fn read(&mut self, address: u64, buffer: &mut [u8]) -> Result<(), SnapshotError> {
         self.read_many(&mut [(address, buffer)])
     }
+
+    /// Bytes that may still be read: what a snapshot checks before allocating a buffer.
+    fn remaining(&self) -> u64 {
+        u64::MAX
+    }
+
+    /// `TooLarge` unless `bytes` more may be read.
+    fn reserve(&self, bytes: u64) -> Result<(), SnapshotError> {
+        if bytes > self.remaining() {
+            return Err(SnapshotError::TooLarge {
+                budget: self.budget(),
+            });
+        }
+        Ok(())
+    }
+
+    fn budget(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// A target's memory with a byte budget for one snapshot.
@@ -40,6 +59,14 @@ impl Memory for Budgeted {
         }
         self.bytes_read += wanted;
         super::memory::read_many(self.pid, pieces).map_err(|_| SnapshotError::Unreadable)
+    }
+
+    fn remaining(&self) -> u64 {
+        self.budget.saturating_sub(self.bytes_read)
+    }
+
+    fn budget(&self) -> u64 {
+        self.budget
     }
 }
 
@@ -125,6 +152,7 @@ fn read_scattered(
     addresses: &[u64],
     size: u64,
 ) -> Result<Vec<u8>, SnapshotError> {
+    memory.reserve((addresses.len() as u64).saturating_mul(size))?;
     let mut buffer = vec![0u8; addresses.len() * size as usize];
     let mut pieces: Vec<(u64, &mut [u8])> = addresses
         .iter()
@@ -245,14 +273,51 @@ fn read_bucket_map(
         directory_len: None,
         tables: Vec::new(),
     };
-    if first.buckets == 0 {
-        if first.count != 0 || first.old_buckets != 0 {
-            return Err(SnapshotError::Inconsistent("entries without buckets"));
-        }
-    } else {
+    if first.buckets == 0 && (first.count != 0 || first.old_buckets != 0) {
+        return Err(SnapshotError::Inconsistent("entries without buckets"));
+    }
+    // The arrays alone, before reading any: a map over budget is refused without a read.
+    memory.reserve(array_buckets(first.log2_buckets).saturating_mul(bucket_size))?;
+    let walked = walk_bucket_arrays(memory, &mut shape, &first, bucket_size);
+    // Whatever the walk found, a header that moved (or a writer at work) means a write raced
+    // the read: the map is fine, the snapshot is not.
+    let last = bucket_header(memory, abi, header);
+    let settled = |h: &BucketHeader| {
+        // Iterator flags come and go with range loops; anything else moving means a write.
+        (
+            h.count,
+            h.flags & !3,
+            h.log2_buckets,
+            h.buckets,
+            h.old_buckets,
+            h.nevacuate,
+        )
+    };
+    if let Ok(last) = &last
+        && (settled(last) != settled(&first) || last.flags & HASH_WRITING != 0)
+    {
+        return Err(SnapshotError::Changed);
+    }
+    walked?;
+    last?;
+    if shape.entries != first.count {
+        // The header held still, but entries moved under the read (an insert and a delete).
+        return Err(SnapshotError::Changed);
+    }
+    Ok(shape)
+}
+
+/// The bucket array and, during a growth, the old array not yet evacuated.
+fn walk_bucket_arrays(
+    memory: &mut dyn Memory,
+    shape: &mut MapShape,
+    first: &BucketHeader,
+    bucket_size: u64,
+) -> Result<(), SnapshotError> {
+    if first.buckets != 0 {
         walk_buckets(
             memory,
-            &mut shape,
+            shape,
             first.buckets,
             first.log2_buckets,
             bucket_size,
@@ -276,33 +341,14 @@ fn read_bucket_map(
         });
         walk_buckets(
             memory,
-            &mut shape,
+            shape,
             first.old_buckets,
             old_log2,
             bucket_size,
             true,
         )?;
     }
-    let last = bucket_header(memory, abi, header)?;
-    // Iterator flags come and go with range loops; anything else moving means a write.
-    let settled = |h: &BucketHeader| {
-        (
-            h.count,
-            h.flags & !3,
-            h.log2_buckets,
-            h.buckets,
-            h.old_buckets,
-        )
-    };
-    if settled(&last) != settled(&first) {
-        return Err(SnapshotError::Changed);
-    }
-    if shape.entries != first.count {
-        return Err(SnapshotError::Inconsistent(
-            "entries counted differ from the header's count",
-        ));
-    }
-    Ok(shape)
+    Ok(())
 }
 
 /// Walk every bucket of an array and its overflow chains. For an old array (a growth in
@@ -470,6 +516,33 @@ fn read_swiss_map(
         directory_len: Some(first.directory_len),
         tables: Vec::new(),
     };
+    let walked = walk_swiss(memory, abi, &mut shape, &first, group_size);
+    shape.entries = shape.units.iter().map(|unit| u64::from(unit.entries)).sum();
+    // Whatever the walk found, a header that moved (or a writer at work) means a write raced
+    // the read: the map is fine, the snapshot is not.
+    let last = swiss_header(memory, abi, header);
+    if let Ok(last) = &last
+        && *last != first
+    {
+        return Err(SnapshotError::Changed);
+    }
+    walked?;
+    last?;
+    if shape.entries != first.used {
+        // The header held still, but entries moved under the read.
+        return Err(SnapshotError::Changed);
+    }
+    Ok(shape)
+}
+
+/// The small map's group, or the directory, its distinct tables and their groups.
+fn walk_swiss(
+    memory: &mut dyn Memory,
+    abi: &SwissMapAbi,
+    shape: &mut MapShape,
+    first: &SwissHeader,
+    group_size: u64,
+) -> Result<(), SnapshotError> {
     if first.directory_len == 0 {
         // A small map: at most one group, no table.
         if first.directory != 0 {
@@ -480,6 +553,7 @@ fn read_swiss_map(
             shape.bytes += group_size;
         }
     } else {
+        memory.reserve(first.directory_len * 8)?;
         let mut directory = vec![0u8; (first.directory_len * 8) as usize];
         memory.read(first.directory, &mut directory)?;
         shape.bytes += first.directory_len * 8;
@@ -526,23 +600,12 @@ fn read_swiss_map(
                 .map(|unit| u64::from(unit.entries))
                 .sum();
             if full != u64::from(table.used) {
-                return Err(SnapshotError::Inconsistent(
-                    "a table's full slots differ from its count",
-                ));
+                // Slots filled or emptied under the read.
+                return Err(SnapshotError::Changed);
             }
         }
     }
-    shape.entries = shape.units.iter().map(|unit| u64::from(unit.entries)).sum();
-    let last = swiss_header(memory, abi, header)?;
-    if last != first {
-        return Err(SnapshotError::Changed);
-    }
-    if shape.entries != first.used {
-        return Err(SnapshotError::Inconsistent(
-            "entries counted differ from the header's count",
-        ));
-    }
-    Ok(shape)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1113,12 +1176,7 @@ mod tests {
         // The header's count disagrees with the entries counted.
         let (mut fake, map) = fresh();
         fake.write_u64(map.header + abi.count, 10);
-        assert_eq!(
-            read(&mut fake, &map),
-            Err(SnapshotError::Inconsistent(
-                "entries counted differ from the header's count"
-            ))
-        );
+        assert_eq!(read(&mut fake, &map), Err(SnapshotError::Changed));
 
         // A writer is active.
         let (mut fake, map) = fresh();
@@ -1338,9 +1396,7 @@ mod tests {
         fake.write_u64(empty + abi.used, 1);
         assert_eq!(
             read_swiss(&mut fake, &abi, empty, map_type),
-            Err(SnapshotError::Inconsistent(
-                "entries counted differ from the header's count"
-            ))
+            Err(SnapshotError::Changed)
         );
         // A group that does not read.
         fake.write_u64(header + abi.dir_ptr, 0xdead_0000);
@@ -1517,21 +1573,11 @@ mod tests {
         // A table's count disagrees with its full slots.
         let (mut fake, map) = fresh();
         fake.write_u16(map.tables[0] + abi.table_used, 4);
-        assert_eq!(
-            read(&mut fake, &map),
-            Err(SnapshotError::Inconsistent(
-                "a table's full slots differ from its count"
-            ))
-        );
+        assert_eq!(read(&mut fake, &map), Err(SnapshotError::Changed));
         // The map's count disagrees with the tables'.
         let (mut fake, map) = fresh();
         fake.write_u64(map.header + abi.used, 17);
-        assert_eq!(
-            read(&mut fake, &map),
-            Err(SnapshotError::Inconsistent(
-                "entries counted differ from the header's count"
-            ))
-        );
+        assert_eq!(read(&mut fake, &map), Err(SnapshotError::Changed));
 
         // A writer is active, or starts (or the map changes) while it is read.
         let (mut fake, map) = fresh();
