@@ -172,8 +172,49 @@ pub fn stw_support(binary: &GoBinary, who: &str) -> Result<&'static StwAbi, User
 
 /// Read the target's executable and work out where the probes go.
 pub fn understand(process: Process, options: &Options) -> Result<Target, UserError> {
+    understand_with(process, options, &Binaries::default())
+}
+
+/// Executables already read, by (device, inode): targets running the same program share one
+/// copy of it (the daemon's many replicas of a service), freed with the last of them.
+#[derive(Default)]
+pub struct Binaries(
+    std::sync::Mutex<std::collections::HashMap<(u64, u64), std::sync::Weak<GoBinary>>>,
+);
+
+impl Binaries {
+    fn open(&self, process: &Process, who: &str) -> Result<Arc<GoBinary>, UserError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = process.exe_path();
+        let key = std::fs::metadata(&path)
+            .ok()
+            .map(|metadata| (metadata.dev(), metadata.ino()));
+        if let Some(key) = key
+            && let Some(known) = self
+                .0
+                .lock()
+                .ok()
+                .and_then(|known| known.get(&key).and_then(std::sync::Weak::upgrade))
+        {
+            return Ok(known);
+        }
+        let binary = Arc::new(open_binary(&path, who, || process.is_alive())?);
+        if let (Some(key), Ok(mut known)) = (key, self.0.lock()) {
+            known.retain(|_, binary| binary.strong_count() > 0);
+            known.insert(key, Arc::downgrade(&binary));
+        }
+        Ok(binary)
+    }
+}
+
+/// `understand`, sharing executables already read through `binaries`.
+pub fn understand_with(
+    process: Process,
+    options: &Options,
+    binaries: &Binaries,
+) -> Result<Target, UserError> {
     let who = format!("PID {} ({})", process.pid, process.exe_name);
-    let binary = open_binary(&process.exe_path(), &who, || process.is_alive())?;
+    let binary = binaries.open(&process, &who)?;
     let abi = stw_support(&binary, &who)?;
     check_dwarf(&binary, abi, &who)?;
     let mut points = stw::plan(&binary, abi).map_err(|error| plan_error(&who, error))?;
@@ -221,7 +262,7 @@ pub fn understand(process: Process, options: &Options) -> Result<Target, UserErr
         mem_profile_rate,
         sampling_allocations: alloc_point.is_some(),
         maps,
-        binary: Arc::new(binary),
+        binary,
         load_bias,
         container,
     })

@@ -128,6 +128,7 @@ pub struct MapCollector {
     /// Assignments per second by map, from the last window.
     assign_rates: HashMap<u64, f64>,
     sites_with_rates: BTreeSet<String>,
+    warned_denied: bool,
     pub view: MapView,
 }
 
@@ -157,6 +158,7 @@ impl MapCollector {
             assign_probes: None,
             assign_rates: HashMap::new(),
             sites_with_rates: BTreeSet::new(),
+            warned_denied: false,
             view: MapView::default(),
         }
     }
@@ -421,6 +423,14 @@ impl MapCollector {
                     }
                     SnapshotError::TooLarge { .. } => {
                         self.latest.remove(&address);
+                    }
+                    // Not the map's fault: say why once, keep it tracked.
+                    SnapshotError::Denied => {
+                        self.latest.remove(&address);
+                        if !self.warned_denied {
+                            self.warned_denied = true;
+                            tracing::warn!("PID {}: map snapshots are off: {error}", self.pid);
+                        }
                     }
                     // Never show a snapshot that may describe freed memory.
                     SnapshotError::Unreadable | SnapshotError::Inconsistent(_) => {

@@ -127,6 +127,7 @@ pub async fn run(
     let mut passed: HashSet<ProcessKey> = HashSet::new();
     let mut refused: HashSet<ProcessKey> = HashSet::new();
     let mut go = GoCache::default();
+    let binaries = std::sync::Arc::new(session::Binaries::default());
     let mut scan = tokio::time::interval(SCAN_INTERVAL);
     let own_pid = std::process::id();
     loop {
@@ -184,7 +185,9 @@ pub async fn run(
                         continue;
                     }
                     let options = settings.options;
-                    let attaching = tokio::task::spawn_blocking(move || attach(key, &options)).await;
+                    let shared = std::sync::Arc::clone(&binaries);
+                    let attaching =
+                        tokio::task::spawn_blocking(move || attach(key, &options, &shared)).await;
                     match attaching {
                         Ok(Ok(target)) => {
                             let name = target.target.process.exe_name.clone();
@@ -259,7 +262,11 @@ pub async fn run(
 }
 
 /// Attach to the process `key` names, if it still is that process once held by its pidfd.
-fn attach(key: ProcessKey, options: &Options) -> anyhow::Result<session::Attached> {
+fn attach(
+    key: ProcessKey,
+    options: &Options,
+    binaries: &session::Binaries,
+) -> anyhow::Result<session::Attached> {
     let process = session::open_process(key.pid)?;
     if process_key(key.pid) != Some(key) {
         return Err(UserError::new(
@@ -268,7 +275,7 @@ fn attach(key: ProcessKey, options: &Options) -> anyhow::Result<session::Attache
         )
         .into());
     }
-    let target = session::understand(process, options)?;
+    let target = session::understand_with(process, options, binaries)?;
     session::attach(target, *options)
 }
 

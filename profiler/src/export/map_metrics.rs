@@ -129,8 +129,8 @@ impl MapFamilies {
                 Opts::new(
                     "mapscope_map_snapshots_dropped_total",
                     "Map snapshots dropped, by reason: changed (written while read), \
-                     inconsistent (freed and reused, or torn), unreadable (freed), too_large \
-                     (over --map-snapshot-max-bytes).",
+                     inconsistent (freed and reused), unreadable (freed), denied (no right to read \
+                     the target's memory), too_large (over --map-snapshot-max-bytes).",
                 ),
                 &reason_labels,
             )?,

@@ -58,7 +58,13 @@ impl Memory for Budgeted {
             });
         }
         self.bytes_read += wanted;
-        super::memory::read_many(self.pid, pieces).map_err(|_| SnapshotError::Unreadable)
+        super::memory::read_many(self.pid, pieces).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::PermissionDenied {
+                SnapshotError::Denied
+            } else {
+                SnapshotError::Unreadable
+            }
+        })
     }
 
     fn remaining(&self) -> u64 {
@@ -74,6 +80,11 @@ impl Memory for Budgeted {
 pub enum SnapshotError {
     #[error("a pointer of the map no longer reads (freed, or the process exited)")]
     Unreadable,
+    #[error(
+        "reading the target's memory was denied: mapscope needs CAP_SYS_PTRACE over it, and a \
+         security module (AppArmor, SELinux, Yama) may forbid it"
+    )]
+    Denied,
     #[error("the map's memory is inconsistent ({0}): freed and reused, or written while read")]
     Inconsistent(&'static str),
     #[error("the map changed while it was read")]
@@ -87,6 +98,7 @@ impl SnapshotError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Unreadable => "unreadable",
+            Self::Denied => "denied",
             Self::Inconsistent(_) => "inconsistent",
             Self::Changed => "changed",
             Self::TooLarge { .. } => "too_large",
@@ -1685,6 +1697,8 @@ mod tests {
     #[test]
     fn reasons() {
         assert_eq!(SnapshotError::Unreadable.reason(), "unreadable");
+        assert_eq!(SnapshotError::Denied.reason(), "denied");
+        assert!(SnapshotError::Denied.to_string().contains("CAP_SYS_PTRACE"));
         assert_eq!(SnapshotError::Inconsistent("x").reason(), "inconsistent");
         assert_eq!(SnapshotError::Changed.reason(), "changed");
         assert_eq!(SnapshotError::TooLarge { budget: 1 }.reason(), "too_large");
