@@ -62,11 +62,10 @@ impl TargetViews {
                     format!("PID {pid} is not profiled here\n"),
                 )
             }),
-            None if views.len() == 1 => Ok(views
-                .values()
-                .next()
-                .cloned()
-                .unwrap_or_else(|| unreachable!("one view"))),
+            None if views.len() == 1 => views.values().next().cloned().ok_or((
+                StatusCode::NOT_FOUND,
+                "no target is profiled yet\n".to_owned(),
+            )),
             None if views.is_empty() => Err((
                 StatusCode::NOT_FOUND,
                 "no target is profiled yet\n".to_owned(),
