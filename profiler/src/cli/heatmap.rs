@@ -105,16 +105,27 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
     let exited = attached.target.process.exit_watcher()?.exited();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let gone = std::sync::atomic::AtomicBool::new(false);
     let stop = async {
         tokio::select! {
             () = tokio::time::sleep(args.duration) => {},
             _ = interrupt.recv() => tracing::info!("interrupted; drawing the maps seen so far"),
             _ = terminate.recv() => tracing::info!("terminated; drawing the maps seen so far"),
-            _ = exited => tracing::info!("PID {} exited", args.pid),
+            _ = exited => gone.store(true, std::sync::atomic::Ordering::Relaxed),
         }
     };
     let outcome = attached.profile(None, options, stop).await?;
     let chosen = heatmap::matching(&outcome.maps, args.site.as_deref());
+    if chosen.is_empty() && gone.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(UserError::new(
+            Exit::NoSuchProcess,
+            format!(
+                "PID {} exited during the watch, before its maps could be read",
+                args.pid
+            ),
+        )
+        .into());
+    }
     if chosen.is_empty() {
         let which = args.site.as_ref().map_or(String::new(), |pattern| {
             format!(" at a site matching {pattern:?}")
