@@ -62,31 +62,38 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// Start a selected program so that it gets `pid` (the kernel hands out the PID after
-/// `ns_last_pid`; another process forking in between spoils a try, so try again).
-fn start_with_pid(pid: u32, binary: &Path, args: &[&str]) -> Option<GoTarget> {
+/// Start a process with `start` until it gets `pid` (the kernel hands out the PID after
+/// `ns_last_pid`; another process forking in between spoils a try, so try again). `start`
+/// returns the process and its PID; one that got another PID is dropped (killed).
+fn with_pid<T>(pid: u32, mut start: impl FnMut() -> Option<(T, u32)>) -> Option<T> {
     for _ in 0..200 {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
-        let mut command = Command::new(binary);
-        command.args(args);
-        let target = GoTarget::spawn(command);
-        if target.pid() == pid {
-            return Some(target);
+        let (process, got) = start()?;
+        if got == pid {
+            return Some(process);
         }
     }
     None
 }
 
+/// A selected test program with the PID `pid`.
+fn start_with_pid(pid: u32, binary: &Path, args: &[&str]) -> Option<GoTarget> {
+    with_pid(pid, || {
+        let mut command = Command::new(binary);
+        command.args(args);
+        let target = GoTarget::spawn(command);
+        let got = target.pid();
+        Some((target, got))
+    })
+}
+
 /// `start_with_pid` for a program that is not a test target.
 fn start_plain_with_pid(pid: u32, program: &str, args: &[&str]) -> Option<common::ChildGuard> {
-    for _ in 0..200 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+    with_pid(pid, || {
         let child = common::ChildGuard(Command::new(program).args(args).spawn().ok()?);
-        if child.0.id() == pid {
-            return Some(child);
-        }
-    }
-    None
+        let got = child.0.id();
+        Some((child, got))
+    })
 }
 
 #[test]

@@ -20,13 +20,12 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{ChildGuard, GoTarget, Lines, Mapscope, NEWEST_GO};
+use common::{GoTarget, Mapscope, NEWEST_GO};
 use serde_json::Value;
 
 /// How the test runs mapscope: `false`, one `mapscope attach` per target, each its own scrape
@@ -709,73 +708,21 @@ fn label_values(prometheus: &Prometheus, query: &str) -> Result<Vec<String>, Str
 
 // --- Prometheus -------------------------------------------------------------------------------
 
-fn prometheus_binary() -> PathBuf {
-    PathBuf::from(
-        std::env::var("MAPSCOPE_TEST_DEBIAN_GO_PROGRAM").unwrap_or_else(|_| {
-            panic!(
-                "MAPSCOPE_TEST_DEBIAN_GO_PROGRAM is not set: {}",
-                common::NEEDS_SETUP
-            )
-        }),
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A Prometheus scraping mapscope every second, killed when dropped.
 struct Prometheus {
-    _guard: ChildGuard,
-    address: SocketAddr,
-    log: Lines,
-    /// Configuration and storage; removed after the process is gone (fields drop in order).
-    _scratch: tempfile::TempDir,
+    server: common::PrometheusServer,
 }
 
 impl Prometheus {
     /// Start it scraping `targets`, and return once every target is up.
     fn start(targets: &[SocketAddr]) -> Self {
-        let scratch = tempfile::tempdir().unwrap();
-        let config = scratch.path().join("prometheus.yml");
         let list: Vec<String> = targets.iter().map(|target| format!("'{target}'")).collect();
-        std::fs::write(
-            &config,
-            format!(
+        let prometheus = Self {
+            server: common::PrometheusServer::start(&format!(
                 "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  scrape_timeout: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\nscrape_configs:\n  - job_name: mapscope\n    static_configs:\n      - targets: [{}]\n",
                 list.join(", ")
-            ),
-        )
-        .unwrap();
-        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = Command::new(prometheus_binary())
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                scratch.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={address}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting prometheus");
-        let log = Lines::new(child.stderr.take().unwrap());
-        let prometheus = Self {
-            _guard: ChildGuard(child),
-            address,
-            log,
-            _scratch: scratch,
+            )),
         };
-        prometheus
-            .log
-            .wait_for("prometheus to start", Duration::from_secs(60), |line| {
-                line.contains("Server is ready to receive web requests")
-            });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let active = prometheus
@@ -800,6 +747,7 @@ impl Prometheus {
     /// Prometheus's warnings and errors, for a failure message.
     fn complaints(&self) -> String {
         let lines: Vec<String> = self
+            .server
             .log
             .all()
             .lines()
@@ -815,7 +763,7 @@ impl Prometheus {
 
     /// A GET of the HTTP API: its `data`, or why not.
     fn api(&self, path: &str) -> Result<Value, String> {
-        let (status, body) = get(self.address, path)?;
+        let (status, body) = get(self.server.address, path)?;
         let json: Value = serde_json::from_str(&body)
             .map_err(|error| format!("HTTP {status}, not JSON ({error}): {body}"))?;
         if json["status"] != "success" {

@@ -10,29 +10,16 @@
 mod common;
 
 use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::{ChildGuard, Lines, MAPSCOPE, Mapscope};
-
-fn prometheus_binary() -> PathBuf {
-    PathBuf::from(
-        std::env::var("MAPSCOPE_TEST_DEBIAN_GO_PROGRAM").unwrap_or_else(|_| {
-            panic!(
-                "MAPSCOPE_TEST_DEBIAN_GO_PROGRAM is not set: {}",
-                common::NEEDS_SETUP
-            )
-        }),
-    )
-}
+use common::{MAPSCOPE, Mapscope};
 
 /// prometheus's own GC count: client_golang's `go_gc_duration_seconds` summary is fed from
 /// `runtime.ReadMemStats`, so its count is `MemStats.NumGC`.
-fn own_gc_count(address: &str) -> u64 {
-    let text = common::http_get(address.parse().unwrap(), "/metrics");
+fn own_gc_count(address: std::net::SocketAddr) -> u64 {
+    let text = common::http_get(address, "/metrics");
     let samples = common::parse_prometheus(&text);
     samples
         .iter()
@@ -44,7 +31,7 @@ fn own_gc_count(address: &str) -> u64 {
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn debian_prometheus() {
-    let binary = prometheus_binary();
+    let binary = common::debian_prometheus();
     let report: serde_json::Value = serde_json::from_slice(
         &Command::new(MAPSCOPE)
             .args(["inspect", "--json"])
@@ -59,44 +46,25 @@ fn debian_prometheus() {
     assert_eq!(report["static_link"], false, "Debian builds it with cgo");
     assert_eq!(report["features"][0]["available"], true);
 
-    let scratch = tempfile::tempdir().unwrap();
-    let config = scratch.path().join("prometheus.yml");
-    std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    let mut child = Command::new(&binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            scratch.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={address}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Lines::new(child.stderr.take().unwrap());
-    let prometheus = ChildGuard(child);
-    log.wait_for("prometheus to start", Duration::from_secs(60), |line| {
-        line.contains("Server is ready to receive web requests")
-    });
+    let prometheus = common::PrometheusServer::start("global:\n  scrape_interval: 1h\n");
 
-    let mapscope = Mapscope::attach(prometheus.0.id());
+    let mapscope = Mapscope::attach(prometheus.guard.0.id());
     // Natural GCs can fall between reading one side and the other, so a window is retried;
     // a real miscount repeats every time.
     let mut attempts = Vec::new();
     for _ in 0..3 {
-        let (theirs_before, ours_before) = (own_gc_count(&address), settled_gc_cycles(&mapscope));
+        let (theirs_before, ours_before) = (
+            own_gc_count(prometheus.address),
+            settled_gc_cycles(&mapscope),
+        );
         for _ in 0..5 {
             // pprof's heap profile with gc=1 runs runtime.GC() first.
-            common::http_get(address.parse().unwrap(), "/debug/pprof/heap?gc=1");
+            common::http_get(prometheus.address, "/debug/pprof/heap?gc=1");
         }
-        let (theirs_after, ours_after) = (own_gc_count(&address), settled_gc_cycles(&mapscope));
+        let (theirs_after, ours_after) = (
+            own_gc_count(prometheus.address),
+            settled_gc_cycles(&mapscope),
+        );
         let (theirs, ours) = (theirs_after - theirs_before, ours_after - ours_before);
         println!(
             "Debian prometheus (go1.19.8, stripped): GC cycles in the window: mapscope {ours}, prometheus's own NumGC {theirs}"

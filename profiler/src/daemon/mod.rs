@@ -90,17 +90,11 @@ fn failure_reason(error: &anyhow::Error) -> &'static str {
 struct GoCache(HashMap<(u64, u64), bool>);
 
 impl GoCache {
-    fn is_go(&mut self, pid: u32) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
-        let path = format!("/proc/{pid}/exe");
-        let Ok(metadata) = std::fs::metadata(&path) else {
-            return false;
-        };
-        let key = (metadata.dev(), metadata.ino());
-        *self
-            .0
-            .entry(key)
-            .or_insert_with(|| crate::gobin::buildinfo::is_go_file(std::path::Path::new(&path)))
+    /// `exe` is the executable's (device, inode), from the process's key.
+    fn is_go(&mut self, pid: u32, exe: (u64, u64)) -> bool {
+        *self.0.entry(exe).or_insert_with(|| {
+            crate::gobin::buildinfo::is_go_file(std::path::Path::new(&format!("/proc/{pid}/exe")))
+        })
     }
 }
 
@@ -167,7 +161,7 @@ pub async fn run(
                     let selected = settings
                         .selectors
                         .iter()
-                        .any(|selector| selector.selects(&candidate, &mut || go.is_go(pid)));
+                        .any(|selector| selector.selects(&candidate, &mut || go.is_go(pid, key.exe)));
                     if !selected {
                         passed.insert(key);
                         continue;

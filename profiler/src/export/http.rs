@@ -18,7 +18,10 @@ use axum::{
 use tokio::net::TcpListener;
 
 use super::{heatmap, metrics::Metrics, webconfig::WebConfig};
-use crate::collect::{alloc::AllocProfile, maps::MapView};
+use crate::collect::{
+    alloc::AllocProfile,
+    maps::{MapReport, MapView},
+};
 
 const INDEX: &str = "mapscope: Prometheus metrics at /metrics, allocation profile (pprof) at \
                      /debug/pprof/allocs, map snapshots at /debug/maps (JSON) and \
@@ -229,17 +232,22 @@ async fn allocs(State(served): State<Served>, Query(query): Query<TargetQuery>) 
     }
 }
 
-/// A target's latest snapshot of each tracked map, with distributions and heatmap bands.
-async fn maps_json(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
-    let view = match served.targets.pick(query.pid) {
-        Ok(view) => view,
-        Err((status, message)) => return text(status, message),
-    };
-    let reports = view
+/// The latest map snapshots of the target `pid` picks, or why there are none.
+fn map_reports(served: &Served, pid: Option<u32>) -> Result<Vec<MapReport>, (StatusCode, String)> {
+    let view = served.targets.pick(pid)?;
+    Ok(view
         .maps
         .lock()
         .map(|view| view.clone())
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// A target's latest snapshot of each tracked map, with distributions and heatmap bands.
+async fn maps_json(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
+    let reports = match map_reports(&served, query.pid) {
+        Ok(reports) => reports,
+        Err((status, message)) => return text(status, message),
+    };
     match heatmap::to_json(&heatmap::matching(&reports, query.site.as_deref())) {
         Ok(json) => (
             StatusCode::OK,
@@ -255,15 +263,10 @@ async fn maps_json(State(served): State<Served>, Query(query): Query<TargetQuery
 }
 
 async fn maps_svg(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
-    let view = match served.targets.pick(query.pid) {
-        Ok(view) => view,
+    let reports = match map_reports(&served, query.pid) {
+        Ok(reports) => reports,
         Err((status, message)) => return text(status, message),
     };
-    let reports = view
-        .maps
-        .lock()
-        .map(|view| view.clone())
-        .unwrap_or_default();
     let svg = heatmap::to_svg(&heatmap::matching(&reports, query.site.as_deref()));
     (
         StatusCode::OK,

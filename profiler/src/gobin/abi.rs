@@ -450,6 +450,19 @@ pub struct MapAbiRow {
     pub source: &'static str,
 }
 
+/// `hmap` and `maptype` of bucket maps, go1.19.8 through go1.23.9 (see the row's source).
+const BUCKET_MAP_ABI: BucketMapAbi = BucketMapAbi {
+    hmap_size: 48,
+    count: 0,
+    hash0: 12,
+    flags: 8,
+    log2_buckets: 9,
+    buckets: 16,
+    old_buckets: 24,
+    nevacuate: 32,
+    type_bucket_size: 82,
+};
+
 /// Go maps per release range. Each event function is entered exactly once per event:
 /// `hashGrow` once per growth (never while one is in progress), `newoverflow` once per overflow
 /// bucket; in swiss maps `rehash` calls either `grow` (capacity doubles) or `split` (a full
@@ -458,17 +471,7 @@ pub const MAP_TABLE: &[MapAbiRow] = &[
     MapAbiRow {
         first: (1, 19),
         last: (1, 23),
-        abi: MapAbi::Buckets(BucketMapAbi {
-            hmap_size: 48,
-            count: 0,
-            hash0: 12,
-            flags: 8,
-            log2_buckets: 9,
-            buckets: 16,
-            old_buckets: 24,
-            nevacuate: 32,
-            type_bucket_size: 82,
-        }),
+        abi: MapAbi::Buckets(BUCKET_MAP_ABI),
         events: &[
             MapEventProbe {
                 function: HASH_GROW,
@@ -543,14 +546,7 @@ pub const NOSWISS_MAP_ROW: MapAbiRow = MapAbiRow {
     last: (1, 25),
     abi: MapAbi::Buckets(BucketMapAbi {
         hmap_size: 56,
-        count: 0,
-        hash0: 12,
-        flags: 8,
-        log2_buckets: 9,
-        buckets: 16,
-        old_buckets: 24,
-        nevacuate: 32,
-        type_bucket_size: 82,
+        ..BUCKET_MAP_ABI
     }),
     events: MAP_TABLE[0].events,
     source: "go1.24.11, go1.25.5 src/runtime/map_noswiss.go (GOEXPERIMENT=noswissmap)",

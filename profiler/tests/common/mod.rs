@@ -579,3 +579,62 @@ pub fn with_build_info_version(binary: &Path, new_version: &str, name: &str) -> 
     std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     output
 }
+
+/// The prometheus binary from Debian's package (unpacked by `cargo xtask test`): a real,
+/// stripped Go 1.19 program built with cgo, and a real Prometheus server.
+pub fn debian_prometheus() -> PathBuf {
+    PathBuf::from(
+        std::env::var("MAPSCOPE_TEST_DEBIAN_GO_PROGRAM").unwrap_or_else(|_| {
+            panic!("MAPSCOPE_TEST_DEBIAN_GO_PROGRAM is not set: {NEEDS_SETUP}")
+        }),
+    )
+}
+
+/// Debian's Prometheus server running `config` (YAML) on a free loopback port, killed when
+/// dropped; returned once it is ready for web requests.
+pub struct PrometheusServer {
+    pub guard: ChildGuard,
+    pub address: SocketAddr,
+    pub log: Lines,
+    /// Configuration and storage; removed after the process is gone (fields drop in order).
+    _scratch: tempfile::TempDir,
+}
+
+impl PrometheusServer {
+    pub fn start(config: &str) -> Self {
+        let scratch = tempfile::tempdir().unwrap();
+        let config_path = scratch.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut child = Command::new(debian_prometheus())
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                scratch.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting prometheus");
+        let log = Lines::new(child.stderr.take().unwrap());
+        let server = Self {
+            guard: ChildGuard(child),
+            address,
+            log,
+            _scratch: scratch,
+        };
+        server
+            .log
+            .wait_for("prometheus to start", Duration::from_secs(60), |line| {
+                line.contains("Server is ready to receive web requests")
+            });
+        server
+    }
+}

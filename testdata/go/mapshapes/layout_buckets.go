@@ -21,20 +21,6 @@ type hmap struct {
 	extra      unsafe.Pointer
 }
 
-type rtype struct {
-	size       uintptr
-	ptrdata    uintptr
-	hash       uint32
-	tflag      uint8
-	align      uint8
-	fieldAlign uint8
-	kind       uint8
-	equal      unsafe.Pointer
-	gcdata     *byte
-	str        int32
-	ptrToThis  int32
-}
-
 type maptype struct {
 	typ        rtype
 	key        *rtype

@@ -32,20 +32,6 @@ type table struct {
 	lengthMask uint64
 }
 
-type rtype struct {
-	size       uintptr
-	ptrdata    uintptr
-	hash       uint32
-	tflag      uint8
-	align      uint8
-	fieldAlign uint8
-	kind       uint8
-	equal      unsafe.Pointer
-	gcdata     *byte
-	str        int32
-	ptrToThis  int32
-}
-
 // The prefix shared by abi.SwissMapType (1.24, 1.25) and abi.MapType (1.26+).
 type maptype struct {
 	typ       rtype

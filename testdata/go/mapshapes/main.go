@@ -138,6 +138,22 @@ func keep(name, function string, m any, w *watch) {
 	sites[name] = function
 }
 
+// rtype mirrors the runtime's type descriptor (_type, abi.Type), the same in every release
+// here: the first 48 bytes of a map type.
+type rtype struct {
+	size       uintptr
+	ptrdata    uintptr
+	hash       uint32
+	tflag      uint8
+	align      uint8
+	fieldAlign uint8
+	kind       uint8
+	equal      unsafe.Pointer
+	gcdata     *byte
+	str        int32
+	ptrToThis  int32
+}
+
 // header is the map's runtime header: a map value is a pointer to it.
 func header(m any) unsafe.Pointer {
 	return (*[2]unsafe.Pointer)(unsafe.Pointer(&m))[1]
