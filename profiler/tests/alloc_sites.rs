@@ -111,7 +111,10 @@ fn compare(version: &str) {
         "the five allocating functions: {ours:?}"
     );
     // Both rank the runtime's very same samples, so they agree on each function's share; the
-    // order may differ only between functions within 5% of each other.
+    // order may differ only between functions within 5% of each other. The runtime's profile
+    // also holds what the target allocated before mapscope attached (main.main's start-up, a
+    // sample now and then): a function mapscope never saw ranks last, and functions under 3%
+    // of the bytes are left to the share check above, whose tolerance they are within.
     let total: f64 = theirs.iter().map(|(_, bytes)| bytes).sum();
     let our_total: f64 = ours.iter().map(|(_, bytes)| bytes).sum();
     for (name, bytes) in &theirs {
@@ -127,8 +130,13 @@ fn compare(version: &str) {
     }
     for pair in theirs.windows(2) {
         let (first, second) = (&pair[0], &pair[1]);
-        if first.1 > second.1 * 1.05 {
-            let position = |name: &str| names(&ours).iter().position(|n| n == name);
+        if first.1 > second.1 * 1.05 && second.1 / total >= 0.03 {
+            let position = |name: &str| {
+                names(&ours)
+                    .iter()
+                    .position(|n| n == name)
+                    .unwrap_or(usize::MAX)
+            };
             assert!(
                 position(&first.0) < position(&second.0),
                 "{} ranks above {} in pprof, not in mapscope",

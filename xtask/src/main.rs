@@ -138,7 +138,9 @@ fn test(filter: Option<String>) -> Result<()> {
     // `#[ignore]`d for plain `cargo test` (they need root and Go toolchains), and included here.
     let mut command = shell::cargo();
     // The default members: everything but the eBPF crate, which build.rs builds for the kernel.
-    command.arg("test");
+    // --no-fail-fast: one failing binary still lets the others run, so a red run lists every
+    // failure at once instead of the first.
+    command.args(["test", "--no-fail-fast"]);
     if !shell::is_root() {
         command.args(["--config", r#"target."cfg(all())".runner="sudo -E""#]);
     }
