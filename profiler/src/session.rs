@@ -523,6 +523,9 @@ impl Attached {
                     process.pid,
                     map_options,
                     Arc::clone(&target_metrics),
+                    self.target.binary.type_descriptors().map(|types| {
+                        types.start + self.target.load_bias..types.end + self.target.load_bias
+                    }),
                 );
                 collector.view = Arc::clone(&map_view);
                 if map_options.assign_sampling.is_some() {
@@ -559,7 +562,10 @@ impl Attached {
         if let Some(task) = map_task {
             let _ = task.await;
         }
-        self.probes.detach();
+        // Each uprobe's removal waits for the kernel to retire it (about 0.1 s apiece here):
+        // off the async workers, which serve the other targets and the scrapes meanwhile.
+        let probes = self.probes;
+        tokio::task::block_in_place(|| probes.detach());
         tracing::info!("detached all probes from PID {}", process.pid);
         collector.drain();
         if let Some(mut alloc) = alloc {

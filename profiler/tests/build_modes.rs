@@ -124,6 +124,25 @@ fn check_release(version: &str) {
             );
         }
 
+        // The type descriptors, which map type names are read from, are where the linker put
+        // them (in a PIE, read through the moduledata's load-time relocations); the stripped
+        // twin finds them through its moduledata alone, the same size give or take the build
+        // flags its build info records.
+        let (types, etypes) = (
+            common::nm_symbol(version, &full_path, "runtime.types", &["R", "r", "D", "d"]),
+            common::nm_symbol(version, &full_path, "runtime.etypes", &["R", "r", "D", "d"]),
+        );
+        assert_eq!(
+            full.type_descriptors(),
+            Some(types..etypes),
+            "{what}: moduledata.types vs go tool nm"
+        );
+        let bare_types = bare.type_descriptors().expect("moduledata.types, stripped");
+        assert!(
+            (bare_types.end - bare_types.start).abs_diff(etypes - types) < 1024,
+            "{what}: stripped moduledata.types {bare_types:x?}, nm {types:x}..{etypes:x}"
+        );
+
         // The pause test on the stripped twin.
         if version.starts_with("1.19.") && mode.name == "static-pie" {
             // Go 1.19's own static-PIE executables die at start-up (SIGTRAP in the runtime's

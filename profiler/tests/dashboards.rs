@@ -318,10 +318,15 @@ fn every_dashboard_query_returns_data() {
     }
     assert!(
         failures.is_empty(),
-        "{} dashboard problems:\n\n{}\n\nPrometheus's warnings and errors:\n{}",
+        "{} dashboard problems:\n\n{}\n\nPrometheus's warnings and errors:\n{}\n\nmapscope's log:\n{}",
         failures.len(),
         failures.join("\n\n"),
-        prometheus.complaints()
+        prometheus.complaints(),
+        mapscopes
+            .iter()
+            .map(|mapscope| mapscope.stderr.all())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(checked > 0);
     drop(mapscopes);

@@ -31,19 +31,27 @@ fn check_release(version: &str) {
         panic!("Go {version} has no row in the table");
     };
 
-    // moduledata.gofunc, where inline trees are found in stripped binaries, is where the table
-    // says (its offset moved in Go 1.27).
-    let gofunc_offset = abi::moduledata_gofunc_offset(binary.version).expect("a gofunc offset");
+    // moduledata.gofunc, where inline trees are found in stripped binaries, and types/etypes,
+    // which type names are relative to, are where the table says (they moved in Go 1.21 and
+    // 1.27).
+    let module_row = abi::moduledata_row(binary.version).expect("a moduledata row");
     let moduledata_facts: &'static DwarfFacts = Box::leak(Box::new(DwarfFacts {
         members: &[],
-        offsets: Box::leak(Box::new([("runtime.moduledata", "gofunc", gofunc_offset)])),
+        offsets: Box::leak(Box::new([
+            ("runtime.moduledata", "gofunc", module_row.gofunc),
+            ("runtime.moduledata", "types", module_row.types),
+            ("runtime.moduledata", "etypes", module_row.etypes),
+        ])),
         params: &[],
     }));
     assert_eq!(
         binary.dwarf_disagreements(moduledata_facts),
         Some(vec![]),
-        "Go {version}: moduledata.gofunc"
+        "Go {version}: moduledata.gofunc, types, etypes"
     );
+    // The stripped twin below finds the same bounds from its moduledata.
+    let types = binary.type_descriptors().expect("moduledata.types");
+    assert!(!types.is_empty());
 
     // The binary's DWARF confirms its row of the table, and tells it apart from the others.
     assert_eq!(
@@ -114,6 +122,16 @@ fn check_release(version: &str) {
         stripped.dwarf_disagreements(&row.dwarf),
         None,
         "a stripped binary has no DWARF"
+    );
+    // Its type section, found from its moduledata, holds the same types: the same size but
+    // for the build flags the build info records (a few dozen bytes).
+    let stripped_types = stripped
+        .type_descriptors()
+        .expect("moduledata.types, stripped");
+    assert!(
+        stripped_types.end > stripped_types.start
+            && (stripped_types.end - stripped_types.start).abs_diff(types.end - types.start) < 1024,
+        "moduledata.types: {types:x?}, stripped twin {stripped_types:x?}"
     );
     for function in [abi::STOP_THE_WORLD, abi::START_THE_WORLD] {
         let (full, bare) = (

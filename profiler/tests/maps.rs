@@ -37,6 +37,10 @@ struct Shape {
     b: u8,
     #[serde(default)]
     tables: u64,
+    #[serde(rename = "type")]
+    type_name: String,
+    key_bytes: u64,
+    elem_bytes: u64,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -100,7 +104,11 @@ fn settled_snapshots(mapscope: &Mapscope, maps: &[Shape]) -> Vec<serde_json::Val
 }
 
 fn start(version: &str) -> (GoTarget, Mapscope) {
-    let binary = common::build_go("mapshapes", version, &[]);
+    start_built(version, &[])
+}
+
+fn start_built(version: &str, flags: &[&str]) -> (GoTarget, Mapscope) {
+    let binary = common::build_go("mapshapes", version, flags);
     let target = GoTarget::start(&binary, &[]);
     let mapscope = Mapscope::start(&[
         "attach",
@@ -166,6 +174,21 @@ fn snapshots_match_the_runtime(version: &str) {
             map.name
         );
         assert_eq!(snapshot["layout"], map.layout.as_str());
+        // The type as reflect names it (a named map type by its name), and its sizes.
+        assert_eq!(
+            (
+                snapshot["type"].as_str(),
+                snapshot["key_bytes"].as_u64(),
+                snapshot["elem_bytes"].as_u64()
+            ),
+            (
+                Some(map.type_name.as_str()),
+                Some(map.key_bytes),
+                Some(map.elem_bytes)
+            ),
+            "{}: type",
+            map.name
+        );
         assert_eq!(
             snapshot["entries"].as_u64(),
             Some(map.entries),
@@ -325,6 +348,46 @@ per_go_release! {
     snapshots_go1_25 => "1.25.5",
     snapshots_go1_26 => "1.26.6",
     snapshots_go1_27 => "1.27.3",
+}
+
+/// A stripped PIE: the map types' names are found through the moduledata's load-time
+/// relocations and the load bias, and the snapshots still equal the target's own figures.
+fn stripped_pie_maps_are_named(version: &str) {
+    let (mut target, mapscope) = start_built(version, &["-buildmode=pie", "-ldflags=-s -w"]);
+    let maps = shapes(&mut target, "build");
+    let found = settled_snapshots(&mapscope, &maps);
+    for map in &maps {
+        let snapshot = snapshot_of(&found, map.address)
+            .unwrap_or_else(|| panic!("no snapshot of {}: {found:#?}", map.name));
+        println!(
+            "  {:9} {:22} {:3} {:3} | {} {} {}",
+            map.name,
+            map.type_name,
+            map.key_bytes,
+            map.elem_bytes,
+            snapshot["type"],
+            snapshot["key_bytes"],
+            snapshot["elem_bytes"]
+        );
+        assert_eq!(snapshot["type"].as_str(), Some(map.type_name.as_str()));
+        assert_eq!(snapshot["key_bytes"].as_u64(), Some(map.key_bytes));
+        assert_eq!(snapshot["elem_bytes"].as_u64(), Some(map.elem_bytes));
+        assert_eq!(snapshot["entries"].as_u64(), Some(map.entries));
+        assert!(
+            snapshot["site"]
+                .as_str()
+                .is_some_and(|site| site.starts_with(&format!("{} (main.go:", map.function))),
+            "{snapshot:#}"
+        );
+    }
+    target.send("exit");
+}
+
+per_go_release! {
+    stripped_pie_maps_are_named;
+    stripped_pie_go1_19 => "1.19.8",
+    stripped_pie_go1_23 => "1.23.9",
+    stripped_pie_go1_27 => "1.27.3",
 }
 
 /// A tracked map that is freed and whose memory is reused disappears: its snapshots are
@@ -528,7 +591,16 @@ fn heatmap_command(version: &str) {
             .map(|cell| attribute(cell, "data-entries"))
             .sum();
         assert_eq!(entries, attribute(group, "data-entries"));
-        assert!(maps.iter().any(|map| map.entries == entries), "{entries}");
+        // The title names the map's type, as reflect does, with its key and element sizes.
+        assert!(
+            maps.iter().any(|map| map.entries == entries
+                && group.contains(&format!(
+                    " — {} ({} B keys, {} B values) — ",
+                    map.type_name, map.key_bytes, map.elem_bytes
+                ))),
+            "{entries}: {}",
+            &group[..group.find("</text>").unwrap()]
+        );
         for cell in &cells {
             assert!(attribute(cell, "y") + 10 <= height);
         }

@@ -10,13 +10,16 @@ use std::{
 use aya::maps::{HashMap as KernelHashMap, MapData, PerCpuHashMap, StackTraceMap};
 use profiler_common::maps::{MapEvent, MapSiteKey, TrackedMap};
 
-use super::stacks::Stacks;
+use super::{assigns::SamplerTask, stacks::Stacks};
 use crate::{
     export::{map_metrics::SiteTotals, metrics::TargetMetrics},
-    gobin::abi::MapAbi,
-    model::maps::MapShape,
+    gobin::abi::{MapAbi, TYPE_ABI},
+    model::maps::{MapShape, MapTypeInfo},
     probes::loaded::MapMaps,
-    target::gomap::{self, Budgeted, SnapshotError},
+    target::{
+        gomap::{self, Budgeted, SnapshotError},
+        gotype,
+    },
 };
 
 /// What the user can tune about map tracking.
@@ -83,6 +86,9 @@ pub struct MapReport {
     /// Prometheus counters are exact).
     pub growths: u64,
     pub overflows: u64,
+    /// Its type's name and key and element sizes, when the descriptor read.
+    #[serde(flatten)]
+    pub type_info: Option<MapTypeInfo>,
     #[serde(flatten)]
     pub shape: MapShape,
     pub read_bytes: u64,
@@ -96,6 +102,8 @@ pub struct MapReport {
 /// The latest snapshots, shared with the HTTP endpoint.
 pub type MapView = Arc<Mutex<Vec<MapReport>>>;
 
+/// Bytes a map type's descriptor, key and element sizes and name may take to read.
+const TYPE_READ_BUDGET: u64 = 4096;
 /// How often the kernel's event counts are read.
 const EVENT_INTERVAL: Duration = Duration::from_secs(1);
 /// A map that fails this many snapshots in a row for a reason other than a write in progress
@@ -129,10 +137,16 @@ pub struct MapCollector {
     assign_rates: HashMap<u64, f64>,
     sites_with_rates: BTreeSet<String>,
     warned_denied: bool,
+    /// The target's type descriptors (run-time addresses), where type names are found.
+    type_descriptors: Option<std::ops::Range<u64>>,
+    /// Map types read so far, by descriptor address: a descriptor never changes.
+    types: HashMap<u64, MapTypeInfo>,
     pub view: MapView,
 }
 
 impl MapCollector {
+    /// `type_descriptors`: where the target's type descriptors are (`moduledata.types` up to
+    /// `etypes`, load bias added), for map type names.
     pub fn new(
         maps: MapMaps,
         stacks: Stacks,
@@ -140,6 +154,7 @@ impl MapCollector {
         pid: u32,
         options: MapOptions,
         metrics: Arc<TargetMetrics>,
+        type_descriptors: Option<std::ops::Range<u64>>,
     ) -> Self {
         Self {
             tracked: maps.tracked,
@@ -159,6 +174,8 @@ impl MapCollector {
             assign_rates: HashMap::new(),
             sites_with_rates: BTreeSet::new(),
             warned_denied: false,
+            type_descriptors,
+            types: HashMap::new(),
             view: MapView::default(),
         }
     }
@@ -168,95 +185,31 @@ impl MapCollector {
         let mut events = tokio::time::interval(EVENT_INTERVAL);
         let mut snapshots = tokio::time::interval(self.options.snapshot_interval);
         snapshots.tick().await;
-        let sampling = self
-            .options
-            .assign_sampling
-            .filter(|_| self.assign_probes.is_some());
-        let mut assigns =
-            tokio::time::interval(sampling.map_or(Duration::from_secs(3600), |s| s.period));
-        assigns.tick().await;
+        // The assignment sampler runs beside this loop (see `assigns`), never inside it.
+        let mut sampler = match (self.options.assign_sampling, self.assign_probes.take()) {
+            (Some(sampling), Some(probes)) => Some(SamplerTask::start(
+                self.pid,
+                probes,
+                sampling,
+                Arc::clone(&self.metrics),
+            )),
+            _ => None,
+        };
         loop {
             tokio::select! {
                 () = &mut stop => break,
                 _ = events.tick() => self.read_events(),
                 _ = snapshots.tick() => self.snapshot_round().await,
-                _ = assigns.tick(), if sampling.is_some() => {
-                    // A stop during the window ends it early; the probes come off either way.
-                    if let Some(sampling) = sampling {
-                        self.sample_assigns(sampling.window, &mut stop).await;
-                    }
+                Some(rates) = async { sampler.as_mut()?.rates.recv().await }, if sampler.is_some() => {
+                    self.assign_rates = rates;
+                    self.export_assign_rates();
                 }
             }
         }
+        if let Some(sampler) = sampler {
+            sampler.stop().await;
+        }
         self.read_events();
-    }
-
-    /// Attach the assignment probes for `window` (or until `stop`), then count by map.
-    async fn sample_assigns(
-        &mut self,
-        window: Duration,
-        stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    ) {
-        let Some(probes) = &self.assign_probes else {
-            return;
-        };
-        let mut attached = match crate::probes::loaded::AttachedProbes::attach(
-            self.pid,
-            &probes.exe,
-            &probes.points,
-        ) {
-            Ok(attached) => attached,
-            // The target exiting fails the attach; that is no news. (An exited child not yet
-            // reaped still has /proc/PID, but no exe.)
-            Err(_) if std::fs::read_link(format!("/proc/{}/exe", self.pid)).is_err() => {
-                return;
-            }
-            Err(error) => {
-                tracing::warn!("map assignment sampling: attaching failed: {error}");
-                return;
-            }
-        };
-        let Ok(counts) = attached.take_assign_counts() else {
-            attached.detach();
-            return;
-        };
-        let read =
-            |counts: &aya::maps::PerCpuHashMap<aya::maps::MapData, u64, u64>| -> HashMap<u64, u64> {
-                counts
-                    .iter()
-                    .filter_map(Result::ok)
-                    .map(|(map, per_cpu)| (map, per_cpu.iter().sum::<u64>()))
-                    .collect()
-            };
-        // Counted from here: what the first probes saw while the others were being attached
-        // is subtracted.
-        let baseline = read(&counts);
-        let started = Instant::now();
-        tokio::select! {
-            () = tokio::time::sleep(window) => {}
-            () = stop.as_mut() => {}
-        }
-        // Read the counts at the end of the window, before detaching: removing uprobes takes
-        // the kernel a while, and counts after `seconds` would inflate the rate.
-        let seconds = started.elapsed().as_secs_f64();
-        let rates: Result<HashMap<u64, f64>, ()> = Ok(read(&counts)
-            .into_iter()
-            .map(|(map, count)| {
-                let before = baseline.get(&map).copied().unwrap_or(0);
-                (map, count.saturating_sub(before) as f64 / seconds)
-            })
-            .collect());
-        let hits = attached
-            .hit_counts()
-            .get(profiler_common::counters::HIT_MAP_ASSIGN as usize)
-            .copied()
-            .unwrap_or(0);
-        attached.detach();
-        self.metrics.probe_hits("map_assign", hits);
-        if let Ok(rates) = rates {
-            self.assign_rates = rates;
-            self.export_assign_rates();
-        }
     }
 
     /// Per site, the assignment rates of its tracked maps.
@@ -390,6 +343,7 @@ impl MapCollector {
                     address,
                     site,
                     map_type: map.map_type,
+                    type_info: self.type_info(map.map_type),
                     hint: map.hint,
                     growths: map.events[0],
                     overflows: map.events[1],
@@ -445,6 +399,35 @@ impl MapCollector {
             }
         }
         memory.bytes_read
+    }
+
+    /// The type of the map whose descriptor is at `map_type`, read once.
+    fn type_info(&mut self, map_type: u64) -> Option<MapTypeInfo> {
+        if let Some(known) = self.types.get(&map_type) {
+            return Some(known.clone());
+        }
+        let mut memory = Budgeted {
+            pid: self.pid,
+            budget: TYPE_READ_BUDGET,
+            bytes_read: 0,
+        };
+        match gotype::read_map_type(
+            &mut memory,
+            &TYPE_ABI,
+            self.type_descriptors.as_ref(),
+            map_type,
+        ) {
+            Ok(info) => {
+                self.types.insert(map_type, info.clone());
+                Some(info)
+            }
+            // The map read whole through this descriptor a moment ago: a failure here is the
+            // target exiting or a descriptor made at run time and gone; tried again next time.
+            Err(error) => {
+                tracing::debug!("map type at {map_type:#x}: {error}");
+                None
+            }
+        }
     }
 
     fn export_totals(&mut self) {

@@ -1,5 +1,6 @@
 //! Reading kernel maps and ring buffers into the model and the exporters.
 pub mod alloc;
+pub mod assigns;
 pub mod maps;
 pub mod stacks;
 pub mod stw;

@@ -92,8 +92,12 @@ fn title(report: &MapReport) -> String {
             shape.directory_len.unwrap_or(0)
         ),
     };
+    let type_info = report
+        .type_info
+        .as_ref()
+        .map_or(String::new(), |info| format!(" — {}", info.describe()));
     format!(
-        "{} — {structure}; {} entries in {} slots ({:.0}% full), {} bytes; {} growths, {} overflow buckets; map {:#x}",
+        "{}{type_info} — {structure}; {} entries in {} slots ({:.0}% full), {} bytes; {} growths, {} overflow buckets; map {:#x}",
         report.site,
         shape.entries,
         shape.capacity_slots,
@@ -202,7 +206,7 @@ pub fn to_svg(reports: &[&MapReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::maps::{MapShape, Unit};
+    use crate::model::maps::{MapShape, MapTypeInfo, Unit};
 
     fn report(units: usize) -> MapReport {
         let units: Vec<Unit> = (0..units)
@@ -216,6 +220,11 @@ mod tests {
             address: 0xc000_1000,
             site: "main.build <x> (main.go:10)".into(),
             map_type: 0x4000,
+            type_info: Some(MapTypeInfo {
+                name: Some("map[string]main.Item".into()),
+                key_bytes: 16,
+                elem_bytes: 40,
+            }),
             hint: 0,
             growths: 3,
             overflows: 1,
@@ -246,6 +255,7 @@ mod tests {
         assert_eq!(cells, big.shape.bands(MAX_CELLS).len() + 100);
         assert!(cells <= MAX_CELLS + 100 + 1);
         assert!(svg.contains("main.build &lt;x&gt;"));
+        assert!(svg.contains("map[string]main.Item (16 B keys, 40 B values)"));
         assert!(!svg.contains("<x>"));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
@@ -256,6 +266,11 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&to_json(&[&map]).unwrap()).unwrap();
         let first = &json["maps"][0];
         assert_eq!(first["entries"], map.shape.entries);
+        assert_eq!(first["type"], "map[string]main.Item");
+        assert_eq!(
+            (first["key_bytes"].as_u64(), first["elem_bytes"].as_u64()),
+            (Some(16), Some(40))
+        );
         let bands: u64 = first["bands"]
             .as_array()
             .unwrap()

@@ -220,41 +220,82 @@ pub const STW_TABLE: &[StwAbi] = &[
     },
 ];
 
-/// Offset of `gofunc` in `runtime.moduledata` per release range (from the DWARF of binaries
-/// built by go1.19.8, go1.21.13–go1.26.6 and go1.27.3, which added `typedesclen`, `itaboffset`
-/// and `itabsize` before it; checked against each binary's DWARF in tests/go_versions.rs).
-pub const MODULEDATA_GOFUNC: &[ModuleDataRow] = &[
+/// Offsets of `gofunc` and of the type descriptors' bounds (`types`, `etypes`) in
+/// `runtime.moduledata` per release range (from the DWARF of binaries built by go1.19.8,
+/// go1.21.13–go1.26.6 (`covctrs, ecovctrs` added) and go1.27.3 (`typedesclen` between `types`
+/// and `etypes`, `itaboffset, itabsize` after); checked against each binary's DWARF in
+/// tests/go_versions.rs).
+pub const MODULEDATA_TABLE: &[ModuleDataRow] = &[
     ModuleDataRow {
         first: (1, 19),
         last: (1, 19),
         gofunc: 304,
+        types: 280,
+        etypes: 288,
     },
     ModuleDataRow {
         first: (1, 21),
         last: (1, 26),
         gofunc: 320,
+        types: 296,
+        etypes: 304,
     },
     ModuleDataRow {
         first: (1, 27),
         last: (1, 27),
         gofunc: 344,
+        types: 296,
+        etypes: 312,
     },
 ];
 
-/// Where `runtime.moduledata` keeps `gofunc`, for a range of Go releases.
+/// Where `runtime.moduledata` keeps what mapscope reads, for a range of Go releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModuleDataRow {
     pub first: (u32, u32),
     pub last: (u32, u32),
     pub gofunc: u64,
+    /// `types` and `etypes`: the type descriptors, which type names are offsets into.
+    pub types: u64,
+    pub etypes: u64,
 }
 
-pub fn moduledata_gofunc_offset(version: GoVersion) -> Option<u64> {
+pub fn moduledata_row(version: GoVersion) -> Option<&'static ModuleDataRow> {
     let release = version.release();
-    MODULEDATA_GOFUNC
+    MODULEDATA_TABLE
         .iter()
         .find(|row| row.first <= release && release <= row.last)
-        .map(|row| row.gofunc)
 }
+
+/// Where every type descriptor (`runtime._type`, `internal/abi.Type`: 48 bytes, the same in
+/// go1.19.8 through go1.27.3) keeps its size, flags and name, and where a map type
+/// (`runtime.maptype`, `abi.MapType`, `abi.SwissMapType`, which all start with that
+/// descriptor) keeps its key and element types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TypeAbi {
+    /// `size` / `Size_` (uintptr).
+    pub size: u64,
+    /// `tflag` / `TFlag` (uint8).
+    pub tflag: u64,
+    /// `str` / `Str` (nameOff, int32): the name, as an offset from `moduledata.types`.
+    pub name_offset: u64,
+    /// `key` / `Key` (pointer to the key's type descriptor).
+    pub map_key: u64,
+    /// `elem` / `Elem`.
+    pub map_elem: u64,
+}
+
+pub const TYPE_ABI: TypeAbi = TypeAbi {
+    size: 0,
+    tflag: 20,
+    name_offset: 40,
+    map_key: 48,
+    map_elem: 56,
+};
+
+/// `tflagExtraStar` / `abi.TFlagExtraStar`: the stored name has a `*` in front that the type's
+/// own name does not (the linker shares names between T and *T).
+pub const TFLAG_EXTRA_STAR: u8 = 1 << 1;
 
 /// What mapscope will do with a binary of this Go version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -75,6 +75,8 @@ struct PclntabSpan {
     len: usize,
     text_start: Option<u64>,
     gofunc: Option<u64>,
+    /// `moduledata.types` up to `etypes`, at link-time addresses.
+    types: Option<(u64, u64)>,
 }
 
 /// How the executable was linked, as far as a user deciding about mapscope cares.
@@ -236,13 +238,8 @@ impl GoBinary {
         let span = |file_offset: usize, address: u64| -> Option<PclntabSpan> {
             let table = data.get(file_offset..)?;
             let (header_text, funcnames) = pclntab::header_words(table)?;
-            let module = moduledata::read(
-                file,
-                address,
-                funcnames,
-                abi::moduledata_gofunc_offset(version),
-            )
-            .unwrap_or_default();
+            let module = moduledata::read(file, address, funcnames, abi::moduledata_row(version))
+                .unwrap_or_default();
             let text_start = Some(header_text)
                 .filter(|&text| text != 0)
                 .or(module.text)
@@ -252,6 +249,7 @@ impl GoBinary {
                 len: table.len(),
                 text_start,
                 gofunc: gofunc_symbol.or(module.gofunc),
+                types: module.types,
             })
         };
         if let Some(section) = file.section_by_name(".gopclntab") {
@@ -294,6 +292,13 @@ impl GoBinary {
 
     pub fn function(&self, name: &str) -> Option<Function> {
         self.functions.get(name).copied()
+    }
+
+    /// Where the type descriptors are (`moduledata.types` up to `etypes`, link-time addresses;
+    /// add the load bias in a PIE): type names are offsets from the start.
+    pub fn type_descriptors(&self) -> Option<std::ops::Range<u64>> {
+        let (start, end) = self.pclntab?.types?;
+        Some(start..end)
     }
 
     /// The file offset of a virtual address, through the program headers (a uprobe is placed by

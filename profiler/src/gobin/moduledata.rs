@@ -1,6 +1,7 @@
 //! The runtime's `firstmoduledata`, for what the pclntab may not say in the file: where Go's
-//! text starts (`moduledata.text`, the address of `runtime.text`), and where the `go:func.*`
-//! data is (`moduledata.gofunc`), which inline trees are relative to.
+//! text starts (`moduledata.text`, the address of `runtime.text`), where the `go:func.*`
+//! data is (`moduledata.gofunc`), which inline trees are relative to, and where the type
+//! descriptors are (`moduledata.types`), which type names are relative to.
 //!
 //! Recent linkers leave the pclntab header's textStart as zero in the file, and with external
 //! linking `runtime.text` is not the start of `.text` (the C start-up code comes first), so
@@ -15,6 +16,8 @@
 use std::collections::BTreeMap;
 
 use object::{Object as _, ObjectSegment as _, RelocationFlags};
+
+use super::abi::ModuleDataRow;
 
 const PC_HEADER: u64 = 0;
 const FUNCNAMETAB: u64 = 8;
@@ -87,16 +90,18 @@ pub struct ModuleData {
     pub text: Option<u64>,
     /// The `go:func.*` data that FUNCDATA offsets (inline trees) are relative to.
     pub gofunc: Option<u64>,
+    /// The type descriptors (`types` up to `etypes`), which type names are offsets into.
+    pub types: Option<(u64, u64)>,
 }
 
 /// The moduledata of the module whose pclntab is at `pclntab_address` with its function name
-/// table `funcnametab_offset` bytes in. `gofunc_offset` is the release's offset of the
-/// `gofunc` field (`abi::moduledata_gofunc_offset`).
+/// table `funcnametab_offset` bytes in. `row` gives the release's field offsets
+/// (`abi::moduledata_row`); without one only `text` is read.
 pub fn read(
     file: &object::File<'_>,
     pclntab_address: u64,
     funcnametab_offset: u64,
-    gofunc_offset: Option<u64>,
+    row: Option<&ModuleDataRow>,
 ) -> Option<ModuleData> {
     if pclntab_address == 0 {
         return None;
@@ -111,8 +116,16 @@ pub fn read(
             (names == pclntab_address.checked_add(funcnametab_offset)?).then_some(base)
         })?;
     let nonzero = |value: Option<u64>| value.filter(|&value| value != 0);
+    let field = |offset: fn(&ModuleDataRow) -> u64| {
+        nonzero(row.and_then(|row| image.word(base + offset(row))))
+    };
+    let types = match (field(|row| row.types), field(|row| row.etypes)) {
+        (Some(start), Some(end)) if start < end => Some((start, end)),
+        _ => None,
+    };
     Some(ModuleData {
         text: nonzero(image.word(base + TEXT)),
-        gofunc: nonzero(gofunc_offset.and_then(|offset| image.word(base + offset))),
+        gofunc: field(|row| row.gofunc),
+        types,
     })
 }

@@ -40,6 +40,31 @@ pub struct Table {
     pub local_depth: u8,
 }
 
+/// A map's type, from its type descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MapTypeInfo {
+    /// As `reflect` prints it (`map[string]int`, `main.Index`); `None` when the name could not
+    /// be found (a type made at run time, or no moduledata).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Size of a key and of an element, in bytes (`unsafe.Sizeof`). Over 128 bytes the map
+    /// keeps a pointer in the slot instead.
+    pub key_bytes: u64,
+    pub elem_bytes: u64,
+}
+
+impl MapTypeInfo {
+    /// `map[string]int (16 B keys, 8 B values)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({} B keys, {} B values)",
+            self.name.as_deref().unwrap_or("map of unknown name"),
+            self.key_bytes,
+            self.elem_bytes
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MapShape {
     pub layout: MapLayout,

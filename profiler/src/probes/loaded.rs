@@ -6,7 +6,7 @@ use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use aya_log::EbpfLogger;
@@ -80,52 +80,10 @@ impl AttachedProbes {
     /// Load the programs and attach every point, for `pid` only. The executable is named by
     /// `/proc/PID/exe` so the kernel resolves the right inode in any mount namespace.
     pub fn attach(pid: u32, exe: &Path, points: &[ProbePoint]) -> Result<Self, LoadError> {
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
-        let logger = match EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => Some(spawn_log_drain(logger)),
-            Err(error) => {
-                tracing::warn!("eBPF log messages will not be shown: {error}");
-                None
-            }
-        };
-        // Load only the programs this plan uses (the object also holds the bench's calibration
-        // program, and Go releases differ in which STW programs they need).
-        let mut names: Vec<&'static str> = points.iter().map(|point| point.program).collect();
-        names.sort_unstable();
-        names.dedup();
-        for name in names {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or(LoadError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| LoadError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| LoadError::Program { name, source })?;
-        }
-        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let (mut ebpf, logger) = load(points)?;
         for point in points {
-            let program: &mut UProbe = ebpf
-                .program_mut(point.program)
-                .ok_or(LoadError::MissingProgram {
-                    name: point.program,
-                })?
-                .try_into()
-                .map_err(|source| LoadError::Program {
-                    name: point.program,
-                    source,
-                })?;
-            let attach_point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
-                cookie: Some(point.cookie),
-            };
-            program
-                .attach(attach_point, exe, scope)
-                .map_err(|source| LoadError::Attach {
-                    function: point.function,
-                    address: point.address,
-                    source,
-                })?;
+            // The link is owned by the program: dropping the object detaches it.
+            attach_point(&mut ebpf, pid, exe, point)?;
         }
         Ok(Self {
             ebpf,
@@ -158,21 +116,6 @@ impl AttachedProbes {
         })
     }
 
-    /// Hits of every probe family, summed over CPUs, by `profiler_common::counters::HIT_*`.
-    pub fn hit_counts(&mut self) -> Vec<u64> {
-        let Ok(hits) = self.take::<PerCpuArray<MapData, u64>>("PROBE_HITS") else {
-            return Vec::new();
-        };
-        (0..profiler_common::counters::HIT_KINDS)
-            .map(|kind| hits.get(&kind, 0).map_or(0, |per_cpu| per_cpu.iter().sum()))
-            .collect()
-    }
-
-    /// Assignment counts by map (`--map-assign-sampling`).
-    pub fn take_assign_counts(&mut self) -> Result<PerCpuHashMap<MapData, u64, u64>, LoadError> {
-        self.take("MAP_ASSIGNS")
-    }
-
     pub fn take_map_maps(&mut self) -> Result<MapMaps, LoadError> {
         Ok(MapMaps {
             tracked: self.take("TRACKED_MAPS")?,
@@ -188,6 +131,140 @@ impl AttachedProbes {
         if let Some(logger) = logger {
             logger.abort();
         }
+    }
+}
+
+/// Load the object and the programs `points` use, with the log drain running.
+fn load(points: &[ProbePoint]) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
+    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+    let logger = match EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(spawn_log_drain(logger)),
+        Err(error) => {
+            tracing::warn!("eBPF log messages will not be shown: {error}");
+            None
+        }
+    };
+    // Load only the programs this plan uses (the object also holds the bench's calibration
+    // program, and Go releases differ in which STW programs they need).
+    let mut names: Vec<&'static str> = points.iter().map(|point| point.program).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        uprobe(&mut ebpf, name)?
+            .load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    Ok((ebpf, logger))
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
+/// Attach one point's program, for `pid` only. The executable is named by `/proc/PID/exe` so
+/// the kernel resolves the right inode in any mount namespace.
+fn attach_point(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    exe: &Path,
+    point: &ProbePoint,
+) -> Result<UProbeLinkId, LoadError> {
+    let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+    let attach_point = UProbeAttachPoint {
+        location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+        cookie: Some(point.cookie),
+    };
+    uprobe(ebpf, point.program)?
+        .attach(attach_point, exe, scope)
+        .map_err(|source| LoadError::Attach {
+            function: point.function,
+            address: point.address,
+            source,
+        })
+}
+
+/// Probes attached for a window now and then (`--map-assign-sampling`): the object is loaded
+/// once, and each window only attaches and detaches the uprobes. Loading an object per window
+/// cost about a second of blocking work on a busy machine; attaching is a few system calls
+/// per point.
+pub struct WindowedProbes {
+    ebpf: Ebpf,
+    _logger: Option<LogDrain>,
+    pid: u32,
+    exe: std::path::PathBuf,
+    points: Vec<ProbePoint>,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    hits: PerCpuArray<MapData, u64>,
+}
+
+/// Stops the log drain when dropped.
+struct LogDrain(tokio::task::JoinHandle<()>);
+
+impl Drop for LogDrain {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl WindowedProbes {
+    /// Load the programs of `points`, attaching none. Needs a tokio runtime (the log drain).
+    pub fn load(pid: u32, exe: &Path, points: Vec<ProbePoint>) -> Result<Self, LoadError> {
+        let (mut ebpf, logger) = load(&points)?;
+        let hits = ebpf
+            .take_map("PROBE_HITS")
+            .and_then(|map| PerCpuArray::try_from(map).ok())
+            .ok_or(LoadError::Map("PROBE_HITS"))?;
+        Ok(Self {
+            ebpf,
+            _logger: logger.map(LogDrain),
+            pid,
+            exe: exe.to_owned(),
+            points,
+            links: Vec::new(),
+            hits,
+        })
+    }
+
+    /// Attach every point; on a failure, detach those attached and say why.
+    pub fn attach(&mut self) -> Result<(), LoadError> {
+        self.detach();
+        for point in &self.points {
+            match attach_point(&mut self.ebpf, self.pid, &self.exe, point) {
+                Ok(link) => self.links.push((point.program, link)),
+                Err(error) => {
+                    self.detach();
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the window's uprobes; the kernel restores the original instructions.
+    pub fn detach(&mut self) {
+        for (program, link) in std::mem::take(&mut self.links) {
+            if let Ok(program) = uprobe(&mut self.ebpf, program) {
+                let _ = program.detach(link);
+            }
+        }
+    }
+
+    /// A map of the object (once: it is taken out), as the type the collector reads it as.
+    pub fn take_assign_counts(&mut self) -> Result<PerCpuHashMap<MapData, u64, u64>, LoadError> {
+        self.ebpf
+            .take_map("MAP_ASSIGNS")
+            .and_then(|map| PerCpuHashMap::try_from(map).ok())
+            .ok_or(LoadError::Map("MAP_ASSIGNS"))
+    }
+
+    /// Hits of one probe family since loading, summed over CPUs.
+    pub fn hits(&self, kind: u32) -> u64 {
+        self.hits
+            .get(&kind, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 }
 

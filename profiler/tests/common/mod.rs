@@ -163,20 +163,21 @@ pub fn spawn_retrying_busy(command: &mut Command) -> Child {
 
 /// A function's address according to `go tool nm`.
 pub fn nm_address(version: &str, binary: &Path, function: &str) -> u64 {
+    nm_symbol(version, binary, function, &["T", "t"])
+}
+
+/// The address `go tool nm` gives a symbol of one of these kinds (`T` text, `R` read-only
+/// data, ...; lower case for local symbols).
+pub fn nm_symbol(version: &str, binary: &Path, symbol: &str, kinds: &[&str]) -> u64 {
     go_tool(version, &["nm", binary.to_str().unwrap()])
         .lines()
         .find_map(|line| {
             let mut fields = line.split_whitespace();
             let (address, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
-            (matches!(kind, "T" | "t") && name == function)
+            (kinds.contains(&kind) && name == symbol)
                 .then(|| u64::from_str_radix(address, 16).ok())?
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "go tool nm does not list {function} in {}",
-                binary.display()
-            )
-        })
+        .unwrap_or_else(|| panic!("go tool nm does not list {symbol} in {}", binary.display()))
 }
 
 /// A function's instructions according to `go tool objdump`: (address, instruction text).

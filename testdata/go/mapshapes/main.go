@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -59,7 +60,14 @@ type shape struct {
 	// Swiss: the directory's length and its distinct tables.
 	DirLen int `json:"dir_len,omitempty"`
 	Tables int `json:"tables,omitempty"`
+	// The map's type as reflect names it, and its key and element sizes.
+	Type      string  `json:"type"`
+	KeyBytes  uintptr `json:"key_bytes"`
+	ElemBytes uintptr `json:"elem_bytes"`
 }
+
+// labelSet is a named map type: its name is the type's, not its map[K]V spelling.
+type labelSet map[string]string
 
 var (
 	mu     sync.Mutex
@@ -106,10 +114,11 @@ func buildPresized() {
 
 //go:noinline
 func buildShrunk() {
-	m := map[int]int{}
+	// Three-word values: a bigger bucket or slot than the other maps'.
+	m := map[int][3]uint64{}
 	w := newWatch(m)
 	for i := 0; i < shrunkN; i++ {
-		m[i] = i
+		m[i] = [3]uint64{uint64(i)}
 		w.step()
 	}
 	for i := keptN; i < shrunkN; i++ {
@@ -121,7 +130,7 @@ func buildShrunk() {
 
 //go:noinline
 func buildStrings() {
-	m := map[string]string{}
+	m := labelSet{}
 	w := newWatch(m)
 	for i := 0; i < stringsN; i++ {
 		m[fmt.Sprintf("key-%d", i)] = "v"
@@ -179,6 +188,8 @@ func report() {
 		s.Address = uint64(uintptr(header(m)))
 		s.Growths = counts[name].growths
 		s.Overflows = counts[name].overflows
+		t := reflect.TypeOf(m)
+		s.Type, s.KeyBytes, s.ElemBytes = t.String(), t.Key().Size(), t.Elem().Size()
 		out = append(out, s)
 	}
 	b, err := json.Marshal(map[string]any{"go_version": runtime.Version(), "maps": out})
