@@ -10,6 +10,7 @@ use mapscope::{
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr; stdout carries only the summary.
@@ -42,6 +43,18 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(error) => fail(&error),
+    }
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed
+/// in one is kept there. mapscope's threads come and go (blocking work for attaches, detaches,
+/// snapshots) and allocate little, so a daemon would keep tens of MB of other threads' freed
+/// memory. Two arenas bound that; they are set before any thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes an allocator setting; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

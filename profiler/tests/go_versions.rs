@@ -49,9 +49,8 @@ fn check_release(version: &str) {
         Some(vec![]),
         "Go {version}: moduledata.gofunc, types, etypes"
     );
-    // The stripped twin below finds the same bounds from its moduledata.
+    // The stripped twin below finds a type section of the same size from its moduledata.
     let types = binary.type_descriptors().expect("moduledata.types");
-    assert!(!types.is_empty());
 
     // The binary's DWARF confirms its row of the table, and tells it apart from the others.
     assert_eq!(

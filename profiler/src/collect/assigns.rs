@@ -8,7 +8,8 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use aya::maps::{MapData, PerCpuHashMap};
-use tokio::sync::{mpsc, watch};
+use profiler_common::counters;
+use tokio::sync::watch;
 
 use super::maps::{AssignProbes, AssignSampling};
 use crate::{export::metrics::TargetMetrics, probes::loaded::WindowedProbes};
@@ -20,7 +21,8 @@ pub type AssignRates = HashMap<u64, f64>;
 pub struct SamplerTask {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    pub rates: mpsc::Receiver<AssignRates>,
+    /// The last window's rates: the collector takes the newest whenever it gets to it.
+    pub rates: watch::Receiver<AssignRates>,
 }
 
 impl SamplerTask {
@@ -31,9 +33,7 @@ impl SamplerTask {
         metrics: Arc<TargetMetrics>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
-        // One window's rates at a time: a window finished while the collector has not taken the
-        // last one is dropped.
-        let (sender, rates) = mpsc::channel(1);
+        let (sender, rates) = watch::channel(AssignRates::new());
         let task = tokio::spawn(run(pid, probes, sampling, metrics, sender, stopped));
         Self { stop, task, rates }
     }
@@ -50,8 +50,9 @@ impl SamplerTask {
 struct Loaded {
     probes: WindowedProbes,
     counts: PerCpuHashMap<MapData, u64, u64>,
-    /// Probe hits already added to `mapscope_probe_hits_total`.
+    /// Probe hits and uncounted assignments (a full table) already exported.
     hits_exported: u64,
+    lost_exported: u64,
 }
 
 async fn run(
@@ -59,7 +60,7 @@ async fn run(
     source: AssignProbes,
     sampling: AssignSampling,
     metrics: Arc<TargetMetrics>,
-    rates: mpsc::Sender<AssignRates>,
+    rates: watch::Sender<AssignRates>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut periods = tokio::time::interval(sampling.period);
@@ -69,6 +70,8 @@ async fn run(
     let mut loaded: Option<Loaded> = None;
     loop {
         tokio::select! {
+            // A stop and a due window at once: the stop wins (a window costs seconds).
+            biased;
             _ = stopped.changed() => break,
             _ = periods.tick() => {}
         }
@@ -80,12 +83,15 @@ async fn run(
                     probes,
                     counts,
                     hits_exported: 0,
+                    lost_exported: 0,
                 })
             });
             match attempt {
                 Ok(ready) => loaded = Some(ready),
                 Err(error) => {
-                    // Not the target's doing, and not going to change: say so once.
+                    // The same object loaded for the target a moment ago, so this is the
+                    // kernel refusing more (locked memory, map limits): retrying every period
+                    // would repeat the warning without fixing anything. Said once.
                     tracing::warn!(
                         "map assignment sampling is off: loading its probes failed: {error}"
                     );
@@ -97,13 +103,21 @@ async fn run(
             return;
         };
         if let Some(window) = sampler.window(pid, sampling, &mut stopped).await {
-            let hits = sampler
-                .probes
-                .hits(profiler_common::counters::HIT_MAP_ASSIGN);
+            let (hits, lost) = tokio::task::block_in_place(|| {
+                (
+                    sampler.probes.hits(counters::HIT_MAP_ASSIGN),
+                    sampler.probes.lost(counters::MAP_TABLE_FULL),
+                )
+            });
             metrics.probe_hits("map_assign", hits.saturating_sub(sampler.hits_exported));
-            sampler.hits_exported = hits;
-            // Never wait on the collector: it may be stopping, and waiting for this task.
-            if let Err(mpsc::error::TrySendError::Closed(_)) = rates.try_send(window) {
+            metrics.dropped(
+                counters::NAMES[counters::MAP_TABLE_FULL as usize],
+                lost.saturating_sub(sampler.lost_exported),
+            );
+            (sampler.hits_exported, sampler.lost_exported) = (hits, lost);
+            // Replaces a window the collector has not taken yet; never waits on it (it may be
+            // stopping, and waiting for this task).
+            if rates.send(window).is_err() {
                 break;
             }
         }
@@ -136,8 +150,8 @@ impl Loaded {
             return None;
         }
         // Counted from here: what the first probes saw while the others were being attached
-        // is subtracted.
-        let baseline = total_by_map(&self.counts);
+        // is subtracted. (Reading the table is a system call per map: off the workers too.)
+        let baseline = tokio::task::block_in_place(|| total_by_map(&self.counts));
         let started = Instant::now();
         let attach_time = started - attaching;
         tokio::select! {
@@ -146,8 +160,10 @@ impl Loaded {
         }
         // Read the counts at the end of the window, before detaching: removing uprobes takes
         // the kernel a while, and counts after `seconds` would inflate the rate.
-        let seconds = started.elapsed().as_secs_f64();
-        let rates: AssignRates = total_by_map(&self.counts)
+        let (counted, seconds) = tokio::task::block_in_place(|| {
+            (total_by_map(&self.counts), started.elapsed().as_secs_f64())
+        });
+        let rates: AssignRates = counted
             .into_iter()
             .map(|(map, count)| {
                 let before = baseline.get(&map).copied().unwrap_or(0);

@@ -200,7 +200,11 @@ impl MapCollector {
                 () = &mut stop => break,
                 _ = events.tick() => self.read_events(),
                 _ = snapshots.tick() => self.snapshot_round().await,
-                Some(rates) = async { sampler.as_mut()?.rates.recv().await }, if sampler.is_some() => {
+                Some(rates) = async {
+                    let rates = &mut sampler.as_mut()?.rates;
+                    rates.changed().await.ok()?;
+                    Some(rates.borrow_and_update().clone())
+                }, if sampler.is_some() => {
                     self.assign_rates = rates;
                     self.export_assign_rates();
                 }

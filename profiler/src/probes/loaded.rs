@@ -80,7 +80,7 @@ impl AttachedProbes {
     /// Load the programs and attach every point, for `pid` only. The executable is named by
     /// `/proc/PID/exe` so the kernel resolves the right inode in any mount namespace.
     pub fn attach(pid: u32, exe: &Path, points: &[ProbePoint]) -> Result<Self, LoadError> {
-        let (mut ebpf, logger) = load(points)?;
+        let (mut ebpf, logger) = load(points, &[])?;
         for point in points {
             // The link is owned by the program: dropping the object detaches it.
             attach_point(&mut ebpf, pid, exe, point)?;
@@ -134,9 +134,18 @@ impl AttachedProbes {
     }
 }
 
-/// Load the object and the programs `points` use, with the log drain running.
-fn load(points: &[ProbePoint]) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
-    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+/// Load the object and the programs `points` use, with the log drain running. `shrink` sets
+/// the size of maps this use of the object never touches (the kernel creates every map of an
+/// object, whichever programs are loaded).
+fn load(
+    points: &[ProbePoint],
+    shrink: &[(&'static str, u32)],
+) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
+    let mut loader = EbpfLoader::new();
+    for &(name, entries) in shrink {
+        loader.map_max_entries(name, entries);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(spawn_log_drain(logger)),
         Err(error) => {
@@ -198,7 +207,24 @@ pub struct WindowedProbes {
     points: Vec<ProbePoint>,
     links: Vec<(&'static str, UProbeLinkId)>,
     hits: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
 }
+
+/// The maps a windowed object keeps for the target's whole session but never uses, shrunk to
+/// their least: the assignment probe counts into `MAP_ASSIGNS`, `PROBE_HITS` and
+/// `PROBE_COUNTERS` only. Full size, they would hold megabytes of kernel memory per target.
+const WINDOW_UNUSED_MAPS: &[(&str, u32)] = &[
+    ("ALLOC_STACKS", 1),
+    ("ALLOC_SAMPLES", 1),
+    ("STOPPED", 1),
+    ("STARTING", 1),
+    // A ring buffer is at least a page.
+    ("STW_EVENTS", 4096),
+    ("MAP_STACKS", 1),
+    ("TRACKED_MAPS", 1),
+    ("MAP_SITE_EVENTS", 1),
+    ("PENDING_CREATIONS", 1),
+];
 
 /// Stops the log drain when dropped.
 struct LogDrain(tokio::task::JoinHandle<()>);
@@ -212,11 +238,14 @@ impl Drop for LogDrain {
 impl WindowedProbes {
     /// Load the programs of `points`, attaching none. Needs a tokio runtime (the log drain).
     pub fn load(pid: u32, exe: &Path, points: Vec<ProbePoint>) -> Result<Self, LoadError> {
-        let (mut ebpf, logger) = load(&points)?;
-        let hits = ebpf
-            .take_map("PROBE_HITS")
-            .and_then(|map| PerCpuArray::try_from(map).ok())
-            .ok_or(LoadError::Map("PROBE_HITS"))?;
+        let (mut ebpf, logger) = load(&points, WINDOW_UNUSED_MAPS)?;
+        let mut per_cpu_array = |name: &'static str| {
+            ebpf.take_map(name)
+                .and_then(|map| PerCpuArray::try_from(map).ok())
+                .ok_or(LoadError::Map(name))
+        };
+        let hits = per_cpu_array("PROBE_HITS")?;
+        let counters = per_cpu_array("PROBE_COUNTERS")?;
         Ok(Self {
             ebpf,
             _logger: logger.map(LogDrain),
@@ -225,6 +254,7 @@ impl WindowedProbes {
             points,
             links: Vec::new(),
             hits,
+            counters,
         })
     }
 
@@ -258,6 +288,14 @@ impl WindowedProbes {
             .take_map("MAP_ASSIGNS")
             .and_then(|map| PerCpuHashMap::try_from(map).ok())
             .ok_or(LoadError::Map("MAP_ASSIGNS"))
+    }
+
+    /// Events of one `profiler_common::counters` kind the programs could not count, since
+    /// loading, summed over CPUs.
+    pub fn lost(&self, kind: u32) -> u64 {
+        self.counters
+            .get(&kind, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum())
     }
 
     /// Hits of one probe family since loading, summed over CPUs.

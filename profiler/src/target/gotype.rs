@@ -50,8 +50,8 @@ pub fn read_map_type(
     }
     let (mut key_size, mut elem_size) = ([0u8; 8], [0u8; 8]);
     memory.read_many(&mut [
-        (key + abi.size, &mut key_size),
-        (elem + abi.size, &mut elem_size),
+        (key.wrapping_add(abi.size), &mut key_size),
+        (elem.wrapping_add(abi.size), &mut elem_size),
     ])?;
     let (key_bytes, elem_bytes) = (u64::from_le_bytes(key_size), u64::from_le_bytes(elem_size));
     if key_bytes > MAX_TYPE_SIZE || elem_bytes > MAX_TYPE_SIZE {
@@ -68,16 +68,17 @@ pub fn read_map_type(
     let extra_star = descriptor
         .get(abi.tflag as usize)
         .is_some_and(|flags| flags & TFLAG_EXTRA_STAR != 0);
-    let name = types
-        .filter(|types| types.contains(&map_type) && name_offset > 0)
-        .and_then(|types| read_name(memory, types, types.start + name_offset as u64))
-        .map(|name| {
-            if extra_star {
-                name.strip_prefix('*').map(str::to_owned).unwrap_or(name)
-            } else {
-                name
-            }
-        });
+    let name = match types.filter(|types| types.contains(&map_type) && name_offset > 0) {
+        Some(types) => read_name(memory, types, types.start.wrapping_add(name_offset as u64))?,
+        None => None,
+    };
+    let name = name.map(|name| {
+        if extra_star {
+            name.strip_prefix('*').map(str::to_owned).unwrap_or(name)
+        } else {
+            name
+        }
+    });
     Ok(MapTypeInfo {
         name,
         key_bytes,
@@ -86,22 +87,37 @@ pub fn read_map_type(
 }
 
 /// The name stored at `address`: a flags byte, the length as a varint, the bytes
-/// (`internal/abi.Name`, the same since Go 1.17). `None` if it does not read as one.
-fn read_name(memory: &mut dyn Memory, types: &Range<u64>, address: u64) -> Option<String> {
-    let available = usize::try_from(types.end.checked_sub(address)?).ok()?;
+/// (`internal/abi.Name`, the same since Go 1.17). `Ok(None)` if it does not read as one; an
+/// error if the memory could not be read (the caller tries again later).
+fn read_name(
+    memory: &mut dyn Memory,
+    types: &Range<u64>,
+    address: u64,
+) -> Result<Option<String>, SnapshotError> {
+    let Some(available) = types
+        .end
+        .checked_sub(address)
+        .and_then(|left| usize::try_from(left).ok())
+    else {
+        return Ok(None);
+    };
     let mut bytes = vec![0u8; NAME_PROBE.min(available)];
-    memory.read(address, &mut bytes).ok()?;
-    let (start, length) = name_span(&bytes)?;
+    memory.read(address, &mut bytes)?;
+    let Some((start, length)) = name_span(&bytes) else {
+        return Ok(None);
+    };
     if length > MAX_NAME || start + length > available {
-        return None;
+        return Ok(None);
     }
     if start + length > bytes.len() {
         bytes.resize(start + length, 0);
-        memory.read(address, &mut bytes).ok()?;
+        memory.read(address, &mut bytes)?;
     }
-    let name = std::str::from_utf8(&bytes[start..start + length]).ok()?;
+    let Ok(name) = std::str::from_utf8(&bytes[start..start + length]) else {
+        return Ok(None);
+    };
     // Type names are printable; anything else is not a name.
-    (!name.is_empty() && !name.chars().any(char::is_control)).then(|| name.to_owned())
+    Ok((!name.is_empty() && !name.chars().any(char::is_control)).then(|| name.to_owned()))
 }
 
 /// Where a name's bytes start and how many there are, from its first bytes.
@@ -264,12 +280,23 @@ mod tests {
         let found = read_map_type(&mut fake, &TYPE_ABI, Some(&TYPES), 0x2000).unwrap();
         assert_eq!((found.name, found.key_bytes), (None, 16));
         let mut fake = memory_with("*map[int]int", 0);
+        fake.runs[1].1.extend_from_slice(&[b'x'; 200]);
         fake.runs[1].1[1] = 0x7f;
         assert_eq!(
             read_map_type(&mut fake, &TYPE_ABI, Some(&TYPES), 0x2000)
                 .unwrap()
                 .name,
-            None
+            None,
+            "control bytes"
+        );
+        // A name longer than the first read whose rest does not read: an error, so the
+        // caller does not keep "no name" for good.
+        let long = format!("*map[string]{}", "x".repeat(200));
+        let mut fake = memory_with(&long, TFLAG_EXTRA_STAR);
+        fake.runs[1].1.truncate(NAME_PROBE + 10);
+        assert_eq!(
+            read_map_type(&mut fake, &TYPE_ABI, Some(&TYPES), 0x2000),
+            Err(SnapshotError::Unreadable)
         );
         let mut fake = memory_with("map[\u{1}]int", 0);
         assert_eq!(
