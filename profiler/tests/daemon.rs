@@ -17,10 +17,12 @@ use std::{
 
 use common::{GoTarget, MAPSCOPE, Mapscope, Metrics};
 
-/// A copy of a test program under a name no other test uses, so `exe=` selects only ours.
-fn renamed(binary: &Path, name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::copy(binary, &path).unwrap();
+/// A copy of a test program built by Go `version`, named `PREFIX-PID` so that no other test
+/// (or test run) uses the name and `exe=` selects only ours.
+fn renamed(program: &str, version: &str, prefix: &str) -> PathBuf {
+    let path =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{}", std::process::id()));
+    std::fs::copy(common::build_go(program, version, &[]), &path).unwrap();
     path
 }
 
@@ -100,14 +102,8 @@ fn start_plain_with_pid(pid: u32, program: &str, args: &[&str]) -> Option<common
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn daemon_follows_targets_as_they_come_and_go() {
     let tag = std::process::id();
-    let gcload = renamed(
-        &common::build_go("gcload", common::NEWEST_GO, &[]),
-        &format!("dmn-gc-{tag}"),
-    );
-    let maps = renamed(
-        &common::build_go("mapshapes", "1.23.9", &[]),
-        &format!("dmn-maps-{tag}"),
-    );
+    let gcload = renamed("gcload", common::NEWEST_GO, "dmn-gc");
+    let maps = renamed("mapshapes", "1.23.9", "dmn-maps");
     let marker = format!("--marker-{tag}");
     // Already running when the daemon starts.
     let mut first = GoTarget::start(&gcload, &["-duration", "1s"]);
@@ -296,11 +292,7 @@ fn daemon_follows_targets_as_they_come_and_go() {
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn max_targets_refuses_and_counts() {
-    let tag = std::process::id();
-    let gcload = renamed(
-        &common::build_go("gcload", common::NEWEST_GO, &[]),
-        &format!("dmn-cap-{tag}"),
-    );
+    let gcload = renamed("gcload", common::NEWEST_GO, "dmn-cap");
     let one = GoTarget::start(&gcload, &[]);
     let two = GoTarget::start(&gcload, &[]);
     let daemon = Mapscope::start(&[

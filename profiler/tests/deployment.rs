@@ -144,6 +144,22 @@ fn mapscope_containers<'a>(file: &str, pod: &'a Value) -> Vec<&'a Value> {
 }
 
 /// The least-privilege security context of a mapscope container.
+/// The pod's one mapscope container, checked for what every deployment of it keeps (least
+/// privileges, probes, resources), and its metrics port.
+fn checked_mapscope_container<'a>(file: &str, pod: &'a Value) -> (&'a Value, u64) {
+    let containers = mapscope_containers(file, pod);
+    assert_eq!(
+        containers.len(),
+        1,
+        "{file}: expected one mapscope container"
+    );
+    let container = containers[0];
+    check_mapscope_security(file, pod, container);
+    check_probes(file, container);
+    check_resources(file, container);
+    (container, metrics_port(file, container))
+}
+
 fn check_mapscope_security(file: &str, pod: &Value, container: &Value) {
     let who = format!("{file}: container {}", name(container));
     let context = container
@@ -408,17 +424,7 @@ fn daemonset_keeps_least_privilege_and_agrees_with_its_config() {
         );
     }
 
-    let containers = mapscope_containers(file, pod);
-    assert_eq!(
-        containers.len(),
-        1,
-        "{file}: expected one mapscope container"
-    );
-    let container = containers[0];
-    check_mapscope_security(file, pod, container);
-    check_probes(file, container);
-    check_resources(file, container);
-    let port = metrics_port(file, container);
+    let (container, port) = checked_mapscope_container(file, pod);
     let annotations = &daemonset["spec"]["template"]["metadata"]["annotations"];
     if let Some(annotated) = annotations.get("prometheus.io/port") {
         assert_eq!(
@@ -508,17 +514,7 @@ fn sidecar_shares_the_pod_pid_namespace_and_keeps_least_privilege() {
     );
     check_pod_isolation(file, pod);
 
-    let containers = mapscope_containers(file, pod);
-    assert_eq!(
-        containers.len(),
-        1,
-        "{file}: expected one mapscope container"
-    );
-    let container = containers[0];
-    check_mapscope_security(file, pod, container);
-    check_probes(file, container);
-    check_resources(file, container);
-    let port = metrics_port(file, container);
+    let (container, port) = checked_mapscope_container(file, pod);
 
     let args = daemon_args(file, container);
     let select = option_value(&args, "--select")

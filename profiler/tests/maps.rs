@@ -104,23 +104,27 @@ fn settled_snapshots(mapscope: &Mapscope, maps: &[Shape]) -> Vec<serde_json::Val
 }
 
 fn start(version: &str) -> (GoTarget, Mapscope) {
-    start_built(version, &[])
+    // The pre-sized swiss map never grows: only its creation reveals it.
+    start_built(version, &[], &["--map-creations"])
 }
 
-fn start_built(version: &str, flags: &[&str]) -> (GoTarget, Mapscope) {
-    let binary = common::build_go("mapshapes", version, flags);
+/// mapshapes built with `build_flags`, and `mapscope attach` snapshotting every second with
+/// `options` besides.
+fn start_built(version: &str, build_flags: &[&str], options: &[&str]) -> (GoTarget, Mapscope) {
+    let binary = common::build_go("mapshapes", version, build_flags);
     let target = GoTarget::start(&binary, &[]);
-    let mapscope = Mapscope::start(&[
+    let pid = target.pid().to_string();
+    let mut args = vec![
         "attach",
         "--pid",
-        &target.pid().to_string(),
+        &pid,
         "--listen",
         "127.0.0.1:0",
         "--map-snapshot-interval",
         "1s",
-        // The pre-sized swiss map never grows: only its creation reveals it.
-        "--map-creations",
-    ]);
+    ];
+    args.extend_from_slice(options);
+    let mapscope = Mapscope::start(&args);
     (target, mapscope)
 }
 
@@ -353,7 +357,11 @@ per_go_release! {
 /// A stripped PIE: the map types' names are found through the moduledata's load-time
 /// relocations and the load bias, and the snapshots still equal the target's own figures.
 fn stripped_pie_maps_are_named(version: &str) {
-    let (mut target, mapscope) = start_built(version, &["-buildmode=pie", "-ldflags=-s -w"]);
+    let (mut target, mapscope) = start_built(
+        version,
+        &["-buildmode=pie", "-ldflags=-s -w"],
+        &["--map-creations"],
+    );
     let maps = shapes(&mut target, "build");
     let found = settled_snapshots(&mapscope, &maps);
     for map in &maps {
@@ -641,19 +649,7 @@ per_go_release! {
 /// `--map-assign-sampling`: the assignment rate measured in the sampling windows is the rate the
 /// target itself achieved (a paced load, as a service under steady traffic).
 fn assignment_rates_are_sampled(version: &str) {
-    let binary = common::build_go("mapshapes", version, &[]);
-    let mut target = GoTarget::start(&binary, &[]);
-    let mapscope = Mapscope::start(&[
-        "attach",
-        "--pid",
-        &target.pid().to_string(),
-        "--listen",
-        "127.0.0.1:0",
-        "--map-snapshot-interval",
-        "1s",
-        "--map-assign-sampling",
-        "400ms/1s",
-    ]);
+    let (mut target, mapscope) = start_built(version, &[], &["--map-assign-sampling", "400ms/1s"]);
     let maps = shapes(&mut target, "build");
     let grown = maps.iter().find(|map| map.name == "grown").unwrap();
     target.send("assign grown 20000");

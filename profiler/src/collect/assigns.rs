@@ -8,10 +8,12 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use aya::maps::{MapData, PerCpuHashMap};
-use profiler_common::counters;
 use tokio::sync::watch;
 
-use super::maps::{AssignProbes, AssignSampling};
+use super::{
+    counters::ProbeCounters,
+    maps::{AssignProbes, AssignSampling},
+};
 use crate::{export::metrics::TargetMetrics, probes::loaded::WindowedProbes};
 
 /// Assignments per second by map (header address), over one window.
@@ -50,9 +52,8 @@ impl SamplerTask {
 struct Loaded {
     probes: WindowedProbes,
     counts: PerCpuHashMap<MapData, u64, u64>,
-    /// Probe hits and uncounted assignments (a full table) already exported.
-    hits_exported: u64,
-    lost_exported: u64,
+    /// Probe hits, and assignments not counted for a full table.
+    counters: ProbeCounters,
 }
 
 async fn run(
@@ -78,12 +79,11 @@ async fn run(
         if loaded.is_none() {
             let attempt = tokio::task::block_in_place(|| {
                 let mut probes = WindowedProbes::load(pid, &source.exe, source.points.clone())?;
-                let counts = probes.take_assign_counts()?;
+                let maps = probes.take_assign_maps()?;
                 Ok::<_, crate::probes::loaded::LoadError>(Loaded {
                     probes,
-                    counts,
-                    hits_exported: 0,
-                    lost_exported: 0,
+                    counts: maps.counts,
+                    counters: ProbeCounters::new(maps.hits, maps.counters),
                 })
             });
             match attempt {
@@ -103,18 +103,7 @@ async fn run(
             return;
         };
         if let Some(window) = sampler.window(pid, sampling, &mut stopped).await {
-            let (hits, lost) = tokio::task::block_in_place(|| {
-                (
-                    sampler.probes.hits(counters::HIT_MAP_ASSIGN),
-                    sampler.probes.lost(counters::MAP_TABLE_FULL),
-                )
-            });
-            metrics.probe_hits("map_assign", hits.saturating_sub(sampler.hits_exported));
-            metrics.dropped(
-                counters::NAMES[counters::MAP_TABLE_FULL as usize],
-                lost.saturating_sub(sampler.lost_exported),
-            );
-            (sampler.hits_exported, sampler.lost_exported) = (hits, lost);
+            tokio::task::block_in_place(|| sampler.counters.export(&metrics));
             // Replaces a window the collector has not taken yet; never waits on it (it may be
             // stopping, and waiting for this task).
             if rates.send(window).is_err() {

@@ -1,10 +1,11 @@
 //! Stop-the-world events: ring buffer → `Pause` → Prometheus and the summary book.
 use std::{mem::size_of, sync::Arc};
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use profiler_common::{counters, stw::StwEvent};
+use aya::maps::{MapData, RingBuf};
+use profiler_common::stw::StwEvent;
 use tokio::io::unix::AsyncFd;
 
+use super::counters::ProbeCounters;
 use crate::{
     export::metrics::TargetMetrics,
     gobin::abi::StwAbi,
@@ -17,11 +18,7 @@ const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250
 
 pub struct StwCollector {
     events: AsyncFd<RingBuf<MapData>>,
-    counters: PerCpuArray<MapData, u64>,
-    /// Kernel counter totals already exported, to export only the increase.
-    counters_seen: [u64; counters::COUNT as usize],
-    hits: PerCpuArray<MapData, u64>,
-    hits_seen: [u64; counters::HIT_KINDS as usize],
+    counters: ProbeCounters,
     abi: &'static StwAbi,
     metrics: Arc<TargetMetrics>,
     pub book: PauseBook,
@@ -35,10 +32,7 @@ impl StwCollector {
     ) -> std::io::Result<Self> {
         Ok(Self {
             events: crate::fdwatch::readable(maps.events)?,
-            counters: maps.counters,
-            counters_seen: [0; counters::COUNT as usize],
-            hits: maps.hits,
-            hits_seen: [0; counters::HIT_KINDS as usize],
+            counters: ProbeCounters::new(maps.hits, maps.counters),
             abi,
             metrics,
             book: PauseBook::default(),
@@ -97,29 +91,6 @@ impl StwCollector {
     }
 
     fn sync_counters(&mut self) {
-        for kind in 0..counters::HIT_KINDS {
-            let Ok(per_cpu) = self.hits.get(&kind, 0) else {
-                continue;
-            };
-            let total: u64 = per_cpu.iter().sum();
-            let seen = &mut self.hits_seen[kind as usize];
-            if total > *seen {
-                self.metrics
-                    .probe_hits(counters::HIT_NAMES[kind as usize], total - *seen);
-                *seen = total;
-            }
-        }
-        for index in 0..counters::COUNT {
-            let Ok(per_cpu) = self.counters.get(&index, 0) else {
-                continue;
-            };
-            let total: u64 = per_cpu.iter().sum();
-            let seen = &mut self.counters_seen[index as usize];
-            if total > *seen {
-                self.metrics
-                    .dropped(counters::NAMES[index as usize], total - *seen);
-                *seen = total;
-            }
-        }
+        self.counters.export(&self.metrics);
     }
 }

@@ -72,7 +72,7 @@ pub struct AttachedProbes {
     ebpf: Ebpf,
     /// Drains aya-log records into `tracing`. Must outlive the programs: dropping it closes
     /// the log map.
-    logger: Option<tokio::task::JoinHandle<()>>,
+    logger: Option<LogDrain>,
     pub count: usize,
 }
 
@@ -92,12 +92,8 @@ impl AttachedProbes {
         })
     }
 
-    /// Take a map out of the object, as the type the collector reads it as.
     fn take<T: TryFrom<Map>>(&mut self, name: &'static str) -> Result<T, LoadError> {
-        self.ebpf
-            .take_map(name)
-            .and_then(|map| T::try_from(map).ok())
-            .ok_or(LoadError::Map(name))
+        take_map(&mut self.ebpf, name)
     }
 
     pub fn take_stw_maps(&mut self) -> Result<StwMaps, LoadError> {
@@ -126,11 +122,10 @@ impl AttachedProbes {
 
     /// Remove every uprobe from the target. The kernel restores the original instructions.
     pub fn detach(self) {
+        // The programs first, then the log drain, which must outlive them.
         let Self { ebpf, logger, .. } = self;
         drop(ebpf);
-        if let Some(logger) = logger {
-            logger.abort();
-        }
+        drop(logger);
     }
 }
 
@@ -140,14 +135,14 @@ impl AttachedProbes {
 fn load(
     points: &[ProbePoint],
     shrink: &[(&'static str, u32)],
-) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
+) -> Result<(Ebpf, Option<LogDrain>), LoadError> {
     let mut loader = EbpfLoader::new();
     for &(name, entries) in shrink {
         loader.map_max_entries(name, entries);
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
-        Ok(logger) => Some(spawn_log_drain(logger)),
+        Ok(logger) => Some(LogDrain(spawn_log_drain(logger))),
         Err(error) => {
             tracing::warn!("eBPF log messages will not be shown: {error}");
             None
@@ -206,8 +201,14 @@ pub struct WindowedProbes {
     exe: std::path::PathBuf,
     points: Vec<ProbePoint>,
     links: Vec<(&'static str, UProbeLinkId)>,
-    hits: PerCpuArray<MapData, u64>,
-    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Kernel maps of the assignment sampler.
+pub struct AssignMaps {
+    /// Assignments by map header address.
+    pub counts: PerCpuHashMap<MapData, u64, u64>,
+    pub hits: PerCpuArray<MapData, u64>,
+    pub counters: PerCpuArray<MapData, u64>,
 }
 
 /// The maps a windowed object keeps for the target's whole session but never uses, shrunk to
@@ -238,23 +239,14 @@ impl Drop for LogDrain {
 impl WindowedProbes {
     /// Load the programs of `points`, attaching none. Needs a tokio runtime (the log drain).
     pub fn load(pid: u32, exe: &Path, points: Vec<ProbePoint>) -> Result<Self, LoadError> {
-        let (mut ebpf, logger) = load(&points, WINDOW_UNUSED_MAPS)?;
-        let mut per_cpu_array = |name: &'static str| {
-            ebpf.take_map(name)
-                .and_then(|map| PerCpuArray::try_from(map).ok())
-                .ok_or(LoadError::Map(name))
-        };
-        let hits = per_cpu_array("PROBE_HITS")?;
-        let counters = per_cpu_array("PROBE_COUNTERS")?;
+        let (ebpf, logger) = load(&points, WINDOW_UNUSED_MAPS)?;
         Ok(Self {
             ebpf,
-            _logger: logger.map(LogDrain),
+            _logger: logger,
             pid,
             exe: exe.to_owned(),
             points,
             links: Vec::new(),
-            hits,
-            counters,
         })
     }
 
@@ -282,28 +274,21 @@ impl WindowedProbes {
         }
     }
 
-    /// A map of the object (once: it is taken out), as the type the collector reads it as.
-    pub fn take_assign_counts(&mut self) -> Result<PerCpuHashMap<MapData, u64, u64>, LoadError> {
-        self.ebpf
-            .take_map("MAP_ASSIGNS")
-            .and_then(|map| PerCpuHashMap::try_from(map).ok())
-            .ok_or(LoadError::Map("MAP_ASSIGNS"))
+    /// The maps the sampler reads (once: they are taken out of the object).
+    pub fn take_assign_maps(&mut self) -> Result<AssignMaps, LoadError> {
+        Ok(AssignMaps {
+            counts: take_map(&mut self.ebpf, "MAP_ASSIGNS")?,
+            hits: take_map(&mut self.ebpf, "PROBE_HITS")?,
+            counters: take_map(&mut self.ebpf, "PROBE_COUNTERS")?,
+        })
     }
+}
 
-    /// Events of one `profiler_common::counters` kind the programs could not count, since
-    /// loading, summed over CPUs.
-    pub fn lost(&self, kind: u32) -> u64 {
-        self.counters
-            .get(&kind, 0)
-            .map_or(0, |per_cpu| per_cpu.iter().sum())
-    }
-
-    /// Hits of one probe family since loading, summed over CPUs.
-    pub fn hits(&self, kind: u32) -> u64 {
-        self.hits
-            .get(&kind, 0)
-            .map_or(0, |per_cpu| per_cpu.iter().sum())
-    }
+/// Take a map out of an object, as the type the collector reads it as.
+fn take_map<T: TryFrom<Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
+    ebpf.take_map(name)
+        .and_then(|map| T::try_from(map).ok())
+        .ok_or(LoadError::Map(name))
 }
 
 fn spawn_log_drain(logger: EbpfLogger<&'static dyn log::Log>) -> tokio::task::JoinHandle<()> {

@@ -291,8 +291,6 @@ fn read_bucket_map(
     // The arrays alone, before reading any: a map over budget is refused without a read.
     memory.reserve(array_buckets(first.log2_buckets).saturating_mul(bucket_size))?;
     let walked = walk_bucket_arrays(memory, &mut shape, &first, bucket_size);
-    // Whatever the walk found, a header that moved (or a writer at work) means a write raced
-    // the read: the map is fine, the snapshot is not.
     let last = bucket_header(memory, abi, header);
     let settled = |h: &BucketHeader| {
         // Iterator flags come and go with range loops; anything else moving means a write.
@@ -305,15 +303,31 @@ fn read_bucket_map(
             h.nevacuate,
         )
     };
+    verdict(shape, walked, last, first.count, |last| {
+        settled(last) != settled(&first) || last.flags & HASH_WRITING != 0
+    })
+}
+
+/// A walk's result once the header was read again after it. Whatever the walk found, a header
+/// that moved (or a writer at work) means a write raced the read: the map is fine, the
+/// snapshot is not. Then the walk's and the re-read's own errors; then the entries counted
+/// against the header's count, which differ when entries moved under a still header (an
+/// insert and a delete).
+fn verdict<H>(
+    shape: MapShape,
+    walked: Result<(), SnapshotError>,
+    last: Result<H, SnapshotError>,
+    count: u64,
+    moved: impl FnOnce(&H) -> bool,
+) -> Result<MapShape, SnapshotError> {
     if let Ok(last) = &last
-        && (settled(last) != settled(&first) || last.flags & HASH_WRITING != 0)
+        && moved(last)
     {
         return Err(SnapshotError::Changed);
     }
     walked?;
     last?;
-    if shape.entries != first.count {
-        // The header held still, but entries moved under the read (an insert and a delete).
+    if shape.entries != count {
         return Err(SnapshotError::Changed);
     }
     Ok(shape)
@@ -530,21 +544,8 @@ fn read_swiss_map(
     };
     let walked = walk_swiss(memory, abi, &mut shape, &first, group_size);
     shape.entries = shape.units.iter().map(|unit| u64::from(unit.entries)).sum();
-    // Whatever the walk found, a header that moved (or a writer at work) means a write raced
-    // the read: the map is fine, the snapshot is not.
     let last = swiss_header(memory, abi, header);
-    if let Ok(last) = &last
-        && *last != first
-    {
-        return Err(SnapshotError::Changed);
-    }
-    walked?;
-    last?;
-    if shape.entries != first.used {
-        // The header held still, but entries moved under the read.
-        return Err(SnapshotError::Changed);
-    }
-    Ok(shape)
+    verdict(shape, walked, last, first.used, |last| *last != first)
 }
 
 /// The small map's group, or the directory, its distinct tables and their groups.
