@@ -54,6 +54,60 @@ impl MapEventCookie {
 pub const LAYOUT_BUCKETS: u8 = 0;
 pub const LAYOUT_SWISS: u8 = 1;
 
+/// An operation on a map, as the discovery window's attach cookie tells the program (bits 0–7;
+/// the layout in bits 8–15). Every such runtime function takes the map type first and the map
+/// second (Go ABI slots 0 and 1), in every release mapscope supports.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MapOp {
+    /// `mapaccess1*`, `mapaccess2*`: `v := m[k]`, `v, ok := m[k]`.
+    Lookup = 0,
+    /// `mapassign*`: `m[k] = v`.
+    Assign = 1,
+    /// `mapdelete*`, `mapclear`: `delete(m, k)`, `clear(m)`.
+    Delete = 2,
+    /// `mapiterinit` (bucket maps), `mapIterStart` (swiss tables): a `range` over the map.
+    Iterate = 3,
+}
+
+pub const MAP_OP_KINDS: usize = 4;
+
+impl MapOp {
+    pub const ALL: [Self; MAP_OP_KINDS] = [Self::Lookup, Self::Assign, Self::Delete, Self::Iterate];
+
+    pub const fn access_cookie(self, layout: u8) -> u64 {
+        (self as u64) | ((layout as u64) << 8)
+    }
+
+    pub const fn from_index(index: u32) -> Option<Self> {
+        match index {
+            0 => Some(Self::Lookup),
+            1 => Some(Self::Assign),
+            2 => Some(Self::Delete),
+            3 => Some(Self::Iterate),
+            _ => None,
+        }
+    }
+}
+
+/// Key of the discovery window's counts: one map's operations of one kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapOpKey {
+    /// The map's header address.
+    pub map: u64,
+    /// `MapOp` as a number.
+    pub op: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<MapOpKey>() == 16);
+
+/// How the kernel first came to know a map (`TrackedMap::found_by`).
+pub const FOUND_BY_EVENT: u8 = 0;
+pub const FOUND_BY_CREATION: u8 = 1;
+pub const FOUND_BY_ACCESS: u8 = 2;
+
 /// A map the kernel has seen, keyed by its header address in `TRACKED_MAPS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,7 +125,9 @@ pub struct TrackedMap {
     pub stack_id: i32,
     /// `LAYOUT_BUCKETS` or `LAYOUT_SWISS`.
     pub layout: u8,
-    pub _pad: [u8; 3],
+    /// `FOUND_BY_*`: whether `stack_id` made, grew or used the map.
+    pub found_by: u8,
+    pub _pad: [u8; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<TrackedMap>() == 48);
@@ -105,8 +161,9 @@ pub const MAX_TRACKED_MAPS: u32 = 8192;
 /// Distinct map sites (stacks) and (site, event) counters.
 pub const MAX_MAP_STACKS: u32 = 1024;
 pub const MAX_MAP_SITE_KEYS: u32 = 8192;
-/// Maps whose assignments are counted in one sampling window.
-pub const MAX_ASSIGN_MAPS: u32 = 16_384;
+/// (map, operation) pairs counted in one discovery window: only maps of
+/// `MIN_TRACKED_ENTRIES` or more are counted, so 4 kinds × 4096 busy big maps.
+pub const MAX_MAP_OP_KEYS: u32 = 16_384;
 /// `makemap` calls in flight at once (one per goroutine inside it).
 pub const MAX_PENDING_CREATIONS: u32 = 4096;
 /// Growth and overflow events of maps holding fewer entries than this are ignored (the
@@ -123,6 +180,8 @@ mod user {
     unsafe impl aya::Pod for super::TrackedMap {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::MapSiteKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MapOpKey {}
 }
 
 #[cfg(test)]
@@ -139,5 +198,15 @@ mod tests {
         };
         assert_eq!(MapEventCookie::decode(cookie.encode()), Some(cookie));
         assert_eq!(MapEventCookie::decode(7), None);
+    }
+
+    #[test]
+    fn ops_round_trip() {
+        for op in MapOp::ALL {
+            assert_eq!(MapOp::from_index(op as u32), Some(op));
+            assert_eq!(op.access_cookie(LAYOUT_SWISS) & 0xff, op as u64);
+            assert_eq!(op.access_cookie(LAYOUT_SWISS) >> 8, u64::from(LAYOUT_SWISS));
+        }
+        assert_eq!(MapOp::from_index(4), None);
     }
 }

@@ -1,13 +1,14 @@
-//! Go maps, learned from the runtime's rare map events only: growth, overflow-bucket
-//! allocation, and creation with a large size hint. Never a probe on inserts or lookups (see
-//! the brief: one hit costs microseconds, an insert nanoseconds).
+//! Go maps, learned from the runtime's rare map events (growth, overflow-bucket allocation,
+//! creation with a large size hint), and from short discovery windows in which every map
+//! operation is probed. No probe stays on inserts or lookups: one hit costs microseconds, an
+//! insert nanoseconds; the windows are duty-cycled by userspace.
 //!
-//! A map is first seen at one of those events; the kernel remembers it by header address with
+//! A map is first seen at one of those points; the kernel remembers it by header address with
 //! the user stack of that moment (its site), and counts every later event of that map against
 //! the same site without walking the stack again. Userspace reads the maps' memory from there.
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{map, uprobe},
     maps::{HashMap, LruHashMap, PerCpuHashMap, StackTrace},
@@ -16,9 +17,9 @@ use aya_ebpf::{
 use profiler_common::{
     counters,
     maps::{
-        MAX_ASSIGN_MAPS, MAX_MAP_SITE_KEYS, MAX_MAP_STACKS, MAX_PENDING_CREATIONS,
-        MAX_TRACKED_MAPS, MIN_TRACKED_ENTRIES, MapEvent, MapEventCookie, MapSiteKey,
-        PendingCreation, TRACK_MIN_HINT, TrackedMap,
+        FOUND_BY_ACCESS, FOUND_BY_CREATION, FOUND_BY_EVENT, MAX_MAP_OP_KEYS, MAX_MAP_SITE_KEYS,
+        MAX_MAP_STACKS, MAX_PENDING_CREATIONS, MAX_TRACKED_MAPS, MIN_TRACKED_ENTRIES, MapEvent,
+        MapEventCookie, MapOpKey, MapSiteKey, PendingCreation, TRACK_MIN_HINT, TrackedMap,
     },
 };
 
@@ -114,7 +115,8 @@ fn on_event<const MAP: usize, const TYPE: usize>(ctx: &ProbeContext) -> u32 {
             last_event_ns: now,
             stack_id,
             layout: cookie.layout,
-            _pad: [0; 3],
+            found_by: FOUND_BY_EVENT,
+            _pad: [0; 2],
         };
         tracked.events[slot] = 1;
         if TRACKED_MAPS.insert(map, tracked, 0).is_err() {
@@ -196,7 +198,8 @@ pub fn map_create_return(ctx: ProbeContext) -> u32 {
         last_event_ns: unsafe { bpf_ktime_get_ns() },
         stack_id: pending.stack_id,
         layout: pending.layout,
-        _pad: [0; 3],
+        found_by: FOUND_BY_CREATION,
+        _pad: [0; 2],
     };
     // Replaces whatever was known at this address: a new map there is a new identity.
     if TRACKED_MAPS.insert(map, tracked, 0).is_err() {
@@ -205,22 +208,67 @@ pub fn map_create_return(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Assignments (`m[k] = v`) counted by map, while `--map-assign-sampling` has the assignment
-/// probes attached (a short window now and then: they fire on every assignment).
+/// Operations by (map, kind), counted while a discovery window has the access probes attached
+/// (a short window now and then: they fire on every map operation of the target).
 #[map]
-static MAP_ASSIGNS: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_ASSIGN_MAPS, 0);
+static MAP_OPS: PerCpuHashMap<MapOpKey, u64> = PerCpuHashMap::with_max_entries(MAX_MAP_OP_KEYS, 0);
 
-/// `mapassign*(t, h/m, key)`, Go 1.19 through 1.27: the map is the second argument (RBX). Small
-/// maps are counted too: the count is by map, and userspace keeps the tracked ones.
+/// The errno of an insert refused because the key exists (`BPF_NOEXIST`).
+const EEXIST: i32 = 17;
+
+/// Entry (after the frame setup, so the stack walk includes the caller) of every map
+/// operation: `mapaccess1*/2*(t, m, key)`, `mapassign*(t, m, key)`, `mapdelete*(t, m, key)`,
+/// `mapclear(t, m)`, `mapiterinit(t, h, it)` / `mapIterStart(t, m, it)`: the type in RAX, the
+/// map in RBX, Go 1.19 through 1.27. The cookie carries the operation and the layout.
+///
+/// A map of `MIN_TRACKED_ENTRIES` or more that the kernel does not know yet is tracked from
+/// here, with this stack (code that uses it) as its site: that is how maps made before mapscope
+/// attached, and never grown since, are found.
 #[uprobe]
-pub fn map_assign(ctx: ProbeContext) -> u32 {
-    hit(counters::HIT_MAP_ASSIGN);
-    let map = GoRegs::new(&ctx).int(1);
-    if let Some(count) = MAP_ASSIGNS.get_ptr_mut(map) {
+pub fn map_access(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_MAP_ACCESS);
+    // SAFETY: the helper only reads the cookie attached to this program's perf event.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let regs = GoRegs::new(&ctx);
+    let map = regs.int(1);
+    if map == 0 {
+        return 0;
+    }
+    // As in `on_event`: small maps are neither tracked nor counted.
+    // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+    match unsafe { bpf_probe_read_user(map as *const u64) } {
+        Ok(entries) if entries >= MIN_TRACKED_ENTRIES => {}
+        _ => return 0,
+    }
+    if TRACKED_MAPS.get_ptr(map).is_none() {
+        let tracked = TrackedMap {
+            map_type: regs.int(0),
+            hint: 0,
+            events: [0; 2],
+            // SAFETY: as in `on_event`.
+            last_event_ns: unsafe { bpf_ktime_get_ns() },
+            stack_id: user_stack(&ctx),
+            layout: ((cookie >> 8) & 0xff) as u8,
+            found_by: FOUND_BY_ACCESS,
+            _pad: [0; 2],
+        };
+        // Another CPU may have tracked it meanwhile, by an access or an event: keep theirs.
+        if let Err(error) = TRACKED_MAPS.insert(map, tracked, u64::from(BPF_NOEXIST))
+            && error != -EEXIST
+        {
+            bump(counters::MAP_TABLE_FULL);
+        }
+    }
+    let key = MapOpKey {
+        map,
+        op: (cookie & 0xff) as u32,
+        _pad: 0,
+    };
+    if let Some(count) = MAP_OPS.get_ptr_mut(key) {
         // SAFETY: this CPU's own slot, fresh from the lookup; uprobe programs do not preempt
         // each other on one CPU.
         unsafe { *count += 1 };
-    } else if MAP_ASSIGNS.insert(map, 1, 0).is_err() {
+    } else if MAP_OPS.insert(key, 1, 0).is_err() {
         bump(counters::MAP_TABLE_FULL);
     }
     0

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use crate::{
     collect::{
         alloc::{AllocCollector, AllocProfile, SiteOptions},
-        maps::{AssignProbes, MapCollector, MapOptions, MapReport, MapView},
+        maps::{MapCollector, MapOptions, MapReport, MapStats, MapView},
         stacks::Stacks,
         stw::StwCollector,
     },
@@ -40,6 +40,8 @@ pub struct Target {
     pub go_version: String,
     pub abi: &'static StwAbi,
     pub points: Vec<ProbePoint>,
+    /// Probes loaded with the others but attached only in discovery windows.
+    pub windowed_points: Vec<ProbePoint>,
     /// Where `runtime.MemProfileRate` is in the target, when the symbol table says.
     pub mem_profile_rate: Option<u64>,
     /// Whether the allocation sampler is among `points`.
@@ -55,7 +57,7 @@ pub struct Target {
 }
 
 /// What the user can tune about a profiling session.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Allocation sites with series of their own (the rest are `other`).
     pub alloc_top_sites: usize,
@@ -225,8 +227,13 @@ pub fn understand_with(
     }
     let maps = options
         .maps
+        .as_ref()
         .and(abi::map_abi(binary.version, abi::has_bucket_maps(&binary)));
-    if let (Some(row), Some(map_options)) = (maps, options.maps) {
+    let mut windowed_points = Vec::new();
+    if let (Some(row), Some(map_options)) = (maps, options.maps.as_ref()) {
+        if map_options.discovery.is_some() {
+            windowed_points = probes::maps::plan_access(&binary, row);
+        }
         let (map_points, missing) = probes::maps::plan(&binary, row, map_options.creations);
         if !missing.is_empty() {
             // The linker leaves out what a program never calls (no map growth, no sized make).
@@ -259,6 +266,7 @@ pub fn understand_with(
         go_version: binary.build_info.go_version.clone(),
         abi,
         points,
+        windowed_points,
         mem_profile_rate,
         sampling_allocations: alloc_point.is_some(),
         maps,
@@ -313,6 +321,8 @@ pub struct Outcome {
     pub allocs: Option<export::pprof::Profile>,
     /// The last snapshot of each tracked map.
     pub maps: Vec<MapReport>,
+    /// What the map collector knew at the end, when maps were tracked.
+    pub map_stats: Option<MapStats>,
 }
 
 /// Probes in place, not yet collecting: `run` resumes its stopped child in between.
@@ -321,7 +331,7 @@ pub struct Attached {
     probes: AttachedProbes,
 }
 
-pub fn attach(mut target: Target, options: Options) -> anyhow::Result<Attached> {
+pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached> {
     if options.alloc_exact {
         let exact = probes::alloc::plan_exact(&target.binary);
         tracing::warn!(
@@ -332,7 +342,12 @@ pub fn attach(mut target: Target, options: Options) -> anyhow::Result<Attached> 
         target.points.extend(exact);
     }
     let process = &target.process;
-    match AttachedProbes::attach(process.pid, &process.exe_path(), &target.points) {
+    match AttachedProbes::attach(
+        process.pid,
+        &process.exe_path(),
+        &target.points,
+        &target.windowed_points,
+    ) {
         Ok(probes) => Ok(Attached { target, probes }),
         Err(_) if !process.is_alive() => Err(UserError::new(
             Exit::NoSuchProcess,
@@ -512,8 +527,9 @@ impl Attached {
         } else {
             None
         };
-        let map_task = match (self.target.maps, options.maps) {
+        let map_task = match (self.target.maps, options.maps.clone()) {
             (Some(row), Some(map_options)) => {
+                let discover = map_options.discovery.is_some();
                 let maps = self.probes.take_map_maps()?;
                 let stacks = Stacks::new(Arc::clone(&self.target.binary), self.target.load_bias);
                 let mut collector = MapCollector::new(
@@ -528,11 +544,8 @@ impl Attached {
                     }),
                 );
                 collector.view = Arc::clone(&map_view);
-                if map_options.assign_sampling.is_some() {
-                    collector.assign_probes = Some(AssignProbes {
-                        exe: process.exe_path(),
-                        points: probes::maps::plan_assign(&self.target.binary),
-                    });
+                if discover && let Some(windowed) = self.probes.windowed() {
+                    collector.discovery = Some((windowed, self.probes.take_map_op_counts()?));
                 }
                 let mut stopped = stopped.clone();
                 let final_round = options.final_map_snapshot;
@@ -545,6 +558,7 @@ impl Attached {
                     if final_round {
                         collector.snapshot_round().await;
                     }
+                    collector.stats
                 }))
             }
             _ => None,
@@ -559,9 +573,10 @@ impl Attached {
             Some(task) => task.await.ok(),
             None => None,
         };
-        if let Some(task) = map_task {
-            let _ = task.await;
-        }
+        let map_stats = match map_task {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
         // Each uprobe's removal waits for the kernel to retire it (about 0.1 s apiece here):
         // off the async workers, which serve the other targets and the scrapes meanwhile.
         let probes = self.probes;
@@ -579,6 +594,11 @@ impl Attached {
             .and_then(|mut current| current.take())
             .map(|snapshot| snapshot.to_pprof());
         let maps = map_view.lock().map(|view| view.clone()).unwrap_or_default();
-        Ok(Outcome { book, allocs, maps })
+        Ok(Outcome {
+            book,
+            allocs,
+            maps,
+            map_stats,
+        })
     }
 }

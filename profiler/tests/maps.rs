@@ -177,67 +177,14 @@ fn snapshots_match_the_runtime(version: &str) {
             "{}: site {site}",
             map.name
         );
-        assert_eq!(snapshot["layout"], map.layout.as_str());
-        // The type as reflect names it (a named map type by its name), and its sizes.
-        assert_eq!(
-            (
-                snapshot["type"].as_str(),
-                snapshot["key_bytes"].as_u64(),
-                snapshot["elem_bytes"].as_u64()
-            ),
-            (
-                Some(map.type_name.as_str()),
-                Some(map.key_bytes),
-                Some(map.elem_bytes)
-            ),
-            "{}: type",
-            map.name
-        );
-        assert_eq!(
-            snapshot["entries"].as_u64(),
-            Some(map.entries),
-            "{}",
-            map.name
-        );
-        assert_eq!(
-            snapshot["capacity_slots"].as_u64(),
-            Some(map.capacity_slots),
-            "{}",
-            map.name
-        );
-        assert_eq!(snapshot["bytes"].as_u64(), Some(map.bytes), "{}", map.name);
-        assert_eq!(
-            distribution(&snapshot["bucket_entries"]),
-            map.bucket_entries,
-            "{}: entries per bucket",
-            map.name
-        );
+        assert_snapshot_is(map, snapshot);
         if bucket_maps {
-            assert_eq!(snapshot["log2_buckets"].as_u64(), Some(u64::from(map.b)));
-            assert_eq!(
-                distribution(&snapshot["overflow_chains"]),
-                map.chain_lengths,
-                "{}: chains",
-                map.name
-            );
             assert_eq!(
                 overflows as u64, map.overflows,
                 "{}: overflow buckets",
                 map.name
             );
         } else {
-            assert_eq!(
-                snapshot["tables"].as_array().map_or(0, Vec::len) as u64,
-                map.tables,
-                "{}",
-                map.name
-            );
-            assert_eq!(
-                distribution(&snapshot["tombstones"]),
-                map.tombstones,
-                "{}: tombstones",
-                map.name
-            );
             assert!(!metrics.has("mapscope_map_overflow_buckets_total"));
         }
         assert_eq!(growths as u64, map.growths, "{}: growths", map.name);
@@ -262,6 +209,70 @@ fn snapshots_match_the_runtime(version: &str) {
     histograms_match_one_round(&mapscope, &maps, bucket_maps);
     let stderr = mapscope.stderr.all();
     assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+/// Every figure of one snapshot equals the target's own view of the map: layout, type, entries,
+/// capacity, bytes, the entries-per-bucket (or full-slots-per-group) distribution, and the
+/// chains and B (bucket maps) or tables and tombstones (swiss tables).
+fn assert_snapshot_is(map: &Shape, snapshot: &serde_json::Value) {
+    let bucket_maps = map.layout == "buckets";
+    assert_eq!(snapshot["layout"], map.layout.as_str());
+    // The type as reflect names it (a named map type by its name), and its sizes.
+    assert_eq!(
+        (
+            snapshot["type"].as_str(),
+            snapshot["key_bytes"].as_u64(),
+            snapshot["elem_bytes"].as_u64()
+        ),
+        (
+            Some(map.type_name.as_str()),
+            Some(map.key_bytes),
+            Some(map.elem_bytes)
+        ),
+        "{}: type",
+        map.name
+    );
+    assert_eq!(
+        snapshot["entries"].as_u64(),
+        Some(map.entries),
+        "{}",
+        map.name
+    );
+    assert_eq!(
+        snapshot["capacity_slots"].as_u64(),
+        Some(map.capacity_slots),
+        "{}",
+        map.name
+    );
+    assert_eq!(snapshot["bytes"].as_u64(), Some(map.bytes), "{}", map.name);
+    assert_eq!(
+        distribution(&snapshot["bucket_entries"]),
+        map.bucket_entries,
+        "{}: entries per bucket",
+        map.name
+    );
+    if bucket_maps {
+        assert_eq!(snapshot["log2_buckets"].as_u64(), Some(u64::from(map.b)));
+        assert_eq!(
+            distribution(&snapshot["overflow_chains"]),
+            map.chain_lengths,
+            "{}: chains",
+            map.name
+        );
+    } else {
+        assert_eq!(
+            snapshot["tables"].as_array().map_or(0, Vec::len) as u64,
+            map.tables,
+            "{}",
+            map.name
+        );
+        assert_eq!(
+            distribution(&snapshot["tombstones"]),
+            map.tombstones,
+            "{}: tombstones",
+            map.name
+        );
+    }
 }
 
 /// The histograms gain, per snapshot round of quiescent maps, exactly each map's distribution
@@ -646,62 +657,145 @@ per_go_release! {
     heatmap_go1_27 => "1.27.3",
 }
 
-/// `--map-assign-sampling`: the assignment rate measured in the sampling windows is the rate the
-/// target itself achieved (a paced load, as a service under steady traffic).
-fn assignment_rates_are_sampled(version: &str) {
-    let (mut target, mapscope) = start_built(version, &[], &["--map-assign-sampling", "400ms/1s"]);
+/// Maps built before mapscope attached, and only read and rewritten since: no growth, overflow
+/// or creation event reveals them, so the first discovery window must. Every one is found in
+/// that window (the period is an hour: there is no second), its site is the code that uses
+/// it, and its snapshot equals the target's own view exactly.
+fn existing_maps_are_found(version: &str) {
+    let binary = common::build_go("mapshapes", version, &[]);
+    let mut target = GoTarget::start(&binary, &[]);
     let maps = shapes(&mut target, "build");
-    let grown = maps.iter().find(|map| map.name == "grown").unwrap();
-    target.send("assign grown 20000");
+    target.send("use");
     target
         .stdout
-        .wait_for("the assignments", Duration::from_secs(30), |line| {
+        .wait_for("the maps in use", Duration::from_secs(30), |line| {
             line == "ok"
         });
+    let pid = target.pid().to_string();
+    let mapscope = Mapscope::start(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--listen",
+        "127.0.0.1:0",
+        "--map-snapshot-interval",
+        "1s",
+        "--map-discovery",
+        "500ms/1h",
+    ]);
+    let found = settled_snapshots(&mapscope, &maps);
+    println!("Go {version}: map, entries (target | mapscope), site");
+    for map in &maps {
+        let snapshot = snapshot_of(&found, map.address).unwrap_or_else(|| {
+            panic!(
+                "{} ({} entries) was not found by the first window: {found:#?}",
+                map.name, map.entries
+            )
+        });
+        println!(
+            "  {:9} {:7} | {:7} {}",
+            map.name, map.entries, snapshot["entries"], snapshot["site"]
+        );
+        assert_eq!(snapshot["site_kind"], "accessed", "{}", map.name);
+        assert!(
+            snapshot["site"]
+                .as_str()
+                .is_some_and(|site| site.starts_with("main.useMaps.func1 (main.go:")),
+            "{}: {}",
+            map.name,
+            snapshot["site"]
+        );
+        assert_snapshot_is(map, snapshot);
+    }
+    // Their figures now, not at build time: unchanged, as the target itself reports.
+    let now = shapes(&mut target, "inspect");
+    for (before, after) in maps.iter().zip(&now) {
+        assert_eq!(
+            before.bucket_entries, after.bucket_entries,
+            "{}",
+            before.name
+        );
+    }
+    let metrics = mapscope.scrape();
+    assert_eq!(metrics.sum("mapscope_map_growths_total", |_| true), 0.0);
+    let stderr = mapscope.stderr.all();
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+per_go_release! {
+    existing_maps_are_found;
+    existing_maps_go1_19 => "1.19.8",
+    existing_maps_go1_23 => "1.23.9",
+    existing_maps_go1_24 => "1.24.11",
+    existing_maps_go1_27 => "1.27.3",
+}
+
+/// Operation rates: what the discovery windows count per map equals what the target did, a
+/// paced load (as a service under steady traffic): lookups, assignments and ranges over the
+/// map, each within 15% of the rate the target achieved.
+fn operation_rates_are_measured(version: &str) {
+    let (mut target, mapscope) = start_built(version, &[], &["--map-discovery", "400ms/1s"]);
+    let maps = shapes(&mut target, "build");
+    let grown = maps.iter().find(|map| map.name == "grown").unwrap();
+    target.send("load grown 20000 5000 50");
+    target
+        .stdout
+        .wait_for("the load", Duration::from_secs(30), |line| line == "ok");
     // Several windows at the steady rate.
     std::thread::sleep(Duration::from_secs(5));
     let metrics = mapscope.scrape();
-    target.send("assigned");
+    target.send("loaded");
     let line = target
         .stdout
-        .wait_for("the rate", Duration::from_secs(30), |line| {
+        .wait_for("the rates", Duration::from_secs(30), |line| {
             line.starts_with('{')
         });
     let achieved: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let achieved = achieved["per_second"].as_f64().unwrap();
-    let sampled = metrics.sum("mapscope_map_assigns_per_second", site_is(&grown.function));
-    println!("Go {version}: {sampled:.0} assignments/s sampled, {achieved:.0}/s achieved");
-    assert!(
-        (sampled / achieved - 1.0).abs() < 0.15,
-        "sampled {sampled:.0}/s, the target achieved {achieved:.0}/s"
-    );
-    // The other maps were not written: their sites read zero.
+    let rate = |op: &str| {
+        metrics.sum("mapscope_map_operations_per_second", |labels| {
+            site_is(&grown.function)(labels) && labels.get("op").map(String::as_str) == Some(op)
+        })
+    };
+    for (op, key) in [
+        ("lookup", "lookups"),
+        ("assign", "assigns"),
+        ("iterate", "iterations"),
+    ] {
+        let achieved = achieved[key].as_f64().unwrap();
+        let measured = rate(op);
+        println!("Go {version}: {op}: {measured:.0}/s measured, {achieved:.0}/s achieved");
+        assert!(
+            (measured / achieved - 1.0).abs() < 0.15,
+            "{op}: measured {measured:.0}/s, the target achieved {achieved:.0}/s"
+        );
+    }
+    assert_eq!(rate("delete"), 0.0);
+    // The other maps were not used: their sites read zero.
     let presized = maps.iter().find(|map| map.name == "presized").unwrap();
     assert!(
         metrics.sum(
-            "mapscope_map_assigns_per_second",
+            "mapscope_map_operations_per_second",
             site_is(&presized.function)
         ) < 1.0
     );
-    // The map's own report carries the rate too, from the window before its latest snapshot
-    // (a map written this often is sometimes caught mid-write and withdrawn for a round).
+    // The map's own report carries the rates too.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let rate = snapshot_of(&snapshots(&mapscope), grown.address)
-            .and_then(|snapshot| snapshot["assigns_per_second"].as_f64());
-        if rate.is_some_and(|rate| rate > 0.5 * achieved) {
+        let lookups = snapshot_of(&snapshots(&mapscope), grown.address)
+            .and_then(|snapshot| snapshot["operations_per_second"]["lookups"].as_f64());
+        if lookups.is_some_and(|lookups| lookups > 0.5 * 20000.0) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the map's report never carried its assignment rate: {rate:?}"
+            "the map's report never carried its lookup rate: {lookups:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 per_go_release! {
-    assignment_rates_are_sampled;
-    assign_sampling_go1_23 => "1.23.9",
-    assign_sampling_go1_27 => "1.27.3",
+    operation_rates_are_measured;
+    operation_rates_go1_23 => "1.23.9",
+    operation_rates_go1_27 => "1.27.3",
 }

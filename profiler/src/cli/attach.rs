@@ -21,7 +21,7 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
     let target = session::understand(process, &args.export.options())?;
     let listener = session::bind(args.export.listen)?;
     let options = args.export.options();
-    let attached = session::attach(target, options)?;
+    let attached = session::attach(target, &options)?;
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;

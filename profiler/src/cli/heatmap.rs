@@ -9,11 +9,15 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::profile::parse_duration;
 use crate::{
-    collect::maps::MapOptions,
+    collect::{discovery::DutyCycle, maps::MapOptions},
     error::{Exit, UserError},
     export::heatmap,
     session,
 };
+
+/// How long the one discovery window at attach probes every map operation: long enough to
+/// catch a map used a few times a second, short enough to cost a busy target little.
+const DISCOVERY_WINDOW: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Args)]
 pub struct HeatmapArgs {
@@ -86,7 +90,12 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
             max_bytes_per_second: u64::MAX,
             top_sites: usize::MAX,
             creations: args.map_creations,
-            assign_sampling: None,
+            // One window at attach finds the maps in use; the watch's events add the rest.
+            discovery: Some(DutyCycle {
+                window: DISCOVERY_WINDOW,
+                period: args.duration + Duration::from_secs(3600),
+            }),
+            site_filter: args.site.clone(),
         }),
         final_map_snapshot: true,
     };
@@ -101,7 +110,7 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let attached = session::attach(target, options)?;
+    let attached = session::attach(target, &options)?;
     let exited = attached.target.process.exit_watcher()?.exited();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;

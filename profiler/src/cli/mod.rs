@@ -126,12 +126,20 @@ pub struct MapArgs {
     #[arg(long)]
     pub map_creations: bool,
 
-    /// Measure assignment rates into the tracked maps (mapscope_map_assigns_per_second) by
-    /// attaching probes to every map assignment for WINDOW out of every PERIOD, e.g.
-    /// `200ms/30s`. COSTLY while attached (about a microsecond per assignment); the rate is the
-    /// one measured during the window.
-    #[arg(long, value_name = "WINDOW/PERIOD")]
-    pub map_assign_sampling: Option<crate::collect::maps::AssignSampling>,
+    /// Find the maps the target uses, whatever their age, and measure their operation rates
+    /// (mapscope_map_operations_per_second): probes on every map lookup, assignment, delete
+    /// and range for WINDOW out of every PERIOD, the first window at attach; `off` to rely on
+    /// growth, overflow and creation events only. Each probed operation costs the target about
+    /// a microsecond while attached: the default keeps that to a third of a percent of the
+    /// time (see README, "What it costs").
+    #[arg(
+        long,
+        value_name = "WINDOW/PERIOD",
+        default_value = "200ms/60s",
+        value_parser = crate::collect::discovery::parse_discovery,
+        alias = "map-assign-sampling"
+    )]
+    pub map_discovery: crate::collect::discovery::DiscoverySetting,
 }
 
 impl MapArgs {
@@ -143,7 +151,8 @@ impl MapArgs {
             max_bytes_per_second: self.map_read_rate,
             top_sites: self.map_top_sites,
             creations: self.map_creations,
-            assign_sampling: self.map_assign_sampling,
+            discovery: self.map_discovery.0,
+            site_filter: None,
         })
     }
 }

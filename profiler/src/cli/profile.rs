@@ -60,7 +60,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let attached = session::attach(target, options)?;
+    let attached = session::attach(target, &options)?;
     let exited = attached.target.process.exit_watcher()?.exited();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;

@@ -40,7 +40,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     // On any error below, dropping `stopped` kills the child rather than letting it run
     // unobserved.
     let target = session::understand(process, &args.export.options())?;
-    let attached = session::attach(target, options)?;
+    let attached = session::attach(target, &options)?;
     let mut child = stopped.resume().context("resuming the command")?;
 
     let pid = child.id();

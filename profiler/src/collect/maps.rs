@@ -8,14 +8,19 @@ use std::{
 };
 
 use aya::maps::{HashMap as KernelHashMap, MapData, PerCpuHashMap, StackTraceMap};
-use profiler_common::maps::{MapEvent, MapSiteKey, TrackedMap};
+use profiler_common::maps::{
+    FOUND_BY_ACCESS, FOUND_BY_CREATION, MapEvent, MapOpKey, MapSiteKey, TrackedMap,
+};
 
-use super::{assigns::SamplerTask, stacks::Stacks};
+use super::{
+    discovery::{AccessWindow, DiscoveryTask, DutyCycle},
+    stacks::Stacks,
+};
 use crate::{
     export::{map_metrics::SiteTotals, metrics::TargetMetrics},
     gobin::abi::{MapAbi, TYPE_ABI},
-    model::maps::{MapShape, MapTypeInfo},
-    probes::loaded::MapMaps,
+    model::maps::{MapShape, MapTypeInfo, OpRates, SiteKind},
+    probes::loaded::{MapMaps, WindowedProbes},
     target::{
         gomap::{self, Budgeted, SnapshotError},
         gotype,
@@ -23,7 +28,7 @@ use crate::{
 };
 
 /// What the user can tune about map tracking.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct MapOptions {
     /// Maps snapshotted per round (the biggest and busiest tracked ones).
     pub snapshot_maps: usize,
@@ -37,41 +42,11 @@ pub struct MapOptions {
     /// Also probe `makemap`, to track maps made with a size hint of 1024 or more from their
     /// creation (costly: see `probes::maps::plan`).
     pub creations: bool,
-    /// Count assignments for `window` out of every `period` (costly while attached).
-    pub assign_sampling: Option<AssignSampling>,
-}
-
-/// Duty cycle of the assignment probes: attached for `window` once every `period`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AssignSampling {
-    pub window: Duration,
-    pub period: Duration,
-}
-
-impl std::str::FromStr for AssignSampling {
-    type Err = String;
-
-    /// `WINDOW/PERIOD`, e.g. `200ms/10s`.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (window, period) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not WINDOW/PERIOD, e.g. 200ms/10s"))?;
-        let window = crate::cli::profile::parse_duration(window)?;
-        let period = crate::cli::profile::parse_duration(period)?;
-        if window >= period {
-            return Err(format!(
-                "{text:?}: the window must be shorter than the period (the probes would never \
-                 come off)"
-            ));
-        }
-        Ok(Self { window, period })
-    }
-}
-
-/// What the assignment sampler attaches, and where.
-pub struct AssignProbes {
-    pub exe: std::path::PathBuf,
-    pub points: Vec<crate::probes::stw::ProbePoint>,
+    /// Probe every map operation for `window` out of every `period`: finds the maps in use
+    /// whatever their age, and measures their operation rates (costly while attached).
+    pub discovery: Option<DutyCycle>,
+    /// Only maps whose site contains this are snapshotted (`mapscope heatmap --site`).
+    pub site_filter: Option<String>,
 }
 
 /// The latest kept snapshot of one map.
@@ -79,6 +54,8 @@ pub struct AssignProbes {
 pub struct MapReport {
     pub address: u64,
     pub site: String,
+    /// What the site is: where the map was made, grown, or used.
+    pub site_kind: SiteKind,
     pub map_type: u64,
     /// Size hint it was created with (0 if first seen growing).
     pub hint: u64,
@@ -94,13 +71,24 @@ pub struct MapReport {
     pub read_bytes: u64,
     pub read_micros: u64,
     pub taken_unix_ms: u64,
-    /// Assignments per second in the last sampling window (`--map-assign-sampling`).
+    /// Operations per second in the last discovery window, when one has run.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub assigns_per_second: Option<f64>,
+    pub operations_per_second: Option<OpRates>,
 }
 
 /// The latest snapshots, shared with the HTTP endpoint.
 pub type MapView = Arc<Mutex<Vec<MapReport>>>;
+
+/// Why a watch may show no map: how many maps the kernel knew, how many matched the site asked
+/// for, and the snapshots dropped by reason.
+#[derive(Clone, Debug, Default)]
+pub struct MapStats {
+    pub tracked: usize,
+    pub matching: usize,
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Sites of the tracked maps, when a site filter is set (to say which exist).
+    pub sites_seen: BTreeSet<String>,
+}
 
 /// Bytes a map type's descriptor, key and element sizes and name may take to read.
 const TYPE_READ_BUDGET: u64 = 4096;
@@ -131,11 +119,13 @@ pub struct MapCollector {
     latest: HashMap<u64, MapReport>,
     failures: HashMap<u64, u32>,
     sites_with_gauges: BTreeSet<String>,
-    /// The assignment probes, when sampling is on.
-    pub assign_probes: Option<AssignProbes>,
-    /// Assignments per second by map, from the last window.
-    assign_rates: HashMap<u64, f64>,
+    /// The discovery window's probes and counts, when discovery is on.
+    pub discovery: Option<(WindowedProbes, PerCpuHashMap<MapData, MapOpKey, u64>)>,
+    /// Operations per second by map, from the last window.
+    op_rates: HashMap<u64, OpRates>,
     sites_with_rates: BTreeSet<String>,
+    /// Snapshots dropped, by reason, and maps known at the last round: why nothing may show.
+    pub stats: MapStats,
     warned_denied: bool,
     /// The target's type descriptors (run-time addresses), where type names are found.
     type_descriptors: Option<std::ops::Range<u64>>,
@@ -170,8 +160,9 @@ impl MapCollector {
             latest: HashMap::new(),
             failures: HashMap::new(),
             sites_with_gauges: BTreeSet::new(),
-            assign_probes: None,
-            assign_rates: HashMap::new(),
+            discovery: None,
+            op_rates: HashMap::new(),
+            stats: MapStats::default(),
             sites_with_rates: BTreeSet::new(),
             warned_denied: false,
             type_descriptors,
@@ -185,14 +176,11 @@ impl MapCollector {
         let mut events = tokio::time::interval(EVENT_INTERVAL);
         let mut snapshots = tokio::time::interval(self.options.snapshot_interval);
         snapshots.tick().await;
-        // The assignment sampler runs beside this loop (see `assigns`), never inside it.
-        let mut sampler = match (self.options.assign_sampling, self.assign_probes.take()) {
-            (Some(sampling), Some(probes)) => Some(SamplerTask::start(
-                self.pid,
-                probes,
-                sampling,
-                Arc::clone(&self.metrics),
-            )),
+        // Discovery runs beside this loop (see `discovery`), never inside it.
+        let mut discovery = match (self.options.discovery, self.discovery.take()) {
+            (Some(cycle), Some((probes, counts))) => {
+                Some(DiscoveryTask::start(self.pid, probes, counts, cycle))
+            }
             _ => None,
         };
         loop {
@@ -200,45 +188,56 @@ impl MapCollector {
                 () = &mut stop => break,
                 _ = events.tick() => self.read_events(),
                 _ = snapshots.tick() => self.snapshot_round().await,
-                Some(rates) = async {
-                    let rates = &mut sampler.as_mut()?.rates;
-                    rates.changed().await.ok()?;
-                    Some(rates.borrow_and_update().clone())
-                }, if sampler.is_some() => {
-                    self.assign_rates = rates;
-                    self.export_assign_rates();
+                Some(window) = async {
+                    let windows = &mut discovery.as_mut()?.windows;
+                    windows.changed().await.ok()?;
+                    Some(windows.borrow_and_update().clone())
+                }, if discovery.is_some() => {
+                    let found_new = self.take_window(&window);
+                    // Maps the window found are read at once, not a snapshot interval later.
+                    if found_new {
+                        self.snapshot_round().await;
+                        snapshots.reset();
+                    }
                 }
             }
         }
-        if let Some(sampler) = sampler {
-            sampler.stop().await;
+        if let Some(discovery) = discovery {
+            discovery.stop().await;
         }
         self.read_events();
     }
 
-    /// Per site, the assignment rates of its tracked maps.
-    fn export_assign_rates(&mut self) {
+    /// A discovery window's rates: into the maps' reports and, per site, the metrics. Whether
+    /// the kernel now tracks a map this collector has never read.
+    fn take_window(&mut self, window: &AccessWindow) -> bool {
+        self.op_rates = window.rates.clone();
         let tracked: Vec<(u64, TrackedMap)> = self.tracked.iter().filter_map(Result::ok).collect();
-        let mut by_site: BTreeMap<String, f64> = BTreeMap::new();
+        let found_new = tracked.iter().any(|(address, _)| {
+            !self.latest.contains_key(address) && !self.failures.contains_key(address)
+        });
+        let mut by_site: BTreeMap<String, OpRates> = BTreeMap::new();
         for (address, map) in tracked {
-            let rate = self.assign_rates.get(&address).copied().unwrap_or(0.0);
+            let rates = self.op_rates.get(&address).copied().unwrap_or_default();
             let site = self.site(map.stack_id);
             let label = self.label(site);
-            *by_site.entry(label).or_default() += rate;
+            by_site.entry(label).or_default().add(&rates);
             if let Some(report) = self.latest.get_mut(&address) {
-                report.assigns_per_second = Some(rate);
+                report.operations_per_second = Some(rates);
             }
         }
         let metrics = self.metrics.maps();
         for site in &self.sites_with_rates {
             if !by_site.contains_key(site) {
-                metrics.clear_assign_rate(site);
+                metrics.clear_operation_rates(site);
             }
         }
-        for (site, rate) in &by_site {
-            metrics.assign_rate(site, *rate);
+        for (site, rates) in &by_site {
+            metrics.operation_rates(site, rates);
         }
         self.sites_with_rates = by_site.into_keys().collect();
+        self.publish();
+        found_new
     }
 
     /// The site label of a kernel stack: `function (file:line)`.
@@ -293,10 +292,23 @@ impl MapCollector {
 
     /// Snapshot the biggest and busiest tracked maps, then refresh the gauges and the view.
     pub async fn snapshot_round(&mut self) {
-        let tracked: Vec<(u64, TrackedMap)> = self.tracked.iter().filter_map(Result::ok).collect();
+        let mut tracked: Vec<(u64, TrackedMap)> =
+            self.tracked.iter().filter_map(Result::ok).collect();
         let alive: BTreeSet<u64> = tracked.iter().map(|(address, _)| *address).collect();
         self.latest.retain(|address, _| alive.contains(address));
         self.failures.retain(|address, _| alive.contains(address));
+        self.stats.tracked = tracked.len();
+        // The site asked for is chosen before the few maps read are: ranking first would read
+        // other, bigger maps and miss it.
+        if let Some(pattern) = self.options.site_filter.clone() {
+            tracked.retain(|(_, map)| {
+                let site = self.site(map.stack_id);
+                let keep = site.contains(&pattern);
+                self.stats.sites_seen.insert(site);
+                keep
+            });
+        }
+        self.stats.matching = tracked.len();
         // Biggest first, by entry count: the last snapshot's, else the header's count word
         // (8 bytes, the first field in both layouts), else the creation hint; then busiest.
         let mut ranked: Vec<(u64, u64, TrackedMap)> = tracked
@@ -346,6 +358,11 @@ impl MapCollector {
                 let report = MapReport {
                     address,
                     site,
+                    site_kind: match map.found_by {
+                        FOUND_BY_CREATION => SiteKind::Created,
+                        FOUND_BY_ACCESS => SiteKind::Accessed,
+                        _ => SiteKind::Grew,
+                    },
                     map_type: map.map_type,
                     type_info: self.type_info(map.map_type),
                     hint: map.hint,
@@ -357,12 +374,13 @@ impl MapCollector {
                     taken_unix_ms: std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |since| since.as_millis() as u64),
-                    assigns_per_second: self.assign_rates.get(&address).copied(),
+                    operations_per_second: self.op_rates.get(&address).copied(),
                 };
                 self.latest.insert(address, report);
             }
             Err(error) => {
                 metrics.dropped(error.reason(), memory.bytes_read);
+                *self.stats.dropped.entry(error.reason()).or_default() += 1;
                 tracing::debug!("map at {address:#x} ({site}): snapshot dropped: {error}");
                 let failures = self.failures.entry(address).or_default();
                 *failures += 1;
@@ -455,7 +473,12 @@ impl MapCollector {
             metrics.totals(site, *totals);
         }
         self.sites_with_gauges = by_site.into_keys().collect();
-        let mut view = reports;
+        self.publish();
+    }
+
+    /// The latest reports into the view the endpoint serves, biggest first.
+    fn publish(&self) {
+        let mut view: Vec<MapReport> = self.latest.values().cloned().collect();
         view.sort_by_key(|report| std::cmp::Reverse(report.shape.bytes));
         if let Ok(mut shared) = self.view.lock() {
             *shared = view;

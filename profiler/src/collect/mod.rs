@@ -1,7 +1,7 @@
 //! Reading kernel maps and ring buffers into the model and the exporters.
 pub mod alloc;
-pub mod assigns;
 pub mod counters;
+pub mod discovery;
 pub mod maps;
 pub mod stacks;
 pub mod stw;

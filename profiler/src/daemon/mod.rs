@@ -179,12 +179,14 @@ pub async fn run(
                         }
                         continue;
                     }
-                    let options = settings.options;
+                    let options = settings.options.clone();
                     let shared = std::sync::Arc::clone(&binaries);
-                    let attaching =
-                        tokio::task::spawn_blocking(move || attach(key, &options, &shared)).await;
+                    let attaching = tokio::task::spawn_blocking(move || {
+                        attach(key, &options, &shared).map(|target| (target, options))
+                    })
+                    .await;
                     match attaching {
-                        Ok(Ok(target)) => {
+                        Ok(Ok((target, options))) => {
                             let name = target.target.process.exe_name.clone();
                             tracing::info!(
                                 "attached to PID {pid} ({name}, {})",
@@ -285,7 +287,7 @@ fn attach(
         .into());
     }
     let target = session::understand_with(process, options, binaries)?;
-    session::attach(target, *options)
+    session::attach(target, options)
 }
 
 /// The number of targets is bounded; the label sets are bounded per target (see

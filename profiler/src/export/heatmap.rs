@@ -206,7 +206,7 @@ pub fn to_svg(reports: &[&MapReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::maps::{MapShape, MapTypeInfo, Unit};
+    use crate::model::maps::{MapShape, MapTypeInfo, SiteKind, Unit};
 
     fn report(units: usize) -> MapReport {
         let units: Vec<Unit> = (0..units)
@@ -219,6 +219,7 @@ mod tests {
         MapReport {
             address: 0xc000_1000,
             site: "main.build <x> (main.go:10)".into(),
+            site_kind: SiteKind::Grew,
             map_type: 0x4000,
             type_info: Some(MapTypeInfo {
                 name: Some("map[string]main.Item".into()),
@@ -242,7 +243,7 @@ mod tests {
             read_bytes: 0,
             read_micros: 0,
             taken_unix_ms: 0,
-            assigns_per_second: None,
+            operations_per_second: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
-use crate::model::maps::{Distribution, MapShape};
+use crate::model::maps::{Distribution, MapShape, OpRates};
 
 /// Entries per bucket: a bucket holds 8, its overflow chain 8 more per bucket; a swiss group
 /// holds 8 (so its buckets stop at 8).
@@ -31,7 +31,7 @@ pub struct MapFamilies {
     capacity: GaugeVec,
     bytes: GaugeVec,
     tracked: GaugeVec,
-    assigns: GaugeVec,
+    operations: GaugeVec,
     growths: IntCounterVec,
     overflows: IntCounterVec,
     snapshots: IntCounterVec,
@@ -54,6 +54,11 @@ impl MapFamilies {
                 .collect()
         };
         let site_labels = with("site");
+        let operation_labels: Vec<&str> = site_labels
+            .iter()
+            .copied()
+            .chain(std::iter::once("op"))
+            .collect();
         let reason_labels = with("reason");
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             HistogramVec::new(
@@ -98,10 +103,14 @@ impl MapFamilies {
                 "mapscope_maps_snapshotted",
                 "Maps of a site whose last snapshot is in the map gauges.",
             )?,
-            assigns: gauge(
-                "mapscope_map_assigns_per_second",
-                "Assignments (m[k] = v, new or existing keys) per second into the tracked maps \
-                 of a site, measured in the last --map-assign-sampling window (only with it).",
+            operations: GaugeVec::new(
+                Opts::new(
+                    "mapscope_map_operations_per_second",
+                    "Operations per second on the tracked maps of a site, by op: lookup (v := \
+                     m[k]), assign (m[k] = v), delete (delete, clear), iterate (range started); \
+                     measured in the last map discovery window.",
+                ),
+                &operation_labels,
             )?,
             growths: IntCounterVec::new(
                 Opts::new(
@@ -149,7 +158,7 @@ impl MapFamilies {
         registry.register(Box::new(families.capacity.clone()))?;
         registry.register(Box::new(families.bytes.clone()))?;
         registry.register(Box::new(families.tracked.clone()))?;
-        registry.register(Box::new(families.assigns.clone()))?;
+        registry.register(Box::new(families.operations.clone()))?;
         registry.register(Box::new(families.growths.clone()))?;
         registry.register(Box::new(families.overflows.clone()))?;
         registry.register(Box::new(families.snapshots.clone()))?;
@@ -274,16 +283,25 @@ impl TargetMapMetrics<'_> {
             .set(totals.bytes as f64);
     }
 
-    pub fn assign_rate(&self, site: &str, rate: f64) {
+    /// A site's operation rates, from the last discovery window.
+    pub fn operation_rates(&self, site: &str, rates: &OpRates) {
         self.touch(site);
-        self.families
-            .assigns
-            .with_label_values(&self.with(site))
-            .set(rate);
+        for (op, rate) in rates.by_op() {
+            let mut labels = self.with(site);
+            labels.push(op);
+            self.families
+                .operations
+                .with_label_values(&labels)
+                .set(rate);
+        }
     }
 
-    pub fn clear_assign_rate(&self, site: &str) {
-        let _ = self.families.assigns.remove_label_values(&self.with(site));
+    pub fn clear_operation_rates(&self, site: &str) {
+        for (op, _) in OpRates::default().by_op() {
+            let mut labels = self.with(site);
+            labels.push(op);
+            let _ = self.families.operations.remove_label_values(&labels);
+        }
     }
 
     /// A site whose maps are all gone has no gauges (not zeros, which would read as empty maps).
@@ -308,9 +326,9 @@ impl TargetMapMetrics<'_> {
                 let _ = families.capacity.remove_label_values(&labels);
                 let _ = families.bytes.remove_label_values(&labels);
                 let _ = families.tracked.remove_label_values(&labels);
-                let _ = families.assigns.remove_label_values(&labels);
                 let _ = families.growths.remove_label_values(&labels);
                 let _ = families.overflows.remove_label_values(&labels);
+                self.clear_operation_rates(site);
             }
         }
         if let Ok(reasons) = self.reasons.lock() {

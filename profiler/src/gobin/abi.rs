@@ -2,7 +2,7 @@
 //! citing the Go source it was read from, each row tested against a binary built by that
 //! release (tests/go_versions.rs).
 use profiler_common::{
-    maps::MapEvent,
+    maps::{MapEvent, MapOp},
     stw::{StwCookie, StwLayout},
 };
 
@@ -33,15 +33,40 @@ pub const MALLOCGC_SPECIALIZED: &[&str] = &[
 /// `makemap(t, hint int, h) *hmap` / `*maps.Map`: a map created with a size hint (src/runtime
 /// map.go, map_swiss.go) in go1.19.8 through go1.27.3: type, hint, header in RAX, RBX, RCX.
 pub const MAKEMAP: &str = "runtime.makemap";
-/// `mapassign*(t, h, key) unsafe.Pointer`: every `m[k] = v`, the map in RBX, in go1.19.8
-/// through go1.27.3 (src/runtime/map*.go; from 1.24 the bodies live in internal/runtime/maps
-/// and are linknamed to these names). Probed only in `--map-assign-sampling` windows.
-pub const MAP_ASSIGN: &[&str] = &[
-    "runtime.mapassign",
-    "runtime.mapassign_fast32",
-    "runtime.mapassign_fast64",
-    "runtime.mapassign_fast64ptr",
-    "runtime.mapassign_faststr",
+/// Every runtime function a map operation of Go code calls, with the operation: each takes the
+/// map type in RAX and the map in RBX, in go1.19.8 through go1.27.3. Bucket maps:
+/// src/runtime/map.go, map_fast32.go, map_fast64.go, map_faststr.go (`func mapaccess1(t
+/// *maptype, h *hmap, key unsafe.Pointer)`, `mapiterinit(t *maptype, h *hmap, it *hiter)`,
+/// `mapclear(t *maptype, h *hmap)`, …). Swiss tables (1.24+): the same names, their bodies in
+/// src/internal/runtime/maps/runtime*.go linknamed to them (`//go:linkname runtime_mapaccess1
+/// runtime.mapaccess1`), and the compiler's `range` calls `mapIterStart(t, m, it)` instead of
+/// `mapiterinit` (src/cmd/compile/internal/walk/range.go). A binary has only those it calls.
+/// `mapaccessK` is left out: the runtime calls it, not Go code. Probed only in discovery
+/// windows: they run on every map operation.
+pub const MAP_OPERATIONS: &[(&str, MapOp)] = &[
+    ("runtime.mapaccess1", MapOp::Lookup),
+    ("runtime.mapaccess2", MapOp::Lookup),
+    ("runtime.mapaccess1_fat", MapOp::Lookup),
+    ("runtime.mapaccess2_fat", MapOp::Lookup),
+    ("runtime.mapaccess1_fast32", MapOp::Lookup),
+    ("runtime.mapaccess2_fast32", MapOp::Lookup),
+    ("runtime.mapaccess1_fast64", MapOp::Lookup),
+    ("runtime.mapaccess2_fast64", MapOp::Lookup),
+    ("runtime.mapaccess1_faststr", MapOp::Lookup),
+    ("runtime.mapaccess2_faststr", MapOp::Lookup),
+    ("runtime.mapassign", MapOp::Assign),
+    ("runtime.mapassign_fast32", MapOp::Assign),
+    ("runtime.mapassign_fast32ptr", MapOp::Assign),
+    ("runtime.mapassign_fast64", MapOp::Assign),
+    ("runtime.mapassign_fast64ptr", MapOp::Assign),
+    ("runtime.mapassign_faststr", MapOp::Assign),
+    ("runtime.mapdelete", MapOp::Delete),
+    ("runtime.mapdelete_fast32", MapOp::Delete),
+    ("runtime.mapdelete_fast64", MapOp::Delete),
+    ("runtime.mapdelete_faststr", MapOp::Delete),
+    ("runtime.mapclear", MapOp::Delete),
+    ("runtime.mapiterinit", MapOp::Iterate),
+    ("runtime.mapIterStart", MapOp::Iterate),
 ];
 const HASH_GROW: &str = "runtime.hashGrow";
 const NEW_OVERFLOW: &str = "runtime.(*hmap).newoverflow";
@@ -51,11 +76,14 @@ const TABLE_SPLIT: &str = "internal/runtime/maps.(*table).split";
 /// Everything mapscope looks up in a binary (a trailing `*` is a prefix).
 pub const WANTED: &[&str] = &[
     MAKEMAP,
-    MAP_ASSIGN[0],
-    MAP_ASSIGN[1],
-    MAP_ASSIGN[2],
-    MAP_ASSIGN[3],
-    MAP_ASSIGN[4],
+    // The map operations (`MAP_OPERATIONS`).
+    "runtime.mapaccess1*",
+    "runtime.mapaccess2*",
+    "runtime.mapassign*",
+    "runtime.mapdelete*",
+    "runtime.mapclear",
+    "runtime.mapiterinit",
+    "runtime.mapIterStart",
     HASH_GROW,
     NEW_OVERFLOW,
     TABLE_GROW,

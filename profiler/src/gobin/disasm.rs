@@ -16,6 +16,21 @@ pub fn ret_sites(code: &[u8], address: u64) -> Vec<u64> {
     sites
 }
 
+/// Targets of every direct near CALL in `code`, which starts at `address`.
+pub fn call_targets(code: &[u8], address: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut targets = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.mnemonic() == Mnemonic::Call
+            && instruction.op0_kind() == OpKind::NearBranch64
+        {
+            targets.push(instruction.near_branch_target());
+        }
+    }
+    targets
+}
+
 /// How many instructions a Go stack-check prologue takes at most (`MOVQ SP, R12; SUBQ $n, R12;
 /// JCS; CMPQ R12, 16(R14); JBE` for huge frames).
 const MAX_PROLOGUE: usize = 6;
@@ -98,6 +113,13 @@ fn reads_stack_guard(instruction: &Instruction) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_direct_call_targets() {
+        // CALL rel32 to 0x1000 + 5 + 0x10; CALL RAX (indirect: not listed); RET.
+        let code = [0xe8, 0x10, 0, 0, 0, 0xff, 0xd0, 0xc3];
+        assert_eq!(call_targets(&code, 0x1000), vec![0x1015]);
+    }
 
     #[test]
     fn finds_each_ret_and_not_ret_bytes_inside_other_instructions() {

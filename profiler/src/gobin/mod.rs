@@ -366,6 +366,13 @@ impl GoBinary {
         })
     }
 
+    /// Where the function makes direct calls to.
+    pub fn call_targets(&self, function: Function) -> Vec<u64> {
+        self.code(function)
+            .map(|code| disasm::call_targets(code, function.address))
+            .unwrap_or_default()
+    }
+
     /// Virtual addresses of the function's RET instructions.
     pub fn ret_sites(&self, function: Function) -> Vec<u64> {
         self.code(function)

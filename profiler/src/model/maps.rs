@@ -65,6 +65,72 @@ impl MapTypeInfo {
     }
 }
 
+/// How mapscope first came to know a map, which says what its site is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteKind {
+    /// Seen made with a large size hint (`--map-creations`): the site made it.
+    Created,
+    /// Seen growing or allocating an overflow bucket: the site wrote to it.
+    Grew,
+    /// Seen used in a discovery window (lookup, assignment, delete or iteration) after it was
+    /// made: the site is code that uses it, not where it was made.
+    Accessed,
+}
+
+impl SiteKind {
+    /// How a person reads the site: "made at", "grown at", "used at".
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Created => "made at",
+            Self::Grew => "grown at",
+            Self::Accessed => "used at",
+        }
+    }
+}
+
+/// Operations on one map per second, over the last discovery window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct OpRates {
+    /// `v := m[k]`, `v, ok := m[k]`.
+    pub lookups: f64,
+    /// `m[k] = v`, including inserts.
+    pub assigns: f64,
+    /// `delete(m, k)` and `clear(m)`.
+    pub deletes: f64,
+    /// `for k, v := range m` started.
+    pub iterations: f64,
+}
+
+impl OpRates {
+    /// Reads (lookups and iterations started) per second.
+    pub fn reads(&self) -> f64 {
+        self.lookups + self.iterations
+    }
+
+    /// Writes (assignments and deletes) per second.
+    pub fn writes(&self) -> f64 {
+        self.assigns + self.deletes
+    }
+
+    /// Each rate with its `op` label.
+    pub fn by_op(&self) -> [(&'static str, f64); 4] {
+        [
+            ("lookup", self.lookups),
+            ("assign", self.assigns),
+            ("delete", self.deletes),
+            ("iterate", self.iterations),
+        ]
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        self.lookups += other.lookups;
+        self.assigns += other.assigns;
+        self.deletes += other.deletes;
+        self.iterations += other.iterations;
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MapShape {
     pub layout: MapLayout,

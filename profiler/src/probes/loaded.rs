@@ -1,5 +1,9 @@
 //! The eBPF object for one target: loaded, attached to its probe points, and detached on drop.
-use std::{num::NonZeroU32, path::Path};
+use std::{
+    num::NonZeroU32,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,7 +18,7 @@ use thiserror::Error;
 
 use profiler_common::{
     alloc::AllocKey,
-    maps::{MapSiteKey, TrackedMap},
+    maps::{MapOpKey, MapSiteKey, TrackedMap},
 };
 
 use super::stw::ProbePoint;
@@ -41,6 +45,8 @@ pub enum LoadError {
     },
     #[error("eBPF map {0} is missing or of the wrong type")]
     Map(&'static str),
+    #[error("the target's probes were detached")]
+    Detached,
 }
 
 /// Kernel maps of the allocation sampler.
@@ -68,32 +74,75 @@ pub struct StwMaps {
     pub hits: PerCpuArray<MapData, u64>,
 }
 
+/// The object, shared with the windowed probes of the same target (which attach its programs
+/// for a while now and then).
+type SharedEbpf = Arc<Mutex<Ebpf>>;
+
 pub struct AttachedProbes {
-    ebpf: Ebpf,
+    ebpf: SharedEbpf,
     /// Drains aya-log records into `tracing`. Must outlive the programs: dropping it closes
     /// the log map.
     logger: Option<LogDrain>,
+    pid: u32,
+    exe: std::path::PathBuf,
+    /// Probes loaded but attached only by `windowed`.
+    windowed: Vec<ProbePoint>,
     pub count: usize,
 }
 
+/// The object, even if a thread panicked holding it: aya's state stays consistent between
+/// calls, and the probes must still come off.
+fn lock(ebpf: &Mutex<Ebpf>) -> std::sync::MutexGuard<'_, Ebpf> {
+    ebpf.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl AttachedProbes {
-    /// Load the programs and attach every point, for `pid` only. The executable is named by
+    /// Load the programs of `points` and `windowed`, and attach every one of `points`, for
+    /// `pid` only; `windowed` stay loaded for `windowed()`. The executable is named by
     /// `/proc/PID/exe` so the kernel resolves the right inode in any mount namespace.
-    pub fn attach(pid: u32, exe: &Path, points: &[ProbePoint]) -> Result<Self, LoadError> {
-        let (mut ebpf, logger) = load(points, &[])?;
+    pub fn attach(
+        pid: u32,
+        exe: &Path,
+        points: &[ProbePoint],
+        windowed: &[ProbePoint],
+    ) -> Result<Self, LoadError> {
+        let all: Vec<ProbePoint> = points.iter().chain(windowed).cloned().collect();
+        let (mut ebpf, logger) = load(&all)?;
         for point in points {
             // The link is owned by the program: dropping the object detaches it.
             attach_point(&mut ebpf, pid, exe, point)?;
         }
         Ok(Self {
-            ebpf,
+            ebpf: Arc::new(Mutex::new(ebpf)),
             logger,
+            pid,
+            exe: exe.to_owned(),
+            windowed: windowed.to_vec(),
             count: points.len(),
         })
     }
 
     fn take<T: TryFrom<Map>>(&mut self, name: &'static str) -> Result<T, LoadError> {
-        take_map(&mut self.ebpf, name)
+        take_map(&mut lock(&self.ebpf), name)
+    }
+
+    /// The windowed probes, attached and detached by their owner; `None` when there are none.
+    pub fn windowed(&self) -> Option<WindowedProbes> {
+        (!self.windowed.is_empty()).then(|| WindowedProbes {
+            ebpf: Arc::downgrade(&self.ebpf),
+            pid: self.pid,
+            exe: self.exe.clone(),
+            points: self.windowed.clone(),
+            links: Vec::new(),
+        })
+    }
+
+    /// The discovery window's per-(map, operation) counts.
+    pub fn take_map_op_counts(
+        &mut self,
+    ) -> Result<PerCpuHashMap<MapData, MapOpKey, u64>, LoadError> {
+        self.take("MAP_OPS")
     }
 
     pub fn take_stw_maps(&mut self) -> Result<StwMaps, LoadError> {
@@ -121,6 +170,7 @@ impl AttachedProbes {
     }
 
     /// Remove every uprobe from the target. The kernel restores the original instructions.
+    /// Windowed probes hold the object weakly: this removes theirs too.
     pub fn detach(self) {
         // The programs first, then the log drain, which must outlive them.
         let Self { ebpf, logger, .. } = self;
@@ -129,18 +179,9 @@ impl AttachedProbes {
     }
 }
 
-/// Load the object and the programs `points` use, with the log drain running. `shrink` sets
-/// the size of maps this use of the object never touches (the kernel creates every map of an
-/// object, whichever programs are loaded).
-fn load(
-    points: &[ProbePoint],
-    shrink: &[(&'static str, u32)],
-) -> Result<(Ebpf, Option<LogDrain>), LoadError> {
-    let mut loader = EbpfLoader::new();
-    for &(name, entries) in shrink {
-        loader.map_max_entries(name, entries);
-    }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+/// Load the object and the programs `points` use, with the log drain running.
+fn load(points: &[ProbePoint]) -> Result<(Ebpf, Option<LogDrain>), LoadError> {
+    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(LogDrain(spawn_log_drain(logger))),
         Err(error) => {
@@ -190,42 +231,16 @@ fn attach_point(
         })
 }
 
-/// Probes attached for a window now and then (`--map-assign-sampling`): the object is loaded
-/// once, and each window only attaches and detaches the uprobes. Loading an object per window
-/// cost about a second of blocking work on a busy machine; attaching is a few system calls
-/// per point.
+/// Probes of a target's object attached for a window now and then (map discovery): each
+/// window only attaches and detaches uprobes of programs loaded with the object. Holds the
+/// object weakly: once the target's probes are detached, attaching fails and nothing leaks.
 pub struct WindowedProbes {
-    ebpf: Ebpf,
-    _logger: Option<LogDrain>,
+    ebpf: std::sync::Weak<Mutex<Ebpf>>,
     pid: u32,
     exe: std::path::PathBuf,
     points: Vec<ProbePoint>,
     links: Vec<(&'static str, UProbeLinkId)>,
 }
-
-/// Kernel maps of the assignment sampler.
-pub struct AssignMaps {
-    /// Assignments by map header address.
-    pub counts: PerCpuHashMap<MapData, u64, u64>,
-    pub hits: PerCpuArray<MapData, u64>,
-    pub counters: PerCpuArray<MapData, u64>,
-}
-
-/// The maps a windowed object keeps for the target's whole session but never uses, shrunk to
-/// their least: the assignment probe counts into `MAP_ASSIGNS`, `PROBE_HITS` and
-/// `PROBE_COUNTERS` only. Full size, they would hold megabytes of kernel memory per target.
-const WINDOW_UNUSED_MAPS: &[(&str, u32)] = &[
-    ("ALLOC_STACKS", 1),
-    ("ALLOC_SAMPLES", 1),
-    ("STOPPED", 1),
-    ("STARTING", 1),
-    // A ring buffer is at least a page.
-    ("STW_EVENTS", 4096),
-    ("MAP_STACKS", 1),
-    ("TRACKED_MAPS", 1),
-    ("MAP_SITE_EVENTS", 1),
-    ("PENDING_CREATIONS", 1),
-];
 
 /// Stops the log drain when dropped.
 struct LogDrain(tokio::task::JoinHandle<()>);
@@ -237,26 +252,23 @@ impl Drop for LogDrain {
 }
 
 impl WindowedProbes {
-    /// Load the programs of `points`, attaching none. Needs a tokio runtime (the log drain).
-    pub fn load(pid: u32, exe: &Path, points: Vec<ProbePoint>) -> Result<Self, LoadError> {
-        let (ebpf, logger) = load(&points, WINDOW_UNUSED_MAPS)?;
-        Ok(Self {
-            ebpf,
-            _logger: logger,
-            pid,
-            exe: exe.to_owned(),
-            points,
-            links: Vec::new(),
-        })
+    /// How many uprobes a window attaches.
+    pub fn len(&self) -> usize {
+        self.points.len()
     }
 
     /// Attach every point; on a failure, detach those attached and say why.
     pub fn attach(&mut self) -> Result<(), LoadError> {
         self.detach();
+        let Some(ebpf) = self.ebpf.upgrade() else {
+            return Err(LoadError::Detached);
+        };
+        let mut ebpf = lock(&ebpf);
         for point in &self.points {
-            match attach_point(&mut self.ebpf, self.pid, &self.exe, point) {
+            match attach_point(&mut ebpf, self.pid, &self.exe, point) {
                 Ok(link) => self.links.push((point.program, link)),
                 Err(error) => {
+                    drop(ebpf);
                     self.detach();
                     return Err(error);
                 }
@@ -267,20 +279,23 @@ impl WindowedProbes {
 
     /// Remove the window's uprobes; the kernel restores the original instructions.
     pub fn detach(&mut self) {
-        for (program, link) in std::mem::take(&mut self.links) {
-            if let Ok(program) = uprobe(&mut self.ebpf, program) {
+        let links = std::mem::take(&mut self.links);
+        let Some(ebpf) = self.ebpf.upgrade() else {
+            // The object is gone, and its links with it.
+            return;
+        };
+        let mut ebpf = lock(&ebpf);
+        for (program, link) in links {
+            if let Ok(program) = uprobe(&mut ebpf, program) {
                 let _ = program.detach(link);
             }
         }
     }
+}
 
-    /// The maps the sampler reads (once: they are taken out of the object).
-    pub fn take_assign_maps(&mut self) -> Result<AssignMaps, LoadError> {
-        Ok(AssignMaps {
-            counts: take_map(&mut self.ebpf, "MAP_ASSIGNS")?,
-            hits: take_map(&mut self.ebpf, "PROBE_HITS")?,
-            counters: take_map(&mut self.ebpf, "PROBE_COUNTERS")?,
-        })
+impl Drop for WindowedProbes {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 

@@ -1,11 +1,11 @@
 //! Where the map probes go: the entry of each map event function of the binary's Go release
-//! (growth, overflow), and the entry (after its frame setup) and every RET of `makemap`
-//! (creation with a large hint).
-use profiler_common::maps::{LAYOUT_BUCKETS, LAYOUT_SWISS, MapEventCookie};
+//! (growth, overflow), the entry (after its frame setup) and every RET of `makemap` (creation
+//! with a large hint), and, for discovery windows only, the entry of every map operation.
+use profiler_common::maps::{LAYOUT_BUCKETS, LAYOUT_SWISS, MapEventCookie, MapOp};
 
 use super::stw::ProbePoint;
 use crate::gobin::{
-    GoBinary,
+    Function, GoBinary,
     abi::{self, MAKEMAP, MapAbi, MapAbiRow},
 };
 
@@ -18,22 +18,39 @@ const MAP_EVENT: [(u8, u8, &str); 3] = [
 ];
 pub const MAP_CREATE_ENTRY: &str = "map_create_entry";
 pub const MAP_CREATE_RETURN: &str = "map_create_return";
-pub const MAP_ASSIGN: &str = "map_assign";
+pub const MAP_ACCESS: &str = "map_access";
 
-/// The assignment probes (`--map-assign-sampling`): the entry of every `mapassign*` variant the
-/// binary has, after its stack check.
-pub fn plan_assign(binary: &GoBinary) -> Vec<ProbePoint> {
-    abi::MAP_ASSIGN
+/// The discovery window's probes: every map operation function the binary has, after its frame
+/// setup so the kernel's stack walk includes the code that called it (the site of a map found
+/// there).
+///
+/// A function that calls another of the same operation is left out: its calls are counted
+/// there, once (Go 1.27's `mapaccess1*` is `p, _ := mapaccess2*(…); return p`). The stack walk
+/// from the inner one still reaches the code that made the call, the first frame outside the
+/// runtime.
+pub fn plan_access(binary: &GoBinary, row: &MapAbiRow) -> Vec<ProbePoint> {
+    let present: Vec<(Function, MapOp, &'static str)> = abi::MAP_OPERATIONS
         .iter()
-        .filter_map(|&name| {
-            let function = binary.function(name)?;
-            let address = binary.entry_site(function);
+        .filter_map(|&(name, op)| Some((binary.function(name)?, op, name)))
+        .collect();
+    present
+        .iter()
+        .filter(|(function, op, _)| {
+            let calls = binary.call_targets(*function);
+            !present.iter().any(|(callee, callee_op, _)| {
+                callee_op == op
+                    && callee.address != function.address
+                    && calls.contains(&callee.address)
+            })
+        })
+        .filter_map(|&(function, op, name)| {
+            let address = binary.frame_site(function);
             Some(ProbePoint {
-                program: MAP_ASSIGN,
+                program: MAP_ACCESS,
                 function: name,
                 address,
                 file_offset: binary.file_offset(address)?,
-                cookie: 0,
+                cookie: op.access_cookie(layout(row)),
             })
         })
         .collect()

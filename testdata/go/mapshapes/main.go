@@ -10,8 +10,13 @@
 //	<- "inspect"        the same report again, without touching the maps
 //	<- "free NAME"      drop the map NAME, collect it and reuse its memory; answer "reused"
 //	<- "churn NAME"     keep inserting into and deleting from NAME in the background; "ok"
-//	<- "assign NAME N"  keep assigning to existing keys of NAME, N per second; "ok"
-//	<- "assigned"       -> {"per_second": the rate achieved since "assign"}
+//	<- "load NAME L A I"  keep looking up L, assigning to existing keys A and ranging over the
+//	                    whole map I times per second in NAME (no growth); "ok"
+//	<- "loaded"         -> {"lookups": …, "assigns": …, "iterations": …}: per second achieved
+//	                    since "load"
+//	<- "use"            keep reading every map (and rewriting existing keys of grown) a few
+//	                    hundred times a second from main.useMaps, as a service uses maps it
+//	                    built long ago; "ok"
 //	<- "exit" or EOF    exit 0
 //
 // Each shape is built in its own function, which is the map's site as mapscope names it.
@@ -255,32 +260,69 @@ func churn(name string) {
 }
 
 var (
-	assigned      atomic.Int64
-	assignStarted time.Time
+	loadLookups, loadAssigns, loadIterations atomic.Int64
+	loadStarted                              time.Time
 )
 
-// assign keeps updating existing keys of NAME (no growth) at a paced rate, as a service under
-// steady load does: 1/1000 of the rate every millisecond.
-func assign(name string, perSecond int) {
+// load keeps operating on existing keys of NAME (no growth) at paced rates, as a service under
+// steady traffic does: every millisecond it catches up with the clock, so a late tick does not
+// lower the rates.
+func load(name string, lookups, assigns, iterations int) {
 	mu.Lock()
 	m, ok := maps[name].(map[int]int)
 	mu.Unlock()
 	if !ok {
 		return
 	}
-	assignStarted = time.Now()
+	loadStarted = time.Now()
 	go func() {
 		ticker := time.NewTicker(time.Millisecond)
-		for i := 0; ; {
+		var looked, assigned, iterated int
+		sink := 0
+		for {
 			<-ticker.C
-			// Catch up with the clock, so a late tick does not lower the rate.
-			due := int(time.Since(assignStarted).Seconds() * float64(perSecond))
+			seconds := time.Since(loadStarted).Seconds()
 			mu.Lock()
-			for ; i < due; i++ {
-				m[(i%grownN)*7919] = i
+			for ; looked < int(seconds*float64(lookups)); looked++ {
+				sink += m[(looked%grownN)*7919]
+			}
+			for ; assigned < int(seconds*float64(assigns)); assigned++ {
+				m[(assigned%grownN)*7919] = assigned
+			}
+			for ; iterated < int(seconds*float64(iterations)); iterated++ {
+				for k := range m {
+					sink += k
+					break
+				}
 			}
 			mu.Unlock()
-			assigned.Store(int64(i))
+			loadLookups.Store(int64(looked))
+			loadAssigns.Store(int64(assigned))
+			loadIterations.Store(int64(iterated))
+		}
+	}()
+}
+
+// useMaps reads every map and rewrites existing keys of grown, 200 rounds a second: the maps'
+// only activity once built, so only their use reveals them.
+//
+//go:noinline
+func useMaps() {
+	mu.Lock()
+	grown := maps["grown"].(map[int]int)
+	presized := maps["presized"].(map[int]int)
+	shrunk := maps["shrunk"].(map[int][3]uint64)
+	strs := maps["strings"].(labelSet)
+	mu.Unlock()
+	go func() {
+		sink := 0
+		for i := 0; ; i++ {
+			time.Sleep(5 * time.Millisecond)
+			mu.Lock()
+			sink += grown[(i%grownN)*7919] + presized[(i%presizedN)*31+7] + int(shrunk[i%keptN][0])
+			sink += len(strs[fmt.Sprintf("key-%d", i%stringsN)])
+			grown[(i%grownN)*7919] = i
+			mu.Unlock()
 		}
 	}()
 }
@@ -307,14 +349,21 @@ func main() {
 		case "churn":
 			churn(words[1])
 			fmt.Println("ok")
-		case "assign":
-			var rate int
-			fmt.Sscan(words[2], &rate)
-			assign(words[1], rate)
+		case "load":
+			var lookups, assigns, iterations int
+			fmt.Sscan(words[2], &lookups)
+			fmt.Sscan(words[3], &assigns)
+			fmt.Sscan(words[4], &iterations)
+			load(words[1], lookups, assigns, iterations)
 			fmt.Println("ok")
-		case "assigned":
-			seconds := time.Since(assignStarted).Seconds()
-			fmt.Printf("{\"per_second\":%f}\n", float64(assigned.Load())/seconds)
+		case "loaded":
+			seconds := time.Since(loadStarted).Seconds()
+			fmt.Printf("{\"lookups\":%f,\"assigns\":%f,\"iterations\":%f}\n",
+				float64(loadLookups.Load())/seconds, float64(loadAssigns.Load())/seconds,
+				float64(loadIterations.Load())/seconds)
+		case "use":
+			useMaps()
+			fmt.Println("ok")
 		case "exit":
 			return
 		}

@@ -1,0 +1,274 @@
+//! Map discovery windows: every map operation of the target probed for a short window once a
+//! period, so the maps a service uses now are found whatever their age (a map built before
+//! mapscope attached and never grown since fires no map event), and their operations counted.
+//! Each window's rates go to the map collector.
+//!
+//! A task of its own: removing the uprobes takes the kernel about 0.1 s apiece, seconds in all
+//! on a loaded machine, and the map collector's snapshots and event counts must not wait for
+//! that. The blocking parts (attaching, detaching, reading the counts) run on a blocking thread
+//! too, so the async workers keep serving the other targets and the scrapes.
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use aya::maps::{MapData, PerCpuHashMap};
+use profiler_common::maps::{MapOp, MapOpKey};
+use tokio::sync::watch;
+
+use crate::{model::maps::OpRates, probes::loaded::WindowedProbes};
+
+/// Duty cycle of the discovery probes: attached for `window` once every `period`, the first
+/// window at attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DutyCycle {
+    pub window: std::time::Duration,
+    pub period: std::time::Duration,
+}
+
+impl DutyCycle {
+    /// The share of the time the probes are attached.
+    pub fn duty(&self) -> f64 {
+        self.window.as_secs_f64() / self.period.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// A `--map-discovery` setting: a duty cycle, or `None` for off. (A type of its own: clap takes
+/// a plain `Option` field for an optional flag.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiscoverySetting(pub Option<DutyCycle>);
+
+/// `WINDOW/PERIOD` (e.g. `200ms/60s`), or `off`.
+pub fn parse_discovery(text: &str) -> Result<DiscoverySetting, String> {
+    parse_duty_cycle(text).map(DiscoverySetting)
+}
+
+/// `WINDOW/PERIOD` (e.g. `200ms/60s`), or `off`.
+pub fn parse_duty_cycle(text: &str) -> Result<Option<DutyCycle>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let (window, period) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not WINDOW/PERIOD (e.g. 200ms/60s) or off"))?;
+    let window = crate::cli::profile::parse_duration(window)?;
+    let period = crate::cli::profile::parse_duration(period)?;
+    if window >= period {
+        return Err(format!(
+            "{text:?}: the window must be shorter than the period (the probes would never come \
+             off)"
+        ));
+    }
+    Ok(Some(DutyCycle { window, period }))
+}
+
+/// One window's operations per second, by map header address (maps of 128 entries or more).
+#[derive(Clone, Debug, Default)]
+pub struct AccessWindow {
+    pub rates: HashMap<u64, OpRates>,
+}
+
+/// The running discovery task: stop it with `stop`, which waits until its probes are off.
+pub struct DiscoveryTask {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    /// The last window: the collector takes the newest whenever it gets to it.
+    pub windows: watch::Receiver<Arc<AccessWindow>>,
+}
+
+impl DiscoveryTask {
+    pub fn start(
+        pid: u32,
+        probes: WindowedProbes,
+        counts: PerCpuHashMap<MapData, MapOpKey, u64>,
+        cycle: DutyCycle,
+    ) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let (sender, mut windows) = watch::channel(Arc::new(AccessWindow::default()));
+        // The empty start value is no window.
+        windows.mark_unchanged();
+        let discovery = Discovery {
+            pid,
+            probes,
+            counts,
+        };
+        let task = tokio::spawn(discovery.run(cycle, sender, stopped));
+        Self {
+            stop,
+            task,
+            windows,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.task.await {
+            tracing::warn!("map discovery ended with an error: {error}");
+        }
+    }
+}
+
+struct Discovery {
+    pid: u32,
+    probes: WindowedProbes,
+    counts: PerCpuHashMap<MapData, MapOpKey, u64>,
+}
+
+impl Discovery {
+    async fn run(
+        mut self,
+        cycle: DutyCycle,
+        windows: watch::Sender<Arc<AccessWindow>>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let mut periods = tokio::time::interval(cycle.period);
+        // A window that ran long (a slow detach) delays the next; they never bunch up.
+        periods.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // A stop and a due window at once: the stop wins (a window costs seconds).
+                biased;
+                _ = stopped.changed() => break,
+                // The first tick is at once: the first window runs at attach.
+                _ = periods.tick() => {}
+            }
+            if let Some(window) = self.window(cycle, &mut stopped).await {
+                // Replaces a window the collector has not taken yet; never waits on it (it may
+                // be stopping, and waiting for this task).
+                if windows.send(Arc::new(window)).is_err() {
+                    break;
+                }
+            }
+            if *stopped.borrow() {
+                break;
+            }
+        }
+        // Dropping the probes removes whatever is still attached: a blocking wait too.
+        tokio::task::block_in_place(move || drop(self));
+    }
+
+    /// Attach for `cycle.window` (or until stopped), then the rates by map. `None` when the
+    /// probes could not be attached.
+    async fn window(
+        &mut self,
+        cycle: DutyCycle,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Option<AccessWindow> {
+        let pid = self.pid;
+        let attaching = Instant::now();
+        if let Err(error) = tokio::task::block_in_place(|| self.probes.attach()) {
+            // The target exiting fails the attach; that is no news. (An exited child not yet
+            // reaped still has /proc/PID, but no exe.)
+            if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok() {
+                tracing::warn!("PID {pid}: map discovery: attaching failed: {error}");
+            }
+            return None;
+        }
+        // Counted from here: what the first probes saw while the others were being attached
+        // is subtracted. (Reading the table is a system call per key: off the workers too.)
+        let baseline = tokio::task::block_in_place(|| totals(&self.counts));
+        let started = Instant::now();
+        let attach_time = started - attaching;
+        tokio::select! {
+            () = tokio::time::sleep(cycle.window) => {}
+            _ = stopped.changed() => {}
+        }
+        // Read the counts at the end of the window, before detaching: removing uprobes takes
+        // the kernel a while, and counts after `seconds` would inflate the rates.
+        let (counted, seconds) =
+            tokio::task::block_in_place(|| (totals(&self.counts), started.elapsed().as_secs_f64()));
+        let window = rates(&counted, &baseline, seconds);
+        let detaching = Instant::now();
+        tokio::task::block_in_place(|| {
+            self.probes.detach();
+            // Every busy map has slots: empty the table for the next window, or maps made and
+            // dropped since would fill it.
+            let keys: Vec<MapOpKey> = self.counts.keys().filter_map(Result::ok).collect();
+            for key in keys {
+                let _ = self.counts.remove(&key);
+            }
+        });
+        tracing::debug!(
+            "PID {pid}: {} map operation probes attached in {attach_time:.1?}, {} maps counted, \
+             detached and cleared in {:.1?}",
+            self.probes.len(),
+            window.rates.len(),
+            detaching.elapsed()
+        );
+        Some(window)
+    }
+}
+
+fn totals(counts: &PerCpuHashMap<MapData, MapOpKey, u64>) -> HashMap<MapOpKey, u64> {
+    counts
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>()))
+        .collect()
+}
+
+/// Per map, what was counted between `baseline` and `counted`, per second.
+fn rates(
+    counted: &HashMap<MapOpKey, u64>,
+    baseline: &HashMap<MapOpKey, u64>,
+    seconds: f64,
+) -> AccessWindow {
+    let mut window = AccessWindow::default();
+    for (key, count) in counted {
+        let before = baseline.get(key).copied().unwrap_or(0);
+        let rate = count.saturating_sub(before) as f64 / seconds.max(f64::MIN_POSITIVE);
+        let map = window.rates.entry(key.map).or_default();
+        match MapOp::from_index(key.op) {
+            Some(MapOp::Lookup) => map.lookups += rate,
+            Some(MapOp::Assign) => map.assigns += rate,
+            Some(MapOp::Delete) => map.deletes += rate,
+            Some(MapOp::Iterate) => map.iterations += rate,
+            None => {}
+        }
+    }
+    window
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duty_cycles_parse_and_refuse_a_window_as_long_as_the_period() {
+        let cycle = parse_duty_cycle("200ms/60s").unwrap().unwrap();
+        assert_eq!(cycle.window, std::time::Duration::from_millis(200));
+        assert!((cycle.duty() - 0.2 / 60.0).abs() < 1e-12);
+        assert_eq!(parse_duty_cycle("off"), Ok(None));
+        assert!(parse_duty_cycle("1s/1s").unwrap_err().contains("shorter"));
+        assert!(
+            parse_duty_cycle("200ms")
+                .unwrap_err()
+                .contains("WINDOW/PERIOD")
+        );
+    }
+
+    #[test]
+    fn rates_subtract_the_baseline_and_split_by_operation() {
+        let key = |map, op: MapOp| MapOpKey {
+            map,
+            op: op as u32,
+            _pad: 0,
+        };
+        let baseline = HashMap::from([(key(1, MapOp::Lookup), 100)]);
+        let counted = HashMap::from([
+            (key(1, MapOp::Lookup), 300),
+            (key(1, MapOp::Assign), 50),
+            (key(2, MapOp::Iterate), 4),
+            (key(2, MapOp::Delete), 2),
+        ]);
+        let window = rates(&counted, &baseline, 2.0);
+        assert_eq!(
+            window.rates[&1],
+            OpRates {
+                lookups: 100.0,
+                assigns: 25.0,
+                ..OpRates::default()
+            }
+        );
+        assert_eq!(window.rates[&2].iterations, 2.0);
+        assert_eq!(window.rates[&2].deletes, 1.0);
+        assert_eq!(window.rates[&2].reads(), 2.0);
+    }
+}
