@@ -55,7 +55,7 @@ pub const LAYOUT_BUCKETS: u8 = 0;
 pub const LAYOUT_SWISS: u8 = 1;
 
 /// An operation on a map, as the discovery window's attach cookie tells the program (bits 0–7;
-/// the layout in bits 8–15). Every such runtime function takes the map type first and the map
+/// the layout in bits 8–15, the probe's index in the window in bits 16–23). Every such runtime function takes the map type first and the map
 /// second (Go ABI slots 0 and 1), in every release mapscope supports.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,8 +75,8 @@ pub const MAP_OP_KINDS: usize = 4;
 impl MapOp {
     pub const ALL: [Self; MAP_OP_KINDS] = [Self::Lookup, Self::Assign, Self::Delete, Self::Iterate];
 
-    pub const fn access_cookie(self, layout: u8) -> u64 {
-        (self as u64) | ((layout as u64) << 8)
+    pub const fn access_cookie(self, layout: u8, probe: u8) -> u64 {
+        (self as u64) | ((layout as u64) << 8) | ((probe as u64) << 16)
     }
 
     pub const fn from_index(index: u32) -> Option<Self> {
@@ -161,6 +161,9 @@ pub const MAX_TRACKED_MAPS: u32 = 8192;
 /// Distinct map sites (stacks) and (site, event) counters.
 pub const MAX_MAP_STACKS: u32 = 1024;
 pub const MAX_MAP_SITE_KEYS: u32 = 8192;
+/// Probes a discovery window attaches at most (one per map operation function): each counts its
+/// hits at its index, so the busiest come off first.
+pub const MAX_ACCESS_PROBES: u32 = 32;
 /// (map, operation) pairs counted in one discovery window: only maps of
 /// `MIN_TRACKED_ENTRIES` or more are counted, so 4 kinds × 4096 busy big maps.
 pub const MAX_MAP_OP_KEYS: u32 = 16_384;
@@ -204,8 +207,10 @@ mod tests {
     fn ops_round_trip() {
         for op in MapOp::ALL {
             assert_eq!(MapOp::from_index(op as u32), Some(op));
-            assert_eq!(op.access_cookie(LAYOUT_SWISS) & 0xff, op as u64);
-            assert_eq!(op.access_cookie(LAYOUT_SWISS) >> 8, u64::from(LAYOUT_SWISS));
+            let cookie = op.access_cookie(LAYOUT_SWISS, 7);
+            assert_eq!(cookie & 0xff, op as u64);
+            assert_eq!((cookie >> 8) & 0xff, u64::from(LAYOUT_SWISS));
+            assert_eq!(cookie >> 16, 7);
         }
         assert_eq!(MapOp::from_index(4), None);
     }

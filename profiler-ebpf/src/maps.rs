@@ -11,15 +11,16 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{map, uprobe},
-    maps::{HashMap, LruHashMap, PerCpuHashMap, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, StackTrace},
     programs::{ProbeContext, tracing::StackIdContext as _},
 };
 use profiler_common::{
     counters,
     maps::{
-        FOUND_BY_ACCESS, FOUND_BY_CREATION, FOUND_BY_EVENT, MAX_MAP_OP_KEYS, MAX_MAP_SITE_KEYS,
-        MAX_MAP_STACKS, MAX_PENDING_CREATIONS, MAX_TRACKED_MAPS, MIN_TRACKED_ENTRIES, MapEvent,
-        MapEventCookie, MapOpKey, MapSiteKey, PendingCreation, TRACK_MIN_HINT, TrackedMap,
+        FOUND_BY_ACCESS, FOUND_BY_CREATION, FOUND_BY_EVENT, MAX_ACCESS_PROBES, MAX_MAP_OP_KEYS,
+        MAX_MAP_SITE_KEYS, MAX_MAP_STACKS, MAX_PENDING_CREATIONS, MAX_TRACKED_MAPS,
+        MIN_TRACKED_ENTRIES, MapEvent, MapEventCookie, MapOpKey, MapSiteKey, PendingCreation,
+        TRACK_MIN_HINT, TrackedMap,
     },
 };
 
@@ -213,6 +214,10 @@ pub fn map_create_return(ctx: ProbeContext) -> u32 {
 #[map]
 static MAP_OPS: PerCpuHashMap<MapOpKey, u64> = PerCpuHashMap::with_max_entries(MAX_MAP_OP_KEYS, 0);
 
+/// Hits of each discovery probe, by its index in the window (cookie bits 16–23).
+#[map]
+static MAP_ACCESS_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_ACCESS_PROBES, 0);
+
 /// The errno of an insert refused because the key exists (`BPF_NOEXIST`).
 const EEXIST: i32 = 17;
 
@@ -229,6 +234,10 @@ pub fn map_access(ctx: ProbeContext) -> u32 {
     hit(counters::HIT_MAP_ACCESS);
     // SAFETY: the helper only reads the cookie attached to this program's perf event.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if let Some(hits) = MAP_ACCESS_HITS.get_ptr_mut(((cookie >> 16) & 0xff) as u32) {
+        // SAFETY: this CPU's own slot; uprobe programs do not preempt each other on one CPU.
+        unsafe { *hits += 1 };
+    }
     let regs = GoRegs::new(&ctx);
     let map = regs.int(1);
     if map == 0 {

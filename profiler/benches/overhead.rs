@@ -8,8 +8,9 @@
 //!    loop, with no probe, with an empty uprobe at its entry and RET, and with mapscope's own
 //!    programs there (events drained by mapscope's collector, as in production).
 //! 3. Map probes: a map-heavy program's request throughput alone, under `mapscope run
-//!    --no-maps` and under `mapscope run` (map probes on), interleaved; and the cost of one map
-//!    growth event (16-entry maps built in a loop).
+//!    --no-maps` and under `mapscope run` (map event probes on), interleaved; the cost of one
+//!    map growth event (16-entry maps built in a loop); and the cost of discovery windows (every
+//!    map operation probed) at a 10% duty cycle, with the default's average derived from it.
 //! 4. Map snapshots: reading a 1M-entry map (bucket map, Go 1.23; swiss table, Go 1.27) against
 //!    a raw read of as many bytes of the same process.
 #![allow(
@@ -186,9 +187,10 @@ fn map_probes(gcbench: &Path, mapscope: &str) {
                 .arg(gcbench)
                 .args(load),
         );
+        // The event probes alone: discovery windows are measured below.
         let maps = requests_per_second(
             Command::new(mapscope)
-                .args(["run", "--listen", "127.0.0.1:0", "--"])
+                .args(EVENTS_ONLY)
                 .arg(gcbench)
                 .args(load),
         );
@@ -220,7 +222,7 @@ fn map_probes(gcbench: &Path, mapscope: &str) {
         alone.push(per_map(Command::new(gcbench).args(small)));
         attached.push(per_map(
             Command::new(mapscope)
-                .args(["run", "--listen", "127.0.0.1:0", "--"])
+                .args(EVENTS_ONLY)
                 .arg(gcbench)
                 .args(small),
         ));
@@ -234,7 +236,15 @@ fn map_probes(gcbench: &Path, mapscope: &str) {
     let alone = per_map(Command::new(gcbench).args(sized));
     let creations = per_map(
         Command::new(mapscope)
-            .args(["run", "--listen", "127.0.0.1:0", "--map-creations", "--"])
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--map-discovery",
+                "off",
+                "--map-creations",
+                "--",
+            ])
             .arg(gcbench)
             .args(sized),
     );
@@ -242,32 +252,61 @@ fn map_probes(gcbench: &Path, mapscope: &str) {
         "  make(map[int]int, n) with a run-time n: {alone:.0} ns alone, {creations:.0} ns with --map-creations ({:.1} µs per call: entry and RET probes on makemap)",
         (creations - alone) / 1e3
     );
-    let (mut plain, mut sampled) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        plain.push(requests_per_second(
+    discovery_windows(gcbench, mapscope, &load);
+}
+
+/// `mapscope run` with the map event probes and no discovery windows.
+const EVENTS_ONLY: [&str; 6] = [
+    "run",
+    "--listen",
+    "127.0.0.1:0",
+    "--map-discovery",
+    "off",
+    "--",
+];
+
+/// Discovery windows: every map operation probed while a window is open. Measured at a 10% duty
+/// cycle (a window of 100 ms each second) against no windows, in interleaved rounds; the cost
+/// while a window is open follows, and from it the default's (200 ms a minute) average.
+fn discovery_windows(gcbench: &Path, mapscope: &str, load: &[&str]) {
+    const MEASURED: &str = "100ms/1s";
+    const MEASURED_DUTY: f64 = 0.1;
+    const DEFAULT_DUTY: f64 = 0.2 / 60.0;
+    let (mut off, mut windows) = (Vec::new(), Vec::new());
+    let mut ratios = Vec::new();
+    for _ in 0..MAP_ROUNDS {
+        let without = requests_per_second(
             Command::new(mapscope)
-                .args(["run", "--listen", "127.0.0.1:0", "--"])
+                .args(EVENTS_ONLY)
                 .arg(gcbench)
                 .args(load),
-        ));
-        sampled.push(requests_per_second(
+        );
+        let with = requests_per_second(
             Command::new(mapscope)
                 .args([
                     "run",
                     "--listen",
                     "127.0.0.1:0",
-                    "--map-assign-sampling",
-                    "100ms/1s",
+                    "--map-discovery",
+                    MEASURED,
                     "--",
                 ])
                 .arg(gcbench)
                 .args(load),
-        ));
+        );
+        off.push(without);
+        windows.push(with);
+        ratios.push(with / without);
     }
-    let ratio = median(&mut sampled) / median(&mut plain);
+    let ratio = median(&mut ratios);
+    let while_open = (1.0 - ratio) / MEASURED_DUTY;
     println!(
-        "  --map-assign-sampling 100ms/1s (probes on every assignment 10% of the time): throughput ratio {ratio:.3} to map probes alone ({:+.1}%)",
-        (1.0 - ratio) * 100.0
+        "  discovery windows {MEASURED} (every map operation probed 10% of the time): {:.0} k req/s against {:.0} k without, median ratio {ratio:.4} ({:+.2}%): {:.0}% slower while a window is open; at the default 200ms/60s that averages {:.3}% over a minute",
+        median(&mut windows) / 1e3,
+        median(&mut off) / 1e3,
+        (1.0 - ratio) * 100.0,
+        while_open * 100.0,
+        while_open * DEFAULT_DUTY * 100.0
     );
 }
 
@@ -418,7 +457,7 @@ async fn call_run(gcbench: &Path, programs: Option<(&'static str, &'static str)>
                 .into_iter()
                 .map(|address| point(ret, address)),
         );
-        let mut probes = AttachedProbes::attach(child.id(), gcbench, &points).unwrap();
+        let mut probes = AttachedProbes::attach(child.id(), gcbench, &points, &[]).unwrap();
         // Drain events exactly as a profiling session does.
         let collector = if entry == START_ENTRY {
             let Support::Known(abi) = abi::stw_abi("go1.27.3".parse().unwrap()) else {

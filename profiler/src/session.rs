@@ -485,6 +485,10 @@ impl Attached {
         exported.views.insert(
             process.pid,
             export::http::TargetView {
+                name: format!(
+                    "PID {} ({}, {})",
+                    process.pid, process.exe_name, self.target.go_version
+                ),
                 allocs: Arc::clone(&allocs),
                 maps: Arc::clone(&map_view),
             },
@@ -545,7 +549,7 @@ impl Attached {
                 );
                 collector.view = Arc::clone(&map_view);
                 if discover && let Some(windowed) = self.probes.windowed() {
-                    collector.discovery = Some((windowed, self.probes.take_map_op_counts()?));
+                    collector.discovery = Some((windowed, self.probes.take_discovery_maps()?));
                 }
                 let mut stopped = stopped.clone();
                 let final_round = options.final_map_snapshot;

@@ -51,12 +51,12 @@ const BUILT_INS: &[(&str, &str)] = &[
 /// Labels that select Go targets (mapscope's own) or mapscope instances (Prometheus's).
 const SELECTOR_LABELS: &[&str] = &["exe", "pid", "go_version", "job", "instance"];
 
-/// Map snapshots every second, and assignment rates sampled for 300 ms every second, so that
-/// every map family has fresh data within a few scrapes.
+/// Map snapshots every second, and discovery windows of 300 ms every second, so that every map
+/// family has fresh data within a few scrapes.
 const MAP_FLAGS: &[&str] = &[
     "--map-snapshot-interval",
     "1s",
-    "--map-assign-sampling",
+    "--map-discovery",
     "300ms/1s",
 ];
 
@@ -203,19 +203,18 @@ fn every_dashboard_query_returns_data() {
     let prometheus = Prometheus::start(&addresses);
 
     // The load: maps built (growths, overflow buckets; tombstones in the swiss "shrunk" map),
-    // assignments into one of them at a steady rate, GC cycles and allocations all along.
+    // lookups, assignments and ranges on one of them at steady rates, GC cycles and
+    // allocations all along.
     for target in targets
         .iter_mut()
         .filter(|target| target.spec.program == "mapshapes")
     {
         build_maps(&mut target.process);
-        target.process.send("assign grown 20000");
+        target.process.send("load grown 20000 5000 20");
         target
             .process
             .stdout
-            .wait_for("the assignments", Duration::from_secs(30), |line| {
-                line == "ok"
-            });
+            .wait_for("the load", Duration::from_secs(30), |line| line == "ok");
     }
     let loaded = Instant::now();
     for target in targets

@@ -92,6 +92,32 @@ fn check_report(version: &str, flags: &[&str], stripped: bool, pie: bool) {
             && probe["address"].as_u64() == Some(binary.entry_site(function))),
         "{probes:#?}"
     );
+    // Discovery windows: the map operations the program calls (gcload assigns to maps), each
+    // after its frame setup, so the stack walk sees the code that called it.
+    let discovery = &report["features"][3];
+    assert_eq!(discovery["name"], "map_discovery");
+    assert_eq!(discovery["available"], true, "{discovery}");
+    let window: Vec<&Value> = probes
+        .iter()
+        .filter(|probe| probe["site"] == "window")
+        .collect();
+    assert!(
+        window.iter().any(|probe| probe["function"]
+            .as_str()
+            .unwrap()
+            .starts_with("runtime.mapassign")),
+        "{window:#?}"
+    );
+    let binary = GoBinary::open(&path, abi::WANTED).unwrap();
+    for probe in window {
+        let name = probe["function"].as_str().unwrap();
+        let function = binary.function(name).unwrap();
+        assert_eq!(
+            probe["address"].as_u64(),
+            Some(binary.frame_site(function)),
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -163,6 +163,31 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         });
     }
     let map_row = row.and_then(|_| abi::map_abi(binary.version, abi::has_bucket_maps(binary)));
+    let discovery = match map_row {
+        None => Feature {
+            name: "map_discovery",
+            available: false,
+            detail: "this Go release is not supported".to_owned(),
+        },
+        Some(map_row) => {
+            let points = crate::probes::maps::plan_access(binary, map_row);
+            probes.extend(points.iter().map(|point| ProbeSite {
+                program: point.program,
+                function: point.function,
+                site: "window",
+                address: point.address,
+                file_offset: point.file_offset,
+            }));
+            Feature {
+                name: "map_discovery",
+                available: !points.is_empty(),
+                detail: format!(
+                    "{} map operation functions, probed only during discovery windows",
+                    points.len()
+                ),
+            }
+        }
+    };
     let maps = match map_row {
         None => Feature {
             name: "go_maps",
@@ -221,6 +246,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
                 },
             },
             maps,
+            discovery,
         ],
     }
 }

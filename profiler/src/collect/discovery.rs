@@ -9,11 +9,14 @@
 //! too, so the async workers keep serving the other targets and the scrapes.
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use aya::maps::{MapData, PerCpuHashMap};
-use profiler_common::maps::{MapOp, MapOpKey};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use profiler_common::maps::{MAX_ACCESS_PROBES, MapOp, MapOpKey};
 use tokio::sync::watch;
 
-use crate::{model::maps::OpRates, probes::loaded::WindowedProbes};
+use crate::{
+    model::maps::OpRates,
+    probes::loaded::{DiscoveryMaps, WindowedProbes},
+};
 
 /// Duty cycle of the discovery probes: attached for `window` once every `period`, the first
 /// window at attach.
@@ -74,12 +77,7 @@ pub struct DiscoveryTask {
 }
 
 impl DiscoveryTask {
-    pub fn start(
-        pid: u32,
-        probes: WindowedProbes,
-        counts: PerCpuHashMap<MapData, MapOpKey, u64>,
-        cycle: DutyCycle,
-    ) -> Self {
+    pub fn start(pid: u32, probes: WindowedProbes, maps: DiscoveryMaps, cycle: DutyCycle) -> Self {
         let (stop, stopped) = watch::channel(false);
         let (sender, mut windows) = watch::channel(Arc::new(AccessWindow::default()));
         // The empty start value is no window.
@@ -87,7 +85,8 @@ impl DiscoveryTask {
         let discovery = Discovery {
             pid,
             probes,
-            counts,
+            counts: maps.ops,
+            hits: maps.hits,
         };
         let task = tokio::spawn(discovery.run(cycle, sender, stopped));
         Self {
@@ -109,6 +108,8 @@ struct Discovery {
     pid: u32,
     probes: WindowedProbes,
     counts: PerCpuHashMap<MapData, MapOpKey, u64>,
+    /// Hits by probe index, since the object was loaded.
+    hits: PerCpuArray<MapData, u64>,
 }
 
 impl Discovery {
@@ -163,7 +164,8 @@ impl Discovery {
         }
         // Counted from here: what the first probes saw while the others were being attached
         // is subtracted. (Reading the table is a system call per key: off the workers too.)
-        let baseline = tokio::task::block_in_place(|| totals(&self.counts));
+        let (baseline, hits_before) =
+            tokio::task::block_in_place(|| (totals(&self.counts), probe_hits(&self.hits)));
         let started = Instant::now();
         let attach_time = started - attaching;
         tokio::select! {
@@ -172,12 +174,23 @@ impl Discovery {
         }
         // Read the counts at the end of the window, before detaching: removing uprobes takes
         // the kernel a while, and counts after `seconds` would inflate the rates.
-        let (counted, seconds) =
-            tokio::task::block_in_place(|| (totals(&self.counts), started.elapsed().as_secs_f64()));
+        let (counted, seconds, hits) = tokio::task::block_in_place(|| {
+            (
+                totals(&self.counts),
+                started.elapsed().as_secs_f64(),
+                probe_hits(&self.hits),
+            )
+        });
+        // The window's hits by probe: the busiest probes come off first.
+        let hits: Vec<u64> = hits
+            .iter()
+            .zip(hits_before.iter().chain(std::iter::repeat(&0)))
+            .map(|(after, before)| after.saturating_sub(*before))
+            .collect();
         let window = rates(&counted, &baseline, seconds);
         let detaching = Instant::now();
         tokio::task::block_in_place(|| {
-            self.probes.detach();
+            self.probes.detach_busiest_first(&hits);
             // Every busy map has slots: empty the table for the next window, or maps made and
             // dropped since would fill it.
             let keys: Vec<MapOpKey> = self.counts.keys().filter_map(Result::ok).collect();
@@ -188,12 +201,22 @@ impl Discovery {
         tracing::debug!(
             "PID {pid}: {} map operation probes attached in {attach_time:.1?}, {} maps counted, \
              detached and cleared in {:.1?}",
-            self.probes.len(),
+            self.probes.probe_count(),
             window.rates.len(),
             detaching.elapsed()
         );
         Some(window)
     }
+}
+
+/// Hits of each probe, by index, summed over the CPUs.
+fn probe_hits(hits: &PerCpuArray<MapData, u64>) -> Vec<u64> {
+    (0..MAX_ACCESS_PROBES)
+        .map(|index| {
+            hits.get(&index, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum())
+        })
+        .collect()
 }
 
 fn totals(counts: &PerCpuHashMap<MapData, MapOpKey, u64>) -> HashMap<MapOpKey, u64> {

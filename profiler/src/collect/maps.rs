@@ -8,9 +8,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as KernelHashMap, MapData, PerCpuHashMap, StackTraceMap};
-use profiler_common::maps::{
-    FOUND_BY_ACCESS, FOUND_BY_CREATION, MapEvent, MapOpKey, MapSiteKey, TrackedMap,
-};
+use profiler_common::maps::{FOUND_BY_ACCESS, FOUND_BY_CREATION, MapEvent, MapSiteKey, TrackedMap};
 
 use super::{
     discovery::{AccessWindow, DiscoveryTask, DutyCycle},
@@ -20,7 +18,7 @@ use crate::{
     export::{map_metrics::SiteTotals, metrics::TargetMetrics},
     gobin::abi::{MapAbi, TYPE_ABI},
     model::maps::{MapShape, MapTypeInfo, OpRates, SiteKind},
-    probes::loaded::{MapMaps, WindowedProbes},
+    probes::loaded::{DiscoveryMaps, MapMaps, WindowedProbes},
     target::{
         gomap::{self, Budgeted, SnapshotError},
         gotype,
@@ -120,7 +118,7 @@ pub struct MapCollector {
     failures: HashMap<u64, u32>,
     sites_with_gauges: BTreeSet<String>,
     /// The discovery window's probes and counts, when discovery is on.
-    pub discovery: Option<(WindowedProbes, PerCpuHashMap<MapData, MapOpKey, u64>)>,
+    pub discovery: Option<(WindowedProbes, DiscoveryMaps)>,
     /// Operations per second by map, from the last window.
     op_rates: HashMap<u64, OpRates>,
     sites_with_rates: BTreeSet<String>,
@@ -178,8 +176,8 @@ impl MapCollector {
         snapshots.tick().await;
         // Discovery runs beside this loop (see `discovery`), never inside it.
         let mut discovery = match (self.options.discovery, self.discovery.take()) {
-            (Some(cycle), Some((probes, counts))) => {
-                Some(DiscoveryTask::start(self.pid, probes, counts, cycle))
+            (Some(cycle), Some((probes, maps))) => {
+                Some(DiscoveryTask::start(self.pid, probes, maps, cycle))
             }
             _ => None,
         };

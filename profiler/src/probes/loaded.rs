@@ -65,6 +65,14 @@ pub struct MapMaps {
     pub stacks: StackTraceMap<MapData>,
 }
 
+/// Kernel maps of the discovery windows.
+pub struct DiscoveryMaps {
+    /// Operations by (map, kind).
+    pub ops: PerCpuHashMap<MapData, MapOpKey, u64>,
+    /// Hits of each probe, by its index in the window.
+    pub hits: PerCpuArray<MapData, u64>,
+}
+
 /// Kernel maps that the collectors read; they outlive the probes so the last events can still
 /// be drained after detaching.
 pub struct StwMaps {
@@ -138,11 +146,12 @@ impl AttachedProbes {
         })
     }
 
-    /// The discovery window's per-(map, operation) counts.
-    pub fn take_map_op_counts(
-        &mut self,
-    ) -> Result<PerCpuHashMap<MapData, MapOpKey, u64>, LoadError> {
-        self.take("MAP_OPS")
+    /// The discovery window's per-(map, operation) counts, and its hits by probe index.
+    pub fn take_discovery_maps(&mut self) -> Result<DiscoveryMaps, LoadError> {
+        Ok(DiscoveryMaps {
+            ops: self.take("MAP_OPS")?,
+            hits: self.take("MAP_ACCESS_HITS")?,
+        })
     }
 
     pub fn take_stw_maps(&mut self) -> Result<StwMaps, LoadError> {
@@ -239,7 +248,8 @@ pub struct WindowedProbes {
     pid: u32,
     exe: std::path::PathBuf,
     points: Vec<ProbePoint>,
-    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Each attached probe's cookie, program and link.
+    links: Vec<(u64, &'static str, UProbeLinkId)>,
 }
 
 /// Stops the log drain when dropped.
@@ -253,7 +263,7 @@ impl Drop for LogDrain {
 
 impl WindowedProbes {
     /// How many uprobes a window attaches.
-    pub fn len(&self) -> usize {
+    pub fn probe_count(&self) -> usize {
         self.points.len()
     }
 
@@ -266,7 +276,7 @@ impl WindowedProbes {
         let mut ebpf = lock(&ebpf);
         for point in &self.points {
             match attach_point(&mut ebpf, self.pid, &self.exe, point) {
-                Ok(link) => self.links.push((point.program, link)),
+                Ok(link) => self.links.push((point.cookie, point.program, link)),
                 Err(error) => {
                     drop(ebpf);
                     self.detach();
@@ -279,13 +289,28 @@ impl WindowedProbes {
 
     /// Remove the window's uprobes; the kernel restores the original instructions.
     pub fn detach(&mut self) {
-        let links = std::mem::take(&mut self.links);
+        self.detach_busiest_first(&[]);
+    }
+
+    /// Remove the window's uprobes, those with the most `hits` (by probe index, cookie bits
+    /// 16–23) first. Each removal waits for the kernel's RCU grace periods, about 0.1 s, one
+    /// after another (the kernel serializes them), while the probes not yet removed keep
+    /// firing: 13 probes stay on for 1.4 s after the window, and the busy ones must not be last.
+    pub fn detach_busiest_first(&mut self, hits: &[u64]) {
+        let mut links = std::mem::take(&mut self.links);
         let Some(ebpf) = self.ebpf.upgrade() else {
             // The object is gone, and its links with it.
             return;
         };
+        links.sort_by_key(|(cookie, _, _)| {
+            std::cmp::Reverse(
+                hits.get(((cookie >> 16) & 0xff) as usize)
+                    .copied()
+                    .unwrap_or(0),
+            )
+        });
         let mut ebpf = lock(&ebpf);
-        for (program, link) in links {
+        for (_, program, link) in links {
             if let Ok(program) = uprobe(&mut ebpf, program) {
                 let _ = program.detach(link);
             }

@@ -1,7 +1,9 @@
 //! Where the map probes go: the entry of each map event function of the binary's Go release
 //! (growth, overflow), the entry (after its frame setup) and every RET of `makemap` (creation
 //! with a large hint), and, for discovery windows only, the entry of every map operation.
-use profiler_common::maps::{LAYOUT_BUCKETS, LAYOUT_SWISS, MapEventCookie, MapOp};
+use profiler_common::maps::{
+    LAYOUT_BUCKETS, LAYOUT_SWISS, MAX_ACCESS_PROBES, MapEventCookie, MapOp,
+};
 
 use super::stw::ProbePoint;
 use crate::gobin::{
@@ -45,13 +47,17 @@ pub fn plan_access(binary: &GoBinary, row: &MapAbiRow) -> Vec<ProbePoint> {
         })
         .filter_map(|&(function, op, name)| {
             let address = binary.frame_site(function);
-            Some(ProbePoint {
-                program: MAP_ACCESS,
-                function: name,
-                address,
-                file_offset: binary.file_offset(address)?,
-                cookie: op.access_cookie(layout(row)),
-            })
+            Some((name, op, address, binary.file_offset(address)?))
+        })
+        .take(MAX_ACCESS_PROBES as usize)
+        .enumerate()
+        .map(|(index, (name, op, address, file_offset))| ProbePoint {
+            program: MAP_ACCESS,
+            function: name,
+            address,
+            file_offset,
+            // `take` keeps the index within the cookie's 8 bits and the hit table.
+            cookie: op.access_cookie(layout(row), index as u8),
         })
         .collect()
 }
