@@ -94,8 +94,9 @@ fn test(filter: Option<String>) -> Result<()> {
     let (debian_version, debian_go) = setup::debian_go()?;
     toolchains.insert(debian_version, debian_go);
     let debian_program = setup::debian_go_program()?;
-    // The daemon's endpoint tests make a certificate and speak TLS with these.
-    setup::debian_packages(&["openssl", "curl"])?;
+    // The daemon's endpoint tests make a certificate and speak TLS with these; the maps page is
+    // checked in a real headless browser.
+    setup::debian_packages(&["openssl", "curl", "chromium"])?;
     let go_list = toolchains
         .iter()
         .map(|(version, go)| format!("{version}={}", go.display()))

@@ -1,7 +1,11 @@
-//! `mapscope heatmap --pid N [--site PATTERN] -o FILE.svg|FILE.json`: attach, learn the
-//! target's maps from their growth, overflow and creation events for a while, snapshot the
-//! biggest, and draw them.
-use std::{path::PathBuf, time::Duration};
+//! `mapscope heatmap --pid N [--site PATTERN] [-o FILE.svg|FILE.png|FILE.json]`: attach, find
+//! the maps the target uses (one discovery window at attach) and those that grow or overflow
+//! meanwhile, snapshot the biggest, and draw them: into a file, or in the terminal.
+use std::{
+    io::{IsTerminal as _, Write as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -9,7 +13,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::profile::parse_duration;
 use crate::{
-    collect::{discovery::DutyCycle, maps::MapOptions},
+    collect::{
+        discovery::DutyCycle,
+        maps::{MapOptions, MapStats},
+    },
     error::{Exit, UserError},
     export::heatmap,
     session,
@@ -18,6 +25,9 @@ use crate::{
 /// How long the one discovery window at attach probes every map operation: long enough to
 /// catch a map used a few times a second, short enough to cost a busy target little.
 const DISCOVERY_WINDOW: Duration = Duration::from_millis(500);
+
+/// Terminal width when stdout is not a terminal and `COLUMNS` is unset.
+const DEFAULT_COLUMNS: usize = 100;
 
 #[derive(Debug, Args)]
 pub struct HeatmapArgs {
@@ -29,15 +39,15 @@ pub struct HeatmapArgs {
     #[arg(long, value_name = "PATTERN")]
     pub site: Option<String>,
 
-    /// How long to watch for map events before taking the snapshots. mapscope learns of a map
-    /// holding 128 entries or more when it grows or allocates an overflow bucket (or is made
-    /// with a size hint of 1024 or more, with --map-creations): a map that does none of these
-    /// while watched is not drawn.
+    /// How long to watch before taking the snapshots. mapscope finds the maps of 128 entries
+    /// or more that the target uses in the first half second (every map operation is probed
+    /// then), and any that grows or allocates an overflow bucket while watched (or is made with
+    /// a size hint of 1024 or more, with --map-creations).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
 
     /// Maps drawn at most (the biggest).
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub maps: usize,
 
     /// Also learn maps made with `make(map, n)`, n >= 1024 (see `attach --map-creations`:
@@ -46,37 +56,129 @@ pub struct HeatmapArgs {
     pub map_creations: bool,
 
     /// Largest map read, in bytes of its memory.
-    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_bytes: u64,
 
-    /// Output file: `.svg` draws the heatmap, `.json` writes the same data for scripts.
+    /// Output file: `.svg` or `.png` draws the heatmaps, `.json` writes the same data for
+    /// scripts. Without it, the maps are drawn in the terminal.
     #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy)]
 enum Format {
     Svg,
+    Png,
     Json,
 }
 
-fn format_of(output: &std::path::Path) -> Result<Format, UserError> {
-    match output.extension().and_then(|extension| extension.to_str()) {
-        Some("svg") => Ok(Format::Svg),
-        Some("json") => Ok(Format::Json),
-        _ => Err(UserError::new(
+/// The format `output` asks for, and that it can be written: checked before attaching, so a
+/// typo costs no watch.
+fn check_output(output: &Path) -> Result<Format, UserError> {
+    let format = match output.extension().and_then(|extension| extension.to_str()) {
+        Some("svg") => Format::Svg,
+        Some("png") => Format::Png,
+        Some("json") => Format::Json,
+        _ => {
+            return Err(UserError::new(
+                Exit::Usage,
+                format!(
+                    "cannot tell the format of {}: name the output FILE.svg or FILE.png (heatmap \
+                     images) or FILE.json (the data)",
+                    output.display()
+                ),
+            ));
+        }
+    };
+    let folder = match output.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(UserError::new(
             Exit::Usage,
             format!(
-                "cannot tell the format of {}: name the output FILE.svg (heatmap image) or \
-                 FILE.json (the data)",
+                "cannot write {}: the folder {} does not exist; create it or pick another path",
+                output.display(),
+                folder.display()
+            ),
+        ));
+    }
+    if output.is_dir() {
+        return Err(UserError::new(
+            Exit::Usage,
+            format!(
+                "cannot write {}: it is a folder; name a file in it",
                 output.display()
             ),
-        )),
+        ));
     }
+    Ok(format)
+}
+
+/// Why no map is drawn, and what to try: none was seen, none at the site asked for, or every
+/// snapshot was dropped (and why).
+fn nothing_drawn(pid: u32, args: &HeatmapArgs, stats: &MapStats) -> String {
+    if stats.tracked == 0 {
+        return format!(
+            "PID {pid}: no map of 128 entries or more was used, grown or made while watched \
+             ({:?}): if the program does hold big maps, it did not touch them in the first half \
+             second; watch while it serves traffic, or longer with --duration (maps that grow \
+             are found whenever they do)",
+            args.duration
+        );
+    }
+    if let Some(pattern) = &args.site
+        && stats.matching == 0
+    {
+        let sites: Vec<&str> = stats
+            .sites_seen
+            .iter()
+            .map(String::as_str)
+            .take(5)
+            .collect();
+        return format!(
+            "PID {pid}: {} map(s) seen, none at a site matching {pattern:?}; sites seen: {}; \
+             pick one of them with --site, or drop --site",
+            stats.tracked,
+            sites.join("; ")
+        );
+    }
+    let reasons: Vec<String> = stats
+        .dropped
+        .iter()
+        .map(|(reason, count)| format!("{count} {reason}"))
+        .collect();
+    let hint = if stats.dropped.contains_key("too_large") {
+        "raise --max-bytes for too_large maps"
+    } else if stats.dropped.contains_key("denied") {
+        "run mapscope as root or with CAP_SYS_PTRACE to read the target's memory"
+    } else {
+        "maps written while read are dropped as changed: try again, or when the program is \
+         quieter"
+    };
+    format!(
+        "PID {pid}: {} map(s) seen, but every snapshot was dropped ({}): {hint}",
+        stats.matching,
+        if reasons.is_empty() {
+            "none read".to_owned()
+        } else {
+            reasons.join(", ")
+        }
+    )
+}
+
+/// Columns to draw the terminal picture in: the terminal's, else `COLUMNS`, else 100.
+fn terminal_columns() -> usize {
+    terminal_size::terminal_size()
+        .map(|(width, _)| usize::from(width.0))
+        .or_else(|| std::env::var("COLUMNS").ok()?.parse().ok())
+        .unwrap_or(DEFAULT_COLUMNS)
+        .max(40)
 }
 
 pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
-    let format = format_of(&args.output)?;
+    let format = args.output.as_deref().map(check_output).transpose()?;
     session::preflight(true)?;
     let process = session::open_process(args.pid)?;
     let options = session::Options {
@@ -124,6 +226,8 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
         }
     };
     let outcome = attached.profile(None, options, stop).await?;
+    // The collector picked the maps at the site asked for; the view may still hold others
+    // from before (a site filter only chooses what is read).
     let chosen = heatmap::matching(&outcome.maps, args.site.as_deref());
     if chosen.is_empty() && gone.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(UserError::new(
@@ -136,30 +240,33 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
         .into());
     }
     if chosen.is_empty() {
-        let which = args.site.as_ref().map_or(String::new(), |pattern| {
-            format!(" at a site matching {pattern:?}")
-        });
-        return Err(UserError::new(
-            Exit::NothingSampled,
-            format!(
-                "PID {}: no map{which} was seen in {:?}: mapscope learns of maps when they grow, \
-                 allocate overflow buckets or are made with a size hint of 1024 or more; watch \
-                 longer with --duration, or run `mapscope attach` and read /debug/maps",
-                args.pid, args.duration
-            ),
-        )
-        .into());
+        let stats = outcome.map_stats.unwrap_or_default();
+        return Err(
+            UserError::new(Exit::NothingSampled, nothing_drawn(args.pid, &args, &stats)).into(),
+        );
     }
-    let text = match format {
-        Format::Svg => heatmap::to_svg(&chosen),
-        Format::Json => heatmap::to_json(&chosen).context("encoding the maps")?,
+    let (Some(output), Some(format)) = (&args.output, format) else {
+        let stdout = std::io::stdout();
+        let colour = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let picture = heatmap::to_terminal(&chosen, terminal_columns(), colour);
+        stdout
+            .lock()
+            .write_all(picture.as_bytes())
+            .context("writing the heatmap to stdout")?;
+        return Ok(());
     };
-    std::fs::write(&args.output, text)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    let bytes = match format {
+        Format::Svg => heatmap::to_svg(&chosen).into_bytes(),
+        Format::Png => heatmap::to_png(&heatmap::to_svg(&chosen)).context("rendering the PNG")?,
+        Format::Json => heatmap::to_json(&chosen)
+            .context("encoding the maps")?
+            .into_bytes(),
+    };
+    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
     eprintln!(
         "mapscope: wrote {} map(s) to {}",
         chosen.len(),
-        args.output.display()
+        output.display()
     );
     Ok(())
 }

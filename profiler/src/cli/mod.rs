@@ -51,7 +51,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Take a profile from a running Go process and write it in pprof format.
     Profile(profile::ProfileArgs),
-    /// Draw the buckets of a running Go process's big maps (SVG), or write them as JSON.
+    /// Draw the buckets of a running Go process's big maps, with what a random hash would give and
+    /// what to do: in the terminal, or as SVG, PNG or JSON.
     Heatmap(heatmap::HeatmapArgs),
     /// Profile every selected Go process as it starts, until it exits (DaemonSet, sidecar,
     /// systemd): one metrics endpoint for all.

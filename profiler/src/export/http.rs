@@ -24,13 +24,16 @@ use crate::collect::{
 };
 
 const INDEX: &str = "mapscope: Prometheus metrics at /metrics, allocation profile (pprof) at \
-                     /debug/pprof/allocs, map snapshots at /debug/maps (JSON) and \
-                     /debug/maps/heatmap.svg (?site=PATTERN filters both; ?pid=N picks the \
+                     /debug/pprof/allocs, the maps with their heatmaps for a person at /maps, \
+                     map snapshots at /debug/maps (JSON), /debug/maps/heatmap.svg and \
+                     /debug/maps/heatmap.png (?site=PATTERN filters them; ?pid=N picks the \
                      target when there are several)\n";
 
 /// One target's latest allocation profile and map snapshots.
 #[derive(Clone)]
 pub struct TargetView {
+    /// How the target is named on pages: `PID 123 (checkout, go1.27.3)`.
+    pub name: String,
     pub allocs: AllocProfile,
     pub maps: MapView,
 }
@@ -125,6 +128,8 @@ pub async fn serve(
         .route("/debug/pprof/allocs", get(allocs))
         .route("/debug/maps", get(maps_json))
         .route("/debug/maps/heatmap.svg", get(maps_svg))
+        .route("/debug/maps/heatmap.png", get(maps_png))
+        .route("/maps", get(maps_page))
         .with_state(served);
     if let Some(web) = web.as_ref().filter(|web| web.requires_auth()) {
         router = router.layer(middleware::from_fn_with_state(Arc::clone(web), basic_auth));
@@ -274,6 +279,116 @@ async fn maps_svg(State(served): State<Served>, Query(query): Query<TargetQuery>
         svg,
     )
         .into_response()
+}
+
+/// The heatmap as a PNG: rendering takes tens of milliseconds of CPU, off the async workers.
+async fn maps_png(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
+    let reports = match map_reports(&served, query.pid) {
+        Ok(reports) => reports,
+        Err((status, message)) => return text(status, message),
+    };
+    let rendered = tokio::task::spawn_blocking(move || {
+        heatmap::to_png(&heatmap::to_svg(&heatmap::matching(
+            &reports,
+            query.site.as_deref(),
+        )))
+    })
+    .await;
+    match rendered {
+        Ok(Ok(png)) => (StatusCode::OK, [(header::CONTENT_TYPE, "image/png")], png).into_response(),
+        Ok(Err(error)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the heatmap failed: {error}\n"),
+        ),
+        Err(error) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the heatmap failed: {error}\n"),
+        ),
+    }
+}
+
+/// The targets profiled here, each linking to its maps page.
+fn targets_page(targets: &[(u32, String)]) -> String {
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let items: String = targets
+        .iter()
+        .map(|(pid, name)| {
+            format!(
+                "<li><a href=\"/maps?pid={pid}\">{}</a></li>\n",
+                escape(name)
+            )
+        })
+        .collect();
+    let body = if targets.is_empty() {
+        "<p>No target is profiled yet: the daemon attaches to the processes its selectors pick \
+         as they start.</p>"
+            .to_owned()
+    } else {
+        format!("<p>Pick a target:</p>\n<ul>\n{items}</ul>")
+    };
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>mapscope: \
+         maps</title></head>\n<body style=\"font-family: sans-serif\"><h1>mapscope: Go maps</h1>\n\
+         {body}\n</body></html>\n"
+    )
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// The maps of a target for a person: each with its figures, verdict, advice and heatmap.
+/// With several targets and no `?pid=`, a list of them to pick from.
+async fn maps_page(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
+    if query.pid.is_none() {
+        let targets: Vec<(u32, String)> = served
+            .targets
+            .0
+            .lock()
+            .map(|views| {
+                views
+                    .iter()
+                    .map(|(pid, view)| (*pid, view.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if targets.len() != 1 {
+            return html(StatusCode::OK, targets_page(&targets));
+        }
+    }
+    let view = match served.targets.pick(query.pid) {
+        Ok(view) => view,
+        Err((status, message)) => return text(status, message),
+    };
+    let reports = view
+        .maps
+        .lock()
+        .map(|view| view.clone())
+        .unwrap_or_default();
+    let page = tokio::task::spawn_blocking(move || {
+        heatmap::to_html(
+            &format!("mapscope: maps of {}", view.name),
+            &heatmap::matching(&reports, query.site.as_deref()),
+        )
+    })
+    .await;
+    match page {
+        Ok(page) => html(StatusCode::OK, page),
+        Err(error) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("drawing the maps failed: {error}\n"),
+        ),
+    }
 }
 
 async fn scrape(State(served): State<Served>) -> Response {

@@ -5,3 +5,4 @@ pub mod maps;
 pub mod pause;
 pub mod reason;
 pub mod sites;
+pub mod spread;
