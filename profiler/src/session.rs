@@ -426,32 +426,25 @@ impl Attached {
         let exported = Exported::new(Metrics::new().context("creating the metrics registry")?);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let process = &self.target.process;
-        let server = match listener {
+        let what = format!(
+            "attached {} probes to PID {} ({}, {})",
+            self.probes.count, process.pid, process.exe_name, self.target.go_version,
+        );
+        let (server, announce) = match listener {
             Some(listener) => {
                 let (address, server) = serve(listener, &exported, None, async {
                     let _ = shutdown_rx.await;
                 })?;
-                tracing::info!(
-                    "attached {} probes to PID {} ({}, {}); metrics on http://{address}/metrics",
-                    self.probes.count,
-                    process.pid,
-                    process.exe_name,
-                    self.target.go_version,
-                );
-                Some(server)
+                (
+                    Some(server),
+                    format!("{what}; metrics on http://{address}/metrics"),
+                )
             }
-            None => {
-                tracing::info!(
-                    "attached {} probes to PID {} ({}, {})",
-                    self.probes.count,
-                    process.pid,
-                    process.exe_name,
-                    self.target.go_version,
-                );
-                None
-            }
+            None => (None, what),
         };
-        let outcome = self.collect(&exported, options, stop).await;
+        // Said once the target's views are registered: an endpoint named here answers for it.
+        let ready = move || tracing::info!("{announce}");
+        let outcome = self.collect(&exported, options, stop, ready).await;
         let _ = shutdown.send(());
         if let Some(server) = server {
             match server.await {
@@ -466,11 +459,13 @@ impl Attached {
     /// Collect into `exported` until `stop` resolves; then detach every probe, drain the last
     /// events, remove the target's series and views, and return the tally. The one code path
     /// for a target, whether alone or one of the daemon's.
+    /// `ready` runs once the target's series and views are registered.
     pub async fn collect(
         mut self,
         exported: &Exported,
         options: Options,
         stop: impl std::future::Future<Output = ()>,
+        ready: impl FnOnce(),
     ) -> anyhow::Result<Outcome> {
         let process = &self.target.process;
         let who = TargetIdentity {
@@ -500,6 +495,7 @@ impl Attached {
             metrics: Arc::clone(&target_metrics),
             pid: process.pid,
         };
+        ready();
 
         let maps = self.probes.take_stw_maps()?;
         let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))

@@ -37,6 +37,9 @@ struct Shape {
     b: u8,
     #[serde(default)]
     tables: u64,
+    /// Bucket maps: the target's own random-hash expectation of buckets per entry count.
+    #[serde(default)]
+    random_hash: BTreeMap<u32, f64>,
     #[serde(rename = "type")]
     type_name: String,
     key_bytes: u64,
@@ -539,116 +542,162 @@ per_go_release! {
     written_map_go1_27 => "1.27.3",
 }
 
-/// `mapscope heatmap`: an SVG with one cell per bucket band of each chosen map, and a JSON
-/// form whose figures are the target's.
+/// `mapscope heatmap` on maps built before it attached: every output (SVG, PNG, JSON and the
+/// terminal) shows each map, with its observed spread equal to the target's own, the random-hash
+/// expectation equal to the one the target computes from its own figures (bucket maps), and
+/// the verdict a real map must get: the keys spread like a random hash.
 fn heatmap_command(version: &str) {
     let binary = common::build_go("mapshapes", version, &[]);
     let mut target = GoTarget::start(&binary, &[]);
+    let maps = shapes(&mut target, "build");
+    target.send("use");
+    target
+        .stdout
+        .wait_for("the maps in use", Duration::from_secs(30), |line| {
+            line == "ok"
+        });
     let dir = tempfile::tempdir().unwrap();
-    let svg = dir.path().join("maps.svg");
-    let json = dir.path().join("maps.json");
     let pid = target.pid().to_string();
-    let run = |output: &std::path::Path| {
-        let mut child = std::process::Command::new(common::MAPSCOPE)
+    let heatmap = |output: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(common::MAPSCOPE);
+        command
             .args([
                 "heatmap",
                 "--pid",
                 &pid,
                 "--site",
-                "main.build",
-                "--map-creations",
+                "main.useMaps",
+                "--duration",
+                "2s",
             ])
-            .args(["--duration", "8s", "-o", output.to_str().unwrap()])
             .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = common::Lines::new(child.stderr.take().unwrap());
-        stderr.wait_for("heatmap to attach", Duration::from_secs(30), |line| {
-            line.contains("attached")
-        });
-        (common::ChildGuard(child), stderr)
+            .env("COLUMNS", "100");
+        if let Some(output) = output {
+            command.args(["-o", output.to_str().unwrap()]);
+        }
+        let result = command.output().unwrap();
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        String::from_utf8(result.stdout).unwrap()
     };
-    let (mut svg_run, svg_stderr) = run(&svg);
-    let maps = shapes(&mut target, "build");
-    assert!(svg_run.0.wait().unwrap().success(), "{}", svg_stderr.all());
-    // The maps exist now: a second watch learns of none unless they change, so grow one.
-    let (mut json_run, json_stderr) = run(&json);
-    let again = shapes(&mut target, "build");
-    assert!(
-        json_run.0.wait().unwrap().success(),
-        "{}",
-        json_stderr.all()
-    );
+    let [svg, png, json] = ["maps.svg", "maps.png", "maps.json"].map(|name| dir.path().join(name));
+    for output in [&svg, &png, &json] {
+        heatmap(Some(output));
+    }
+    let terminal = heatmap(None);
 
+    // SVG: one panel per map, cells adding up to its entries, and the chart's observed bars
+    // equal to the target's own entries per bucket (or full slots per group).
     let image = std::fs::read_to_string(&svg).unwrap();
     assert!(image.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
     assert!(image.trim_end().ends_with("</svg>"));
     let attribute = |text: &str, name: &str| -> u64 {
         let start = text.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
-        text[start..]
-            .split('"')
-            .next()
-            .unwrap()
-            .trim_start_matches("0x")
-            .parse()
-            .unwrap()
+        let value = text[start..].split('"').next().unwrap();
+        match value.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
+            None => value.parse().unwrap(),
+        }
     };
-    let height = attribute(&image, "height");
+    let (width, height) = (attribute(&image, "width"), attribute(&image, "height"));
     let groups: Vec<&str> = image.split("<g class=\"map\"").skip(1).collect();
-    assert_eq!(
-        groups.len(),
-        maps.len(),
-        "one panel per map built at a main.build* site"
-    );
+    assert_eq!(groups.len(), maps.len(), "one panel per map");
     for group in &groups {
         let group = &group[..group.find("</g>").unwrap()];
+        let map = maps
+            .iter()
+            .find(|map| map.address == attribute(group, "data-address"))
+            .unwrap_or_else(|| panic!("a panel for no map of the target: {}", &group[..200]));
         let cells: Vec<&str> = group.split("<rect class=\"cell\"").skip(1).collect();
         assert_eq!(cells.len() as u64, attribute(group, "data-cells"));
         let entries: u64 = cells
             .iter()
             .map(|cell| attribute(cell, "data-entries"))
             .sum();
-        assert_eq!(entries, attribute(group, "data-entries"));
-        // The title names the map's type, as reflect does, with its key and element sizes.
-        assert!(
-            maps.iter().any(|map| map.entries == entries
-                && group.contains(&format!(
-                    " — {} ({} B keys, {} B values) — ",
-                    map.type_name, map.key_bytes, map.elem_bytes
-                ))),
-            "{entries}: {}",
-            &group[..group.find("</text>").unwrap()]
-        );
+        assert_eq!(entries, map.entries, "{}", map.name);
         for cell in &cells {
             assert!(attribute(cell, "y") + 10 <= height);
+            assert!(attribute(cell, "x") + 10 <= width);
         }
-        let units: u64 = cells.iter().map(|cell| attribute(cell, "data-units")).sum();
-        assert!(units >= cells.len() as u64 && cells.len() <= 4096 + 1);
+        let observed: BTreeMap<u32, u64> = group
+            .split("<rect class=\"observed\"")
+            .skip(1)
+            .map(|bar| {
+                (
+                    attribute(bar, "data-value") as u32,
+                    attribute(bar, "data-count"),
+                )
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        assert_eq!(observed, map.bucket_entries, "{}: observed bars", map.name);
     }
 
+    // PNG: decodes, at the SVG's size.
+    let pixmap = resvg::tiny_skia::Pixmap::decode_png(&std::fs::read(&png).unwrap()).unwrap();
+    assert_eq!(
+        (u64::from(pixmap.width()), u64::from(pixmap.height())),
+        (width, height)
+    );
+
+    // JSON: the spread against a random hash, and the verdict of real maps.
     let data: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let drawn = data["maps"].as_array().unwrap();
-    assert!(!drawn.is_empty());
+    assert_eq!(drawn.len(), maps.len());
+    println!("Go {version}: map, overfull units (mapscope | random hash), verdict");
     for snapshot in drawn {
-        let map = again
+        let map = maps
             .iter()
             .find(|map| snapshot["address"].as_u64() == Some(map.address))
             .unwrap_or_else(|| panic!("{snapshot:#}"));
-        assert_eq!(snapshot["entries"].as_u64(), Some(map.entries));
-        assert_eq!(
-            distribution(&snapshot["bucket_entries"]),
-            map.bucket_entries
+        let spread = &snapshot["spread"];
+        println!(
+            "  {:9} {} | {:.1}  {}",
+            map.name,
+            spread["overfull"]["observed"],
+            spread["overfull"]["expected"].as_f64().unwrap(),
+            spread["verdict"]
         );
-        let banded: u64 = snapshot["bands"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|band| band["entries"].as_u64().unwrap())
-            .sum();
-        assert_eq!(banded, map.entries);
+        assert_eq!(
+            distribution(&spread["observed"]),
+            map.bucket_entries,
+            "{}",
+            map.name
+        );
+        assert_eq!(spread["verdict"], "like_random", "{}: {spread:#}", map.name);
+        for (k, target_expects) in &map.random_hash {
+            let expected = spread["expected"][k.to_string()].as_f64().unwrap_or(0.0);
+            assert!(
+                (expected - target_expects).abs() <= 1e-6 * target_expects.max(1.0),
+                "{}: buckets with {k} entries: mapscope expects {expected}, the target {target_expects}",
+                map.name
+            );
+        }
+        assert_eq!(
+            map.random_hash.is_empty(),
+            map.layout == "swiss",
+            "{}: the target computes the binomial for bucket maps",
+            map.name
+        );
     }
+
+    // The terminal: no line wider than the 100 columns asked for, every map with its verdict.
+    for line in terminal.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{} wide: {line}",
+            line.chars().count()
+        );
+    }
+    assert_eq!(
+        terminal.matches("keys spread like a random hash").count(),
+        maps.len(),
+        "{terminal}"
+    );
 }
 
 per_go_release! {
@@ -798,4 +847,115 @@ per_go_release! {
     operation_rates_are_measured;
     operation_rates_go1_23 => "1.23.9",
     operation_rates_go1_27 => "1.27.3",
+}
+
+/// Headless Chromium, as root (so without its sandbox) and with nothing reaching for the
+/// network, on a fresh profile.
+fn chromium(profile: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new("chromium");
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ]);
+    command.arg(format!("--user-data-dir={}", profile.display()));
+    command
+}
+
+/// The maps page a running `attach` serves, in a real browser: every map of the target is on it
+/// with its figures (entries and slots as the target counts them), its verdict and its picture,
+/// and the page renders at 1280 px.
+fn maps_page_in_a_browser(version: &str) {
+    let binary = common::build_go("mapshapes", version, &[]);
+    let mut target = GoTarget::start(&binary, &[]);
+    let maps = shapes(&mut target, "build");
+    target.send("use");
+    target
+        .stdout
+        .wait_for("the maps in use", Duration::from_secs(30), |line| {
+            line == "ok"
+        });
+    let pid = target.pid().to_string();
+    let mapscope = Mapscope::start(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--listen",
+        "127.0.0.1:0",
+        "--map-snapshot-interval",
+        "1s",
+    ]);
+    settled_snapshots(&mapscope, &maps);
+    let url = format!("http://{}/maps", mapscope.address);
+    let scratch = tempfile::tempdir().unwrap();
+    let dom = chromium(&scratch.path().join("profile"))
+        .args(["--dump-dom", &url])
+        .output()
+        .unwrap();
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8(dom.stdout).unwrap();
+    let sections: Vec<&str> = dom.split("<section class=\"map\"").skip(1).collect();
+    assert_eq!(sections.len(), maps.len(), "{dom}");
+    for map in &maps {
+        let section = sections
+            .iter()
+            .find(|section| section.contains(&format!("data-address=\"{:#x}\"", map.address)))
+            .unwrap_or_else(|| panic!("{} is not on the page", map.name));
+        let figures = format!("{} entries in {} slots", map.entries, map.capacity_slots);
+        assert!(
+            section.contains(&figures),
+            "{}: no {figures:?} in {section}",
+            map.name
+        );
+        assert!(section.contains(&map.type_name), "{}: no type", map.name);
+        assert!(
+            section.contains("keys spread like a random hash"),
+            "{}",
+            map.name
+        );
+        assert!(section.contains("<svg"), "{}: no picture", map.name);
+    }
+    let screenshot = scratch.path().join("page.png");
+    let shot = chromium(&scratch.path().join("profile"))
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .args(["--window-size=1280,2400", &url])
+        .output()
+        .unwrap();
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let pixmap =
+        resvg::tiny_skia::Pixmap::decode_png(&std::fs::read(&screenshot).unwrap()).unwrap();
+    assert_eq!(pixmap.width(), 1280);
+    // The page drew something: many distinct colours (text, cells, bars), not a blank page.
+    let colours: std::collections::BTreeSet<[u8; 3]> = pixmap
+        .pixels()
+        .iter()
+        .map(|pixel| [pixel.red(), pixel.green(), pixel.blue()])
+        .collect();
+    assert!(
+        colours.len() > 50,
+        "{} colours on the screenshot",
+        colours.len()
+    );
+    let stderr = mapscope.stderr.all();
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+per_go_release! {
+    maps_page_in_a_browser;
+    maps_page_go1_23 => "1.23.9",
+    maps_page_go1_27 => "1.27.3",
 }

@@ -211,7 +211,7 @@ pub async fn run(
                                         _ = stopped => {}
                                     }
                                 };
-                                if let Err(error) = target.collect(&exported, options, stop).await {
+                                if let Err(error) = target.collect(&exported, options, stop, || {}).await {
                                     tracing::warn!("PID {pid}: profiling ended early: {error:#}");
                                 }
                             });

@@ -26,6 +26,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"reflect"
 	"runtime"
@@ -65,6 +66,10 @@ type shape struct {
 	// Swiss: the directory's length and its distinct tables.
 	DirLen int `json:"dir_len,omitempty"`
 	Tables int `json:"tables,omitempty"`
+	// Bucket maps outside a growth: the buckets a uniformly random hash would give k entries,
+	// entries·Binomial(entries, 1/buckets) for k = 0..40, computed here from the map's own
+	// count and B (the expectation mapscope must draw beside the observed spread).
+	RandomHash map[int]float64 `json:"random_hash,omitempty"`
 	// The map's type as reflect names it, and its key and element sizes.
 	Type      string  `json:"type"`
 	KeyBytes  uintptr `json:"key_bytes"`
@@ -195,6 +200,9 @@ func report() {
 		s.Overflows = counts[name].overflows
 		t := reflect.TypeOf(m)
 		s.Type, s.KeyBytes, s.ElemBytes = t.String(), t.Key().Size(), t.Elem().Size()
+		if s.Layout == "buckets" && !s.Growing {
+			s.RandomHash = binomial(s.Entries, 1<<s.B)
+		}
 		out = append(out, s)
 	}
 	b, err := json.Marshal(map[string]any{"go_version": runtime.Version(), "maps": out})
@@ -202,6 +210,21 @@ func report() {
 		panic(err)
 	}
 	fmt.Println(string(b))
+}
+
+// binomial is, for k = 0..40, how many of `buckets` buckets hold k of n keys hashed uniformly:
+// buckets · C(n, k) · p^k · (1-p)^(n-k), p = 1/buckets, in log space.
+func binomial(n, buckets int) map[int]float64 {
+	out := map[int]float64{}
+	p := 1 / float64(buckets)
+	lgN, _ := math.Lgamma(float64(n + 1))
+	for k := 0; k <= 40 && k <= n; k++ {
+		lgK, _ := math.Lgamma(float64(k + 1))
+		lgNK, _ := math.Lgamma(float64(n - k + 1))
+		logP := lgN - lgK - lgNK + float64(k)*math.Log(p) + float64(n-k)*math.Log1p(-p)
+		out[k] = float64(buckets) * math.Exp(logP)
+	}
+	return out
 }
 
 // junk has the size of a map header (48 bytes) and, like it, a pointer: the runtime keeps
