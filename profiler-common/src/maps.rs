@@ -107,6 +107,8 @@ const _: () = assert!(core::mem::size_of::<MapOpKey>() == 16);
 pub const FOUND_BY_EVENT: u8 = 0;
 pub const FOUND_BY_CREATION: u8 = 1;
 pub const FOUND_BY_ACCESS: u8 = 2;
+/// Put in the table by userspace: a package-level variable holds it (from the binary's DWARF).
+pub const FOUND_BY_VARIABLE: u8 = 3;
 
 /// A map the kernel has seen, keyed by its header address in `TRACKED_MAPS`.
 #[repr(C)]

@@ -544,6 +544,22 @@ impl Attached {
                     }),
                 );
                 collector.view = Arc::clone(&map_view);
+                // Maps held in package-level variables, from the binary's DWARF (tens of
+                // milliseconds for a big binary: off the async workers).
+                let bias = self.target.load_bias;
+                match tokio::task::block_in_place(|| self.target.binary.map_variables()) {
+                    Ok(variables) => {
+                        collector.variables = variables
+                            .into_iter()
+                            .map(|variable| crate::gobin::variables::MapVariable {
+                                address: variable.address + bias,
+                                type_descriptor: variable.type_descriptor + bias,
+                                ..variable
+                            })
+                            .collect();
+                    }
+                    Err(error) => tracing::info!("PID {}: {error}", process.pid),
+                }
                 if discover && let Some(windowed) = self.probes.windowed() {
                     collector.discovery = Some((windowed, self.probes.take_discovery_maps()?));
                 }

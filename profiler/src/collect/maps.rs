@@ -8,7 +8,10 @@ use std::{
 };
 
 use aya::maps::{HashMap as KernelHashMap, MapData, PerCpuHashMap, StackTraceMap};
-use profiler_common::maps::{FOUND_BY_ACCESS, FOUND_BY_CREATION, MapEvent, MapSiteKey, TrackedMap};
+use profiler_common::maps::{
+    FOUND_BY_ACCESS, FOUND_BY_CREATION, FOUND_BY_VARIABLE, LAYOUT_BUCKETS, LAYOUT_SWISS,
+    MIN_TRACKED_ENTRIES, MapEvent, MapSiteKey, TrackedMap,
+};
 
 use super::{
     discovery::{AccessWindow, DiscoveryTask, DutyCycle},
@@ -16,7 +19,10 @@ use super::{
 };
 use crate::{
     export::{map_metrics::SiteTotals, metrics::TargetMetrics},
-    gobin::abi::{MapAbi, TYPE_ABI},
+    gobin::{
+        abi::{MapAbi, TYPE_ABI},
+        variables::MapVariable,
+    },
     model::maps::{MapShape, MapTypeInfo, OpRates, SiteKind},
     probes::loaded::{DiscoveryMaps, MapMaps, WindowedProbes},
     target::{
@@ -124,6 +130,11 @@ pub struct MapCollector {
     sites_with_rates: BTreeSet<String>,
     /// Snapshots dropped, by reason, and maps known at the last round: why nothing may show.
     pub stats: MapStats,
+    /// Package-level variables holding maps (run-time addresses): read each round, and the maps
+    /// they hold tracked, named by the variable.
+    pub variables: Vec<MapVariable>,
+    /// The variable holding each map put in the table from `variables`, by header address.
+    held_in: HashMap<u64, String>,
     warned_denied: bool,
     /// The target's type descriptors (run-time addresses), where type names are found.
     type_descriptors: Option<std::ops::Range<u64>>,
@@ -161,6 +172,8 @@ impl MapCollector {
             discovery: None,
             op_rates: HashMap::new(),
             stats: MapStats::default(),
+            variables: Vec::new(),
+            held_in: HashMap::new(),
             sites_with_rates: BTreeSet::new(),
             warned_denied: false,
             type_descriptors,
@@ -217,7 +230,7 @@ impl MapCollector {
         let mut by_site: BTreeMap<String, OpRates> = BTreeMap::new();
         for (address, map) in tracked {
             let rates = self.op_rates.get(&address).copied().unwrap_or_default();
-            let site = self.site(map.stack_id);
+            let site = self.map_site(address, &map);
             let label = self.label(site);
             by_site.entry(label).or_default().add(&rates);
             if let Some(report) = self.latest.get_mut(&address) {
@@ -236,6 +249,14 @@ impl MapCollector {
         self.sites_with_rates = by_site.into_keys().collect();
         self.publish();
         found_new
+    }
+
+    /// A tracked map's site: the variable holding it, or its kernel stack's site.
+    fn map_site(&mut self, address: u64, map: &TrackedMap) -> String {
+        match self.held_in.get(&address) {
+            Some(variable) if map.found_by == FOUND_BY_VARIABLE => variable.clone(),
+            _ => self.site(map.stack_id),
+        }
     }
 
     /// The site label of a kernel stack: `function (file:line)`.
@@ -288,19 +309,59 @@ impl MapCollector {
         }
     }
 
+    /// The maps the package-level variables hold now, in the kernel's table (the variable may
+    /// have been given another map since the last round): those of `MIN_TRACKED_ENTRIES` or
+    /// more that the table does not know yet. Only mapscope's own table is written.
+    fn track_variables(&mut self) {
+        let layout = match self.abi {
+            MapAbi::Buckets(_) => LAYOUT_BUCKETS,
+            MapAbi::Swiss(_) => LAYOUT_SWISS,
+        };
+        for variable in &self.variables {
+            let Ok(header) = crate::target::memory::read_i64(self.pid, variable.address) else {
+                continue;
+            };
+            let header = header as u64;
+            let entries = crate::target::memory::read_i64(self.pid, header).unwrap_or(0);
+            if header == 0 || entries < MIN_TRACKED_ENTRIES as i64 {
+                continue;
+            }
+            if self.tracked.get(&header, 0).is_ok() {
+                continue;
+            }
+            let map = TrackedMap {
+                map_type: variable.type_descriptor,
+                hint: 0,
+                events: [0; 2],
+                last_event_ns: 0,
+                stack_id: -1,
+                layout,
+                found_by: FOUND_BY_VARIABLE,
+                _pad: [0; 2],
+            };
+            if self.tracked.insert(header, map, 0).is_ok() {
+                self.held_in.insert(header, variable.name.clone());
+            }
+        }
+    }
+
     /// Snapshot the biggest and busiest tracked maps, then refresh the gauges and the view.
     pub async fn snapshot_round(&mut self) {
+        if !self.variables.is_empty() {
+            tokio::task::block_in_place(|| self.track_variables());
+        }
         let mut tracked: Vec<(u64, TrackedMap)> =
             self.tracked.iter().filter_map(Result::ok).collect();
         let alive: BTreeSet<u64> = tracked.iter().map(|(address, _)| *address).collect();
         self.latest.retain(|address, _| alive.contains(address));
         self.failures.retain(|address, _| alive.contains(address));
+        self.held_in.retain(|address, _| alive.contains(address));
         self.stats.tracked = tracked.len();
         // The site asked for is chosen before the few maps read are: ranking first would read
         // other, bigger maps and miss it.
         if let Some(pattern) = self.options.site_filter.clone() {
-            tracked.retain(|(_, map)| {
-                let site = self.site(map.stack_id);
+            tracked.retain(|(address, map)| {
+                let site = self.map_site(*address, map);
                 let keep = site.contains(&pattern);
                 self.stats.sites_seen.insert(site);
                 keep
@@ -338,7 +399,7 @@ impl MapCollector {
 
     /// Read one map; returns the bytes read.
     fn snapshot(&mut self, address: u64, map: &TrackedMap) -> u64 {
-        let site = self.site(map.stack_id);
+        let site = self.map_site(address, map);
         let label = self.label(site.clone());
         let mut memory = Budgeted {
             pid: self.pid,
@@ -359,6 +420,7 @@ impl MapCollector {
                     site_kind: match map.found_by {
                         FOUND_BY_CREATION => SiteKind::Created,
                         FOUND_BY_ACCESS => SiteKind::Accessed,
+                        FOUND_BY_VARIABLE => SiteKind::Variable,
                         _ => SiteKind::Grew,
                     },
                     map_type: map.map_type,

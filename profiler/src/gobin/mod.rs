@@ -8,6 +8,7 @@ pub mod dwarf;
 mod moduledata;
 pub mod pclntab;
 pub mod symbolize;
+pub mod variables;
 pub mod version;
 
 use std::{collections::BTreeMap, path::Path};

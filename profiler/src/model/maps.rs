@@ -76,6 +76,9 @@ pub enum SiteKind {
     /// Seen used in a discovery window (lookup, assignment, delete or iteration) after it was
     /// made: the site is code that uses it, not where it was made.
     Accessed,
+    /// Held in a package-level variable (found from the binary's DWARF): the site is the
+    /// variable's name.
+    Variable,
 }
 
 impl SiteKind {
@@ -85,6 +88,7 @@ impl SiteKind {
             Self::Created => "made at",
             Self::Grew => "grown at",
             Self::Accessed => "used at",
+            Self::Variable => "held in variable",
         }
     }
 }

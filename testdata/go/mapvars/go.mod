@@ -1,0 +1,3 @@
+module mapscope.test/mapvars
+
+go 1.19
