@@ -6,7 +6,7 @@ use crate::{setup, shell};
 
 const BUCKET_MAP_GO: &str = "1.23.9";
 
-pub fn run() -> Result<()> {
+pub fn run(only: Option<String>) -> Result<()> {
     setup::rust()?;
     // Go 1.23 for a bucket-map snapshot (1.24+ has swiss tables).
     let toolchains = setup::go_toolchains(&[setup::NEWEST_GO, BUCKET_MAP_GO])?;
@@ -22,5 +22,8 @@ pub fn run() -> Result<()> {
         command.env("MAPSCOPE_BENCH_GO_BUCKETS", go);
     }
     command.env("MAPSCOPE_TEST_GOCACHE", setup::cache_dir().join("gocache"));
+    if let Some(only) = only {
+        command.args(["--", &only]);
+    }
     shell::run(&mut command)
 }

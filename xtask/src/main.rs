@@ -34,7 +34,10 @@ enum Task {
         filter: Option<String>,
     },
     /// Same-run overhead ratios: a GC-heavy Go benchmark with and without mapscope attached.
-    Bench,
+    Bench {
+        /// `discovery`: only the cost of the map discovery windows.
+        only: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -49,7 +52,7 @@ fn main() -> Result<()> {
         Task::Build => build_release().map(|_| ()),
         Task::Run { args } => run(args),
         Task::Test { filter } => test(filter),
-        Task::Bench => bench::run(),
+        Task::Bench { only } => bench::run(only),
     }
 }
 

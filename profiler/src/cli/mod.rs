@@ -131,12 +131,13 @@ pub struct MapArgs {
     /// (mapscope_map_operations_per_second): probes on every map lookup, assignment, delete
     /// and range for WINDOW out of every PERIOD, the first window at attach; `off` to rely on
     /// growth, overflow and creation events only. Each probed operation costs the target about
-    /// a microsecond while attached: the default keeps that to a third of a percent of the
-    /// time (see README, "What it costs").
+    /// a microsecond or more while attached, and the kernel takes a while to remove the
+    /// probes: the default keeps that under 1% of the most map-heavy program's work (see
+    /// README, "What it costs").
     #[arg(
         long,
         value_name = "WINDOW/PERIOD",
-        default_value = "200ms/60s",
+        default_value = "200ms/2m",
         value_parser = crate::collect::discovery::parse_discovery,
         alias = "map-assign-sampling"
     )]

@@ -62,6 +62,14 @@ pub fn parse_duty_cycle(text: &str) -> Result<Option<DutyCycle>, String> {
     Ok(Some(DutyCycle { window, period }))
 }
 
+/// A window closes early once its probes were hit this often: each hit costs the target a
+/// microsecond or more (5 µs on this project's test VMs), so a program doing millions of map
+/// operations a second would otherwise pay a second of CPU or more per window. Enough to see
+/// every map a busy program uses in that time; rates stay exact (divided by the time open).
+pub const MAX_WINDOW_HITS: u64 = 50_000;
+/// How often an open window's hits are read.
+const HIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// One window's operations per second, by map header address (maps of 128 entries or more).
 #[derive(Clone, Debug, Default)]
 pub struct AccessWindow {
@@ -164,13 +172,33 @@ impl Discovery {
         }
         // Counted from here: what the first probes saw while the others were being attached
         // is subtracted. (Reading the table is a system call per key: off the workers too.)
-        let (baseline, hits_before) =
-            tokio::task::block_in_place(|| (totals(&self.counts), probe_hits(&self.hits)));
+        let (baseline, hits_before) = tokio::task::block_in_place(|| {
+            (
+                totals(&self.counts),
+                probe_hits(&self.hits, self.probes.probe_count()),
+            )
+        });
         let started = Instant::now();
         let attach_time = started - attaching;
-        tokio::select! {
-            () = tokio::time::sleep(cycle.window) => {}
-            _ = stopped.changed() => {}
+        let baseline_hits: u64 = hits_before.iter().sum();
+        let close = tokio::time::sleep(cycle.window);
+        tokio::pin!(close);
+        let mut poll = tokio::time::interval(HIT_POLL);
+        let mut budget_spent = false;
+        loop {
+            tokio::select! {
+                () = &mut close => break,
+                _ = stopped.changed() => break,
+                _ = poll.tick() => {
+                    let hits: u64 = tokio::task::block_in_place(|| probe_hits(&self.hits, self.probes.probe_count()))
+                        .iter()
+                        .sum();
+                    if hits.saturating_sub(baseline_hits) >= MAX_WINDOW_HITS {
+                        budget_spent = true;
+                        break;
+                    }
+                }
+            }
         }
         // Read the counts at the end of the window, before detaching: removing uprobes takes
         // the kernel a while, and counts after `seconds` would inflate the rates.
@@ -178,7 +206,7 @@ impl Discovery {
             (
                 totals(&self.counts),
                 started.elapsed().as_secs_f64(),
-                probe_hits(&self.hits),
+                probe_hits(&self.hits, self.probes.probe_count()),
             )
         });
         // The window's hits by probe: the busiest probes come off first.
@@ -199,9 +227,15 @@ impl Discovery {
             }
         });
         tracing::debug!(
-            "PID {pid}: {} map operation probes attached in {attach_time:.1?}, {} maps counted, \
-             detached and cleared in {:.1?}",
+            "PID {pid}: {} map operation probes attached in {attach_time:.1?}, open {seconds:.3} s \
+             ({}), {} hits, {} maps counted, detached and cleared in {:.1?}",
             self.probes.probe_count(),
+            if budget_spent {
+                "closed early: hit budget spent"
+            } else {
+                "its full length"
+            },
+            hits.iter().sum::<u64>(),
             window.rates.len(),
             detaching.elapsed()
         );
@@ -210,8 +244,8 @@ impl Discovery {
 }
 
 /// Hits of each probe, by index, summed over the CPUs.
-fn probe_hits(hits: &PerCpuArray<MapData, u64>) -> Vec<u64> {
-    (0..MAX_ACCESS_PROBES)
+fn probe_hits(hits: &PerCpuArray<MapData, u64>, probes: usize) -> Vec<u64> {
+    (0..MAX_ACCESS_PROBES.min(probes as u32))
         .map(|index| {
             hits.get(&index, 0)
                 .map_or(0, |per_cpu| per_cpu.iter().sum())

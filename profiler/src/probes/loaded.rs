@@ -188,9 +188,23 @@ impl AttachedProbes {
     }
 }
 
+/// The discovery windows' tables, shrunk to one entry when there are no windows: the kernel
+/// creates every map of an object, whichever programs are loaded, and the per-CPU count table
+/// is preallocated for every CPU.
+const DISCOVERY_MAPS: [&str; 2] = ["MAP_OPS", "MAP_ACCESS_HITS"];
+
 /// Load the object and the programs `points` use, with the log drain running.
 fn load(points: &[ProbePoint]) -> Result<(Ebpf, Option<LogDrain>), LoadError> {
-    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+    let mut loader = EbpfLoader::new();
+    if !points
+        .iter()
+        .any(|point| point.program == super::maps::MAP_ACCESS)
+    {
+        for name in DISCOVERY_MAPS {
+            loader.map_max_entries(name, 1);
+        }
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(LogDrain(spawn_log_drain(logger))),
         Err(error) => {
