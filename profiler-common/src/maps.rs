@@ -169,7 +169,7 @@ pub const MAX_ACCESS_PROBES: u32 = 32;
 /// (map, operation) pairs counted in one discovery window: only maps of
 /// `MIN_TRACKED_ENTRIES` or more are counted, so 4 kinds × 1024 busy big maps. A per-CPU table
 /// is preallocated for every CPU (tracing programs cannot use lazily allocated hash maps before
-/// Linux 6.1): 4096 × 8 B × CPUs, 2 MiB on a 64-CPU node.
+/// Linux 6.1): 4096 × 8 B × CPUs per target, 2 MiB per target on a 64-CPU node.
 pub const MAX_MAP_OP_KEYS: u32 = 4096;
 /// `makemap` calls in flight at once (one per goroutine inside it).
 pub const MAX_PENDING_CREATIONS: u32 = 4096;

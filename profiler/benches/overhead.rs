@@ -314,7 +314,7 @@ fn discovery_windows(gcbench: &Path, mapscope: &str) {
     let ratio = median(&mut ratios);
     let lost_per_window = (1.0 - ratio) * RUN_SECONDS / WINDOWS_PER_RUN;
     println!(
-        "  discovery windows ({CYCLE}, {RUN} runs, {ROUNDS} rounds): median ratio {ratio:.4}: each window costs the program {:.0} ms of its work (window, hit budget and probe removal included); at the default 200ms/2m that averages {:.2}% over a minute",
+        "  discovery windows ({CYCLE}, {RUN} runs, {ROUNDS} rounds): median ratio {ratio:.4}: each window costs the program {:.0} ms of its work (window, hit budget and probe removal included); at the default 200ms/2m that averages {:.2}% of its work",
         lost_per_window * 1e3,
         lost_per_window / DEFAULT_PERIOD_SECONDS * 100.0
     );

@@ -790,8 +790,9 @@ fn operation_rates_are_measured(version: &str) {
     target
         .stdout
         .wait_for("the load", Duration::from_secs(30), |line| line == "ok");
-    // Several windows at the steady rate.
-    std::thread::sleep(Duration::from_secs(5));
+    // Windows at the steady rate (one opens 0.6 s after the last one's probes are removed,
+    // which takes a second or more).
+    std::thread::sleep(Duration::from_secs(8));
     let metrics = mapscope.scrape();
     target.send("loaded");
     let line = target
@@ -818,6 +819,16 @@ fn operation_rates_are_measured(version: &str) {
             "{op}: measured {measured:.0}/s, the target achieved {achieved:.0}/s"
         );
     }
+    // The map saw no delete: its site's delete series is there, and zero.
+    assert!(
+        metrics
+            .0
+            .iter()
+            .any(|sample| sample.name == "mapscope_map_operations_per_second"
+                && site_is(&grown.function)(&sample.labels)
+                && sample.labels.get("op").map(String::as_str) == Some("delete")),
+        "no delete series for the map's site"
+    );
     assert_eq!(rate("delete"), 0.0);
     // The other maps were not used: their sites read zero.
     let presized = maps.iter().find(|map| map.name == "presized").unwrap();
@@ -938,7 +949,6 @@ fn maps_page_in_a_browser(version: &str) {
     );
     let pixmap =
         resvg::tiny_skia::Pixmap::decode_png(&std::fs::read(&screenshot).unwrap()).unwrap();
-    assert_eq!(pixmap.width(), 1280);
     // The page drew something: many distinct colours (text, cells, bars), not a blank page.
     let colours: std::collections::BTreeSet<[u8; 3]> = pixmap
         .pixels()

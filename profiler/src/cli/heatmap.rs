@@ -40,9 +40,10 @@ pub struct HeatmapArgs {
     pub site: Option<String>,
 
     /// How long to watch before taking the snapshots. mapscope finds the maps of 128 entries
-    /// or more that the target uses in the first half second (every map operation is probed
-    /// then), and any that grows or allocates an overflow bucket while watched (or is made with
-    /// a size hint of 1024 or more, with --map-creations).
+    /// or more that the target uses in one short window at attach (every map operation is
+    /// probed for half a second, less on a very busy target), those held in package-level
+    /// variables (binaries with DWARF), and any that grows or allocates an overflow bucket while
+    /// watched (or is made with a size hint of 1024 or more, with --map-creations).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
 
@@ -122,8 +123,8 @@ fn nothing_drawn(pid: u32, args: &HeatmapArgs, stats: &MapStats) -> String {
     if stats.tracked == 0 {
         return format!(
             "PID {pid}: no map of 128 entries or more was used, grown or made while watched \
-             ({:?}): if the program does hold big maps, it did not touch them in the first half \
-             second; watch while it serves traffic, or longer with --duration (maps that grow \
+             ({:?}): if the program does hold big maps, it did not touch them in the window at \
+             attach; watch while it serves traffic, or longer with --duration (maps that grow \
              are found whenever they do)",
             args.duration
         );

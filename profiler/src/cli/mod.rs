@@ -132,8 +132,8 @@ pub struct MapArgs {
     /// and range for WINDOW out of every PERIOD, the first window at attach; `off` to rely on
     /// growth, overflow and creation events only. Each probed operation costs the target about
     /// a microsecond or more while attached, and the kernel takes a while to remove the
-    /// probes: the default keeps that under 1% of the most map-heavy program's work (see
-    /// README, "What it costs").
+    /// probes: at the default, 0.67% of the work of a program saturated with map operations in
+    /// this project's bench, less for one doing fewer (see README, "What it costs").
     #[arg(
         long,
         value_name = "WINDOW/PERIOD",

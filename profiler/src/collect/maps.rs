@@ -94,6 +94,17 @@ pub struct MapStats {
     pub sites_seen: BTreeSet<String>,
 }
 
+/// The stack id a map found through `variables[index]` is tracked with: below -1 (the kernel's
+/// "no stack"), so the kernel counts its events apart from every real stack.
+fn variable_stack_id(index: usize) -> i32 {
+    (-2_i32).saturating_sub(i32::try_from(index).unwrap_or(i32::MAX))
+}
+
+/// The variable index a stack id stands for, if it is one.
+fn variable_index(stack_id: i32) -> Option<usize> {
+    usize::try_from(-2_i64 - i64::from(stack_id)).ok()
+}
+
 /// Bytes a map type's descriptor, key and element sizes and name may take to read.
 const TYPE_READ_BUDGET: u64 = 4096;
 /// How often the kernel's event counts are read.
@@ -131,10 +142,12 @@ pub struct MapCollector {
     /// Snapshots dropped, by reason, and maps known at the last round: why nothing may show.
     pub stats: MapStats,
     /// Package-level variables holding maps (run-time addresses): read each round, and the maps
-    /// they hold tracked, named by the variable.
+    /// they hold tracked, named by the variable (see `variable_site`).
     pub variables: Vec<MapVariable>,
-    /// The variable holding each map put in the table from `variables`, by header address.
-    held_in: HashMap<u64, String>,
+    /// Maps held in variables that were given up on (never readable whole): not put back.
+    given_up: std::collections::HashSet<u64>,
+    /// Every map the kernel's table held at the last discovery window.
+    known: std::collections::HashSet<u64>,
     warned_denied: bool,
     /// The target's type descriptors (run-time addresses), where type names are found.
     type_descriptors: Option<std::ops::Range<u64>>,
@@ -173,7 +186,8 @@ impl MapCollector {
             op_rates: HashMap::new(),
             stats: MapStats::default(),
             variables: Vec::new(),
-            held_in: HashMap::new(),
+            given_up: std::collections::HashSet::new(),
+            known: std::collections::HashSet::new(),
             sites_with_rates: BTreeSet::new(),
             warned_denied: false,
             type_descriptors,
@@ -224,18 +238,23 @@ impl MapCollector {
     fn take_window(&mut self, window: &AccessWindow) -> bool {
         self.op_rates = window.rates.clone();
         let tracked: Vec<(u64, TrackedMap)> = self.tracked.iter().filter_map(Result::ok).collect();
-        let found_new = tracked.iter().any(|(address, _)| {
-            !self.latest.contains_key(address) && !self.failures.contains_key(address)
-        });
+        let known: std::collections::HashSet<u64> =
+            tracked.iter().map(|(address, _)| *address).collect();
+        let found_new = known.iter().any(|address| !self.known.contains(address));
+        self.known = known;
         let mut by_site: BTreeMap<String, OpRates> = BTreeMap::new();
         for (address, map) in tracked {
             let rates = self.op_rates.get(&address).copied().unwrap_or_default();
-            let site = self.map_site(address, &map);
-            let label = self.label(site);
-            by_site.entry(label).or_default().add(&rates);
             if let Some(report) = self.latest.get_mut(&address) {
                 report.operations_per_second = Some(rates);
             }
+            // Sites whose maps saw no operation get no series (and take no named slot).
+            if rates == OpRates::default() {
+                continue;
+            }
+            let site = self.site(map.stack_id);
+            let label = self.label(site);
+            by_site.entry(label).or_default().add(&rates);
         }
         let metrics = self.metrics.maps();
         for site in &self.sites_with_rates {
@@ -251,16 +270,13 @@ impl MapCollector {
         found_new
     }
 
-    /// A tracked map's site: the variable holding it, or its kernel stack's site.
-    fn map_site(&mut self, address: u64, map: &TrackedMap) -> String {
-        match self.held_in.get(&address) {
-            Some(variable) if map.found_by == FOUND_BY_VARIABLE => variable.clone(),
-            _ => self.site(map.stack_id),
-        }
-    }
-
-    /// The site label of a kernel stack: `function (file:line)`.
+    /// The site label of a kernel stack: `function (file:line)`; for a map put in the table
+    /// from a variable, the variable's name (its "stack" is `variable_stack_id`).
     fn site(&mut self, stack_id: i32) -> String {
+        if let Some(variable) = variable_index(stack_id).and_then(|index| self.variables.get(index))
+        {
+            return variable.name.clone();
+        }
         let symbolized = self.stacks.symbolize(&self.stack_map, stack_id);
         let site = &symbolized.site;
         if site.location.is_empty() {
@@ -317,13 +333,16 @@ impl MapCollector {
             MapAbi::Buckets(_) => LAYOUT_BUCKETS,
             MapAbi::Swiss(_) => LAYOUT_SWISS,
         };
-        for variable in &self.variables {
+        for (index, variable) in self.variables.iter().enumerate() {
             let Ok(header) = crate::target::memory::read_i64(self.pid, variable.address) else {
                 continue;
             };
             let header = header as u64;
             let entries = crate::target::memory::read_i64(self.pid, header).unwrap_or(0);
-            if header == 0 || entries < MIN_TRACKED_ENTRIES as i64 {
+            if header == 0
+                || entries < MIN_TRACKED_ENTRIES as i64
+                || self.given_up.contains(&header)
+            {
                 continue;
             }
             if self.tracked.get(&header, 0).is_ok() {
@@ -334,14 +353,14 @@ impl MapCollector {
                 hint: 0,
                 events: [0; 2],
                 last_event_ns: 0,
-                stack_id: -1,
+                // The kernel counts this map's growths against this id: its site is the
+                // variable's, in the counters as in the gauges.
+                stack_id: variable_stack_id(index),
                 layout,
                 found_by: FOUND_BY_VARIABLE,
                 _pad: [0; 2],
             };
-            if self.tracked.insert(header, map, 0).is_ok() {
-                self.held_in.insert(header, variable.name.clone());
-            }
+            let _ = self.tracked.insert(header, map, 0);
         }
     }
 
@@ -355,13 +374,12 @@ impl MapCollector {
         let alive: BTreeSet<u64> = tracked.iter().map(|(address, _)| *address).collect();
         self.latest.retain(|address, _| alive.contains(address));
         self.failures.retain(|address, _| alive.contains(address));
-        self.held_in.retain(|address, _| alive.contains(address));
         self.stats.tracked = tracked.len();
         // The site asked for is chosen before the few maps read are: ranking first would read
         // other, bigger maps and miss it.
         if let Some(pattern) = self.options.site_filter.clone() {
-            tracked.retain(|(address, map)| {
-                let site = self.map_site(*address, map);
+            tracked.retain(|(_, map)| {
+                let site = self.site(map.stack_id);
                 let keep = site.contains(&pattern);
                 self.stats.sites_seen.insert(site);
                 keep
@@ -399,7 +417,7 @@ impl MapCollector {
 
     /// Read one map; returns the bytes read.
     fn snapshot(&mut self, address: u64, map: &TrackedMap) -> u64 {
-        let site = self.map_site(address, map);
+        let site = self.site(map.stack_id);
         let label = self.label(site.clone());
         let mut memory = Budgeted {
             pid: self.pid,
@@ -455,6 +473,9 @@ impl MapCollector {
                             // Never readable whole: not worth a read every round.
                             self.failures.remove(&address);
                             let _ = self.tracked.remove(&address);
+                            if map.found_by == FOUND_BY_VARIABLE {
+                                self.given_up.insert(address);
+                            }
                         }
                     }
                     SnapshotError::TooLarge { .. } => {
@@ -543,5 +564,22 @@ impl MapCollector {
         if let Ok(mut shared) = self.view.lock() {
             *shared = view;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variable_stack_ids_round_trip_and_never_meet_real_stacks() {
+        for index in [0, 1, 297, 100_000] {
+            let id = variable_stack_id(index);
+            assert!(id < -1);
+            assert_eq!(variable_index(id), Some(index));
+        }
+        assert_eq!(variable_index(-1), None);
+        assert_eq!(variable_index(0), None);
+        assert_eq!(variable_index(12), None);
     }
 }

@@ -247,74 +247,74 @@ fn map_reports(served: &Served, pid: Option<u32>) -> Result<Vec<MapReport>, (Sta
         .unwrap_or_default())
 }
 
-/// A target's latest snapshot of each tracked map, with distributions and heatmap bands.
-async fn maps_json(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
-    let reports = match map_reports(&served, query.pid) {
-        Ok(reports) => reports,
-        Err((status, message)) => return text(status, message),
+/// Draw a target's maps with `draw`, off the async workers (comparing a big swiss map with a
+/// random hash simulates up to a million inserts; a PNG takes tens of milliseconds and up to
+/// hundreds of MB), one drawing at a time, so that requests cannot pile up CPU and memory.
+async fn drawn<T: Send + 'static>(
+    served: &Served,
+    query: TargetQuery,
+    draw: impl FnOnce(&[&MapReport]) -> Result<T, String> + Send + 'static,
+) -> Result<T, Response> {
+    static DRAWING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let reports =
+        map_reports(served, query.pid).map_err(|(status, message)| text(status, message))?;
+    let failed = |error: String| {
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("drawing the maps failed: {error}\n"),
+        )
     };
-    match heatmap::to_json(&heatmap::matching(&reports, query.site.as_deref())) {
+    let _turn = DRAWING
+        .get_or_init(|| tokio::sync::Semaphore::new(1))
+        .acquire()
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+    tokio::task::spawn_blocking(move || draw(&heatmap::matching(&reports, query.site.as_deref())))
+        .await
+        .map_err(|error| failed(error.to_string()))?
+        .map_err(failed)
+}
+
+/// A target's latest snapshot of each tracked map, with distributions, heatmap bands and the
+/// comparison with a random hash.
+async fn maps_json(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
+    let json = |maps: &[&MapReport]| heatmap::to_json(maps).map_err(|error| error.to_string());
+    match drawn(&served, query, json).await {
         Ok(json) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
             json,
         )
             .into_response(),
-        Err(error) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding the maps failed: {error}\n"),
-        ),
+        Err(response) => response,
     }
 }
 
 async fn maps_svg(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
-    let reports = match map_reports(&served, query.pid) {
-        Ok(reports) => reports,
-        Err((status, message)) => return text(status, message),
-    };
-    let svg = heatmap::to_svg(&heatmap::matching(&reports, query.site.as_deref()));
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "image/svg+xml")],
-        svg,
-    )
-        .into_response()
+    match drawn(&served, query, |maps| Ok(heatmap::to_svg(maps))).await {
+        Ok(svg) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "image/svg+xml")],
+            svg,
+        )
+            .into_response(),
+        Err(response) => response,
+    }
 }
 
-/// The heatmap as a PNG: rendering takes tens of milliseconds of CPU, off the async workers.
 async fn maps_png(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
-    let reports = match map_reports(&served, query.pid) {
-        Ok(reports) => reports,
-        Err((status, message)) => return text(status, message),
+    let png = |maps: &[&MapReport]| {
+        heatmap::to_png(&heatmap::to_svg(maps)).map_err(|error| error.to_string())
     };
-    let rendered = tokio::task::spawn_blocking(move || {
-        heatmap::to_png(&heatmap::to_svg(&heatmap::matching(
-            &reports,
-            query.site.as_deref(),
-        )))
-    })
-    .await;
-    match rendered {
-        Ok(Ok(png)) => (StatusCode::OK, [(header::CONTENT_TYPE, "image/png")], png).into_response(),
-        Ok(Err(error)) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("rendering the heatmap failed: {error}\n"),
-        ),
-        Err(error) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("rendering the heatmap failed: {error}\n"),
-        ),
+    match drawn(&served, query, png).await {
+        Ok(png) => (StatusCode::OK, [(header::CONTENT_TYPE, "image/png")], png).into_response(),
+        Err(response) => response,
     }
 }
 
 /// The targets profiled here, each linking to its maps page.
 fn targets_page(targets: &[(u32, String)]) -> String {
-    let escape = |text: &str| {
-        text.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
+    let escape = heatmap::escape;
     let items: String = targets
         .iter()
         .map(|(pid, name)| {
@@ -366,28 +366,18 @@ async fn maps_page(State(served): State<Served>, Query(query): Query<TargetQuery
             return html(StatusCode::OK, targets_page(&targets));
         }
     }
-    let view = match served.targets.pick(query.pid) {
-        Ok(view) => view,
+    let name = match served.targets.pick(query.pid) {
+        Ok(view) => view.name,
         Err((status, message)) => return text(status, message),
     };
-    let reports = view
-        .maps
-        .lock()
-        .map(|view| view.clone())
-        .unwrap_or_default();
-    let page = tokio::task::spawn_blocking(move || {
-        heatmap::to_html(
-            &format!("mapscope: maps of {}", view.name),
-            &heatmap::matching(&reports, query.site.as_deref()),
-        )
+    let title = format!("mapscope: maps of {name}");
+    match drawn(&served, query, move |maps| {
+        Ok(heatmap::to_html(&title, maps))
     })
-    .await;
-    match page {
+    .await
+    {
         Ok(page) => html(StatusCode::OK, page),
-        Err(error) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("drawing the maps failed: {error}\n"),
-        ),
+        Err(response) => response,
     }
 }
 

@@ -243,7 +243,7 @@ impl Metrics {
         let hits = IntCounterVec::new(
             Opts::new(
                 "mapscope_probe_hits_total",
-                "Uprobe hits, by probe family (stw, alloc, map_event, map_create, map_assign): \
+                "Uprobe hits, by probe family (stw, alloc, map_event, map_create, map_access): \
                  what mapscope costs the target, at about a microsecond per hit.",
             ),
             &refs(&names(&["probe"])),

@@ -107,16 +107,6 @@ pub struct OpRates {
 }
 
 impl OpRates {
-    /// Reads (lookups and iterations started) per second.
-    pub fn reads(&self) -> f64 {
-        self.lookups + self.iterations
-    }
-
-    /// Writes (assignments and deletes) per second.
-    pub fn writes(&self) -> f64 {
-        self.assigns + self.deletes
-    }
-
     /// Each rate with its `op` label.
     pub fn by_op(&self) -> [(&'static str, f64); 4] {
         [

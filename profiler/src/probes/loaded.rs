@@ -179,10 +179,15 @@ impl AttachedProbes {
     }
 
     /// Remove every uprobe from the target. The kernel restores the original instructions.
-    /// Windowed probes hold the object weakly: this removes theirs too.
+    /// Windowed probes hold the object weakly: this removes theirs too, once a window attaching
+    /// or detaching right now has let go of it (normally none is: their task is stopped first).
     pub fn detach(self) {
         // The programs first, then the log drain, which must outlive them.
         let Self { ebpf, logger, .. } = self;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&ebpf) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         drop(ebpf);
         drop(logger);
     }

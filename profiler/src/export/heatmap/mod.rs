@@ -13,7 +13,7 @@ pub use html::to_html;
 pub use png::{HeatmapError, to_png};
 pub use svg::{
     ADVANCE, Anchor, Bar, Cell, FONT_FAMILY, Layout, Outline, Panel, Series, Shape, TextLine,
-    layout, text_width, to_svg,
+    escape, layout, text_width, to_svg,
 };
 pub use terminal::to_terminal;
 

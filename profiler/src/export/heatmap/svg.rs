@@ -711,7 +711,7 @@ pub fn layout(reports: &[&MapReport]) -> Layout {
     }
 }
 
-pub(super) fn escape(text: &str) -> String {
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
