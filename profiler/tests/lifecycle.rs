@@ -111,8 +111,17 @@ fn notices_target_exit_within_a_second() {
     target.send("exit");
     let _ = target.guard.0.wait();
     let exited = Instant::now();
-    let status = mapscope.wait(Duration::from_secs(5));
+    // Noticed: said in the log. Removing the probes comes after, 0.1 s each, and the kernel
+    // removes uprobes one at a time for the whole machine (other tests' included), so the time
+    // to mapscope's own exit is bounded more loosely.
+    let pid = target.pid();
+    mapscope
+        .stderr
+        .wait_for("the exit noticed", Duration::from_secs(5), |line| {
+            line.contains(&format!("PID {pid} exited"))
+        });
     let noticed = exited.elapsed();
+    let status = mapscope.wait(Duration::from_secs(30));
     assert!(
         status.success(),
         "{status}; stderr:\n{}",

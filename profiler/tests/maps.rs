@@ -790,10 +790,35 @@ fn operation_rates_are_measured(version: &str) {
     target
         .stdout
         .wait_for("the load", Duration::from_secs(30), |line| line == "ok");
-    // Windows at the steady rate (one opens 0.6 s after the last one's probes are removed,
-    // which takes a second or more).
-    std::thread::sleep(Duration::from_secs(8));
-    let metrics = mapscope.scrape();
+    // The first window that ran entirely under the load: one that started before it reads fewer
+    // lookups than the target made. (One opens 0.6 s after the last one's probes are removed,
+    // which takes the kernel a second or more, longer on a loaded machine.)
+    let loaded = Instant::now();
+    let lookups = |metrics: &common::Metrics| {
+        metrics.sum("mapscope_map_operations_per_second", |labels| {
+            site_is(&grown.function)(labels)
+                && labels.get("op").map(String::as_str) == Some("lookup")
+        })
+    };
+    let mut windows_seen = 0;
+    let mut last = -1.0;
+    let metrics = loop {
+        let metrics = mapscope.scrape();
+        let now = lookups(&metrics);
+        if now != last {
+            windows_seen += 1;
+            last = now;
+        }
+        // Two changes after the load started: the second window's rates are all under load.
+        if windows_seen >= 3 && loaded.elapsed() > Duration::from_secs(3) {
+            break metrics;
+        }
+        assert!(
+            loaded.elapsed() < Duration::from_secs(60),
+            "no discovery window measured the load in 60 s: lookups {now}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     target.send("loaded");
     let line = target
         .stdout

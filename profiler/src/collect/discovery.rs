@@ -61,6 +61,9 @@ pub fn parse_duty_cycle(text: &str) -> Result<Option<DutyCycle>, String> {
 /// operations a second would otherwise pay a second of CPU or more per window. Enough to see
 /// every map a busy program uses in that time; rates stay exact (divided by the time open).
 pub const MAX_WINDOW_HITS: u64 = 50_000;
+/// Turns for windows: one at a time per mapscope process (see `Discovery::run`).
+static WINDOW_TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+
 /// How often an open window's hits are read.
 const HIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -134,12 +137,18 @@ impl Discovery {
                 () = tokio::time::sleep(gap) => {}
             }
             gap = cycle.period.saturating_sub(cycle.window);
-            if let Some(window) = self.window(cycle, &mut stopped).await {
-                // Replaces a window the collector has not taken yet; never waits on it (it may
-                // be stopping, and waiting for this task).
-                if windows.send(Arc::new(window)).is_err() {
-                    break;
-                }
+            // One window at a time in this process: the kernel removes uprobes one at a time
+            // for the whole machine, so the daemon's targets' windows would otherwise queue
+            // behind each other's removals with their own probes still firing.
+            let turn = tokio::select! {
+                biased;
+                _ = stopped.changed() => break,
+                turn = WINDOW_TURNS.get_or_init(|| tokio::sync::Semaphore::new(1)).acquire() => turn,
+            };
+            let open = self.window(cycle, &mut stopped, &windows).await;
+            drop(turn);
+            if !open {
+                break;
             }
             if *stopped.borrow() {
                 break;
@@ -149,13 +158,14 @@ impl Discovery {
         tokio::task::block_in_place(move || drop(self));
     }
 
-    /// Attach for `cycle.window` (or until stopped), then the rates by map. `None` when the
-    /// probes could not be attached.
+    /// Attach for `cycle.window` (or until stopped, or until the hit budget is spent), hand the
+    /// rates by map to the collector, then remove the probes. False once the collector is gone.
     async fn window(
         &mut self,
         cycle: DutyCycle,
         stopped: &mut watch::Receiver<bool>,
-    ) -> Option<AccessWindow> {
+        windows: &watch::Sender<Arc<AccessWindow>>,
+    ) -> bool {
         let pid = self.pid;
         let attaching = Instant::now();
         if let Err(error) = tokio::task::block_in_place(|| self.probes.attach()) {
@@ -164,7 +174,7 @@ impl Discovery {
             if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok() {
                 tracing::warn!("PID {pid}: map discovery: attaching failed: {error}");
             }
-            return None;
+            return true;
         }
         // Counted from here: what the first probes saw while the others were being attached
         // is subtracted. (Reading the table is a system call per key: off the workers too.)
@@ -212,6 +222,11 @@ impl Discovery {
             .map(|(after, before)| after.saturating_sub(*before))
             .collect();
         let window = rates(&counted, &baseline, seconds);
+        let maps_counted = window.rates.len();
+        // Delivered now, not after the probes are removed (a second or more): replaces a window
+        // the collector has not taken yet, and never waits on it (it may be stopping, and
+        // waiting for this task).
+        let delivered = windows.send(Arc::new(window)).is_ok();
         let detaching = Instant::now();
         tokio::task::block_in_place(|| {
             self.probes.detach_busiest_first(&hits);
@@ -232,10 +247,10 @@ impl Discovery {
                 "its full length"
             },
             hits.iter().sum::<u64>(),
-            window.rates.len(),
+            maps_counted,
             detaching.elapsed()
         );
-        Some(window)
+        delivered
     }
 }
 
