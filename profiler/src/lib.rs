@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod error;
 pub mod export;
 mod fdwatch;
+pub mod files;
 pub mod gobin;
 pub mod model;
 pub mod probes;

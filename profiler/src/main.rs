@@ -1,6 +1,6 @@
 //! mapscope: parse the command line, set up logging, hand over to the subcommand, and turn
 //! errors into one line and an exit code.
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
 use mapscope::{
@@ -60,12 +60,13 @@ fn limit_malloc_arenas() {
 
 fn fail(error: &anyhow::Error) -> ExitCode {
     match error.downcast_ref::<UserError>() {
+        // A closed stderr leaves only the exit code to say it; never a panic.
         Some(user) => {
-            eprintln!("mapscope: {user}");
+            let _ = writeln!(std::io::stderr(), "mapscope: {user}");
             ExitCode::from(user.exit as u8)
         }
         None => {
-            eprintln!("mapscope: error: {error:#}");
+            let _ = writeln!(std::io::stderr(), "mapscope: error: {error:#}");
             ExitCode::from(Exit::Internal as u8)
         }
     }

@@ -131,6 +131,13 @@ pub fn open_binary(
                 _ if !alive() => Exit::NoSuchProcess,
                 std::io::ErrorKind::PermissionDenied => Exit::Privileges,
                 std::io::ErrorKind::NotFound => Exit::NotGo,
+                // A folder, a device, a FIFO, a file too large to be a program.
+                std::io::ErrorKind::InvalidInput => {
+                    return UserError::new(
+                        Exit::NotGo,
+                        format!("{error}: name the Go program's executable file"),
+                    );
+                }
                 _ => Exit::Internal,
             };
             UserError::new(exit, error.to_string())

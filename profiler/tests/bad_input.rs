@@ -224,3 +224,179 @@ fn usage_errors_exit_2() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--pid"), "{stderr}");
 }
+
+/// Where mapscope's stdout goes in the output-error tests.
+enum Stdout {
+    /// /dev/full: every write fails with ENOSPC.
+    Full,
+    /// A pipe whose reading end is already closed: every write fails with EPIPE.
+    ClosedPipe,
+}
+
+fn with_stdout(args: &[&str], stdout: Stdout) -> Output {
+    let mut command = Command::new(MAPSCOPE);
+    command.args(args).env("NO_COLOR", "1");
+    match stdout {
+        Stdout::Full => {
+            command.stdout(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            );
+        }
+        Stdout::ClosedPipe => {
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            command.stdout(writer);
+        }
+    }
+    command.stderr(std::process::Stdio::piped());
+    command.output().expect("running mapscope")
+}
+
+/// A report that cannot be written (disk full, reader gone) is an error with its reason and
+/// exit code 1, never a panic.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn inspect_output_errors_are_errors_not_panics() {
+    let binary = common::build_go("gcload", GO, &[]);
+    let binary = binary.to_str().unwrap();
+    for (stdout, reason) in [
+        (Stdout::Full, "No space left on device"),
+        (Stdout::ClosedPipe, "Broken pipe"),
+    ] {
+        let (code, message) = one_line_error(&with_stdout(&["inspect", binary], stdout));
+        assert_eq!(code, 1, "{message}");
+        assert!(
+            message.contains("writing the report to stdout") && message.contains(reason),
+            "{message}"
+        );
+    }
+}
+
+/// `mapscope run -- CMD | CONSUMER` whose consumer has gone: the command dies of SIGPIPE (as it
+/// would without mapscope) and `run` exits with that status, 128 + 13, having warned that its
+/// summary could not be written; never a panic (exit 101).
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn run_keeps_the_commands_status_when_stdout_is_closed() {
+    let binary = common::build_go("gcload", GO, &[]);
+    let output = with_stdout(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            binary.to_str().unwrap(),
+        ],
+        Stdout::ClosedPipe,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(128 + libc::SIGPIPE), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("the summary was not written"), "{stderr}");
+}
+
+/// Files that are not programs or configs, and would make a careless reader hang (a FIFO with
+/// no writer) or fill the memory (/dev/zero): refused at once, one line, their own exit code.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn devices_fifos_and_folders_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let started = std::time::Instant::now();
+    for path in [
+        "/dev/zero",
+        fifo.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ] {
+        let (code, message) = one_line_error(&mapscope(&["inspect", path], &[]));
+        assert_eq!(code, 4, "{path}: {message}");
+        let (code, message) = one_line_error(&mapscope(
+            &["daemon", "--select", "go", "--config", path],
+            &[],
+        ));
+        assert_eq!(code, 12, "{path}: {message}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// An output path that cannot be written is refused before attaching, not after the watch.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn output_paths_are_checked_before_attaching() {
+    let target = GoTarget::start(&common::build_go("gcload", GO, &[]), &[]);
+    let pid = target.pid().to_string();
+    let started = std::time::Instant::now();
+    for args in [
+        &[
+            "profile",
+            "alloc",
+            "--pid",
+            &pid,
+            "--duration",
+            "60s",
+            "-o",
+            "/nonexistent/p.pb.gz",
+        ][..],
+        &[
+            "heatmap",
+            "--pid",
+            &pid,
+            "--duration",
+            "60s",
+            "-o",
+            "/nonexistent/maps.svg",
+        ][..],
+    ] {
+        let (code, message) = one_line_error(&mapscope(args, &[]));
+        assert_eq!(code, 2, "{message}");
+        assert!(message.contains("/nonexistent"), "{message}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}: the watch ran",
+        started.elapsed()
+    );
+}
+
+/// `profile alloc` on a program whose allocation sampling is off says so at once (read from its
+/// runtime.MemProfileRate), not after the whole duration.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn profile_says_at_once_that_sampling_is_off() {
+    let target = GoTarget::start(&common::build_go("nosampling", GO, &[]), &[]);
+    let pid = target.pid().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("p.pb.gz");
+    let started = std::time::Instant::now();
+    let (code, message) = one_line_error(&mapscope(
+        &[
+            "profile",
+            "alloc",
+            "--pid",
+            &pid,
+            "--duration",
+            "60s",
+            "-o",
+            output.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_eq!(code, 11, "{message}");
+    assert!(message.contains("MemProfileRate is 0"), "{message}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!output.exists());
+}

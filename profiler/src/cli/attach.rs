@@ -43,6 +43,9 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
         }
     };
     let book = attached.profile(Some(listener), options, stop).await?.book;
-    print!("{}", summary::render(&book, pid, &exe, &go_version));
+    anyhow::Context::context(
+        super::write_stdout(&summary::render(&book, pid, &exe, &go_version)),
+        "writing the summary to stdout",
+    )?;
     Ok(())
 }

@@ -79,12 +79,13 @@ fn with_config(args: DaemonArgs) -> Result<DaemonArgs, UserError> {
     let Some(path) = args.config.clone() else {
         return Ok(args);
     };
-    let text = std::fs::read_to_string(&path).map_err(|error| {
-        UserError::new(
-            Exit::Config,
-            format!("cannot read the config file {}: {error}", path.display()),
-        )
-    })?;
+    let text =
+        crate::files::read_regular_text(&path, crate::files::MAX_CONFIG).map_err(|error| {
+            UserError::new(
+                Exit::Config,
+                format!("cannot read the config file {}: {error}", path.display()),
+            )
+        })?;
     let argv: Vec<String> = std::env::args_os()
         .map(|arg| arg.to_string_lossy().into_owned())
         .collect();

@@ -91,29 +91,7 @@ fn check_output(output: &Path) -> Result<Format, UserError> {
             ));
         }
     };
-    let folder = match output.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    if !folder.is_dir() {
-        return Err(UserError::new(
-            Exit::Usage,
-            format!(
-                "cannot write {}: the folder {} does not exist; create it or pick another path",
-                output.display(),
-                folder.display()
-            ),
-        ));
-    }
-    if output.is_dir() {
-        return Err(UserError::new(
-            Exit::Usage,
-            format!(
-                "cannot write {}: it is a folder; name a file in it",
-                output.display()
-            ),
-        ));
-    }
+    super::check_output_path(output)?;
     Ok(format)
 }
 
@@ -264,10 +242,10 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
             .into_bytes(),
     };
     std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
-    eprintln!(
+    super::note(&format!(
         "mapscope: wrote {} map(s) to {}",
         chosen.len(),
         output.display()
-    );
+    ));
     Ok(())
 }

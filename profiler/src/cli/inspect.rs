@@ -84,11 +84,12 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     };
     let binary = session::open_binary(&path, &who, alive)?;
     let report = build(&who, &binary);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        format!("{}\n", serde_json::to_string_pretty(&report)?)
     } else {
-        print!("{}", render(&report));
-    }
+        render(&report)
+    };
+    anyhow::Context::context(super::write_stdout(&text), "writing the report to stdout")?;
     Ok(())
 }
 

@@ -159,6 +159,51 @@ impl MapArgs {
     }
 }
 
+/// That a file can be written at `output` (its folder exists, and it is no folder itself):
+/// checked before attaching, so a typo costs no watch.
+pub fn check_output_path(output: &std::path::Path) -> Result<(), crate::error::UserError> {
+    use crate::error::{Exit, UserError};
+    let folder = match output.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(UserError::new(
+            Exit::Usage,
+            format!(
+                "cannot write {}: the folder {} does not exist; create it or pick another path",
+                output.display(),
+                folder.display()
+            ),
+        ));
+    }
+    if output.is_dir() {
+        return Err(UserError::new(
+            Exit::Usage,
+            format!(
+                "cannot write {}: it is a folder; name a file in it",
+                output.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Write `text` to stdout and flush it. A closed pipe (EPIPE) or a full disk (ENOSPC) is an
+/// error to report, never a panic (`print!` panics on them).
+pub fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
+/// A line for the person at the terminal, on stderr; lost if stderr is closed.
+pub fn note(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;

@@ -39,8 +39,22 @@ pub struct AllocArgs {
     pub output: PathBuf,
 }
 
+/// The target's allocation sampling is off: why, and what to do.
+fn sampling_off(pid: u32) -> UserError {
+    UserError::new(
+        Exit::NothingSampled,
+        format!(
+            "PID {pid}: no allocations were sampled: its runtime.MemProfileRate is 0 (the Go linker \
+             sets that when the program never references runtime.MemProfile); import \
+             runtime/pprof or net/http/pprof, or set runtime.MemProfileRate, to profile it \
+             (or count every allocation with `mapscope attach --alloc-exact`, at a large cost)"
+        ),
+    )
+}
+
 pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let ProfileKind::Alloc(args) = args.kind;
+    super::check_output_path(&args.output)?;
     session::preflight(true)?;
     let process = session::open_process(args.pid)?;
     let options = session::Options {
@@ -60,6 +74,14 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    // Sampling off is known now, from the target's own variable: said at once, not after the
+    // whole duration. (A stripped binary's rate cannot be read: then only the outcome tells.)
+    let rate = target
+        .mem_profile_rate
+        .and_then(|address| crate::target::memory::read_i64(target.process.pid, address).ok());
+    if rate == Some(0) {
+        return Err(sampling_off(args.pid).into());
+    }
     let attached = session::attach(target, &options)?;
     let exited = attached.target.process.exit_watcher()?.exited();
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -73,27 +95,16 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         }
     };
     let outcome = attached.profile(None, options, stop).await?;
-    let profile = outcome.allocs.ok_or_else(|| {
-        UserError::new(
-            Exit::NothingSampled,
-            format!(
-                "PID {}: no allocations were sampled: its runtime.MemProfileRate is 0 (the Go linker \
-                 sets that when the program never references runtime.MemProfile); import \
-                 runtime/pprof or net/http/pprof, or set runtime.MemProfileRate, to profile it \
-                 (or count every allocation with `mapscope attach --alloc-exact`, at a large cost)",
-                args.pid
-            ),
-        )
-    })?;
+    let profile = outcome.allocs.ok_or_else(|| sampling_off(args.pid))?;
     let bytes = profile.encode().context("encoding the profile")?;
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    eprintln!(
+    super::note(&format!(
         "mapscope: wrote {} allocation sample stacks to {}; open it with `go tool pprof {}`",
         profile.samples.len(),
         args.output.display(),
         args.output.display()
-    );
+    ));
     Ok(())
 }
 

@@ -69,7 +69,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let status = child
         .wait()
         .context("collecting the command's exit status")?;
-    print!("{}", summary::render(&book, pid, &exe, &go_version));
+    // The command's status is what `run` exits with, even when the summary cannot be written
+    // (`mapscope run -- cmd | head` closes stdout).
+    if let Err(error) = super::write_stdout(&summary::render(&book, pid, &exe, &go_version)) {
+        tracing::warn!("the summary was not written: {error}");
+    }
     use std::os::unix::process::ExitStatusExt as _;
     Ok(status
         .code()

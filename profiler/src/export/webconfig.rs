@@ -61,10 +61,13 @@ const VERIFIED_CACHE: usize = 64;
 impl WebConfig {
     pub fn load(path: &Path) -> Result<Self, WebConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| WebConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text =
+            crate::files::read_regular_text(path, crate::files::MAX_CONFIG).map_err(|source| {
+                WebConfigError::Read {
+                    path: shown.clone(),
+                    source,
+                }
+            })?;
         let invalid = |detail: String| WebConfigError::Invalid {
             path: shown.clone(),
             detail,

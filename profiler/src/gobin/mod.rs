@@ -106,10 +106,13 @@ impl GoBinary {
     /// `wanted` names the functions to resolve.
     pub fn open(path: &Path, wanted: &[&str]) -> Result<Self, GoBinaryError> {
         let shown = path.display().to_string();
-        let data = std::fs::read(path).map_err(|source| GoBinaryError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let data =
+            crate::files::read_regular(path, crate::files::MAX_EXECUTABLE).map_err(|source| {
+                GoBinaryError::Read {
+                    path: shown.clone(),
+                    source,
+                }
+            })?;
         Self::parse(data, &shown, wanted)
     }
 
