@@ -12,7 +12,18 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(error) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "mapscope: invalid log filter {:?} (--log or MAPSCOPE_LOG): {error}; use a level \
+                 such as info or debug, or per module: mapscope=debug,aya=warn",
+                cli.log
+            );
+            return ExitCode::from(Exit::Usage as u8);
+        }
+    };
     // Logs go to stderr; stdout carries only the summary.
     tracing_subscriber::fmt()
         .with_env_filter(filter)

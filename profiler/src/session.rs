@@ -96,6 +96,14 @@ pub fn open_process(pid: u32) -> Result<Process, UserError> {
             Exit::NoSuchProcess,
             format!("PID {pid} does not exist: check it with `ps -p {pid}` (in a container, use the PID as seen from mapscope's PID namespace)"),
         ),
+        ProcessError::NoProgram { what, .. } => UserError::new(
+            if what.contains("zombie") {
+                Exit::NoSuchProcess
+            } else {
+                Exit::NotGo
+            },
+            error.to_string(),
+        ),
         ProcessError::Denied { .. } => UserError::new(
             Exit::Privileges,
             format!("{error}: run mapscope as root or with CAP_SYS_PTRACE"),

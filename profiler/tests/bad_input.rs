@@ -400,3 +400,38 @@ fn profile_says_at_once_that_sampling_is_off() {
     );
     assert!(!output.exists());
 }
+
+/// A kernel thread or a zombie is named as such, not "does not exist"; a log filter that does
+/// not parse is refused, not silently replaced.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn kernel_threads_zombies_and_log_filters_are_named() {
+    // PID 2 is kthreadd.
+    let (code, message) = one_line_error(&mapscope(&["inspect", "--pid", "2"], &[]));
+    assert_eq!(code, 4, "{message}");
+    assert!(message.contains("kernel thread"), "{message}");
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    while std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .is_ok_and(|status| !status.contains("State:\tZ"))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (code, message) = one_line_error(&attach(pid));
+    child.wait().unwrap();
+    assert_eq!(code, 3, "{message}");
+    assert!(message.contains("zombie"), "{message}");
+    for (args, env) in [
+        (&["--log", "foo=bar=baz", "inspect", "/bin/true"][..], None),
+        (&["inspect", "/bin/true"][..], Some("foo=bar=baz")),
+    ] {
+        let mut command = Command::new(MAPSCOPE);
+        command.args(args);
+        if let Some(filter) = env {
+            command.env("MAPSCOPE_LOG", filter);
+        }
+        let (code, message) = one_line_error(&command.output().unwrap());
+        assert_eq!(code, 2, "{message}");
+        assert!(message.contains("invalid log filter"), "{message}");
+    }
+}

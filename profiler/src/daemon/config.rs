@@ -39,7 +39,11 @@ pub fn to_args(
         toml::from_str(text).map_err(|error| {
             let line = error.span().map_or(0, |span| line_of(text, span.start));
             let message = error.message().to_owned();
-            ConfigError(format!("{shown}:{line}: {message}"))
+            // The parser names no key (a number too large, say): the line's own key, if any.
+            match key_on_line(text, line) {
+                Some(key) => ConfigError(format!("{shown}:{line}: {key}: {message}")),
+                None => ConfigError(format!("{shown}:{line}: {message}")),
+            }
         })?;
     let mut args = Vec::new();
     for (key, value) in &table {
@@ -66,14 +70,26 @@ pub fn to_args(
         if kind != FlagKind::List && given(&flag) {
             continue;
         }
+        // A label's problems are reported at its own line, not at `[labels]`.
+        let label_at = |label: &str, reason: String| {
+            let line = label_line(text, key.span().end, label).unwrap_or(line);
+            ConfigError(format!("{shown}:{line}: labels: {reason}"))
+        };
+        if let ("labels", toml::Value::Table(labels)) = (name, value.get_ref()) {
+            for (label, value) in labels {
+                let toml::Value::String(text) = value else {
+                    return Err(label_at(
+                        label,
+                        format!("label {label:?} must be a string, not {value}"),
+                    ));
+                };
+                let arg = vec![format!("--label={label}={text}")];
+                check(&arg).map_err(|reason| label_at(label, reason))?;
+                args.extend(arg);
+            }
+            continue;
+        }
         let values: Vec<String> = match (name, value.get_ref(), kind) {
-            ("labels", toml::Value::Table(labels), _) => labels
-                .iter()
-                .map(|(label, value)| match value {
-                    toml::Value::String(text) => Ok(format!("{label}={text}")),
-                    other => Err(at(format!("label {label:?} must be a string, not {other}"))),
-                })
-                .collect::<Result<_, _>>()?,
             ("labels", _, _) => return Err(at("must be a table of label = \"value\"".into())),
             (_, toml::Value::Boolean(on), FlagKind::Switch) => {
                 if *on {
@@ -115,6 +131,27 @@ pub fn to_args(
         }
     }
     Ok(args)
+}
+
+/// The key a `key = value` line sets, if line `line` (1-based) is one.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let (key, _) = text.lines().nth(line.checked_sub(1)?)?.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('[') && !key.starts_with('#')).then(|| key.to_owned())
+}
+
+/// The line setting `label` in the table that starts at byte `from` (`[labels]`), if found.
+fn label_line(text: &str, from: usize, label: &str) -> Option<usize> {
+    let start = line_of(text, from);
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .take_while(|(_, line)| !line.trim_start().starts_with('['))
+        .find(|(_, line)| {
+            line.split_once('=')
+                .is_some_and(|(key, _)| key.trim().trim_matches('"') == label)
+        })
+        .map(|(index, _)| index + 1)
 }
 
 fn scalar(value: &toml::Value) -> Option<String> {
@@ -235,7 +272,8 @@ mod tests {
             ("\n\nlisten = \"nowhere\"\n", 3, "listen: invalid value"),
             ("no-maps = \"yes\"\n", 1, "no-maps: must be true or false"),
             ("listen = [\"a\"]\n", 1, "takes one value"),
-            ("[labels]\nteam = 3\n", 1, "label \"team\" must be a string"),
+            // At the label's own line, not the table's.
+            ("[labels]\nteam = 3\n", 2, "label \"team\" must be a string"),
             ("select = \"go\"\nlisten = \n", 2, ""),
             ("labels = \"x\"\n", 1, "must be a table"),
         ] {
@@ -245,5 +283,23 @@ mod tests {
                 "{text:?}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn errors_point_at_the_line_and_key_at_fault() {
+        let labels = "select = [\"go\"]\n[labels]\nteam = \"a\"\n\"bad key\" = 7\n";
+        let error = parse(labels, &[]).unwrap_err().0;
+        assert!(
+            error.starts_with("/etc/mapscope.toml:4: labels: "),
+            "{error}"
+        );
+        let huge = "select = [\"go\"]\nmax-targets = 99999999999999999999\n";
+        let error = parse(huge, &[]).unwrap_err().0;
+        assert!(
+            error.starts_with("/etc/mapscope.toml:2: max-targets: "),
+            "{error}"
+        );
+        assert_eq!(key_on_line("[labels]\n", 1), None);
+        assert_eq!(key_on_line("a = 1\n", 3), None);
     }
 }

@@ -12,10 +12,35 @@ use tokio::io::unix::AsyncFd;
 pub enum ProcessError {
     #[error("no process with PID {pid}")]
     NotFound { pid: u32 },
+    /// PID exists but runs no program: a kernel thread, or a zombie (exited, not yet reaped).
+    #[error("PID {pid} is {what}")]
+    NoProgram { pid: u32, what: &'static str },
     #[error("not allowed to inspect PID {pid}: {source}")]
     Denied { pid: u32, source: io::Error },
     #[error("cannot open PID {pid}: {source}")]
     Other { pid: u32, source: io::Error },
+}
+
+/// What a PID without an executable is, from `/proc/PID/status`: a kernel thread
+/// (`Kthread: 1`, Linux 6.0+; before that, no `VmSize` line: no memory of its own) or a zombie
+/// (`State: Z`). `None` when it cannot be read (gone).
+fn without_program(pid: u32) -> Option<&'static str> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    if field("State").is_some_and(|state| state.starts_with('Z')) {
+        return Some(
+            "a zombie: it has exited and its parent has not reaped it yet; nothing to profile",
+        );
+    }
+    if field("Kthread") == Some("1") || field("VmSize").is_none() {
+        return Some("a kernel thread, not a program: mapscope profiles Go programs");
+    }
+    None
 }
 
 pub struct Process {
@@ -35,7 +60,11 @@ impl Process {
         let link = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|source| match source
             .kind()
         {
-            io::ErrorKind::NotFound => ProcessError::NotFound { pid },
+            // The PID is there (the pidfd opened) but has no executable: say what it is.
+            io::ErrorKind::NotFound => match without_program(pid) {
+                Some(what) => ProcessError::NoProgram { pid, what },
+                None => ProcessError::NotFound { pid },
+            },
             io::ErrorKind::PermissionDenied => ProcessError::Denied { pid, source },
             _ => ProcessError::Other { pid, source },
         })?;
@@ -173,6 +202,30 @@ mod tests {
         let me = Process::open(std::process::id()).unwrap();
         assert!(me.is_alive());
         assert!(!me.exe_name.is_empty());
+    }
+
+    #[test]
+    fn kernel_threads_and_zombies_are_named() {
+        // PID 2 is kthreadd on Linux.
+        let error = Process::open(2).err().unwrap();
+        assert!(
+            matches!(error, ProcessError::NoProgram { pid: 2, what } if what.contains("kernel thread")),
+            "{error}"
+        );
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited, not reaped: a zombie until `wait`.
+        while std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|status| !status.contains("State:\tZ"))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let error = Process::open(pid).err().unwrap();
+        assert!(
+            matches!(error, ProcessError::NoProgram { what, .. } if what.contains("zombie")),
+            "{error}"
+        );
+        child.wait().unwrap();
     }
 
     #[test]
