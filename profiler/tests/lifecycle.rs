@@ -41,6 +41,18 @@ fn probed_bytes(pid: u32, addresses: &[u64]) -> Vec<u8> {
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn sigterm_removes_every_probe() {
+    signal_removes_every_probe(libc::SIGTERM);
+}
+
+/// SIGHUP (the terminal closed, a service manager's reload) stops as cleanly as SIGTERM, with
+/// the summary; before, it killed mapscope without one.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn sighup_removes_every_probe() {
+    signal_removes_every_probe(libc::SIGHUP);
+}
+
+fn signal_removes_every_probe(signal: libc::c_int) {
     let binary_path = common::build_go("gcload", GO, &[]);
     let binary = GoBinary::open(&binary_path, &[abi::START_THE_WORLD]).unwrap();
     let start = binary.function(abi::START_THE_WORLD).unwrap();
@@ -68,12 +80,17 @@ fn sigterm_removes_every_probe() {
         "while attached: every site holds a breakpoint"
     );
 
-    mapscope.signal(libc::SIGTERM);
+    mapscope.signal(signal);
     assert!(mapscope.wait(Duration::from_secs(10)).success());
     assert_eq!(
         probed_bytes(target.pid(), &sites),
         original,
-        "after SIGTERM: original instructions back"
+        "after signal {signal}: original instructions back"
+    );
+    let summary = mapscope.stdout.all();
+    assert!(
+        summary.contains("stop-the-world pauses"),
+        "no summary: {summary}"
     );
 
     // And the target carries on normally.

@@ -1,6 +1,5 @@
 //! `mapscope attach --pid N`
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExportArgs;
 use crate::{export::summary, session};
@@ -23,8 +22,7 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
     let options = args.export.options();
     let attached = session::attach(target, &options)?;
 
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = super::StopSignals::new()?;
     let process = &attached.target.process;
     let (pid, exe, go_version) = (
         process.pid,
@@ -34,8 +32,9 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
     let exited = process.exit_watcher()?.exited();
     let stop = async {
         tokio::select! {
-            _ = interrupt.recv() => tracing::info!("interrupted; detaching"),
-            _ = terminate.recv() => tracing::info!("terminated; detaching"),
+            signal = signals.next() => {
+                tracing::info!("{}; detaching", super::StopSignals::describe(signal));
+            }
             result = exited => match result {
                 Ok(()) => tracing::info!("PID {pid} exited"),
                 Err(error) => tracing::warn!("cannot watch PID {pid} ({error}); detaching"),

@@ -4,7 +4,6 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use clap::{ArgAction, Args, CommandFactory as _, Parser as _};
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Cli, Command, ExportArgs};
 use crate::{
@@ -180,13 +179,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         "daemon {}; metrics on {scheme}://{address}/metrics",
         daemon::describe(&settings)
     );
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = super::StopSignals::new()?;
     let stop = async {
-        tokio::select! {
-            _ = interrupt.recv() => tracing::info!("interrupted; detaching from every target"),
-            _ = terminate.recv() => tracing::info!("terminated; detaching from every target"),
-        }
+        let signal = signals.next().await;
+        tracing::info!(
+            "{}; detaching from every target",
+            super::StopSignals::describe(signal)
+        );
     };
     daemon::run(settings, exported, stop).await;
     let _ = shutdown.send(());

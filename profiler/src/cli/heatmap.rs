@@ -9,7 +9,6 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::profile::parse_duration;
 use crate::{
@@ -193,14 +192,15 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
     }
     let attached = session::attach(target, &options)?;
     let exited = attached.target.process.exit_watcher()?.exited();
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = super::StopSignals::new()?;
     let gone = std::sync::atomic::AtomicBool::new(false);
     let stop = async {
         tokio::select! {
             () = tokio::time::sleep(args.duration) => {},
-            _ = interrupt.recv() => tracing::info!("interrupted; drawing the maps seen so far"),
-            _ = terminate.recv() => tracing::info!("terminated; drawing the maps seen so far"),
+            signal = signals.next() => tracing::info!(
+                "{}; drawing the maps seen so far",
+                super::StopSignals::describe(signal)
+            ),
             _ = exited => gone.store(true, std::sync::atomic::Ordering::Relaxed),
         }
     };

@@ -159,6 +159,44 @@ impl MapArgs {
     }
 }
 
+/// The signals that end a profiling session: Ctrl-C (SIGINT), SIGTERM, and SIGHUP (the
+/// terminal closed, or a service manager's reload): each stops cleanly, probes removed and the
+/// summary written, instead of killing mapscope with its work lost.
+pub struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next of them to arrive: `libc::SIGINT`, `SIGTERM` or `SIGHUP`.
+    pub async fn next(&mut self) -> libc::c_int {
+        tokio::select! {
+            _ = self.interrupt.recv() => libc::SIGINT,
+            _ = self.terminate.recv() => libc::SIGTERM,
+            _ = self.hangup.recv() => libc::SIGHUP,
+        }
+    }
+
+    /// "interrupted", "terminated" or "hung up", for the log.
+    pub fn describe(signal: libc::c_int) -> &'static str {
+        match signal {
+            libc::SIGINT => "interrupted",
+            libc::SIGTERM => "terminated",
+            _ => "hung up",
+        }
+    }
+}
+
 /// That a file can be written at `output` (its folder exists, and it is no folder itself):
 /// checked before attaching, so a typo costs no watch.
 pub fn check_output_path(output: &std::path::Path) -> Result<(), crate::error::UserError> {

@@ -4,7 +4,6 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     error::{Exit, UserError},
@@ -84,13 +83,14 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     }
     let attached = session::attach(target, &options)?;
     let exited = attached.target.process.exit_watcher()?.exited();
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = super::StopSignals::new()?;
     let stop = async {
         tokio::select! {
             () = tokio::time::sleep(args.duration) => {},
-            _ = interrupt.recv() => tracing::info!("interrupted; writing what was sampled so far"),
-            _ = terminate.recv() => tracing::info!("terminated; writing what was sampled so far"),
+            signal = signals.next() => tracing::info!(
+                "{}; writing what was sampled so far",
+                super::StopSignals::describe(signal)
+            ),
             _ = exited => tracing::info!("PID {} exited; writing what was sampled", args.pid),
         }
     };

@@ -3,7 +3,6 @@ use std::ffi::OsString;
 
 use anyhow::Context as _;
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::ExportArgs;
 use crate::{
@@ -49,16 +48,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         attached.target.go_version.clone(),
     );
     let exited = attached.target.process.exit_watcher()?.exited();
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut signals = super::StopSignals::new()?;
     let stop = async {
         tokio::pin!(exited);
         loop {
             // A signal is passed on to the command; mapscope keeps profiling until it exits.
             let forward = tokio::select! {
                 _ = &mut exited => break,
-                _ = interrupt.recv() => libc::SIGINT,
-                _ = terminate.recv() => libc::SIGTERM,
+                signal = signals.next() => signal,
             };
             // SAFETY: sends a signal to our own child, which has not been reaped yet (we reap
             // it only after `exited` resolves), so the PID is still its own.
