@@ -77,16 +77,28 @@ pub fn preflight(need_ptrace: bool) -> Result<(), UserError> {
                 Exit::Privileges,
                 format!(
                     "insufficient privileges: {error}; run mapscope as root (sudo) or grant \
-                     those capabilities (securityContext.capabilities.add in Kubernetes)"
+                     those capabilities (securityContext.capabilities.add in Kubernetes, \
+                     AmbientCapabilities in systemd)"
                 ),
             )
         },
     )?;
-    preflight::check_kernel(&preflight::sysfs_root()).map_err(|error| {
+    let sysfs = preflight::sysfs_root();
+    preflight::check_kernel(&sysfs).map_err(|error| {
         UserError::new(
             Exit::KernelFeature,
             format!("unsupported kernel: {error}; mapscope needs a Linux kernel built with uprobes and BTF (5.15 or newer)"),
         )
+    })?;
+    preflight::check_uprobe(&sysfs).map_err(|error| match error {
+        preflight::PreflightError::UprobeDenied(_) => UserError::new(
+            Exit::Privileges,
+            format!(
+                "insufficient privileges: {error} (with CAP_SYS_PTRACE to read other \
+                 processes): run mapscope as root, or add SYS_ADMIN to the capabilities"
+            ),
+        ),
+        other => UserError::new(Exit::KernelFeature, format!("unsupported kernel: {other}")),
     })
 }
 
@@ -346,6 +358,20 @@ pub struct Attached {
     probes: AttachedProbes,
 }
 
+/// Whether an error comes from the kernel saying EACCES or EPERM somewhere down its chain.
+fn denied(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
 pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached> {
     if options.alloc_exact {
         let exact = probes::alloc::plan_exact(&target.binary);
@@ -369,6 +395,18 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
             format!(
                 "PID {} ({}) exited while mapscope was attaching",
                 process.pid, process.exe_name
+            ),
+        )
+        .into()),
+        // The preflight's uprobe passed, yet the kernel refused this one (an LSM, a policy
+        // that tells processes apart): still a matter of privileges, said as such.
+        Err(error) if denied(&error) => Err(UserError::new(
+            Exit::Privileges,
+            format!(
+                "attaching to PID {}: the kernel refused: {error}; run mapscope as root, or with \
+                 CAP_SYS_ADMIN and CAP_SYS_PTRACE, and check the LSM policy (SELinux, AppArmor) \
+                 for perf_event_open and bpf",
+                process.pid
             ),
         )
         .into()),

@@ -349,9 +349,10 @@ fn invalid_config_files_are_refused_with_file_line_and_reason() {
             "max-targets",
         ),
         ("select = [\"go\"\n", 1, ""),
+        // At the label's own line, not at [labels].
         (
             "select = [\"go\"]\n[labels]\npid = \"1\"\n",
-            2,
+            3,
             "already uses the label",
         ),
     ] {
