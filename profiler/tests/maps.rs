@@ -139,6 +139,21 @@ fn site_is(function: &str) -> impl Fn(&BTreeMap<String, String>) -> bool + '_ {
     }
 }
 
+/// mapshapes with its maps built, then only read and rewritten (`use`), as a service uses maps
+/// it built long ago; and the target's own view of them.
+fn maps_built_then_used(version: &str) -> (GoTarget, Vec<Shape>) {
+    let binary = common::build_go("mapshapes", version, &[]);
+    let mut target = GoTarget::start(&binary, &[]);
+    let maps = shapes(&mut target, "build");
+    target.send("use");
+    target
+        .stdout
+        .wait_for("the maps in use", Duration::from_secs(30), |line| {
+            line == "ok"
+        });
+    (target, maps)
+}
+
 /// Quiescent maps: every snapshot figure equals the target's own, and the growth and overflow
 /// counts by site equal what the target counted while building.
 fn snapshots_match_the_runtime(version: &str) {
@@ -547,15 +562,7 @@ per_go_release! {
 /// expectation equal to the one the target computes from its own figures (bucket maps), and
 /// the verdict a real map must get: the keys spread like a random hash.
 fn heatmap_command(version: &str) {
-    let binary = common::build_go("mapshapes", version, &[]);
-    let mut target = GoTarget::start(&binary, &[]);
-    let maps = shapes(&mut target, "build");
-    target.send("use");
-    target
-        .stdout
-        .wait_for("the maps in use", Duration::from_secs(30), |line| {
-            line == "ok"
-        });
+    let (target, maps) = maps_built_then_used(version);
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid().to_string();
     let heatmap = |output: Option<&std::path::Path>| {
@@ -711,15 +718,7 @@ per_go_release! {
 /// that window (the period is an hour: there is no second), its site is the code that uses
 /// it, and its snapshot equals the target's own view exactly.
 fn existing_maps_are_found(version: &str) {
-    let binary = common::build_go("mapshapes", version, &[]);
-    let mut target = GoTarget::start(&binary, &[]);
-    let maps = shapes(&mut target, "build");
-    target.send("use");
-    target
-        .stdout
-        .wait_for("the maps in use", Duration::from_secs(30), |line| {
-            line == "ok"
-        });
+    let (mut target, maps) = maps_built_then_used(version);
     let pid = target.pid().to_string();
     let mapscope = Mapscope::start(&[
         "attach",
@@ -908,15 +907,7 @@ fn chromium(profile: &std::path::Path) -> std::process::Command {
 /// with its figures (entries and slots as the target counts them), its verdict and its picture,
 /// and the page renders at 1280 px.
 fn maps_page_in_a_browser(version: &str) {
-    let binary = common::build_go("mapshapes", version, &[]);
-    let mut target = GoTarget::start(&binary, &[]);
-    let maps = shapes(&mut target, "build");
-    target.send("use");
-    target
-        .stdout
-        .wait_for("the maps in use", Duration::from_secs(30), |line| {
-            line == "ok"
-        });
+    let (target, maps) = maps_built_then_used(version);
     let pid = target.pid().to_string();
     let mapscope = Mapscope::start(&[
         "attach",
