@@ -434,3 +434,19 @@ fn kernel_threads_zombies_and_log_filters_are_named() {
         assert!(message.contains("invalid log filter"), "{message}");
     }
 }
+
+/// `attach` serving beyond loopback says what that exposes (it takes no web config), where
+/// before it said nothing.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn an_exposed_endpoint_is_said_to_be_exposed() {
+    let target = GoTarget::start(&common::build_go("gcload", GO, &[]), &[]);
+    let pid = target.pid().to_string();
+    let exposed = common::Mapscope::start(&["attach", "--pid", &pid, "--listen", "0.0.0.0:0"]);
+    let stderr = exposed.stderr.all();
+    assert!(stderr.contains("beyond this machine"), "{stderr}");
+    drop(exposed);
+    let local = common::Mapscope::start(&["attach", "--pid", &pid, "--listen", "127.0.0.1:0"]);
+    let stderr = local.stderr.all();
+    assert!(!stderr.contains("beyond this machine"), "{stderr}");
+}

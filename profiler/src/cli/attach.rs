@@ -19,6 +19,7 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
     let process = session::open_process(args.pid)?;
     let target = session::understand(process, &args.export.options())?;
     let listener = session::bind(args.export.listen)?;
+    super::warn_if_exposed(args.export.listen);
     let options = args.export.options();
     let attached = session::attach(target, &options)?;
 

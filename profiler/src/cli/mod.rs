@@ -197,6 +197,20 @@ impl StopSignals {
     }
 }
 
+/// Say so when `attach` or `run` serve their endpoint beyond this machine: they take no web
+/// config, so whoever reaches the address reads the target's metrics, allocation sites and
+/// maps, in plain HTTP without a password.
+pub fn warn_if_exposed(listen: std::net::SocketAddr) {
+    if !listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {listen}, beyond this machine, in plain HTTP without a password: \
+             anyone who reaches it reads this target's metrics, allocation sites and maps; \
+             `mapscope daemon --web-config-file` serves with TLS and basic auth (it can select \
+             one process: --select cmdline=...)"
+        );
+    }
+}
+
 /// That a file can be written at `output` (its folder exists, and it is no folder itself):
 /// checked before attaching, so a typo costs no watch.
 pub fn check_output_path(output: &std::path::Path) -> Result<(), crate::error::UserError> {

@@ -28,6 +28,7 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     session::preflight(false)?;
     let listener = session::bind(args.export.listen)?;
+    super::warn_if_exposed(args.export.listen);
     let options = args.export.options();
     let stopped = launch::spawn_stopped(&args.command).map_err(|error| {
         UserError::new(

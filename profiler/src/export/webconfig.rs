@@ -79,6 +79,21 @@ impl WebConfig {
             invalid(format!("{place}{error}"))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        // A web config that asks for nothing would serve plain HTTP to anyone, while its
+        // presence suggests the endpoint is protected.
+        if file.tls_server_config.is_none()
+            && file
+                .basic_auth_users
+                .as_ref()
+                .is_none_or(BTreeMap::is_empty)
+        {
+            return Err(invalid(
+                "it sets neither tls_server_config nor basic_auth_users, so the endpoint would \
+                 be plain HTTP open to anyone: set one of them (see \
+                 deploy/web-config.example.yml), or drop --web-config-file"
+                    .to_owned(),
+            ));
+        }
         let tls = match file.tls_server_config {
             None => None,
             Some(tls) => Some(
@@ -232,5 +247,13 @@ mod tests {
         let broken = write(dir.path(), "d.yml", "basic_auth_users: [\n");
         let error = WebConfig::load(&broken).err().unwrap().to_string();
         assert!(error.contains("d.yml") && error.contains("line"), "{error}");
+        for (name, text) in [("e.yml", "{}\n"), ("f.yml", "basic_auth_users: {}\n")] {
+            let empty = write(dir.path(), name, text);
+            let error = WebConfig::load(&empty).err().unwrap().to_string();
+            assert!(
+                error.contains("neither tls_server_config"),
+                "{name}: {error}"
+            );
+        }
     }
 }
