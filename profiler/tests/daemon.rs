@@ -491,3 +491,119 @@ fn the_go_selector_knows_go_programs() {
         );
     }
 }
+
+/// The endpoint holds up: an unknown user is answered as slowly as a known one with a wrong
+/// password (no user names leak by timing); a flood of wrong passwords does not hold up a
+/// scrape with known credentials; and a client that sends half a request is dropped.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_endpoint_holds_up_against_guessing_floods_and_slow_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    // bcrypt's default cost, as `htpasswd -nBC 10` makes: tens of milliseconds a check.
+    let hash = bcrypt::hash("scrape-me", 10).unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, format!("basic_auth_users:\n  prometheus: '{hash}'\n")).unwrap();
+    let mut child = Command::new(MAPSCOPE)
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--select",
+            "exe=no-such-program-here",
+        ])
+        .args(["--web-config-file", web.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = common::Lines::new(child.stderr.take().unwrap());
+    let _guard = common::ChildGuard(child);
+    let line = stderr.wait_for("the daemon to listen", Duration::from_secs(30), |line| {
+        line.contains("metrics on http://")
+    });
+    let url = line.rsplit("metrics on ").next().unwrap().trim().to_owned();
+    // The status and the seconds a request with these credentials took.
+    let target = url.clone();
+    let request = move |credentials: &str| -> (String, f64) {
+        let output = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"])
+            .args(["--max-time", "30", "-u", credentials, &target])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (code, seconds) = text.split_once(' ').unwrap();
+        (code.to_owned(), seconds.parse().unwrap())
+    };
+    let median = |mut times: Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    // Distinct passwords: answers are cached by credentials.
+    let unknown = median(
+        (0..5)
+            .map(|i| {
+                let (code, seconds) = request(&format!("nobody:guess-{i}"));
+                assert_eq!(code, "401");
+                seconds
+            })
+            .collect(),
+    );
+    let wrong = median(
+        (0..5)
+            .map(|i| {
+                let (code, seconds) = request(&format!("prometheus:guess-{i}"));
+                assert_eq!(code, "401");
+                seconds
+            })
+            .collect(),
+    );
+    println!("unknown user {unknown:.4} s, known user with a wrong password {wrong:.4} s");
+    assert!(
+        unknown > 0.5 * wrong,
+        "an unknown user is answered in {unknown:.4} s, a known one in {wrong:.4} s: the user names leak"
+    );
+
+    // Known credentials, checked once and then cached, against a flood of wrong passwords.
+    assert_eq!(request("prometheus:scrape-me").0, "200");
+    let flood_started = std::time::Instant::now();
+    let flood: Vec<_> = (0..20)
+        .map(|i| {
+            let request = request.clone();
+            std::thread::spawn(move || request(&format!("prometheus:flood-{i}")))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let (code, scrape) = request("prometheus:scrape-me");
+    assert_eq!(code, "200");
+    for guess in flood {
+        assert_eq!(guess.join().unwrap().0, "401");
+    }
+    let flood = flood_started.elapsed().as_secs_f64();
+    println!(
+        "a scrape during a flood of 20 wrong passwords: {scrape:.4} s; the flood {flood:.3} s"
+    );
+    assert!(
+        scrape < flood / 4.0,
+        "the scrape took {scrape:.3} s while the flood took {flood:.3} s: held up"
+    );
+
+    // Half a request: the server hangs up on its own.
+    use std::io::{Read as _, Write as _};
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a half-sent request held its connection for {:?}",
+        started.elapsed()
+    );
+}

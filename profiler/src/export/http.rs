@@ -134,17 +134,14 @@ pub async fn serve(
     if let Some(web) = web.as_ref().filter(|web| web.requires_auth()) {
         router = router.layer(middleware::from_fn_with_state(Arc::clone(web), basic_auth));
     }
-    match web.and_then(|web| web.tls.clone()) {
-        None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(acceptor) => {
-            serve_tls(listener, router, acceptor, shutdown).await;
-            Ok(())
-        }
-    }
+    accept(
+        listener,
+        router,
+        web.and_then(|web| web.tls.clone()),
+        shutdown,
+    )
+    .await;
+    Ok(())
 }
 
 async fn basic_auth(State(web): State<Arc<WebConfig>>, request: Request, next: Next) -> Response {
@@ -152,12 +149,21 @@ async fn basic_auth(State(web): State<Arc<WebConfig>>, request: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    // bcrypt takes milliseconds by design: off the async workers.
-    let given = given.map(str::to_owned);
-    let check = Arc::clone(&web);
-    let allowed = tokio::task::spawn_blocking(move || check.authorized(given.as_deref()))
-        .await
-        .unwrap_or(false);
+    // Credentials seen lately are answered at once (Prometheus sends the same every scrape).
+    // Others take a bcrypt check, tens of milliseconds by design: off the async workers, and a
+    // few at a time, so a flood of wrong passwords neither burns every core nor holds up the
+    // scrapes.
+    let allowed = match web.cached(given) {
+        Some(allowed) => allowed,
+        None => {
+            let _turn = web.turn().await;
+            let given = given.map(str::to_owned);
+            let check = Arc::clone(&web);
+            tokio::task::spawn_blocking(move || check.authorized(given.as_deref()))
+                .await
+                .unwrap_or(false)
+        }
+    };
     if allowed {
         return next.run(request).await;
     }
@@ -169,16 +175,31 @@ async fn basic_auth(State(web): State<Arc<WebConfig>>, request: Request, next: N
     response
 }
 
-/// Accept TLS connections until `shutdown`; each connection is served on its own task, and a
-/// client that does not finish its handshake in 10 s is dropped.
-async fn serve_tls(
+/// Connections served at once at most; more wait in the kernel's backlog until one ends.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must finish its TLS handshake, and send each request's headers, within this.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accept connections until `shutdown`, each served on its own task, over TLS with `tls`. A
+/// client that does not finish its handshake or its request headers within `CLIENT_TIMEOUT` is
+/// dropped (a half-sent request must not hold a connection forever), and at most
+/// `MAX_CONNECTIONS` are served at once.
+async fn accept(
     listener: TcpListener,
     router: Router,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => return,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let (tcp, _) = tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
@@ -189,21 +210,38 @@ async fn serve_tls(
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-            let Ok(Ok(stream)) = handshake.await else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+            let _slot = slot;
+            match tls {
+                None => serve_connection(tcp, router).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(tcp));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        serve_connection(stream, router).await;
+                    }
+                }
+            }
         });
     }
+}
+
+/// HTTP/1.1 (or HTTP/2) on one connection, with a deadline for each request's headers.
+async fn serve_connection(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    router: Router,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(CLIENT_TIMEOUT);
+    let _ = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
 }
 
 /// A target's allocations sampled since mapscope attached, as a gzipped pprof profile (`go

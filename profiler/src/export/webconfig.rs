@@ -54,9 +54,24 @@ pub struct WebConfig {
     /// `user:password` pairs already checked: bcrypt is slow on purpose, and Prometheus sends
     /// the same credentials every scrape. Bounded.
     verified: Mutex<HashMap<String, bool>>,
+    /// A hash of the users' cost, checked for unknown users (see `load`).
+    dummy: String,
+    /// Turns for hash checks (`turn`).
+    checks: tokio::sync::Semaphore,
 }
 
 const VERIFIED_CACHE: usize = 64;
+/// Hash checks at once: each takes tens of milliseconds of one core.
+const MAX_CONCURRENT_CHECKS: usize = 2;
+
+/// The `user:password` of a Basic `Authorization` header value.
+fn decode(header: Option<&str>) -> Option<String> {
+    let encoded = header?.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    String::from_utf8(decoded).ok()
+}
 
 impl WebConfig {
     pub fn load(path: &Path) -> Result<Self, WebConfigError> {
@@ -108,9 +123,20 @@ impl WebConfig {
                 )));
             }
         }
+        // Unknown users are checked against a hash of the same cost, so that the answer takes
+        // as long as for a known user with a wrong password: no user names leak by timing.
+        let cost = users
+            .values()
+            .filter_map(|hash| hash.get(4..6)?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = bcrypt::hash("mapscope: no such user", cost)
+            .map_err(|error| invalid(format!("basic_auth_users: {error}")))?;
         Ok(Self {
             tls,
             users,
+            dummy,
+            checks: tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS),
             verified: Mutex::default(),
         })
     }
@@ -119,18 +145,31 @@ impl WebConfig {
         !self.users.is_empty()
     }
 
+    /// Whether an `Authorization` header value lets the request in, answered from the cache of
+    /// recent answers when it has one (`None` when a hash must be checked: `check`).
+    pub fn cached(&self, header: Option<&str>) -> Option<bool> {
+        if self.users.is_empty() {
+            return Some(true);
+        }
+        let pair = decode(header)?;
+        self.verified
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&pair).copied())
+    }
+
+    /// A turn to check a hash: a few at a time, so that a flood of wrong passwords takes no more
+    /// than that many threads' CPU, and scrapes with known credentials (cached) are not held.
+    pub async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.checks.acquire().await.ok()
+    }
+
     /// Whether an `Authorization` header value lets the request in.
     pub fn authorized(&self, header: Option<&str>) -> bool {
         if self.users.is_empty() {
             return true;
         }
-        let Some(encoded) = header.and_then(|value| value.strip_prefix("Basic ")) else {
-            return false;
-        };
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-            return false;
-        };
-        let Ok(pair) = String::from_utf8(decoded) else {
+        let Some(pair) = decode(header) else {
             return false;
         };
         if let Some(&known) = self
@@ -145,10 +184,13 @@ impl WebConfig {
         let Some((user, password)) = pair.split_once(':') else {
             return false;
         };
-        let ok = self
-            .users
-            .get(user)
-            .is_some_and(|hash| bcrypt::verify(password, hash).unwrap_or(false));
+        let ok = match self.users.get(user) {
+            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
+            None => {
+                let _ = bcrypt::verify(password, &self.dummy);
+                false
+            }
+        };
         if let Ok(mut cache) = self.verified.lock() {
             if cache.len() >= VERIFIED_CACHE {
                 cache.clear();
