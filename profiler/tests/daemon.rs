@@ -464,8 +464,8 @@ fn the_endpoint_takes_tls_and_basic_auth_from_a_web_config() {
         curl(&["--cacert", cert, "-u", "prometheus:wrong", &url]),
         "401"
     );
-    // Plain HTTP to the TLS port gets no HTTP answer.
-    assert_eq!(curl(&[&url.replace("https://", "http://")]), "000");
+    // Plain HTTP to the TLS port is answered in HTTP, 400 with the reason, not a TLS alert.
+    assert_eq!(curl(&[&url.replace("https://", "http://")]), "400");
 }
 
 /// `--select go` reads build info: Go programs, stripped or not, are Go; others are not.

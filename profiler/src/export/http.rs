@@ -217,6 +217,18 @@ async fn accept(
             match tls {
                 None => serve_connection(tcp, router).await,
                 Some(acceptor) => {
+                    // A TLS connection opens with a handshake record (0x16); anything else is
+                    // plain HTTP to the HTTPS port, answered in HTTP with what to do instead of
+                    // a TLS alert no HTTP client shows.
+                    let mut first = [0_u8; 1];
+                    match tokio::time::timeout(CLIENT_TIMEOUT, tcp.peek(&mut first)).await {
+                        Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
+                            refuse_plain_http(tcp).await;
+                            return;
+                        }
+                        Ok(Ok(_)) => {}
+                        _ => return,
+                    }
                     let handshake = tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(tcp));
                     if let Ok(Ok(stream)) = handshake.await {
                         serve_connection(stream, router).await;
@@ -225,6 +237,22 @@ async fn accept(
             }
         });
     }
+}
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Answer plain HTTP on the HTTPS port with 400 and the reason, then hang up.
+async fn refuse_plain_http(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt as _;
+    let body = "this port speaks HTTPS (the web config has tls_server_config): use https://\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: \
+         {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(CLIENT_TIMEOUT, tcp.write_all(response.as_bytes())).await;
+    let _ = tcp.shutdown().await;
 }
 
 /// HTTP/1.1 (or HTTP/2) on one connection, with a deadline for each request's headers.
