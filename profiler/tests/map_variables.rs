@@ -203,7 +203,7 @@ fn mapscope_reads_maps_held_in_variables(version: &str, flags: &[&str]) {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let found = loop {
-        let body = common::http_get(mapscope.address, "/debug/maps");
+        let body = common::http_get(mapscope.address, "/debug/maps?addresses=1");
         let maps: Vec<Snapshot> = serde_json::from_value(
             serde_json::from_str::<serde_json::Value>(&body).unwrap()["maps"].clone(),
         )

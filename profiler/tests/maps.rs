@@ -66,7 +66,7 @@ fn shapes(target: &mut GoTarget, command: &str) -> Vec<Shape> {
 
 /// mapscope's latest snapshots (`/debug/maps`).
 fn snapshots(mapscope: &Mapscope) -> Vec<serde_json::Value> {
-    let body = common::http_get(mapscope.address, "/debug/maps");
+    let body = common::http_get(mapscope.address, "/debug/maps?addresses=1");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     json["maps"].as_array().cloned().unwrap_or_default()
 }
@@ -919,7 +919,20 @@ fn maps_page_in_a_browser(version: &str) {
         "1s",
     ]);
     settled_snapshots(&mapscope, &maps);
-    let url = format!("http://{}/maps", mapscope.address);
+    // Unless asked, neither the page nor the data show the target's heap addresses (they would
+    // undo its address-space randomization).
+    for path in ["/maps", "/debug/maps", "/debug/maps/heatmap.svg"] {
+        let body = common::http_get(mapscope.address, path);
+        for map in &maps {
+            assert!(
+                !body.contains(&format!("{:#x}", map.address))
+                    && !body.contains(&map.address.to_string()),
+                "{path} shows {}'s address",
+                map.name
+            );
+        }
+    }
+    let url = format!("http://{}/maps?addresses=1", mapscope.address);
     let scratch = tempfile::tempdir().unwrap();
     let dom = chromium(&scratch.path().join("profile"))
         .args(["--dump-dom", &url])

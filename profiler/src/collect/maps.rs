@@ -56,10 +56,13 @@ pub struct MapOptions {
 /// The latest kept snapshot of one map.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MapReport {
+    /// The map header's address in the target; 0 when withheld (`withhold`).
+    #[serde(skip_serializing_if = "is_zero")]
     pub address: u64,
     pub site: String,
     /// What the site is: where the map was made, grown, or used.
     pub site_kind: SiteKind,
+    #[serde(skip_serializing_if = "is_zero")]
     pub map_type: u64,
     /// Size hint it was created with (0 if first seen growing).
     pub hint: u64,
@@ -78,6 +81,21 @@ pub struct MapReport {
     /// Operations per second in the last discovery window, when one has run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operations_per_second: Option<OpRates>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+impl MapReport {
+    /// The report without the target's addresses (its map header and type descriptor): what
+    /// the endpoint shows unless asked, since the target's heap addresses would undo its
+    /// address-space randomization for whoever reads them.
+    pub fn withhold(mut self) -> Self {
+        self.address = 0;
+        self.map_type = 0;
+        self
+    }
 }
 
 /// The latest snapshots, shared with the HTTP endpoint.

@@ -27,7 +27,8 @@ const INDEX: &str = "mapscope: Prometheus metrics at /metrics, allocation profil
                      /debug/pprof/allocs, the maps with their heatmaps for a person at /maps, \
                      map snapshots at /debug/maps (JSON), /debug/maps/heatmap.svg and \
                      /debug/maps/heatmap.png (?site=PATTERN filters them; ?pid=N picks the \
-                     target when there are several)\n";
+                     target when there are several; ?addresses=1 shows the maps' addresses in \
+                     the target, withheld otherwise)\n";
 
 /// One target's latest allocation profile and map snapshots.
 #[derive(Clone)]
@@ -102,6 +103,16 @@ pub struct Served {
 struct TargetQuery {
     pid: Option<u32>,
     site: Option<String>,
+    /// `?addresses=1`: show the maps' addresses in the target (withheld otherwise).
+    addresses: Option<String>,
+}
+
+impl TargetQuery {
+    fn addresses(&self) -> bool {
+        self.addresses
+            .as_deref()
+            .is_some_and(|value| !matches!(value, "0" | "false" | "no"))
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response {
@@ -322,8 +333,11 @@ async fn drawn<T: Send + 'static>(
     draw: impl FnOnce(&[&MapReport]) -> Result<T, String> + Send + 'static,
 ) -> Result<T, Response> {
     static DRAWING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let reports =
+    let mut reports =
         map_reports(served, query.pid).map_err(|(status, message)| text(status, message))?;
+    if !query.addresses() {
+        reports = reports.into_iter().map(MapReport::withhold).collect();
+    }
     let failed = |error: String| {
         text(
             StatusCode::INTERNAL_SERVER_ERROR,

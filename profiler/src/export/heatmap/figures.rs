@@ -182,14 +182,17 @@ impl<'a> Figures<'a> {
             label,
             values: vec![value],
         };
-        let mut rows = vec![
-            row("type", self.type_text()),
-            row("map", format!("{:#x}", self.report.address)),
+        let mut rows = vec![row("type", self.type_text())];
+        // Address 0 is no map's: it stands for an address withheld (`MapReport::withhold`).
+        if self.report.address != 0 {
+            rows.push(row("map", format!("{:#x}", self.report.address)));
+        }
+        rows.extend([
             row("structure", self.structure()),
             row("entries", self.occupancy()),
             row("bytes", self.bytes()),
             row("while watched", self.watched()),
-        ];
+        ]);
         if let Some(operations) = self.operations() {
             rows.push(row("operations", operations));
         }
@@ -215,7 +218,11 @@ impl<'a> Figures<'a> {
     /// The lines above the cells, after the heading.
     pub fn info_lines(&self) -> Vec<String> {
         let mut lines = vec![
-            format!("{}, map {:#x}", self.type_text(), self.report.address),
+            if self.report.address == 0 {
+                self.type_text()
+            } else {
+                format!("{}, map {:#x}", self.type_text(), self.report.address)
+            },
             self.structure(),
             format!("{}, {}", self.occupancy(), self.bytes()),
             format!("while watched: {}", self.watched()),

@@ -29,13 +29,15 @@ table.figures ul { margin: 0; padding-left: 18px; }
 .picture svg { display: block; max-width: 100%; height: auto; }
 ";
 
-fn section(out: &mut String, figures: &Figures) {
+fn section(out: &mut String, index: usize, figures: &Figures) {
     let report = figures.report;
-    let _ = writeln!(
-        out,
-        r#"<section class="map" id="map-{:#x}" data-address="{:#x}">"#,
-        report.address, report.address
-    );
+    // The address only when shown (`MapReport::withhold` leaves 0).
+    let address = if report.address == 0 {
+        String::new()
+    } else {
+        format!(r#" data-address="{:#x}""#, report.address)
+    };
+    let _ = writeln!(out, r#"<section class="map" id="map-{index}"{address}>"#);
     let _ = writeln!(out, "<h2>{}</h2>", escape(&figures.heading()));
     let _ = writeln!(
         out,
@@ -107,19 +109,18 @@ pub fn to_html(title: &str, reports: &[&MapReport]) -> String {
         );
         if figures.len() > 1 {
             let _ = writeln!(out, "<nav><ol>");
-            for map in &figures {
+            for (index, map) in figures.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    r##"<li><a href="#map-{:#x}">{}</a>: {}</li>"##,
-                    map.report.address,
+                    r##"<li><a href="#map-{index}">{}</a>: {}</li>"##,
                     escape(&map.heading()),
                     escape(&map.spread.headline())
                 );
             }
             let _ = writeln!(out, "</ol></nav>");
         }
-        for map in &figures {
-            section(&mut out, map);
+        for (index, map) in figures.iter().enumerate() {
+            section(&mut out, index, map);
         }
     }
     out.push_str("</body>\n</html>\n");

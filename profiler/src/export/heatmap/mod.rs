@@ -654,10 +654,7 @@ mod tests {
         assert!(!page.contains("<script") && !page.contains("src="));
         for map in [&bucket, &swiss] {
             let start = page
-                .find(&format!(
-                    r#"<section class="map" id="map-{:#x}" data-address="{:#x}">"#,
-                    map.address, map.address
-                ))
+                .find(&format!(r#"data-address="{:#x}">"#, map.address))
                 .unwrap();
             let section = &page[start..start + page[start..].find("</section>").unwrap()];
             for figure in [

@@ -858,10 +858,15 @@ pub fn to_svg(reports: &[&MapReport]) -> String {
         write_text(&mut svg, line);
     }
     for panel in &layout.panels {
+        // The address only when shown (`MapReport::withhold` leaves 0).
+        let address = if panel.address == 0 {
+            String::new()
+        } else {
+            format!(r#" data-address="{:#x}""#, panel.address)
+        };
         let _ = writeln!(
             svg,
-            r#"<g class="map" data-address="{:#x}" data-entries="{}" data-cells="{}">"#,
-            panel.address,
+            r#"<g class="map"{address} data-entries="{}" data-cells="{}">"#,
             panel.entries,
             panel.cells.len()
         );
