@@ -632,9 +632,19 @@ impl Attached {
             }
             _ => None,
         };
+        let exec = self.target.process.exec_seen();
+        let (pid, exe) = (process.pid, process.exe_name.clone());
         collector
             .run_until(async {
-                stop.await;
+                tokio::select! {
+                    () = stop => {}
+                    // An exec replaces the program the probes were placed in: its counts would
+                    // stop, or mean something else. Never go on silently.
+                    () = exec => tracing::warn!(
+                        "PID {pid} ({exe}) exec'd a new program image: the probes belonged to \
+                         the old one; detaching"
+                    ),
+                }
                 let _ = stop_all.send(true);
             })
             .await;

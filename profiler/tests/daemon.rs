@@ -607,3 +607,56 @@ fn the_endpoint_holds_up_against_guessing_floods_and_slow_clients() {
         started.elapsed()
     );
 }
+
+/// A target that re-execs its own program (same PID, a new image): the daemon detaches from
+/// the old image, says so, and attaches to the new one; the target's GC cycles are counted
+/// again after the exec, where before they froze.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn an_exec_is_followed() {
+    let gcload = renamed("gcload", common::NEWEST_GO, "dmn-exec");
+    let mut target = GoTarget::start(&gcload, &["-duration", "500ms"]);
+    let daemon = Mapscope::start(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--select",
+        &format!("exe={}", gcload.file_name().unwrap().to_str().unwrap()),
+    ]);
+    let pid = target.pid();
+    wait_until(
+        &daemon,
+        "the target attached",
+        Duration::from_secs(10),
+        |metrics| has_pid(metrics, pid),
+    );
+    target.send("exec");
+    target
+        .stdout
+        .wait_for("the new image ready", Duration::from_secs(30), |line| {
+            line == "ready"
+        });
+    daemon
+        .stderr
+        .wait_for("the exec noticed", Duration::from_secs(10), |line| {
+            line.contains(&format!("PID {pid}")) && line.contains("exec'd")
+        });
+    daemon
+        .stderr
+        .wait_for("the new image attached", Duration::from_secs(20), |line| {
+            line.contains(&format!("attached to PID {pid}"))
+        });
+    // The new image's GC cycles are counted: its probes are live.
+    let report = target.run_load();
+    let metrics = wait_until(
+        &daemon,
+        "the new image's GC cycles",
+        Duration::from_secs(10),
+        |metrics| {
+            metrics.sum("mapscope_gc_cycles_total", |labels| {
+                labels.get("pid") == Some(&pid.to_string())
+            }) >= report.num_gc as f64
+        },
+    );
+    assert_eq!(metrics.sum("mapscope_targets", |_| true), 1.0);
+}

@@ -235,3 +235,26 @@ fn run_forwards_sigterm() {
     );
     assert!(mapscope.stdout.all().contains("GC cycles completed"));
 }
+
+/// `attach` to a target that re-execs its own program: the probes belonged to the old image,
+/// so mapscope says so and detaches, with the summary, instead of going on with frozen counts.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn an_exec_is_said_and_detached_from() {
+    let mut target = GoTarget::start(&common::build_go("gcload", GO, &[]), &[]);
+    let mut mapscope = Mapscope::attach(target.pid());
+    target.send("exec");
+    target
+        .stdout
+        .wait_for("the new image ready", Duration::from_secs(30), |line| {
+            line == "ready"
+        });
+    let status = mapscope.wait(Duration::from_secs(20));
+    let stderr = mapscope.stderr.all();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("exec'd a new program image"), "{stderr}");
+    assert!(
+        mapscope.stdout.all().contains("stop-the-world pauses"),
+        "no summary"
+    );
+}

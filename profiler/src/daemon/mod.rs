@@ -136,7 +136,17 @@ pub async fn run(
                 if let Some(key) = task_keys.remove(&id)
                     && let Some(running) = attached.remove(&key)
                 {
-                    tracing::info!("PID {} ({}) is gone; detached", key.pid, running.name);
+                    // Still there: it exec'd (same PID), and the next scan looks at its new
+                    // image, attaching again if it is still selected.
+                    if crate::target::process::image(key.pid).is_some() && start_time(key.pid) == Some(key.start_time) {
+                        tracing::info!(
+                            "PID {} ({}) exec'd; detached from its old image, looking at the new one",
+                            key.pid,
+                            running.name
+                        );
+                    } else {
+                        tracing::info!("PID {} ({}) is gone; detached", key.pid, running.name);
+                    }
                 }
                 tokio::task::block_in_place(release_freed_memory);
             }

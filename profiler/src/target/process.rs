@@ -48,7 +48,40 @@ pub struct Process {
     pidfd: OwnedFd,
     /// Base name of the executable, for labels and messages (`/proc/PID/exe`'s target).
     pub exe_name: String,
+    /// The program image it ran when opened: a later exec changes it.
+    image: Option<Image>,
 }
+
+/// What an exec changes in a process: its executable (device, inode), and, with address-space
+/// randomization (the kernel's default), where its initial stack is (`/proc/PID/stat` field 28,
+/// `startstack`), which tells a re-exec of the same program from no exec at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Image {
+    exe: (u64, u64),
+    start_stack: u64,
+}
+
+/// The image `pid` runs now; `None` when it is gone (or runs none).
+pub fn image(pid: u32) -> Option<Image> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let start_stack = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(25)?
+        .parse()
+        .ok()?;
+    Some(Image {
+        exe: (metadata.dev(), metadata.ino()),
+        start_stack,
+    })
+}
+
+/// How often a target is checked for an exec.
+const EXEC_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Process {
     pub fn open(pid: u32) -> Result<Self, ProcessError> {
@@ -80,7 +113,24 @@ impl Process {
             pid,
             pidfd,
             exe_name,
+            image: image(pid),
         })
+    }
+
+    /// Resolves once the process runs another program image than when it was opened (it
+    /// exec'd, another program or its own again): mapscope's probes belong to the old image.
+    /// Never resolves for a process gone (its exit is watched apart) or whose image could not
+    /// be read at open.
+    pub async fn exec_seen(&self) {
+        let Some(opened) = self.image else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(EXEC_POLL).await;
+            if image(self.pid).is_some_and(|now| now != opened) {
+                return;
+            }
+        }
     }
 
     /// The executable as the kernel sees it. Reading or probing through this path reaches the

@@ -8,6 +8,8 @@
 //	<- "go"              run the load
 //	-> {json report}     runtime counters for the load window
 //	<- "heap FILE"       write the runtime's own heap profile (pprof) to FILE, answer "ok"
+//	<- "exec"            exec its own executable again, same arguments (same PID, a new
+//	                     program image); it then says "ready" again
 //	<- "exit" or EOF     exit 0
 //
 // Writing heap profiles also keeps runtime.MemProfile reachable: without it the linker turns
@@ -24,6 +26,7 @@ import (
 	"runtime/metrics"
 	"runtime/pprof"
 	"strings"
+	"syscall"
 	"sync"
 	"time"
 )
@@ -159,6 +162,9 @@ func main() {
 			fmt.Println(string(out))
 		case "exit":
 			os.Exit(*exitCode)
+		case "exec":
+			err := syscall.Exec("/proc/self/exe", os.Args, os.Environ())
+			fmt.Println("error:", err)
 		default:
 			if strings.HasPrefix(in.Text(), "heap ") {
 				file := strings.TrimPrefix(in.Text(), "heap ")
