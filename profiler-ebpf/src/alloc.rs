@@ -18,7 +18,7 @@ use profiler_common::{
 };
 
 use crate::{
-    counters::{bump, hit},
+    counters::{add_at, hit},
     goabi::GoRegs,
 };
 
@@ -47,13 +47,7 @@ pub fn alloc_sample(ctx: ProbeContext) -> u32 {
         _pad: 0,
         size,
     };
-    if let Some(count) = ALLOC_SAMPLES.get_ptr_mut(key) {
-        // SAFETY: this CPU's own slot for the key, fresh from the lookup; uprobe programs do
-        // not preempt each other on one CPU.
-        unsafe { *count += 1 };
-    } else if ALLOC_SAMPLES.insert(key, 1, 0).is_err() {
-        bump(counters::ALLOC_TABLE_FULL);
-    }
+    add_at(&ALLOC_SAMPLES, &key, 1, counters::ALLOC_TABLE_FULL);
     0
 }
 
@@ -69,9 +63,7 @@ const MALLOCGC_ARG_SIZE: usize = 0;
 #[inline(always)]
 fn add(slot: u32, value: u64) {
     if let Some(counter) = ALLOC_EXACT.get_ptr_mut(slot) {
-        // SAFETY: this CPU's own slot, fresh from the lookup; uprobe programs do not preempt
-        // each other on one CPU.
-        unsafe { *counter += value };
+        crate::counters::add(counter, value);
     }
 }
 

@@ -1,16 +1,61 @@
-//! Per-CPU self-diagnostic counters, summed by userspace (`profiler_common::counters`).
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+//! Per-CPU self-diagnostic counters, summed by userspace (`profiler_common::counters`), and
+//! the one way every program adds to a counter.
+//!
+//! Uprobe programs run in the probed thread's context with preemption on (the kernel only
+//! keeps them from migrating): two threads' programs can interleave on one CPU, so a plain
+//! `*counter += 1` on "this CPU's own slot" loses increments on a busy machine. Every add is
+//! atomic, and a new key is inserted only if absent.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{PerCpuArray, PerCpuHashMap},
+};
 use profiler_common::counters::{COUNT, HIT_KINDS};
 
 #[map]
 static PROBE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNT, 0);
 
+/// The errno of an insert refused because the key exists (`BPF_NOEXIST`).
+pub const EEXIST: i32 = 17;
+
+/// Add `value` to the counter at `counter`, atomically (see the module's comment).
+#[inline(always)]
+pub fn add(counter: *mut u64, value: u64) {
+    // The BPF target has no compare-and-swap, so core's atomic types offer no fetch_add; the
+    // intrinsic compiles to the ISA's atomic add (with an unused result: kernels from 3.18).
+    // SAFETY: `counter` comes from a map lookup: a valid, aligned u64 of the map's value, live
+    // while the program runs.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            counter, value,
+        );
+    }
+}
+
+/// Add `value` to `key`'s counter in `map`, creating it if absent; `full` is the drop reason
+/// counted when the table has no room.
+#[inline(always)]
+pub fn add_at<K>(map: &PerCpuHashMap<K, u64>, key: &K, value: u64, full: u32) {
+    if let Some(counter) = map.get_ptr_mut(key) {
+        add(counter, value);
+        return;
+    }
+    match map.insert(key, value, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        // Another thread created it meanwhile: add to it.
+        Err(error) if error == -EEXIST => {
+            if let Some(counter) = map.get_ptr_mut(key) {
+                add(counter, value);
+            }
+        }
+        Err(_) => bump(full),
+    }
+}
+
 #[inline(always)]
 pub fn bump(index: u32) {
     if let Some(counter) = PROBE_COUNTERS.get_ptr_mut(index) {
-        // SAFETY: the pointer comes from the map lookup and is this CPU's own slot; uprobe
-        // programs do not preempt each other on one CPU, so a plain add cannot race.
-        unsafe { *counter += 1 };
+        add(counter, 1);
     }
 }
 
@@ -21,7 +66,6 @@ static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HIT_KINDS, 0
 #[inline(always)]
 pub fn hit(kind: u32) {
     if let Some(counter) = PROBE_HITS.get_ptr_mut(kind) {
-        // SAFETY: as in `bump`.
-        unsafe { *counter += 1 };
+        add(counter, 1);
     }
 }

@@ -2,6 +2,9 @@
 //! pairs in the kernel, and sends only rare events (one per stop-the-world) to userspace.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (`counters::add`): the BPF target's core has no atomic RMW types.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod alloc;
 mod calibration;

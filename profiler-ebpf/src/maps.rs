@@ -25,7 +25,7 @@ use profiler_common::{
 };
 
 use crate::{
-    counters::{bump, hit},
+    counters::{EEXIST, add, add_at, bump, hit},
     goabi::GoRegs,
 };
 
@@ -60,13 +60,7 @@ fn count_at_site(stack_id: i32, event: MapEvent) {
         stack_id,
         event: event as u32,
     };
-    if let Some(count) = MAP_SITE_EVENTS.get_ptr_mut(key) {
-        // SAFETY: this CPU's own slot, fresh from the lookup; uprobe programs do not preempt
-        // each other on one CPU.
-        unsafe { *count += 1 };
-    } else if MAP_SITE_EVENTS.insert(key, 1, 0).is_err() {
-        bump(counters::MAP_TABLE_FULL);
-    }
+    add_at(&MAP_SITE_EVENTS, &key, 1, counters::MAP_TABLE_FULL);
 }
 
 /// A growth or overflow event: the cookie says which. `MAP` and `TYPE` are the Go ABI
@@ -218,9 +212,6 @@ static MAP_OPS: PerCpuHashMap<MapOpKey, u64> = PerCpuHashMap::with_max_entries(M
 #[map]
 static MAP_ACCESS_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_ACCESS_PROBES, 0);
 
-/// The errno of an insert refused because the key exists (`BPF_NOEXIST`).
-const EEXIST: i32 = 17;
-
 /// Entry (after the frame setup, so the stack walk includes the caller) of every map
 /// operation: `mapaccess1*/2*(t, m, key)`, `mapassign*(t, m, key)`, `mapdelete*(t, m, key)`,
 /// `mapclear(t, m)`, `mapiterinit(t, h, it)` / `mapIterStart(t, m, it)`: the type in RAX, the
@@ -235,8 +226,7 @@ pub fn map_access(ctx: ProbeContext) -> u32 {
     // SAFETY: the helper only reads the cookie attached to this program's perf event.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     if let Some(hits) = MAP_ACCESS_HITS.get_ptr_mut(((cookie >> 16) & 0xff) as u32) {
-        // SAFETY: this CPU's own slot; uprobe programs do not preempt each other on one CPU.
-        unsafe { *hits += 1 };
+        add(hits, 1);
     }
     let regs = GoRegs::new(&ctx);
     let map = regs.int(1);
@@ -273,12 +263,6 @@ pub fn map_access(ctx: ProbeContext) -> u32 {
         op: (cookie & 0xff) as u32,
         _pad: 0,
     };
-    if let Some(count) = MAP_OPS.get_ptr_mut(key) {
-        // SAFETY: this CPU's own slot, fresh from the lookup; uprobe programs do not preempt
-        // each other on one CPU.
-        unsafe { *count += 1 };
-    } else if MAP_OPS.insert(key, 1, 0).is_err() {
-        bump(counters::MAP_TABLE_FULL);
-    }
+    add_at(&MAP_OPS, &key, 1, counters::MAP_TABLE_FULL);
     0
 }

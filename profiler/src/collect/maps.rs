@@ -430,6 +430,10 @@ impl MapCollector {
                 tokio::time::sleep(Duration::from_secs_f64(pace).min(MAX_PACE)).await;
             }
         }
+        // The event counters as of now, before the snapshots are published: whatever shaped a
+        // snapshot happened before it was read, so a scrape that sees the snapshot sees at
+        // least the growths and overflow buckets that led to it.
+        self.read_events();
         self.export_totals();
     }
 
