@@ -241,6 +241,19 @@ fn version_at_least(version: &str, minor: u32) -> bool {
         .is_some_and(|m| m >= minor)
 }
 
+/// The same comparison with every core kept busy: pauses and GC cycles stay exact on a
+/// loaded machine.
+fn under_load(version: &str) {
+    let _hogs = common::CpuHogs::start();
+    compare_with_runtime(version, &[]);
+}
+
+common::per_go_release! {
+    under_load;
+    pauses_match_runtime_under_load_go1_23 => "1.23.9",
+    pauses_match_runtime_under_load_go1_27 => "1.27.3",
+}
+
 /// The default build of each release.
 fn release_defaults(version: &str) {
     compare_with_runtime(version, &[]);

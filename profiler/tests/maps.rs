@@ -383,6 +383,21 @@ per_go_release! {
     snapshots_go1_27 => "1.27.3",
 }
 
+/// The same exact comparison with every core kept busy (a production node's load): no growth
+/// or overflow event may be lost, and every scrape sees whole snapshots. (Before counters were
+/// added atomically, a busy machine lost about half a map's growths.)
+fn snapshots_match_the_runtime_under_load(version: &str) {
+    let _hogs = common::CpuHogs::start();
+    snapshots_match_the_runtime(version);
+}
+
+per_go_release! {
+    snapshots_match_the_runtime_under_load;
+    snapshots_under_load_go1_23 => "1.23.9",
+    snapshots_under_load_go1_25 => "1.25.5",
+    snapshots_under_load_go1_27 => "1.27.3",
+}
+
 /// A stripped PIE: the map types' names are found through the moduledata's load-time
 /// relocations and the load bias, and the snapshots still equal the target's own figures.
 fn stripped_pie_maps_are_named(version: &str) {
