@@ -183,6 +183,8 @@ pub struct TargetMapMetrics<'a> {
     pub labels: &'a [String],
     pub sites: &'a std::sync::Mutex<BTreeSet<String>>,
     pub reasons: &'a std::sync::Mutex<BTreeSet<String>>,
+    /// Held to write while one snapshot's observations go in (see `Metrics::encode`).
+    pub publishing: &'a std::sync::RwLock<()>,
 }
 
 fn observe_all(histogram: &prometheus::Histogram, distribution: &Distribution) {
@@ -223,22 +225,34 @@ impl TargetMapMetrics<'_> {
         }
     }
 
-    /// One kept snapshot: its buckets/groups into the site's histograms.
+    /// One kept snapshot: its buckets/groups into the site's histograms, all at once for a
+    /// scrape (a 1M-entry map is 262,144 observations: a scrape in their midst would see part
+    /// of a map).
     pub fn snapshot(&self, site: &str, shape: &MapShape, bytes_read: u64) {
         self.touch(site);
         let labels = self.with(site);
         let families = self.families;
+        // The distributions are computed before the lock is taken; only the observing holds it.
+        let (entries, chains, tombstones) = (
+            shape.entries_per_unit(),
+            shape.overflow_chains(),
+            shape.tombstones_per_group(),
+        );
+        let _whole = self
+            .publishing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         observe_all(
             &families.bucket_entries.with_label_values(&labels),
-            &shape.entries_per_unit(),
+            &entries,
         );
-        if let Some(chains) = shape.overflow_chains() {
+        if let Some(chains) = chains {
             observe_all(
                 &families.overflow_chains.with_label_values(&labels),
                 &chains,
             );
         }
-        if let Some(tombstones) = shape.tombstones_per_group() {
+        if let Some(tombstones) = tombstones {
             observe_all(&families.tombstones.with_label_values(&labels), &tombstones);
         }
         families.snapshots.with_label_values(self.labels).inc();

@@ -167,6 +167,9 @@ pub struct Metrics {
     attach_failures: IntCounterVec,
     /// User-defined labels (name, value) on every per-target series.
     extra_labels: Vec<(String, String)>,
+    /// Held to write when a map snapshot's many observations go in, and to read while a scrape
+    /// gathers: a scrape sees each snapshot whole or not at all.
+    publishing: std::sync::RwLock<()>,
 }
 
 /// Lets the registry hold the shared size histograms.
@@ -382,6 +385,7 @@ impl Metrics {
             targets,
             attach_failures,
             extra_labels: extra,
+            publishing: std::sync::RwLock::new(()),
             registry,
             pause,
             stopping,
@@ -447,7 +451,14 @@ impl Metrics {
     /// The text exposition format, as served on `/metrics`.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        let families = {
+            let _whole = self
+                .publishing
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.registry.gather()
+        };
+        TextEncoder::new().encode(&families, &mut buffer)?;
         String::from_utf8(buffer).map_err(|error| prometheus::Error::Msg(error.to_string()))
     }
 }
@@ -612,6 +623,7 @@ impl TargetMetrics {
             labels: &self.labels,
             sites: &self.map_sites,
             reasons: &self.map_drop_reasons,
+            publishing: &self.metrics.publishing,
         }
     }
 
@@ -729,6 +741,59 @@ mod tests {
                 .unwrap()
                 .contains("mapscope_alloc_size_bytes")
         );
+    }
+
+    #[test]
+    fn a_scrape_sees_each_map_snapshot_whole() {
+        use crate::model::maps::{MapLayout, MapShape, Unit};
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let target = Arc::new(metrics.target(&TargetIdentity {
+            pid: 7,
+            exe: "svc".into(),
+            go_version: "go1.27.3".into(),
+            container: String::new(),
+        }));
+        const UNITS: usize = 20_000;
+        let shape = MapShape {
+            layout: MapLayout::Swiss,
+            entries: 4 * UNITS as u64,
+            capacity_slots: 8 * UNITS as u64,
+            bytes: 0,
+            units: vec![
+                Unit {
+                    entries: 4,
+                    ..Unit::default()
+                };
+                UNITS
+            ],
+            log2_buckets: None,
+            evacuation: None,
+            directory_len: None,
+            tables: Vec::new(),
+        };
+        let writer = {
+            let target = Arc::clone(&target);
+            std::thread::spawn(move || {
+                for _ in 0..30 {
+                    target.maps().snapshot("main.f (f.go:1)", &shape, 0);
+                }
+            })
+        };
+        // Every scrape meanwhile sees a whole number of snapshots' observations.
+        while !writer.is_finished() {
+            let text = metrics.encode().unwrap();
+            let count: u64 = text
+                .lines()
+                .find(|line| line.starts_with("mapscope_map_bucket_entries_count"))
+                .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            assert_eq!(
+                count % UNITS as u64,
+                0,
+                "a scrape saw part of a snapshot: {count}"
+            );
+        }
+        writer.join().unwrap();
     }
 
     #[test]
