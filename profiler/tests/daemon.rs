@@ -382,6 +382,33 @@ fn invalid_config_files_are_refused_with_file_line_and_reason() {
     );
 }
 
+/// A daemon that selects nothing, serving with the web config `web`: it and its metrics URL
+/// (`scheme` is what the web config makes it speak).
+fn daemon_serving(web: &Path, scheme: &str) -> (common::ChildGuard, String) {
+    let mut child = Command::new(MAPSCOPE)
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--select",
+            "exe=no-such-program-here",
+        ])
+        .args(["--web-config-file", web.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = common::Lines::new(child.stderr.take().unwrap());
+    let guard = common::ChildGuard(child);
+    let line = stderr.wait_for("the daemon to listen", Duration::from_secs(30), |line| {
+        line.contains(&format!("metrics on {scheme}://"))
+    });
+    (
+        guard,
+        line.rsplit("metrics on ").next().unwrap().trim().to_owned(),
+    )
+}
+
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn the_endpoint_takes_tls_and_basic_auth_from_a_web_config() {
@@ -418,25 +445,7 @@ fn the_endpoint_takes_tls_and_basic_auth_from_a_web_config() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(MAPSCOPE)
-        .args([
-            "daemon",
-            "--listen",
-            "127.0.0.1:0",
-            "--select",
-            "exe=no-such-program-here",
-        ])
-        .args(["--web-config-file", web.to_str().unwrap()])
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = common::Lines::new(child.stderr.take().unwrap());
-    let _guard = common::ChildGuard(child);
-    let line = stderr.wait_for("the daemon to listen", Duration::from_secs(30), |line| {
-        line.contains("metrics on https://")
-    });
-    let url = line.rsplit("metrics on ").next().unwrap().trim().to_owned();
+    let (_guard, url) = daemon_serving(&web, "https");
     let curl = |args: &[&str]| -> String {
         let output = Command::new("curl")
             .args([
@@ -503,25 +512,7 @@ fn the_endpoint_holds_up_against_guessing_floods_and_slow_clients() {
     let hash = bcrypt::hash("scrape-me", 10).unwrap();
     let web = dir.path().join("web.yml");
     std::fs::write(&web, format!("basic_auth_users:\n  prometheus: '{hash}'\n")).unwrap();
-    let mut child = Command::new(MAPSCOPE)
-        .args([
-            "daemon",
-            "--listen",
-            "127.0.0.1:0",
-            "--select",
-            "exe=no-such-program-here",
-        ])
-        .args(["--web-config-file", web.to_str().unwrap()])
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = common::Lines::new(child.stderr.take().unwrap());
-    let _guard = common::ChildGuard(child);
-    let line = stderr.wait_for("the daemon to listen", Duration::from_secs(30), |line| {
-        line.contains("metrics on http://")
-    });
-    let url = line.rsplit("metrics on ").next().unwrap().trim().to_owned();
+    let (_guard, url) = daemon_serving(&web, "http");
     // The status and the seconds a request with these credentials took.
     let target = url.clone();
     let request = move |credentials: &str| -> (String, f64) {
