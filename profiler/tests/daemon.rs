@@ -525,29 +525,21 @@ fn the_endpoint_holds_up_against_guessing_floods_and_slow_clients() {
         let (code, seconds) = text.split_once(' ').unwrap();
         (code.to_owned(), seconds.parse().unwrap())
     };
-    let median = |mut times: Vec<f64>| {
+    // The median seconds of five refused logins as `user`, each with a password of its own
+    // (answers are cached by credentials).
+    let refused = |user: &str| {
+        let mut times: Vec<f64> = (0..5)
+            .map(|i| {
+                let (code, seconds) = request(&format!("{user}:guess-{i}"));
+                assert_eq!(code, "401");
+                seconds
+            })
+            .collect();
         times.sort_by(f64::total_cmp);
         times[times.len() / 2]
     };
-    // Distinct passwords: answers are cached by credentials.
-    let unknown = median(
-        (0..5)
-            .map(|i| {
-                let (code, seconds) = request(&format!("nobody:guess-{i}"));
-                assert_eq!(code, "401");
-                seconds
-            })
-            .collect(),
-    );
-    let wrong = median(
-        (0..5)
-            .map(|i| {
-                let (code, seconds) = request(&format!("prometheus:guess-{i}"));
-                assert_eq!(code, "401");
-                seconds
-            })
-            .collect(),
-    );
+    let unknown = refused("nobody");
+    let wrong = refused("prometheus");
     println!("unknown user {unknown:.4} s, known user with a wrong password {wrong:.4} s");
     assert!(
         unknown > 0.5 * wrong,

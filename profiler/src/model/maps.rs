@@ -175,6 +175,14 @@ impl MapShape {
         counts
     }
 
+    /// Deleted slots (tombstones) in all its groups (swiss tables; 0 for bucket maps).
+    pub fn tombstones(&self) -> u64 {
+        self.units
+            .iter()
+            .map(|unit| u64::from(unit.tombstones))
+            .sum()
+    }
+
     /// Entries per bucket including its chain, or full slots per group.
     pub fn entries_per_unit(&self) -> Distribution {
         self.distribution(|unit| u32::from(unit.entries))

@@ -756,11 +756,7 @@ fn reasons(shape: &MapShape, spread: &Spread) -> Vec<String> {
         }
     }
     if shape.layout == MapLayout::Swiss {
-        let tombstones: u64 = shape
-            .units
-            .iter()
-            .map(|unit| u64::from(unit.tombstones))
-            .sum();
+        let tombstones = shape.tombstones();
         if tombstones > 0 {
             let blocked = shape
                 .units
@@ -857,11 +853,7 @@ pub fn advice(shape: &MapShape, history: &History) -> Vec<String> {
         ));
     }
     if shape.layout == MapLayout::Swiss {
-        let tombstones: u64 = shape
-            .units
-            .iter()
-            .map(|unit| u64::from(unit.tombstones))
-            .sum();
+        let tombstones = shape.tombstones();
         let share = tombstones as f64 / shape.capacity_slots.max(1) as f64;
         // A small map's single group is rebuilt whole when it grows: no advice for it.
         if share > TOMBSTONE_SHARE && !shape.tables.is_empty() {

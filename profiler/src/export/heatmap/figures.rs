@@ -102,11 +102,7 @@ impl<'a> Figures<'a> {
                 )
             }
             MapLayout::Swiss => {
-                let tombstones: u64 = shape
-                    .units
-                    .iter()
-                    .map(|unit| u64::from(unit.tombstones))
-                    .sum();
+                let tombstones = shape.tombstones();
                 if shape.tables.is_empty() {
                     format!(
                         "swiss map: small, one group of 8 slots, {}, {}",
