@@ -324,7 +324,7 @@ fn discovery_windows(gcbench: &Path, mapscope: &str) {
 fn map_snapshots(gcbench: &Path, release: &str) {
     use mapscope::{
         gobin::abi::map_abi,
-        target::{
+        process::{
             gomap::{Budgeted, read_map},
             memory,
         },

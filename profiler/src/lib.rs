@@ -1,11 +1,12 @@
 //! mapscope's library: the data flows top to bottom through these modules.
 //!
-//! A Go binary is understood (`gobin`) → probes are placed (`probes`) on a process (`target`)
+//! A Go binary is understood (`gobin`) → probes are placed (`probes`) on a process (`process`)
 //! → the kernel counts and emits, events are read (`collect`) → aggregated (`model`) →
 //! rendered (`export`). `session` strings one target through all of it; `cli` is the front.
 pub mod cli;
 pub mod collect;
 pub mod daemon;
+pub mod duration;
 pub mod error;
 pub mod export;
 mod fdwatch;
@@ -13,5 +14,5 @@ pub mod files;
 pub mod gobin;
 pub mod model;
 pub mod probes;
+pub mod process;
 pub mod session;
-pub mod target;

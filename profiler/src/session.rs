@@ -28,9 +28,9 @@ use crate::{
         preflight,
         stw::{self, PlanError, ProbePoint},
     },
-    target::{
+    process::{
         memory,
-        process::{Process, ProcessError},
+        pidfd::{Process, ProcessError},
     },
 };
 

@@ -702,7 +702,13 @@ fn shipped_stop_timeout() -> Duration {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
         text.lines()
             .find_map(|line| line.trim().strip_prefix(key))
-            .and_then(|value| value.trim_start_matches([':', '=', ' ']).trim().parse().ok())
+            .and_then(|value| {
+                value
+                    .trim_start_matches([':', '=', ' '])
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("no {key} in {file}"))
     };
     Duration::from_secs(

@@ -10,7 +10,6 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 
-use super::profile::parse_duration;
 use crate::{
     collect::{
         discovery::DutyCycle,
@@ -43,7 +42,7 @@ pub struct HeatmapArgs {
     /// probed for half a second, less on a very busy target), those held in package-level
     /// variables (binaries with DWARF), and any that grows or allocates an overflow bucket while
     /// watched (or is made with a size hint of 1024 or more, with --map-creations).
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::duration::parse, default_value = "10s")]
     pub duration: Duration,
 
     /// Maps drawn at most (the biggest).

@@ -104,7 +104,7 @@ pub struct MapArgs {
     pub map_snapshots: usize,
 
     /// Time between snapshot rounds: `10s`, `1m`.
-    #[arg(long, value_name = "DURATION", value_parser = profile::parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse, default_value = "10s")]
     pub map_snapshot_interval: std::time::Duration,
 
     /// Largest map read, in bytes of its memory (a 1M-entry map[int]int is about 40 MB);

@@ -30,7 +30,7 @@ pub struct AllocArgs {
     pub pid: u32,
 
     /// How long to sample: `30s`, `500ms`, `5m`. Ctrl-C or the target's exit end it early.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = crate::duration::parse, default_value = "30s")]
     pub duration: Duration,
 
     /// Where to write the profile (gzipped protobuf; open with `go tool pprof FILE`).
@@ -77,7 +77,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     // whole duration. (A stripped binary's rate cannot be read: then only the outcome tells.)
     let rate = target
         .mem_profile_rate
-        .and_then(|address| crate::target::memory::read_i64(target.process.pid, address).ok());
+        .and_then(|address| crate::process::memory::read_i64(target.process.pid, address).ok());
     if rate == Some(0) {
         return Err(sampling_off(args.pid).into());
     }
@@ -106,57 +106,4 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         args.output.display()
     ));
     Ok(())
-}
-
-/// `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
-            ));
-        }
-    };
-    if !(seconds >= 0.001 && seconds.is_finite()) {
-        return Err(format!("{text:?} must be a duration of 1ms or more"));
-    }
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in [
-            "",
-            "s",
-            "0s",
-            "-1s",
-            "10x",
-            "fast",
-            "0.1ms",
-            "99999999999999999999999h",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 }

@@ -8,8 +8,8 @@ use super::ExportArgs;
 use crate::{
     error::{Exit, UserError},
     export::summary,
+    process::launch,
     session,
-    target::launch,
 };
 
 #[derive(Debug, Args)]

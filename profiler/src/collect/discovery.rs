@@ -44,8 +44,8 @@ pub fn parse_duty_cycle(text: &str) -> Result<Option<DutyCycle>, String> {
     let (window, period) = text
         .split_once('/')
         .ok_or_else(|| format!("{text:?} is not WINDOW/PERIOD (e.g. 200ms/60s) or off"))?;
-    let window = crate::cli::profile::parse_duration(window)?;
-    let period = crate::cli::profile::parse_duration(period)?;
+    let window = crate::duration::parse(window)?;
+    let period = crate::duration::parse(period)?;
     if window >= period {
         return Err(format!(
             "{text:?}: the window must be shorter than the period (the probes would never come \

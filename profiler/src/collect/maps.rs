@@ -25,7 +25,7 @@ use crate::{
     },
     model::maps::{MapShape, MapTypeInfo, OpRates, SiteKind},
     probes::loaded::{DiscoveryMaps, MapMaps, WindowedProbes},
-    target::{
+    process::{
         gomap::{self, Budgeted, SnapshotError},
         gotype,
     },
@@ -352,11 +352,11 @@ impl MapCollector {
             MapAbi::Swiss(_) => LAYOUT_SWISS,
         };
         for (index, variable) in self.variables.iter().enumerate() {
-            let Ok(header) = crate::target::memory::read_i64(self.pid, variable.address) else {
+            let Ok(header) = crate::process::memory::read_i64(self.pid, variable.address) else {
                 continue;
             };
             let header = header as u64;
-            let entries = crate::target::memory::read_i64(self.pid, header).unwrap_or(0);
+            let entries = crate::process::memory::read_i64(self.pid, header).unwrap_or(0);
             if header == 0
                 || entries < MIN_TRACKED_ENTRIES as i64
                 || self.given_up.contains(&header)
@@ -411,7 +411,7 @@ impl MapCollector {
             .map(|(address, map)| {
                 let size = match self.latest.get(&address) {
                     Some(report) => report.shape.entries,
-                    None => crate::target::memory::read_i64(self.pid, address)
+                    None => crate::process::memory::read_i64(self.pid, address)
                         .ok()
                         .and_then(|count| u64::try_from(count).ok())
                         .unwrap_or(map.hint),

@@ -138,7 +138,7 @@ pub async fn run(
                 {
                     // Still there: it exec'd (same PID), and the next scan looks at its new
                     // image, attaching again if it is still selected.
-                    if crate::target::process::image(key.pid).is_some() && start_time(key.pid) == Some(key.start_time) {
+                    if crate::process::pidfd::image(key.pid).is_some() && start_time(key.pid) == Some(key.start_time) {
                         tracing::info!(
                             "PID {} ({}) exec'd; detached from its old image, looking at the new one",
                             key.pid,

@@ -493,7 +493,7 @@ fn swiss_spread(shape: &MapShape) -> Spread {
         };
     }
     // (groups, full slots) of each table; groups come table after table in directory order
-    // (target/gomap.rs), so a table's full slots are its own groups' sum.
+    // (process/gomap.rs), so a table's full slots are its own groups' sum.
     let mut shapes: Vec<(u64, u64)> = Vec::with_capacity(shape.tables.len());
     let mut next = 0usize;
     for table in &shape.tables {

@@ -4,4 +4,4 @@ pub mod gomap;
 pub mod gotype;
 pub mod launch;
 pub mod memory;
-pub mod process;
+pub mod pidfd;
