@@ -208,6 +208,23 @@ fn daemon_follows_targets_as_they_come_and_go() {
         |metrics| !has_pid(metrics, second_pid) && !has_pid(metrics, first_pid),
     );
     assert_eq!(metrics.sum("mapscope_targets", |_| true), 0.0);
+    // Exits are logged as exits, never as an exec (the scan misses the process while its
+    // probes are still coming off, which is no new program).
+    let logged_gone = |log: &str, pid: u32| {
+        log.lines()
+            .any(|line| line.contains(&format!("PID {pid} (")) && line.contains("is gone"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = daemon.stderr.all();
+    while !(logged_gone(&log, first_pid) && logged_gone(&log, second_pid)) {
+        assert!(Instant::now() < deadline, "exits not logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+        log = daemon.stderr.all();
+    }
+    assert!(
+        !log.contains("another program") && !log.contains("exec'd"),
+        "an exit was logged as an exec:\n{log}"
+    );
     // Reap it: a zombie still holds its PID.
     drop(first);
 

@@ -57,6 +57,13 @@ fn process_key(pid: u32) -> Option<ProcessKey> {
     })
 }
 
+/// Whether the process `key` names still runs, now from another executable: it exec'd.
+fn runs_another_program(key: &ProcessKey) -> bool {
+    process_key(key.pid).is_some_and(|now| {
+        now.start_time == key.start_time && now.exe != key.exe && now.exe != (0, 0)
+    })
+}
+
 fn candidate(pid: u32) -> Option<Candidate> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -245,10 +252,12 @@ pub async fn run(
                         }
                     }
                 }
-                // A target whose key is gone but whose task runs exec'd another program: its
-                // probes sit on the old executable. Stop it; the new program is a new key.
+                // A target whose key is gone but whose process lives on (same PID, same start)
+                // exec'd another program: its probes sit on the old executable. Stop it; the new
+                // program is a new key. A process that exited is no exec: its exit watcher ends
+                // its task, and the task's end says it is gone.
                 for (key, running) in attached.iter_mut() {
-                    if !alive.contains(key) && let Some(stop) = running.stop.take() {
+                    if !alive.contains(key) && runs_another_program(key) && let Some(stop) = running.stop.take() {
                         tracing::info!(
                             "PID {} ({}) now runs another program: detaching",
                             key.pid,
