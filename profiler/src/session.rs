@@ -120,6 +120,10 @@ pub fn open_process(pid: u32) -> Result<Process, UserError> {
             Exit::Privileges,
             format!("{error}: run mapscope as root or with CAP_SYS_PTRACE"),
         ),
+        ProcessError::Thread { pid: group, .. } => UserError::new(
+            Exit::NoSuchProcess,
+            format!("{error}: use --pid {group}"),
+        ),
         ProcessError::Other { .. } => UserError::new(Exit::Internal, error.to_string()),
     })
 }

@@ -64,6 +64,32 @@ fn missing_pid() {
     );
 }
 
+/// A thread ID (as `top -H` shows one) is named as a thread of its process, with the PID to
+/// use, where before it was "cannot open PID: No such file or directory", exit 1.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn a_thread_id_names_its_process() {
+    let target = common::GoTarget::start(&common::build_go("gcload", common::NEWEST_GO, &[]), &[]);
+    let pid = target.pid();
+    let tid: u32 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .find(|&tid| tid != pid)
+        .expect("a Go program runs several threads");
+    for args in [&["attach", "--listen", "127.0.0.1:0"][..], &["inspect"][..]] {
+        let mut args = args.to_vec();
+        let tid = tid.to_string();
+        args.extend(["--pid", &tid]);
+        let (code, message) = one_line_error(&mapscope(&args, &[]));
+        assert_eq!(code, 3, "{message}");
+        assert!(
+            message.contains(&format!("PID {tid} is a thread of PID {pid}"))
+                && message.contains(&format!("--pid {pid}")),
+            "{message}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn not_a_go_program() {

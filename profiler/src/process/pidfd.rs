@@ -17,8 +17,24 @@ pub enum ProcessError {
     NoProgram { pid: u32, what: &'static str },
     #[error("not allowed to inspect PID {pid}: {source}")]
     Denied { pid: u32, source: io::Error },
+    /// A thread ID, as `top -H` or a log line shows one: the process is its thread group.
+    #[error("PID {tid} is a thread of PID {pid}, not a process")]
+    Thread { tid: u32, pid: u32 },
     #[error("cannot open PID {pid}: {source}")]
     Other { pid: u32, source: io::Error },
+}
+
+/// The process (thread group) `tid` belongs to, when `tid` is one of its other threads: the
+/// kernel hides those from the /proc listing but still answers /proc/TID/status.
+fn thread_group_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let tgid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (tgid != tid).then_some(tgid)
 }
 
 /// What a PID without an executable is, from `/proc/PID/status`: a kernel thread
@@ -86,6 +102,11 @@ const EXEC_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 impl Process {
     pub fn open(pid: u32) -> Result<Self, ProcessError> {
         let pidfd = pidfd_open(pid).map_err(|source| match source.raw_os_error() {
+            // pidfd_open takes a thread group leader only (ENOENT for another thread).
+            _ if let Some(group) = thread_group_of(pid) => ProcessError::Thread {
+                tid: pid,
+                pid: group,
+            },
             Some(libc::ESRCH) | Some(libc::EINVAL) => ProcessError::NotFound { pid },
             Some(libc::EPERM) | Some(libc::EACCES) => ProcessError::Denied { pid, source },
             _ => ProcessError::Other { pid, source },
