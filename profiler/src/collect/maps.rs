@@ -186,6 +186,7 @@ impl MapCollector {
         metrics: Arc<TargetMetrics>,
         type_descriptors: Option<std::ops::Range<u64>>,
     ) -> Self {
+        metrics.maps().create_drop_series(&SnapshotError::REASONS);
         Self {
             tracked: maps.tracked,
             site_events: maps.site_events,

@@ -16,6 +16,9 @@ use crate::{
 /// How stale the exported pause metrics may be (a Prometheus scrape interval is 15 s or more).
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The drop reason of a ring buffer record too short to be an event.
+pub const SHORT_EVENT: &str = "short_event";
+
 pub struct StwCollector {
     events: AsyncFd<RingBuf<MapData>>,
     counters: ProbeCounters,
@@ -73,7 +76,7 @@ impl StwCollector {
         let ring = self.events.get_mut();
         while let Some(item) = ring.next() {
             if item.len() < size_of::<StwEvent>() {
-                self.metrics.dropped("short_event", 1);
+                self.metrics.dropped(SHORT_EVENT, 1);
                 continue;
             }
             // SAFETY: the buffer holds at least size_of::<StwEvent>() bytes written by the

@@ -262,6 +262,20 @@ impl TargetMapMetrics<'_> {
             .inc_by(bytes_read);
     }
 
+    /// The drop counters of every reason in `reasons`, at 0 (a dashboard shows 0 where
+    /// nothing was dropped, and `increase()` counts the first drop).
+    pub fn create_drop_series(&self, reasons: &[&str]) {
+        for reason in reasons {
+            if let Ok(mut seen) = self.reasons.lock() {
+                seen.insert((*reason).to_owned());
+            }
+            self.families
+                .dropped
+                .with_label_values(&self.with(reason))
+                .reset();
+        }
+    }
+
     pub fn dropped(&self, reason: &str, bytes_read: u64) {
         if let Ok(mut reasons) = self.reasons.lock() {
             reasons.insert(reason.to_owned());

@@ -144,6 +144,32 @@ impl Collector for SizeHistograms {
     }
 }
 
+/// Every `reason` of `mapscope_probe_events_dropped_total` (docs/METRICS.md, "Drop reasons"):
+/// the kernel programs' counters, and what userspace refuses of their events.
+pub const DROP_REASONS: [&str; profiler_common::counters::NAMES.len() + 2] = {
+    let kernel = profiler_common::counters::NAMES;
+    let mut all = [""; profiler_common::counters::NAMES.len() + 2];
+    let mut i = 0;
+    while i < kernel.len() {
+        all[i] = kernel[i];
+        i += 1;
+    }
+    all[kernel.len()] = crate::model::pause::InvalidPause::Timestamps.label();
+    all[kernel.len() + 1] = crate::collect::stw::SHORT_EVENT;
+    all
+};
+
+/// Every `reason` of `mapscope_target_attach_failures_total`.
+pub const ATTACH_FAILURE_REASONS: [&str; 7] = [
+    "not_go",
+    "unsupported_go",
+    "missing_symbols",
+    "exited",
+    "privileges",
+    "max_targets",
+    "error",
+];
+
 /// One registry for the whole process; targets get label-bound handles from it.
 pub struct Metrics {
     registry: Registry,
@@ -375,6 +401,10 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(targets.clone()))?;
+        // Every failure series exists from the start at 0, so `increase()` sees the first one.
+        for reason in ATTACH_FAILURE_REASONS {
+            attach_failures.with_label_values(&[reason]).reset();
+        }
         registry.register(Box::new(attach_failures.clone()))?;
         // The daemon's own CPU, memory and file descriptors (process_*), from /proc/self.
         registry.register(Box::new(
@@ -434,6 +464,14 @@ impl Metrics {
             .reset();
         for reason in ["gc_sweep_termination", "gc_mark_termination"] {
             target.touch_reason(reason);
+        }
+        // The loss and cost counters too: a dashboard shows 0 where nothing was lost, and
+        // `increase()` counts the first loss (a series born at 1 has no increase).
+        for reason in DROP_REASONS {
+            target.dropped(reason, 0);
+        }
+        for probe in profiler_common::counters::HIT_NAMES {
+            target.probe_hits(probe, 0);
         }
         target
     }
@@ -794,6 +832,52 @@ mod tests {
             );
         }
         writer.join().unwrap();
+    }
+
+    /// The loss, cost and failure counters exist at 0 from the start, for every documented
+    /// label value: a dashboard shows 0, not "no data", and `increase()` sees the first one.
+    #[test]
+    fn counters_exist_at_zero_for_every_label_value() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let target = metrics.target(&TargetIdentity {
+            pid: 7,
+            exe: "svc".into(),
+            go_version: "go1.27.3".into(),
+            container: String::new(),
+        });
+        target.maps().create_drop_series(&["changed", "too_large"]);
+        let text = metrics.encode().unwrap();
+        let zero = |name: &str, label: &str, value: &str| {
+            text.lines().any(|line| {
+                line.starts_with(&format!("{name}{{"))
+                    && line.contains(&format!("{label}=\"{value}\""))
+                    && line.ends_with(" 0")
+            })
+        };
+        assert_eq!(DROP_REASONS.len(), 8, "docs/METRICS.md lists 8");
+        for reason in DROP_REASONS {
+            assert!(
+                zero("mapscope_probe_events_dropped_total", "reason", reason),
+                "{reason}: {text}"
+            );
+        }
+        for probe in profiler_common::counters::HIT_NAMES {
+            assert!(zero("mapscope_probe_hits_total", "probe", probe), "{probe}");
+        }
+        for reason in ATTACH_FAILURE_REASONS {
+            assert!(
+                zero("mapscope_target_attach_failures_total", "reason", reason),
+                "{reason}"
+            );
+        }
+        for reason in ["changed", "too_large"] {
+            assert!(
+                zero("mapscope_map_snapshots_dropped_total", "reason", reason),
+                "{reason}"
+            );
+        }
+        target.remove();
+        assert!(!metrics.encode().unwrap().contains("pid=\"7\""));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub enum InvalidPause {
 }
 
 impl InvalidPause {
-    pub fn label(self) -> &'static str {
+    pub const fn label(self) -> &'static str {
         match self {
             Self::Timestamps => "invalid_timestamps",
         }

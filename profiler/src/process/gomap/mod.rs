@@ -96,6 +96,15 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
+    /// Every `reason` label of `mapscope_map_snapshots_dropped_total`.
+    pub const REASONS: [&str; 5] = [
+        "unreadable",
+        "denied",
+        "inconsistent",
+        "changed",
+        "too_large",
+    ];
+
     /// The `reason` label of `mapscope_map_snapshots_dropped_total`.
     pub fn reason(&self) -> &'static str {
         match self {

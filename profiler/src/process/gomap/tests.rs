@@ -1083,6 +1083,15 @@ fn reasons() {
     assert_eq!(SnapshotError::Inconsistent("x").reason(), "inconsistent");
     assert_eq!(SnapshotError::Changed.reason(), "changed");
     assert_eq!(SnapshotError::TooLarge { budget: 1 }.reason(), "too_large");
+    for error in [
+        SnapshotError::Unreadable,
+        SnapshotError::Denied,
+        SnapshotError::Inconsistent("x"),
+        SnapshotError::Changed,
+        SnapshotError::TooLarge { budget: 1 },
+    ] {
+        assert!(SnapshotError::REASONS.contains(&error.reason()), "{error}");
+    }
     assert_eq!(
         SnapshotError::TooLarge { budget: 4096 }.to_string(),
         "the map is larger than the snapshot budget of 4096 bytes"
