@@ -1,10 +1,13 @@
 //! mapscope: parse the command line, set up logging, hand over to the subcommand, and turn
 //! errors into one line and an exit code.
-use std::{io::Write as _, process::ExitCode};
+use std::{
+    io::{IsTerminal as _, Write as _},
+    process::ExitCode,
+};
 
 use clap::Parser as _;
 use mapscope::{
-    cli::{self, Cli, Command},
+    cli::{self, Cli, Command, LogFormat},
     error::{Exit, UserError},
 };
 use tracing_subscriber::EnvFilter;
@@ -24,11 +27,19 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Usage as u8);
         }
     };
-    // Logs go to stderr; stdout carries only the summary.
-    tracing_subscriber::fmt()
+    // Logs go to stderr; stdout carries only the summary. Colour codes only where a person
+    // reads them: not in files, pipes or journald, and never with NO_COLOR set (no-color.org).
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+            logs.with_ansi(colour).init();
+        }
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

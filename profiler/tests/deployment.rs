@@ -1115,3 +1115,85 @@ fn the_shipped_capabilities_attach_for_real() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// What a short-lived daemon (nothing selected) writes to stderr, through `script` when
+/// `terminal` (a pseudo-terminal, as a person's shell gives it), else into a pipe.
+fn daemon_log(extra: &[&str], env: &[(&str, &str)], terminal: bool) -> String {
+    let mut args = vec![common::MAPSCOPE];
+    args.extend(extra);
+    args.extend([
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--select",
+        "exe=no-such-program",
+    ]);
+    let line = format!("timeout -s INT 1 {}", args.join(" "));
+    let mut command = if terminal {
+        let mut command = Command::new("script");
+        command.args(["-qec", &line, "/dev/null"]);
+        command
+    } else {
+        let mut command = Command::new("sh");
+        command.args(["-c", &line]);
+        command
+    };
+    command
+        .env_remove("NO_COLOR")
+        .env_remove("MAPSCOPE_LOG_FORMAT");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    // `script` puts the terminal's output on its stdout.
+    let text = if terminal {
+        output.stdout
+    } else {
+        output.stderr
+    };
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Logs carry colour codes only on a terminal and never with NO_COLOR set (files and journald
+/// got raw ANSI escapes before); `--log-format json` writes one JSON object per line.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn logs_are_coloured_only_for_people_and_json_for_shippers() {
+    const ESCAPE: char = '\u{1b}';
+    let on_terminal = daemon_log(&[], &[], true);
+    assert!(
+        on_terminal.contains("daemon selecting") && on_terminal.contains(ESCAPE),
+        "a terminal gets colour: {on_terminal:?}"
+    );
+    let piped = daemon_log(&[], &[], false);
+    assert!(
+        piped.contains("daemon selecting") && !piped.contains(ESCAPE),
+        "{piped:?}"
+    );
+    let no_color = daemon_log(&[], &[("NO_COLOR", "1")], true);
+    assert!(
+        no_color.contains("daemon selecting") && !no_color.contains(ESCAPE),
+        "{no_color:?}"
+    );
+    for json in [
+        daemon_log(&["--log-format", "json"], &[], false),
+        daemon_log(&[], &[("MAPSCOPE_LOG_FORMAT", "json")], true),
+    ] {
+        let lines: Vec<Value> = json
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|error| panic!("{line:?}: {error}"))
+            })
+            .collect();
+        assert!(
+            lines.iter().any(|line| {
+                line["level"] == "INFO"
+                    && line["message"]
+                        .as_str()
+                        .is_some_and(|message| message.starts_with("daemon selecting"))
+                    && line["timestamp"].is_string()
+            }),
+            "{json}"
+        );
+    }
+}

@@ -39,6 +39,23 @@ pub struct Cli {
         default_value = "info"
     )]
     pub log: String,
+
+    /// Log line format: `text` for people (coloured only on a terminal, never with NO_COLOR
+    /// set), `json` for log shippers (one object per line: timestamp, level, target, fields).
+    #[arg(
+        long,
+        global = true,
+        env = "MAPSCOPE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
