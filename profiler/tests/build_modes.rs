@@ -200,3 +200,103 @@ common::per_go_release! {
     build_modes_go1_26 => "1.26.6",
     build_modes_go1_27 => "1.27.3",
 }
+
+/// A copy of `binary` without Go build info, as some real Go programs ship (esbuild's npm
+/// binaries): the `.go.buildinfo` section renamed and its magic zeroed, so neither the section
+/// nor the magic is found. The runtime does not read that blob, so the program runs as before.
+fn without_build_info(binary: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(binary).unwrap();
+    let word = |bytes: &[u8], at: usize, len: usize| -> usize {
+        let mut value = [0u8; 8];
+        value[..len].copy_from_slice(&bytes[at..at + len]);
+        usize::try_from(u64::from_le_bytes(value)).unwrap()
+    };
+    let (section_headers, entry_size) = (word(&bytes, 0x28, 8), word(&bytes, 0x3a, 2));
+    let (count, names_index) = (word(&bytes, 0x3c, 2), word(&bytes, 0x3e, 2));
+    let names = word(&bytes, section_headers + names_index * entry_size + 0x18, 8);
+    let mut patched = false;
+    for index in 0..count {
+        let header = section_headers + index * entry_size;
+        let name_at = names + word(&bytes, header, 4);
+        if bytes[name_at..].starts_with(b".go.buildinfo\0") {
+            bytes[name_at..name_at + 13].copy_from_slice(b".no.buildinfo");
+            let blob = word(&bytes, header + 0x18, 8);
+            assert!(bytes[blob..].starts_with(b"\xff Go buildinf:"));
+            bytes[blob..blob + 14].fill(0);
+            patched = true;
+        }
+    }
+    assert!(patched, "{}: no .go.buildinfo section", binary.display());
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A Go binary without build info is still Go: its release comes from `runtime.buildVersion`
+/// (by symbol, or stripped through `runtime.schedinit`'s code), `inspect` says so, the
+/// daemon's `go` selector takes it, and mapscope counts its GC exactly; on a bucket-map and a
+/// swiss-table release.
+fn no_build_info(version: &str) {
+    use mapscope::gobin::{VersionSource, buildinfo};
+    for (flags, source) in [
+        (&[][..], VersionSource::BuildVersionSymbol),
+        (
+            &["-ldflags=-s -w"][..],
+            VersionSource::BuildVersionViaSchedinit,
+        ),
+    ] {
+        let what = format!("Go {version} {flags:?} without build info");
+        let built = common::build_go("gcload", version, flags);
+        let binary = without_build_info(&built, &format!("nobuildinfo-{version}-{}", flags.len()));
+        let analysed = GoBinary::open(&binary, &[abi::START_THE_WORLD]).unwrap();
+        assert_eq!(
+            analysed.build_info.go_version,
+            format!("go{version}"),
+            "{what}"
+        );
+        assert_eq!(analysed.version_source, source, "{what}");
+        assert!(analysed.function(abi::START_THE_WORLD).is_some(), "{what}");
+        assert!(buildinfo::is_go_file(&binary), "{what}: the go selector");
+        let inspect = std::process::Command::new(common::MAPSCOPE)
+            .arg("inspect")
+            .arg(&binary)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&inspect.stdout);
+        assert!(
+            inspect.status.success()
+                && text.contains(&format!("go{version} (supported)"))
+                && text.contains("no build info: from runtime.buildVersion"),
+            "{what}: {text}{}",
+            String::from_utf8_lossy(&inspect.stderr)
+        );
+
+        let mut target = GoTarget::start(&binary, &["-duration", "300ms", "-forced-gcs", "5"]);
+        let mapscope = Mapscope::attach(target.pid());
+        let report = target.run_load();
+        let metrics =
+            mapscope.scrape_until(Duration::from_secs(10), |m| m.gc_cycles() >= report.num_gc);
+        let pauses = metrics.sum("mapscope_stw_pause_seconds_count", common::is_gc_reason) as u64;
+        let runtime_pauses = report
+            .histogram("/sched/pauses/total/gc:seconds")
+            .or_else(|| report.histogram("/gc/pauses:seconds"))
+            .unwrap()
+            .count;
+        println!(
+            "{what}: GC cycles {} vs NumGC {}, GC pauses {pauses} vs runtime {runtime_pauses}",
+            metrics.gc_cycles(),
+            report.num_gc
+        );
+        assert_eq!(metrics.gc_cycles(), report.num_gc, "{what}: GC cycles");
+        assert_eq!(pauses, runtime_pauses, "{what}: GC pauses");
+        target.send("exit");
+    }
+}
+
+common::per_go_release! {
+    no_build_info;
+    no_build_info_go1_23 => "1.23.9",
+    no_build_info_go1_27 => "1.27.3",
+}

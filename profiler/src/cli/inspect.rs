@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     gobin::{
-        FunctionSource, GoBinary, Layout,
+        FunctionSource, GoBinary, Layout, VersionSource,
         abi::{self, NEWEST_KNOWN, OLDEST_SUPPORTED, Support},
     },
     probes::stw,
@@ -33,6 +33,9 @@ pub struct InspectArgs {
 pub struct Report {
     pub path: String,
     pub go_version: String,
+    /// Where the version was read: `build_info`, or without build info
+    /// `build_version_symbol` / `build_version_via_schedinit` (`runtime.buildVersion`).
+    pub go_version_source: VersionSource,
     /// `supported`, `newer` (best effort with the newest known layout), `too_old` or
     /// `unsupported` (Go 1.20).
     pub go_support: &'static str,
@@ -226,6 +229,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
     Report {
         path: who.to_owned(),
         go_version: binary.build_info.go_version.clone(),
+        go_version_source: binary.version_source,
         go_support,
         main_path: binary.build_info.main_path.clone(),
         build_settings: binary.build_info.settings.iter().cloned().collect(),
@@ -263,6 +267,13 @@ pub fn render(report: &Report) -> String {
         report.go_version,
         report.go_support.replace('_', " ")
     );
+    if report.go_version_source != VersionSource::BuildInfo {
+        let _ = writeln!(
+            out,
+            "                  {}",
+            report.go_version_source.describe()
+        );
+    }
     if let Some(main) = &report.main_path {
         let _ = writeln!(out, "  main package    {main}");
     }

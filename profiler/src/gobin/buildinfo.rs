@@ -69,7 +69,8 @@ pub fn parse(blob: &[u8]) -> Result<BuildInfo, BuildInfoError> {
 }
 
 /// Whether the file at `path` is a Go program: an ELF file with valid Go build info (in its
-/// `.go.buildinfo` section, or found by its magic when it has no section headers).
+/// `.go.buildinfo` section, or found by its magic when it has no section headers), or without
+/// build info, a Go runtime whose release string is found (`runtime_version`).
 pub fn is_go_file(path: &std::path::Path) -> bool {
     use object::{Object as _, ObjectSection as _};
     let Ok(data) = std::fs::read(path) else {
@@ -84,6 +85,8 @@ pub fn is_go_file(path: &std::path::Path) -> bool {
         None => None,
     };
     blob.is_some_and(|blob| parse(blob).is_ok())
+        // No build info (removed, or never written): Go if its runtime says which release.
+        || (blob.is_none() && super::runtime_version::find(&file, &data).is_some())
 }
 
 /// Find the build info header in a memory image when there is no `.go.buildinfo` section.

@@ -31,6 +31,20 @@ pub fn call_targets(code: &[u8], address: u64) -> Vec<u64> {
     targets
 }
 
+/// The addresses `code` (starting at `address`) reads or writes through RIP-relative memory
+/// operands: the package-level variables a function uses.
+pub fn data_references(code: &[u8], address: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut references = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.is_ip_rel_memory_operand() {
+            references.push(instruction.ip_rel_memory_address());
+        }
+    }
+    references
+}
+
 /// How many instructions a Go stack-check prologue takes at most (`MOVQ SP, R12; SUBQ $n, R12;
 /// JCS; CMPQ R12, 16(R14); JBE` for huge frames).
 const MAX_PROLOGUE: usize = 6;

@@ -7,6 +7,7 @@ pub mod disasm;
 pub mod dwarf;
 mod moduledata;
 pub mod pclntab;
+pub mod runtime_version;
 pub mod symbolize;
 pub mod variables;
 pub mod version;
@@ -16,7 +17,7 @@ use std::{collections::BTreeMap, path::Path};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 use thiserror::Error;
 
-pub use self::{buildinfo::BuildInfo, version::GoVersion};
+pub use self::{buildinfo::BuildInfo, runtime_version::VersionSource, version::GoVersion};
 
 /// A function in the binary, by virtual address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub enum GoBinaryError {
     // The variants below leave the path out of their message: callers name the target.
     #[error("not an ELF executable ({detail})")]
     NotElf { path: String, detail: String },
-    #[error("no Go build info in the executable")]
+    #[error("neither Go build info nor a Go runtime with its version in the executable")]
     NotGo { path: String },
     #[error("built by a Go release older than 1.18 (old build info format)")]
     PreGo118 { path: String },
@@ -57,8 +58,10 @@ pub enum GoBinaryError {
 #[derive(Debug)]
 pub struct GoBinary {
     data: Vec<u8>,
+    /// Only `go_version` is set when the binary has no build info (`version_source`).
     pub build_info: BuildInfo,
     pub version: GoVersion,
+    pub version_source: VersionSource,
     segments: Vec<Segment>,
     /// Only the runtime functions mapscope asked for, by full Go name.
     functions: BTreeMap<String, Function>,
@@ -139,15 +142,29 @@ impl GoBinary {
                 .find_map(buildinfo::find),
             None => None,
         };
-        let blob = blob.ok_or_else(|| GoBinaryError::NotGo { path: path() })?;
-        let build_info = buildinfo::parse(blob).map_err(|error| match error {
-            buildinfo::BuildInfoError::NoMagic => GoBinaryError::NotGo { path: path() },
-            buildinfo::BuildInfoError::PointerFormat => GoBinaryError::PreGo118 { path: path() },
-            other => GoBinaryError::CorruptBuildInfo {
-                path: path(),
-                detail: other.to_string(),
-            },
-        })?;
+        let (build_info, version_source) = match blob.map(buildinfo::parse) {
+            Some(Ok(build_info)) => (build_info, VersionSource::BuildInfo),
+            Some(Err(buildinfo::BuildInfoError::PointerFormat)) => {
+                return Err(GoBinaryError::PreGo118 { path: path() });
+            }
+            Some(Err(error @ buildinfo::BuildInfoError::Malformed)) => {
+                return Err(GoBinaryError::CorruptBuildInfo {
+                    path: path(),
+                    detail: error.to_string(),
+                });
+            }
+            // No build info: still Go if it has the runtime's function table and the
+            // release string the linker writes into every Go program.
+            None | Some(Err(buildinfo::BuildInfoError::NoMagic)) => {
+                let (go_version, source) = runtime_version::find(&file, &data)
+                    .ok_or_else(|| GoBinaryError::NotGo { path: path() })?;
+                let build_info = BuildInfo {
+                    go_version,
+                    ..BuildInfo::default()
+                };
+                (build_info, source)
+            }
+        };
         let version =
             build_info
                 .go_version
@@ -190,7 +207,7 @@ impl GoBinary {
                 );
             }
         }
-        let pclntab = Self::locate_pclntab(&file, &data, wanted, version);
+        let pclntab = Self::locate_pclntab(&file, &data, wanted, abi::moduledata_row(version));
         let mut function_source = FunctionSource::SymbolTable;
         if file.symbols().next().is_none() {
             // Stripped: the runtime's own table has every function.
@@ -214,6 +231,7 @@ impl GoBinary {
             data,
             build_info,
             version,
+            version_source,
             segments,
             functions,
             function_source,
@@ -230,7 +248,7 @@ impl GoBinary {
         file: &object::File<'_>,
         data: &[u8],
         wanted: &[&str],
-        version: GoVersion,
+        moduledata_row: Option<&abi::ModuleDataRow>,
     ) -> Option<PclntabSpan> {
         let text_section = file
             .section_by_name(".text")
@@ -242,8 +260,8 @@ impl GoBinary {
         let span = |file_offset: usize, address: u64| -> Option<PclntabSpan> {
             let table = data.get(file_offset..)?;
             let (header_text, funcnames) = pclntab::header_words(table)?;
-            let module = moduledata::read(file, address, funcnames, abi::moduledata_row(version))
-                .unwrap_or_default();
+            let module =
+                moduledata::read(file, address, funcnames, moduledata_row).unwrap_or_default();
             let text_start = Some(header_text)
                 .filter(|&text| text != 0)
                 .or(module.text)
@@ -437,6 +455,7 @@ mod tests {
             data: Vec::new(),
             build_info: BuildInfo::default(),
             version: GoVersion::new(1, 27, 0),
+            version_source: VersionSource::BuildInfo,
             segments: vec![
                 Segment {
                     address: 0x400000,

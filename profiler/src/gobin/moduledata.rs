@@ -25,13 +25,13 @@ const TEXT: u64 = 8 + 6 * 24 + 3 * 8;
 
 /// Reads pointer-sized words at virtual addresses: from a load-time relocation if one writes
 /// there, otherwise from the file.
-struct Image<'a> {
+pub(super) struct Image<'a> {
     segments: Vec<(u64, &'a [u8])>,
     relocated: BTreeMap<u64, u64>,
 }
 
 impl<'a> Image<'a> {
-    fn new(file: &object::File<'a>) -> Self {
+    pub(super) fn new(file: &object::File<'a>) -> Self {
         let segments = file
             .segments()
             .filter_map(|segment| Some((segment.address(), segment.data().ok()?)))
@@ -51,7 +51,15 @@ impl<'a> Image<'a> {
         }
     }
 
-    fn word(&self, address: u64) -> Option<u64> {
+    /// `len` bytes at `address`, as the file holds them (not relocated).
+    pub(super) fn bytes(&self, address: u64, len: u64) -> Option<&'a [u8]> {
+        self.segments.iter().find_map(|&(start, data)| {
+            let at = usize::try_from(address.checked_sub(start)?).ok()?;
+            data.get(at..at.checked_add(usize::try_from(len).ok()?)?)
+        })
+    }
+
+    pub(super) fn word(&self, address: u64) -> Option<u64> {
         if let Some(&value) = self.relocated.get(&address) {
             return Some(value);
         }

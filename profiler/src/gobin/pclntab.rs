@@ -286,7 +286,8 @@ impl<'a> Pclntab<'a> {
         self.name(name_offset)
     }
 
-    /// The named functions, by address and size (up to the next function's entry).
+    /// The named functions, by address and size (up to the next function's entry); of two with
+    /// one name (a function and its ABI0 wrapper), the bigger.
     pub fn find(&self, wanted: &[&str]) -> BTreeMap<String, Function> {
         let mut found = BTreeMap::new();
         for index in 0..self.nfunc {
@@ -308,13 +309,21 @@ impl<'a> Pclntab<'a> {
                 continue;
             };
             if super::is_wanted(wanted, name) {
-                found.insert(
-                    name.to_owned(),
-                    Function {
-                        address: self.text_start + u64::from(entry),
-                        size: u64::from(next_entry.saturating_sub(entry)),
-                    },
-                );
+                let function = Function {
+                    address: self.text_start + u64::from(entry),
+                    size: u64::from(next_entry.saturating_sub(entry)),
+                };
+                // A function that assembly calls also has an ABI0 wrapper under the same name
+                // here (the symbol table calls it `NAME.abi0`): a few instructions that call
+                // the body. The body is the function; it is the bigger of the two.
+                found
+                    .entry(name.to_owned())
+                    .and_modify(|kept: &mut Function| {
+                        if function.size > kept.size {
+                            *kept = function;
+                        }
+                    })
+                    .or_insert(function);
             }
         }
         found
@@ -408,6 +417,41 @@ pub(crate) mod tests {
             }
         );
         assert!(!found.contains_key("absent"));
+    }
+
+    /// A function assembly calls has a small ABI0 wrapper of the same name: the body wins,
+    /// whichever comes first.
+    #[test]
+    fn of_two_functions_with_one_name_finds_the_body() {
+        for functions in [
+            [
+                ("runtime.schedinit", 0),
+                ("runtime.x", 0x400),
+                ("runtime.schedinit", 0x500),
+            ],
+            [
+                ("runtime.schedinit", 0),
+                ("runtime.x", 0x20),
+                ("runtime.schedinit", 0x40),
+            ],
+        ] {
+            let table = synthetic(&functions, 0x540, 0x401000);
+            let found = Pclntab::parse(&table, None)
+                .unwrap()
+                .find(&["runtime.schedinit"]);
+            let (body, size) = if functions[1].1 == 0x400 {
+                (0x401000, 0x400)
+            } else {
+                (0x401040, 0x500)
+            };
+            assert_eq!(
+                found["runtime.schedinit"],
+                Function {
+                    address: body,
+                    size
+                }
+            );
+        }
     }
 
     #[test]

@@ -369,7 +369,7 @@ mod tests {
     use gimli::LittleEndian;
 
     use super::*;
-    use crate::gobin::{BuildInfo, FunctionSource, GoVersion, Layout};
+    use crate::gobin::{BuildInfo, FunctionSource, GoVersion, Layout, VersionSource};
 
     /// DWARF 4 in the shape Go's linker writes, built by hand: a unit of types, then a unit of
     /// package `main` whose entries refer to the types across units (`DW_FORM_ref_addr`).
@@ -707,6 +707,7 @@ mod tests {
             data: b"not even an ELF file".to_vec(),
             build_info: BuildInfo::default(),
             version: GoVersion::new(1, 27, 0),
+            version_source: VersionSource::BuildInfo,
             segments: Vec::new(),
             functions: BTreeMap::new(),
             function_source: FunctionSource::SymbolTable,

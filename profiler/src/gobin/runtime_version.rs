@@ -1,0 +1,93 @@
+//! The Go release of a binary that has no build info (`.go.buildinfo` removed or never
+//! written, as in esbuild's npm binaries) but is Go all the same: a pclntab, a moduledata and
+//! the runtime. The linker writes the release into the string variable `runtime.buildVersion`
+//! in every Go program, and `runtime.schedinit` reads it (`if buildVersion == "" {…}`, there
+//! to keep it linked). So the release is found from the symbol when there is a symbol table,
+//! and otherwise among the variables `runtime.schedinit`'s code refers to: the one that is a
+//! string header (pointer, length) whose text is a Go version.
+use object::{Object as _, ObjectSymbol as _};
+use serde::Serialize;
+
+use super::{GoBinary, GoVersion, disasm, moduledata::Image, pclntab::Pclntab};
+
+const BUILD_VERSION: &str = "runtime.buildVersion";
+const SCHEDINIT: &str = "runtime.schedinit";
+/// `go1.27.3`, `devel go1.28-0123abcd Mon Jan 1 …`: version strings are short.
+const MAX_VERSION_LEN: u64 = 200;
+
+/// How mapscope learned a binary's Go release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionSource {
+    /// The build info blob (`.go.buildinfo`), as `go version` reads it.
+    BuildInfo,
+    /// `runtime.buildVersion`, found by its ELF symbol.
+    BuildVersionSymbol,
+    /// `runtime.buildVersion`, found among the variables `runtime.schedinit` uses (a stripped
+    /// binary: no symbols).
+    BuildVersionViaSchedinit,
+}
+
+impl VersionSource {
+    /// For people: where the release was read.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::BuildInfo => "from the build info",
+            Self::BuildVersionSymbol => {
+                "no build info: from runtime.buildVersion, found by its symbol"
+            }
+            Self::BuildVersionViaSchedinit => {
+                "no build info: from runtime.buildVersion, found through runtime.schedinit's code"
+            }
+        }
+    }
+}
+
+/// The version text `runtime.buildVersion` holds, and how it was found; `None` when the file
+/// has no Go function table or no such string (then it is not a Go program mapscope can read).
+pub fn find(file: &object::File<'_>, data: &[u8]) -> Option<(String, VersionSource)> {
+    let image = Image::new(file);
+    if let Some(symbol) = file
+        .symbols()
+        .find(|symbol| symbol.name() == Ok(BUILD_VERSION))
+    {
+        return version_at(&image, symbol.address())
+            .map(|version| (version, VersionSource::BuildVersionSymbol));
+    }
+    let schedinit = match file.symbols().find(|symbol| symbol.name() == Ok(SCHEDINIT)) {
+        Some(symbol) => super::Function {
+            address: symbol.address(),
+            size: symbol.size(),
+        },
+        None => {
+            // Text start only: moduledata's later fields depend on the release (not known yet),
+            // its text field does not.
+            let span = GoBinary::locate_pclntab(file, data, &[SCHEDINIT], None)?;
+            let table = Pclntab::parse(
+                data.get(span.file_offset..span.file_offset + span.len)?,
+                span.text_start,
+            )
+            .ok()?;
+            *table.find(&[SCHEDINIT]).get(SCHEDINIT)?
+        }
+    };
+    let code = image.bytes(schedinit.address, schedinit.size)?;
+    disasm::data_references(code, schedinit.address)
+        .into_iter()
+        // The code may address the string's length word (`CMPQ buildVersion+8(SB), $0`).
+        .flat_map(|address| [address, address.wrapping_sub(8)])
+        .find_map(|header| version_at(&image, header))
+        .map(|version| (version, VersionSource::BuildVersionViaSchedinit))
+}
+
+/// The Go version text in the string header (pointer, length) at `address`, if it is one.
+fn version_at(image: &Image<'_>, address: u64) -> Option<String> {
+    let pointer = image.word(address)?;
+    let len = image.word(address.checked_add(8)?)?;
+    if !(4..=MAX_VERSION_LEN).contains(&len) {
+        return None;
+    }
+    let text = std::str::from_utf8(image.bytes(pointer, len)?).ok()?;
+    let looks_like_go = text.starts_with("go1.") || text.starts_with("devel go1.");
+    (looks_like_go && text.parse::<GoVersion>().is_ok()).then(|| text.to_owned())
+}
