@@ -157,23 +157,13 @@ fn notices_target_exit_within_a_second() {
 
 /// `mapscope run` attaches before any Go code runs: it sees the GC cycle gcload forces during
 /// start-up, before it prints "ready", which an attach after start would miss. It passes stdin
-/// on, and exits with the command's status.
-#[test]
-#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
-fn run_attaches_before_go_code_and_passes_exit_status() {
-    let binary = common::build_go("gcload", GO, &[]);
-    let binary = binary.to_str().unwrap();
-    let mut mapscope = Mapscope::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--",
-        binary,
-        "-duration",
-        "300ms",
-        "-exit-code",
-        "7",
-    ]);
+/// on, and exits with the command's status. `launch` is what comes before the Go binary's
+/// arguments: the binary itself, or a wrapper that execs it.
+fn run_counts_from_the_first_instruction(launch: &[&str]) {
+    let mut args = vec!["run", "--listen", "127.0.0.1:0", "--"];
+    args.extend(launch);
+    args.extend(["-duration", "300ms", "-exit-code", "7"]);
+    let mut mapscope = Mapscope::start(&args);
     mapscope
         .stdout
         .wait_for("the command's \"ready\"", Duration::from_secs(30), |line| {
@@ -183,7 +173,7 @@ fn run_attaches_before_go_code_and_passes_exit_status() {
     assert_eq!(
         metrics.gc_cycles(),
         1,
-        "the start-up runtime.GC(), and nothing else yet"
+        "{launch:?}: the start-up runtime.GC(), and nothing else yet"
     );
 
     mapscope.send("go");
@@ -194,16 +184,43 @@ fn run_attaches_before_go_code_and_passes_exit_status() {
         });
     let report: common::Report = serde_json::from_str(&line).unwrap();
     let metrics = mapscope.scrape_until(Duration::from_secs(10), |m| m.gc_cycles() > report.num_gc);
-    assert_eq!(metrics.gc_cycles(), report.num_gc + 1);
+    assert_eq!(metrics.gc_cycles(), report.num_gc + 1, "{launch:?}");
 
     mapscope.send("exit");
     let status = mapscope.wait(Duration::from_secs(10));
     assert_eq!(
         status.code(),
         Some(7),
-        "mapscope run passes the command's exit status on"
+        "{launch:?}: mapscope run passes the command's exit status on"
     );
     assert!(mapscope.stdout.all().contains("GC cycles completed"));
+}
+
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn run_attaches_before_go_code_and_passes_exit_status() {
+    let binary = common::build_go("gcload", GO, &[]);
+    run_counts_from_the_first_instruction(&[binary.to_str().unwrap()]);
+}
+
+/// Through wrappers that exec the Go program, as `env`, start scripts and version-manager
+/// shims do: mapscope follows the execs and still attaches before the first Go instruction,
+/// where before it refused the wrapper as "not a Go program".
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn run_follows_env_and_a_start_script_to_the_go_program() {
+    let binary = common::build_go("gcload", GO, &[]);
+    let binary = binary.to_str().unwrap();
+    run_counts_from_the_first_instruction(&["env", "GOGC=100", binary]);
+    let script = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("start-{}.sh", std::process::id()));
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\n# a start script: set up, then become the service\nexport GOMAXPROCS=2\nexec {binary} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    run_counts_from_the_first_instruction(&[script.to_str().unwrap()]);
 }
 
 /// SIGTERM to `mapscope run` goes on to the command; mapscope reports and exits with its

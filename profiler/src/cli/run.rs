@@ -30,16 +30,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let listener = session::bind(args.export.listen)?;
     super::warn_if_exposed(args.export.listen);
     let options = args.export.options();
-    let stopped = launch::spawn_stopped(&args.command).map_err(|error| {
+    let mut stopped = launch::spawn_stopped(&args.command).map_err(|error| {
         UserError::new(
             Exit::Launch,
             format!("{error}: check the command and its path"),
         )
     })?;
-    let process = session::open_process(stopped.pid)?;
     // On any error below, dropping `stopped` kills the child rather than letting it run
     // unobserved.
-    let target = session::understand(process, &args.export.options())?;
+    let target = follow_to_go(&mut stopped, &args.command, &options)?;
     let attached = session::attach(target, &options)?;
     let mut child = stopped.resume().context("resuming the command")?;
 
@@ -76,4 +75,60 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// The Go program the command is or becomes: a wrapper that is not Go (`env`, a shell script
+/// ending in `exec app`, a version manager's shim) is let run to its next exec, as often as it
+/// takes, so the probes still go in before the Go program's first instruction. A command that
+/// exits without ever running Go is an error that says how to reach the Go program.
+fn follow_to_go(
+    stopped: &mut launch::StoppedChild,
+    command: &[OsString],
+    options: &session::Options,
+) -> anyhow::Result<session::Target> {
+    let mut wrappers: Vec<String> = Vec::new();
+    loop {
+        let process = session::open_process(stopped.pid)?;
+        let name = process.exe_name.clone();
+        match session::understand(process, options) {
+            Ok(target) => {
+                if !wrappers.is_empty() {
+                    tracing::info!(
+                        "PID {} runs {name} (Go), exec'd by {}",
+                        stopped.pid,
+                        wrappers.join(" → ")
+                    );
+                }
+                return Ok(target);
+            }
+            Err(error) if error.exit == Exit::NotGo => {
+                tracing::info!(
+                    "PID {} runs {name}, not a Go program: letting it run until it execs one",
+                    stopped.pid
+                );
+                wrappers.push(name);
+            }
+            Err(error) => return Err(error.into()),
+        }
+        match stopped
+            .continue_to_next_exec()
+            .context("following the command to its Go program")?
+        {
+            launch::NextExec::Exec => {}
+            launch::NextExec::Exited(status) => {
+                return Err(UserError::new(
+                    Exit::NotGo,
+                    format!(
+                        "{:?} never ran a Go program (it ran {}, then ended with {status}): if it \
+                         starts the Go program as a child, make it `exec` the program, or give \
+                         mapscope the Go binary itself (`mapscope run -- /path/to/app`), or \
+                         attach to the running program (`mapscope attach --pid N`)",
+                        command.first().cloned().unwrap_or_default(),
+                        wrappers.join(" → ")
+                    ),
+                )
+                .into());
+            }
+        }
+    }
 }

@@ -2,8 +2,10 @@
 //! before any Go code runs.
 //!
 //! The child asks to be traced (PTRACE_TRACEME) and the kernel stops it with SIGTRAP right
-//! after exec, once the new program is mapped. mapscope attaches, then PTRACE_DETACH lets it
-//! run untraced. ptrace here only stops and resumes; nothing is written into the child.
+//! after exec, once the new program is mapped. When that program is a wrapper, not Go, the
+//! child is let run to its next exec and stopped there again. mapscope attaches, then
+//! PTRACE_DETACH lets it run untraced. ptrace here only stops and resumes; nothing is written
+//! into the child.
 use std::{
     ffi::OsString,
     io,
@@ -72,20 +74,78 @@ pub fn spawn_stopped(argv: &[OsString]) -> Result<StoppedChild, LaunchError> {
         // Already reaped by the waitpid above: forget the Child so drop does not kill a
         // recycled PID.
         stopped.child = None;
-        let status = if libc::WIFEXITED(status) {
-            format!("exit status {}", libc::WEXITSTATUS(status))
-        } else {
-            format!("signal {}", libc::WTERMSIG(status))
-        };
         return Err(LaunchError::ExitedEarly {
             command: program,
-            status,
+            status: describe_status(status),
         });
     }
     Ok(stopped)
 }
 
+/// Where the child went when let run to its next exec.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NextExec {
+    /// Stopped again right after exec'ing another program.
+    Exec,
+    /// It exited (or was killed) instead; its status, as people read it.
+    Exited(String),
+}
+
+fn describe_status(status: libc::c_int) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit status {}", libc::WEXITSTATUS(status))
+    } else {
+        format!("signal {}", libc::WTERMSIG(status))
+    }
+}
+
 impl StoppedChild {
+    /// Let the child run until it execs another program, and stop it there, as right after
+    /// the first exec: a wrapper (`env`, a shell script ending in `exec app`, a version
+    /// manager's shim) on its way to the real program. Signals it gets meanwhile are delivered
+    /// to it as usual. Should mapscope die meanwhile, the kernel kills the child
+    /// (PTRACE_O_EXITKILL) rather than leave it stopped.
+    pub fn continue_to_next_exec(&mut self) -> Result<NextExec, LaunchError> {
+        let pid = self.pid as libc::pid_t;
+        let failed = |source: io::Error| LaunchError::Wait {
+            command: OsString::from(format!("PID {pid}")),
+            source,
+        };
+        let options = libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_EXITKILL;
+        // SAFETY: ptrace requests on our own stopped tracee, from the thread that traces it.
+        if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options) } == -1 {
+            return Err(failed(io::Error::last_os_error()));
+        }
+        let mut deliver = 0;
+        loop {
+            // SAFETY: as above; `deliver` is the signal the tracee stopped with, or 0.
+            if unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, deliver) } == -1 {
+                return Err(failed(io::Error::last_os_error()));
+            }
+            let mut status = 0;
+            loop {
+                // SAFETY: waits for our own child; `status` is a valid out pointer.
+                if unsafe { libc::waitpid(pid, &mut status, 0) } != -1 {
+                    break;
+                }
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(failed(error));
+                }
+            }
+            if !libc::WIFSTOPPED(status) {
+                // Reaped above: forget the Child so that drop does not kill a recycled PID.
+                self.child = None;
+                return Ok(NextExec::Exited(describe_status(status)));
+            }
+            if libc::WSTOPSIG(status) == libc::SIGTRAP && status >> 16 == libc::PTRACE_EVENT_EXEC {
+                return Ok(NextExec::Exec);
+            }
+            // A signal on its way to the child: hand it on.
+            deliver = libc::WSTOPSIG(status);
+        }
+    }
+
     /// Let the child run, untraced. Hands back the `Child` for waiting on its exit status.
     pub fn resume(mut self) -> io::Result<Child> {
         // SAFETY: detaching from our own stopped tracee; signal 0 delivers nothing.
@@ -121,6 +181,20 @@ mod tests {
         assert_eq!(after_comm.split_whitespace().next(), Some("t"), "{state}");
         let mut child = stopped.resume().unwrap();
         assert!(child.wait().unwrap().success());
+    }
+
+    /// `env` execs its command: the child stops again at that exec, and runs to its end after.
+    #[test]
+    fn follows_a_wrapper_to_the_program_it_execs() {
+        let mut stopped = spawn_stopped(&["env".into(), "true".into()]).unwrap();
+        let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert!(exe(stopped.pid).ends_with("env"));
+        assert_eq!(stopped.continue_to_next_exec().unwrap(), NextExec::Exec);
+        assert!(exe(stopped.pid).ends_with("true"), "{:?}", exe(stopped.pid));
+        assert_eq!(
+            stopped.continue_to_next_exec().unwrap(),
+            NextExec::Exited("exit status 0".into())
+        );
     }
 
     #[test]
