@@ -124,6 +124,40 @@ fn check_release(version: &str) {
             );
         }
 
+        // runtime.MemProfileRate, which allocation estimates scale by: a variable, so not in
+        // the pclntab; without symbols it is found through the runtime code that sets it. The
+        // -s -w twin's data moves by the build flags its build info records, so the address
+        // is checked on the same build with its symbols stripped by binutils.
+        let rate = common::nm_symbol(version, &full_path, abi::MEM_PROFILE_RATE, &["D", "d"]);
+        let symbol_less = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "strip-all-{version}-{}-{}",
+            mode.name,
+            std::process::id()
+        ));
+        let stripped = std::process::Command::new("strip")
+            .arg("--strip-all")
+            .arg(&full_path)
+            .arg("-o")
+            .arg(&symbol_less)
+            .status()
+            .unwrap();
+        assert!(stripped.success(), "{what}: strip");
+        let rate_at = |path: &std::path::Path| {
+            let binary =
+                GoBinary::open(path, &[abi::START_THE_WORLD, abi::MEM_PROFILE_RATE]).unwrap();
+            assert_eq!(binary.function_source, FunctionSource::Pclntab, "{what}");
+            binary
+                .function(abi::MEM_PROFILE_RATE)
+                .map(|variable| variable.address)
+        };
+        assert_eq!(
+            rate_at(&symbol_less),
+            Some(rate),
+            "{what}: runtime.MemProfileRate without symbols vs nm"
+        );
+        assert!(rate_at(&bare_path).is_some(), "{what}: in the -s -w twin");
+        std::fs::remove_file(&symbol_less).unwrap();
+
         // The type descriptors, which map type names are read from, are where the linker put
         // them (in a PIE, read through the moduledata's load-time relocations); the stripped
         // twin finds them through its moduledata alone, the same size give or take the build

@@ -98,8 +98,8 @@ fn test(filter: Option<String>) -> Result<()> {
     toolchains.insert(debian_version, debian_go);
     let debian_program = setup::debian_go_program()?;
     // The daemon's endpoint tests make a certificate and speak TLS with these; the maps page is
-    // checked in a real headless browser.
-    setup::debian_packages(&["openssl", "curl", "chromium"])?;
+    // checked in a real headless browser; binutils' strip makes symbol-less twins.
+    setup::debian_packages(&["openssl", "curl", "chromium", "binutils"])?;
     let go_list = toolchains
         .iter()
         .map(|(version, go)| format!("{version}={}", go.display()))

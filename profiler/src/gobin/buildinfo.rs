@@ -70,7 +70,7 @@ pub fn parse(blob: &[u8]) -> Result<BuildInfo, BuildInfoError> {
 
 /// Whether the file at `path` is a Go program: an ELF file with valid Go build info (in its
 /// `.go.buildinfo` section, or found by its magic when it has no section headers), or without
-/// build info, a Go runtime whose release string is found (`runtime_version`).
+/// build info, a Go runtime whose release string is found (`runtime_vars`).
 pub fn is_go_file(path: &std::path::Path) -> bool {
     use object::{Object as _, ObjectSection as _};
     let Ok(data) = std::fs::read(path) else {
@@ -86,7 +86,7 @@ pub fn is_go_file(path: &std::path::Path) -> bool {
     };
     blob.is_some_and(|blob| parse(blob).is_ok())
         // No build info (removed, or never written): Go if its runtime says which release.
-        || (blob.is_none() && super::runtime_version::find(&file, &data).is_some())
+        || (blob.is_none() && super::runtime_vars::find(&file, &data).is_some())
 }
 
 /// Find the build info header in a memory image when there is no `.go.buildinfo` section.

@@ -45,6 +45,61 @@ pub fn data_references(code: &[u8], address: u64) -> Vec<u64> {
     references
 }
 
+/// Addresses `code` (starting at `address`) stores an immediate 0 into, as a 64-bit word,
+/// through RIP-relative operands (`MOVQ $0, pkg.var(SB)`).
+pub fn zeroed_words(code: &[u8], address: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut zeroed = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.mnemonic() == Mnemonic::Mov
+            && instruction.is_ip_rel_memory_operand()
+            && instruction.op0_kind() == OpKind::Memory
+            && instruction.memory_size() == iced_x86::MemorySize::UInt64
+            && instruction.op1_kind() == OpKind::Immediate32to64
+            && instruction.immediate(1) == 0
+        {
+            zeroed.push(instruction.ip_rel_memory_address());
+        }
+    }
+    zeroed
+}
+
+/// Addresses `code` (starting at `address`) stores a 64-bit register into through a
+/// RIP-relative operand within a few instructions of loading `constant` into a register: a
+/// variable initialised at run time from that constant (`var v = f(constant)`).
+pub fn words_set_near_constant(code: &[u8], address: u64, constant: u64) -> Vec<u64> {
+    const NEAR: usize = 5;
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut found = Vec::new();
+    let mut since_constant: Option<usize> = None;
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        since_constant = since_constant
+            .map(|count| count + 1)
+            .filter(|&count| count <= NEAR);
+        if instruction.mnemonic() == Mnemonic::Mov
+            && instruction.op0_kind() == OpKind::Register
+            && matches!(
+                instruction.op1_kind(),
+                OpKind::Immediate32 | OpKind::Immediate32to64 | OpKind::Immediate64
+            )
+            && instruction.immediate(1) == constant
+        {
+            since_constant = Some(0);
+        } else if since_constant.is_some()
+            && instruction.mnemonic() == Mnemonic::Mov
+            && instruction.is_ip_rel_memory_operand()
+            && instruction.op0_kind() == OpKind::Memory
+            && instruction.op1_kind() == OpKind::Register
+            && instruction.op1_register().size() == 8
+        {
+            found.push(instruction.ip_rel_memory_address());
+        }
+    }
+    found
+}
+
 /// How many instructions a Go stack-check prologue takes at most (`MOVQ SP, R12; SUBQ $n, R12;
 /// JCS; CMPQ R12, 16(R14); JBE` for huge frames).
 const MAX_PROLOGUE: usize = 6;

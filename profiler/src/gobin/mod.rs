@@ -7,7 +7,7 @@ pub mod disasm;
 pub mod dwarf;
 mod moduledata;
 pub mod pclntab;
-pub mod runtime_version;
+pub mod runtime_vars;
 pub mod symbolize;
 pub mod variables;
 pub mod version;
@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, path::Path};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 use thiserror::Error;
 
-pub use self::{buildinfo::BuildInfo, runtime_version::VersionSource, version::GoVersion};
+pub use self::{buildinfo::BuildInfo, runtime_vars::VersionSource, version::GoVersion};
 
 /// A function in the binary, by virtual address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,7 +156,7 @@ impl GoBinary {
             // No build info: still Go if it has the runtime's function table and the
             // release string the linker writes into every Go program.
             None | Some(Err(buildinfo::BuildInfoError::NoMagic)) => {
-                let (go_version, source) = runtime_version::find(&file, &data)
+                let (go_version, source) = runtime_vars::find(&file, &data)
                     .ok_or_else(|| GoBinaryError::NotGo { path: path() })?;
                 let build_info = BuildInfo {
                     go_version,
@@ -224,6 +224,19 @@ impl GoBinary {
                 detail: error.to_string(),
             })?;
             functions = table.find(wanted);
+            // Variables are not in the pclntab; the one mapscope reads is found through the
+            // runtime code that sets it.
+            if wanted.contains(&abi::MEM_PROFILE_RATE)
+                && let Some(address) = runtime_vars::mem_profile_rate(
+                    &file,
+                    &table.find(&runtime_vars::MEM_PROFILE_RATE_USERS),
+                )
+            {
+                functions.insert(
+                    abi::MEM_PROFILE_RATE.to_owned(),
+                    Function { address, size: 8 },
+                );
+            }
             function_source = FunctionSource::Pclntab;
         }
         drop(file);

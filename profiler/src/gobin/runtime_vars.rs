@@ -1,3 +1,7 @@
+//! Runtime variables in binaries that do not name them, found through the runtime code that
+//! uses them: `runtime.buildVersion` (the release, when there is no build info) and
+//! `runtime.MemProfileRate` (allocation sampling, when there are no symbols).
+//!
 //! The Go release of a binary that has no build info (`.go.buildinfo` removed or never
 //! written, as in esbuild's npm binaries) but is Go all the same: a pclntab, a moduledata and
 //! the runtime. The linker writes the release into the string variable `runtime.buildVersion`
@@ -5,13 +9,18 @@
 //! to keep it linked). So the release is found from the symbol when there is a symbol table,
 //! and otherwise among the variables `runtime.schedinit`'s code refers to: the one that is a
 //! string header (pointer, length) whose text is a Go version.
+use std::collections::BTreeMap;
+
 use object::{Object as _, ObjectSymbol as _};
 use serde::Serialize;
 
-use super::{GoBinary, GoVersion, disasm, moduledata::Image, pclntab::Pclntab};
+use super::{Function, GoBinary, GoVersion, abi, disasm, moduledata::Image, pclntab::Pclntab};
 
 const BUILD_VERSION: &str = "runtime.buildVersion";
 const SCHEDINIT: &str = "runtime.schedinit";
+const RUNTIME_INIT: &str = "runtime.init";
+/// The functions `mem_profile_rate` reads.
+pub const MEM_PROFILE_RATE_USERS: [&str; 2] = [SCHEDINIT, RUNTIME_INIT];
 /// `go1.27.3`, `devel go1.28-0123abcd Mon Jan 1 …`: version strings are short.
 const MAX_VERSION_LEN: u64 = 200;
 
@@ -90,4 +99,41 @@ fn version_at(image: &Image<'_>, address: u64) -> Option<String> {
     let text = std::str::from_utf8(image.bytes(pointer, len)?).ok()?;
     let looks_like_go = text.starts_with("go1.") || text.starts_with("devel go1.");
     (looks_like_go && text.parse::<GoVersion>().is_ok()).then(|| text.to_owned())
+}
+
+/// Where `runtime.MemProfileRate` is, in a binary without symbols; `functions` holds
+/// `MEM_PROFILE_RATE_USERS` as the pclntab gives them. The variable is 512 KiB unless the
+/// linker found no use of `runtime.MemProfile` (then `disableMemoryProfiling` is set):
+/// - Go 1.20 and later initialise it statically and `runtime.schedinit` zeroes it
+///   (`if disableMemoryProfiling { MemProfileRate = 0 }`): the word `schedinit` stores $0 into
+///   whose initial value in the file is 512 KiB.
+/// - Go 1.19 sets it in `runtime.init` from `defaultMemProfileRate(512 * 1024)`: the word
+///   stored right after the constant is loaded.
+pub fn mem_profile_rate(
+    file: &object::File<'_>,
+    functions: &BTreeMap<String, Function>,
+) -> Option<u64> {
+    let image = Image::new(file);
+    let code = |name: &str| -> Option<(&[u8], u64)> {
+        let function = functions.get(name)?;
+        Some((
+            image.bytes(function.address, function.size)?,
+            function.address,
+        ))
+    };
+    let default = abi::DEFAULT_MEM_PROFILE_RATE as u64;
+    let statically = code(SCHEDINIT).and_then(|(bytes, address)| {
+        disasm::zeroed_words(bytes, address)
+            .into_iter()
+            .find(|&word| image.word(word) == Some(default))
+    });
+    statically.or_else(|| {
+        let (bytes, address) = code(RUNTIME_INIT)?;
+        let stores = disasm::words_set_near_constant(bytes, address, default);
+        // Only an unambiguous answer: a wrong address would read as a wrong sampling rate.
+        match stores.as_slice() {
+            [only] => Some(*only),
+            _ => None,
+        }
+    })
 }
