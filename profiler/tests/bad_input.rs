@@ -440,6 +440,39 @@ fn profile_says_at_once_that_sampling_is_off() {
     assert!(!output.exists());
 }
 
+/// A target that allocated nothing while watched gets exit 11 and why, not an empty profile
+/// and exit 0.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn profile_of_an_idle_target_says_nothing_was_sampled() {
+    // gcload allocates nothing until told to "go".
+    let target = GoTarget::start(&common::build_go("gcload", GO, &[]), &[]);
+    let pid = target.pid().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("idle.pb.gz");
+    let (code, message) = one_line_error(&mapscope(
+        &[
+            "--log",
+            "warn",
+            "profile",
+            "alloc",
+            "--pid",
+            &pid,
+            "--duration",
+            "1s",
+            "-o",
+            output.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_eq!(code, 11, "{message}");
+    assert!(
+        message.contains("no allocation was sampled") && message.contains("--duration"),
+        "{message}"
+    );
+    assert!(!output.exists());
+}
+
 /// A kernel thread or a zombie is named as such, not "does not exist"; a log filter that does
 /// not parse is refused, not silently replaced.
 #[test]

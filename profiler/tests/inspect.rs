@@ -185,3 +185,54 @@ fn non_go_corrupt_and_missing_files_are_one_line_errors() {
         assert!(stderr.contains(words), "{path}: {stderr}");
     }
 }
+
+/// The text view's probe table lines up (every address in one column) and names what each
+/// probe is for, not the eBPF program; the JSON keeps the program names for machines. With
+/// no argument, the usage line shows both ways to name a binary.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_probe_table_lines_up_and_says_what_each_probe_is_for() {
+    let path = common::build_go("gcload", "1.21.13", &[]);
+    let output = inspect(&[path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rows: Vec<&str> = text
+        .lines()
+        .skip_while(|line| line.trim() != "probe points")
+        .skip(1)
+        .take_while(|line| line.starts_with("    "))
+        .collect();
+    assert!(rows.len() >= 5, "{text}");
+    let columns: Vec<usize> = rows.iter().map(|row| row.find("0x").unwrap()).collect();
+    assert!(
+        columns.windows(2).all(|pair| pair[0] == pair[1]),
+        "addresses not in one column:\n{text}"
+    );
+    for purpose in [
+        "world stopping",
+        "world restarted (pause ends)",
+        "sampled allocation",
+    ] {
+        assert!(
+            rows.iter().any(|row| row.trim_start().starts_with(purpose)),
+            "{purpose}:\n{text}"
+        );
+    }
+    assert!(!text.contains("stw_start_return"), "{text}");
+    let report = inspect_json(&[path.to_str().unwrap()]);
+    assert!(
+        report["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|probe| probe["program"] == "stw_start_return"
+                && probe["purpose"] == "world restarted (pause ends)")
+    );
+
+    let usage = inspect(&[]);
+    let stderr = String::from_utf8_lossy(&usage.stderr);
+    assert_eq!(usage.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--pid") && stderr.contains("PATH"),
+        "{stderr}"
+    );
+}

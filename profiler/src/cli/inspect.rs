@@ -15,13 +15,14 @@ use crate::{
 };
 
 #[derive(Debug, Args)]
+// One of the two, named as such in the usage line (`<--pid <PID>|PATH>`).
+#[command(group = clap::ArgGroup::new("what").required(true).args(["pid", "path"]))]
 pub struct InspectArgs {
     /// Inspect the executable of this running process (read through /proc/PID/exe).
-    #[arg(long, conflicts_with = "path")]
+    #[arg(long)]
     pub pid: Option<u32>,
 
     /// Inspect this executable file.
-    #[arg(required_unless_present = "pid")]
     pub path: Option<PathBuf>,
 
     /// Print JSON instead of text.
@@ -53,6 +54,8 @@ pub struct Report {
 
 #[derive(Debug, Serialize)]
 pub struct ProbeSite {
+    /// What the probe tells mapscope, for people (`program` is the eBPF program's name).
+    pub purpose: &'static str,
     pub program: &'static str,
     pub function: &'static str,
     /// `entry` or `return`.
@@ -115,6 +118,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         Some(Ok(points)) => {
             let entry_programs = [stw::STOP_ENTRY, stw::START_ENTRY];
             probes.extend(points.iter().map(|point| ProbeSite {
+                purpose: crate::probes::purpose(point.program),
                 program: point.program,
                 function: point.function,
                 site: if entry_programs.contains(&point.program) {
@@ -159,6 +163,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
     let alloc_point = row.and_then(|_| crate::probes::alloc::plan(binary));
     if let Some(point) = alloc_point {
         probes.push(ProbeSite {
+            purpose: crate::probes::purpose(point.program),
             program: point.program,
             function: point.function,
             site: "entry",
@@ -176,6 +181,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         Some(map_row) => {
             let points = crate::probes::maps::plan_access(binary, map_row);
             probes.extend(points.iter().map(|point| ProbeSite {
+                purpose: crate::probes::purpose(point.program),
                 program: point.program,
                 function: point.function,
                 site: "window",
@@ -201,6 +207,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         Some(map_row) => {
             let (points, missing) = crate::probes::maps::plan(binary, map_row, false);
             probes.extend(points.iter().map(|point| ProbeSite {
+                purpose: crate::probes::purpose(point.program),
                 program: point.program,
                 function: point.function,
                 site: "entry",
@@ -310,11 +317,25 @@ pub fn render(report: &Report) -> String {
     );
     if !report.probes.is_empty() {
         let _ = writeln!(out, "  probe points");
+        // Columns as wide as their widest entry: function names run from 12 to 40 characters.
+        let width = |column: fn(&ProbeSite) -> &str| {
+            report
+                .probes
+                .iter()
+                .map(|probe| column(probe).chars().count())
+                .max()
+                .unwrap_or(0)
+        };
+        let (purpose, function, site) = (
+            width(|probe| probe.purpose),
+            width(|probe| probe.function),
+            width(|probe| probe.site),
+        );
         for probe in &report.probes {
             let _ = writeln!(
                 out,
-                "    {:<18} {:<32} {:<6} {:#x} (file offset {:#x})",
-                probe.program, probe.function, probe.site, probe.address, probe.file_offset
+                "    {:<purpose$}  {:<function$}  {:<site$}  {:#x} (file offset {:#x})",
+                probe.purpose, probe.function, probe.site, probe.address, probe.file_offset
             );
         }
     }

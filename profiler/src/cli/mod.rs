@@ -17,10 +17,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9871";
 #[command(
     name = "mapscope",
     version,
-    about = "eBPF profiler for Go services: GC pause distributions from outside the process",
+    about = "eBPF profiler for Go services: GC pauses, allocations and maps, from outside the process",
     long_about = "mapscope attaches kernel uprobes to a running Go program (no rebuild, no restart, \
-                  nothing written into it) and exports its stop-the-world pauses as Prometheus \
-                  metrics. Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_PTRACE for attach).",
+                  nothing written into it) and measures its GC (stop-the-world pauses and GC \
+                  cycles), its allocations (sampled sites, pprof profiles) and its maps (growth, \
+                  per-bucket collision heatmaps), as Prometheus metrics, pprof files and pictures. \
+                  Needs root, or CAP_SYS_ADMIN + CAP_SYS_PTRACE (uprobes need CAP_SYS_ADMIN since \
+                  Linux 6.16 and its stable backports).",
     after_help = "Exit codes: 0 ok, 2 usage, 3 no such process, 4 not a Go program, 5 unsupported Go \
                   version, 6 runtime functions not found, 7 insufficient privileges, 8 kernel lacks uprobes/BTF, \
                   9 listen address unavailable, 10 command could not be started, 11 nothing was sampled, \

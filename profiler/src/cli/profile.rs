@@ -96,6 +96,22 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     };
     let outcome = attached.profile(None, options, stop).await?;
     let profile = outcome.allocs.ok_or_else(|| sampling_off(args.pid))?;
+    if profile.samples.is_empty() {
+        // An empty profile opens in pprof as "no samples", which reads like a failure of the
+        // tool; the reason is the target's, and so is the fix.
+        return Err(UserError::new(
+            Exit::NothingSampled,
+            format!(
+                "PID {}: no allocation was sampled while mapscope watched (the runtime samples \
+                 about one allocation per {} allocated): it allocated little or nothing; profile \
+                 it for longer (--duration) or while it serves load; no file written",
+                args.pid,
+                rate.filter(|&rate| rate > 0)
+                    .map_or_else(|| "512 KiB".to_owned(), |rate| format!("{rate} bytes"))
+            ),
+        )
+        .into());
+    }
     let bytes = profile.encode().context("encoding the profile")?;
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;

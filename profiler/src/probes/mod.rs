@@ -5,3 +5,20 @@ pub mod loaded;
 pub mod maps;
 pub mod preflight;
 pub mod stw;
+
+/// What a probe program tells mapscope, in words for `inspect` (the program names are the
+/// eBPF object's).
+pub fn purpose(program: &str) -> &'static str {
+    match program {
+        stw::STOP_ENTRY => "world stopping",
+        stw::STOP_RETURN => "world stopped",
+        stw::START_ENTRY => "world restarting",
+        stw::START_RETURN => "world restarted (pause ends)",
+        alloc::ALLOC_SAMPLE => "sampled allocation",
+        alloc::ALLOC_EXACT => "every allocation (--alloc-exact)",
+        maps::MAP_CREATE_ENTRY | maps::MAP_CREATE_RETURN => "map made with a large hint",
+        maps::MAP_ACCESS => "map operation (discovery windows)",
+        name if name.starts_with("map_event_") => "map grows or overflows",
+        _ => "other",
+    }
+}
