@@ -1,6 +1,6 @@
 //! One profiled target, from "here is a PID" to the summary: the single code path behind
 //! `attach` and `run` (and, later, each target of the daemon).
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::oneshot;
@@ -61,6 +61,8 @@ pub struct Target {
 pub struct Options {
     /// Allocation sites with series of their own (the rest are `other`).
     pub alloc_top_sites: usize,
+    /// How fast those follow the load (`SiteRanking`).
+    pub alloc_sites_half_life: Duration,
     /// Count every allocation (a uprobe on each: very costly).
     pub alloc_exact: bool,
     /// Track Go maps (growth, overflow and creation probes; snapshots).
@@ -567,6 +569,7 @@ impl Attached {
                 binary: Arc::clone(&self.target.binary),
                 load_bias: self.target.load_bias,
                 top_sites: options.alloc_top_sites,
+                half_life: options.alloc_sites_half_life,
             };
             let mut alloc =
                 AllocCollector::new(maps, read_rate, Arc::clone(&target_metrics), sites);

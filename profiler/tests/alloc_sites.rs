@@ -274,3 +274,106 @@ fn profile_alloc_command() {
         "{stderr}"
     );
 }
+
+/// Site bytes by function, from one scrape.
+fn site_bytes(metrics: &common::Metrics) -> BTreeMap<String, f64> {
+    metrics
+        .0
+        .iter()
+        .filter(|sample| sample.name == "mapscope_alloc_site_bytes_total")
+        .map(|sample| (sample.labels["function"].clone(), sample.value))
+        .collect()
+}
+
+/// The named sites follow the load: a target whose allocating functions change, twice, with
+/// 2 named sites. After each change the named sites hold at least 90% of the estimated bytes
+/// of the new phase (where the first sites to rank, kept for good, held none), no series ever
+/// goes down, and there are never more than 2 × 2 + 1 site series.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_named_sites_follow_the_load() {
+    const TOP: usize = 2;
+    let binary = common::build_go("allocsites", common::NEWEST_GO, &[]);
+    let mut target = GoTarget::start(&binary, &["-duration", "3s"]);
+    let mapscope = Mapscope::start(&[
+        "attach",
+        "--pid",
+        &target.pid().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--alloc-top-sites",
+        &TOP.to_string(),
+        "--alloc-sites-half-life",
+        "200ms",
+    ]);
+    let mut last: BTreeMap<String, f64> = BTreeMap::new();
+    let mut reports = 0;
+    // Run one phase, scraping all along: counters only grow, series stay within the bound.
+    let mut phase = |functions: &str| -> BTreeMap<String, f64> {
+        target.send(&format!("go {functions}"));
+        reports += 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut settled_at = None;
+        loop {
+            let now = site_bytes(&mapscope.scrape());
+            assert!(
+                now.len() <= 2 * TOP + 1,
+                "{} site series: {now:?}",
+                now.len()
+            );
+            for (function, bytes) in &now {
+                let before = last.get(function).copied().unwrap_or(0.0);
+                assert!(*bytes >= before, "{function} went from {before} to {bytes}");
+            }
+            last = now;
+            let reported = target
+                .stdout
+                .all()
+                .lines()
+                .filter(|line| line.starts_with('{'))
+                .count();
+            // Two more reads (one a second) after the phase ended, so its bytes are all in.
+            if reported >= reports {
+                let settled = *settled_at.get_or_insert_with(std::time::Instant::now);
+                if settled.elapsed() > Duration::from_millis(2500) {
+                    return last.clone();
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "phase {functions}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let named_share = |before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>| {
+        let gained =
+            |function: &String| after[function] - before.get(function).copied().unwrap_or(0.0);
+        let total: f64 = after.keys().map(gained).sum();
+        let named: f64 = after.keys().filter(|f| *f != "other").map(gained).sum();
+        (named / total, total)
+    };
+
+    let first = phase("allocLarge,growSlice");
+    assert!(
+        first.contains_key("main.allocLarge") && first.contains_key("main.growSlice"),
+        "{first:?}"
+    );
+    let second = phase("allocSmall,smallMaps");
+    let (share, bytes) = named_share(&first, &second);
+    println!("second phase: named sites hold {share:.3} of {bytes:.0} bytes: {second:?}");
+    assert!(share >= 0.9, "{share:.3}: {first:?} → {second:?}");
+    for retired in ["main.allocLarge", "main.growSlice"] {
+        assert!(
+            second.contains_key(retired),
+            "{retired} keeps its series: {second:?}"
+        );
+    }
+    let third = phase("presizedMaps");
+    let (share, bytes) = named_share(&second, &third);
+    println!("third phase: named sites hold {share:.3} of {bytes:.0} bytes: {third:?}");
+    assert!(share >= 0.9, "{share:.3}: {second:?} → {third:?}");
+    // Three retired, room for two: the oldest retired (a first-phase site) is forgotten.
+    assert!(
+        !(third.contains_key("main.allocLarge") && third.contains_key("main.growSlice")),
+        "{third:?}"
+    );
+    target.send("exit");
+}

@@ -85,10 +85,17 @@ pub struct ExportArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Allocation sites that get series of their own (the first to rank by bytes); all others
-    /// are summed under function="other", keeping the number of series bounded.
+    /// Allocation sites that get series of their own: those allocating the most bytes lately
+    /// (see --alloc-sites-half-life); all others are summed under function="other". A site
+    /// that falls behind keeps its series, frozen, until N newer ones have fallen behind too:
+    /// at most 2N+1 site series per target.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub alloc_top_sites: usize,
+
+    /// How fast the named allocation sites follow a change of load: a site's recent bytes
+    /// count half after this long (e.g. `1m`, `30s`).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse, default_value = "1m")]
+    pub alloc_sites_half_life: std::time::Duration,
 
     /// Also count every allocation exactly (mapscope_alloc_exact_*), with a uprobe on each
     /// allocation entry point. COSTLY: each allocation then pays microseconds, the target may run
@@ -104,6 +111,7 @@ impl ExportArgs {
     pub fn options(&self) -> crate::session::Options {
         crate::session::Options {
             alloc_top_sites: self.alloc_top_sites,
+            alloc_sites_half_life: self.alloc_sites_half_life,
             alloc_exact: self.alloc_exact,
             maps: self.maps.options(),
             final_map_snapshot: false,

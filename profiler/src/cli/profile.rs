@@ -58,6 +58,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let process = session::open_process(args.pid)?;
     let options = session::Options {
         alloc_top_sites: 20,
+        alloc_sites_half_life: std::time::Duration::from_secs(60),
         alloc_exact: false,
         maps: None,
         final_map_snapshot: false,

@@ -1,10 +1,6 @@
 //! Sampled allocations: the kernel's (stack, size) sample counts → estimated allocated bytes and
 //! objects, scaled as pprof scales the runtime's heap profile.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use profiler_common::alloc::{AllocKey, EXACT_BYTES, EXACT_OBJECTS};
@@ -15,7 +11,7 @@ use crate::{
     gobin::GoBinary,
     model::{
         alloc::{AllocTotals, estimate, scale},
-        sites::{Site, SiteTotals, is_runtime},
+        sites::{Site, SiteRanking, SiteTotals, is_runtime},
     },
     probes::loaded::AllocMaps,
 };
@@ -30,6 +26,8 @@ pub struct SiteOptions {
     pub load_bias: u64,
     /// Sites with series of their own; the rest are folded into `other`.
     pub top_sites: usize,
+    /// How fast the named sites follow a change of load (`SiteRanking`).
+    pub half_life: std::time::Duration,
 }
 
 /// The latest allocation samples, for `/debug/pprof/allocs` and `mapscope profile alloc`.
@@ -87,13 +85,14 @@ pub struct AllocCollector {
     pub exact: bool,
     exact_exported: (u64, u64),
     stacks: StackTraceMap<MapData>,
-    sites: SiteOptions,
     symbolizer: Stacks,
     /// Published after every read.
     pub profile: AllocProfile,
     started: (std::time::SystemTime, std::time::Instant),
-    /// Sites with their own series; sticky, so every series only grows.
-    named: BTreeSet<Site>,
+    /// Which sites have series of their own, following the load.
+    ranking: SiteRanking,
+    /// When the sites were last exported, for the ranking's decay.
+    sites_read: std::time::Instant,
     sites_exported: SiteTotals,
     /// Reads the target's `runtime.MemProfileRate`.
     rate: Box<dyn FnMut() -> Option<i64> + Send>,
@@ -111,6 +110,7 @@ impl AllocCollector {
         metrics: Arc<TargetMetrics>,
         sites: SiteOptions,
     ) -> Self {
+        let ranking = SiteRanking::new(sites.top_sites, sites.half_life);
         Self {
             samples: maps.samples,
             exact_counts: maps.exact,
@@ -118,10 +118,10 @@ impl AllocCollector {
             exact_exported: (0, 0),
             stacks: maps.stacks,
             symbolizer: Stacks::new(Arc::clone(&sites.binary), sites.load_bias),
-            sites,
             profile: AllocProfile::default(),
             started: (std::time::SystemTime::now(), std::time::Instant::now()),
-            named: BTreeSet::new(),
+            ranking,
+            sites_read: std::time::Instant::now(),
             sites_exported: SiteTotals::default(),
             rate,
             metrics,
@@ -242,38 +242,46 @@ impl AllocCollector {
     }
 
     /// Export what each site gained since the last read: under its own name if it is among the
-    /// first `top_sites` to rank, else under `other`.
+    /// sites allocating most now (`SiteRanking`), else under `other`. A site the ranking
+    /// forgets has its series deleted.
     fn export_sites(&mut self, now: SiteTotals) {
-        let mut ranked: Vec<(&Site, f64)> = now
+        let before = |site: &Site| {
+            self.sites_exported
+                .by_site
+                .get(site)
+                .copied()
+                .unwrap_or_default()
+        };
+        let gained: BTreeMap<Site, f64> = now
             .by_site
             .iter()
-            .map(|(site, &(_, bytes))| (site, bytes))
+            .map(|(site, &(_, bytes))| (site.clone(), bytes - before(site).1))
+            .filter(|(_, bytes)| *bytes > 0.0)
             .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        for (site, _) in ranked {
-            if self.named.len() >= self.sites.top_sites {
-                break;
-            }
-            self.named.insert(site.clone());
+        let changes = self.ranking.update(&gained, self.sites_read.elapsed());
+        self.sites_read = std::time::Instant::now();
+        for site in &changes.promoted {
+            tracing::debug!(
+                "allocation site {} now has series of its own",
+                site.function
+            );
+        }
+        for site in &changes.forgotten {
+            self.metrics.forget_site(site);
         }
         let other = Site {
             function: "other".into(),
             location: String::new(),
         };
         let label = |site: &Site| {
-            if self.named.contains(site) {
+            if self.ranking.is_named(site) {
                 site.clone()
             } else {
                 other.clone()
             }
         };
         for (site, &(objects, bytes)) in &now.by_site {
-            let (before_objects, before_bytes) = self
-                .sites_exported
-                .by_site
-                .get(site)
-                .copied()
-                .unwrap_or_default();
+            let (before_objects, before_bytes) = before(site);
             self.metrics.site_allocated(
                 &label(site),
                 objects - before_objects,

@@ -623,6 +623,29 @@ impl TargetMetrics {
             .inc_by(bytes.max(0.0));
     }
 
+    /// Delete a site's series (allocation and churn): the site was retired long enough ago
+    /// that its frozen series would only take room (`SiteRanking`).
+    pub fn forget_site(&self, site: &Site) {
+        if let Ok(mut sites) = self.sites.lock() {
+            sites.remove(site);
+        }
+        let labels = self.site_labels(site);
+        let _ = self.metrics.site_bytes.remove_label_values(&labels);
+        let _ = self.metrics.site_objects.remove_label_values(&labels);
+        if let Ok(mut churn_sites) = self.churn_sites.lock() {
+            churn_sites.retain(|(churn, churned)| {
+                if churned != site {
+                    return true;
+                }
+                let _ = self
+                    .metrics
+                    .churn
+                    .remove_label_values(&self.churn_labels(*churn, site));
+                false
+            });
+        }
+    }
+
     /// Add a churn pattern's growth at a site.
     pub fn churned(&self, churn: Churn, site: &Site, objects: f64) {
         if let Ok(mut sites) = self.churn_sites.lock() {

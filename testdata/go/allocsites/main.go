@@ -1,5 +1,6 @@
 // allocsites allocates from a handful of functions in fixed proportions, for mapscope's
 // allocation-site tests. Protocol as testdata/go/gcload: prints "ready", on "go" runs the load
+// (on "go NAME,NAME" only those functions' share of it)
 // and prints a JSON report (runtime/metrics deltas), on "heap FILE" writes its own heap profile
 // (the oracle for the site ranking), on "exit" exits.
 package main
@@ -78,6 +79,15 @@ func presizedMaps() {
 	}
 }
 
+// The allocating functions by name, for "go NAME,NAME".
+var functions = map[string]func(){
+	"allocLarge":   allocLarge,
+	"allocSmall":   allocSmall,
+	"growSlice":    growSlice,
+	"smallMaps":    smallMaps,
+	"presizedMaps": presizedMaps,
+}
+
 func read(names []string) []uint64 {
 	samples := make([]metrics.Sample, len(names))
 	for i, name := range names {
@@ -103,17 +113,23 @@ func main() {
 	for in.Scan() {
 		line := in.Text()
 		switch {
-		case line == "go":
+		case line == "go" || strings.HasPrefix(line, "go "):
+			// "go" runs every function; "go allocLarge,growSlice" only those.
+			run := []func(){allocLarge, allocSmall, growSlice, smallMaps, presizedMaps}
+			if only := strings.TrimPrefix(line, "go "); only != line {
+				run = nil
+				for _, name := range strings.Split(only, ",") {
+					run = append(run, functions[name])
+				}
+			}
 			before := read(names)
 			deadline := time.Now().Add(*duration)
 			rounds := 0
 			for time.Now().Before(deadline) {
 				for i := 0; i < 64; i++ {
-					allocLarge()
-					allocSmall()
-					growSlice()
-					smallMaps()
-					presizedMaps()
+					for _, f := range run {
+						f()
+					}
 				}
 				rounds += 64
 			}
