@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             Command::Profile(args) => cli::profile::run(args).await.map(|()| 0),
             Command::Heatmap(args) => cli::heatmap::run(args).await.map(|()| 0),
             Command::Daemon(args) => cli::daemon::run(args).await.map(|()| 0),
+            Command::Generate(args) => cli::generate::run(&args).map(|()| 0),
         }
     });
     match result {

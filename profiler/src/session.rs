@@ -347,11 +347,20 @@ pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, UserError> {
     })
 }
 
+/// Allocation sites the exit summary lists.
+const SUMMARY_SITES: usize = 5;
+
 /// What a profiling session leaves: the pause tally for the summary, and the allocation profile
 /// if allocations were sampled.
 pub struct Outcome {
     pub book: PauseBook,
     pub allocs: Option<export::pprof::Profile>,
+    /// Allocation estimates and top sites, when allocations were sampled.
+    pub alloc_summary: Option<crate::model::alloc::AllocSummary>,
+    /// Probe events lost, by reason (only reasons with losses).
+    pub dropped: std::collections::BTreeMap<String, u64>,
+    /// How long the probes were in place.
+    pub watched: Duration,
     /// The last snapshot of each tracked map.
     pub maps: Vec<MapReport>,
     /// What the map collector knew at the end, when maps were tracked.
@@ -556,6 +565,7 @@ impl Attached {
         };
         ready();
 
+        let watching = std::time::Instant::now();
         let maps = self.probes.take_stw_maps()?;
         let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))
             .context("watching the event ring buffer")?;
@@ -625,13 +635,16 @@ impl Attached {
                 }
                 let mut stopped = stopped.clone();
                 let final_round = options.final_map_snapshot;
+                let pid = process.pid;
                 Some(tokio::spawn(async move {
                     collector
                         .run_until(async move {
                             let _ = stopped.changed().await;
                         })
                         .await;
-                    if final_round {
+                    // Not when the target is gone: every read would fail, and the last
+                    // snapshots taken while it lived are the ones to show.
+                    if final_round && crate::process::pidfd::image(pid).is_some() {
                         collector.snapshot_round().await;
                     }
                     collector.stats
@@ -669,9 +682,10 @@ impl Attached {
         tokio::task::block_in_place(|| probes.detach());
         tracing::info!("detached all probes from PID {}", process.pid);
         collector.drain();
-        if let Some(mut alloc) = alloc {
+        let alloc_summary = alloc.and_then(|mut alloc| {
             alloc.read();
-        }
+            alloc.summary(SUMMARY_SITES)
+        });
 
         let book = std::mem::take(&mut collector.book);
         let allocs = allocs
@@ -683,6 +697,9 @@ impl Attached {
         Ok(Outcome {
             book,
             allocs,
+            alloc_summary,
+            dropped: target_metrics.dropped_so_far(),
+            watched: watching.elapsed(),
             maps,
             map_stats,
         })

@@ -61,7 +61,48 @@ fn compare(version: &str) {
         off(objects, runtime_objects) <= bound,
         "objects {objects} vs {runtime_objects}"
     );
+
+    // The exit summary says the same, to its three significant figures (0.5% more).
+    let mut mapscope = mapscope;
+    mapscope.signal(libc::SIGTERM);
+    assert!(mapscope.wait(Duration::from_secs(60)).success());
+    let summary = mapscope.stdout.all();
+    let line = summary
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("allocations: "))
+        .unwrap_or_else(|| panic!("no allocations line:\n{summary}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (summary_bytes, summary_objects) = (parse_figure(words[0]), parse_figure(words[2]));
+    println!("  summary: {line}");
+    assert!(
+        off(summary_bytes, runtime_bytes) <= bound + 0.005,
+        "summary bytes {summary_bytes} vs {runtime_bytes}: {line}"
+    );
+    assert!(
+        off(summary_objects, runtime_objects) <= bound + 0.005,
+        "summary objects {summary_objects} vs {runtime_objects}: {line}"
+    );
     target.send("exit");
+}
+
+/// A figure as the summary writes it: `5.16GiB`, `812MiB`, `4.09M`, `950`.
+fn parse_figure(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim_end_matches(',') {
+        "" | "B" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024.0_f64.powi(4),
+        other => panic!("unit {other:?} in {text:?}"),
+    };
+    number.parse::<f64>().unwrap() * scale
 }
 
 /// A program that never references runtime.MemProfile has sampling turned off by the linker

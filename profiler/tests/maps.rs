@@ -227,6 +227,27 @@ fn snapshots_match_the_runtime(version: &str) {
     histograms_match_one_round(&mapscope, &maps, bucket_maps);
     let stderr = mapscope.stderr.all();
     assert!(!stderr.contains("ERROR"), "{stderr}");
+
+    // The exit summary lists the biggest maps with the target's own figures.
+    let mut mapscope = mapscope;
+    mapscope.signal(libc::SIGTERM);
+    assert!(mapscope.wait(Duration::from_secs(60)).success());
+    let summary = mapscope.stdout.all();
+    let biggest = maps.iter().max_by_key(|map| map.bytes).unwrap();
+    let line = summary
+        .lines()
+        .find(|line| line.contains(&format!("at {} (main.go:", biggest.function)))
+        .unwrap_or_else(|| panic!("{} not in the summary:\n{summary}", biggest.name));
+    assert!(
+        line.contains(&format!(": {} entries,", biggest.entries))
+            && line.contains(&format!(", {} growths,", biggest.growths))
+            && line.contains(&biggest.type_name),
+        "{} ({} entries, {} growths): {line}",
+        biggest.name,
+        biggest.entries,
+        biggest.growths
+    );
+    assert!(summary.contains("  maps: "), "{summary}");
 }
 
 /// Every figure of one snapshot equals the target's own view of the map: layout, type, entries,

@@ -2,7 +2,7 @@
 use clap::Args;
 
 use super::ExportArgs;
-use crate::{export::summary, session};
+use crate::session;
 
 #[derive(Debug, Args)]
 pub struct AttachArgs {
@@ -20,7 +20,11 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
     let target = session::understand(process, &args.export.options())?;
     let listener = session::bind(args.export.listen)?;
     super::warn_if_exposed(args.export.listen);
-    let options = args.export.options();
+    // One last snapshot round as the session ends, for the summary's biggest maps.
+    let options = session::Options {
+        final_map_snapshot: true,
+        ..args.export.options()
+    };
     let attached = session::attach(target, &options)?;
 
     let mut signals = super::StopSignals::new()?;
@@ -42,9 +46,14 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
             },
         }
     };
-    let book = attached.profile(Some(listener), options, stop).await?.book;
+    let endpoint = listener.local_addr().ok();
+    let outcome = attached.profile(Some(listener), options, stop).await?;
     anyhow::Context::context(
-        super::write_stdout(&summary::render(&book, pid, &exe, &go_version)),
+        super::write_stdout(&super::summary_text(
+            &outcome,
+            (pid, &exe, &go_version),
+            endpoint,
+        )),
         "writing the summary to stdout",
     )?;
     Ok(())

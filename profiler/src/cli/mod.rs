@@ -1,6 +1,7 @@
 //! Command line: one file per subcommand. `main.rs` only parses and hands over.
 pub mod attach;
 pub mod daemon;
+pub mod generate;
 pub mod heatmap;
 pub mod inspect;
 pub mod profile;
@@ -77,6 +78,10 @@ pub enum Command {
     /// Profile every selected Go process as it starts, until it exits (DaemonSet, sidecar,
     /// systemd): one metrics endpoint for all.
     Daemon(daemon::DaemonArgs),
+    /// Write the man pages and shell completions, generated from this command line's own
+    /// definition (`cargo xtask dist` ships them).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +287,29 @@ pub fn write_stdout(text: &str) -> std::io::Result<()> {
 pub fn note(line: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The exit summary of a session: what it saw of `target` (PID, executable, Go version), and
+/// where its metrics were served.
+fn summary_text(
+    outcome: &crate::session::Outcome,
+    target: (u32, &str, &str),
+    endpoint: Option<std::net::SocketAddr>,
+) -> String {
+    let (pid, exe, go_version) = target;
+    crate::export::summary::render(&crate::export::summary::Seen {
+        pid,
+        exe,
+        go_version,
+        watched: outcome.watched,
+        book: &outcome.book,
+        allocs: outcome.alloc_summary.as_ref(),
+        maps: &outcome.maps,
+        dropped: &outcome.dropped,
+        snapshots_dropped: outcome.map_stats.as_ref().map(|stats| &stats.dropped),
+        maps_tracked: outcome.map_stats.as_ref().map(|stats| stats.tracked),
+        endpoint,
+    })
 }
 
 #[cfg(test)]

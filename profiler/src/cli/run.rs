@@ -7,7 +7,6 @@ use clap::Args;
 use super::ExportArgs;
 use crate::{
     error::{Exit, UserError},
-    export::summary,
     process::launch,
     session,
 };
@@ -29,7 +28,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     session::preflight(false)?;
     let listener = session::bind(args.export.listen)?;
     super::warn_if_exposed(args.export.listen);
-    let options = args.export.options();
+    // One last snapshot round as the session ends, for the summary's biggest maps.
+    let options = session::Options {
+        final_map_snapshot: true,
+        ..args.export.options()
+    };
     let mut stopped = launch::spawn_stopped(&args.command).map_err(|error| {
         UserError::new(
             Exit::Launch,
@@ -62,13 +65,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             unsafe { libc::kill(pid as libc::pid_t, forward) };
         }
     };
-    let book = attached.profile(Some(listener), options, stop).await?.book;
+    let endpoint = listener.local_addr().ok();
+    let outcome = attached.profile(Some(listener), options, stop).await?;
     let status = child
         .wait()
         .context("collecting the command's exit status")?;
     // The command's status is what `run` exits with, even when the summary cannot be written
     // (`mapscope run -- cmd | head` closes stdout).
-    if let Err(error) = super::write_stdout(&summary::render(&book, pid, &exe, &go_version)) {
+    let text = super::summary_text(&outcome, (pid, &exe, &go_version), endpoint);
+    if let Err(error) = super::write_stdout(&text) {
         tracing::warn!("the summary was not written: {error}");
     }
     use std::os::unix::process::ExitStatusExt as _;

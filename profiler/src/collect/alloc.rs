@@ -10,7 +10,7 @@ use crate::{
     export::pprof::{self, Line},
     gobin::GoBinary,
     model::{
-        alloc::{AllocTotals, estimate, scale},
+        alloc::{AllocSummary, AllocTotals, estimate, scale},
         sites::{Site, SiteRanking, SiteTotals, is_runtime},
     },
     probes::loaded::AllocMaps,
@@ -239,6 +239,27 @@ impl AllocCollector {
         if let Ok(mut current) = self.profile.lock() {
             *current = Some(snapshot);
         }
+    }
+
+    /// The estimates so far and the `top` sites by bytes (every site, named or not); `None`
+    /// when the target's sampling is off (no estimate is 0 then, it is unknown).
+    pub fn summary(&self, top: usize) -> Option<AllocSummary> {
+        if self.last_rate == Some(0) {
+            return None;
+        }
+        let mut sites: Vec<(Site, f64)> = self
+            .sites_exported
+            .by_site
+            .iter()
+            .map(|(site, &(_, bytes))| (site.clone(), bytes))
+            .collect();
+        sites.sort_by(|a, b| b.1.total_cmp(&a.1));
+        sites.truncate(top);
+        Some(AllocSummary {
+            objects: self.exported.objects,
+            bytes: self.exported.bytes,
+            top_sites: sites,
+        })
     }
 
     /// Export what each site gained since the last read: under its own name if it is among the

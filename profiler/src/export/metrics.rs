@@ -507,7 +507,9 @@ pub struct TargetMetrics {
     labels: Vec<String>,
     /// Reasons with series, so `remove` can find them (the crate cannot delete by prefix).
     reasons: Mutex<BTreeSet<String>>,
-    drop_reasons: Mutex<BTreeSet<String>>,
+    /// Events lost so far, by reason (series exist for every reason; these are the counts, for
+    /// the exit summary).
+    drop_reasons: Mutex<BTreeMap<String, u64>>,
     sites: Mutex<BTreeSet<Site>>,
     churn_sites: Mutex<BTreeSet<(Churn, Site)>>,
     map_sites: Mutex<BTreeSet<String>>,
@@ -669,12 +671,26 @@ impl TargetMetrics {
     /// Add to a drop counter (`reason` from a fixed set: bounded cardinality).
     pub fn dropped(&self, reason: &str, count: u64) {
         if let Ok(mut reasons) = self.drop_reasons.lock() {
-            reasons.insert(reason.to_owned());
+            *reasons.entry(reason.to_owned()).or_default() += count;
         }
         self.metrics
             .dropped
             .with_label_values(&self.with(reason))
             .inc_by(count);
+    }
+
+    /// The events lost so far, by reason: only reasons with losses.
+    pub fn dropped_so_far(&self) -> BTreeMap<String, u64> {
+        self.drop_reasons
+            .lock()
+            .map(|reasons| {
+                reasons
+                    .iter()
+                    .filter(|(_, count)| **count > 0)
+                    .map(|(reason, count)| (reason.clone(), *count))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The Go-map series of this target.
@@ -726,7 +742,7 @@ impl TargetMetrics {
             }
         }
         if let Ok(reasons) = self.drop_reasons.lock() {
-            for reason in reasons.iter() {
+            for reason in reasons.keys() {
                 let _ = self.metrics.dropped.remove_label_values(&self.with(reason));
             }
         }

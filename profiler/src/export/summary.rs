@@ -1,23 +1,75 @@
-//! The short report printed when mapscope detaches.
-use std::fmt::Write as _;
+//! The report printed when mapscope detaches: what it saw of everything while attached (GC
+//! cycles and pauses, allocations and their top sites, the biggest maps, lost events) and
+//! where to look next.
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
 
-use crate::model::pause::PauseBook;
+use crate::{
+    collect::maps::MapReport,
+    model::{alloc::AllocSummary, pause::PauseBook},
+};
 
-pub fn render(book: &PauseBook, pid: u32, exe: &str, go_version: &str) -> String {
+/// Maps the summary lists.
+const SUMMARY_MAPS: usize = 5;
+
+/// What one target's session saw, for `render`.
+pub struct Seen<'a> {
+    pub pid: u32,
+    pub exe: &'a str,
+    pub go_version: &'a str,
+    pub watched: Duration,
+    pub book: &'a PauseBook,
+    /// `None` when allocation sampling was off or unavailable.
+    pub allocs: Option<&'a AllocSummary>,
+    /// The last snapshot of each tracked map; empty when none was taken (or maps are off).
+    pub maps: &'a [MapReport],
+    /// Probe events lost, by reason; map snapshots dropped, by reason.
+    pub dropped: &'a BTreeMap<String, u64>,
+    /// `None` when maps were not tracked.
+    pub snapshots_dropped: Option<&'a BTreeMap<&'static str, u64>>,
+    /// Maps in mapscope's table at the end; `None` when maps were not tracked.
+    pub maps_tracked: Option<usize>,
+    /// Where the metrics were served, for the "next" hints.
+    pub endpoint: Option<SocketAddr>,
+}
+
+pub fn render(seen: &Seen<'_>) -> String {
     let mut out = String::new();
+    let book = seen.book;
     let _ = writeln!(
         out,
-        "mapscope: pid {pid} ({exe}, {go_version}): {} stop-the-world pauses, {} GC cycles completed",
+        "mapscope: pid {} ({}, {}), watched for {}: {} GC cycles completed, {} stop-the-world pauses",
+        seen.pid,
+        seen.exe,
+        seen.go_version,
+        duration(u64::try_from(seen.watched.as_nanos()).unwrap_or(u64::MAX)),
+        book.gc_cycles,
         book.pauses(),
-        book.gc_cycles
     );
+    pauses(&mut out, book);
+    allocations(&mut out, seen);
+    match seen.maps_tracked {
+        Some(0) => {
+            let _ = writeln!(out, "  maps: none of 128 entries or more found");
+        }
+        Some(tracked) if seen.maps.is_empty() => {
+            let _ = writeln!(out, "  maps: {tracked} tracked, none could be read");
+        }
+        _ => {}
+    }
+    maps(&mut out, seen.maps);
+    losses(&mut out, seen);
+    next(&mut out, seen);
+    out
+}
+
+fn pauses(out: &mut String, book: &PauseBook) {
     if book.by_reason.is_empty() {
-        return out;
+        return;
     }
     let _ = writeln!(
         out,
         "  {:<26} {:>8} {:>10} {:>10} {:>10} {:>12}",
-        "reason", "count", "p50", "p99", "max", "total"
+        "pauses by reason", "count", "p50", "p99", "max", "total"
     );
     for (reason, tally) in &book.by_reason {
         let histogram = &tally.total;
@@ -36,7 +88,172 @@ pub fn render(book: &PauseBook, pid: u32, exe: &str, go_version: &str) -> String
             duration(u64::try_from(tally.sum_ns).unwrap_or(u64::MAX)),
         );
     }
-    out
+}
+
+fn allocations(out: &mut String, seen: &Seen<'_>) {
+    let Some(allocs) = seen.allocs else {
+        let _ = writeln!(
+            out,
+            "  allocations: not sampled (the target's runtime.MemProfileRate is 0, or its runtime \
+             cannot be sampled)"
+        );
+        return;
+    };
+    let seconds = seen.watched.as_secs_f64().max(1e-3);
+    let _ = writeln!(
+        out,
+        "  allocations: {} in {} objects, {}/s (estimated from the runtime's samples, as pprof does)",
+        bytes(allocs.bytes),
+        count(allocs.objects),
+        bytes(allocs.bytes / seconds),
+    );
+    for (site, site_bytes) in &allocs.top_sites {
+        let share = if allocs.bytes > 0.0 {
+            100.0 * site_bytes / allocs.bytes
+        } else {
+            0.0
+        };
+        let at = if site.location.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", site.location)
+        };
+        let _ = writeln!(
+            out,
+            "    {share:>5.1}%  {:>10}  {}{at}",
+            bytes(*site_bytes),
+            site.function
+        );
+    }
+}
+
+fn maps(out: &mut String, reports: &[MapReport]) {
+    if reports.is_empty() {
+        return;
+    }
+    let mut biggest: Vec<&MapReport> = reports.iter().collect();
+    biggest.sort_by_key(|map| std::cmp::Reverse(map.shape.bytes));
+    let _ = writeln!(
+        out,
+        "  maps: {} tracked; the biggest (fill = entries / slots):",
+        reports.len()
+    );
+    for map in biggest.into_iter().take(SUMMARY_MAPS) {
+        let fill = if map.shape.capacity_slots > 0 {
+            100.0 * map.shape.entries as f64 / map.shape.capacity_slots as f64
+        } else {
+            0.0
+        };
+        let kind = map
+            .type_info
+            .as_ref()
+            .and_then(|info| info.name.as_ref())
+            .map(|name| format!("{name} "))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    {kind}at {}: {} entries, fill {fill:.0}%, {}, {} growths, {} overflow buckets",
+            map.site,
+            map.shape.entries,
+            bytes(map.shape.bytes as f64),
+            map.growths,
+            map.overflows,
+        );
+    }
+}
+
+fn losses(out: &mut String, seen: &Seen<'_>) {
+    let snapshots: u64 = seen
+        .snapshots_dropped
+        .map_or(0, |dropped| dropped.values().sum());
+    if seen.dropped.is_empty() && snapshots == 0 {
+        let _ = writeln!(out, "  lost events: none");
+        return;
+    }
+    if !seen.dropped.is_empty() {
+        let list: Vec<String> = seen
+            .dropped
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  lost events: {} (the counts above are that much too low)",
+            list.join(", ")
+        );
+    }
+    if let Some(dropped) = seen.snapshots_dropped.filter(|_| snapshots > 0) {
+        let list: Vec<String> = dropped
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  map snapshots dropped: {} (see docs/METRICS.md)",
+            list.join(", ")
+        );
+    }
+}
+
+fn next(out: &mut String, seen: &Seen<'_>) {
+    let pid = seen.pid;
+    let _ = writeln!(out, "  next:");
+    if let Some(address) = seen.endpoint {
+        let _ = writeln!(
+            out,
+            "    while attached: go tool pprof http://{address}/debug/pprof/allocs, the map \
+             heatmaps at http://{address}/maps"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "    on a running process: mapscope profile alloc --pid {pid} -o allocs.pb.gz; \
+         mapscope heatmap --pid {pid}"
+    );
+}
+
+/// `512B`, `3.5KiB`, `1.2GiB`: binary units, three significant figures.
+pub fn bytes(value: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = value.max(0.0);
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{}{}", significant(value), UNITS[unit])
+}
+
+/// `950`, `12.3k`, `4.5M`: three significant figures.
+fn count(value: f64) -> String {
+    let (value, suffix) = if value >= 1e9 {
+        (value / 1e9, "G")
+    } else if value >= 1e6 {
+        (value / 1e6, "M")
+    } else if value >= 1e3 {
+        (value / 1e3, "k")
+    } else {
+        (value.max(0.0), "")
+    };
+    format!("{}{suffix}", significant(value))
+}
+
+/// Three significant figures, trailing zeros dropped.
+fn significant(value: f64) -> String {
+    let decimals = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let text = format!("{value:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
 }
 
 /// `850ns`, `42.1µs`, `3ms`, `1.5s`: three significant figures, trailing zeros dropped.
@@ -51,20 +268,7 @@ pub fn duration(ns: u64) -> String {
     } else {
         (ns / 1e9, "s")
     };
-    let decimals = if value >= 100.0 {
-        0
-    } else if value >= 10.0 {
-        1
-    } else {
-        2
-    };
-    let text = format!("{value:.decimals$}");
-    let text = if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &text
-    };
-    format!("{text}{unit}")
+    format!("{}{unit}", significant(value))
 }
 
 #[cfg(test)]
@@ -84,7 +288,19 @@ mod tests {
     }
 
     #[test]
-    fn summary_lists_each_reason() {
+    fn bytes_and_counts_read_naturally() {
+        assert_eq!(bytes(512.0), "512B");
+        assert_eq!(bytes(3.5 * 1024.0), "3.5KiB");
+        assert_eq!(bytes(1.25 * (1u64 << 30) as f64), "1.25GiB");
+        assert_eq!(count(950.0), "950");
+        assert_eq!(count(12_345.0), "12.3k");
+        assert_eq!(count(4_500_000.0), "4.5M");
+    }
+
+    /// Everything seen while attached: pauses by reason, allocations and their top sites,
+    /// the biggest maps, losses, and where to look next.
+    #[test]
+    fn summary_covers_everything_seen() {
         let mut book = PauseBook::default();
         for total_ns in [10_000, 20_000, 30_000] {
             book.record(&Pause {
@@ -94,11 +310,38 @@ mod tests {
                 stopping_ns: None,
             });
         }
-        let text = render(&book, 7, "svc", "go1.27.3");
+        let site = |function: &str, location: &str| crate::model::sites::Site {
+            function: function.into(),
+            location: location.into(),
+        };
+        let allocs = AllocSummary {
+            objects: 2_000_000.0,
+            bytes: 1024.0 * 1024.0 * 1024.0,
+            top_sites: vec![
+                (site("main.build", "main.go:10"), 768.0 * 1024.0 * 1024.0),
+                (site("main.parse", "parse.go:7"), 256.0 * 1024.0 * 1024.0),
+            ],
+        };
+        let dropped = BTreeMap::from([("ring_buffer_full".to_owned(), 3)]);
+        let text = render(&Seen {
+            pid: 7,
+            exe: "svc",
+            go_version: "go1.27.3",
+            watched: Duration::from_secs(10),
+            book: &book,
+            allocs: Some(&allocs),
+            maps: &[],
+            dropped: &dropped,
+            snapshots_dropped: None,
+            maps_tracked: None,
+            endpoint: Some("127.0.0.1:9871".parse().unwrap()),
+        });
         assert!(
             text.starts_with(
-                "mapscope: pid 7 (svc, go1.27.3): 3 stop-the-world pauses, 3 GC cycles"
-            )
+                "mapscope: pid 7 (svc, go1.27.3), watched for 10s: 3 GC cycles completed, 3 \
+                 stop-the-world pauses"
+            ),
+            "{text}"
         );
         let row = text
             .lines()
@@ -108,5 +351,19 @@ mod tests {
             row.contains(" 3 ") && row.contains("30µs") && row.contains("60µs"),
             "{row}"
         );
+        assert!(
+            text.contains("allocations: 1GiB in 2M objects, 102MiB/s"),
+            "{text}"
+        );
+        assert!(
+            text.contains(" 75.0%      768MiB  main.build (main.go:10)"),
+            "{text}"
+        );
+        assert!(text.contains("lost events: ring_buffer_full 3"), "{text}");
+        assert!(
+            text.contains("go tool pprof http://127.0.0.1:9871/debug/pprof/allocs"),
+            "{text}"
+        );
+        assert!(text.contains("mapscope heatmap --pid 7"), "{text}");
     }
 }

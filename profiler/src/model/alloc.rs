@@ -6,6 +6,16 @@
 //! (src/runtime/pprof/protomem.go `scaleHeapSample`).
 use std::collections::BTreeMap;
 
+/// What was allocated while mapscope watched, for the exit summary: estimates from the samples,
+/// and the sites that allocated the most bytes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AllocSummary {
+    pub objects: f64,
+    pub bytes: f64,
+    /// Biggest first.
+    pub top_sites: Vec<(super::sites::Site, f64)>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AllocTotals {
     pub samples: u64,
