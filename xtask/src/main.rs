@@ -1,6 +1,7 @@
 //! Developer tasks: set-up, build, run, test, bench. Every task installs what it is missing
 //! first, so each works on a fresh machine with nothing installed by hand.
 mod bench;
+mod dist;
 mod setup;
 mod shell;
 
@@ -33,6 +34,9 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
+    /// The release tarball for users: static binary, man pages, completions, dashboards,
+    /// deploy files, docs, and its SHA-256 sum (target/dist/).
+    Dist,
     /// Same-run overhead ratios: a GC-heavy Go benchmark with and without mapscope attached.
     Bench {
         /// `discovery`: only the cost of the map discovery windows.
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
         Task::Build => build_release().map(|_| ()),
         Task::Run { args } => run(args),
         Task::Test { filter } => test(filter),
+        Task::Dist => dist::run().map(|_| ()),
         Task::Bench { only } => bench::run(only),
     }
 }
@@ -97,6 +102,8 @@ fn test(filter: Option<String>) -> Result<()> {
     let (debian_version, debian_go) = setup::debian_go()?;
     toolchains.insert(debian_version, debian_go);
     let debian_program = setup::debian_go_program()?;
+    // The tarball users get, which the tests unpack and run where no Rust is installed.
+    let tarball = dist::run()?;
     // The daemon's endpoint tests make a certificate and speak TLS with these; the maps page is
     // checked in a real headless browser; binutils' strip makes symbol-less twins.
     setup::debian_packages(&["openssl", "curl", "chromium", "binutils"])?;
@@ -156,6 +163,7 @@ fn test(filter: Option<String>) -> Result<()> {
     command
         .env("MAPSCOPE_TEST_GO", go_list)
         .env("MAPSCOPE_TEST_DEBIAN_GO_PROGRAM", debian_program)
+        .env("MAPSCOPE_TEST_DIST", tarball)
         .env("MAPSCOPE_TEST_GOCACHE", setup::cache_dir().join("gocache"));
     let totals = shell::run_counting_tests(&mut command)?;
     // One closing line over every test binary, so nobody has to add up cargo's per-binary lines.
