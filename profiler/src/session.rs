@@ -634,17 +634,18 @@ impl Attached {
                     collector.discovery = Some((windowed, self.probes.take_discovery_maps()?));
                 }
                 let mut stopped = stopped.clone();
+                // Only while the target runs the program its maps belong to: once it is gone
+                // (every read would fail), or exec'd or its PID reused (the addresses would
+                // point into another program), the last snapshots taken are the ones to show.
                 let final_round = options.final_map_snapshot;
-                let pid = process.pid;
+                let same_image = process.still_runs_its_image();
                 Some(tokio::spawn(async move {
                     collector
                         .run_until(async move {
                             let _ = stopped.changed().await;
                         })
                         .await;
-                    // Not when the target is gone: every read would fail, and the last
-                    // snapshots taken while it lived are the ones to show.
-                    if final_round && crate::process::pidfd::image(pid).is_some() {
+                    if final_round && same_image() {
                         collector.snapshot_round().await;
                     }
                     collector.stats
@@ -668,6 +669,8 @@ impl Attached {
                 let _ = stop_all.send(true);
             })
             .await;
+        // The watch ends here: the rounds and detaching that follow are not the target's time.
+        let watched = watching.elapsed();
         let alloc = match alloc_task {
             Some(task) => task.await.ok(),
             None => None,
@@ -699,7 +702,7 @@ impl Attached {
             allocs,
             alloc_summary,
             dropped: target_metrics.dropped_so_far(),
-            watched: watching.elapsed(),
+            watched,
             maps,
             map_stats,
         })

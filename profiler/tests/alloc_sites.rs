@@ -275,14 +275,25 @@ fn profile_alloc_command() {
     );
 }
 
-/// Site bytes by function, from one scrape.
-fn site_bytes(metrics: &common::Metrics) -> BTreeMap<String, f64> {
+/// Site bytes by site (function, location): one entry per series, from one scrape.
+fn site_bytes(metrics: &common::Metrics) -> BTreeMap<(String, String), f64> {
     metrics
         .0
         .iter()
         .filter(|sample| sample.name == "mapscope_alloc_site_bytes_total")
-        .map(|sample| (sample.labels["function"].clone(), sample.value))
+        .map(|sample| {
+            let site = (
+                sample.labels["function"].clone(),
+                sample.labels["location"].clone(),
+            );
+            (site, sample.value)
+        })
         .collect()
+}
+
+/// Whether any of `sites` is in `function`.
+fn has_function(sites: &BTreeMap<(String, String), f64>, function: &str) -> bool {
+    sites.keys().any(|(name, _)| name == function)
 }
 
 /// The named sites follow the load: a target whose allocating functions change, twice, with
@@ -306,10 +317,10 @@ fn the_named_sites_follow_the_load() {
         "--alloc-sites-half-life",
         "200ms",
     ]);
-    let mut last: BTreeMap<String, f64> = BTreeMap::new();
+    let mut last: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut reports = 0;
     // Run one phase, scraping all along: counters only grow, series stay within the bound.
-    let mut phase = |functions: &str| -> BTreeMap<String, f64> {
+    let mut phase = |functions: &str| -> BTreeMap<(String, String), f64> {
         target.send(&format!("go {functions}"));
         reports += 1;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -321,9 +332,9 @@ fn the_named_sites_follow_the_load() {
                 "{} site series: {now:?}",
                 now.len()
             );
-            for (function, bytes) in &now {
-                let before = last.get(function).copied().unwrap_or(0.0);
-                assert!(*bytes >= before, "{function} went from {before} to {bytes}");
+            for (site, bytes) in &now {
+                let before = last.get(site).copied().unwrap_or(0.0);
+                assert!(*bytes >= before, "{site:?} went from {before} to {bytes}");
             }
             last = now;
             let reported = target
@@ -343,17 +354,22 @@ fn the_named_sites_follow_the_load() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let named_share = |before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>| {
+    let named_share = |before: &BTreeMap<(String, String), f64>,
+                       after: &BTreeMap<(String, String), f64>| {
         let gained =
-            |function: &String| after[function] - before.get(function).copied().unwrap_or(0.0);
+            |site: &(String, String)| after[site] - before.get(site).copied().unwrap_or(0.0);
         let total: f64 = after.keys().map(gained).sum();
-        let named: f64 = after.keys().filter(|f| *f != "other").map(gained).sum();
+        let named: f64 = after
+            .keys()
+            .filter(|(function, _)| function != "other")
+            .map(gained)
+            .sum();
         (named / total, total)
     };
 
     let first = phase("allocLarge,growSlice");
     assert!(
-        first.contains_key("main.allocLarge") && first.contains_key("main.growSlice"),
+        has_function(&first, "main.allocLarge") && has_function(&first, "main.growSlice"),
         "{first:?}"
     );
     let second = phase("allocSmall,smallMaps");
@@ -362,7 +378,7 @@ fn the_named_sites_follow_the_load() {
     assert!(share >= 0.9, "{share:.3}: {first:?} → {second:?}");
     for retired in ["main.allocLarge", "main.growSlice"] {
         assert!(
-            second.contains_key(retired),
+            has_function(&second, retired),
             "{retired} keeps its series: {second:?}"
         );
     }
@@ -372,7 +388,7 @@ fn the_named_sites_follow_the_load() {
     assert!(share >= 0.9, "{share:.3}: {second:?} → {third:?}");
     // Three retired, room for two: the oldest retired (a first-phase site) is forgotten.
     assert!(
-        !(third.contains_key("main.allocLarge") && third.contains_key("main.growSlice")),
+        !(has_function(&third, "main.allocLarge") && has_function(&third, "main.growSlice")),
         "{third:?}"
     );
     target.send("exit");

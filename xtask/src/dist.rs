@@ -11,6 +11,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{setup, shell, workspace_root};
 
+/// The test that checks the tarball (profiler/tests/dist.rs).
+pub const TEST_NAME: &str = "the_tarball_runs_where_nothing_else_is_installed";
+
 /// The one target the tarball is for; named explicitly so that the static linking flag below
 /// applies to mapscope only, not to build scripts or to the eBPF build nested in build.rs.
 const TARGET: &str = "x86_64-unknown-linux-gnu";

@@ -102,8 +102,16 @@ fn test(filter: Option<String>) -> Result<()> {
     let (debian_version, debian_go) = setup::debian_go()?;
     toolchains.insert(debian_version, debian_go);
     let debian_program = setup::debian_go_program()?;
-    // The tarball users get, which the tests unpack and run where no Rust is installed.
-    let tarball = dist::run()?;
+    // The tarball users get, which the tests unpack and run where no Rust is installed; not
+    // built (a release build of its own) when a filter leaves that test out.
+    let tarball = if filter
+        .as_deref()
+        .is_none_or(|filter| dist::TEST_NAME.contains(filter))
+    {
+        Some(dist::run()?)
+    } else {
+        None
+    };
     // The daemon's endpoint tests make a certificate and speak TLS with these; the maps page is
     // checked in a real headless browser; binutils' strip makes symbol-less twins.
     setup::debian_packages(&["openssl", "curl", "chromium", "binutils"])?;
@@ -163,8 +171,10 @@ fn test(filter: Option<String>) -> Result<()> {
     command
         .env("MAPSCOPE_TEST_GO", go_list)
         .env("MAPSCOPE_TEST_DEBIAN_GO_PROGRAM", debian_program)
-        .env("MAPSCOPE_TEST_DIST", tarball)
         .env("MAPSCOPE_TEST_GOCACHE", setup::cache_dir().join("gocache"));
+    if let Some(tarball) = tarball {
+        command.env("MAPSCOPE_TEST_DIST", tarball);
+    }
     let totals = shell::run_counting_tests(&mut command)?;
     // One closing line over every test binary, so nobody has to add up cargo's per-binary lines.
     println!(

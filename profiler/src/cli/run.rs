@@ -108,7 +108,9 @@ fn follow_to_go(
             }
             Err(error) if error.exit == Exit::NotGo => {
                 tracing::info!(
-                    "PID {} runs {name}, not a Go program: letting it run until it execs one",
+                    "PID {} runs {name}, not a Go program: letting it run until it execs one \
+                     (a Go program it starts as a child is not followed: then mapscope waits \
+                     until {name} ends; attach to the program with --pid instead)",
                     stopped.pid
                 );
                 wrappers.push(name);

@@ -105,6 +105,19 @@ impl GoCache {
     }
 }
 
+/// Why a target's task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TaskEnd {
+    /// The process exited.
+    Gone,
+    /// The process runs another program image now (the probes belonged to the old one).
+    Exec,
+    /// Profiling failed while the process still runs its program (logged by the task).
+    Failed,
+    /// Stopped from outside: the daemon is stopping.
+    Stopped,
+}
+
 /// A target being profiled: its task stops when its process exits, when the daemon stops, or
 /// when `stop` is sent (the process exec'd another program).
 struct Running {
@@ -120,7 +133,7 @@ pub async fn run(
 ) {
     tokio::pin!(stop);
     let (stop_all, stopping) = watch::channel(false);
-    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut tasks: JoinSet<TaskEnd> = JoinSet::new();
     let mut task_keys: HashMap<tokio::task::Id, ProcessKey> = HashMap::new();
     let mut attached: BTreeMap<ProcessKey, Running> = BTreeMap::new();
     // Processes looked at and not attached (not selected, or failed): not looked at again
@@ -136,23 +149,29 @@ pub async fn run(
             () = &mut stop => break,
             Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 // A task that panicked is over too: its slot is freed either way.
-                let id = match &done {
-                    Ok((id, ())) => *id,
-                    Err(error) => error.id(),
+                let (id, end) = match &done {
+                    Ok((id, end)) => (*id, *end),
+                    Err(error) => (error.id(), TaskEnd::Failed),
                 };
                 if let Some(key) = task_keys.remove(&id)
                     && let Some(running) = attached.remove(&key)
                 {
-                    // Still there: it exec'd (same PID), and the next scan looks at its new
-                    // image, attaching again if it is still selected.
-                    if crate::process::pidfd::image(key.pid).is_some() && start_time(key.pid) == Some(key.start_time) {
-                        tracing::info!(
-                            "PID {} ({}) exec'd; detached from its old image, looking at the new one",
-                            key.pid,
-                            running.name
-                        );
-                    } else {
-                        tracing::info!("PID {} ({}) is gone; detached", key.pid, running.name);
+                    let (pid, name) = (key.pid, &running.name);
+                    match end {
+                        // The next scan looks at its new image, attaching again if it is
+                        // still selected.
+                        TaskEnd::Exec => tracing::info!(
+                            "PID {pid} ({name}) exec'd; detached from its old image, looking at the new one"
+                        ),
+                        TaskEnd::Gone => tracing::info!("PID {pid} ({name}) is gone; detached"),
+                        // Not attached again while it lives: it would fail the same way.
+                        TaskEnd::Failed | TaskEnd::Stopped => {
+                            passed.insert(key);
+                            tracing::info!(
+                                "PID {pid} ({name}) still runs but is no longer profiled; not \
+                                 attaching to it again while it lives"
+                            );
+                        }
                     }
                 }
                 tokio::task::block_in_place(release_freed_memory);
@@ -228,8 +247,20 @@ pub async fn run(
                                         _ = stopped => {}
                                     }
                                 };
-                                if let Err(error) = target.collect(&exported, options, stop, || {}).await {
+                                let same_image = target.target.process.still_runs_its_image();
+                                let outcome = target.collect(&exported, options, stop, || {}).await;
+                                if let Err(error) = &outcome {
                                     tracing::warn!("PID {pid}: profiling ended early: {error:#}");
+                                }
+                                if same_image() {
+                                    if outcome.is_err() { TaskEnd::Failed } else { TaskEnd::Stopped }
+                                } else if crate::process::pidfd::image(pid).is_some()
+                                    && start_time(pid) == Some(key.start_time)
+                                {
+                                    // (A zombie has no image: gone, not exec'd.)
+                                    TaskEnd::Exec
+                                } else {
+                                    TaskEnd::Gone
                                 }
                             });
                             task_keys.insert(task.id(), key);
@@ -318,4 +349,42 @@ pub fn describe(settings: &Settings) -> String {
         selectors.join(", "),
         settings.max_targets
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::metrics::ATTACH_FAILURE_REASONS;
+
+    /// Every reason an attach failure is counted under has its zero series (and is documented
+    /// with them): the two lists cannot drift apart.
+    #[test]
+    fn every_failure_reason_is_a_known_one() {
+        let exits = [
+            Exit::Internal,
+            Exit::Usage,
+            Exit::NoSuchProcess,
+            Exit::NotGo,
+            Exit::UnsupportedGo,
+            Exit::MissingSymbols,
+            Exit::Privileges,
+            Exit::KernelFeature,
+            Exit::ListenAddress,
+            Exit::Launch,
+            Exit::NothingSampled,
+            Exit::Config,
+        ];
+        let mut reasons: Vec<&str> = exits
+            .into_iter()
+            .map(|exit| failure_reason(&UserError::new(exit, "x").into()))
+            .collect();
+        reasons.push(failure_reason(&anyhow::anyhow!("not a user error")));
+        reasons.push("max_targets");
+        for reason in &reasons {
+            assert!(ATTACH_FAILURE_REASONS.contains(reason), "{reason}");
+        }
+        for reason in ATTACH_FAILURE_REASONS {
+            assert!(reasons.contains(&reason), "{reason} is never counted");
+        }
+    }
 }

@@ -272,7 +272,8 @@ impl TargetMapMetrics<'_> {
             self.families
                 .dropped
                 .with_label_values(&self.with(reason))
-                .reset();
+                // Creates the series at 0; never lowers one that exists.
+                .inc_by(0);
         }
     }
 

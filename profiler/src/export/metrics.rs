@@ -403,7 +403,7 @@ impl Metrics {
         registry.register(Box::new(targets.clone()))?;
         // Every failure series exists from the start at 0, so `increase()` sees the first one.
         for reason in ATTACH_FAILURE_REASONS {
-            attach_failures.with_label_values(&[reason]).reset();
+            attach_failures.with_label_values(&[reason]).inc_by(0);
         }
         registry.register(Box::new(attach_failures.clone()))?;
         // The daemon's own CPU, memory and file descriptors (process_*), from /proc/self.
@@ -461,7 +461,7 @@ impl Metrics {
             .metrics
             .gc_cycles
             .with_label_values(&target.labels)
-            .reset();
+            .inc_by(0);
         for reason in ["gc_sweep_termination", "gc_mark_termination"] {
             target.touch_reason(reason);
         }
@@ -893,7 +893,24 @@ mod tests {
                     && line.ends_with(" 0")
             })
         };
-        assert_eq!(DROP_REASONS.len(), 8, "docs/METRICS.md lists 8");
+        // docs/METRICS.md names every reason in its "Drop reasons" paragraph, and the label
+        // table gives their number.
+        let docs = include_str!("../../../docs/METRICS.md");
+        let paragraph = docs
+            .split("Drop reasons:")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .expect("a Drop reasons paragraph");
+        for reason in DROP_REASONS {
+            assert!(
+                paragraph.contains(&format!("`{reason}`")),
+                "{reason} is not in docs/METRICS.md's Drop reasons"
+            );
+        }
+        assert!(
+            docs.contains(&format!("fixed list of {}", DROP_REASONS.len())),
+            "docs/METRICS.md's label table gives another number of drop reasons"
+        );
         for reason in DROP_REASONS {
             assert!(
                 zero("mapscope_probe_events_dropped_total", "reason", reason),

@@ -202,8 +202,8 @@ fn next(out: &mut String, seen: &Seen<'_>) {
     if let Some(address) = seen.endpoint {
         let _ = writeln!(
             out,
-            "    while attached: go tool pprof http://{address}/debug/pprof/allocs, the map \
-             heatmaps at http://{address}/maps"
+            "    next time, while attached: go tool pprof http://{address}/debug/pprof/allocs, \
+             the map heatmaps at http://{address}/maps"
         );
     }
     let _ = writeln!(

@@ -73,7 +73,7 @@ pub fn parse(blob: &[u8]) -> Result<BuildInfo, BuildInfoError> {
 /// build info, a Go runtime whose release string is found (`runtime_vars`).
 pub fn is_go_file(path: &std::path::Path) -> bool {
     use object::{Object as _, ObjectSection as _};
-    let Ok(data) = std::fs::read(path) else {
+    let Ok(data) = crate::files::read_regular(path, crate::files::MAX_EXECUTABLE) else {
         return false;
     };
     let Ok(file) = object::File::parse(&*data) else {
@@ -84,9 +84,15 @@ pub fn is_go_file(path: &std::path::Path) -> bool {
         None if file.sections().next().is_none() => find(&data),
         None => None,
     };
-    blob.is_some_and(|blob| parse(blob).is_ok())
-        // No build info (removed, or never written): Go if its runtime says which release.
-        || (blob.is_none() && super::runtime_vars::find(&file, &data).is_some())
+    // As `GoBinary::open` decides: build info if it parses; without it (removed, or never
+    // written, or its magic gone), Go if its runtime says which release.
+    match blob.map(parse) {
+        Some(Ok(_)) => true,
+        None | Some(Err(BuildInfoError::NoMagic)) => {
+            super::runtime_vars::find(&file, &data).is_some()
+        }
+        Some(Err(_)) => false,
+    }
 }
 
 /// Find the build info header in a memory image when there is no `.go.buildinfo` section.

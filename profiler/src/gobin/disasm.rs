@@ -66,18 +66,20 @@ pub fn zeroed_words(code: &[u8], address: u64) -> Vec<u64> {
 }
 
 /// Addresses `code` (starting at `address`) stores a 64-bit register into through a
-/// RIP-relative operand within a few instructions of loading `constant` into a register: a
-/// variable initialised at run time from that constant (`var v = f(constant)`).
+/// RIP-relative operand within a few instructions of loading `constant` into that register: a
+/// variable initialised at run time from that constant (`var v = f(constant)`; the register
+/// may be changed in between, as by the CMOV of `if cond { v = 0 }`).
 pub fn words_set_near_constant(code: &[u8], address: u64, constant: u64) -> Vec<u64> {
     const NEAR: usize = 5;
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut found = Vec::new();
-    let mut since_constant: Option<usize> = None;
+    // The register holding the constant, and how many instructions ago it was loaded.
+    let mut holding: Option<(Register, usize)> = None;
     while decoder.can_decode() {
         let instruction = decoder.decode();
-        since_constant = since_constant
-            .map(|count| count + 1)
-            .filter(|&count| count <= NEAR);
+        holding = holding
+            .map(|(register, count)| (register, count + 1))
+            .filter(|&(_, count)| count <= NEAR);
         if instruction.mnemonic() == Mnemonic::Mov
             && instruction.op0_kind() == OpKind::Register
             && matches!(
@@ -86,13 +88,14 @@ pub fn words_set_near_constant(code: &[u8], address: u64, constant: u64) -> Vec<
             )
             && instruction.immediate(1) == constant
         {
-            since_constant = Some(0);
-        } else if since_constant.is_some()
+            holding = Some((instruction.op0_register().full_register(), 0));
+        } else if let Some((register, _)) = holding
             && instruction.mnemonic() == Mnemonic::Mov
             && instruction.is_ip_rel_memory_operand()
             && instruction.op0_kind() == OpKind::Memory
             && instruction.op1_kind() == OpKind::Register
             && instruction.op1_register().size() == 8
+            && instruction.op1_register().full_register() == register
         {
             found.push(instruction.ip_rel_memory_address());
         }
@@ -182,6 +185,42 @@ fn reads_stack_guard(instruction: &Instruction) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three instruction shapes the runtime-variable finders look for, hand-assembled:
+    /// `CMPQ v+8(SB), $0` (a read), `MOVQ $0, v(SB)` (a zeroing store), and
+    /// `MOVL $0x80000, AX; ...; MOVQ AX, v(SB)` (a store of a loaded constant).
+    #[test]
+    fn finds_the_variables_code_reads_zeroes_and_sets() {
+        let code = [
+            // cmp qword ptr [rip+0x100], 0 (ends at 0x1008: refers to 0x1108)
+            0x48, 0x83, 0x3d, 0x00, 0x01, 0x00, 0x00, 0x00,
+            // mov qword ptr [rip+0x200], 0 (ends at 0x1013: refers to 0x1213)
+            0x48, 0xc7, 0x05, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            // mov eax, 0x80000
+            0xb8, 0x00, 0x00, 0x08, 0x00, // xor ecx, ecx
+            0x31, 0xc9,
+            // mov qword ptr [rip+0x300], rax (ends at 0x1021: refers to 0x1321)
+            0x48, 0x89, 0x05, 0x00, 0x03, 0x00, 0x00,
+            // mov qword ptr [rip+0x400], rcx: not the register holding the constant (ends at
+            // 0x1028: refers to 0x1428)
+            0x48, 0x89, 0x0d, 0x00, 0x04, 0x00, 0x00,
+        ];
+        assert_eq!(
+            data_references(&code, 0x1000),
+            vec![0x1108, 0x1213, 0x1321, 0x1428]
+        );
+        assert_eq!(zeroed_words(&code, 0x1000), vec![0x1213]);
+        assert_eq!(
+            words_set_near_constant(&code, 0x1000, 0x80000),
+            vec![0x1321]
+        );
+        assert!(words_set_near_constant(&code, 0x1000, 0x1234).is_empty());
+        // Past `NEAR` instructions the constant no longer counts.
+        let mut far = vec![0xb8, 0x00, 0x00, 0x08, 0x00];
+        far.extend([0x90; 6]); // six NOPs
+        far.extend([0x48, 0x89, 0x05, 0x00, 0x03, 0x00, 0x00]);
+        assert!(words_set_near_constant(&far, 0x1000, 0x80000).is_empty());
+    }
 
     #[test]
     fn finds_direct_call_targets() {

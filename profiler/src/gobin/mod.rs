@@ -215,13 +215,20 @@ impl GoBinary {
                 path: path(),
                 detail: pclntab::PclntabError::NoHeader.to_string(),
             })?;
-            let table = pclntab::Pclntab::parse(
-                &data[span.file_offset..span.file_offset + span.len],
-                span.text_start,
-            )
-            .map_err(|error| GoBinaryError::NoFunctionTable {
-                path: path(),
-                detail: error.to_string(),
+            // The span comes from the file's own headers: checked, not trusted.
+            let bytes = span
+                .file_offset
+                .checked_add(span.len)
+                .and_then(|end| data.get(span.file_offset..end))
+                .ok_or_else(|| GoBinaryError::NoFunctionTable {
+                    path: path(),
+                    detail: "the pclntab runs past the end of the file".to_owned(),
+                })?;
+            let table = pclntab::Pclntab::parse(bytes, span.text_start).map_err(|error| {
+                GoBinaryError::NoFunctionTable {
+                    path: path(),
+                    detail: error.to_string(),
+                }
             })?;
             functions = table.find(wanted);
             // Variables are not in the pclntab; the one mapscope reads is found through the

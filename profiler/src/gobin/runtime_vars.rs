@@ -73,7 +73,7 @@ pub fn find(file: &object::File<'_>, data: &[u8]) -> Option<(String, VersionSour
             // its text field does not.
             let span = GoBinary::locate_pclntab(file, data, &[SCHEDINIT], None)?;
             let table = Pclntab::parse(
-                data.get(span.file_offset..span.file_offset + span.len)?,
+                data.get(span.file_offset..span.file_offset.checked_add(span.len)?)?,
                 span.text_start,
             )
             .ok()?;

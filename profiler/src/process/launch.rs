@@ -61,15 +61,10 @@ pub fn spawn_stopped(argv: &[OsString]) -> Result<StoppedChild, LaunchError> {
         child: Some(child),
         pid,
     };
-    let mut status = 0;
-    // SAFETY: waits for our own child; `status` is a valid out pointer.
-    let waited = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-    if waited == -1 {
-        return Err(LaunchError::Wait {
-            command: program,
-            source: io::Error::last_os_error(),
-        });
-    }
+    let status = wait(pid as libc::pid_t).map_err(|source| LaunchError::Wait {
+        command: program.clone(),
+        source,
+    })?;
     if !libc::WIFSTOPPED(status) {
         // Already reaped by the waitpid above: forget the Child so drop does not kill a
         // recycled PID.
@@ -79,7 +74,33 @@ pub fn spawn_stopped(argv: &[OsString]) -> Result<StoppedChild, LaunchError> {
             status: describe_status(status),
         });
     }
+    // From now on: should mapscope die (SIGKILL, the OOM killer) while the child is stopped
+    // or being followed, the kernel kills the child rather than leave it stopped or running
+    // unobserved; and its next exec stops it again (PTRACE_EVENT_EXEC), not a bare SIGTRAP.
+    let options = libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_EXITKILL;
+    // SAFETY: a ptrace request on our own stopped tracee, from the thread that traces it.
+    if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options) } == -1 {
+        return Err(LaunchError::Wait {
+            command: program,
+            source: io::Error::last_os_error(),
+        });
+    }
     Ok(stopped)
+}
+
+/// `waitpid` for our own child, again when a signal interrupts it.
+fn wait(pid: libc::pid_t) -> io::Result<libc::c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } != -1 {
+            return Ok(status);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
 }
 
 /// Where the child went when let run to its next exec.
@@ -103,36 +124,25 @@ impl StoppedChild {
     /// Let the child run until it execs another program, and stop it there, as right after
     /// the first exec: a wrapper (`env`, a shell script ending in `exec app`, a version
     /// manager's shim) on its way to the real program. Signals it gets meanwhile are delivered
-    /// to it as usual. Should mapscope die meanwhile, the kernel kills the child
-    /// (PTRACE_O_EXITKILL) rather than leave it stopped.
+    /// to it as usual.
+    ///
+    /// Only this process is followed: a program it starts as a child is not, and this returns
+    /// only when the process itself execs or ends. Job-control stops (Ctrl-Z) of the wrapper
+    /// are not kept while it is followed: a traced process cannot be left in a group-stop
+    /// without PTRACE_SEIZE, so it is resumed.
     pub fn continue_to_next_exec(&mut self) -> Result<NextExec, LaunchError> {
         let pid = self.pid as libc::pid_t;
         let failed = |source: io::Error| LaunchError::Wait {
             command: OsString::from(format!("PID {pid}")),
             source,
         };
-        let options = libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_EXITKILL;
-        // SAFETY: ptrace requests on our own stopped tracee, from the thread that traces it.
-        if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options) } == -1 {
-            return Err(failed(io::Error::last_os_error()));
-        }
         let mut deliver = 0;
         loop {
             // SAFETY: as above; `deliver` is the signal the tracee stopped with, or 0.
             if unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, deliver) } == -1 {
                 return Err(failed(io::Error::last_os_error()));
             }
-            let mut status = 0;
-            loop {
-                // SAFETY: waits for our own child; `status` is a valid out pointer.
-                if unsafe { libc::waitpid(pid, &mut status, 0) } != -1 {
-                    break;
-                }
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    return Err(failed(error));
-                }
-            }
+            let status = wait(pid).map_err(failed)?;
             if !libc::WIFSTOPPED(status) {
                 // Reaped above: forget the Child so that drop does not kill a recycled PID.
                 self.child = None;
@@ -141,8 +151,18 @@ impl StoppedChild {
             if libc::WSTOPSIG(status) == libc::SIGTRAP && status >> 16 == libc::PTRACE_EVENT_EXEC {
                 return Ok(NextExec::Exec);
             }
-            // A signal on its way to the child: hand it on.
-            deliver = libc::WSTOPSIG(status);
+            // A signal on its way to the child: hand it on. A group-stop (the child stopping
+            // after such a signal was handed on) has no signal to deliver: PTRACE_GETSIGINFO
+            // fails there, and the child is resumed with none.
+            let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
+            // SAFETY: our own stopped tracee; `info` is a valid out pointer for a siginfo_t.
+            let signal_stop =
+                unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, pid, 0, info.as_mut_ptr()) } != -1;
+            deliver = if signal_stop {
+                libc::WSTOPSIG(status)
+            } else {
+                0
+            };
         }
     }
 

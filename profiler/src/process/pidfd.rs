@@ -102,7 +102,7 @@ const EXEC_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 impl Process {
     pub fn open(pid: u32) -> Result<Self, ProcessError> {
         let pidfd = pidfd_open(pid).map_err(|source| match source.raw_os_error() {
-            // pidfd_open takes a thread group leader only (ENOENT for another thread).
+            // pidfd_open takes a thread group leader only (EINVAL for another thread).
             _ if let Some(group) = thread_group_of(pid) => ProcessError::Thread {
                 tid: pid,
                 pid: group,
@@ -136,6 +136,13 @@ impl Process {
             exe_name,
             image: image(pid),
         })
+    }
+
+    /// A check, for another task to run later, of whether the process still runs the program
+    /// image it ran when opened: not gone, not exec'd, not a reused PID.
+    pub fn still_runs_its_image(&self) -> impl Fn() -> bool + Send + 'static {
+        let (pid, opened) = (self.pid, self.image);
+        move || opened.is_some() && image(pid) == opened
     }
 
     /// Resolves once the process runs another program image than when it was opened (it
