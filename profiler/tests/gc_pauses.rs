@@ -290,3 +290,101 @@ fn pauses_match_runtime_stripped_go1_27() {
 fn pauses_match_runtime_stripped_pie_go1_27() {
     compare_with_runtime("1.27.3", &["-buildmode=pie", "-ldflags=-s -w"]);
 }
+
+/// One GODEBUG=gctrace=1 line's cycle number and concurrent-mark term in nanoseconds, with the
+/// unit it was printed to (the runtime truncates to two significant digits, at most three
+/// decimals of a millisecond: `fmtNSAsMS`), or `None` for other lines.
+fn gctrace_mark(line: &str) -> Option<(u64, f64, f64)> {
+    let cycle = line
+        .strip_prefix("gc ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let clock = line.split(": ").nth(1)?.split(" ms clock").next()?;
+    let middle = clock.split('+').nth(1)?;
+    let decimals = middle
+        .split_once('.')
+        .map_or(0, |(_, fraction)| fraction.len());
+    let unit_ms = 10f64.powi(-i32::try_from(decimals).ok()?);
+    Some((cycle, middle.parse::<f64>().ok()? * 1e6, unit_ms * 1e6))
+}
+
+/// Every GC cycle's concurrent mark phase, against the runtime's own gctrace for the same
+/// cycles: as many observations as cycles gctrace printed while mapscope watched, and their sum
+/// at or above gctrace's (which truncates each term) by less than a print unit per cycle, plus
+/// 2 µs per cycle (the runtime takes `tMarkTerm` a `nanotime` before the stop's own start, which
+/// mapscope reads). Cycle intervals: one fewer than cycles, summing to under the window.
+fn mark_phases_match_gctrace(version: &str) {
+    let binary = common::build_go("gcload", version, &[]);
+    let mut command = std::process::Command::new(&binary);
+    command
+        .args(["-duration", "1s", "-forced-gcs", "10"])
+        .env("GODEBUG", "gctrace=1")
+        .stderr(std::process::Stdio::piped());
+    let mut target = GoTarget::spawn(command);
+    let gctrace = common::Lines::new(target.guard.0.stderr.take().unwrap());
+    let mapscope = Mapscope::attach(target.pid());
+    // gcload is idle until "go": every cycle gctrace prints from here on is one mapscope saw
+    // whole. Its start-up cycles were printed before "ready".
+    let before = gctrace
+        .all()
+        .lines()
+        .filter_map(gctrace_mark)
+        .map(|(cycle, _, _)| cycle)
+        .max()
+        .unwrap_or(0);
+    let report = target.run_load();
+    let metrics =
+        mapscope.scrape_until(Duration::from_secs(10), |m| m.gc_cycles() >= report.num_gc);
+    let marks: Vec<(u64, f64, f64)> = gctrace
+        .all()
+        .lines()
+        .filter_map(gctrace_mark)
+        .filter(|(cycle, _, _)| *cycle > before)
+        .collect();
+    let get = |name: &str| metrics.sum(name, |_| true);
+    let (count, sum) = (
+        get("mapscope_gc_concurrent_mark_seconds_count"),
+        get("mapscope_gc_concurrent_mark_seconds_sum") * 1e9,
+    );
+    let printed: f64 = marks.iter().map(|(_, ns, _)| ns).sum();
+    let units: f64 = marks.iter().map(|(_, _, unit)| unit).sum();
+    let slack = units + 2_000.0 * marks.len() as f64;
+    println!(
+        "Go {version}: {} cycles in gctrace, {count} mark observations; mark sum {:.0} µs, \
+         gctrace {:.0} µs (+ up to {:.0} µs of truncation and clock offset)",
+        marks.len(),
+        sum / 1e3,
+        printed / 1e3,
+        slack / 1e3
+    );
+    assert!(
+        marks.len() as u64 >= report.num_gc,
+        "{marks:?} vs {report:?}"
+    );
+    assert_eq!(count as usize, marks.len(), "one observation per cycle");
+    assert!(
+        sum >= printed - 1.0 && sum <= printed + slack,
+        "mark sum {sum} ns vs gctrace {printed} ns (+{slack})"
+    );
+    let intervals = get("mapscope_gc_cycle_interval_seconds_count");
+    assert_eq!(
+        intervals as usize,
+        marks.len() - 1,
+        "intervals between cycles"
+    );
+    target.send("exit");
+}
+
+common::per_go_release! {
+    mark_phases_match_gctrace;
+    mark_phases_match_gctrace_go1_19 => "1.19.8",
+    mark_phases_match_gctrace_go1_21 => "1.21.13",
+    mark_phases_match_gctrace_go1_22 => "1.22.10",
+    mark_phases_match_gctrace_go1_23 => "1.23.9",
+    mark_phases_match_gctrace_go1_24 => "1.24.11",
+    mark_phases_match_gctrace_go1_25 => "1.25.5",
+    mark_phases_match_gctrace_go1_26 => "1.26.6",
+    mark_phases_match_gctrace_go1_27 => "1.27.3",
+}

@@ -9,7 +9,7 @@ use super::counters::ProbeCounters;
 use crate::{
     export::metrics::TargetMetrics,
     gobin::abi::StwAbi,
-    model::pause::{self, PauseBook},
+    model::pause::{self, CycleClock, PauseBook},
     probes::loaded::StwMaps,
 };
 
@@ -25,6 +25,7 @@ pub struct StwCollector {
     abi: &'static StwAbi,
     metrics: Arc<TargetMetrics>,
     pub book: PauseBook,
+    cycles: CycleClock,
 }
 
 impl StwCollector {
@@ -39,6 +40,7 @@ impl StwCollector {
             abi,
             metrics,
             book: PauseBook::default(),
+            cycles: CycleClock::default(),
         })
     }
 
@@ -86,6 +88,7 @@ impl StwCollector {
             match pause::decode(&event, self.abi) {
                 Ok(pause) => {
                     self.metrics.observe(&pause);
+                    self.metrics.cycle_phases(&self.cycles.pause(&pause));
                     self.book.record(&pause);
                 }
                 Err(invalid) => self.metrics.dropped(invalid.label(), 1),

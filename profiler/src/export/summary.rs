@@ -308,6 +308,8 @@ mod tests {
                 ends_gc_cycle: true,
                 total_ns,
                 stopping_ns: None,
+                started_ns: 0,
+                restarted_ns: total_ns,
             });
         }
         let site = |function: &str, location: &str| crate::model::sites::Site {

@@ -20,6 +20,10 @@ pub struct Pause {
     pub total_ns: u64,
     /// From when stopping began until every P stopped: `/sched/pauses/stopping/*`.
     pub stopping_ns: Option<u64>,
+    /// When stopping began and when the world restarted, on the runtime's own clock
+    /// (`nanotime`, the clock of gctrace's times), for the GC cycle's phases (`CycleClock`).
+    pub started_ns: u64,
+    pub restarted_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +75,52 @@ pub fn decode(event: &StwEvent, abi: &StwAbi) -> Result<Pause, InvalidPause> {
         ends_gc_cycle,
         total_ns,
         stopping_ns,
+        started_ns: event.started_stopping_ns,
+        restarted_ns: event.restarted_ns,
     })
+}
+
+/// The phases of each GC cycle, from its two stop-the-world pauses as they come: a cycle
+/// starts by stopping the world for sweep termination, marks concurrently from the restart
+/// (`work.tMark`, the `now` that restart returned) until it stops the world again for mark
+/// termination (`work.tMarkTerm`, a `nanotime` taken just before stopping), and ends there.
+/// That middle span is gctrace's middle clock term.
+#[derive(Clone, Debug, Default)]
+pub struct CycleClock {
+    /// The current cycle's concurrent mark start, until its mark termination is seen.
+    mark_started_ns: Option<u64>,
+    /// When the previous cycle began stopping the world for sweep termination.
+    previous_start_ns: Option<u64>,
+}
+
+/// What one pause completed, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CyclePhases {
+    /// Concurrent mark of the cycle this mark termination ends.
+    pub concurrent_mark_ns: Option<u64>,
+    /// From the previous cycle's start to this one's (a sweep termination).
+    pub interval_ns: Option<u64>,
+}
+
+impl CycleClock {
+    /// Take the next pause of the target, in order; a cycle mapscope saw only half of (it
+    /// attached during the cycle) gives nothing.
+    pub fn pause(&mut self, pause: &Pause) -> CyclePhases {
+        let mut phases = CyclePhases::default();
+        if pause.reason == reason::GC_SWEEP_TERMINATION_LABEL {
+            phases.interval_ns = self
+                .previous_start_ns
+                .and_then(|previous| pause.started_ns.checked_sub(previous));
+            self.previous_start_ns = Some(pause.started_ns);
+            self.mark_started_ns = Some(pause.restarted_ns);
+        } else if pause.ends_gc_cycle {
+            phases.concurrent_mark_ns = self
+                .mark_started_ns
+                .take()
+                .and_then(|started| pause.started_ns.checked_sub(started));
+        }
+        phases
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -194,6 +243,44 @@ mod tests {
             decode(&event(1, 0, 0, MAX_PLAUSIBLE_PAUSE_NS + 1), abi()),
             Err(InvalidPause::Timestamps)
         );
+    }
+
+    /// Concurrent mark runs from the sweep termination's restart to the mark termination's
+    /// stop; the interval from one sweep termination's stop to the next; half-seen cycles and
+    /// other pauses give nothing.
+    #[test]
+    fn cycle_phases_come_from_the_two_pauses() {
+        let mut clock = CycleClock::default();
+        let mut feed = |reason, started, restarted| {
+            clock.pause(&decode(&event(reason, started, 0, restarted), abi()).unwrap())
+        };
+        // Attached mid-cycle: its mark termination has no start.
+        assert_eq!(feed(1, 500, 600), CyclePhases::default());
+        // Cycle 1: sweep termination 1_000..1_050, mark until 9_000.
+        assert_eq!(feed(2, 1_000, 1_050), CyclePhases::default());
+        assert_eq!(
+            feed(7, 2_000, 2_010),
+            CyclePhases::default(),
+            "not a GC pause"
+        );
+        assert_eq!(
+            feed(1, 9_000, 9_100),
+            CyclePhases {
+                concurrent_mark_ns: Some(7_950),
+                interval_ns: None
+            }
+        );
+        // Cycle 2 starts 20_000 after cycle 1.
+        assert_eq!(
+            feed(2, 21_000, 21_040),
+            CyclePhases {
+                concurrent_mark_ns: None,
+                interval_ns: Some(20_000)
+            }
+        );
+        assert_eq!(feed(1, 25_040, 25_100).concurrent_mark_ns, Some(4_000));
+        // A second mark termination in the same cycle is not a second observation.
+        assert_eq!(feed(1, 26_000, 26_100), CyclePhases::default());
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub fn unnamed(reason: u32) -> String {
 /// cycles, as `/gc/cycles/total:gc-cycles` and `MemStats.NumGC` do.
 pub const GC_MARK_TERMINATION: &str = "GC mark termination";
 
+/// The label of the pause that starts a GC cycle (`"GC sweep termination"`; Go 1.19's empty
+/// reason text is mapped to it).
+pub const GC_SWEEP_TERMINATION_LABEL: &str = "gc_sweep_termination";
+
 #[cfg(test)]
 mod tests {
     use super::*;
