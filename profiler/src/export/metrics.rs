@@ -496,6 +496,13 @@ impl Metrics {
             .gc_cycles
             .with_label_values(&target.labels)
             .inc_by(0);
+        // The GC phase histograms too, empty until the first whole cycle.
+        for histogram in [
+            &target.metrics.concurrent_mark,
+            &target.metrics.cycle_interval,
+        ] {
+            let _ = histogram.with_label_values(&target.labels);
+        }
         for reason in ["gc_sweep_termination", "gc_mark_termination"] {
             target.touch_reason(reason);
         }
@@ -979,6 +986,16 @@ mod tests {
         }
         for probe in profiler_common::counters::HIT_NAMES {
             assert!(zero("mapscope_probe_hits_total", "probe", probe), "{probe}");
+        }
+        for histogram in [
+            "mapscope_gc_concurrent_mark_seconds_count",
+            "mapscope_gc_cycle_interval_seconds_count",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|line| line.starts_with(&format!("{histogram}{{")) && line.ends_with(" 0")),
+                "{histogram}: {text}"
+            );
         }
         for reason in ATTACH_FAILURE_REASONS {
             assert!(
