@@ -230,20 +230,21 @@ impl GoBinary {
                     detail: error.to_string(),
                 }
             })?;
-            functions = table.find(wanted);
             // Variables are not in the pclntab; the one mapscope reads is found through the
-            // runtime code that sets it.
-            if wanted.contains(&abi::MEM_PROFILE_RATE)
-                && let Some(address) = runtime_vars::mem_profile_rate(
-                    &file,
-                    &table.find(&runtime_vars::MEM_PROFILE_RATE_USERS),
-                )
-            {
+            // runtime code that sets it, looked up in the same pass over the table.
+            let wants_rate = wanted.contains(&abi::MEM_PROFILE_RATE);
+            let mut names = wanted.to_vec();
+            if wants_rate {
+                names.extend(runtime_vars::MEM_PROFILE_RATE_USERS);
+            }
+            functions = table.find(&names);
+            if wants_rate && let Some(address) = runtime_vars::mem_profile_rate(&file, &functions) {
                 functions.insert(
                     abi::MEM_PROFILE_RATE.to_owned(),
                     Function { address, size: 8 },
                 );
             }
+            functions.retain(|name, _| is_wanted(wanted, name));
             function_source = FunctionSource::Pclntab;
         }
         drop(file);
