@@ -17,9 +17,14 @@ use common::{GoTarget, MAPSCOPE};
 
 const GO: &str = common::NEWEST_GO;
 
+/// mapscope with `args`, logging warnings only (unless `args` or `env` say otherwise): what is
+/// checked here is the one error line, not the progress lines before it.
 fn mapscope(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut command = Command::new(MAPSCOPE);
-    command.args(args).env("NO_COLOR", "1");
+    command
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("MAPSCOPE_LOG", "warn");
     for (key, value) in env {
         command.env(key, value);
     }
@@ -232,19 +237,8 @@ fn run_with_a_command_that_never_becomes_go() {
     let marker = Path::new(env!("CARGO_TARGET_TMPDIR")).join("non-go-ran");
     let _ = std::fs::remove_file(&marker);
     let script = format!("touch {}", marker.display());
-    // (--log warn: the info line saying the wrapper is let run is not the error)
     let output = mapscope(
-        &[
-            "--log",
-            "warn",
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
+        &["run", "--listen", "127.0.0.1:0", "--", "sh", "-c", &script],
         &[],
     );
     let (code, message) = one_line_error(&output);
@@ -452,8 +446,6 @@ fn profile_of_an_idle_target_says_nothing_was_sampled() {
     let output = dir.path().join("idle.pb.gz");
     let (code, message) = one_line_error(&mapscope(
         &[
-            "--log",
-            "warn",
             "profile",
             "alloc",
             "--pid",

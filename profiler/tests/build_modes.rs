@@ -194,33 +194,39 @@ fn check_release(version: &str) {
             );
             continue;
         }
-        let mut target = GoTarget::start(&bare_path, &["-duration", "300ms", "-forced-gcs", "5"]);
-        let mapscope = Mapscope::attach(target.pid());
-        let report = target.run_load();
-        let metrics =
-            mapscope.scrape_until(Duration::from_secs(10), |m| m.gc_cycles() >= report.num_gc);
-        let pauses = metrics.sum("mapscope_stw_pause_seconds_count", common::is_gc_reason) as u64;
-        let runtime_pauses = report
-            .histogram("/sched/pauses/total/gc:seconds")
-            .or_else(|| report.histogram("/gc/pauses:seconds"))
-            .unwrap()
-            .count;
-        println!(
-            "{what} (stripped): GC cycles {} vs NumGC {}, GC pauses {pauses} vs runtime {runtime_pauses}",
-            metrics.gc_cycles(),
-            report.num_gc
-        );
-        assert_eq!(
-            metrics.gc_cycles(),
-            report.num_gc,
-            "{what}: GC cycles vs MemStats.NumGC"
-        );
-        assert_eq!(
-            pauses, runtime_pauses,
-            "{what}: GC pauses vs the runtime's histogram"
-        );
-        target.send("exit");
+        assert_gc_counted_exactly(&bare_path, &format!("{what} (stripped)"));
     }
+}
+
+/// mapscope attached to gcload built at `binary` counts exactly the GC cycles (MemStats.NumGC)
+/// and GC pauses (the runtime's pause histogram) of a load window.
+fn assert_gc_counted_exactly(binary: &std::path::Path, what: &str) {
+    let mut target = GoTarget::start(binary, &["-duration", "300ms", "-forced-gcs", "5"]);
+    let mapscope = Mapscope::attach(target.pid());
+    let report = target.run_load();
+    let metrics =
+        mapscope.scrape_until(Duration::from_secs(10), |m| m.gc_cycles() >= report.num_gc);
+    let pauses = metrics.sum("mapscope_stw_pause_seconds_count", common::is_gc_reason) as u64;
+    let runtime_pauses = report
+        .histogram("/sched/pauses/total/gc:seconds")
+        .or_else(|| report.histogram("/gc/pauses:seconds"))
+        .unwrap()
+        .count;
+    println!(
+        "{what}: GC cycles {} vs NumGC {}, GC pauses {pauses} vs runtime {runtime_pauses}",
+        metrics.gc_cycles(),
+        report.num_gc
+    );
+    assert_eq!(
+        metrics.gc_cycles(),
+        report.num_gc,
+        "{what}: GC cycles vs MemStats.NumGC"
+    );
+    assert_eq!(
+        pauses, runtime_pauses,
+        "{what}: GC pauses vs the runtime's histogram"
+    );
+    target.send("exit");
 }
 
 common::per_go_release! {
@@ -307,25 +313,7 @@ fn no_build_info(version: &str) {
             String::from_utf8_lossy(&inspect.stderr)
         );
 
-        let mut target = GoTarget::start(&binary, &["-duration", "300ms", "-forced-gcs", "5"]);
-        let mapscope = Mapscope::attach(target.pid());
-        let report = target.run_load();
-        let metrics =
-            mapscope.scrape_until(Duration::from_secs(10), |m| m.gc_cycles() >= report.num_gc);
-        let pauses = metrics.sum("mapscope_stw_pause_seconds_count", common::is_gc_reason) as u64;
-        let runtime_pauses = report
-            .histogram("/sched/pauses/total/gc:seconds")
-            .or_else(|| report.histogram("/gc/pauses:seconds"))
-            .unwrap()
-            .count;
-        println!(
-            "{what}: GC cycles {} vs NumGC {}, GC pauses {pauses} vs runtime {runtime_pauses}",
-            metrics.gc_cycles(),
-            report.num_gc
-        );
-        assert_eq!(metrics.gc_cycles(), report.num_gc, "{what}: GC cycles");
-        assert_eq!(pauses, runtime_pauses, "{what}: GC pauses");
-        target.send("exit");
+        assert_gc_counted_exactly(&binary, &what);
     }
 }
 

@@ -10,49 +10,18 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{GoTarget, MAPSCOPE, Mapscope, Metrics};
-
-/// A copy of a test program built by Go `version`, named `PREFIX-PID` so that no other test
-/// (or test run) uses the name and `exe=` selects only ours.
-fn renamed(program: &str, version: &str, prefix: &str) -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{}", std::process::id()));
-    std::fs::copy(common::build_go(program, version, &[]), &path).unwrap();
-    path
-}
+use common::{GoTarget, MAPSCOPE, Mapscope, Metrics, renamed, wait_until};
 
 fn has_pid(metrics: &Metrics, pid: u32) -> bool {
     metrics
         .0
         .iter()
         .any(|sample| sample.labels.get("pid") == Some(&pid.to_string()))
-}
-
-/// Scrape until `ready`; panics with the last scrape after `timeout`.
-fn wait_until(
-    daemon: &Mapscope,
-    what: &str,
-    timeout: Duration,
-    ready: impl Fn(&Metrics) -> bool,
-) -> Metrics {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let metrics = daemon.scrape();
-        if ready(&metrics) {
-            return metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}; daemon log:\n{}",
-            daemon.stderr.all()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -11,34 +11,12 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{GoTarget, MAPSCOPE, Mapscope, Metrics};
-
-/// A copy of a test program built by Go `version`, named `PREFIX-PID` so that `exe=` selects
-/// only ours.
-fn renamed(program: &str, version: &str, prefix: &str) -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{}", std::process::id()));
-    std::fs::copy(common::build_go(program, version, &[]), &path).unwrap();
-    path
-}
-
-/// Scrape until `ready`; panics with the daemon's log after `timeout`.
-fn wait_until(daemon: &Mapscope, what: &str, timeout: Duration, ready: impl Fn(&Metrics) -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ready(&daemon.scrape()) {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}; daemon log:\n{}",
-            daemon.stderr.all()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{GoTarget, MAPSCOPE, Mapscope, renamed, wait_until};
 
 /// How many bytes of `pid`'s executable code differ in memory from the file: a uprobe is an
 /// int3 the kernel writes into the process's copy of the page, and takes out on detach.

@@ -674,3 +674,34 @@ impl PrometheusServer {
         server
     }
 }
+
+/// A copy of a test program built by Go `version`, named `PREFIX-PID` so that no other test
+/// (or test run) uses the name and `exe=` selects only ours.
+pub fn renamed(program: &str, version: &str, prefix: &str) -> PathBuf {
+    let path =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{}", std::process::id()));
+    std::fs::copy(build_go(program, version, &[]), &path).unwrap();
+    path
+}
+
+/// Scrape `daemon` until `ready`, and return that scrape; panics with its log after `timeout`.
+pub fn wait_until(
+    daemon: &Mapscope,
+    what: &str,
+    timeout: Duration,
+    ready: impl Fn(&Metrics) -> bool,
+) -> Metrics {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let metrics = daemon.scrape();
+        if ready(&metrics) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?}; daemon log:\n{}",
+            daemon.stderr.all()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
