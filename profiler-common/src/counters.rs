@@ -39,8 +39,15 @@ pub const HIT_ALLOC: u32 = 1;
 pub const HIT_MAP_EVENT: u32 = 2;
 pub const HIT_MAP_CREATE: u32 = 3;
 pub const HIT_MAP_ACCESS: u32 = 4;
-pub const HIT_KINDS: u32 = 5;
+pub const HIT_GC_START: u32 = 5;
+pub const HIT_KINDS: u32 = 6;
 
 /// Names for the `probe` label, by index.
-pub const HIT_NAMES: [&str; HIT_KINDS as usize] =
-    ["stw", "alloc", "map_event", "map_create", "map_access"];
+pub const HIT_NAMES: [&str; HIT_KINDS as usize] = [
+    "stw",
+    "alloc",
+    "map_event",
+    "map_create",
+    "map_access",
+    "gc_start",
+];

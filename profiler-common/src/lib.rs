@@ -8,3 +8,4 @@ pub mod alloc;
 pub mod counters;
 pub mod maps;
 pub mod stw;
+pub mod trigger;

@@ -10,6 +10,7 @@ mod alloc;
 mod calibration;
 mod counters;
 mod gc;
+mod gc_trigger;
 mod goabi;
 mod maps;
 

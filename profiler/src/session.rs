@@ -253,6 +253,10 @@ pub fn understand_with(
     let abi = stw_support(&binary, &who)?;
     check_dwarf(&binary, abi, &who)?;
     let mut points = stw::plan(&binary, abi).map_err(|error| plan_error(&who, error))?;
+    match stw::trigger_plan(&binary) {
+        Ok(trigger_points) => points.extend(trigger_points),
+        Err(error) => tracing::warn!("{who}: GC cycles will not be counted by trigger: {error}"),
+    }
     let alloc_point = probes::alloc::plan(&binary);
     match alloc_point {
         Some(point) => points.push(point),

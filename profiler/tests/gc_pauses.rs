@@ -315,7 +315,9 @@ fn gctrace_mark(line: &str) -> Option<(u64, f64, f64)> {
 /// at or above gctrace's (which truncates each term) by less than a print unit per cycle, plus
 /// 2 µs per cycle (the runtime takes `tMarkTerm` a `nanotime` before the stop's own start, which
 /// mapscope reads). Cycle intervals: one fewer than cycles, summing to under the window.
-fn mark_phases_match_gctrace(version: &str) {
+/// Triggers: the cycles counted as forced and as heap or time equal runtime/metrics'
+/// `/gc/cycles/forced` and `/gc/cycles/automatic` over the window.
+fn cycle_phases_and_triggers_match_the_runtime(version: &str) {
     let binary = common::build_go("gcload", version, &[]);
     let mut command = std::process::Command::new(&binary);
     command
@@ -374,17 +376,45 @@ fn mark_phases_match_gctrace(version: &str) {
         marks.len() - 1,
         "intervals between cycles"
     );
+    // Why each cycle started, against runtime/metrics over the same window: forced are the
+    // load's runtime.GC calls, automatic the heap's (a time trigger needs two minutes without a
+    // cycle, so none is expected here: one would show as a mismatch).
+    let trigger = |name: &str| {
+        metrics.sum("mapscope_gc_cycles_by_trigger_total", |labels| {
+            labels.get("trigger").map(String::as_str) == Some(name)
+        }) as u64
+    };
+    let runtime = |name: &str| report.counters[name];
+    println!(
+        "Go {version}: triggers heap {} time {} forced {}; runtime automatic {} forced {}",
+        trigger("heap"),
+        trigger("time"),
+        trigger("forced"),
+        runtime("/gc/cycles/automatic:gc-cycles"),
+        runtime("/gc/cycles/forced:gc-cycles"),
+    );
+    assert_eq!(
+        trigger("forced"),
+        runtime("/gc/cycles/forced:gc-cycles"),
+        "forced cycles"
+    );
+    assert_eq!(
+        trigger("heap") + trigger("time"),
+        runtime("/gc/cycles/automatic:gc-cycles"),
+        "automatic cycles"
+    );
+    assert!(trigger("heap") > 0, "the load's heap triggered no cycle");
     target.send("exit");
 }
 
 common::per_go_release! {
-    mark_phases_match_gctrace;
-    mark_phases_match_gctrace_go1_19 => "1.19.8",
-    mark_phases_match_gctrace_go1_21 => "1.21.13",
-    mark_phases_match_gctrace_go1_22 => "1.22.10",
-    mark_phases_match_gctrace_go1_23 => "1.23.9",
-    mark_phases_match_gctrace_go1_24 => "1.24.11",
-    mark_phases_match_gctrace_go1_25 => "1.25.5",
-    mark_phases_match_gctrace_go1_26 => "1.26.6",
-    mark_phases_match_gctrace_go1_27 => "1.27.3",
+    cycle_phases_and_triggers_match_the_runtime;
+    cycle_phases_and_triggers_match_the_runtime_go1_19 => "1.19.8",
+    cycle_phases_and_triggers_match_the_runtime_go1_21 => "1.21.13",
+    cycle_phases_and_triggers_match_the_runtime_go1_22 => "1.22.10",
+    cycle_phases_and_triggers_match_the_runtime_go1_23 => "1.23.9",
+    cycle_phases_and_triggers_match_the_runtime_go1_24 => "1.24.11",
+    cycle_phases_and_triggers_match_the_runtime_go1_25 => "1.25.5",
+    cycle_phases_and_triggers_match_the_runtime_go1_26 => "1.26.6",
+    cycle_phases_and_triggers_match_the_runtime_go1_27 => "1.27.3",
 }

@@ -77,8 +77,29 @@ fn check_report(version: &str, flags: &[&str], stripped: bool, pie: bool) {
     } else {
         "runtime.hashGrow"
     };
-    let maps = &report["features"][2];
-    assert_eq!(maps["name"], "go_maps");
+    let feature = |name: &str| {
+        report["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|feature| feature["name"] == name)
+            .unwrap_or_else(|| panic!("no feature {name}: {report:#}"))
+            .clone()
+    };
+    // GC triggers: gcStart and gcBgMarkStartWorkers, at their entries.
+    let triggers = feature("gc_cycle_triggers");
+    assert_eq!(triggers["available"], true, "{triggers}");
+    let binary = GoBinary::open(&path, &[abi::GC_START, abi::GC_BG_MARK_START_WORKERS]).unwrap();
+    for function in [abi::GC_START, abi::GC_BG_MARK_START_WORKERS] {
+        let entry = binary.entry_site(binary.function(function).unwrap());
+        assert!(
+            probes.iter().any(|probe| probe["function"] == function
+                && probe["site"] == "entry"
+                && probe["address"].as_u64() == Some(entry)),
+            "{function}: {probes:#?}"
+        );
+    }
+    let maps = feature("go_maps");
     assert_eq!(maps["available"], true, "{maps}");
     let layout = if swiss { "swiss tables" } else { "bucket maps" };
     assert!(
@@ -94,8 +115,7 @@ fn check_report(version: &str, flags: &[&str], stripped: bool, pie: bool) {
     );
     // Discovery windows: the map operations the program calls (gcload assigns to maps), each
     // after its frame setup, so the stack walk sees the code that called it.
-    let discovery = &report["features"][3];
-    assert_eq!(discovery["name"], "map_discovery");
+    let discovery = feature("map_discovery");
     assert_eq!(discovery["available"], true, "{discovery}");
     let window: Vec<&Value> = probes
         .iter()

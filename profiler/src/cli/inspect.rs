@@ -160,6 +160,33 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         },
     };
     // Nothing is attached to a release mapscope does not support.
+    let triggers = match row.map(|_| stw::trigger_plan(binary)) {
+        None => Feature {
+            name: "gc_cycle_triggers",
+            available: false,
+            detail: "this Go release is not supported".to_owned(),
+        },
+        Some(Ok(points)) => {
+            probes.extend(points.iter().map(|point| ProbeSite {
+                purpose: crate::probes::purpose(point.program),
+                program: point.program,
+                function: point.function,
+                site: "entry",
+                address: point.address,
+                file_offset: point.file_offset,
+            }));
+            Feature {
+                name: "gc_cycle_triggers",
+                available: true,
+                detail: "heap, time or forced, counted as each cycle starts".to_owned(),
+            }
+        }
+        Some(Err(error)) => Feature {
+            name: "gc_cycle_triggers",
+            available: false,
+            detail: error.to_string(),
+        },
+    };
     let alloc_point = row.and_then(|_| crate::probes::alloc::plan(binary));
     if let Some(point) = alloc_point {
         probes.push(ProbeSite {
@@ -247,6 +274,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         probes,
         features: vec![
             pauses,
+            triggers,
             Feature {
                 name: "allocation_sampling",
                 available: alloc_point.is_some(),

@@ -38,7 +38,7 @@ impl ProbeCounters {
 }
 
 /// For each slot of `array` whose total over CPUs grew past `seen`, the slot and the growth.
-fn each_increase(
+pub fn each_increase(
     array: &PerCpuArray<MapData, u64>,
     seen: &mut [u64],
     mut export: impl FnMut(usize, u64),

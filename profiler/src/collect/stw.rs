@@ -1,11 +1,14 @@
 //! Stop-the-world events: ring buffer → `Pause` → Prometheus and the summary book.
 use std::{mem::size_of, sync::Arc};
 
-use aya::maps::{MapData, RingBuf};
-use profiler_common::stw::StwEvent;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use profiler_common::{
+    stw::StwEvent,
+    trigger::{TRIGGER_KINDS, TRIGGER_NAMES},
+};
 use tokio::io::unix::AsyncFd;
 
-use super::counters::ProbeCounters;
+use super::counters::{ProbeCounters, each_increase};
 use crate::{
     export::metrics::TargetMetrics,
     gobin::abi::StwAbi,
@@ -22,6 +25,9 @@ pub const SHORT_EVENT: &str = "short_event";
 pub struct StwCollector {
     events: AsyncFd<RingBuf<MapData>>,
     counters: ProbeCounters,
+    /// GC cycles started, by trigger kind, and the totals already exported.
+    triggers: PerCpuArray<MapData, u64>,
+    triggers_seen: [u64; TRIGGER_KINDS as usize],
     abi: &'static StwAbi,
     metrics: Arc<TargetMetrics>,
     pub book: PauseBook,
@@ -37,6 +43,8 @@ impl StwCollector {
         Ok(Self {
             events: crate::fdwatch::readable(maps.events)?,
             counters: ProbeCounters::new(maps.hits, maps.counters),
+            triggers: maps.triggers,
+            triggers_seen: [0; TRIGGER_KINDS as usize],
             abi,
             metrics,
             book: PauseBook::default(),
@@ -98,5 +106,9 @@ impl StwCollector {
 
     fn sync_counters(&mut self) {
         self.counters.export(&self.metrics);
+        each_increase(&self.triggers, &mut self.triggers_seen, |kind, increase| {
+            self.metrics
+                .gc_cycles_started(TRIGGER_NAMES[kind], increase);
+        });
     }
 }

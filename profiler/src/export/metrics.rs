@@ -185,6 +185,7 @@ pub struct Metrics {
     pause: HistogramVec,
     stopping: HistogramVec,
     gc_cycles: IntCounterVec,
+    gc_triggers: IntCounterVec,
     concurrent_mark: HistogramVec,
     cycle_interval: HistogramVec,
     dropped: IntCounterVec,
@@ -283,8 +284,8 @@ impl Metrics {
         let hits = IntCounterVec::new(
             Opts::new(
                 "mapscope_probe_hits_total",
-                "Uprobe hits, by probe family (stw, alloc, map_event, map_create, map_access): \
-                 what mapscope costs the target, at about a microsecond per hit.",
+                "Uprobe hits, by probe family (stw, gc_start, alloc, map_event, map_create, \
+                 map_access): what mapscope costs the target, at about a microsecond per hit.",
             ),
             &refs(&names(&["probe"])),
         )?;
@@ -385,6 +386,17 @@ impl Metrics {
         registry.register(Box::new(pause.clone()))?;
         registry.register(Box::new(stopping.clone()))?;
         registry.register(Box::new(gc_cycles.clone()))?;
+        let gc_triggers = IntCounterVec::new(
+            Opts::new(
+                "mapscope_gc_cycles_by_trigger_total",
+                "GC cycles started, by what started them: heap (the heap reached its trigger), \
+                 time (no cycle for two minutes) or forced (runtime.GC, debug.FreeOSMemory); \
+                 heap + time is runtime/metrics /gc/cycles/automatic, forced is \
+                 /gc/cycles/forced, counted at each cycle's start.",
+            ),
+            &refs(&names(&["trigger"])),
+        )?;
+        registry.register(Box::new(gc_triggers.clone()))?;
         let concurrent_mark = HistogramVec::new(
             HistogramOpts::new(
                 "mapscope_gc_concurrent_mark_seconds",
@@ -452,6 +464,7 @@ impl Metrics {
             pause,
             stopping,
             gc_cycles,
+            gc_triggers,
             concurrent_mark,
             cycle_interval,
             dropped,
@@ -513,6 +526,9 @@ impl Metrics {
         }
         for probe in profiler_common::counters::HIT_NAMES {
             target.probe_hits(probe, 0);
+        }
+        for trigger in profiler_common::trigger::TRIGGER_NAMES {
+            target.gc_cycles_started(trigger, 0);
         }
         target
     }
@@ -717,6 +733,14 @@ impl TargetMetrics {
             .inc_by(objects.max(0.0));
     }
 
+    /// Add GC cycles started by `trigger` (from `profiler_common::trigger::TRIGGER_NAMES`).
+    pub fn gc_cycles_started(&self, trigger: &str, count: u64) {
+        self.metrics
+            .gc_triggers
+            .with_label_values(&self.with(trigger))
+            .inc_by(count);
+    }
+
     /// Add probe hits of a family (`probe` from a fixed set).
     pub fn probe_hits(&self, probe: &str, count: u64) {
         self.metrics
@@ -765,6 +789,12 @@ impl TargetMetrics {
         self.maps().remove();
         for probe in profiler_common::counters::HIT_NAMES {
             let _ = self.metrics.hits.remove_label_values(&self.with(probe));
+        }
+        for trigger in profiler_common::trigger::TRIGGER_NAMES {
+            let _ = self
+                .metrics
+                .gc_triggers
+                .remove_label_values(&self.with(trigger));
         }
         let _ = self.metrics.exact_objects.remove_label_values(&self.labels);
         let _ = self.metrics.exact_bytes.remove_label_values(&self.labels);
@@ -986,6 +1016,12 @@ mod tests {
         }
         for probe in profiler_common::counters::HIT_NAMES {
             assert!(zero("mapscope_probe_hits_total", "probe", probe), "{probe}");
+        }
+        for trigger in profiler_common::trigger::TRIGGER_NAMES {
+            assert!(
+                zero("mapscope_gc_cycles_by_trigger_total", "trigger", trigger),
+                "{trigger}"
+            );
         }
         for histogram in [
             "mapscope_gc_concurrent_mark_seconds_count",

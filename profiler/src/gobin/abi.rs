@@ -10,6 +10,10 @@ use super::{GoVersion, dwarf::DwarfFacts};
 
 pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
+/// Entered by every goroutine that asks for a GC cycle, with the trigger (`gcTrigger`).
+pub const GC_START: &str = "runtime.gcStart";
+/// Called once per cycle, by the goroutine that starts it, from `gcStart` only.
+pub const GC_BG_MARK_START_WORKERS: &str = "runtime.gcBgMarkStartWorkers";
 /// `func profilealloc(mp *m, x unsafe.Pointer, size uintptr)`, the same in go1.19.8 through
 /// go1.27.3 (src/runtime/malloc.go): called for each allocation the heap profiler samples.
 pub const PROFILE_ALLOC: &str = "runtime.profilealloc";
@@ -90,6 +94,8 @@ pub const WANTED: &[&str] = &[
     TABLE_SPLIT,
     STOP_THE_WORLD,
     START_THE_WORLD,
+    GC_START,
+    GC_BG_MARK_START_WORKERS,
     PROFILE_ALLOC,
     MEM_PROFILE_RATE,
     MALLOCGC,

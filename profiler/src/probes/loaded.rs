@@ -80,6 +80,8 @@ pub struct StwMaps {
     pub counters: PerCpuArray<MapData, u64>,
     /// Hits of every probe family (`profiler_common::counters::HIT_*`).
     pub hits: PerCpuArray<MapData, u64>,
+    /// GC cycles started, by trigger kind (`profiler_common::trigger`).
+    pub triggers: PerCpuArray<MapData, u64>,
 }
 
 /// The object, shared with the windowed probes of the same target (which attach its programs
@@ -159,6 +161,7 @@ impl AttachedProbes {
             events: self.take("STW_EVENTS")?,
             counters: self.take("PROBE_COUNTERS")?,
             hits: self.take("PROBE_HITS")?,
+            triggers: self.take("GC_TRIGGERS")?,
         })
     }
 

@@ -14,6 +14,8 @@ pub fn purpose(program: &str) -> &'static str {
         stw::STOP_RETURN => "world stopped",
         stw::START_ENTRY => "world restarting",
         stw::START_RETURN => "world restarted (pause ends)",
+        stw::GC_START_ENTRY => "GC cycle asked for (its trigger)",
+        stw::GC_START_WORKERS => "GC cycle starts (counts its trigger)",
         alloc::ALLOC_SAMPLE => "sampled allocation",
         alloc::ALLOC_EXACT => "every allocation (--alloc-exact)",
         maps::MAP_CREATE_ENTRY | maps::MAP_CREATE_RETURN => "map made with a large hint",

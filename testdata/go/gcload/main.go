@@ -47,6 +47,8 @@ var names = []string{
 	"/gc/pauses:seconds",
 	"/gc/heap/allocs:bytes",
 	"/gc/heap/allocs:objects",
+	"/gc/cycles/forced:gc-cycles",
+	"/gc/cycles/automatic:gc-cycles",
 }
 
 type histogram struct {
