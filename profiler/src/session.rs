@@ -54,6 +54,8 @@ pub struct Target {
     pub load_bias: u64,
     /// The container the process runs in (from its cgroup), empty outside containers.
     pub container: String,
+    /// The runtime vitals read from its memory, and where (file addresses).
+    pub vitals: Option<crate::gobin::vitals::VitalsPlan>,
 }
 
 /// What the user can tune about a profiling session.
@@ -297,6 +299,18 @@ pub fn understand_with(
             format!("{who} exited while mapscope was reading it"),
         ));
     }
+    let vitals = match crate::gobin::vitals::plan(&binary) {
+        Ok(plan) => {
+            for (vital, why) in &plan.missing {
+                tracing::debug!("{who}: no {}: {why}", vital.name);
+            }
+            Some(plan)
+        }
+        Err(why) => {
+            tracing::warn!("{who}: the Go runtime's vitals will not be read: {why}");
+            None
+        }
+    };
     let container = process.container_id().unwrap_or_default();
     Ok(Target {
         process,
@@ -310,6 +324,7 @@ pub fn understand_with(
         binary,
         load_bias,
         container,
+        vitals,
     })
 }
 
@@ -569,6 +584,18 @@ impl Attached {
         };
         ready();
 
+        if let Some(plan) = &self.target.vitals {
+            let reader = crate::process::vitals::VitalsReader::new(
+                process.pid,
+                plan.row,
+                plan.globals.biased(self.target.load_bias),
+            );
+            target_metrics.read_vitals(
+                reader,
+                plan.vitals.clone(),
+                Box::new(process.still_runs_its_image()),
+            );
+        }
         let watching = std::time::Instant::now();
         let maps = self.probes.take_stw_maps()?;
         let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))

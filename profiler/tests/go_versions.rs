@@ -149,6 +149,75 @@ fn check_release(version: &str) {
     }
     assert!(stw::plan(&stripped, row).is_ok());
 
+    // The vitals' globals: the row's offsets agree with the DWARF (and tell the release from
+    // the other rows), and the stripped twin, and a stripped PIE, find every global the
+    // release needs through the runtime's code, at the address the symbol gives.
+    let abi::VitalsSupport::Known(vitals) = abi::vitals_abi(binary.version) else {
+        panic!("Go {version} has no vitals row");
+    };
+    assert_eq!(
+        binary.dwarf_disagreements(&vitals.dwarf),
+        Some(vec![]),
+        "Go {version}: DWARF vs its vitals row"
+    );
+    for other in abi::VITALS_TABLE
+        .iter()
+        .filter(|other| other.dwarf != vitals.dwarf)
+    {
+        assert!(
+            !binary.dwarf_disagreements(&other.dwarf).unwrap().is_empty(),
+            "Go {version}: the DWARF check cannot tell it from the {:?} vitals row",
+            other.first
+        );
+    }
+    // Symbols stripped after linking keep every address, so the globals found through the
+    // code must sit where the symbols said; builds stripped by the linker (-s -w) lay data out
+    // a little differently, so there they must be found (their values are checked against the
+    // runtime in tests/vitals.rs).
+    let wanted: Vec<&str> = abi::GLOBALS
+        .iter()
+        .copied()
+        .chain([abi::STOP_THE_WORLD])
+        .collect();
+    let needed = |global: &str| global != abi::WORK || vitals.cpu_stats.is_some();
+    let scratch = tempfile::tempdir().unwrap();
+    for flags in [&[][..], &["-buildmode=pie"][..]] {
+        let full_path = common::build_go("gcload", version, flags);
+        let full = GoBinary::open(&full_path, &wanted).unwrap();
+        let bare_path = scratch.path().join("stripped");
+        let status = std::process::Command::new("strip")
+            .arg("--strip-all")
+            .arg(&full_path)
+            .arg("-o")
+            .arg(&bare_path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let bare = GoBinary::open(&bare_path, &wanted).unwrap();
+        assert_eq!(bare.function_source, FunctionSource::Pclntab);
+        for global in abi::GLOBALS {
+            let expected = full.function(global).map(|found| found.address);
+            assert!(expected.is_some(), "Go {version}: no symbol {global}");
+            assert_eq!(
+                bare.function(global).map(|found| found.address),
+                expected.filter(|_| needed(global)),
+                "Go {version} {flags:?}: {global} found through the code"
+            );
+        }
+    }
+    for flags in [
+        &["-ldflags=-s -w"][..],
+        &["-buildmode=pie", "-ldflags=-s -w"][..],
+    ] {
+        let bare = GoBinary::open(&common::build_go("gcload", version, flags), &wanted).unwrap();
+        for global in abi::GLOBALS.into_iter().filter(|global| needed(global)) {
+            assert!(
+                bare.function(global).is_some(),
+                "Go {version} {flags:?}: {global} not found"
+            );
+        }
+    }
+
     let points = stw::plan(&binary, row).unwrap();
     assert!(
         points

@@ -11,7 +11,10 @@ use prometheus::{
     proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType},
 };
 
-use super::map_metrics::{MapFamilies, TargetMapMetrics};
+use super::{
+    map_metrics::{MapFamilies, TargetMapMetrics},
+    vitals::{VitalFamilies, VitalsSource},
+};
 use crate::model::{
     alloc::AllocTotals,
     pause::{CyclePhases, Pause},
@@ -201,6 +204,7 @@ pub struct Metrics {
     exact_objects: IntCounterVec,
     exact_bytes: IntCounterVec,
     maps: MapFamilies,
+    vitals: VitalFamilies,
     targets: prometheus::IntGauge,
     attach_failures: IntCounterVec,
     /// User-defined labels (name, value) on every per-target series.
@@ -432,6 +436,7 @@ impl Metrics {
         registry.register(Box::new(exact_bytes.clone()))?;
         registry.register(Box::new(build_info))?;
         let maps = MapFamilies::register(&registry, &target_labels)?;
+        let vitals = VitalFamilies::register(&registry, &target_labels)?;
         let targets = prometheus::IntGauge::new(
             "mapscope_targets",
             "Processes mapscope is attached to now.",
@@ -456,6 +461,7 @@ impl Metrics {
         ))?;
         Ok(Self {
             maps,
+            vitals,
             targets,
             attach_failures,
             extra_labels: extra,
@@ -545,6 +551,14 @@ impl Metrics {
 
     /// The text exposition format, as served on `/metrics`.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
+        {
+            // The vitals are read when asked for; a scrape must not see a counter mid-set.
+            let _writing = self
+                .publishing
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.vitals.refresh();
+        }
         let mut buffer = Vec::new();
         let families = {
             let _whole = self
@@ -733,6 +747,26 @@ impl TargetMetrics {
             .inc_by(objects.max(0.0));
     }
 
+    /// Read this target's runtime vitals from its memory, from now until it is removed.
+    pub fn read_vitals(
+        &self,
+        reader: crate::process::vitals::VitalsReader,
+        vitals: Vec<&'static crate::model::vitals::Vital>,
+        still_runs: Box<dyn Fn() -> bool + Send + Sync>,
+    ) {
+        let _writing = self
+            .metrics
+            .publishing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.metrics.vitals.add(VitalsSource {
+            labels: self.labels.clone(),
+            reader,
+            vitals,
+            still_runs,
+        });
+    }
+
     /// Add GC cycles started by `trigger` (from `profiler_common::trigger::TRIGGER_NAMES`).
     pub fn gc_cycles_started(&self, trigger: &str, count: u64) {
         self.metrics
@@ -787,6 +821,7 @@ impl TargetMetrics {
 
     pub fn remove(&self) {
         self.maps().remove();
+        self.metrics.vitals.remove(&self.labels);
         for probe in profiler_common::counters::HIT_NAMES {
             let _ = self.metrics.hits.remove_label_values(&self.with(probe));
         }

@@ -5,4 +5,5 @@ pub mod map_metrics;
 pub mod metrics;
 pub mod pprof;
 pub mod summary;
+pub mod vitals;
 pub mod webconfig;

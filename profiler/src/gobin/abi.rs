@@ -8,6 +8,9 @@ use profiler_common::{
 
 use super::{GoVersion, dwarf::DwarfFacts};
 
+mod vitals;
+pub use vitals::*;
+
 pub const STOP_THE_WORLD: &str = "runtime.stopTheWorldWithSema";
 pub const START_THE_WORLD: &str = "runtime.startTheWorldWithSema";
 /// Entered by every goroutine that asks for a GC cycle, with the trigger (`gcTrigger`).
@@ -102,6 +105,10 @@ pub const WANTED: &[&str] = &[
     MALLOCGC_SPECIALIZED[0],
     MALLOCGC_SPECIALIZED[1],
     MALLOCGC_SPECIALIZED[2],
+    vitals::GC_CONTROLLER,
+    vitals::MEMSTATS,
+    vitals::WORK,
+    vitals::GOMAXPROCS,
 ];
 
 /// The oldest and newest Go releases this table describes.

@@ -103,6 +103,55 @@ pub fn words_set_near_constant(code: &[u8], address: u64, constant: u64) -> Vec<
     found
 }
 
+/// The address `code` (starting at `address`) loads into RAX with `LEAQ v(SB), AX` last before
+/// a direct CALL to `callee`: in Go's register ABI, the receiver of a method called on a
+/// package-level variable (`gcController.commit(…)`), or on one of its fields.
+pub fn receiver_of_call(code: &[u8], address: u64, callee: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut receiver = None;
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.mnemonic() == Mnemonic::Lea
+            && instruction.op0_register() == Register::RAX
+            && instruction.is_ip_rel_memory_operand()
+        {
+            receiver = Some(instruction.ip_rel_memory_address());
+        } else if instruction.mnemonic() == Mnemonic::Call {
+            if instruction.op0_kind() == OpKind::NearBranch64
+                && instruction.near_branch_target() == callee
+                && receiver.is_some()
+            {
+                return receiver;
+            }
+            // A call clobbers RAX.
+            receiver = None;
+        } else if instruction.op0_kind() == OpKind::Register
+            && instruction.op0_register().full_register() == Register::RAX
+        {
+            receiver = None;
+        }
+    }
+    None
+}
+
+/// Addresses `code` (starting at `address`) reads a 32-bit signed integer from and widens
+/// (`MOVSXD v(SB), CX`: `int(v)` of an int32 variable).
+pub fn widened_int32_reads(code: &[u8], address: u64) -> Vec<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut reads = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.mnemonic() == Mnemonic::Movsxd
+            && instruction.is_ip_rel_memory_operand()
+            && instruction.op1_kind() == OpKind::Memory
+            && instruction.memory_size() == iced_x86::MemorySize::Int32
+        {
+            reads.push(instruction.ip_rel_memory_address());
+        }
+    }
+    reads
+}
+
 /// How many instructions a Go stack-check prologue takes at most (`MOVQ SP, R12; SUBQ $n, R12;
 /// JCS; CMPQ R12, 16(R14); JBE` for huge frames).
 const MAX_PROLOGUE: usize = 6;
@@ -185,6 +234,29 @@ fn reads_stack_guard(instruction: &Instruction) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `LEAQ v(SB), AX; CALL f` gives v as f's receiver; a call in between, or another write
+    /// to RAX, forgets it; `MOVSXD w(SB), CX` reads w.
+    #[test]
+    fn finds_receivers_of_calls_and_widened_reads() {
+        let code = [
+            // lea rax, [rip+0x100] (ends at 0x1007: 0x1107)
+            0x48, 0x8d, 0x05, 0x00, 0x01, 0x00, 0x00,
+            // call 0x2000 (ends at 0x100c: rel 0x0ff4)
+            0xe8, 0xf4, 0x0f, 0x00, 0x00,
+            // lea rax, [rip+0x200] (ends at 0x1013: 0x1213)
+            0x48, 0x8d, 0x05, 0x00, 0x02, 0x00, 0x00,
+            // mov eax, 1: RAX no longer holds it
+            0xb8, 0x01, 0x00, 0x00, 0x00, // call 0x3000 (ends at 0x101d: rel 0x1fe3)
+            0xe8, 0xe3, 0x1f, 0x00, 0x00,
+            // movsxd rcx, dword ptr [rip+0x300] (ends at 0x1024: 0x1324)
+            0x48, 0x63, 0x0d, 0x00, 0x03, 0x00, 0x00,
+        ];
+        assert_eq!(receiver_of_call(&code, 0x1000, 0x2000), Some(0x1107));
+        assert_eq!(receiver_of_call(&code, 0x1000, 0x3000), None);
+        assert_eq!(receiver_of_call(&code, 0x1000, 0x4000), None);
+        assert_eq!(widened_int32_reads(&code, 0x1000), vec![0x1324]);
+    }
 
     /// The three instruction shapes the runtime-variable finders look for, hand-assembled:
     /// `CMPQ v+8(SB), $0` (a read), `MOVQ $0, v(SB)` (a zeroing store), and

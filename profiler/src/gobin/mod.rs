@@ -11,6 +11,7 @@ pub mod runtime_vars;
 pub mod symbolize;
 pub mod variables;
 pub mod version;
+pub mod vitals;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -233,9 +234,20 @@ impl GoBinary {
             // Variables are not in the pclntab; the one mapscope reads is found through the
             // runtime code that sets it, looked up in the same pass over the table.
             let wants_rate = wanted.contains(&abi::MEM_PROFILE_RATE);
+            let vitals_row = match abi::vitals_abi(version) {
+                abi::VitalsSupport::Known(row) | abi::VitalsSupport::Unverified(row)
+                    if abi::GLOBALS.iter().any(|global| wanted.contains(global)) =>
+                {
+                    Some(row)
+                }
+                _ => None,
+            };
             let mut names = wanted.to_vec();
             if wants_rate {
                 names.extend(runtime_vars::MEM_PROFILE_RATE_USERS);
+            }
+            if vitals_row.is_some() {
+                names.extend(abi::GLOBAL_USERS);
             }
             functions = table.find(&names);
             if wants_rate && let Some(address) = runtime_vars::mem_profile_rate(&file, &functions) {
@@ -243,6 +255,11 @@ impl GoBinary {
                     abi::MEM_PROFILE_RATE.to_owned(),
                     Function { address, size: 8 },
                 );
+            }
+            if let Some(row) = vitals_row {
+                for (name, address) in runtime_vars::vitals_globals(&file, &functions, row) {
+                    functions.insert(name.to_owned(), Function { address, size: 0 });
+                }
             }
             functions.retain(|name, _| is_wanted(wanted, name));
             function_source = FunctionSource::Pclntab;

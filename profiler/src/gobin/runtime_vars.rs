@@ -1,6 +1,7 @@
 //! Runtime variables in binaries that do not name them, found through the runtime code that
-//! uses them: `runtime.buildVersion` (the release, when there is no build info) and
-//! `runtime.MemProfileRate` (allocation sampling, when there are no symbols).
+//! uses them: `runtime.buildVersion` (the release, when there is no build info),
+//! `runtime.MemProfileRate` (allocation sampling, when there are no symbols) and the globals
+//! the vitals are read from (`gcController`, `memstats`, `work`, `gomaxprocs`).
 //!
 //! The Go release of a binary that has no build info (`.go.buildinfo` removed or never
 //! written, as in esbuild's npm binaries) but is Go all the same: a pclntab, a moduledata and
@@ -136,4 +137,53 @@ pub fn mem_profile_rate(
             _ => None,
         }
     })
+}
+
+/// Where the vitals' globals are, in a binary without symbols; `functions` holds
+/// `abi::GLOBAL_USERS` as the pclntab gives them, and `row` the release's field offsets.
+/// Each is found through code that every supported release has:
+/// - `gcController`: `gcControllerCommit` calls `gcController.commit(…)`: the receiver.
+/// - `work`: `gcMarkTermination` calls `work.cpuStats.accumulate(…)`: the receiver, less
+///   `workType.cpuStats` (Go 1.20 and later; 1.19 has no `cpuStats`, and no vital needs `work`).
+/// - `memstats`: `mcache.refill` calls `memstats.heapStats.acquire()`: the receiver, less
+///   `mstats.heapStats`.
+/// - `gomaxprocs`: `GOMAXPROCS` reads it once (`ret := int(gomaxprocs)`), the only int32 it
+///   widens.
+///
+/// A global not found is left out, and so are the vitals read from it.
+pub fn vitals_globals(
+    file: &object::File<'_>,
+    functions: &BTreeMap<String, Function>,
+    row: &abi::VitalsAbi,
+) -> Vec<(&'static str, u64)> {
+    let image = Image::new(file);
+    let code = |name: &str| -> Option<(&[u8], u64)> {
+        let function = functions.get(name)?;
+        Some((
+            image.bytes(function.address, function.size)?,
+            function.address,
+        ))
+    };
+    let receiver = |caller: &str, callee: &str| -> Option<u64> {
+        let (bytes, address) = code(caller)?;
+        disasm::receiver_of_call(bytes, address, functions.get(callee)?.address)
+    };
+    let mut found = Vec::new();
+    if let Some(address) = receiver(abi::GC_CONTROLLER_COMMIT, abi::COMMIT) {
+        found.push((abi::GC_CONTROLLER, address));
+    }
+    if let Some(offset) = row.cpu_stats
+        && let Some(address) = receiver(abi::GC_MARK_TERMINATION, abi::CPU_STATS_ACCUMULATE)
+    {
+        found.push((abi::WORK, address.wrapping_sub(offset)));
+    }
+    if let Some(address) = receiver(abi::MCACHE_REFILL, abi::HEAP_STATS_ACQUIRE) {
+        found.push((abi::MEMSTATS, address.wrapping_sub(row.heap_stats)));
+    }
+    if let Some((bytes, address)) = code(abi::GOMAXPROCS_FUNCTION)
+        && let [only] = disasm::widened_int32_reads(bytes, address).as_slice()
+    {
+        found.push((abi::GOMAXPROCS, *only));
+    }
+    found
 }

@@ -6,3 +6,4 @@ pub mod pause;
 pub mod reason;
 pub mod sites;
 pub mod spread;
+pub mod vitals;

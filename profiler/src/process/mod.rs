@@ -5,3 +5,4 @@ pub mod gotype;
 pub mod launch;
 pub mod memory;
 pub mod pidfd;
+pub mod vitals;

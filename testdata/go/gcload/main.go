@@ -10,6 +10,8 @@
 //	<- "heap FILE"       write the runtime's own heap profile (pprof) to FILE, answer "ok"
 //	<- "exec"            exec its own executable again, same arguments (same PID, a new
 //	                     program image); it then says "ready" again
+//	<- "vitals"          -> {json}: every scalar runtime/metrics value, read before anything
+//	                     else the command does, and MemStats' GC counts and GOMAXPROCS
 //	<- "exit" or EOF     exit 0
 //
 // Writing heap profiles also keeps runtime.MemProfile reachable: without it the linker turns
@@ -104,6 +106,41 @@ func delta(before, after metrics.Value) histogram {
 
 var sink [][]byte
 
+// Every runtime/metrics sample, allocated once so that reading them allocates nothing.
+var all = func() []metrics.Sample {
+	descriptions := metrics.All()
+	samples := make([]metrics.Sample, len(descriptions))
+	for i, d := range descriptions {
+		samples[i].Name = d.Name
+	}
+	return samples
+}()
+
+type vitals struct {
+	Metrics     map[string]float64 `json:"metrics"`
+	NumGC       uint32             `json:"num_gc"`
+	NumForcedGC uint32             `json:"num_forced_gc"`
+	Gomaxprocs  int                `json:"gomaxprocs"`
+}
+
+// The runtime's own view now: the metrics first, before this goroutine allocates anything.
+func readVitals() vitals {
+	metrics.Read(all)
+	v := vitals{Metrics: map[string]float64{}, Gomaxprocs: runtime.GOMAXPROCS(0)}
+	for _, sample := range all {
+		switch sample.Value.Kind() {
+		case metrics.KindUint64:
+			v.Metrics[sample.Name] = float64(sample.Value.Uint64())
+		case metrics.KindFloat64:
+			v.Metrics[sample.Name] = sample.Value.Float64()
+		}
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	v.NumGC, v.NumForcedGC = ms.NumGC, ms.NumForcedGC
+	return v
+}
+
 func load() {
 	deadline := time.Now().Add(*duration)
 	var wg sync.WaitGroup
@@ -161,6 +198,9 @@ func main() {
 				}
 			}
 			out, _ := json.Marshal(r)
+			fmt.Println(string(out))
+		case "vitals":
+			out, _ := json.Marshal(readVitals())
 			fmt.Println(string(out))
 		case "exit":
 			os.Exit(*exitCode)

@@ -1,0 +1,334 @@
+//! Where the runtime keeps the vitals mapscope reads from a target's memory: the runtime
+//! globals, the offsets of the fields read, per Go release, each row checked against the DWARF
+//! of a binary that release built (tests/go_versions.rs) and against any target's own DWARF
+//! before a number is read.
+use super::{GoVersion, NEWEST_KNOWN, OLDEST_SUPPORTED};
+use crate::gobin::dwarf::DwarfFacts;
+
+/// `var gcController gcControllerState` (src/runtime/mgcpacer.go).
+pub const GC_CONTROLLER: &str = "runtime.gcController";
+/// `var memstats mstats` (src/runtime/mstats.go).
+pub const MEMSTATS: &str = "runtime.memstats";
+/// `var work workType` (src/runtime/mgc.go).
+pub const WORK: &str = "runtime.work";
+/// `var gomaxprocs int32` (src/runtime/runtime2.go).
+pub const GOMAXPROCS: &str = "runtime.gomaxprocs";
+pub const GLOBALS: [&str; 4] = [GC_CONTROLLER, MEMSTATS, WORK, GOMAXPROCS];
+
+/// The runtime functions through which a stripped binary's globals are found (see
+/// `gobin::runtime_vars::vitals_globals`): each passes a global's address as the receiver of a
+/// method call, or reads it, in every supported release.
+pub const GC_CONTROLLER_COMMIT: &str = "runtime.gcControllerCommit";
+pub const COMMIT: &str = "runtime.(*gcControllerState).commit";
+pub const GC_MARK_TERMINATION: &str = "runtime.gcMarkTermination";
+pub const CPU_STATS_ACCUMULATE: &str = "runtime.(*cpuStats).accumulate";
+pub const MCACHE_REFILL: &str = "runtime.(*mcache).refill";
+pub const HEAP_STATS_ACQUIRE: &str = "runtime.(*consistentHeapStats).acquire";
+pub const GOMAXPROCS_FUNCTION: &str = "runtime.GOMAXPROCS";
+pub const GLOBAL_USERS: [&str; 7] = [
+    GC_CONTROLLER_COMMIT,
+    COMMIT,
+    GC_MARK_TERMINATION,
+    CPU_STATS_ACCUMULATE,
+    MCACHE_REFILL,
+    HEAP_STATS_ACQUIRE,
+    GOMAXPROCS_FUNCTION,
+];
+
+/// Fields of `runtime.gcControllerState` (byte offsets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcControllerFields {
+    /// `gcPercent atomic.Int32`: GOGC (-1 when off).
+    pub gc_percent: u64,
+    /// `memoryLimit atomic.Int64`: GOMEMLIMIT in bytes.
+    pub memory_limit: u64,
+    /// `heapMarked uint64`: bytes marked live by the last cycle.
+    pub heap_marked: u64,
+    /// `heapScan`, `lastStackScan`, `globalsScan` (atomic.Uint64): scannable bytes.
+    pub heap_scan: u64,
+    pub last_stack_scan: u64,
+    pub globals_scan: u64,
+}
+
+/// Fields of `runtime.cpuStats` (all int64 nanoseconds), the same offsets from Go 1.20 (where
+/// it appeared) to 1.27; 1.23 exported their names (`gcAssistTime` became `GCAssistTime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuStatsFields {
+    pub gc_assist: u64,
+    pub gc_dedicated: u64,
+    pub gc_idle: u64,
+    pub gc_pause: u64,
+    pub gc_total: u64,
+    pub scavenge_assist: u64,
+    pub scavenge_background: u64,
+    pub scavenge_total: u64,
+    pub idle: u64,
+    pub user: u64,
+    pub total: u64,
+}
+
+pub const CPU_STATS: CpuStatsFields = CpuStatsFields {
+    gc_assist: 0,
+    gc_dedicated: 8,
+    gc_idle: 16,
+    gc_pause: 24,
+    gc_total: 32,
+    scavenge_assist: 40,
+    scavenge_background: 48,
+    scavenge_total: 56,
+    idle: 64,
+    user: 72,
+    total: 80,
+};
+/// `size_of::<cpuStats>()`.
+pub const CPU_STATS_SIZE: u64 = 88;
+
+const CPU_STATS_MEMBERS_GO121: &[&str] = &[
+    "gcAssistTime",
+    "gcDedicatedTime",
+    "gcIdleTime",
+    "gcPauseTime",
+    "gcTotalTime",
+    "scavengeAssistTime",
+    "scavengeBgTime",
+    "scavengeTotalTime",
+    "idleTime",
+    "userTime",
+    "totalTime",
+];
+const CPU_STATS_MEMBERS_GO123: &[&str] = &[
+    "GCAssistTime",
+    "GCDedicatedTime",
+    "GCIdleTime",
+    "GCPauseTime",
+    "GCTotalTime",
+    "ScavengeAssistTime",
+    "ScavengeBgTime",
+    "ScavengeTotalTime",
+    "IdleTime",
+    "UserTime",
+    "TotalTime",
+];
+
+/// One range of Go releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VitalsAbi {
+    pub first: (u32, u32),
+    pub last: (u32, u32),
+    pub gc_controller: GcControllerFields,
+    /// `mstats.numgc` and `numforcedgc` (uint32): cycles completed, and of those forced.
+    pub numgc: u64,
+    pub numforcedgc: u64,
+    /// `mstats.heapStats`: only to find `memstats` in a stripped binary.
+    pub heap_stats: u64,
+    /// `workType.cpuStats` (embedded), from Go 1.20; `None` before.
+    pub cpu_stats: Option<u64>,
+    pub dwarf: DwarfFacts,
+    pub source: &'static str,
+}
+
+const GC_CONTROLLER_GO121: GcControllerFields = GcControllerFields {
+    gc_percent: 0,
+    memory_limit: 8,
+    heap_marked: 152,
+    heap_scan: 112,
+    last_stack_scan: 128,
+    globals_scan: 144,
+};
+
+/// The offsets every row states, for the DWARF check.
+macro_rules! offsets {
+    ($gc:expr, $numgc:expr, $cpu:expr) => {
+        &[
+            ("runtime.gcControllerState", "gcPercent", $gc.gc_percent),
+            ("runtime.gcControllerState", "memoryLimit", $gc.memory_limit),
+            ("runtime.gcControllerState", "heapMarked", $gc.heap_marked),
+            ("runtime.gcControllerState", "heapScan", $gc.heap_scan),
+            (
+                "runtime.gcControllerState",
+                "lastStackScan",
+                $gc.last_stack_scan,
+            ),
+            ("runtime.gcControllerState", "globalsScan", $gc.globals_scan),
+            ("runtime.mstats", "numgc", $numgc),
+            ("runtime.mstats", "numforcedgc", $numgc + 4),
+            ("runtime.mstats", "heapStats", 0),
+            ("runtime.workType", "cpuStats", $cpu),
+        ]
+    };
+}
+
+macro_rules! row {
+    ($first:expr, $last:expr, $numgc:expr, $cpu:expr, $members:expr, $source:expr) => {
+        VitalsAbi {
+            first: $first,
+            last: $last,
+            gc_controller: GC_CONTROLLER_GO121,
+            numgc: $numgc,
+            numforcedgc: $numgc + 4,
+            heap_stats: 0,
+            cpu_stats: Some($cpu),
+            dwarf: DwarfFacts {
+                members: &[("runtime.cpuStats", $members)],
+                offsets: offsets!(GC_CONTROLLER_GO121, $numgc, $cpu),
+                params: &[],
+            },
+            source: $source,
+        }
+    };
+}
+
+/// Read from the DWARF of gcload built by each release (go1.19.8, go1.21.13, go1.22.10,
+/// go1.23.9, go1.24.11, go1.25.5, go1.26.6, go1.27.3); the fields are declared in
+/// src/runtime/mgcpacer.go (`gcControllerState`), mstats.go (`mstats`, `cpuStats`) and mgc.go
+/// (`workType`) of each.
+pub const VITALS_TABLE: &[VitalsAbi] = &[
+    VitalsAbi {
+        first: (1, 19),
+        last: (1, 19),
+        gc_controller: GcControllerFields {
+            gc_percent: 0,
+            memory_limit: 8,
+            heap_marked: 184,
+            heap_scan: 144,
+            last_stack_scan: 160,
+            globals_scan: 176,
+        },
+        numgc: 7704,
+        numforcedgc: 7708,
+        heap_stats: 0,
+        cpu_stats: None,
+        dwarf: DwarfFacts {
+            members: &[],
+            offsets: &[
+                ("runtime.gcControllerState", "gcPercent", 0),
+                ("runtime.gcControllerState", "memoryLimit", 8),
+                ("runtime.gcControllerState", "heapMarked", 184),
+                ("runtime.gcControllerState", "heapScan", 144),
+                ("runtime.gcControllerState", "lastStackScan", 160),
+                ("runtime.gcControllerState", "globalsScan", 176),
+                ("runtime.mstats", "numgc", 7704),
+                ("runtime.mstats", "numforcedgc", 7708),
+                ("runtime.mstats", "heapStats", 0),
+            ],
+            params: &[],
+        },
+        source: "go1.19.8 src/runtime/mgcpacer.go, mstats.go: no cpuStats yet",
+    },
+    row!(
+        (1, 21),
+        (1, 21),
+        7704,
+        488,
+        CPU_STATS_MEMBERS_GO121,
+        "go1.21.13 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+    ),
+    row!(
+        (1, 22),
+        (1, 22),
+        7704,
+        480,
+        CPU_STATS_MEMBERS_GO121,
+        "go1.22.10 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+    ),
+    row!(
+        (1, 23),
+        (1, 24),
+        7704,
+        504,
+        CPU_STATS_MEMBERS_GO123,
+        "go1.23.9, go1.24.11 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+    ),
+    row!(
+        (1, 25),
+        (1, 25),
+        7680,
+        592,
+        CPU_STATS_MEMBERS_GO123,
+        "go1.25.5 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+    ),
+    row!(
+        (1, 26),
+        (1, 27),
+        7680,
+        728,
+        CPU_STATS_MEMBERS_GO123,
+        "go1.26.6, go1.27.3 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+    ),
+];
+
+/// What mapscope can do for a release: a row it knows, the newest row for a release newer than
+/// the table (usable only where the binary's DWARF confirms it), or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VitalsSupport {
+    Known(&'static VitalsAbi),
+    /// Newer than the table: the newest row, trusted only if the binary's DWARF agrees.
+    Unverified(&'static VitalsAbi),
+    None,
+}
+
+pub fn vitals_abi(version: GoVersion) -> VitalsSupport {
+    let release = version.release();
+    if release < OLDEST_SUPPORTED {
+        return VitalsSupport::None;
+    }
+    if let Some(row) = VITALS_TABLE
+        .iter()
+        .find(|row| row.first <= release && release <= row.last)
+    {
+        return VitalsSupport::Known(row);
+    }
+    match VITALS_TABLE.last() {
+        Some(newest) if release > NEWEST_KNOWN => VitalsSupport::Unverified(newest),
+        _ => VitalsSupport::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_release_has_exactly_one_row() {
+        for minor in (OLDEST_SUPPORTED.1..=NEWEST_KNOWN.1).filter(|&minor| minor != 20) {
+            let rows = VITALS_TABLE
+                .iter()
+                .filter(|row| row.first <= (1, minor) && (1, minor) <= row.last)
+                .count();
+            assert_eq!(rows, 1, "go1.{minor}");
+        }
+        assert!(matches!(
+            vitals_abi(GoVersion::new(1, 28, 0)),
+            VitalsSupport::Unverified(_)
+        ));
+        assert_eq!(vitals_abi(GoVersion::new(1, 20, 3)), VitalsSupport::None);
+    }
+
+    #[test]
+    fn the_dwarf_facts_state_the_offsets_read() {
+        for row in VITALS_TABLE {
+            let stated = |ty: &str, member: &str| {
+                row.dwarf
+                    .offsets
+                    .iter()
+                    .find(|&&(t, m, _)| t == ty && m == member)
+                    .map(|&(_, _, offset)| offset)
+            };
+            let gc = row.gc_controller;
+            assert_eq!(
+                stated("runtime.gcControllerState", "heapMarked"),
+                Some(gc.heap_marked)
+            );
+            assert_eq!(
+                stated("runtime.gcControllerState", "gcPercent"),
+                Some(gc.gc_percent)
+            );
+            assert_eq!(stated("runtime.mstats", "numgc"), Some(row.numgc));
+            assert_eq!(
+                stated("runtime.mstats", "numforcedgc"),
+                Some(row.numforcedgc)
+            );
+            assert_eq!(stated("runtime.workType", "cpuStats"), row.cpu_stats);
+        }
+    }
+}

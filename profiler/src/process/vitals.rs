@@ -1,0 +1,112 @@
+//! Reading the runtime's vitals out of a target's memory (process_vm_readv: never a write, no
+//! ptrace stop): the fields `gobin::vitals::plan` located, in one system call.
+use std::io;
+
+use super::memory;
+use crate::{
+    gobin::{
+        abi::{CPU_STATS, CPU_STATS_SIZE, VitalsAbi},
+        vitals::Globals,
+    },
+    model::vitals::{CPU_CLASSES, RawVitals},
+};
+
+pub struct VitalsReader {
+    pid: u32,
+    row: &'static VitalsAbi,
+    /// In the target's address space (load bias added).
+    globals: Globals,
+}
+
+impl VitalsReader {
+    pub fn new(pid: u32, row: &'static VitalsAbi, globals: Globals) -> Self {
+        Self { pid, row, globals }
+    }
+
+    /// The fields now. The runtime updates them without a lock mapscope could take, so fields
+    /// read together may come from moments a few instructions apart; each is whole (aligned
+    /// words, which the runtime writes atomically).
+    pub fn read(&self) -> io::Result<RawVitals> {
+        let gc = self.row.gc_controller;
+        let gc_span = [
+            gc.gc_percent,
+            gc.memory_limit,
+            gc.heap_marked,
+            gc.heap_scan,
+            gc.last_stack_scan,
+            gc.globals_scan,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+            + 8;
+        let mut controller = vec![0u8; gc_span as usize];
+        let mut cycles = [0u8; 8];
+        let mut cpu = [0u8; CPU_STATS_SIZE as usize];
+        let mut gomaxprocs = [0u8; 4];
+        let mut pieces: Vec<(u64, &mut [u8])> = Vec::new();
+        if let Some(address) = self.globals.gc_controller {
+            pieces.push((address, &mut controller));
+        }
+        if let Some(address) = self.globals.memstats {
+            pieces.push((address + self.row.numgc, &mut cycles));
+        }
+        if let (Some(address), Some(offset)) = (self.globals.work, self.row.cpu_stats) {
+            pieces.push((address + offset, &mut cpu));
+        }
+        if let Some(address) = self.globals.gomaxprocs {
+            pieces.push((address, &mut gomaxprocs));
+        }
+        memory::read_many(self.pid, &mut pieces)?;
+        drop(pieces);
+
+        let word = |bytes: &[u8], at: u64| -> u64 {
+            let at = at as usize;
+            bytes
+                .get(at..at + 8)
+                .and_then(|word| word.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let mut raw = RawVitals::default();
+        if self.globals.gc_controller.is_some() {
+            raw.gc_percent = Some(word(&controller, gc.gc_percent) as u32 as i32);
+            raw.memory_limit = Some(word(&controller, gc.memory_limit) as i64);
+            raw.heap_marked = Some(word(&controller, gc.heap_marked));
+            raw.scan = Some([
+                word(&controller, gc.heap_scan),
+                word(&controller, gc.last_stack_scan),
+                word(&controller, gc.globals_scan),
+            ]);
+        }
+        if self.globals.memstats.is_some() {
+            // numforcedgc follows numgc (the table checks both offsets against DWARF).
+            let both = u64::from_le_bytes(cycles);
+            raw.cycles = Some((both as u32, (both >> 32) as u32));
+        }
+        if self.globals.work.is_some() && self.row.cpu_stats.is_some() {
+            let fields = CPU_STATS;
+            let order = [
+                fields.gc_assist,
+                fields.gc_dedicated,
+                fields.gc_idle,
+                fields.gc_pause,
+                fields.gc_total,
+                fields.scavenge_assist,
+                fields.scavenge_background,
+                fields.scavenge_total,
+                fields.idle,
+                fields.user,
+                fields.total,
+            ];
+            let mut values = [0i64; CPU_CLASSES];
+            for (value, offset) in values.iter_mut().zip(order) {
+                *value = word(&cpu, offset) as i64;
+            }
+            raw.cpu = Some(values);
+        }
+        if self.globals.gomaxprocs.is_some() {
+            raw.gomaxprocs = Some(i32::from_le_bytes(gomaxprocs));
+        }
+        Ok(raw)
+    }
+}
