@@ -128,6 +128,26 @@ fn check_report(version: &str, flags: &[&str], stripped: bool, pie: bool) {
             .starts_with("runtime.mapassign")),
         "{window:#?}"
     );
+    // Vitals: every one the release has, by symbol or through the runtime's code.
+    let vitals = feature("runtime_vitals");
+    assert_eq!(vitals["available"], true, "{vitals}");
+    let how = if stripped {
+        "through the runtime's code"
+    } else {
+        "by symbol"
+    };
+    assert!(vitals["detail"].as_str().unwrap().contains(how), "{vitals}");
+    let listed = report["vitals"].as_array().unwrap();
+    assert_eq!(listed.len(), mapscope::model::vitals::VITALS.len());
+    let release = (
+        1,
+        version.split('.').nth(1).unwrap().parse::<u32>().unwrap(),
+    );
+    for (entry, vital) in listed.iter().zip(mapscope::model::vitals::VITALS) {
+        assert_eq!(entry["metric"], vital.name);
+        assert_eq!(entry["series"], vital.prometheus_name());
+        assert_eq!(entry["available"], vital.exported_for(release), "{entry}");
+    }
     let binary = GoBinary::open(&path, abi::WANTED).unwrap();
     for probe in window {
         let name = probe["function"].as_str().unwrap();

@@ -127,3 +127,68 @@ common::per_go_release! {
     vitals_match_the_runtime_go1_26 => "1.26.6",
     vitals_match_the_runtime_go1_27 => "1.27.3",
 }
+
+/// A release newer than the table: the vitals are read only where the binary's DWARF confirms
+/// the newest row's layout, and otherwise left out with a warning, never guessed. Go 1.27 and
+/// Go 1.23 binaries claiming to be Go 1.99: the first (same layout as the newest row) gets its
+/// vitals, equal to the runtime's; the second (another layout) and a stripped 1.27 (nothing to
+/// confirm with) get none.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn unverified_layouts_give_no_vitals() {
+    for (version, flags, confirmed, why) in [
+        ("1.27.3", &[][..], true, ""),
+        ("1.23.9", &[][..], false, "its DWARF shows another layout"),
+        (
+            "1.27.3",
+            &["-ldflags=-s -w"][..],
+            false,
+            "has no DWARF to confirm",
+        ),
+    ] {
+        let real = common::build_go("gcload", version, flags);
+        let name = format!("gcload-{version}-{}-claims-go1.99", flags.len());
+        let newer = common::with_build_info_version(&real, "go1.99.0", &name);
+        let mut command = std::process::Command::new(&newer);
+        command.args(["-duration", "300ms", "-forced-gcs", "1"]);
+        let mut target = GoTarget::spawn(command);
+        let mapscope = Mapscope::attach(target.pid());
+        target.run_load();
+        target.vitals();
+        std::thread::sleep(Duration::from_millis(1200));
+        let metrics = mapscope.scrape();
+        let runtime = target.vitals();
+        let log = mapscope.stderr.all();
+        let exported: Vec<&str> = VITALS
+            .iter()
+            .map(|vital| vital.name)
+            .filter(|name| {
+                metrics.has(
+                    &VITALS
+                        .iter()
+                        .find(|vital| vital.name == *name)
+                        .unwrap()
+                        .prometheus_name(),
+                )
+            })
+            .collect();
+        if confirmed {
+            assert_eq!(exported.len(), VITALS.len(), "{log}");
+            for vital in VITALS {
+                assert_eq!(
+                    metrics.sum(&vital.prometheus_name(), |_| true),
+                    runtime.metrics[vital.name],
+                    "{}",
+                    vital.name
+                );
+            }
+        } else {
+            assert!(exported.is_empty(), "Go {version} {flags:?}: {exported:?}");
+            assert!(
+                log.contains("vitals will not be read") && log.contains(why),
+                "Go {version} {flags:?}: {log}"
+            );
+        }
+        target.send("exit");
+    }
+}

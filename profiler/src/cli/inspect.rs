@@ -50,6 +50,19 @@ pub struct Report {
     pub dwarf_check: String,
     pub probes: Vec<ProbeSite>,
     pub features: Vec<Feature>,
+    /// Every runtime vital mapscope knows, and whether it is read from this binary's targets.
+    pub vitals: Vec<VitalSupport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VitalSupport {
+    /// The runtime/metrics name.
+    pub metric: &'static str,
+    /// The Prometheus series.
+    pub series: String,
+    pub available: bool,
+    /// Why not, when not.
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -260,6 +273,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
             }
         }
     };
+    let (vitals_feature, vitals) = vitals_support(binary, row.is_some());
     Report {
         path: who.to_owned(),
         go_version: binary.build_info.go_version.clone(),
@@ -287,8 +301,56 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
             },
             maps,
             discovery,
+            vitals_feature,
         ],
+        vitals,
     }
+}
+
+/// The `runtime_vitals` feature, and each vital's line.
+fn vitals_support(binary: &GoBinary, supported: bool) -> (Feature, Vec<VitalSupport>) {
+    let plan = if supported {
+        crate::gobin::vitals::plan(binary)
+    } else {
+        Err("this Go release is not supported".to_owned())
+    };
+    let vitals = crate::model::vitals::VITALS
+        .iter()
+        .map(|vital| {
+            let detail = match &plan {
+                Err(why) => Some(why.clone()),
+                Ok(plan) => plan
+                    .missing
+                    .iter()
+                    .find(|(missing, _)| missing.name == vital.name)
+                    .map(|(_, why)| why.clone()),
+            };
+            VitalSupport {
+                metric: vital.name,
+                series: vital.prometheus_name(),
+                available: detail.is_none(),
+                detail,
+            }
+        })
+        .collect::<Vec<_>>();
+    let read = vitals.iter().filter(|vital| vital.available).count();
+    let feature = Feature {
+        name: "runtime_vitals",
+        available: read > 0,
+        detail: match &plan {
+            Err(why) => why.clone(),
+            Ok(_) => format!(
+                "{read} of {} runtime/metrics values read from the target's memory ({})",
+                vitals.len(),
+                if binary.function_source == FunctionSource::Pclntab {
+                    "globals found through the runtime's code"
+                } else {
+                    "globals found by symbol"
+                }
+            ),
+        },
+    };
+    (feature, vitals)
 }
 
 pub fn render(report: &Report) -> String {
@@ -375,6 +437,24 @@ pub fn render(report: &Report) -> String {
             "unavailable"
         };
         let _ = writeln!(out, "    {:<24} {state}: {}", feature.name, feature.detail);
+    }
+    let missing: Vec<String> = report
+        .vitals
+        .iter()
+        .filter(|vital| !vital.available)
+        .map(|vital| {
+            format!(
+                "{}: {}",
+                vital.metric,
+                vital.detail.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    if !missing.is_empty() && missing.len() < report.vitals.len() {
+        let _ = writeln!(out, "  vitals not read");
+        for line in missing {
+            let _ = writeln!(out, "    {line}");
+        }
     }
     out
 }

@@ -84,8 +84,8 @@ pub fn plan(binary: &GoBinary) -> Result<VitalsPlan, String> {
             missing.push((
                 vital,
                 format!(
-                    "not in Go 1.{}'s runtime (from 1.{})",
-                    release.1, vital.since.1
+                    "runtime/metrics has it from Go 1.{}; not read for Go 1.{}",
+                    vital.since.1, release.1
                 ),
             ));
             continue;

@@ -307,10 +307,7 @@ pub fn prometheus_name(runtime_name: &str, cumulative: bool) -> String {
     let key = key.trim_start_matches('/');
     let (subsystem, name) = key.rsplit_once('/').unwrap_or(("", key));
     let subsystem = subsystem.replace(['/', '-'], "_");
-    let unit = unit
-        .replace('-', "_")
-        .replace('*', "_")
-        .replace('/', "_per_");
+    let unit = unit.replace(['-', '*'], "_").replace('/', "_per_");
     let mut series = format!("mapscope_go_{subsystem}_{}_{unit}", name.replace('-', "_"));
     if cumulative {
         series.push_str("_total");

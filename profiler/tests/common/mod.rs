@@ -601,7 +601,10 @@ pub fn with_build_info_version(binary: &Path, new_version: &str, name: &str) -> 
     let section = file.section_by_name(".go.buildinfo").unwrap();
     let (start, size) = section.file_range().unwrap();
     let (start, end) = (start as usize, (start + size) as usize);
-    let old = format!("go{NEWEST_GO}");
+    let old = mapscope::gobin::GoBinary::open(binary, &[])
+        .unwrap()
+        .build_info
+        .go_version;
     assert_eq!(old.len(), new_version.len());
     let at = data[start..end]
         .windows(old.len())

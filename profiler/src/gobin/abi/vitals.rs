@@ -329,6 +329,8 @@ mod tests {
                 Some(row.numforcedgc)
             );
             assert_eq!(stated("runtime.workType", "cpuStats"), row.cpu_stats);
+            // The reader takes both counts in one word.
+            assert_eq!(row.numforcedgc, row.numgc + 4);
         }
     }
 }
