@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{GoTarget, Mapscope};
-use mapscope::model::vitals::VITALS;
+use mapscope::model::vitals::{self, Kind, VITALS};
 
 /// Set from the test, so a value read from the wrong place, or a default, cannot pass.
 const GOGC: &str = "137";
@@ -19,11 +19,27 @@ const GOMEMLIMIT: &str = "3000000123";
 const GOMAXPROCS: &str = "3";
 
 #[derive(Debug, serde::Deserialize)]
+struct RuntimeHistogram {
+    counts: Vec<u64>,
+    /// Without the first and last edge (-Inf, +Inf).
+    edges: Vec<f64>,
+}
+
+#[derive(Debug, serde::Deserialize)]
 struct RuntimeView {
     metrics: std::collections::BTreeMap<String, f64>,
+    histograms: std::collections::BTreeMap<String, RuntimeHistogram>,
     num_gc: u32,
     num_forced_gc: u32,
     gomaxprocs: u32,
+}
+
+/// Whether mapscope exports `vital` (a histogram by its `_count` series).
+fn exported(metrics: &common::Metrics, vital: &vitals::Vital) -> bool {
+    match vital.kind {
+        Kind::Histogram => metrics.has(&format!("{}_count", vital.prometheus_name())),
+        _ => metrics.has(&vital.prometheus_name()),
+    }
 }
 
 impl GoTarget {
@@ -66,7 +82,7 @@ fn vitals_match_the_runtime(version: &str) {
         let mapscope = Mapscope::attach(target.pid());
         target.run_load();
         // The first answer allocates; after it the target is quiet.
-        target.vitals();
+        let before = target.vitals();
         std::thread::sleep(Duration::from_millis(1200));
         let metrics = mapscope.scrape();
         let runtime = target.vitals();
@@ -75,16 +91,21 @@ fn vitals_match_the_runtime(version: &str) {
             let name = vital.prometheus_name();
             if !vital.exported_for(release) {
                 assert!(
-                    !metrics.has(&name),
+                    !exported(&metrics, vital),
                     "Go {version} {flags:?}: {name} exported, but its runtime lacks it"
                 );
                 continue;
             }
             assert!(
-                metrics.has(&name),
+                exported(&metrics, vital),
                 "Go {version} {flags:?}: {name} missing; mapscope's log:\n{}",
                 mapscope.stderr.all()
             );
+            if vital.kind == Kind::Histogram {
+                compare_histogram(&metrics, &name, [&before, &runtime], vital.name, version);
+                compared += 1;
+                continue;
+            }
             let ours = metrics.sum(&name, |_| true);
             let theirs = match runtime.metrics.get(vital.name) {
                 Some(&value) => value,
@@ -114,6 +135,67 @@ fn vitals_match_the_runtime(version: &str) {
         println!("Go {version} {flags:?}: {compared} vitals equal the runtime's");
         target.send("exit");
     }
+}
+
+/// A histogram vital: mapscope's bucket edges are the runtime's, and each cumulative count
+/// mapscope exports lies between the runtime's own, summed up to that bound, read just before
+/// and just after mapscope's read. Not exactly one of them: the target's goroutine records a
+/// scheduling latency of its own each time it wakes up to answer (a handful in all, checked).
+fn compare_histogram(
+    metrics: &common::Metrics,
+    name: &str,
+    [before, after]: [&RuntimeView; 2],
+    runtime_name: &str,
+    version: &str,
+) {
+    let runtime = |view: &RuntimeView| {
+        let histogram = &view.histograms[runtime_name];
+        let edges: Vec<f64> = std::iter::once(f64::NEG_INFINITY)
+            .chain(histogram.edges.iter().copied())
+            .chain(std::iter::once(f64::INFINITY))
+            .collect();
+        assert_eq!(edges.len(), histogram.counts.len() + 1);
+        let layout = if version.starts_with("1.19") {
+            vitals::TimeHistogramLayout::Go119
+        } else {
+            vitals::TimeHistogramLayout::Go121
+        };
+        assert_eq!(layout.edges(), edges, "Go {version}: {name} bucket edges");
+        vitals::cumulative(&edges, &histogram.counts, &vitals::latency_bounds())
+    };
+    let (low, high) = (runtime(before), runtime(after));
+    assert!(
+        low.count > 0,
+        "Go {version}: no scheduling latencies recorded"
+    );
+    assert!(
+        high.count - low.count <= 16,
+        "Go {version}: the target was not quiet: {} then {} latencies",
+        low.count,
+        high.count
+    );
+    let bucket = |bound: f64| {
+        metrics.sum(&format!("{name}_bucket"), |labels| {
+            labels.get("le").and_then(|le| le.parse::<f64>().ok()) == Some(bound)
+        }) as u64
+    };
+    for (&(bound, lowest), &(_, highest)) in low.buckets.iter().zip(&high.buckets) {
+        let ours = bucket(bound);
+        assert!(
+            (lowest..=highest).contains(&ours),
+            "Go {version}: {name} le={bound}: {ours} not in {lowest}..={highest}"
+        );
+    }
+    let count = metrics.sum(&format!("{name}_count"), |_| true) as u64;
+    assert!((low.count..=high.count).contains(&count), "{count}");
+    assert_eq!(bucket(f64::INFINITY), count);
+    // Enough spread to mean something: the load's goroutines waited at several scales.
+    let used = low
+        .buckets
+        .windows(2)
+        .filter(|pair| pair[1].1 > pair[0].1)
+        .count();
+    assert!(used >= 3, "Go {version}: {low:?}");
 }
 
 common::per_go_release! {
@@ -154,27 +236,24 @@ fn unverified_layouts_give_no_vitals() {
         let mut target = GoTarget::spawn(command);
         let mapscope = Mapscope::attach(target.pid());
         target.run_load();
-        target.vitals();
+        let before = target.vitals();
         std::thread::sleep(Duration::from_millis(1200));
         let metrics = mapscope.scrape();
         let runtime = target.vitals();
         let log = mapscope.stderr.all();
         let exported: Vec<&str> = VITALS
             .iter()
+            .filter(|vital| exported(&metrics, vital))
             .map(|vital| vital.name)
-            .filter(|name| {
-                metrics.has(
-                    &VITALS
-                        .iter()
-                        .find(|vital| vital.name == *name)
-                        .unwrap()
-                        .prometheus_name(),
-                )
-            })
             .collect();
         if confirmed {
             assert_eq!(exported.len(), VITALS.len(), "{log}");
             for vital in VITALS {
+                if vital.kind == Kind::Histogram {
+                    let name = vital.prometheus_name();
+                    compare_histogram(&metrics, &name, [&before, &runtime], vital.name, "1.99");
+                    continue;
+                }
                 assert_eq!(
                     metrics.sum(&vital.prometheus_name(), |_| true),
                     runtime.metrics[vital.name],

@@ -121,39 +121,60 @@ impl Collector for SizeHistograms {
                 .zip(&estimate.buckets)
                 .map(|(&bound, &objects)| {
                     cumulative += objects;
-                    let mut bucket = Bucket::default();
-                    bucket.set_upper_bound(bound);
-                    bucket.set_cumulative_count(cumulative.round() as u64);
-                    bucket
-                })
-                .collect();
-            let mut histogram = Histogram::default();
-            histogram.set_bucket(buckets);
-            histogram.set_sample_count(estimate.count.round() as u64);
-            histogram.set_sample_sum(estimate.sum);
-            // Sorted by name, as the crate's own metrics are.
-            let mut pairs: Vec<LabelPair> = self
-                .label_names
-                .iter()
-                .zip(labels)
-                .map(|(name, value)| {
-                    let mut pair = LabelPair::default();
-                    pair.set_name((*name).to_owned());
-                    pair.set_value(value.clone());
-                    pair
-                })
-                .collect();
-            pairs.sort_by(|a, b| a.name().cmp(b.name()));
-            let mut metric = Metric::default();
-            metric.set_label(pairs);
-            metric.set_histogram(histogram);
-            family.mut_metric().push(metric);
+                    (bound, cumulative.round() as u64)
+                });
+            family.mut_metric().push(histogram_metric(
+                &self.label_names,
+                labels,
+                buckets,
+                estimate.count.round() as u64,
+                estimate.sum,
+            ));
         }
         if family.get_metric().is_empty() {
             return Vec::new();
         }
         vec![family]
     }
+}
+
+/// One histogram series: its labels (`names` and `values` in step), its cumulative buckets
+/// (upper bound, count; +Inf implied), count and sum.
+pub(super) fn histogram_metric(
+    names: &[String],
+    values: &[String],
+    buckets: impl Iterator<Item = (f64, u64)>,
+    count: u64,
+    sum: f64,
+) -> Metric {
+    let buckets = buckets
+        .map(|(bound, count)| {
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(bound);
+            bucket.set_cumulative_count(count);
+            bucket
+        })
+        .collect();
+    let mut histogram = Histogram::default();
+    histogram.set_bucket(buckets);
+    histogram.set_sample_count(count);
+    histogram.set_sample_sum(sum);
+    // Sorted by name, as the crate's own metrics are.
+    let mut pairs: Vec<LabelPair> = names
+        .iter()
+        .zip(values)
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.clone());
+            pair.set_value(value.clone());
+            pair
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut metric = Metric::default();
+    metric.set_label(pairs);
+    metric.set_histogram(histogram);
+    metric
 }
 
 /// Every `reason` of `mapscope_probe_events_dropped_total` (docs/METRICS.md, "Drop reasons"):

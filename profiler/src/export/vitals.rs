@@ -1,14 +1,19 @@
 //! The runtime's vitals as Prometheus series: one family per `model::vitals::VITALS` entry,
 //! set from each target's memory when a scrape comes, at most once a second.
 use std::{
-    sync::Mutex,
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use prometheus::{CounterVec, GaugeVec, Opts, Registry};
+use prometheus::{
+    CounterVec, GaugeVec, Opts, Registry,
+    core::{Collector, Desc},
+    proto::{MetricFamily, MetricType},
+};
 
 use crate::{
-    model::vitals::{self, RawVitals, VITALS, Vital},
+    model::vitals::{self, Cumulative, Kind, RawVitals, VITALS, Vital},
     process::vitals::VitalsReader,
 };
 
@@ -19,6 +24,57 @@ const MIN_READ_INTERVAL: Duration = Duration::from_secs(1);
 enum Family {
     Gauge(GaugeVec),
     Counter(CounterVec),
+    Histogram(Arc<Histograms>),
+}
+
+/// A histogram family whose buckets are the runtime's counts, set whole each read (the
+/// prometheus crate's histograms only take observations).
+struct Histograms {
+    desc: Desc,
+    label_names: Vec<String>,
+    by_target: Mutex<BTreeMap<Vec<String>, Cumulative>>,
+}
+
+impl Collector for Histograms {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(by_target) = self.by_target.lock() else {
+            return Vec::new();
+        };
+        if by_target.is_empty() {
+            return Vec::new();
+        }
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::HISTOGRAM);
+        for (labels, histogram) in by_target.iter() {
+            family.mut_metric().push(super::metrics::histogram_metric(
+                &self.label_names,
+                labels,
+                histogram.buckets.iter().copied(),
+                histogram.count,
+                histogram.sum,
+            ));
+        }
+        vec![family]
+    }
+}
+
+/// Lets the registry hold a family the vitals also keep.
+struct Shared(Arc<Histograms>);
+
+impl Collector for Shared {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
+    }
 }
 
 /// A target whose vitals are read.
@@ -50,14 +106,31 @@ impl VitalFamilies {
                 vital.help, vital.name, vital.since.1
             );
             let opts = Opts::new(vital.prometheus_name(), help);
-            let family = if vital.cumulative {
-                let family = CounterVec::new(opts, &labels)?;
-                registry.register(Box::new(family.clone()))?;
-                Family::Counter(family)
-            } else {
-                let family = GaugeVec::new(opts, &labels)?;
-                registry.register(Box::new(family.clone()))?;
-                Family::Gauge(family)
+            let family = match vital.kind {
+                Kind::Counter => {
+                    let family = CounterVec::new(opts, &labels)?;
+                    registry.register(Box::new(family.clone()))?;
+                    Family::Counter(family)
+                }
+                Kind::Gauge => {
+                    let family = GaugeVec::new(opts, &labels)?;
+                    registry.register(Box::new(family.clone()))?;
+                    Family::Gauge(family)
+                }
+                Kind::Histogram => {
+                    let family = Arc::new(Histograms {
+                        desc: Desc::new(
+                            opts.name.clone(),
+                            opts.help.clone(),
+                            target_labels.to_vec(),
+                            std::collections::HashMap::new(),
+                        )?,
+                        label_names: target_labels.to_vec(),
+                        by_target: Mutex::default(),
+                    });
+                    registry.register(Box::new(Shared(Arc::clone(&family))))?;
+                    Family::Histogram(family)
+                }
             };
             families.push((vital, family));
         }
@@ -85,12 +158,21 @@ impl VitalFamilies {
         if let Ok(mut sources) = self.sources.lock() {
             sources.retain(|source| source.labels != labels);
         }
-        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let values: Vec<&str> = labels.iter().map(String::as_str).collect();
         for (_, family) in &self.families {
-            let _ = match family {
-                Family::Gauge(family) => family.remove_label_values(&labels),
-                Family::Counter(family) => family.remove_label_values(&labels),
-            };
+            match family {
+                Family::Gauge(family) => {
+                    let _ = family.remove_label_values(&values);
+                }
+                Family::Counter(family) => {
+                    let _ = family.remove_label_values(&values);
+                }
+                Family::Histogram(family) => {
+                    if let Ok(mut by_target) = family.by_target.lock() {
+                        by_target.remove(labels);
+                    }
+                }
+            }
         }
     }
 
@@ -135,6 +217,14 @@ impl VitalFamilies {
             if !source.vitals.contains(vital) {
                 continue;
             }
+            if let Family::Histogram(family) = family {
+                if let (Some(histogram), Ok(mut by_target)) =
+                    (vital.histogram(raw), family.by_target.lock())
+                {
+                    by_target.insert(source.labels.clone(), histogram);
+                }
+                continue;
+            }
             let Some(value) = vital.value(raw) else {
                 continue;
             };
@@ -146,6 +236,7 @@ impl VitalFamilies {
                     counter.reset();
                     counter.inc_by(value);
                 }
+                Family::Histogram(_) => {}
             }
         }
     }

@@ -109,6 +109,7 @@ pub const WANTED: &[&str] = &[
     vitals::MEMSTATS,
     vitals::WORK,
     vitals::GOMAXPROCS,
+    vitals::SCHED,
 ];
 
 /// The oldest and newest Go releases this table describes.

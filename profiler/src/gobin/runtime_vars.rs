@@ -149,6 +149,8 @@ pub fn mem_profile_rate(
 ///   `mstats.heapStats`.
 /// - `gomaxprocs`: `GOMAXPROCS` reads it once (`ret := int(gomaxprocs)`), the only int32 it
 ///   widens.
+/// - `sched`: `GOMAXPROCS` locks `sched.lock` first (`lock(&sched.lock)`, inlined to a call
+///   of `lock2`): the receiver, less `schedt.lock`.
 ///
 /// A global not found is left out, and so are the vitals read from it.
 pub fn vitals_globals(
@@ -184,6 +186,9 @@ pub fn vitals_globals(
         && let [only] = disasm::widened_int32_reads(bytes, address).as_slice()
     {
         found.push((abi::GOMAXPROCS, *only));
+    }
+    if let Some(address) = receiver(abi::GOMAXPROCS_FUNCTION, abi::LOCK2) {
+        found.push((abi::SCHED, address.wrapping_sub(row.sched_lock)));
     }
     found
 }

@@ -14,6 +14,7 @@ pub struct Globals {
     pub memstats: Option<u64>,
     pub work: Option<u64>,
     pub gomaxprocs: Option<u64>,
+    pub sched: Option<u64>,
 }
 
 impl Globals {
@@ -24,6 +25,7 @@ impl Globals {
             memstats: add(self.memstats),
             work: add(self.work),
             gomaxprocs: add(self.gomaxprocs),
+            sched: add(self.sched),
         }
     }
 }
@@ -76,6 +78,7 @@ pub fn plan(binary: &GoBinary) -> Result<VitalsPlan, String> {
         memstats: address(abi::MEMSTATS),
         work: address(abi::WORK).filter(|_| row.cpu_stats.is_some()),
         gomaxprocs: address(abi::GOMAXPROCS),
+        sched: address(abi::SCHED),
     };
     let mut vitals = Vec::new();
     let mut missing = Vec::new();
@@ -114,6 +117,8 @@ fn needs(vital: &Vital, globals: &Globals) -> (&'static str, bool) {
         (abi::MEMSTATS, globals.memstats.is_some())
     } else if name == "/sched/gomaxprocs:threads" {
         (abi::GOMAXPROCS, globals.gomaxprocs.is_some())
+    } else if name == "/sched/latencies:seconds" {
+        (abi::SCHED, globals.sched.is_some())
     } else {
         (abi::GC_CONTROLLER, globals.gc_controller.is_some())
     }

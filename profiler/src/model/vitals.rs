@@ -4,7 +4,7 @@
 
 /// The raw fields, as read from one target at one moment; `None` where the global holding the
 /// field was not found or the release has no such field.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RawVitals {
     /// `gcController.gcPercent` (GOGC; -1 when off).
     pub gc_percent: Option<i32>,
@@ -20,6 +20,113 @@ pub struct RawVitals {
     pub cpu: Option<[i64; CPU_CLASSES]>,
     /// `gomaxprocs`.
     pub gomaxprocs: Option<i32>,
+    /// `sched.timeToRun`, as runtime/metrics gives it (`TimeHistogramLayout::metric_counts`),
+    /// with its edges.
+    pub sched_latencies: Option<(TimeHistogramLayout, Vec<u64>)>,
+}
+
+/// How a release keeps a `runtime.timeHistogram` (src/runtime/histogram.go).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeHistogramLayout {
+    /// Go 1.19: `counts [45 * 16]uint64; underflow uint64`.
+    Go119,
+    /// Go 1.21 and later: `counts [40 * 4]atomic.Uint64; underflow, overflow atomic.Uint64`.
+    Go121,
+}
+
+impl TimeHistogramLayout {
+    /// How many `uint64` words the histogram is: its counts, then underflow (and overflow).
+    pub fn words(self) -> usize {
+        match self {
+            Self::Go119 => 45 * 16 + 1,
+            Self::Go121 => 40 * 4 + 2,
+        }
+    }
+
+    /// The bucket edges runtime/metrics gives this histogram, in seconds, as
+    /// `timeHistogramMetricsBuckets` computes them: `words() + 1` edges from -Inf to +Inf.
+    /// Bucket `i` is `[edge i, edge i+1)`; the first holds the underflow, and (Go 1.21+) the
+    /// last the overflow.
+    pub fn edges(self) -> Vec<f64> {
+        let mut edges = vec![f64::NEG_INFINITY];
+        match self {
+            Self::Go119 => {
+                // timeHistSubBucketBits = 4, timeHistNumSuperBuckets = 45.
+                edges.extend((0..16u64).map(|j| j as f64 / 1e9));
+                for i in 0..44u64 {
+                    for j in 0..16u64 {
+                        edges.push(((1u64 << (i + 4)) | (j << i)) as f64 / 1e9);
+                    }
+                }
+            }
+            Self::Go121 => {
+                // timeHistMinBucketBits = 9, timeHistMaxBucketBits = 48,
+                // timeHistSubBucketBits = 2.
+                edges.extend((0..4u64).map(|j| (j << 6) as f64 / 1e9));
+                for i in 9..48u64 {
+                    for j in 0..4u64 {
+                        edges.push(((1u64 << (i - 1)) | (j << (i - 3))) as f64 / 1e9);
+                    }
+                }
+                edges.push((1u64 << 47) as f64 / 1e9);
+            }
+        }
+        edges.push(f64::INFINITY);
+        edges
+    }
+
+    /// The runtime/metrics counts (underflow first, then the counts, then any overflow) from
+    /// the histogram's words as they lie in memory (counts first).
+    pub fn metric_counts(self, words: &[u64]) -> Vec<u64> {
+        let counts = match self {
+            Self::Go119 => 45 * 16,
+            Self::Go121 => 40 * 4,
+        };
+        let mut out = Vec::with_capacity(words.len());
+        out.extend(words.get(counts).copied());
+        out.extend(words.iter().take(counts).copied());
+        if self == Self::Go121 {
+            out.extend(words.get(counts + 1).copied());
+        }
+        out
+    }
+}
+
+/// The upper bounds mapscope exports scheduling latencies in (seconds): powers of two
+/// nanoseconds from 256 ns to 68.7 s, each an edge of the runtime's own buckets on every
+/// release, so each cumulative count is a sum of whole runtime buckets, exactly.
+pub fn latency_bounds() -> Vec<f64> {
+    (8..=36).map(|bits| (1u64 << bits) as f64 / 1e9).collect()
+}
+
+/// A runtime histogram summed into `bounds` (Prometheus's cumulative `le` buckets, +Inf
+/// implied): the count of runtime buckets whose upper edge is at or below each bound. The sum
+/// is a lower bound, each observation at its bucket's lower edge (at least 0): the runtime keeps
+/// none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cumulative {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+pub fn cumulative(edges: &[f64], counts: &[u64], bounds: &[f64]) -> Cumulative {
+    let mut out = Cumulative::default();
+    let mut bucket = 0;
+    for &bound in bounds {
+        while bucket < counts.len() && edges.get(bucket + 1).is_some_and(|&upper| upper <= bound) {
+            out.count += counts[bucket];
+            bucket += 1;
+        }
+        out.buckets.push((bound, out.count));
+    }
+    out.count = counts.iter().sum();
+    out.sum = counts
+        .iter()
+        .zip(edges)
+        .map(|(&count, &lower)| count as f64 * lower.max(0.0))
+        .sum();
+    out
 }
 
 /// `runtime.cpuStats`'s fields, in the order `gobin::abi::CPU_STATS` lays them out.
@@ -38,6 +145,17 @@ enum Source {
     /// Index into `RawVitals::cpu`.
     Cpu(usize),
     Gomaxprocs,
+    SchedLatencies,
+}
+
+/// What kind of series a vital is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    /// runtime/metrics `Cumulative`: a Prometheus counter.
+    Counter,
+    /// A runtime/metrics `Float64Histogram`.
+    Histogram,
 }
 
 /// One runtime/metrics series mapscope reproduces.
@@ -45,8 +163,7 @@ enum Source {
 pub struct Vital {
     /// The runtime/metrics name.
     pub name: &'static str,
-    /// A counter (runtime/metrics `Cumulative`) or a gauge.
-    pub cumulative: bool,
+    pub kind: Kind,
     /// The first Go release whose runtime/metrics has it.
     pub since: (u32, u32),
     /// The oldest release mapscope exports it for: earlier than `since` where the runtime
@@ -59,7 +176,7 @@ pub struct Vital {
 
 const fn vital(
     name: &'static str,
-    cumulative: bool,
+    kind: Kind,
     since: (u32, u32),
     computed_from: (u32, u32),
     help: &'static str,
@@ -67,7 +184,7 @@ const fn vital(
 ) -> Vital {
     Vital {
         name,
-        cumulative,
+        kind,
         since,
         computed_from,
         help,
@@ -83,7 +200,7 @@ const GO121: (u32, u32) = (1, 21);
 pub const VITALS: &[Vital] = &[
     vital(
         "/gc/gogc:percent",
-        false,
+        Kind::Gauge,
         GO121,
         GO119,
         "Heap size target percentage configured by the user (GOGC); 2^64-1 when off, as the runtime reports it.",
@@ -91,7 +208,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/gc/gomemlimit:bytes",
-        false,
+        Kind::Gauge,
         GO121,
         GO119,
         "Go runtime memory limit configured by the user (GOMEMLIMIT).",
@@ -99,7 +216,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/gc/heap/live:bytes",
-        false,
+        Kind::Gauge,
         GO121,
         GO121,
         "Heap memory occupied by live objects that were marked by the previous GC.",
@@ -107,7 +224,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/gc/scan/heap:bytes",
-        false,
+        Kind::Gauge,
         GO121,
         GO121,
         "The amount of heap space that is scannable.",
@@ -115,7 +232,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/gc/scan/stack:bytes",
-        false,
+        Kind::Gauge,
         GO121,
         GO121,
         "The number of bytes of stack that were scanned last GC cycle.",
@@ -123,7 +240,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/gc/scan/globals:bytes",
-        false,
+        Kind::Gauge,
         GO121,
         GO121,
         "The total amount of global variable space that is scannable.",
@@ -131,7 +248,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/gc/scan/total:bytes",
-        false,
+        Kind::Gauge,
         GO121,
         GO121,
         "The total amount space that is scannable (heap, stacks and globals).",
@@ -139,7 +256,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/gc/cycles/total:gc-cycles",
-        true,
+        Kind::Counter,
         (1, 17),
         GO119,
         "Count of all completed GC cycles.",
@@ -147,7 +264,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/gc/cycles/forced:gc-cycles",
-        true,
+        Kind::Counter,
         (1, 17),
         GO119,
         "Count of completed GC cycles forced by the application (runtime.GC, debug.FreeOSMemory).",
@@ -155,7 +272,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/gc/cycles/automatic:gc-cycles",
-        true,
+        Kind::Counter,
         (1, 17),
         GO119,
         "Count of completed GC cycles generated by the Go runtime.",
@@ -163,15 +280,25 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/sched/gomaxprocs:threads",
-        false,
+        Kind::Gauge,
         GO120,
         GO119,
         "The current runtime.GOMAXPROCS setting.",
         Source::Gomaxprocs,
     ),
     vital(
+        "/sched/latencies:seconds",
+        Kind::Histogram,
+        (1, 17),
+        GO119,
+        "Distribution of the time goroutines have spent in the scheduler in a runnable state \
+         before actually running (the runtime's own buckets, summed into powers of two; the \
+         sum is a lower bound, each at its bucket's lower edge).",
+        Source::SchedLatencies,
+    ),
+    vital(
         "/cpu/classes/gc/mark/assist:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total CPU time goroutines spent performing GC tasks to assist the GC.",
@@ -179,7 +306,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/gc/mark/dedicated:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total CPU time spent performing GC tasks on processors dedicated to them.",
@@ -187,7 +314,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/gc/mark/idle:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total CPU time spent performing GC tasks on spare CPU resources.",
@@ -195,7 +322,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/gc/pause:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total CPU time spent with the application paused by the GC (pause time × GOMAXPROCS).",
@@ -203,7 +330,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/gc/total:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total CPU time spent performing GC tasks.",
@@ -211,7 +338,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/scavenge/assist:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total CPU time spent returning unused memory to the OS eagerly.",
@@ -219,7 +346,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/scavenge/background:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total CPU time spent returning unused memory to the OS in the background.",
@@ -227,7 +354,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/scavenge/total:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total CPU time spent returning unused memory to the OS.",
@@ -235,7 +362,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/idle:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total available CPU time not spent executing any Go or Go runtime code.",
@@ -243,7 +370,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/user:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total CPU time spent running user Go code.",
@@ -251,7 +378,7 @@ pub const VITALS: &[Vital] = &[
     ),
     vital(
         "/cpu/classes/total:cpu-seconds",
-        true,
+        Kind::Counter,
         GO120,
         GO120,
         "Estimated total available CPU time for user Go code or the Go runtime (GOMAXPROCS × wall time).",
@@ -266,7 +393,7 @@ impl Vital {
     /// `/` and `-` as `_`), name `c_unit` (`-` as `_` in both; in the unit `*` is `_` and `/`
     /// is `_per_`), and `_total` after a cumulative series that is not a histogram.
     pub fn prometheus_name(&self) -> String {
-        prometheus_name(self.name, self.cumulative)
+        prometheus_name(self.name, self.kind == Kind::Counter)
     }
 
     /// This vital's value in `raw`, as runtime/metrics computes it; `None` when `raw` lacks
@@ -291,7 +418,19 @@ impl Vital {
             // nsToSec: float64(ns) / 1e9.
             Source::Cpu(index) => raw.cpu?[index] as f64 / 1e9,
             Source::Gomaxprocs => raw.gomaxprocs? as u64 as f64,
+            Source::SchedLatencies => return None,
         })
+    }
+
+    /// A histogram vital's buckets (`latency_bounds`) in `raw`.
+    pub fn histogram(&self, raw: &RawVitals) -> Option<Cumulative> {
+        match self.source {
+            Source::SchedLatencies => {
+                let (layout, counts) = raw.sched_latencies.as_ref()?;
+                Some(cumulative(&layout.edges(), counts, &latency_bounds()))
+            }
+            _ => None,
+        }
     }
 
     /// Whether a release's runtime has the fields this vital is computed from, and mapscope
@@ -301,15 +440,15 @@ impl Vital {
     }
 }
 
-/// See `Vital::prometheus_name`.
-pub fn prometheus_name(runtime_name: &str, cumulative: bool) -> String {
+/// See `Vital::prometheus_name`; `counter`: cumulative and not a histogram.
+pub fn prometheus_name(runtime_name: &str, counter: bool) -> String {
     let (key, unit) = runtime_name.split_once(':').unwrap_or((runtime_name, ""));
     let key = key.trim_start_matches('/');
     let (subsystem, name) = key.rsplit_once('/').unwrap_or(("", key));
     let subsystem = subsystem.replace(['/', '-'], "_");
     let unit = unit.replace(['-', '*'], "_").replace('/', "_per_");
     let mut series = format!("mapscope_go_{subsystem}_{}_{unit}", name.replace('-', "_"));
-    if cumulative {
+    if counter {
         series.push_str("_total");
     }
     series
@@ -395,6 +534,7 @@ mod tests {
             cycles: Some((40, 7)),
             cpu: Some([1, 2, 3, 4, 10, 0, 0, 0, 5, 6, 1_500_000_000]),
             gomaxprocs: Some(3),
+            sched_latencies: None,
         };
         let value = |runtime_name: &str| {
             VITALS
@@ -428,23 +568,66 @@ mod tests {
         for bad in [
             RawVitals {
                 gomaxprocs: Some(0),
-                ..good
+                ..good.clone()
             },
             RawVitals {
                 cycles: Some((1, 5)),
-                ..good
+                ..good.clone()
             },
             RawVitals {
                 gc_percent: Some(-7),
-                ..good
+                ..good.clone()
             },
             RawVitals {
                 cpu: Some([0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 5]),
-                ..good
+                ..good.clone()
             },
         ] {
             assert!(!plausible(&bad), "{bad:?}");
         }
+    }
+
+    /// The edges are runtime/metrics' (`timeHistogramMetricsBuckets`, Go 1.19 and 1.21+):
+    /// increasing, one more than the words, and every exported bound is one of them.
+    #[test]
+    fn latency_histogram_edges_are_the_runtimes() {
+        for (layout, words) in [
+            (TimeHistogramLayout::Go119, 721),
+            (TimeHistogramLayout::Go121, 162),
+        ] {
+            let edges = layout.edges();
+            assert_eq!(layout.words(), words);
+            assert_eq!(edges.len(), words + 1);
+            assert!(edges.windows(2).all(|pair| pair[0] < pair[1]), "{layout:?}");
+            for bound in latency_bounds() {
+                assert!(edges.contains(&bound), "{layout:?}: {bound}");
+            }
+        }
+        let go121 = TimeHistogramLayout::Go121.edges();
+        // [0, 64 ns), [64, 128), …, then 256 ns with four sub-buckets per power of two.
+        assert_eq!(&go121[1..7], &[0.0, 64e-9, 128e-9, 192e-9, 256e-9, 320e-9]);
+        assert_eq!(go121[161], (1u64 << 47) as f64 / 1e9);
+        let go119 = TimeHistogramLayout::Go119.edges();
+        assert_eq!(&go119[1..4], &[0.0, 1e-9, 2e-9]);
+        assert_eq!(go119[17], 16e-9);
+        // Counts in memory: the buckets, then underflow (and overflow); runtime/metrics puts
+        // underflow first.
+        let words: Vec<u64> = (0..162).collect();
+        let counts = TimeHistogramLayout::Go121.metric_counts(&words);
+        assert_eq!(counts.len(), 162);
+        assert_eq!((counts[0], counts[1], counts[161]), (160, 0, 161));
+    }
+
+    #[test]
+    fn histograms_sum_into_the_bounds_exactly() {
+        // Buckets [-inf, 0), [0, 1), [1, 2), [2, 4), [4, inf).
+        let edges = [f64::NEG_INFINITY, 0.0, 1.0, 2.0, 4.0, f64::INFINITY];
+        let counts = [1, 2, 3, 4, 5];
+        let out = cumulative(&edges, &counts, &[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(out.buckets, vec![(1.0, 3), (2.0, 6), (3.0, 6), (4.0, 10)]);
+        assert_eq!(out.count, 15);
+        // Each at its lower edge, negatives at 0.
+        assert_eq!(out.sum, 3.0 + 8.0 + 20.0);
     }
 
     #[test]
@@ -455,7 +638,7 @@ mod tests {
                 .filter(|vital| vital.exported_for(release))
                 .count()
         };
-        assert_eq!(exported((1, 19)), 6);
+        assert_eq!(exported((1, 19)), 7);
         assert_eq!(exported((1, 21)), VITALS.len());
     }
 }

@@ -44,6 +44,8 @@ impl VitalsReader {
         let mut cycles = [0u8; 8];
         let mut cpu = [0u8; CPU_STATS_SIZE as usize];
         let mut gomaxprocs = [0u8; 4];
+        let layout = self.row.latency_histogram;
+        let mut latencies = vec![0u8; layout.words() * 8];
         let mut pieces: Vec<(u64, &mut [u8])> = Vec::new();
         if let Some(address) = self.globals.gc_controller {
             pieces.push((address, &mut controller));
@@ -56,6 +58,9 @@ impl VitalsReader {
         }
         if let Some(address) = self.globals.gomaxprocs {
             pieces.push((address, &mut gomaxprocs));
+        }
+        if let Some(address) = self.globals.sched {
+            pieces.push((address + self.row.time_to_run, &mut latencies));
         }
         memory::read_many(self.pid, &mut pieces)?;
         drop(pieces);
@@ -106,6 +111,13 @@ impl VitalsReader {
         }
         if self.globals.gomaxprocs.is_some() {
             raw.gomaxprocs = Some(i32::from_le_bytes(gomaxprocs));
+        }
+        if self.globals.sched.is_some() {
+            let words: Vec<u64> = latencies
+                .chunks_exact(8)
+                .map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default()))
+                .collect();
+            raw.sched_latencies = Some((layout, layout.metric_counts(&words)));
         }
         Ok(raw)
     }

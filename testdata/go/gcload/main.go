@@ -116,8 +116,15 @@ var all = func() []metrics.Sample {
 	return samples
 }()
 
+type histogramValue struct {
+	Counts []uint64 `json:"counts"`
+	// The bucket edges but the first and last (-Inf, +Inf), which JSON cannot carry.
+	Edges []float64 `json:"edges"`
+}
+
 type vitals struct {
-	Metrics     map[string]float64 `json:"metrics"`
+	Metrics     map[string]float64        `json:"metrics"`
+	Histograms  map[string]histogramValue `json:"histograms"`
 	NumGC       uint32             `json:"num_gc"`
 	NumForcedGC uint32             `json:"num_forced_gc"`
 	Gomaxprocs  int                `json:"gomaxprocs"`
@@ -126,13 +133,23 @@ type vitals struct {
 // The runtime's own view now: the metrics first, before this goroutine allocates anything.
 func readVitals() vitals {
 	metrics.Read(all)
-	v := vitals{Metrics: map[string]float64{}, Gomaxprocs: runtime.GOMAXPROCS(0)}
+	v := vitals{
+		Metrics:    map[string]float64{},
+		Histograms: map[string]histogramValue{},
+		Gomaxprocs: runtime.GOMAXPROCS(0),
+	}
 	for _, sample := range all {
 		switch sample.Value.Kind() {
 		case metrics.KindUint64:
 			v.Metrics[sample.Name] = float64(sample.Value.Uint64())
 		case metrics.KindFloat64:
 			v.Metrics[sample.Name] = sample.Value.Float64()
+		case metrics.KindFloat64Histogram:
+			h := sample.Value.Float64Histogram()
+			v.Histograms[sample.Name] = histogramValue{
+				Counts: append([]uint64(nil), h.Counts...),
+				Edges:  append([]float64(nil), h.Buckets[1:len(h.Buckets)-1]...),
+			}
 		}
 	}
 	var ms runtime.MemStats

@@ -4,6 +4,7 @@
 //! before a number is read.
 use super::{GoVersion, NEWEST_KNOWN, OLDEST_SUPPORTED};
 use crate::gobin::dwarf::DwarfFacts;
+pub use crate::model::vitals::TimeHistogramLayout;
 
 /// `var gcController gcControllerState` (src/runtime/mgcpacer.go).
 pub const GC_CONTROLLER: &str = "runtime.gcController";
@@ -13,7 +14,9 @@ pub const MEMSTATS: &str = "runtime.memstats";
 pub const WORK: &str = "runtime.work";
 /// `var gomaxprocs int32` (src/runtime/runtime2.go).
 pub const GOMAXPROCS: &str = "runtime.gomaxprocs";
-pub const GLOBALS: [&str; 4] = [GC_CONTROLLER, MEMSTATS, WORK, GOMAXPROCS];
+/// `var sched schedt` (src/runtime/runtime2.go).
+pub const SCHED: &str = "runtime.sched";
+pub const GLOBALS: [&str; 5] = [GC_CONTROLLER, MEMSTATS, WORK, GOMAXPROCS, SCHED];
 
 /// The runtime functions through which a stripped binary's globals are found (see
 /// `gobin::runtime_vars::vitals_globals`): each passes a global's address as the receiver of a
@@ -25,7 +28,8 @@ pub const CPU_STATS_ACCUMULATE: &str = "runtime.(*cpuStats).accumulate";
 pub const MCACHE_REFILL: &str = "runtime.(*mcache).refill";
 pub const HEAP_STATS_ACQUIRE: &str = "runtime.(*consistentHeapStats).acquire";
 pub const GOMAXPROCS_FUNCTION: &str = "runtime.GOMAXPROCS";
-pub const GLOBAL_USERS: [&str; 7] = [
+pub const LOCK2: &str = "runtime.lock2";
+pub const GLOBAL_USERS: [&str; 8] = [
     GC_CONTROLLER_COMMIT,
     COMMIT,
     GC_MARK_TERMINATION,
@@ -33,6 +37,7 @@ pub const GLOBAL_USERS: [&str; 7] = [
     MCACHE_REFILL,
     HEAP_STATS_ACQUIRE,
     GOMAXPROCS_FUNCTION,
+    LOCK2,
 ];
 
 /// Fields of `runtime.gcControllerState` (byte offsets).
@@ -123,9 +128,23 @@ pub struct VitalsAbi {
     pub heap_stats: u64,
     /// `workType.cpuStats` (embedded), from Go 1.20; `None` before.
     pub cpu_stats: Option<u64>,
+    /// `schedt.lock`: only to find `sched` in a stripped binary.
+    pub sched_lock: u64,
+    /// `schedt.timeToRun`: the scheduling latency histogram.
+    pub time_to_run: u64,
+    pub latency_histogram: TimeHistogramLayout,
     pub dwarf: DwarfFacts,
     pub source: &'static str,
 }
+
+const GC_CONTROLLER_GO119: GcControllerFields = GcControllerFields {
+    gc_percent: 0,
+    memory_limit: 8,
+    heap_marked: 184,
+    heap_scan: 144,
+    last_stack_scan: 160,
+    globals_scan: 176,
+};
 
 const GC_CONTROLLER_GO121: GcControllerFields = GcControllerFields {
     gc_percent: 0,
@@ -136,30 +155,33 @@ const GC_CONTROLLER_GO121: GcControllerFields = GcControllerFields {
     globals_scan: 144,
 };
 
-/// The offsets every row states, for the DWARF check.
+/// What every row's DWARF must show, for the DWARF check: each offset the row reads.
 macro_rules! offsets {
-    ($gc:expr, $numgc:expr, $cpu:expr) => {
+    ($gc:expr, $numgc:expr, $sched_lock:expr, $time_to_run:expr, $histogram:expr $(, $more:expr)*) => {
         &[
             ("runtime.gcControllerState", "gcPercent", $gc.gc_percent),
             ("runtime.gcControllerState", "memoryLimit", $gc.memory_limit),
             ("runtime.gcControllerState", "heapMarked", $gc.heap_marked),
             ("runtime.gcControllerState", "heapScan", $gc.heap_scan),
-            (
-                "runtime.gcControllerState",
-                "lastStackScan",
-                $gc.last_stack_scan,
-            ),
+            ("runtime.gcControllerState", "lastStackScan", $gc.last_stack_scan),
             ("runtime.gcControllerState", "globalsScan", $gc.globals_scan),
             ("runtime.mstats", "numgc", $numgc),
             ("runtime.mstats", "numforcedgc", $numgc + 4),
             ("runtime.mstats", "heapStats", 0),
-            ("runtime.workType", "cpuStats", $cpu),
+            ("runtime.schedt", "lock", $sched_lock),
+            ("runtime.schedt", "timeToRun", $time_to_run),
+            ("runtime.timeHistogram", "counts", 0),
+            ("runtime.timeHistogram", "underflow", $histogram),
+            $($more),*
         ]
     };
 }
 
 macro_rules! row {
-    ($first:expr, $last:expr, $numgc:expr, $cpu:expr, $members:expr, $source:expr) => {
+    (
+        $first:expr, $last:expr, numgc $numgc:expr, cpu $cpu:expr, $members:expr,
+        sched $sched_lock:expr, $time_to_run:expr, $source:expr
+    ) => {
         VitalsAbi {
             first: $first,
             last: $last,
@@ -168,9 +190,20 @@ macro_rules! row {
             numforcedgc: $numgc + 4,
             heap_stats: 0,
             cpu_stats: Some($cpu),
+            sched_lock: $sched_lock,
+            time_to_run: $time_to_run,
+            latency_histogram: TimeHistogramLayout::Go121,
             dwarf: DwarfFacts {
                 members: &[("runtime.cpuStats", $members)],
-                offsets: offsets!(GC_CONTROLLER_GO121, $numgc, $cpu),
+                offsets: offsets!(
+                    GC_CONTROLLER_GO121,
+                    $numgc,
+                    $sched_lock,
+                    $time_to_run,
+                    1280,
+                    ("runtime.timeHistogram", "overflow", 1288),
+                    ("runtime.workType", "cpuStats", $cpu)
+                ),
                 params: &[],
             },
             source: $source,
@@ -180,80 +213,49 @@ macro_rules! row {
 
 /// Read from the DWARF of gcload built by each release (go1.19.8, go1.21.13, go1.22.10,
 /// go1.23.9, go1.24.11, go1.25.5, go1.26.6, go1.27.3); the fields are declared in
-/// src/runtime/mgcpacer.go (`gcControllerState`), mstats.go (`mstats`, `cpuStats`) and mgc.go
-/// (`workType`) of each.
+/// src/runtime/mgcpacer.go (`gcControllerState`), mstats.go (`mstats`, `cpuStats`), mgc.go
+/// (`workType`), runtime2.go (`schedt`) and histogram.go (`timeHistogram`) of each.
 pub const VITALS_TABLE: &[VitalsAbi] = &[
     VitalsAbi {
         first: (1, 19),
         last: (1, 19),
-        gc_controller: GcControllerFields {
-            gc_percent: 0,
-            memory_limit: 8,
-            heap_marked: 184,
-            heap_scan: 144,
-            last_stack_scan: 160,
-            globals_scan: 176,
-        },
+        gc_controller: GC_CONTROLLER_GO119,
         numgc: 7704,
         numforcedgc: 7708,
         heap_stats: 0,
         cpu_stats: None,
+        sched_lock: 24,
+        time_to_run: 312,
+        latency_histogram: TimeHistogramLayout::Go119,
         dwarf: DwarfFacts {
             members: &[],
-            offsets: &[
-                ("runtime.gcControllerState", "gcPercent", 0),
-                ("runtime.gcControllerState", "memoryLimit", 8),
-                ("runtime.gcControllerState", "heapMarked", 184),
-                ("runtime.gcControllerState", "heapScan", 144),
-                ("runtime.gcControllerState", "lastStackScan", 160),
-                ("runtime.gcControllerState", "globalsScan", 176),
-                ("runtime.mstats", "numgc", 7704),
-                ("runtime.mstats", "numforcedgc", 7708),
-                ("runtime.mstats", "heapStats", 0),
-            ],
+            offsets: offsets!(GC_CONTROLLER_GO119, 7704, 24, 312, 5760),
             params: &[],
         },
-        source: "go1.19.8 src/runtime/mgcpacer.go, mstats.go: no cpuStats yet",
+        source: "go1.19.8 src/runtime/mgcpacer.go, mstats.go, runtime2.go, histogram.go: no \
+                 cpuStats yet",
     },
     row!(
-        (1, 21),
-        (1, 21),
-        7704,
-        488,
-        CPU_STATS_MEMBERS_GO121,
-        "go1.21.13 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+        (1, 21), (1, 21), numgc 7704, cpu 488, CPU_STATS_MEMBERS_GO121, sched 24, 320,
+        "go1.21.13 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, histogram.go"
     ),
     row!(
-        (1, 22),
-        (1, 22),
-        7704,
-        480,
-        CPU_STATS_MEMBERS_GO121,
-        "go1.22.10 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+        (1, 22), (1, 22), numgc 7704, cpu 480, CPU_STATS_MEMBERS_GO121, sched 24, 320,
+        "go1.22.10 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, histogram.go"
     ),
     row!(
-        (1, 23),
-        (1, 24),
-        7704,
-        504,
-        CPU_STATS_MEMBERS_GO123,
-        "go1.23.9, go1.24.11 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+        (1, 23), (1, 24), numgc 7704, cpu 504, CPU_STATS_MEMBERS_GO123, sched 24, 320,
+        "go1.23.9, go1.24.11 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, \
+         histogram.go"
     ),
     row!(
-        (1, 25),
-        (1, 25),
-        7680,
-        592,
-        CPU_STATS_MEMBERS_GO123,
-        "go1.25.5 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+        (1, 25), (1, 25), numgc 7680, cpu 592, CPU_STATS_MEMBERS_GO123, sched 32, 344,
+        "go1.25.5 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, histogram.go"
     ),
     row!(
-        (1, 26),
-        (1, 27),
-        7680,
-        728,
-        CPU_STATS_MEMBERS_GO123,
-        "go1.26.6, go1.27.3 src/runtime/mgcpacer.go, mstats.go, mgc.go"
+        (1, 26), (1, 27), numgc 7680, cpu 728, CPU_STATS_MEMBERS_GO123, sched 32, 360,
+        "go1.26.6, go1.27.3 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, \
+         histogram.go"
     ),
 ];
 
