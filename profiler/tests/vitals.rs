@@ -17,6 +17,8 @@ use mapscope::model::vitals::{self, Kind, VITALS};
 const GOGC: &str = "137";
 const GOMEMLIMIT: &str = "3000000123";
 const GOMAXPROCS: &str = "3";
+/// Goroutines gcload starts blocked, so the goroutine count is known to be at least this.
+const PARKED: &str = "250";
 
 #[derive(Debug, serde::Deserialize)]
 struct RuntimeHistogram {
@@ -74,7 +76,7 @@ fn vitals_match_the_runtime(version: &str) {
         let binary = common::build_go("gcload", version, flags);
         let mut command = std::process::Command::new(&binary);
         command
-            .args(["-duration", "500ms", "-forced-gcs", "3"])
+            .args(["-duration", "500ms", "-forced-gcs", "3", "-parked", PARKED])
             .env("GOGC", GOGC)
             .env("GOMEMLIMIT", GOMEMLIMIT)
             .env("GOMAXPROCS", GOMAXPROCS);
@@ -132,6 +134,11 @@ fn vitals_match_the_runtime(version: &str) {
             "{cycles} cycles, {forced} forced"
         );
         assert_eq!(runtime.gomaxprocs.to_string(), GOMAXPROCS);
+        let goroutines = metrics.sum("mapscope_go_sched_goroutines_goroutines", |_| true);
+        assert!(
+            goroutines > PARKED.parse::<f64>().unwrap(),
+            "Go {version}: {goroutines} goroutines"
+        );
         println!("Go {version} {flags:?}: {compared} vitals equal the runtime's");
         target.send("exit");
     }

@@ -110,6 +110,8 @@ pub const WANTED: &[&str] = &[
     vitals::WORK,
     vitals::GOMAXPROCS,
     vitals::SCHED,
+    vitals::ALLGLEN,
+    vitals::ALLP,
 ];
 
 /// The oldest and newest Go releases this table describes.

@@ -149,6 +149,8 @@ pub fn mem_profile_rate(
 ///   `mstats.heapStats`.
 /// - `gomaxprocs`: `GOMAXPROCS` reads it once (`ret := int(gomaxprocs)`), the only int32 it
 ///   widens.
+/// - `allglen`: `forEachGRace` reads it first (`atomicAllG`: `allglen`, then `allgptr`).
+/// - `allp`: `flushmcache` reads its length (`allp+8`, the bounds check) and its pointer.
 /// - `sched`: `GOMAXPROCS` locks `sched.lock` first (`lock(&sched.lock)`, inlined to a call
 ///   of `lock2`): the receiver, less `schedt.lock`.
 ///
@@ -189,6 +191,21 @@ pub fn vitals_globals(
     }
     if let Some(address) = receiver(abi::GOMAXPROCS_FUNCTION, abi::LOCK2) {
         found.push((abi::SCHED, address.wrapping_sub(row.sched_lock)));
+    }
+    let references = |name: &str| {
+        code(name).map_or_else(Vec::new, |(bytes, address)| {
+            disasm::data_references(bytes, address)
+        })
+    };
+    if let Some(&first) = references(abi::FOR_EACH_G_RACE).first() {
+        found.push((abi::ALLGLEN, first));
+    }
+    let allp = references(abi::FLUSH_MCACHE);
+    if let Some(&header) = allp
+        .iter()
+        .find(|&&address| allp.contains(&address.wrapping_add(8)))
+    {
+        found.push((abi::ALLP, header));
     }
     found
 }

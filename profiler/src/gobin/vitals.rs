@@ -15,6 +15,8 @@ pub struct Globals {
     pub work: Option<u64>,
     pub gomaxprocs: Option<u64>,
     pub sched: Option<u64>,
+    pub allglen: Option<u64>,
+    pub allp: Option<u64>,
 }
 
 impl Globals {
@@ -26,6 +28,8 @@ impl Globals {
             work: add(self.work),
             gomaxprocs: add(self.gomaxprocs),
             sched: add(self.sched),
+            allglen: add(self.allglen),
+            allp: add(self.allp),
         }
     }
 }
@@ -79,6 +83,8 @@ pub fn plan(binary: &GoBinary) -> Result<VitalsPlan, String> {
         work: address(abi::WORK).filter(|_| row.cpu_stats.is_some()),
         gomaxprocs: address(abi::GOMAXPROCS),
         sched: address(abi::SCHED),
+        allglen: address(abi::ALLGLEN),
+        allp: address(abi::ALLP),
     };
     let mut vitals = Vec::new();
     let mut missing = Vec::new();
@@ -119,6 +125,15 @@ fn needs(vital: &Vital, globals: &Globals) -> (&'static str, bool) {
         (abi::GOMAXPROCS, globals.gomaxprocs.is_some())
     } else if name == "/sched/latencies:seconds" {
         (abi::SCHED, globals.sched.is_some())
+    } else if name == "/sched/goroutines:goroutines" {
+        let missing = [
+            (abi::SCHED, globals.sched),
+            (abi::ALLGLEN, globals.allglen),
+            (abi::ALLP, globals.allp),
+        ]
+        .into_iter()
+        .find(|(_, address)| address.is_none());
+        missing.map_or((abi::SCHED, true), |(name, _)| (name, false))
     } else {
         (abi::GC_CONTROLLER, globals.gc_controller.is_some())
     }

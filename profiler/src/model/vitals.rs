@@ -23,6 +23,34 @@ pub struct RawVitals {
     /// `sched.timeToRun`, as runtime/metrics gives it (`TimeHistogramLayout::metric_counts`),
     /// with its edges.
     pub sched_latencies: Option<(TimeHistogramLayout, Vec<u64>)>,
+    pub goroutines: Option<GoroutineCounts>,
+}
+
+/// What `gcount()` adds up (src/runtime/proc.go).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineCounts {
+    /// `allglen`: goroutines ever made (live, dead or free).
+    pub allglen: u64,
+    /// Free goroutines held by the scheduler, and by each P.
+    pub sched_free: Vec<i32>,
+    pub p_free: Vec<i32>,
+    /// `sched.ngsys`, where the release leaves system goroutines out.
+    pub system: Option<i32>,
+}
+
+impl GoroutineCounts {
+    /// `gcount()`: in int32 as the runtime computes it, and at least 1 ("at least the current
+    /// goroutine is running").
+    pub fn count(&self) -> i32 {
+        let mut n = self.allglen as i32;
+        for free in self.sched_free.iter().chain(&self.p_free) {
+            n = n.wrapping_sub(*free);
+        }
+        if let Some(system) = self.system {
+            n = n.wrapping_sub(system);
+        }
+        n.max(1)
+    }
 }
 
 /// How a release keeps a `runtime.timeHistogram` (src/runtime/histogram.go).
@@ -146,6 +174,7 @@ enum Source {
     Cpu(usize),
     Gomaxprocs,
     SchedLatencies,
+    Goroutines,
 }
 
 /// What kind of series a vital is.
@@ -287,6 +316,14 @@ pub const VITALS: &[Vital] = &[
         Source::Gomaxprocs,
     ),
     vital(
+        "/sched/goroutines:goroutines",
+        Kind::Gauge,
+        (1, 16),
+        GO119,
+        "Count of live goroutines (from Go 1.26 including the runtime's own).",
+        Source::Goroutines,
+    ),
+    vital(
         "/sched/latencies:seconds",
         Kind::Histogram,
         (1, 17),
@@ -419,6 +456,7 @@ impl Vital {
             Source::Cpu(index) => raw.cpu?[index] as f64 / 1e9,
             Source::Gomaxprocs => raw.gomaxprocs? as u64 as f64,
             Source::SchedLatencies => return None,
+            Source::Goroutines => f64::from(raw.goroutines.as_ref()?.count()),
         })
     }
 
@@ -535,6 +573,12 @@ mod tests {
             cpu: Some([1, 2, 3, 4, 10, 0, 0, 0, 5, 6, 1_500_000_000]),
             gomaxprocs: Some(3),
             sched_latencies: None,
+            goroutines: Some(GoroutineCounts {
+                allglen: 20,
+                sched_free: vec![3],
+                p_free: vec![1, 2],
+                system: Some(4),
+            }),
         };
         let value = |runtime_name: &str| {
             VITALS
@@ -552,6 +596,13 @@ mod tests {
         assert_eq!(value("/cpu/classes/total:cpu-seconds"), 1.5);
         assert_eq!(value("/cpu/classes/gc/mark/assist:cpu-seconds"), 1e-9);
         assert_eq!(value("/sched/gomaxprocs:threads"), 3.0);
+        assert_eq!(value("/sched/goroutines:goroutines"), 10.0);
+        let all_free = GoroutineCounts {
+            allglen: 4,
+            sched_free: vec![4],
+            ..GoroutineCounts::default()
+        };
+        assert_eq!(all_free.count(), 1, "gcount's floor");
         assert!(plausible(&raw));
         let missing = RawVitals::default();
         assert!(VITALS.iter().all(|vital| vital.value(&missing).is_none()));
@@ -638,7 +689,7 @@ mod tests {
                 .filter(|vital| vital.exported_for(release))
                 .count()
         };
-        assert_eq!(exported((1, 19)), 7);
+        assert_eq!(exported((1, 19)), 8);
         assert_eq!(exported((1, 21)), VITALS.len());
     }
 }

@@ -8,8 +8,11 @@ use crate::{
         abi::{CPU_STATS, CPU_STATS_SIZE, VitalsAbi},
         vitals::Globals,
     },
-    model::vitals::{CPU_CLASSES, RawVitals},
+    model::vitals::{CPU_CLASSES, GoroutineCounts, RawVitals},
 };
+
+/// More Ps than any machine has: an `allp` longer than this is a misread.
+const MAX_PS: u64 = 1 << 16;
 
 pub struct VitalsReader {
     pid: u32,
@@ -62,6 +65,26 @@ impl VitalsReader {
         if let Some(address) = self.globals.sched {
             pieces.push((address + self.row.time_to_run, &mut latencies));
         }
+        let goroutine_fields = self.row.goroutines;
+        let mut allglen = [0u8; 8];
+        let mut allp = [0u8; 16];
+        let mut sched_free = vec![[0u8; 4]; goroutine_fields.sched_free.len()];
+        let mut system = [0u8; 4];
+        let counting_goroutines = if let (Some(sched), Some(allglen_at), Some(allp_at)) =
+            (self.globals.sched, self.globals.allglen, self.globals.allp)
+        {
+            pieces.push((allglen_at, &mut allglen));
+            pieces.push((allp_at, &mut allp));
+            for (bytes, offset) in sched_free.iter_mut().zip(goroutine_fields.sched_free) {
+                pieces.push((sched + offset, bytes));
+            }
+            if let Some(offset) = goroutine_fields.sched_ngsys {
+                pieces.push((sched + offset, &mut system));
+            }
+            true
+        } else {
+            false
+        };
         memory::read_many(self.pid, &mut pieces)?;
         drop(pieces);
 
@@ -112,6 +135,14 @@ impl VitalsReader {
         if self.globals.gomaxprocs.is_some() {
             raw.gomaxprocs = Some(i32::from_le_bytes(gomaxprocs));
         }
+        if counting_goroutines {
+            raw.goroutines = Some(self.goroutines(
+                u64::from_le_bytes(allglen),
+                &allp,
+                &sched_free,
+                i32::from_le_bytes(system),
+            )?);
+        }
         if self.globals.sched.is_some() {
             let words: Vec<u64> = latencies
                 .chunks_exact(8)
@@ -120,5 +151,55 @@ impl VitalsReader {
             raw.sched_latencies = Some((layout, layout.metric_counts(&words)));
         }
         Ok(raw)
+    }
+
+    /// `gcount()`'s terms: the ones read already, and each P's free count, read now.
+    fn goroutines(
+        &self,
+        allglen: u64,
+        allp: &[u8; 16],
+        sched_free: &[[u8; 4]],
+        system: i32,
+    ) -> io::Result<GoroutineCounts> {
+        let (pointer, len) = (
+            u64::from_le_bytes(allp[..8].try_into().unwrap_or_default()),
+            u64::from_le_bytes(allp[8..].try_into().unwrap_or_default()),
+        );
+        if len > MAX_PS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("allp has {len} entries"),
+            ));
+        }
+        let mut ps = vec![0u8; len as usize * 8];
+        if len > 0 {
+            memory::read(self.pid, pointer, &mut ps)?;
+        }
+        let ps: Vec<u64> = ps
+            .chunks_exact(8)
+            .map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default()))
+            // allp[i] is never nil for i < len(allp); a nil ends the walk like the runtime's.
+            .take_while(|&p| p != 0)
+            .collect();
+        let mut p_free = vec![[0u8; 4]; ps.len()];
+        let offset = self.row.goroutines.p_free;
+        let mut pieces: Vec<(u64, &mut [u8])> = ps
+            .iter()
+            .zip(p_free.iter_mut())
+            .map(|(&p, bytes)| (p + offset, &mut bytes[..]))
+            .collect();
+        memory::read_many(self.pid, &mut pieces)?;
+        Ok(GoroutineCounts {
+            allglen,
+            sched_free: sched_free
+                .iter()
+                .map(|bytes| i32::from_le_bytes(*bytes))
+                .collect(),
+            p_free: p_free
+                .iter()
+                .map(|bytes| i32::from_le_bytes(*bytes))
+                .collect(),
+            system: self.row.goroutines.sched_ngsys.map(|_| system),
+        })
     }
 }

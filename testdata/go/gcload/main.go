@@ -38,6 +38,7 @@ var (
 	workers  = flag.Int("workers", 4, "allocating goroutines")
 	forced   = flag.Int("forced-gcs", 20, "runtime.GC() calls during the load, besides natural GCs")
 	exitCode = flag.Int("exit-code", 0, "exit status on \"exit\"")
+	parked   = flag.Int("parked", 0, "goroutines started at start-up that block forever")
 )
 
 var names = []string{
@@ -184,6 +185,10 @@ func load() {
 
 func main() {
 	flag.Parse()
+	block := make(chan struct{})
+	for i := 0; i < *parked; i++ {
+		go func() { <-block }()
+	}
 	runtime.GC()
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)

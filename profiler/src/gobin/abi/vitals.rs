@@ -16,7 +16,19 @@ pub const WORK: &str = "runtime.work";
 pub const GOMAXPROCS: &str = "runtime.gomaxprocs";
 /// `var sched schedt` (src/runtime/runtime2.go).
 pub const SCHED: &str = "runtime.sched";
-pub const GLOBALS: [&str; 5] = [GC_CONTROLLER, MEMSTATS, WORK, GOMAXPROCS, SCHED];
+/// `var allglen uintptr` (src/runtime/proc.go): goroutines ever made, live or free.
+pub const ALLGLEN: &str = "runtime.allglen";
+/// `var allp []*p` (src/runtime/runtime2.go).
+pub const ALLP: &str = "runtime.allp";
+pub const GLOBALS: [&str; 7] = [
+    GC_CONTROLLER,
+    MEMSTATS,
+    WORK,
+    GOMAXPROCS,
+    SCHED,
+    ALLGLEN,
+    ALLP,
+];
 
 /// The runtime functions through which a stripped binary's globals are found (see
 /// `gobin::runtime_vars::vitals_globals`): each passes a global's address as the receiver of a
@@ -29,7 +41,9 @@ pub const MCACHE_REFILL: &str = "runtime.(*mcache).refill";
 pub const HEAP_STATS_ACQUIRE: &str = "runtime.(*consistentHeapStats).acquire";
 pub const GOMAXPROCS_FUNCTION: &str = "runtime.GOMAXPROCS";
 pub const LOCK2: &str = "runtime.lock2";
-pub const GLOBAL_USERS: [&str; 8] = [
+pub const FOR_EACH_G_RACE: &str = "runtime.forEachGRace";
+pub const FLUSH_MCACHE: &str = "runtime.flushmcache";
+pub const GLOBAL_USERS: [&str; 10] = [
     GC_CONTROLLER_COMMIT,
     COMMIT,
     GC_MARK_TERMINATION,
@@ -38,6 +52,8 @@ pub const GLOBAL_USERS: [&str; 8] = [
     HEAP_STATS_ACQUIRE,
     GOMAXPROCS_FUNCTION,
     LOCK2,
+    FOR_EACH_G_RACE,
+    FLUSH_MCACHE,
 ];
 
 /// Fields of `runtime.gcControllerState` (byte offsets).
@@ -115,6 +131,20 @@ const CPU_STATS_MEMBERS_GO123: &[&str] = &[
     "TotalTime",
 ];
 
+/// What `gcount()` reads (src/runtime/proc.go), which `/sched/goroutines` is: `allglen`, less
+/// the free goroutines (counts in `sched.gFree` and in each P's `gFree`), less the system
+/// goroutines (`sched.ngsys`) up to Go 1.25 (1.26 counts them: `gcount(includeSys = true)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoroutineFields {
+    /// The int32 counts of free goroutines in `schedt`: `gFree.n` up to Go 1.24, then
+    /// `gFree.stack.size` and `gFree.noStack.size`.
+    pub sched_free: &'static [u64],
+    /// `schedt.ngsys` (atomic.Int32), subtracted up to Go 1.25.
+    pub sched_ngsys: Option<u64>,
+    /// The int32 count of free goroutines in `p` (`gFree.n`, from Go 1.25 `gFree.size`).
+    pub p_free: u64,
+}
+
 /// One range of Go releases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VitalsAbi {
@@ -133,6 +163,7 @@ pub struct VitalsAbi {
     /// `schedt.timeToRun`: the scheduling latency histogram.
     pub time_to_run: u64,
     pub latency_histogram: TimeHistogramLayout,
+    pub goroutines: GoroutineFields,
     pub dwarf: DwarfFacts,
     pub source: &'static str,
 }
@@ -154,6 +185,12 @@ const GC_CONTROLLER_GO121: GcControllerFields = GcControllerFields {
     last_stack_scan: 128,
     globals_scan: 144,
 };
+
+/// The anonymous structs `schedt.gFree` and `p.gFree` are, as DWARF names them.
+const SCHED_GFREE_GO119: &str = "struct { runtime.lock runtime.mutex; runtime.stack runtime.gList; \
+                                 runtime.noStack runtime.gList; runtime.n int32 }";
+const SCHED_GFREE_GO125: &str = "struct { runtime.lock runtime.mutex; runtime.stack runtime.gList; runtime.noStack runtime.gList }";
+const P_GFREE_GO119: &str = "struct { runtime.gList; runtime.n int32 }";
 
 /// What every row's DWARF must show, for the DWARF check: each offset the row reads.
 macro_rules! offsets {
@@ -180,7 +217,8 @@ macro_rules! offsets {
 macro_rules! row {
     (
         $first:expr, $last:expr, numgc $numgc:expr, cpu $cpu:expr, $members:expr,
-        sched $sched_lock:expr, $time_to_run:expr, $source:expr
+        sched $sched_lock:expr, $time_to_run:expr, goroutines $goroutines:expr,
+        facts [$($fact:expr),* $(,)?], $source:expr
     ) => {
         VitalsAbi {
             first: $first,
@@ -193,6 +231,7 @@ macro_rules! row {
             sched_lock: $sched_lock,
             time_to_run: $time_to_run,
             latency_histogram: TimeHistogramLayout::Go121,
+            goroutines: $goroutines,
             dwarf: DwarfFacts {
                 members: &[("runtime.cpuStats", $members)],
                 offsets: offsets!(
@@ -203,6 +242,7 @@ macro_rules! row {
                     1280,
                     ("runtime.timeHistogram", "overflow", 1288),
                     ("runtime.workType", "cpuStats", $cpu)
+                    $(, $fact)*
                 ),
                 params: &[],
             },
@@ -214,7 +254,8 @@ macro_rules! row {
 /// Read from the DWARF of gcload built by each release (go1.19.8, go1.21.13, go1.22.10,
 /// go1.23.9, go1.24.11, go1.25.5, go1.26.6, go1.27.3); the fields are declared in
 /// src/runtime/mgcpacer.go (`gcControllerState`), mstats.go (`mstats`, `cpuStats`), mgc.go
-/// (`workType`), runtime2.go (`schedt`) and histogram.go (`timeHistogram`) of each.
+/// (`workType`), runtime2.go (`schedt`, `p`, `gList`), proc.go (`gcount`) and histogram.go
+/// (`timeHistogram`) of each.
 pub const VITALS_TABLE: &[VitalsAbi] = &[
     VitalsAbi {
         first: (1, 19),
@@ -227,34 +268,100 @@ pub const VITALS_TABLE: &[VitalsAbi] = &[
         sched_lock: 24,
         time_to_run: 312,
         latency_histogram: TimeHistogramLayout::Go119,
+        goroutines: GoroutineFields {
+            sched_free: &[152 + 24],
+            sched_ngsys: Some(72),
+            p_free: 2464 + 8,
+        },
         dwarf: DwarfFacts {
             members: &[],
-            offsets: offsets!(GC_CONTROLLER_GO119, 7704, 24, 312, 5760),
+            offsets: offsets!(
+                GC_CONTROLLER_GO119,
+                7704,
+                24,
+                312,
+                5760,
+                ("runtime.schedt", "gFree", 152),
+                (SCHED_GFREE_GO119, "n", 24),
+                ("runtime.schedt", "ngsys", 72),
+                ("runtime.p", "gFree", 2464),
+                (P_GFREE_GO119, "n", 8)
+            ),
             params: &[],
         },
-        source: "go1.19.8 src/runtime/mgcpacer.go, mstats.go, runtime2.go, histogram.go: no \
-                 cpuStats yet",
+        source: "go1.19.8 src/runtime/mgcpacer.go, mstats.go, runtime2.go, proc.go, \
+                 histogram.go: no cpuStats yet",
     },
     row!(
         (1, 21), (1, 21), numgc 7704, cpu 488, CPU_STATS_MEMBERS_GO121, sched 24, 320,
-        "go1.21.13 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, histogram.go"
+        goroutines GoroutineFields { sched_free: &[160 + 24], sched_ngsys: Some(72), p_free: 2464 + 8 },
+        facts [
+            ("runtime.schedt", "gFree", 160),
+            (SCHED_GFREE_GO119, "n", 24),
+            ("runtime.schedt", "ngsys", 72),
+            ("runtime.p", "gFree", 2464),
+            (P_GFREE_GO119, "n", 8),
+        ],
+        "go1.21.13 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, histogram.go"
     ),
     row!(
         (1, 22), (1, 22), numgc 7704, cpu 480, CPU_STATS_MEMBERS_GO121, sched 24, 320,
-        "go1.22.10 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, histogram.go"
+        goroutines GoroutineFields { sched_free: &[160 + 24], sched_ngsys: Some(72), p_free: 2464 + 8 },
+        facts [
+            ("runtime.schedt", "gFree", 160),
+            (SCHED_GFREE_GO119, "n", 24),
+            ("runtime.schedt", "ngsys", 72),
+            ("runtime.p", "gFree", 2464),
+            (P_GFREE_GO119, "n", 8),
+        ],
+        "go1.22.10 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, histogram.go"
     ),
     row!(
         (1, 23), (1, 24), numgc 7704, cpu 504, CPU_STATS_MEMBERS_GO123, sched 24, 320,
-        "go1.23.9, go1.24.11 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, \
+        goroutines GoroutineFields { sched_free: &[160 + 24], sched_ngsys: Some(72), p_free: 2456 + 8 },
+        facts [
+            ("runtime.schedt", "gFree", 160),
+            (SCHED_GFREE_GO119, "n", 24),
+            ("runtime.schedt", "ngsys", 72),
+            ("runtime.p", "gFree", 2456),
+            (P_GFREE_GO119, "n", 8),
+        ],
+        "go1.23.9, go1.24.11 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, \
          histogram.go"
     ),
     row!(
         (1, 25), (1, 25), numgc 7680, cpu 592, CPU_STATS_MEMBERS_GO123, sched 32, 344,
-        "go1.25.5 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, histogram.go"
+        goroutines GoroutineFields {
+            sched_free: &[168 + 8 + 8, 168 + 24 + 8],
+            sched_ngsys: Some(80),
+            p_free: 2456 + 8,
+        },
+        facts [
+            ("runtime.schedt", "gFree", 168),
+            (SCHED_GFREE_GO125, "stack", 8),
+            (SCHED_GFREE_GO125, "noStack", 24),
+            ("runtime.gList", "size", 8),
+            ("runtime.schedt", "ngsys", 80),
+            ("runtime.p", "gFree", 2456),
+        ],
+        "go1.25.5 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, histogram.go"
     ),
     row!(
         (1, 26), (1, 27), numgc 7680, cpu 728, CPU_STATS_MEMBERS_GO123, sched 32, 360,
-        "go1.26.6, go1.27.3 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, \
+        // /sched/goroutines is gcount(includeSys = true): system goroutines count.
+        goroutines GoroutineFields {
+            sched_free: &[184 + 8 + 8, 184 + 24 + 8],
+            sched_ngsys: None,
+            p_free: 2464 + 8,
+        },
+        facts [
+            ("runtime.schedt", "gFree", 184),
+            (SCHED_GFREE_GO125, "stack", 8),
+            (SCHED_GFREE_GO125, "noStack", 24),
+            ("runtime.gList", "size", 8),
+            ("runtime.p", "gFree", 2464),
+        ],
+        "go1.26.6, go1.27.3 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, \
          histogram.go"
     ),
 ];
