@@ -16,6 +16,10 @@ use mapscope::model::vitals::{self, Kind, VITALS};
 /// Set from the test, so a value read from the wrong place, or a default, cannot pass.
 const GOGC: &str = "137";
 const GOMEMLIMIT: &str = "3000000123";
+/// With GOGC off, the heap goal comes from the memory limit alone: 64 MiB, well above what
+/// gcload keeps (a limit the heap presses against keeps the scavenger busy, and the target is
+/// no longer quiet).
+const LIMIT_ONLY: (&str, &str) = ("off", "67108864");
 const GOMAXPROCS: &str = "3";
 /// Goroutines gcload starts blocked, so the goroutine count is known to be at least this.
 const PARKED: &str = "250";
@@ -67,18 +71,21 @@ fn vitals_match_the_runtime(version: &str) {
         let mut parts = version.split('.').map(|part| part.parse::<u32>().unwrap());
         (parts.next().unwrap(), parts.next().unwrap())
     };
-    for flags in [
-        &[][..],
-        &["-buildmode=pie"][..],
-        &["-ldflags=-s -w"][..],
-        &["-buildmode=pie", "-ldflags=-s -w"][..],
+    for (flags, (gogc, limit)) in [
+        (&[][..], (GOGC, GOMEMLIMIT)),
+        (&["-buildmode=pie"][..], (GOGC, GOMEMLIMIT)),
+        (&["-ldflags=-s -w"][..], LIMIT_ONLY),
+        (
+            &["-buildmode=pie", "-ldflags=-s -w"][..],
+            (GOGC, GOMEMLIMIT),
+        ),
     ] {
         let binary = common::build_go("gcload", version, flags);
         let mut command = std::process::Command::new(&binary);
         command
             .args(["-duration", "500ms", "-forced-gcs", "3", "-parked", PARKED])
-            .env("GOGC", GOGC)
-            .env("GOMEMLIMIT", GOMEMLIMIT)
+            .env("GOGC", gogc)
+            .env("GOMEMLIMIT", limit)
             .env("GOMAXPROCS", GOMAXPROCS);
         let mut target = GoTarget::spawn(command);
         let mapscope = Mapscope::attach(target.pid());
@@ -114,8 +121,9 @@ fn vitals_match_the_runtime(version: &str) {
                 None => {
                     assert!(release < vital.since, "Go {version}: no {}", vital.name);
                     match vital.name {
-                        "/gc/gogc:percent" => GOGC.parse().unwrap(),
-                        "/gc/gomemlimit:bytes" => GOMEMLIMIT.parse().unwrap(),
+                        // runtime/metrics reports GOGC=off as uint64(-1).
+                        "/gc/gogc:percent" => gogc.parse().unwrap_or(u64::MAX as f64),
+                        "/gc/gomemlimit:bytes" => limit.parse().unwrap(),
                         "/sched/gomaxprocs:threads" => f64::from(runtime.gomaxprocs),
                         other => panic!("Go {version}: no runtime view of {other}"),
                     }
@@ -139,7 +147,17 @@ fn vitals_match_the_runtime(version: &str) {
             goroutines > PARKED.parse::<f64>().unwrap(),
             "Go {version}: {goroutines} goroutines"
         );
-        println!("Go {version} {flags:?}: {compared} vitals equal the runtime's");
+        let goal = metrics.sum("mapscope_go_gc_heap_goal_bytes", |_| true);
+        println!(
+            "Go {version} {flags:?}: {compared} vitals equal the runtime's (GOGC {gogc}, \
+             GOMEMLIMIT {limit}, heap goal {goal})"
+        );
+        if gogc == "off" {
+            assert!(
+                goal < limit.parse::<f64>().unwrap(),
+                "the limit sets the goal"
+            );
+        }
         target.send("exit");
     }
 }

@@ -24,6 +24,64 @@ pub struct RawVitals {
     /// with its edges.
     pub sched_latencies: Option<(TimeHistogramLayout, Vec<u64>)>,
     pub goroutines: Option<GoroutineCounts>,
+    pub heap_goal: Option<HeapGoalInputs>,
+}
+
+/// What `gcControllerState.heapGoal()` computes the heap goal from (src/runtime/mgcpacer.go,
+/// the same code from Go 1.19 to 1.27 but for the headroom).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapGoalInputs {
+    pub gc_percent_heap_goal: u64,
+    pub sweep_dist_min_trigger: u64,
+    pub triggered: u64,
+    pub heap_free: u64,
+    pub total_alloc: u64,
+    pub total_free: u64,
+    pub mapped_ready: u64,
+    pub memory_limit: u64,
+    pub heap_marked: u64,
+    /// `memoryLimitHeapGoalHeadroomPercent`; 0 on Go 1.19 (a fixed 1 MiB).
+    pub headroom_percent: u64,
+}
+
+impl HeapGoalInputs {
+    /// `heapGoalInternal()`'s goal: the GOGC goal, or the memory limit's if lower; otherwise
+    /// raised to the sweep-distance trigger and to 64 KiB past the trigger that fired.
+    pub fn goal(&self) -> u64 {
+        let mut goal = self.gc_percent_heap_goal;
+        let limited = self.memory_limit_goal();
+        if limited < goal {
+            return limited;
+        }
+        goal = goal.max(self.sweep_dist_min_trigger);
+        const MIN_RUNWAY: u64 = 64 << 10;
+        if self.triggered != u64::MAX && goal < self.triggered.wrapping_add(MIN_RUNWAY) {
+            goal = self.triggered.wrapping_add(MIN_RUNWAY);
+        }
+        goal
+    }
+
+    /// `memoryLimitHeapGoal()`, in the runtime's unsigned arithmetic.
+    fn memory_limit_goal(&self) -> u64 {
+        const MIN_HEADROOM: u64 = 1 << 20;
+        let heap_alloc = self.total_alloc.wrapping_sub(self.total_free);
+        let non_heap = self
+            .mapped_ready
+            .wrapping_sub(self.heap_free)
+            .wrapping_sub(heap_alloc);
+        let overage = self.mapped_ready.saturating_sub(self.memory_limit);
+        if non_heap.wrapping_add(overage) >= self.memory_limit {
+            return self.heap_marked;
+        }
+        let mut goal = self.memory_limit - (non_heap + overage);
+        let headroom = (goal / 100 * self.headroom_percent).max(MIN_HEADROOM);
+        if goal < headroom || goal - headroom < headroom {
+            goal = headroom;
+        } else {
+            goal -= headroom;
+        }
+        goal.max(self.heap_marked)
+    }
 }
 
 /// What `gcount()` adds up (src/runtime/proc.go).
@@ -175,6 +233,7 @@ enum Source {
     Gomaxprocs,
     SchedLatencies,
     Goroutines,
+    HeapGoal,
 }
 
 /// What kind of series a vital is.
@@ -242,6 +301,14 @@ pub const VITALS: &[Vital] = &[
         GO119,
         "Go runtime memory limit configured by the user (GOMEMLIMIT).",
         Source::MemoryLimit,
+    ),
+    vital(
+        "/gc/heap/goal:bytes",
+        Kind::Gauge,
+        (1, 16),
+        GO119,
+        "Heap size target for the end of the GC cycle (from GOGC, or lower under GOMEMLIMIT).",
+        Source::HeapGoal,
     ),
     vital(
         "/gc/heap/live:bytes",
@@ -457,6 +524,7 @@ impl Vital {
             Source::Gomaxprocs => raw.gomaxprocs? as u64 as f64,
             Source::SchedLatencies => return None,
             Source::Goroutines => f64::from(raw.goroutines.as_ref()?.count()),
+            Source::HeapGoal => raw.heap_goal?.goal() as f64,
         })
     }
 
@@ -579,6 +647,7 @@ mod tests {
                 p_free: vec![1, 2],
                 system: Some(4),
             }),
+            heap_goal: None,
         };
         let value = |runtime_name: &str| {
             VITALS
@@ -681,6 +750,46 @@ mod tests {
         assert_eq!(out.sum, 3.0 + 8.0 + 20.0);
     }
 
+    /// The three ways `heapGoal()` ends: the GOGC goal raised to 64 KiB past the trigger, the
+    /// memory limit's goal less its headroom, and the live heap when non-heap memory alone is
+    /// over the limit.
+    #[test]
+    fn heap_goal_follows_the_runtime() {
+        const MIB: u64 = 1 << 20;
+        let gogc = HeapGoalInputs {
+            gc_percent_heap_goal: 8 * MIB,
+            sweep_dist_min_trigger: 0,
+            triggered: 8 * MIB - 1,
+            heap_free: MIB,
+            total_alloc: 20 * MIB,
+            total_free: 14 * MIB,
+            mapped_ready: 10 * MIB,
+            memory_limit: i64::MAX as u64,
+            heap_marked: 4 * MIB,
+            headroom_percent: 3,
+        };
+        assert_eq!(gogc.goal(), 8 * MIB - 1 + (64 << 10));
+        // GOGC off, a 100 MiB limit: non-heap is 10 - 1 - 6 = 3 MiB; 97 MiB less 3% headroom.
+        let limited = HeapGoalInputs {
+            gc_percent_heap_goal: u64::MAX,
+            memory_limit: 100 * MIB,
+            ..gogc
+        };
+        let goal = 97 * MIB;
+        assert_eq!(limited.goal(), goal - goal / 100 * 3);
+        // Go 1.19: a fixed 1 MiB.
+        let go119 = HeapGoalInputs {
+            headroom_percent: 0,
+            ..limited
+        };
+        assert_eq!(go119.goal(), goal - MIB);
+        let over = HeapGoalInputs {
+            memory_limit: 2 * MIB,
+            ..limited
+        };
+        assert_eq!(over.goal(), 4 * MIB, "the live heap");
+    }
+
     #[test]
     fn releases_get_what_their_runtime_has() {
         let exported = |release| {
@@ -689,7 +798,7 @@ mod tests {
                 .filter(|vital| vital.exported_for(release))
                 .count()
         };
-        assert_eq!(exported((1, 19)), 8);
+        assert_eq!(exported((1, 19)), 9);
         assert_eq!(exported((1, 21)), VITALS.len());
     }
 }

@@ -8,7 +8,7 @@ use crate::{
         abi::{CPU_STATS, CPU_STATS_SIZE, VitalsAbi},
         vitals::Globals,
     },
-    model::vitals::{CPU_CLASSES, GoroutineCounts, RawVitals},
+    model::vitals::{CPU_CLASSES, GoroutineCounts, HeapGoalInputs, RawVitals},
 };
 
 /// More Ps than any machine has: an `allp` longer than this is a misread.
@@ -38,6 +38,13 @@ impl VitalsReader {
             gc.heap_scan,
             gc.last_stack_scan,
             gc.globals_scan,
+            gc.gc_percent_heap_goal,
+            gc.sweep_dist_min_trigger,
+            gc.triggered,
+            gc.heap_free,
+            gc.total_alloc,
+            gc.total_free,
+            gc.mapped_ready,
         ]
         .into_iter()
         .max()
@@ -105,6 +112,18 @@ impl VitalsReader {
                 word(&controller, gc.last_stack_scan),
                 word(&controller, gc.globals_scan),
             ]);
+            raw.heap_goal = Some(HeapGoalInputs {
+                gc_percent_heap_goal: word(&controller, gc.gc_percent_heap_goal),
+                sweep_dist_min_trigger: word(&controller, gc.sweep_dist_min_trigger),
+                triggered: word(&controller, gc.triggered),
+                heap_free: word(&controller, gc.heap_free),
+                total_alloc: word(&controller, gc.total_alloc),
+                total_free: word(&controller, gc.total_free),
+                mapped_ready: word(&controller, gc.mapped_ready),
+                memory_limit: word(&controller, gc.memory_limit),
+                heap_marked: word(&controller, gc.heap_marked),
+                headroom_percent: gc.heap_goal_headroom_percent,
+            });
         }
         if self.globals.memstats.is_some() {
             // numforcedgc follows numgc (the table checks both offsets against DWARF).

@@ -69,6 +69,19 @@ pub struct GcControllerFields {
     pub heap_scan: u64,
     pub last_stack_scan: u64,
     pub globals_scan: u64,
+    /// What `heapGoalInternal` and `memoryLimitHeapGoal` read (src/runtime/mgcpacer.go):
+    /// `gcPercentHeapGoal`, `sweepDistMinTrigger`, `totalAlloc`, `totalFree`, `mappedReady`
+    /// (atomic.Uint64), `triggered` (uint64), `heapFree` (sysMemStat, a uint64).
+    pub gc_percent_heap_goal: u64,
+    pub sweep_dist_min_trigger: u64,
+    pub triggered: u64,
+    pub heap_free: u64,
+    pub total_alloc: u64,
+    pub total_free: u64,
+    pub mapped_ready: u64,
+    /// `memoryLimitHeapGoalHeadroomPercent` (Go 1.21+: 3); Go 1.19 keeps only the fixed
+    /// `memoryLimitHeapGoalHeadroom` of 1 MiB, which is this formula with 0.
+    pub heap_goal_headroom_percent: u64,
 }
 
 /// Fields of `runtime.cpuStats` (all int64 nanoseconds), the same offsets from Go 1.20 (where
@@ -175,6 +188,14 @@ const GC_CONTROLLER_GO119: GcControllerFields = GcControllerFields {
     heap_scan: 144,
     last_stack_scan: 160,
     globals_scan: 176,
+    gc_percent_heap_goal: 104,
+    sweep_dist_min_trigger: 112,
+    triggered: 120,
+    heap_free: 320,
+    total_alloc: 328,
+    total_free: 336,
+    mapped_ready: 344,
+    heap_goal_headroom_percent: 0,
 };
 
 const GC_CONTROLLER_GO121: GcControllerFields = GcControllerFields {
@@ -184,6 +205,14 @@ const GC_CONTROLLER_GO121: GcControllerFields = GcControllerFields {
     heap_scan: 112,
     last_stack_scan: 128,
     globals_scan: 144,
+    gc_percent_heap_goal: 72,
+    sweep_dist_min_trigger: 80,
+    triggered: 88,
+    heap_free: 288,
+    total_alloc: 296,
+    total_free: 304,
+    mapped_ready: 312,
+    heap_goal_headroom_percent: 3,
 };
 
 /// The anonymous structs `schedt.gFree` and `p.gFree` are, as DWARF names them.
@@ -202,6 +231,13 @@ macro_rules! offsets {
             ("runtime.gcControllerState", "heapScan", $gc.heap_scan),
             ("runtime.gcControllerState", "lastStackScan", $gc.last_stack_scan),
             ("runtime.gcControllerState", "globalsScan", $gc.globals_scan),
+            ("runtime.gcControllerState", "gcPercentHeapGoal", $gc.gc_percent_heap_goal),
+            ("runtime.gcControllerState", "sweepDistMinTrigger", $gc.sweep_dist_min_trigger),
+            ("runtime.gcControllerState", "triggered", $gc.triggered),
+            ("runtime.gcControllerState", "heapFree", $gc.heap_free),
+            ("runtime.gcControllerState", "totalAlloc", $gc.total_alloc),
+            ("runtime.gcControllerState", "totalFree", $gc.total_free),
+            ("runtime.gcControllerState", "mappedReady", $gc.mapped_ready),
             ("runtime.mstats", "numgc", $numgc),
             ("runtime.mstats", "numforcedgc", $numgc + 4),
             ("runtime.mstats", "heapStats", 0),
