@@ -170,6 +170,31 @@ fn check_release(version: &str) {
             other.first
         );
     }
+    // The size classes the exact allocation counts are weighed with are this binary's own.
+    {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let data = std::fs::read(&path).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let symbol = file
+            .symbols()
+            .find(|symbol| {
+                symbol
+                    .name()
+                    .is_ok_and(|name| abi::SIZE_CLASS_SYMBOLS.contains(&name))
+            })
+            .expect("a size class table");
+        let section = file
+            .section_by_index(symbol.section_index().unwrap())
+            .unwrap();
+        let bytes = section.data().unwrap();
+        let start = (symbol.address() - section.address()) as usize;
+        let table: Vec<u16> = bytes[start..start + 2 * abi::SIZE_CLASS_BYTES.len()]
+            .chunks_exact(2)
+            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+            .collect();
+        assert_eq!(table, abi::SIZE_CLASS_BYTES, "Go {version}: size classes");
+    }
+
     // Symbols stripped after linking keep every address, so the globals found through the
     // code must sit where the symbols said; builds stripped by the linker (-s -w) lay data out
     // a little differently, so there they must be found (their values are checked against the

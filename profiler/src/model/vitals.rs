@@ -25,6 +25,56 @@ pub struct RawVitals {
     pub sched_latencies: Option<(TimeHistogramLayout, Vec<u64>)>,
     pub goroutines: Option<GoroutineCounts>,
     pub heap_goal: Option<HeapGoalInputs>,
+    pub heap: Option<HeapStats>,
+}
+
+/// `memstats.heapStats` with its three generations summed (what `consistentHeapStats.read`
+/// hands runtime/metrics), and the `mstats` system memory the memory classes add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeapStats {
+    pub committed: i64,
+    pub released: i64,
+    pub large_alloc: u64,
+    pub large_alloc_count: u64,
+    pub large_free: u64,
+    pub large_free_count: u64,
+    pub small_alloc_count: Vec<u64>,
+    pub small_free_count: Vec<u64>,
+    /// Bytes per object of each size class.
+    pub class_bytes: &'static [u16],
+    /// `stacks_sys`, `mspan_sys`, `mcache_sys`, `buckhash_sys`, `gcMiscSys`, `other_sys`.
+    pub sys: [u64; 6],
+}
+
+impl HeapStats {
+    /// `heapStatsAggregate.compute`: allocated bytes, allocations, freed bytes, frees (in
+    /// uint64, wrapping like the runtime's).
+    pub fn totals(&self) -> [u64; 4] {
+        let mut allocated = self.large_alloc;
+        let mut allocs = self.large_alloc_count;
+        let mut freed = self.large_free;
+        let mut frees = self.large_free_count;
+        for ((&alloc, &free), &bytes) in self
+            .small_alloc_count
+            .iter()
+            .zip(&self.small_free_count)
+            .zip(self.class_bytes)
+        {
+            allocs = allocs.wrapping_add(alloc);
+            frees = frees.wrapping_add(free);
+            allocated = allocated.wrapping_add(alloc.wrapping_mul(u64::from(bytes)));
+            freed = freed.wrapping_add(free.wrapping_mul(u64::from(bytes)));
+        }
+        [allocated, allocs, freed, frees]
+    }
+
+    /// `/memory/classes/total`: `uint64(committed + released)` plus the system memory.
+    pub fn total_memory(&self) -> u64 {
+        let heap = self.committed.wrapping_add(self.released) as u64;
+        self.sys
+            .iter()
+            .fold(heap, |total, &sys| total.wrapping_add(sys))
+    }
 }
 
 /// What `gcControllerState.heapGoal()` computes the heap goal from (src/runtime/mgcpacer.go,
@@ -234,6 +284,10 @@ enum Source {
     SchedLatencies,
     Goroutines,
     HeapGoal,
+    /// Index into `HeapStats::totals`.
+    HeapTotals(usize),
+    HeapObjects,
+    TotalMemory,
 }
 
 /// What kind of series a vital is.
@@ -309,6 +363,56 @@ pub const VITALS: &[Vital] = &[
         GO119,
         "Heap size target for the end of the GC cycle (from GOGC, or lower under GOMEMLIMIT).",
         Source::HeapGoal,
+    ),
+    vital(
+        "/gc/heap/allocs:bytes",
+        Kind::Counter,
+        (1, 16),
+        GO119,
+        "Cumulative sum of memory allocated to the heap by the application (exact; \
+         mapscope_alloc_bytes_total is the sampled estimate with sites).",
+        Source::HeapTotals(0),
+    ),
+    vital(
+        "/gc/heap/allocs:objects",
+        Kind::Counter,
+        (1, 16),
+        GO119,
+        "Cumulative count of heap allocations triggered by the application (exact).",
+        Source::HeapTotals(1),
+    ),
+    vital(
+        "/gc/heap/frees:bytes",
+        Kind::Counter,
+        (1, 16),
+        GO119,
+        "Cumulative sum of heap memory freed by the garbage collector.",
+        Source::HeapTotals(2),
+    ),
+    vital(
+        "/gc/heap/frees:objects",
+        Kind::Counter,
+        (1, 16),
+        GO119,
+        "Cumulative count of heap allocations whose storage was freed by the garbage collector.",
+        Source::HeapTotals(3),
+    ),
+    vital(
+        "/memory/classes/heap/objects:bytes",
+        Kind::Gauge,
+        (1, 16),
+        GO119,
+        "Memory occupied by live objects and dead objects that have not yet been marked free \
+         by the garbage collector.",
+        Source::HeapObjects,
+    ),
+    vital(
+        "/memory/classes/total:bytes",
+        Kind::Gauge,
+        (1, 16),
+        GO119,
+        "All memory mapped by the Go runtime into the current process as read-write.",
+        Source::TotalMemory,
     ),
     vital(
         "/gc/heap/live:bytes",
@@ -525,6 +629,12 @@ impl Vital {
             Source::SchedLatencies => return None,
             Source::Goroutines => f64::from(raw.goroutines.as_ref()?.count()),
             Source::HeapGoal => raw.heap_goal?.goal() as f64,
+            Source::HeapTotals(index) => raw.heap.as_ref()?.totals()[index] as f64,
+            Source::HeapObjects => {
+                let [allocated, _, freed, _] = raw.heap.as_ref()?.totals();
+                allocated.wrapping_sub(freed) as f64
+            }
+            Source::TotalMemory => raw.heap.as_ref()?.total_memory() as f64,
         })
     }
 
@@ -648,6 +758,7 @@ mod tests {
                 system: Some(4),
             }),
             heap_goal: None,
+            heap: None,
         };
         let value = |runtime_name: &str| {
             VITALS
@@ -791,6 +902,27 @@ mod tests {
     }
 
     #[test]
+    fn heap_totals_weigh_each_size_class() {
+        let heap = HeapStats {
+            committed: 10,
+            released: -3,
+            large_alloc: 100_000,
+            large_alloc_count: 2,
+            large_free: 40_000,
+            large_free_count: 1,
+            small_alloc_count: vec![0, 5, 2],
+            small_free_count: vec![0, 1, 1],
+            class_bytes: &[0, 8, 16],
+            sys: [1, 2, 3, 4, 5, 6],
+        };
+        assert_eq!(
+            heap.totals(),
+            [100_000 + 40 + 32, 2 + 7, 40_000 + 8 + 16, 1 + 2]
+        );
+        assert_eq!(heap.total_memory(), 7 + 21);
+    }
+
+    #[test]
     fn releases_get_what_their_runtime_has() {
         let exported = |release| {
             VITALS
@@ -798,7 +930,7 @@ mod tests {
                 .filter(|vital| vital.exported_for(release))
                 .count()
         };
-        assert_eq!(exported((1, 19)), 9);
+        assert_eq!(exported((1, 19)), 15);
         assert_eq!(exported((1, 21)), VITALS.len());
     }
 }

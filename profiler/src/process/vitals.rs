@@ -5,10 +5,10 @@ use std::io;
 use super::memory;
 use crate::{
     gobin::{
-        abi::{CPU_STATS, CPU_STATS_SIZE, VitalsAbi},
+        abi::{CPU_STATS, CPU_STATS_SIZE, HeapStatsFields, SIZE_CLASS_BYTES, VitalsAbi},
         vitals::Globals,
     },
-    model::vitals::{CPU_CLASSES, GoroutineCounts, HeapGoalInputs, RawVitals},
+    model::vitals::{CPU_CLASSES, GoroutineCounts, HeapGoalInputs, HeapStats, RawVitals},
 };
 
 /// More Ps than any machine has: an `allp` longer than this is a misread.
@@ -52,6 +52,9 @@ impl VitalsReader {
             + 8;
         let mut controller = vec![0u8; gc_span as usize];
         let mut cycles = [0u8; 8];
+        let delta = self.row.heap_stats_delta;
+        let mut heap_stats = vec![0u8; 3 * delta.size as usize];
+        let mut sys = [[0u8; 8]; 6];
         let mut cpu = [0u8; CPU_STATS_SIZE as usize];
         let mut gomaxprocs = [0u8; 4];
         let layout = self.row.latency_histogram;
@@ -62,6 +65,10 @@ impl VitalsReader {
         }
         if let Some(address) = self.globals.memstats {
             pieces.push((address + self.row.numgc, &mut cycles));
+            pieces.push((address + self.row.heap_stats, &mut heap_stats));
+            for (bytes, offset) in sys.iter_mut().zip(self.row.sys) {
+                pieces.push((address + offset, bytes));
+            }
         }
         if let (Some(address), Some(offset)) = (self.globals.work, self.row.cpu_stats) {
             pieces.push((address + offset, &mut cpu));
@@ -129,6 +136,11 @@ impl VitalsReader {
             // numforcedgc follows numgc (the table checks both offsets against DWARF).
             let both = u64::from_le_bytes(cycles);
             raw.cycles = Some((both as u32, (both >> 32) as u32));
+            raw.heap = Some(heap_stats_summed(
+                &heap_stats,
+                &delta,
+                sys.map(u64::from_le_bytes),
+            ));
         }
         if self.globals.work.is_some() && self.row.cpu_stats.is_some() {
             let fields = CPU_STATS;
@@ -220,5 +232,35 @@ impl VitalsReader {
                 .collect(),
             system: self.row.goroutines.sched_ngsys.map(|_| system),
         })
+    }
+}
+
+/// The three `heapStatsDelta` generations in `bytes`, summed field by field.
+fn heap_stats_summed(bytes: &[u8], fields: &HeapStatsFields, sys: [u64; 6]) -> HeapStats {
+    let classes = SIZE_CLASS_BYTES.len();
+    let word = |generation: usize, offset: u64| -> u64 {
+        let at = generation * fields.size as usize + offset as usize;
+        bytes
+            .get(at..at + 8)
+            .and_then(|word| word.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let sum = |offset: u64| (0..3).fold(0u64, |total, g| total.wrapping_add(word(g, offset)));
+    let counts = |offset: u64| -> Vec<u64> {
+        (0..classes as u64)
+            .map(|class| sum(offset + class * 8))
+            .collect()
+    };
+    HeapStats {
+        committed: sum(fields.committed) as i64,
+        released: sum(fields.released) as i64,
+        large_alloc: sum(fields.large_alloc),
+        large_alloc_count: sum(fields.large_alloc_count),
+        large_free: sum(fields.large_free),
+        large_free_count: sum(fields.large_free_count),
+        small_alloc_count: counts(fields.small_alloc_count),
+        small_free_count: counts(fields.small_free_count),
+        class_bytes: &SIZE_CLASS_BYTES,
+        sys,
     }
 }

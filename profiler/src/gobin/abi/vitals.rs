@@ -158,6 +158,80 @@ pub struct GoroutineFields {
     pub p_free: u64,
 }
 
+/// `runtime.heapStatsDelta` (src/runtime/mstats.go): `memstats.heapStats.stats` holds three,
+/// one per generation, summed to read (`consistentHeapStats.read`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapStatsFields {
+    /// `size_of::<heapStatsDelta>()`.
+    pub size: u64,
+    /// `committed`, `released` (int64).
+    pub committed: u64,
+    pub released: u64,
+    /// `largeAlloc`, `largeAllocCount`, `largeFree`, `largeFreeCount` (uint64).
+    pub large_alloc: u64,
+    pub large_alloc_count: u64,
+    pub large_free: u64,
+    pub large_free_count: u64,
+    /// `smallAllocCount`, `smallFreeCount`: `[68]uint64`, by size class.
+    pub small_alloc_count: u64,
+    pub small_free_count: u64,
+}
+
+/// Up to Go 1.24 (with `inPtrScalarBits`).
+const HEAP_STATS_GO119: HeapStatsFields = HeapStatsFields {
+    size: 1176,
+    committed: 0,
+    released: 8,
+    large_alloc: 56,
+    large_alloc_count: 64,
+    large_free: 616,
+    large_free_count: 624,
+    small_alloc_count: 72,
+    small_free_count: 632,
+};
+
+/// Go 1.25 and later (`inPtrScalarBits` gone).
+const HEAP_STATS_GO125: HeapStatsFields = HeapStatsFields {
+    size: 1168,
+    committed: 0,
+    released: 8,
+    large_alloc: 48,
+    large_alloc_count: 56,
+    large_free: 608,
+    large_free_count: 616,
+    small_alloc_count: 64,
+    small_free_count: 624,
+};
+
+/// The `sysMemStat` (uint64) fields of `mstats` that `/memory/classes/total` adds:
+/// `stacks_sys`, `mspan_sys`, `mcache_sys`, `buckhash_sys`, `gcMiscSys`, `other_sys`.
+const MSTATS_SYS_GO119: [u64; 6] = [3544, 3552, 3560, 3568, 3576, 3584];
+const MSTATS_SYS_GO125: [u64; 6] = [3520, 3528, 3536, 3544, 3552, 3560];
+const MSTATS_SYS_NAMES: [&str; 6] = [
+    "stacks_sys",
+    "mspan_sys",
+    "mcache_sys",
+    "buckhash_sys",
+    "gcMiscSys",
+    "other_sys",
+];
+
+/// `class_to_size` (src/runtime/sizeclasses.go; from Go 1.25
+/// `internal/runtime/gc.SizeClassToSize`): bytes per object of each size class, identical in
+/// go1.19.8 through go1.27.3 (tests/go_versions.rs compares it with each binary's copy).
+pub const SIZE_CLASS_BYTES: [u16; 68] = [
+    0, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288, 320,
+    352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536, 1792,
+    2048, 2304, 2688, 3072, 3200, 3456, 4096, 4864, 5376, 6144, 6528, 6784, 6912, 8192, 9472, 9728,
+    10240, 10880, 12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576, 27264, 28672,
+    32768,
+];
+/// Where a binary keeps its copy, by release.
+pub const SIZE_CLASS_SYMBOLS: [&str; 2] = [
+    "runtime.class_to_size",
+    "internal/runtime/gc.SizeClassToSize",
+];
+
 /// One range of Go releases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VitalsAbi {
@@ -177,6 +251,9 @@ pub struct VitalsAbi {
     pub time_to_run: u64,
     pub latency_histogram: TimeHistogramLayout,
     pub goroutines: GoroutineFields,
+    pub heap_stats_delta: HeapStatsFields,
+    /// `mstats` offsets of the six fields `MSTATS_SYS_NAMES` names.
+    pub sys: [u64; 6],
     pub dwarf: DwarfFacts,
     pub source: &'static str,
 }
@@ -223,8 +300,28 @@ const P_GFREE_GO119: &str = "struct { runtime.gList; runtime.n int32 }";
 
 /// What every row's DWARF must show, for the DWARF check: each offset the row reads.
 macro_rules! offsets {
-    ($gc:expr, $numgc:expr, $sched_lock:expr, $time_to_run:expr, $histogram:expr $(, $more:expr)*) => {
+    (
+        $gc:expr, $numgc:expr, $sched_lock:expr, $time_to_run:expr, $histogram:expr,
+        $hs:expr, $sys:expr $(, $more:expr)*
+    ) => {
         &[
+            ("runtime.heapStatsDelta", "committed", $hs.committed),
+            ("runtime.heapStatsDelta", "released", $hs.released),
+            ("runtime.heapStatsDelta", "largeAlloc", $hs.large_alloc),
+            ("runtime.heapStatsDelta", "largeAllocCount", $hs.large_alloc_count),
+            ("runtime.heapStatsDelta", "largeFree", $hs.large_free),
+            ("runtime.heapStatsDelta", "largeFreeCount", $hs.large_free_count),
+            ("runtime.heapStatsDelta", "smallAllocCount", $hs.small_alloc_count),
+            ("runtime.heapStatsDelta", "smallFreeCount", $hs.small_free_count),
+            // The three generations' size: `gen` follows them.
+            ("runtime.consistentHeapStats", "stats", 0),
+            ("runtime.consistentHeapStats", "gen", 3 * $hs.size),
+            ("runtime.mstats", MSTATS_SYS_NAMES[0], $sys[0]),
+            ("runtime.mstats", MSTATS_SYS_NAMES[1], $sys[1]),
+            ("runtime.mstats", MSTATS_SYS_NAMES[2], $sys[2]),
+            ("runtime.mstats", MSTATS_SYS_NAMES[3], $sys[3]),
+            ("runtime.mstats", MSTATS_SYS_NAMES[4], $sys[4]),
+            ("runtime.mstats", MSTATS_SYS_NAMES[5], $sys[5]),
             ("runtime.gcControllerState", "gcPercent", $gc.gc_percent),
             ("runtime.gcControllerState", "memoryLimit", $gc.memory_limit),
             ("runtime.gcControllerState", "heapMarked", $gc.heap_marked),
@@ -254,7 +351,7 @@ macro_rules! row {
     (
         $first:expr, $last:expr, numgc $numgc:expr, cpu $cpu:expr, $members:expr,
         sched $sched_lock:expr, $time_to_run:expr, goroutines $goroutines:expr,
-        facts [$($fact:expr),* $(,)?], $source:expr
+        heap $hs:expr, $sys:expr, facts [$($fact:expr),* $(,)?], $source:expr
     ) => {
         VitalsAbi {
             first: $first,
@@ -268,6 +365,8 @@ macro_rules! row {
             time_to_run: $time_to_run,
             latency_histogram: TimeHistogramLayout::Go121,
             goroutines: $goroutines,
+            heap_stats_delta: $hs,
+            sys: $sys,
             dwarf: DwarfFacts {
                 members: &[("runtime.cpuStats", $members)],
                 offsets: offsets!(
@@ -276,6 +375,8 @@ macro_rules! row {
                     $sched_lock,
                     $time_to_run,
                     1280,
+                    $hs,
+                    $sys,
                     ("runtime.timeHistogram", "overflow", 1288),
                     ("runtime.workType", "cpuStats", $cpu)
                     $(, $fact)*
@@ -309,6 +410,8 @@ pub const VITALS_TABLE: &[VitalsAbi] = &[
             sched_ngsys: Some(72),
             p_free: 2464 + 8,
         },
+        heap_stats_delta: HEAP_STATS_GO119,
+        sys: MSTATS_SYS_GO119,
         dwarf: DwarfFacts {
             members: &[],
             offsets: offsets!(
@@ -317,6 +420,8 @@ pub const VITALS_TABLE: &[VitalsAbi] = &[
                 24,
                 312,
                 5760,
+                HEAP_STATS_GO119,
+                MSTATS_SYS_GO119,
                 ("runtime.schedt", "gFree", 152),
                 (SCHED_GFREE_GO119, "n", 24),
                 ("runtime.schedt", "ngsys", 72),
@@ -331,6 +436,7 @@ pub const VITALS_TABLE: &[VitalsAbi] = &[
     row!(
         (1, 21), (1, 21), numgc 7704, cpu 488, CPU_STATS_MEMBERS_GO121, sched 24, 320,
         goroutines GoroutineFields { sched_free: &[160 + 24], sched_ngsys: Some(72), p_free: 2464 + 8 },
+        heap HEAP_STATS_GO119, MSTATS_SYS_GO119,
         facts [
             ("runtime.schedt", "gFree", 160),
             (SCHED_GFREE_GO119, "n", 24),
@@ -343,6 +449,7 @@ pub const VITALS_TABLE: &[VitalsAbi] = &[
     row!(
         (1, 22), (1, 22), numgc 7704, cpu 480, CPU_STATS_MEMBERS_GO121, sched 24, 320,
         goroutines GoroutineFields { sched_free: &[160 + 24], sched_ngsys: Some(72), p_free: 2464 + 8 },
+        heap HEAP_STATS_GO119, MSTATS_SYS_GO119,
         facts [
             ("runtime.schedt", "gFree", 160),
             (SCHED_GFREE_GO119, "n", 24),
@@ -355,6 +462,7 @@ pub const VITALS_TABLE: &[VitalsAbi] = &[
     row!(
         (1, 23), (1, 24), numgc 7704, cpu 504, CPU_STATS_MEMBERS_GO123, sched 24, 320,
         goroutines GoroutineFields { sched_free: &[160 + 24], sched_ngsys: Some(72), p_free: 2456 + 8 },
+        heap HEAP_STATS_GO119, MSTATS_SYS_GO119,
         facts [
             ("runtime.schedt", "gFree", 160),
             (SCHED_GFREE_GO119, "n", 24),
@@ -372,6 +480,7 @@ pub const VITALS_TABLE: &[VitalsAbi] = &[
             sched_ngsys: Some(80),
             p_free: 2456 + 8,
         },
+        heap HEAP_STATS_GO125, MSTATS_SYS_GO125,
         facts [
             ("runtime.schedt", "gFree", 168),
             (SCHED_GFREE_GO125, "stack", 8),
@@ -390,6 +499,7 @@ pub const VITALS_TABLE: &[VitalsAbi] = &[
             sched_ngsys: None,
             p_free: 2464 + 8,
         },
+        heap HEAP_STATS_GO125, MSTATS_SYS_GO125,
         facts [
             ("runtime.schedt", "gFree", 184),
             (SCHED_GFREE_GO125, "stack", 8),
