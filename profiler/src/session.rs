@@ -384,6 +384,8 @@ pub struct Outcome {
     pub maps: Vec<MapReport>,
     /// What the map collector knew at the end, when maps were tracked.
     pub map_stats: Option<MapStats>,
+    /// The runtime's vitals compared between attach and detach, when they could be read.
+    pub runtime: Option<crate::model::vitals::RuntimeSummary>,
 }
 
 /// Probes in place, not yet collecting: `run` resumes its stopped child in between.
@@ -584,14 +586,24 @@ impl Attached {
         };
         ready();
 
-        if let Some(plan) = &self.target.vitals {
-            let reader = crate::process::vitals::VitalsReader::new(
+        let vitals = self.target.vitals.as_ref().map(|plan| {
+            crate::process::vitals::VitalsReader::new(
                 process.pid,
                 plan.row,
                 plan.globals.biased(self.target.load_bias),
-            );
+            )
+        });
+        // For the exit summary: the runtime as it was at attach, and (below) at detach.
+        let read_vitals = || {
+            vitals
+                .as_ref()
+                .and_then(|reader| reader.read().ok())
+                .filter(|raw| crate::model::vitals::plausible(raw) && process.is_alive())
+        };
+        let vitals_at_attach = read_vitals();
+        if let (Some(plan), Some(reader)) = (&self.target.vitals, &vitals) {
             target_metrics.read_vitals(
-                reader,
+                reader.clone(),
                 plan.vitals.clone(),
                 Box::new(process.still_runs_its_image()),
             );
@@ -702,6 +714,9 @@ impl Attached {
             .await;
         // The watch ends here: the rounds and detaching that follow are not the target's time.
         let watched = watching.elapsed();
+        let runtime = vitals_at_attach
+            .zip(read_vitals())
+            .map(|(start, end)| crate::model::vitals::RuntimeSummary::between(&start, &end));
         let alloc = match alloc_task {
             Some(task) => task.await.ok(),
             None => None,
@@ -736,6 +751,7 @@ impl Attached {
             watched,
             maps,
             map_stats,
+            runtime,
         })
     }
 }

@@ -88,7 +88,9 @@ fn vitals_match_the_runtime(version: &str) {
             .env("GOMEMLIMIT", limit)
             .env("GOMAXPROCS", GOMAXPROCS);
         let mut target = GoTarget::spawn(command);
-        let mapscope = Mapscope::attach(target.pid());
+        let mut mapscope = Mapscope::attach(target.pid());
+        // gcload is idle until "go": this is the runtime as mapscope found it at attach.
+        let at_attach = target.vitals();
         target.run_load();
         // The first answer allocates; after it the target is quiet.
         let before = target.vitals();
@@ -158,8 +160,57 @@ fn vitals_match_the_runtime(version: &str) {
                 "the limit sets the goal"
             );
         }
+        check_summary(&mut mapscope, &mut target, &at_attach, version);
         target.send("exit");
     }
+}
+
+/// The exit summary's runtime line: the GC's share of the CPU and the cycles between attach and
+/// detach, and the heap goal at detach, as the runtime's own figures give them. The target's
+/// figures at detach are read after mapscope's (the target was quiet in between): its answers
+/// allocate after reading, which moves a heap goal set by GOMEMLIMIT.
+fn check_summary(
+    mapscope: &mut Mapscope,
+    target: &mut GoTarget,
+    start: &RuntimeView,
+    version: &str,
+) {
+    mapscope.signal(libc::SIGTERM);
+    assert!(mapscope.wait(Duration::from_secs(30)).success());
+    let end = &target.vitals();
+    let summary = mapscope.stdout.all();
+    let line = summary
+        .lines()
+        .find(|line| line.trim_start().starts_with("runtime:"))
+        .unwrap_or_else(|| panic!("Go {version}: no runtime line:\n{summary}"));
+    let cycles = end.num_gc - start.num_gc;
+    assert!(line.contains(&format!(" {cycles} cycles, ")), "{line}");
+    let goal = end.metrics["/gc/heap/goal:bytes"];
+    assert!(
+        line.contains(&format!(
+            "heap goal {}",
+            mapscope::export::summary::bytes(goal)
+        )),
+        "Go {version}: {line} (goal {goal})"
+    );
+    let cpu = |view: &RuntimeView, class: &str| {
+        view.metrics
+            .get(&format!("/cpu/classes/{class}:cpu-seconds"))
+            .copied()
+    };
+    match (cpu(start, "gc/total"), cpu(end, "gc/total")) {
+        (Some(gc_start), Some(gc_end)) => {
+            let total = cpu(end, "total").unwrap() - cpu(start, "total").unwrap();
+            let share = 100.0 * (gc_end - gc_start) / total;
+            assert!(
+                line.contains(&format!("GC took {share:.1}% of the CPU")),
+                "Go {version}: {line} ({share}%)"
+            );
+        }
+        // Go 1.19 has no CPU classes.
+        _ => assert!(!line.contains("of the CPU"), "{line}"),
+    }
+    println!("Go {version}: {}", line.trim());
 }
 
 /// A histogram vital: mapscope's bucket edges are the runtime's, and each cumulative count

@@ -309,6 +309,7 @@ fn summary_text(
         snapshots_dropped: outcome.map_stats.as_ref().map(|stats| &stats.dropped),
         maps_tracked: outcome.map_stats.as_ref().map(|stats| stats.tracked),
         endpoint,
+        runtime: outcome.runtime.as_ref(),
     })
 }
 

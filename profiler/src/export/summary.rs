@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duratio
 
 use crate::{
     collect::maps::MapReport,
-    model::{alloc::AllocSummary, pause::PauseBook},
+    model::{alloc::AllocSummary, pause::PauseBook, vitals::RuntimeSummary},
 };
 
 /// Maps the summary lists.
@@ -30,6 +30,8 @@ pub struct Seen<'a> {
     pub maps_tracked: Option<usize>,
     /// Where the metrics were served, for the "next" hints.
     pub endpoint: Option<SocketAddr>,
+    /// The runtime's vitals between attach and detach, when they could be read.
+    pub runtime: Option<&'a RuntimeSummary>,
 }
 
 pub fn render(seen: &Seen<'_>) -> String {
@@ -45,6 +47,9 @@ pub fn render(seen: &Seen<'_>) -> String {
         book.gc_cycles,
         book.pauses(),
     );
+    if let Some(runtime) = seen.runtime {
+        runtime_line(&mut out, runtime, seen.watched);
+    }
     pauses(&mut out, book);
     allocations(&mut out, seen);
     match seen.maps_tracked {
@@ -87,6 +92,44 @@ fn pauses(out: &mut String, book: &PauseBook) {
             show(histogram.max()),
             duration(u64::try_from(tally.sum_ns).unwrap_or(u64::MAX)),
         );
+    }
+}
+
+/// GC CPU share, cycles per minute and heap goal, as the runtime counts them.
+fn runtime_line(out: &mut String, runtime: &RuntimeSummary, watched: Duration) {
+    let mut parts = Vec::new();
+    if let Some(share) = runtime.gc_cpu_share {
+        parts.push(format!("GC took {:.1}% of the CPU", share * 100.0));
+    }
+    if let Some(cycles) = runtime.cycles {
+        let minutes = watched.as_secs_f64() / 60.0;
+        let rate = if minutes > 0.0 {
+            format!(", {:.1}/min", cycles as f64 / minutes)
+        } else {
+            String::new()
+        };
+        parts.push(format!("{cycles} cycles{rate}"));
+    }
+    if let Some(goal) = runtime.heap_goal {
+        let mut settings = Vec::new();
+        match runtime.gogc {
+            Some(-1) => settings.push("GOGC off".to_owned()),
+            Some(percent) => settings.push(format!("GOGC {percent}")),
+            None => {}
+        }
+        match runtime.memory_limit {
+            Some(i64::MAX) | None => {}
+            Some(limit) => settings.push(format!("GOMEMLIMIT {}", bytes(limit as f64))),
+        }
+        let settings = if settings.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", settings.join(", "))
+        };
+        parts.push(format!("heap goal {}{settings}", bytes(goal as f64)));
+    }
+    if !parts.is_empty() {
+        let _ = writeln!(out, "  runtime: {}", parts.join("; "));
     }
 }
 
@@ -337,7 +380,21 @@ mod tests {
             snapshots_dropped: None,
             maps_tracked: None,
             endpoint: Some("127.0.0.1:9871".parse().unwrap()),
+            runtime: Some(&RuntimeSummary {
+                gc_cpu_share: Some(0.0412),
+                cycles: Some(3),
+                heap_goal: Some(5 << 20),
+                gogc: Some(-1),
+                memory_limit: Some(1 << 30),
+            }),
         });
+        assert!(
+            text.contains(
+                "runtime: GC took 4.1% of the CPU; 3 cycles, 18.0/min; heap goal 5MiB (GOGC off, \
+                 GOMEMLIMIT 1GiB)"
+            ),
+            "{text}"
+        );
         assert!(
             text.starts_with(
                 "mapscope: pid 7 (svc, go1.27.3), watched for 10s: 3 GC cycles completed, 3 \

@@ -14,6 +14,7 @@ use crate::{
 /// More Ps than any machine has: an `allp` longer than this is a misread.
 const MAX_PS: u64 = 1 << 16;
 
+#[derive(Clone)]
 pub struct VitalsReader {
     pid: u32,
     row: &'static VitalsAbi,
