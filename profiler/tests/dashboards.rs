@@ -75,6 +75,8 @@ struct Spec {
     program: &'static str,
     go: &'static str,
     args: &'static [&'static str],
+    /// Its environment, besides the test's.
+    env: &'static [(&'static str, &'static str)],
     mapscope: &'static [&'static str],
 }
 
@@ -86,6 +88,8 @@ fn specs() -> Vec<Spec> {
             program: "gcload",
             go: NEWEST_GO,
             args: &["-duration", LOAD, "-forced-gcs", "100"],
+            // A memory limit, for the Go runtime dashboard's line (far above what it uses).
+            env: &[("GOMEMLIMIT", "1GiB")],
             mapscope: &[],
         },
         // Allocation sites and churn (makemap_small, makemap, growslice).
@@ -94,6 +98,7 @@ fn specs() -> Vec<Spec> {
             program: "allocsites",
             go: NEWEST_GO,
             args: &["-duration", LOAD],
+            env: &[],
             mapscope: &[],
         },
         // Bucket maps: overflow buckets and chains.
@@ -102,6 +107,7 @@ fn specs() -> Vec<Spec> {
             program: "mapshapes",
             go: "1.23.9",
             args: &[],
+            env: &[],
             mapscope: MAP_FLAGS,
         },
         // Swiss tables: tombstones.
@@ -110,6 +116,7 @@ fn specs() -> Vec<Spec> {
             program: "mapshapes",
             go: "1.27.3",
             args: &[],
+            env: &[],
             mapscope: MAP_FLAGS,
         },
     ]
@@ -194,7 +201,9 @@ fn every_dashboard_query_returns_data() {
             let exe = format!("{}-{}", spec.name, std::process::id());
             let binary = copies.path().join(&exe);
             std::fs::copy(common::build_go(spec.program, spec.go, &[]), &binary).unwrap();
-            let process = GoTarget::start(&binary, spec.args);
+            let mut command = std::process::Command::new(&binary);
+            command.args(spec.args).envs(spec.env.iter().copied());
+            let process = GoTarget::spawn(command);
             Running { spec, exe, process }
         })
         .collect();
@@ -365,6 +374,7 @@ fn load_dashboards() -> BTreeMap<String, Value> {
         "allocations.json",
         "maps.json",
         "health.json",
+        "go-runtime.json",
     ] {
         assert!(
             dashboards.contains_key(expected),
