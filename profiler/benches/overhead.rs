@@ -13,6 +13,10 @@
 //!    map operation probed) costs the program, with the default's average derived from it.
 //! 4. Map snapshots: reading a 1M-entry map (bucket map, Go 1.23; swiss table, Go 1.27) against
 //!    a raw read of as many bytes of the same process.
+//! 5. Runtime vitals: one read of every vital (the few system calls a scrape makes per target)
+//!    against one 8-byte read of the same process, and the GC-heavy program's throughput under
+//!    `mapscope run` scraped ten times a second against the same not scraped, interleaved; with
+//!    the GC trigger probes' hits per cycle.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -52,11 +56,16 @@ fn main() {
         std::env::var("MAPSCOPE_BENCH_GO").expect("MAPSCOPE_BENCH_GO: run `cargo xtask bench`");
     let gcbench = build_gcbench(Path::new(&go));
     let mapscope = env!("CARGO_BIN_EXE_mapscope");
-    // `cargo xtask bench discovery` measures the discovery windows alone.
+    // `cargo xtask bench discovery` measures the discovery windows alone, `vitals` the vitals.
     if std::env::args().any(|arg| arg == "discovery") {
         discovery_windows(&gcbench, mapscope);
         return;
     }
+    if std::env::args().any(|arg| arg == "vitals") {
+        vitals(&gcbench, mapscope);
+        return;
+    }
+    vitals(&gcbench, mapscope);
     map_probes(&gcbench, mapscope);
     let bucket_go = std::env::var("MAPSCOPE_BENCH_GO_BUCKETS")
         .expect("MAPSCOPE_BENCH_GO_BUCKETS: run `cargo xtask bench`");
@@ -318,6 +327,138 @@ fn discovery_windows(gcbench: &Path, mapscope: &str) {
         lost_per_window * 1e3,
         lost_per_window / DEFAULT_PERIOD_SECONDS * 100.0
     );
+}
+
+const VITALS_READS: usize = 2000;
+const VITALS_ROUNDS: usize = 5;
+/// Where the scraped `mapscope run` listens (the bench runs one at a time).
+const VITALS_LISTEN: &str = "127.0.0.1:19878";
+
+/// What the vitals cost: a read, and the target's throughput while scraped.
+fn vitals(gcbench: &Path, mapscope: &str) {
+    use mapscope::{gobin::vitals::plan, process::memory, process::vitals::VitalsReader};
+
+    println!(
+        "== runtime vitals: read from the target's memory at each scrape (at most once a second)"
+    );
+    let mut child = Command::new(gcbench)
+        .args(["-mode", "alloc", "-duration", "20s"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let binary = GoBinary::open(gcbench, abi::WANTED).unwrap();
+    assert!(!binary.layout.pie, "gcbench is built at fixed addresses");
+    let plan = plan(&binary).unwrap();
+    let reader = VitalsReader::new(child.id(), plan.row, plan.globals);
+    let started = std::time::Instant::now();
+    for _ in 0..VITALS_READS {
+        std::hint::black_box(reader.read().unwrap());
+    }
+    let read_us = started.elapsed().as_secs_f64() * 1e6 / VITALS_READS as f64;
+    let word = plan.globals.gc_controller.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..VITALS_READS {
+        std::hint::black_box(memory::read_i64(child.id(), word).unwrap());
+    }
+    let word_us = started.elapsed().as_secs_f64() * 1e6 / VITALS_READS as f64;
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "  one read of all {} vitals: {read_us:.1} µs against {word_us:.1} µs for one 8-byte read ({:.1}x); \
+         at one read a second per target, 64 targets cost mapscope {:.2}% of a core, and the target nothing (process_vm_readv does not stop it)",
+        plan.vitals.len(),
+        read_us / word_us,
+        read_us * 64.0 / 1e6 * 100.0
+    );
+
+    let load = ["-mode", "alloc", "-duration", ALLOC_SECONDS];
+    let (mut alone, mut attached, mut scraped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut hits_per_cycle = Vec::new();
+    for round in 1..=VITALS_ROUNDS {
+        let base = alloc_run(Command::new(gcbench).args(load)).ops_per_second;
+        let quiet = alloc_run(
+            Command::new(mapscope)
+                .args(["run", "--listen", "127.0.0.1:0", "--"])
+                .arg(gcbench)
+                .args(load),
+        )
+        .ops_per_second;
+        let (run, metrics) = scraped_run(
+            Command::new(mapscope)
+                .args(["run", "--listen", VITALS_LISTEN, "--"])
+                .arg(gcbench)
+                .args(load),
+        );
+        let sample = |name: &str, label: &str| {
+            metrics
+                .lines()
+                .filter(|line| line.starts_with(name) && line.contains(label))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let cycles = sample("mapscope_gc_cycles_total{", "");
+        if cycles > 0.0 {
+            hits_per_cycle
+                .push(sample("mapscope_probe_hits_total{", "probe=\"gc_start\"") / cycles);
+        }
+        println!(
+            "  vitals round {round}: alone {:.2} Mops/s, attached {:.2}, attached and scraped 10/s {:.2}",
+            base / 1e6,
+            quiet / 1e6,
+            run.ops_per_second / 1e6
+        );
+        alone.push(base);
+        attached.push(quiet);
+        scraped.push(run.ops_per_second);
+    }
+    let (alone, attached, scraped) = (
+        median(&mut alone),
+        median(&mut attached),
+        median(&mut scraped),
+    );
+    println!(
+        "  median throughput: scraped/not scraped {:.4} ({:+.2}%: the vitals reads), attached/alone {:.4}",
+        scraped / attached,
+        (scraped / attached - 1.0) * 100.0,
+        attached / alone
+    );
+    println!(
+        "  GC trigger probes (gcStart, gcBgMarkStartWorkers): {:.2} hits per GC cycle (median)",
+        median(&mut hits_per_cycle)
+    );
+}
+
+/// An allocation run of `mapscope run` whose metrics are scraped ten times a second meanwhile;
+/// the run, and the last scrape's text.
+fn scraped_run(command: &mut Command) -> (AllocRun, String) {
+    use std::io::Read as _;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut last = String::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let Ok(mut stream) = std::net::TcpStream::connect(VITALS_LISTEN) else {
+                    continue;
+                };
+                let mut body = String::new();
+                if stream
+                    .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+                    .is_ok()
+                    && stream.read_to_string(&mut body).is_ok()
+                    && body.contains("mapscope_gc_cycles_total")
+                {
+                    last = body;
+                }
+            }
+            last
+        })
+    };
+    let run = alloc_run(command);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (run, scraper.join().unwrap())
 }
 
 /// Snapshot a 1M-entry map in a live process, against raw reads of as many bytes.

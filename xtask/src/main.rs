@@ -39,7 +39,8 @@ enum Task {
     Dist,
     /// Same-run overhead ratios: a GC-heavy Go benchmark with and without mapscope attached.
     Bench {
-        /// `discovery`: only the cost of the map discovery windows.
+        /// `discovery`: only the cost of the map discovery windows; `vitals`: only the runtime
+        /// vitals reads and GC trigger probes.
         only: Option<String>,
     },
 }
