@@ -183,8 +183,29 @@ fn check_summary(
         .lines()
         .find(|line| line.trim_start().starts_with("runtime:"))
         .unwrap_or_else(|| panic!("Go {version}: no runtime line:\n{summary}"));
-    let cycles = end.num_gc - start.num_gc;
-    assert!(line.contains(&format!(" {cycles} cycles, ")), "{line}");
+    // Cycles per minute: the cycles the first line says, over the time it says it watched.
+    let (watched, cycles) = summary
+        .lines()
+        .next()
+        .and_then(|first| {
+            let rest = first.split("watched for ").nth(1)?;
+            let (watched, rest) = rest.split_once(": ")?;
+            let cycles = rest.split(' ').next()?.parse::<f64>().ok()?;
+            let seconds = watched.strip_suffix('s')?.parse::<f64>().ok()?;
+            Some((seconds, cycles))
+        })
+        .unwrap_or_else(|| panic!("no watched time and cycles:\n{summary}"));
+    let per_minute: f64 = line
+        .split(" GC cycles/min")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|rate| rate.parse().ok())
+        .unwrap_or_else(|| panic!("no cycles per minute: {line}"));
+    let expected = cycles / watched * 60.0;
+    assert!(
+        (per_minute - expected).abs() <= expected * 0.01 + 0.1,
+        "{per_minute}/min vs {cycles} cycles in {watched}s: {line}"
+    );
     let goal = end.metrics["/gc/heap/goal:bytes"];
     assert!(
         line.contains(&format!(

@@ -48,7 +48,7 @@ pub fn render(seen: &Seen<'_>) -> String {
         book.pauses(),
     );
     if let Some(runtime) = seen.runtime {
-        runtime_line(&mut out, runtime, seen.watched);
+        runtime_line(&mut out, runtime, book.gc_cycles, seen.watched);
     }
     pauses(&mut out, book);
     allocations(&mut out, seen);
@@ -95,20 +95,18 @@ fn pauses(out: &mut String, book: &PauseBook) {
     }
 }
 
-/// GC CPU share, cycles per minute and heap goal, as the runtime counts them.
-fn runtime_line(out: &mut String, runtime: &RuntimeSummary, watched: Duration) {
+/// GC CPU share and heap goal as the runtime counts them, and the cycles per minute mapscope
+/// saw.
+fn runtime_line(out: &mut String, runtime: &RuntimeSummary, cycles: u64, watched: Duration) {
     let mut parts = Vec::new();
     if let Some(share) = runtime.gc_cpu_share {
         parts.push(format!("GC took {:.1}% of the CPU", share * 100.0));
     }
-    if let Some(cycles) = runtime.cycles {
-        let minutes = watched.as_secs_f64() / 60.0;
-        let rate = if minutes > 0.0 {
-            format!(", {:.1}/min", cycles as f64 / minutes)
-        } else {
-            String::new()
-        };
-        parts.push(format!("{cycles} cycles{rate}"));
+    let minutes = watched.as_secs_f64() / 60.0;
+    if minutes > 0.0 {
+        let rate = cycles as f64 / minutes;
+        let decimals = if rate < 100.0 { 1 } else { 0 };
+        parts.push(format!("{rate:.decimals$} GC cycles/min"));
     }
     if let Some(goal) = runtime.heap_goal {
         let mut settings = Vec::new();
@@ -382,7 +380,6 @@ mod tests {
             endpoint: Some("127.0.0.1:9871".parse().unwrap()),
             runtime: Some(&RuntimeSummary {
                 gc_cpu_share: Some(0.0412),
-                cycles: Some(3),
                 heap_goal: Some(5 << 20),
                 gogc: Some(-1),
                 memory_limit: Some(1 << 30),
@@ -390,7 +387,7 @@ mod tests {
         });
         assert!(
             text.contains(
-                "runtime: GC took 4.1% of the CPU; 3 cycles, 18.0/min; heap goal 5MiB (GOGC off, \
+                "runtime: GC took 4.1% of the CPU; 18.0 GC cycles/min; heap goal 5MiB (GOGC off, \
                  GOMEMLIMIT 1GiB)"
             ),
             "{text}"

@@ -663,8 +663,6 @@ pub struct RuntimeSummary {
     /// GC CPU time over all CPU time the runtime had (GOMAXPROCS × wall time), both as the
     /// runtime's CPU classes count them: updated at each cycle's end.
     pub gc_cpu_share: Option<f64>,
-    /// GC cycles completed while attached.
-    pub cycles: Option<u64>,
     pub heap_goal: Option<u64>,
     pub gogc: Option<i32>,
     pub memory_limit: Option<i64>,
@@ -676,13 +674,8 @@ impl RuntimeSummary {
             let total = end[10].saturating_sub(start[10]);
             (total > 0).then(|| end[4].saturating_sub(start[4]) as f64 / total as f64)
         });
-        let cycles = start
-            .cycles
-            .zip(end.cycles)
-            .map(|((start, _), (end, _))| u64::from(end.wrapping_sub(start)));
         Self {
             gc_cpu_share,
-            cycles,
             heap_goal: end.heap_goal.map(|inputs| inputs.goal()),
             gogc: end.gc_percent,
             memory_limit: end.memory_limit,
@@ -966,12 +959,25 @@ mod tests {
         };
         let summary = RuntimeSummary::between(&at(10, 100, 3), &at(40, 300, 9));
         assert_eq!(summary.gc_cpu_share, Some(0.15));
-        assert_eq!(summary.cycles, Some(6));
         assert_eq!(summary.gogc, Some(100));
         assert_eq!(summary.heap_goal, None);
         // No CPU time passed (no cycle ended): no share rather than a division by zero.
         let idle = RuntimeSummary::between(&at(10, 100, 3), &at(10, 100, 3));
         assert_eq!(idle.gc_cpu_share, None);
+    }
+
+    /// docs/METRICS.md's vitals table has every series, with its runtime/metrics name.
+    #[test]
+    fn every_vital_is_documented() {
+        let docs = include_str!("../../../docs/METRICS.md");
+        for vital in VITALS {
+            let row = format!("| `{}` |", vital.prometheus_name());
+            let line = docs
+                .lines()
+                .find(|line| line.starts_with(&row))
+                .unwrap_or_else(|| panic!("{row} is not in docs/METRICS.md"));
+            assert!(line.contains(&format!("`{}`", vital.name)), "{line}");
+        }
     }
 
     #[test]
