@@ -288,6 +288,7 @@ enum Source {
     HeapTotals(usize),
     HeapObjects,
     TotalMemory,
+    HeapReleased,
 }
 
 /// What kind of series a vital is.
@@ -413,6 +414,15 @@ pub const VITALS: &[Vital] = &[
         GO119,
         "All memory mapped by the Go runtime into the current process as read-write.",
         Source::TotalMemory,
+    ),
+    vital(
+        "/memory/classes/heap/released:bytes",
+        Kind::Gauge,
+        (1, 16),
+        GO119,
+        "Memory that is completely free and has been returned to the underlying system \
+         (with /memory/classes/total, what OpenTelemetry's go.memory.used subtracts).",
+        Source::HeapReleased,
     ),
     vital(
         "/gc/heap/live:bytes",
@@ -635,6 +645,7 @@ impl Vital {
                 allocated.wrapping_sub(freed) as f64
             }
             Source::TotalMemory => raw.heap.as_ref()?.total_memory() as f64,
+            Source::HeapReleased => raw.heap.as_ref()?.released as u64 as f64,
         })
     }
 
@@ -988,7 +999,7 @@ mod tests {
                 .filter(|vital| vital.exported_for(release))
                 .count()
         };
-        assert_eq!(exported((1, 19)), 15);
+        assert_eq!(exported((1, 19)), 16);
         assert_eq!(exported((1, 21)), VITALS.len());
     }
 }
