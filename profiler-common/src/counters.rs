@@ -19,8 +19,12 @@ pub const MAP_TABLE_FULL: u32 = 4;
 /// calls in flight was full.
 pub const MAP_UNMATCHED_CREATION: u32 = 5;
 
+/// A GC cycle started without the trigger its goroutine asked with: mapscope attached while
+/// the cycle was being started, or the table of goroutines inside `gcStart` was full.
+pub const GC_TRIGGER_UNMATCHED: u32 = 6;
+
 /// Number of counters; the size of the `PROBE_COUNTERS` array.
-pub const COUNT: u32 = 6;
+pub const COUNT: u32 = 7;
 
 /// Names for the `reason` label of `mapscope_probe_events_dropped_total`, by index.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -30,6 +34,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "alloc_table_full",
     "map_table_full",
     "map_unmatched_creation",
+    "gc_trigger_unmatched",
 ];
 
 /// Indexes of the per-CPU probe hit counters (`PROBE_HITS`): every program counts its own hits

@@ -1,5 +1,5 @@
-//! Why each GC cycle started: uprobes on the entries of `runtime.gcStart` and
-//! `runtime.gcBgMarkStartWorkers`, both outside any hot path.
+//! Why each GC cycle started: uprobes on the entry and RET instructions of `runtime.gcStart`
+//! and the entry of `runtime.gcBgMarkStartWorkers`, all outside any hot path.
 //!
 //! `gcStart(trigger gcTrigger)` is entered more often than cycles start: every goroutine that
 //! sees the trigger pass calls it, and all but one re-test it under `work.startSema` and return.
@@ -8,27 +8,29 @@
 //! entry remembers each goroutine's trigger kind, and `gcBgMarkStartWorkers` counts the kind of
 //! the goroutine that reached it: one count per cycle, of the kind that started it. The
 //! goroutine (R14) is the key, not the thread: `gcStart` blocks on semaphores, and a goroutine
-//! may resume on another thread.
+//! may resume on another thread. Each goroutine's entry goes at `gcStart`'s return, so the table
+//! holds only the goroutines inside `gcStart` now, however many ask for cycles.
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, uprobe},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use profiler_common::{counters, trigger::TRIGGER_KINDS};
 
 use crate::{
-    counters::{add, hit},
+    counters::{add, bump, hit},
     goabi::GoRegs,
 };
 
-/// `gcStart(trigger gcTrigger)`: the struct's first field, `kind`, is the first register.
+/// `gcStart(trigger gcTrigger)` in Go 1.19–1.27: the struct is split over the integer
+/// registers, so its first field, `kind` (an int), arrives in the first one, RAX.
 const ARG_TRIGGER_KIND: usize = 0;
 
-/// Goroutines in `gcStart`, by (process, g): the trigger kind each came with. LRU: the
-/// goroutines that lose the race never reach the counting probe, and their entries age out.
+/// Goroutines inside `gcStart`, by (process, g): the trigger kind each came with. Far more
+/// slots than goroutines that enter it at once in any service.
 #[map]
-static GC_START_KINDS: LruHashMap<[u64; 2], u32> = LruHashMap::with_max_entries(1024, 0);
+static GC_START_KINDS: HashMap<[u64; 2], u32> = HashMap::with_max_entries(16384, 0);
 
 /// Cycles started, by trigger kind (`profiler_common::trigger`).
 #[map]
@@ -46,8 +48,17 @@ pub fn gc_start_entry(ctx: ProbeContext) -> u32 {
     let regs = GoRegs::new(&ctx);
     let kind = regs.int(ARG_TRIGGER_KIND);
     if kind < u64::from(TRIGGER_KINDS) {
+        // A full table leaves this goroutine's cycle, if it starts one, unmatched (counted).
         let _ = GC_START_KINDS.insert(goroutine(&regs), kind as u32, 0);
     }
+    0
+}
+
+/// RET instructions of `runtime.gcStart`: this goroutine is done asking.
+#[uprobe]
+pub fn gc_start_return(ctx: ProbeContext) -> u32 {
+    hit(counters::HIT_GC_START);
+    let _ = GC_START_KINDS.remove(goroutine(&GoRegs::new(&ctx)));
     0
 }
 
@@ -58,7 +69,8 @@ pub fn gc_start_workers(ctx: ProbeContext) -> u32 {
     let key = goroutine(&GoRegs::new(&ctx));
     // SAFETY: copies the value out at once.
     let Some(kind) = (unsafe { GC_START_KINDS.get(key) }).copied() else {
-        // The cycle's gcStart was entered before mapscope attached.
+        // The cycle's gcStart was entered before mapscope attached, or the table was full.
+        bump(counters::GC_TRIGGER_UNMATCHED);
         return 0;
     };
     let _ = GC_START_KINDS.remove(key);

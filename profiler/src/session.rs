@@ -255,7 +255,7 @@ pub fn understand_with(
     let abi = stw_support(&binary, &who)?;
     check_dwarf(&binary, abi, &who)?;
     let mut points = stw::plan(&binary, abi).map_err(|error| plan_error(&who, error))?;
-    match stw::trigger_plan(&binary) {
+    match probes::gc_trigger::plan(&binary) {
         Ok(trigger_points) => points.extend(trigger_points),
         Err(error) => tracing::warn!("{who}: GC cycles will not be counted by trigger: {error}"),
     }
@@ -595,10 +595,9 @@ impl Attached {
         });
         // For the exit summary: the runtime as it was at attach, and (below) at detach.
         let read_vitals = || {
-            vitals
-                .as_ref()
-                .and_then(|reader| reader.read().ok())
-                .filter(|raw| crate::model::vitals::plausible(raw) && process.is_alive())
+            let mut raw = vitals.as_ref()?.read().ok()?;
+            crate::model::vitals::sanitize(&mut raw);
+            process.is_alive().then_some(raw)
         };
         let vitals_at_attach = read_vitals();
         if let (Some(plan), Some(reader)) = (&self.target.vitals, &vitals) {

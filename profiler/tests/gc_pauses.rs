@@ -404,6 +404,13 @@ fn cycle_phases_and_triggers_match_the_runtime(version: &str) {
         "automatic cycles"
     );
     assert!(trigger("heap") > 0, "the load's heap triggered no cycle");
+    // gcload was idle when mapscope attached: every cycle's trigger is known.
+    assert_eq!(
+        metrics.sum("mapscope_probe_events_dropped_total", |labels| {
+            labels.get("reason").map(String::as_str) == Some("gc_trigger_unmatched")
+        }),
+        0.0
+    );
     target.send("exit");
 }
 

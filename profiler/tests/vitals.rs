@@ -165,10 +165,11 @@ fn vitals_match_the_runtime(version: &str) {
     }
 }
 
-/// The exit summary's runtime line: the GC's share of the CPU and the cycles between attach and
-/// detach, and the heap goal at detach, as the runtime's own figures give them. The target's
-/// figures at detach are read after mapscope's (the target was quiet in between): its answers
-/// allocate after reading, which moves a heap goal set by GOMEMLIMIT.
+/// The exit summary's runtime line: the GC's share of the CPU between attach and detach and the
+/// heap goal at detach, against the runtime's own figures, and the cycles per minute against
+/// the summary's first line (whose cycle count `compare_with_runtime` checks against the
+/// runtime). The target's figures at detach are read after mapscope's (the target was quiet in
+/// between): its answers allocate after reading, which moves a heap goal set by GOMEMLIMIT.
 fn check_summary(
     mapscope: &mut Mapscope,
     target: &mut GoTarget,

@@ -173,7 +173,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         },
     };
     // Nothing is attached to a release mapscope does not support.
-    let triggers = match row.map(|_| stw::trigger_plan(binary)) {
+    let triggers = match row.map(|_| crate::probes::gc_trigger::plan(binary)) {
         None => Feature {
             name: "gc_cycle_triggers",
             available: false,
@@ -184,7 +184,11 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
                 purpose: crate::probes::purpose(point.program),
                 program: point.program,
                 function: point.function,
-                site: "entry",
+                site: if point.program == crate::probes::gc_trigger::GC_START_RETURN {
+                    "return"
+                } else {
+                    "entry"
+                },
                 address: point.address,
                 file_offset: point.file_offset,
             }));

@@ -235,10 +235,10 @@ pub struct Metrics {
     publishing: std::sync::RwLock<()>,
 }
 
-/// Lets the registry hold the shared size histograms.
-struct SharedSizes(Arc<SizeHistograms>);
+/// Lets the registry hold a collector that mapscope also keeps (to set its values).
+pub(super) struct Shared<C>(pub(super) Arc<C>);
 
-impl Collector for SharedSizes {
+impl<C: Collector> Collector for Shared<C> {
     fn desc(&self) -> Vec<&Desc> {
         self.0.desc()
     }
@@ -452,7 +452,7 @@ impl Metrics {
         registry.register(Box::new(site_bytes.clone()))?;
         registry.register(Box::new(site_objects.clone()))?;
         registry.register(Box::new(churn.clone()))?;
-        registry.register(Box::new(SharedSizes(Arc::clone(&sizes))))?;
+        registry.register(Box::new(Shared(Arc::clone(&sizes))))?;
         registry.register(Box::new(exact_objects.clone()))?;
         registry.register(Box::new(exact_bytes.clone()))?;
         registry.register(Box::new(build_info))?;
@@ -572,14 +572,8 @@ impl Metrics {
 
     /// The text exposition format, as served on `/metrics`.
     pub fn encode(&self) -> Result<String, prometheus::Error> {
-        {
-            // The vitals are read when asked for; a scrape must not see a counter mid-set.
-            let _writing = self
-                .publishing
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.vitals.refresh();
-        }
+        // The vitals are read when asked for.
+        self.vitals.refresh(&self.publishing);
         let mut buffer = Vec::new();
         let families = {
             let _whole = self
@@ -775,17 +769,15 @@ impl TargetMetrics {
         vitals: Vec<&'static crate::model::vitals::Vital>,
         still_runs: Box<dyn Fn() -> bool + Send + Sync>,
     ) {
-        let _writing = self
-            .metrics
-            .publishing
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.metrics.vitals.add(VitalsSource {
-            labels: self.labels.clone(),
-            reader,
-            vitals,
-            still_runs,
-        });
+        self.metrics.vitals.add(
+            VitalsSource {
+                labels: self.labels.clone(),
+                reader,
+                vitals,
+                still_runs,
+            },
+            &self.metrics.publishing,
+        );
     }
 
     /// Add GC cycles started by `trigger` (from `profiler_common::trigger::TRIGGER_NAMES`).

@@ -2,7 +2,7 @@
 //! set from each target's memory when a scrape comes, at most once a second.
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock, RwLockWriteGuard},
     time::{Duration, Instant},
 };
 
@@ -12,6 +12,7 @@ use prometheus::{
     proto::{MetricFamily, MetricType},
 };
 
+use super::metrics::Shared;
 use crate::{
     model::vitals::{self, Cumulative, Kind, RawVitals, VITALS, Vital},
     process::vitals::VitalsReader,
@@ -61,19 +62,6 @@ impl Collector for Histograms {
             ));
         }
         vec![family]
-    }
-}
-
-/// Lets the registry hold a family the vitals also keep.
-struct Shared(Arc<Histograms>);
-
-impl Collector for Shared {
-    fn desc(&self) -> Vec<&Desc> {
-        self.0.desc()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        self.0.collect()
     }
 }
 
@@ -142,10 +130,10 @@ impl VitalFamilies {
     }
 
     /// Read `source`'s vitals from now on (and once now, so its series exist at once).
-    pub fn add(&self, source: VitalsSource) {
-        if let Ok(raw) = source.reader.read()
-            && (source.still_runs)()
-        {
+    /// `publishing` is held to write while series change, so a scrape sees none mid-change.
+    pub fn add(&self, source: VitalsSource, publishing: &RwLock<()>) {
+        if let Some(raw) = read(&source) {
+            let _writing = write(publishing);
             self.publish(&source, &raw);
         }
         if let Ok(mut sources) = self.sources.lock() {
@@ -176,10 +164,11 @@ impl VitalFamilies {
         }
     }
 
-    /// Read every target again unless that was done less than `MIN_READ_INTERVAL` ago. Called
-    /// by the scrape, with no lock held that a scrape takes (it sets counters by resetting them,
-    /// so the caller must keep gathering out while this runs).
-    pub fn refresh(&self) {
+    /// Read every target again unless that was done less than `MIN_READ_INTERVAL` ago, then
+    /// publish under `publishing` (counters are set by resetting them: a scrape must not gather
+    /// in between). The reads happen before the lock is taken: map snapshots publishing
+    /// meanwhile do not wait for them.
+    pub fn refresh(&self, publishing: &RwLock<()>) {
         {
             let Ok(mut read_at) = self.read_at.lock() else {
                 return;
@@ -192,26 +181,17 @@ impl VitalFamilies {
         let Ok(sources) = self.sources.lock() else {
             return;
         };
-        for source in sources.iter() {
-            match source.reader.read() {
-                // Read from the process it was planned for, still running that image.
-                Ok(raw) if (source.still_runs)() => self.publish(source, &raw),
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!("reading vitals of {:?}: {error}", source.labels);
-                }
-            }
+        let read: Vec<(&VitalsSource, RawVitals)> = sources
+            .iter()
+            .filter_map(|source| Some((source, read(source)?)))
+            .collect();
+        let _writing = write(publishing);
+        for (source, raw) in &read {
+            self.publish(source, raw);
         }
     }
 
     fn publish(&self, source: &VitalsSource, raw: &RawVitals) {
-        if !vitals::plausible(raw) {
-            tracing::debug!(
-                "vitals of {:?} look wrong, not exported: {raw:?}",
-                source.labels
-            );
-            return;
-        }
         let labels: Vec<&str> = source.labels.iter().map(String::as_str).collect();
         for (vital, family) in &self.families {
             if !source.vitals.contains(vital) {
@@ -231,13 +211,45 @@ impl VitalFamilies {
             match family {
                 Family::Gauge(family) => family.with_label_values(&labels).set(value),
                 Family::Counter(family) => {
-                    // The runtime's total, not an increase: set it exactly.
+                    // The runtime's total, not an increase: set it exactly. Never lower: a
+                    // counter that went down would read as a restart of the target.
                     let counter = family.with_label_values(&labels);
-                    counter.reset();
-                    counter.inc_by(value);
+                    if value >= counter.get() {
+                        counter.reset();
+                        counter.inc_by(value);
+                    }
                 }
                 Family::Histogram(_) => {}
             }
         }
     }
+}
+
+/// `source`'s vitals now, with implausible groups cleared; `None` when the read failed or the
+/// PID no longer runs the image it was planned for.
+fn read(source: &VitalsSource) -> Option<RawVitals> {
+    let mut raw = match source.reader.read() {
+        Ok(raw) => raw,
+        Err(error) => {
+            tracing::debug!("reading vitals of {:?}: {error}", source.labels);
+            return None;
+        }
+    };
+    if !(source.still_runs)() {
+        return None;
+    }
+    let cleared = vitals::sanitize(&mut raw);
+    if !cleared.is_empty() {
+        tracing::debug!(
+            "vitals of {:?}: {} read implausible values, not exported",
+            source.labels,
+            cleared.join(", ")
+        );
+    }
+    Some(raw)
+}
+
+fn write(lock: &RwLock<()>) -> RwLockWriteGuard<'_, ()> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

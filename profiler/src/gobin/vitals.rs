@@ -5,7 +5,7 @@ use super::{
     GoBinary,
     abi::{self, VitalsAbi, VitalsSupport},
 };
-use crate::model::vitals::{VITALS, Vital};
+use crate::model::vitals::{Needs, VITALS, Vital};
 
 /// Where the globals are in the file (add the load bias of a PIE).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,25 +116,53 @@ pub fn plan(binary: &GoBinary) -> Result<VitalsPlan, String> {
 
 /// The global a vital is read from, and whether it was found.
 fn needs(vital: &Vital, globals: &Globals) -> (&'static str, bool) {
-    let name = vital.name;
-    if name.starts_with("/cpu/") {
-        (abi::WORK, globals.work.is_some())
-    } else if name.starts_with("/gc/cycles/") {
-        (abi::MEMSTATS, globals.memstats.is_some())
-    } else if name == "/sched/gomaxprocs:threads" {
-        (abi::GOMAXPROCS, globals.gomaxprocs.is_some())
-    } else if name == "/sched/latencies:seconds" {
-        (abi::SCHED, globals.sched.is_some())
-    } else if name == "/sched/goroutines:goroutines" {
-        let missing = [
+    let found = |name: &'static str, address: Option<u64>| (name, address.is_some());
+    match vital.needs() {
+        Needs::GcController => found(abi::GC_CONTROLLER, globals.gc_controller),
+        Needs::Memstats => found(abi::MEMSTATS, globals.memstats),
+        Needs::Work => found(abi::WORK, globals.work),
+        Needs::Gomaxprocs => found(abi::GOMAXPROCS, globals.gomaxprocs),
+        Needs::Sched => found(abi::SCHED, globals.sched),
+        Needs::Goroutines => [
             (abi::SCHED, globals.sched),
             (abi::ALLGLEN, globals.allglen),
             (abi::ALLP, globals.allp),
         ]
         .into_iter()
-        .find(|(_, address)| address.is_none());
-        missing.map_or((abi::SCHED, true), |(name, _)| (name, false))
-    } else {
-        (abi::GC_CONTROLLER, globals.gc_controller.is_some())
+        .find(|(_, address)| address.is_none())
+        .map_or((abi::ALLP, true), |(name, _)| (name, false)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each vital names the global it is read from: with `memstats` missing, the heap totals
+    /// and cycle counts are missing for that reason, and the pacer's figures are not.
+    #[test]
+    fn a_missing_global_takes_only_its_vitals() {
+        let globals = Globals {
+            gc_controller: Some(0x1000),
+            memstats: None,
+            ..Globals::default()
+        };
+        let vital = |name: &str| VITALS.iter().find(|vital| vital.name == name).unwrap();
+        for name in [
+            "/gc/heap/allocs:bytes",
+            "/memory/classes/total:bytes",
+            "/gc/cycles/total:gc-cycles",
+        ] {
+            assert_eq!(
+                needs(vital(name), &globals),
+                (abi::MEMSTATS, false),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            needs(vital("/gc/heap/goal:bytes"), &globals),
+            (abi::GC_CONTROLLER, true)
+        );
+        assert!(!needs(vital("/sched/goroutines:goroutines"), &globals).1);
     }
 }

@@ -1,6 +1,8 @@
 //! Which uprobes go where, and attaching them: checks that the machine can run them
-//! (`preflight`), the plan computed from the binary (`stw`), and the loaded eBPF object.
+//! (`preflight`), the plans computed from the binary (`stw`, `gc_trigger`, `alloc`, `maps`), and
+//! the loaded eBPF object.
 pub mod alloc;
+pub mod gc_trigger;
 pub mod loaded;
 pub mod maps;
 pub mod preflight;
@@ -14,8 +16,9 @@ pub fn purpose(program: &str) -> &'static str {
         stw::STOP_RETURN => "world stopped",
         stw::START_ENTRY => "world restarting",
         stw::START_RETURN => "world restarted (pause ends)",
-        stw::GC_START_ENTRY => "GC cycle asked for (its trigger)",
-        stw::GC_START_WORKERS => "GC cycle starts (counts its trigger)",
+        gc_trigger::GC_START_ENTRY => "GC cycle asked for (its trigger)",
+        gc_trigger::GC_START_RETURN => "GC cycle asked for: done",
+        gc_trigger::GC_START_WORKERS => "GC cycle starts (counts its trigger)",
         alloc::ALLOC_SAMPLE => "sampled allocation",
         alloc::ALLOC_EXACT => "every allocation (--alloc-exact)",
         maps::MAP_CREATE_ENTRY | maps::MAP_CREATE_RETURN => "map made with a large hint",

@@ -1,10 +1,10 @@
-//! Where the stop-the-world and GC trigger probes go for a given binary.
+//! Where the stop-the-world probes go for a given binary.
 use profiler_common::stw::StwLayout;
 use thiserror::Error;
 
 use crate::gobin::{
     GoBinary,
-    abi::{GC_BG_MARK_START_WORKERS, GC_START, START_THE_WORLD, STOP_THE_WORLD, StwAbi},
+    abi::{START_THE_WORLD, STOP_THE_WORLD, StwAbi},
 };
 
 /// Program names in the eBPF object (profiler-ebpf/src/gc.rs).
@@ -12,8 +12,6 @@ pub const STOP_ENTRY: &str = "stw_stop_entry";
 pub const STOP_RETURN: &str = "stw_stop_return";
 pub const START_ENTRY: &str = "stw_start_entry";
 pub const START_RETURN: &str = "stw_start_return";
-pub const GC_START_ENTRY: &str = "gc_start_entry";
-pub const GC_START_WORKERS: &str = "gc_start_workers";
 /// The empty program that `cargo xtask bench` measures mapscope's programs against.
 pub const CALIBRATION_NOOP: &str = "calibration_noop";
 
@@ -87,33 +85,6 @@ pub fn plan(binary: &GoBinary, abi: &StwAbi) -> Result<Vec<ProbePoint>, PlanErro
         }
     }
     Ok(points)
-}
-
-/// The two entry probes that count each GC cycle's trigger (profiler-ebpf/src/gc_trigger.rs),
-/// the same on every release; `Err` names the function the binary lacks.
-pub fn trigger_plan(binary: &GoBinary) -> Result<Vec<ProbePoint>, PlanError> {
-    [
-        (GC_START_ENTRY, GC_START),
-        (GC_START_WORKERS, GC_BG_MARK_START_WORKERS),
-    ]
-    .into_iter()
-    .map(|(program, function)| {
-        let found = binary
-            .function(function)
-            .ok_or(PlanError::MissingFunction(function))?;
-        let address = binary.entry_site(found);
-        let file_offset = binary
-            .file_offset(address)
-            .ok_or(PlanError::NotInFile { function, address })?;
-        Ok(ProbePoint {
-            program,
-            function,
-            address,
-            file_offset,
-            cookie: 0,
-        })
-    })
-    .collect()
 }
 
 #[derive(Clone, Copy)]

@@ -4,7 +4,7 @@
 //! before a number is read.
 use super::{GoVersion, NEWEST_KNOWN, OLDEST_SUPPORTED};
 use crate::gobin::dwarf::DwarfFacts;
-pub use crate::model::vitals::TimeHistogramLayout;
+use crate::model::vitals::TimeHistogramLayout;
 
 /// `var gcController gcControllerState` (src/runtime/mgcpacer.go).
 pub const GC_CONTROLLER: &str = "runtime.gcController";
@@ -586,6 +586,31 @@ mod tests {
             assert_eq!(stated("runtime.workType", "cpuStats"), row.cpu_stats);
             // The reader takes both counts in one word.
             assert_eq!(row.numforcedgc, row.numgc + 4);
+            // The goroutine counts are read where the stated struct offsets put them.
+            let gfree = stated("runtime.schedt", "gFree").unwrap();
+            let expected_free = match stated(SCHED_GFREE_GO119, "n") {
+                Some(n) => vec![gfree + n],
+                None => {
+                    let size = stated("runtime.gList", "size").unwrap();
+                    vec![
+                        gfree + stated(SCHED_GFREE_GO125, "stack").unwrap() + size,
+                        gfree + stated(SCHED_GFREE_GO125, "noStack").unwrap() + size,
+                    ]
+                }
+            };
+            assert_eq!(row.goroutines.sched_free, expected_free, "{:?}", row.first);
+            let p_count = stated(P_GFREE_GO119, "n").or(stated("runtime.gList", "size"));
+            assert_eq!(
+                Some(row.goroutines.p_free),
+                stated("runtime.p", "gFree")
+                    .zip(p_count)
+                    .map(|(at, count)| at + count)
+            );
+            // gcount() leaves system goroutines out up to Go 1.25.
+            assert_eq!(row.goroutines.sched_ngsys.is_some(), row.last <= (1, 25));
+            if let Some(ngsys) = row.goroutines.sched_ngsys {
+                assert_eq!(stated("runtime.schedt", "ngsys"), Some(ngsys));
+            }
         }
     }
 }
