@@ -19,8 +19,8 @@ pub const MAP_TABLE_FULL: u32 = 4;
 /// calls in flight was full.
 pub const MAP_UNMATCHED_CREATION: u32 = 5;
 
-/// A GC cycle started without the trigger its goroutine asked with: mapscope attached while
-/// the cycle was being started, or the table of goroutines inside `gcStart` was full.
+/// A GC cycle started without the trigger its goroutine asked with known: mapscope attached
+/// while the cycle was being started.
 pub const GC_TRIGGER_UNMATCHED: u32 = 6;
 
 /// Number of counters; the size of the `PROBE_COUNTERS` array.

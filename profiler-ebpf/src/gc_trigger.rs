@@ -1,5 +1,5 @@
-//! Why each GC cycle started: uprobes on the entry and RET instructions of `runtime.gcStart`
-//! and the entry of `runtime.gcBgMarkStartWorkers`, all outside any hot path.
+//! Why each GC cycle started: uprobes on the entries of `runtime.gcStart` and
+//! `runtime.gcBgMarkStartWorkers`, both outside any hot path.
 //!
 //! `gcStart(trigger gcTrigger)` is entered more often than cycles start: every goroutine that
 //! sees the trigger pass calls it, and all but one re-test it under `work.startSema` and return.
@@ -8,15 +8,24 @@
 //! entry remembers each goroutine's trigger kind, and `gcBgMarkStartWorkers` counts the kind of
 //! the goroutine that reached it: one count per cycle, of the kind that started it. The
 //! goroutine (R14) is the key, not the thread: `gcStart` blocks on semaphores, and a goroutine
-//! may resume on another thread. Each goroutine's entry goes at `gcStart`'s return, so the table
-//! holds only the goroutines inside `gcStart` now, however many ask for cycles.
+//! may resume on another thread.
+//!
+//! `gcStart` is also entered inside itself: an allocation on its way (the first `semacquire`
+//! allocates a `sudog`) finds the trigger reached and calls it again, and that call returns at
+//! once because `gcStart` bails out when called with locks held, on the system stack or with
+//! preemption off. The entry probe makes the same check and records nothing for such a call,
+//! so the outer call's kind stays.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{map, uprobe},
-    maps::{HashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
-use profiler_common::{counters, trigger::TRIGGER_KINDS};
+use profiler_common::{
+    counters,
+    trigger::{GcStartCookie, TRIGGER_KINDS},
+};
 
 use crate::{
     counters::{add, bump, hit},
@@ -27,10 +36,12 @@ use crate::{
 /// registers, so its first field, `kind` (an int), arrives in the first one, RAX.
 const ARG_TRIGGER_KIND: usize = 0;
 
-/// Goroutines inside `gcStart`, by (process, g): the trigger kind each came with. Far more
-/// slots than goroutines that enter it at once in any service.
+/// Goroutines that entered `gcStart`, by (process, g): the trigger kind each came with. A
+/// goroutine that loses the race to start the cycle leaves its entry, overwritten at its next
+/// call; LRU, so the table never fills, and far larger than the goroutines that ask for one
+/// cycle, so a winner's fresh entry is never the one evicted.
 #[map]
-static GC_START_KINDS: HashMap<[u64; 2], u32> = HashMap::with_max_entries(16384, 0);
+static GC_START_KINDS: LruHashMap<[u64; 2], u32> = LruHashMap::with_max_entries(16384, 0);
 
 /// Cycles started, by trigger kind (`profiler_common::trigger`).
 #[map]
@@ -41,24 +52,39 @@ fn goroutine(regs: &GoRegs) -> [u64; 2] {
     [bpf_get_current_pid_tgid() >> 32, regs.g()]
 }
 
+/// Whether this `gcStart` call returns at once (its own check: `gp == mp.g0 || mp.locks > 1 ||
+/// mp.preemptoff != ""`, after its `acquirem` added one to `locks`); unreadable counts as yes.
+#[inline(always)]
+fn bails_out(g: u64, cookie: &GcStartCookie) -> bool {
+    // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly on a bad
+    // address; nothing is dereferenced directly.
+    let read = |address: u64| unsafe { bpf_probe_read_user(address as *const u64) };
+    let Ok(m) = read(g + u64::from(cookie.g_m)) else {
+        return true;
+    };
+    let (Ok(g0), Ok(locks), Ok(preemptoff_len)) = (
+        read(m + u64::from(cookie.m_g0)),
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user((m + u64::from(cookie.m_locks)) as *const i32) },
+        // A Go string: pointer, then length.
+        read(m + u64::from(cookie.m_preemptoff) + 8),
+    ) else {
+        return true;
+    };
+    g == g0 || locks >= 1 || preemptoff_len != 0
+}
+
 /// Entry of `runtime.gcStart`: remember which trigger this goroutine tests.
 #[uprobe]
 pub fn gc_start_entry(ctx: ProbeContext) -> u32 {
     hit(counters::HIT_GC_START);
+    // SAFETY: the helper only reads the cookie attached to this program's perf event.
+    let cookie = GcStartCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
     let regs = GoRegs::new(&ctx);
     let kind = regs.int(ARG_TRIGGER_KIND);
-    if kind < u64::from(TRIGGER_KINDS) {
-        // A full table leaves this goroutine's cycle, if it starts one, unmatched (counted).
+    if kind < u64::from(TRIGGER_KINDS) && !bails_out(regs.g(), &cookie) {
         let _ = GC_START_KINDS.insert(goroutine(&regs), kind as u32, 0);
     }
-    0
-}
-
-/// RET instructions of `runtime.gcStart`: this goroutine is done asking.
-#[uprobe]
-pub fn gc_start_return(ctx: ProbeContext) -> u32 {
-    hit(counters::HIT_GC_START);
-    let _ = GC_START_KINDS.remove(goroutine(&GoRegs::new(&ctx)));
     0
 }
 
@@ -69,7 +95,7 @@ pub fn gc_start_workers(ctx: ProbeContext) -> u32 {
     let key = goroutine(&GoRegs::new(&ctx));
     // SAFETY: copies the value out at once.
     let Some(kind) = (unsafe { GC_START_KINDS.get(key) }).copied() else {
-        // The cycle's gcStart was entered before mapscope attached, or the table was full.
+        // The cycle's gcStart was entered before mapscope attached.
         bump(counters::GC_TRIGGER_UNMATCHED);
         return 0;
     };

@@ -149,6 +149,18 @@ fn check_release(version: &str) {
     }
     assert!(stw::plan(&stripped, row).is_ok());
 
+    // The GC trigger probe's bail-out check reads g.m, m.g0, m.locks and m.preemptoff where the
+    // DWARF puts them.
+    let gc_start = abi::gc_start_abi(binary.version).expect("a gcStart row");
+    assert!(
+        gc_start.first <= binary.version.release() && binary.version.release() <= gc_start.last
+    );
+    assert_eq!(
+        binary.dwarf_disagreements(&gc_start.dwarf),
+        Some(vec![]),
+        "Go {version}: DWARF vs its gcStart row"
+    );
+
     // The vitals' globals: the row's offsets agree with the DWARF (and tell the release from
     // the other rows), and the stripped twin, and a stripped PIE, find every global the
     // release needs through the runtime's code, at the address the symbol gives.

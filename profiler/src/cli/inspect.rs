@@ -184,11 +184,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
                 purpose: crate::probes::purpose(point.program),
                 program: point.program,
                 function: point.function,
-                site: if point.program == crate::probes::gc_trigger::GC_START_RETURN {
-                    "return"
-                } else {
-                    "entry"
-                },
+                site: "entry",
                 address: point.address,
                 file_offset: point.file_offset,
             }));

@@ -4,6 +4,7 @@
 use profiler_common::{
     maps::{MapEvent, MapOp},
     stw::{StwCookie, StwLayout},
+    trigger::GcStartCookie,
 };
 
 use super::{GoVersion, dwarf::DwarfFacts};
@@ -113,6 +114,59 @@ pub const WANTED: &[&str] = &[
     vitals::ALLGLEN,
     vitals::ALLP,
 ];
+
+/// Where `runtime.gcStart`'s bail-out check (`gp == mp.g0 || mp.locks > 1 || mp.preemptoff !=
+/// ""`, src/runtime/mgc.go) reads, for the trigger probe to skip the calls that return at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcStartAbi {
+    pub first: (u32, u32),
+    pub last: (u32, u32),
+    pub cookie: GcStartCookie,
+    pub dwarf: DwarfFacts,
+}
+
+macro_rules! gc_start_row {
+    ($first:expr, $last:expr, locks $locks:expr, preemptoff $preemptoff:expr) => {
+        GcStartAbi {
+            first: $first,
+            last: $last,
+            cookie: GcStartCookie {
+                g_m: 48,
+                m_g0: 0,
+                m_locks: $locks,
+                m_preemptoff: $preemptoff,
+            },
+            dwarf: DwarfFacts {
+                members: &[],
+                offsets: &[
+                    ("runtime.g", "m", 48),
+                    ("runtime.m", "g0", 0),
+                    ("runtime.m", "locks", $locks),
+                    ("runtime.m", "preemptoff", $preemptoff),
+                ],
+                params: &[],
+            },
+        }
+    };
+}
+
+/// From the DWARF of gcload built by go1.19.8 through go1.27.3 (src/runtime/runtime2.go's `g`
+/// and `m`); Go 1.25's `m` had two words fewer before `locks`.
+pub const GC_START_TABLE: &[GcStartAbi] = &[
+    gc_start_row!((1, 19), (1, 24), locks 264, preemptoff 248),
+    gc_start_row!((1, 25), (1, 25), locks 256, preemptoff 240),
+    gc_start_row!((1, 26), (1, 27), locks 264, preemptoff 248),
+];
+
+/// The row for `version`; for a release newer than the table, the newest, which the caller
+/// must confirm against the binary's DWARF.
+pub fn gc_start_abi(version: GoVersion) -> Option<&'static GcStartAbi> {
+    let release = version.release();
+    GC_START_TABLE
+        .iter()
+        .find(|row| row.first <= release && release <= row.last)
+        .or_else(|| GC_START_TABLE.last().filter(|newest| release > newest.last))
+}
 
 /// The oldest and newest Go releases this table describes.
 pub const OLDEST_SUPPORTED: (u32, u32) = (1, 19);
@@ -397,6 +451,24 @@ impl StwAbi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The trigger probe's cookie carries the offsets through the kernel unchanged, and every
+    /// supported release has one gcStart row.
+    #[test]
+    fn gc_start_rows_cover_every_release_and_round_trip() {
+        for minor in (OLDEST_SUPPORTED.1..=NEWEST_KNOWN.1).filter(|&minor| minor != 20) {
+            let row = gc_start_abi(GoVersion::new(1, minor, 0)).unwrap();
+            assert!(
+                row.first <= (1, minor) && (1, minor) <= row.last,
+                "go1.{minor}"
+            );
+            assert_eq!(GcStartCookie::decode(row.cookie.encode()), row.cookie);
+        }
+        assert_eq!(
+            gc_start_abi(GoVersion::new(1, 28, 0)),
+            GC_START_TABLE.last()
+        );
+    }
 
     #[test]
     fn every_supported_release_has_exactly_one_row() {

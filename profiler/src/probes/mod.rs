@@ -17,7 +17,6 @@ pub fn purpose(program: &str) -> &'static str {
         stw::START_ENTRY => "world restarting",
         stw::START_RETURN => "world restarted (pause ends)",
         gc_trigger::GC_START_ENTRY => "GC cycle asked for (its trigger)",
-        gc_trigger::GC_START_RETURN => "GC cycle asked for: done",
         gc_trigger::GC_START_WORKERS => "GC cycle starts (counts its trigger)",
         alloc::ALLOC_SAMPLE => "sampled allocation",
         alloc::ALLOC_EXACT => "every allocation (--alloc-exact)",

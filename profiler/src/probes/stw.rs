@@ -31,6 +31,8 @@ pub struct ProbePoint {
 pub enum PlanError {
     #[error("function {0} not found in the binary")]
     MissingFunction(&'static str),
+    #[error("the runtime layout {0} reads is not known for this Go release")]
+    UnknownLayout(&'static str),
     #[error("no RET instruction found in {0}")]
     NoReturn(&'static str),
     #[error("address {address:#x} of {function} is not in a file-backed segment")]
