@@ -1,7 +1,8 @@
 //! Runtime variables in binaries that do not name them, found through the runtime code that
 //! uses them: `runtime.buildVersion` (the release, when there is no build info),
 //! `runtime.MemProfileRate` (allocation sampling, when there are no symbols) and the globals
-//! the vitals are read from (`gcController`, `memstats`, `work`, `gomaxprocs`).
+//! the vitals are read from (`gcController`, `memstats`, `work`, `gomaxprocs`, `sched`,
+//! `allglen`, `allp`).
 //!
 //! The Go release of a binary that has no build info (`.go.buildinfo` removed or never
 //! written, as in esbuild's npm binaries) but is Go all the same: a pclntab, a moduledata and

@@ -3,6 +3,7 @@
 
 use super::{Cumulative, RawVitals, cumulative, latency_bounds};
 
+/// Where a vital's value comes from: a raw field, or the runtime's arithmetic on several.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
     GcPercent,
