@@ -20,7 +20,7 @@ pub const MAP_TABLE_FULL: u32 = 4;
 pub const MAP_UNMATCHED_CREATION: u32 = 5;
 
 /// A GC cycle started without the trigger its goroutine asked with known: mapscope attached
-/// while the cycle was being started.
+/// while the cycle was being started, or more goroutines asked for cycles than the table holds.
 pub const GC_TRIGGER_UNMATCHED: u32 = 6;
 
 /// Number of counters; the size of the `PROBE_COUNTERS` array.

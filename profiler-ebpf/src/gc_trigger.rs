@@ -38,10 +38,12 @@ const ARG_TRIGGER_KIND: usize = 0;
 
 /// Goroutines that entered `gcStart`, by (process, g): the trigger kind each came with. A
 /// goroutine that loses the race to start the cycle leaves its entry, overwritten at its next
-/// call; LRU, so the table never fills, and far larger than the goroutines that ask for one
-/// cycle, so a winner's fresh entry is never the one evicted.
+/// call; LRU, so the table never fills and the oldest entries go first. 2048 is more than the
+/// goroutines that ask for one cycle in any but extreme services (an evicted winner counts as
+/// `GC_TRIGGER_UNMATCHED`), and costs the kernel about 180 KiB per target where 16384 cost
+/// 1.4 MiB.
 #[map]
-static GC_START_KINDS: LruHashMap<[u64; 2], u32> = LruHashMap::with_max_entries(16384, 0);
+static GC_START_KINDS: LruHashMap<[u64; 2], u32> = LruHashMap::with_max_entries(2048, 0);
 
 /// Cycles started, by trigger kind (`profiler_common::trigger`).
 #[map]
