@@ -3,66 +3,54 @@
 //! and traceback cannot survive, so returns are observed at the instructions themselves.
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
+/// The instructions of `code`, which starts at `address`, decoded in order (an undecodable
+/// byte comes out as an invalid instruction, and decoding goes on after it).
+fn instructions(code: &[u8], address: u64) -> impl Iterator<Item = Instruction> + '_ {
+    Decoder::with_ip(64, code, address, DecoderOptions::NONE).into_iter()
+}
+
 /// Virtual addresses of every near RET in `code`, which starts at `address`.
 pub fn ret_sites(code: &[u8], address: u64) -> Vec<u64> {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut sites = Vec::new();
-    while decoder.can_decode() {
-        let instruction = decoder.decode();
-        if instruction.mnemonic() == Mnemonic::Ret {
-            sites.push(instruction.ip());
-        }
-    }
-    sites
+    instructions(code, address)
+        .filter(|instruction| instruction.mnemonic() == Mnemonic::Ret)
+        .map(|instruction| instruction.ip())
+        .collect()
 }
 
 /// Targets of every direct near CALL in `code`, which starts at `address`.
 pub fn call_targets(code: &[u8], address: u64) -> Vec<u64> {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut targets = Vec::new();
-    while decoder.can_decode() {
-        let instruction = decoder.decode();
-        if instruction.mnemonic() == Mnemonic::Call
-            && instruction.op0_kind() == OpKind::NearBranch64
-        {
-            targets.push(instruction.near_branch_target());
-        }
-    }
-    targets
+    instructions(code, address)
+        .filter(|instruction| {
+            instruction.mnemonic() == Mnemonic::Call
+                && instruction.op0_kind() == OpKind::NearBranch64
+        })
+        .map(|instruction| instruction.near_branch_target())
+        .collect()
 }
 
 /// The addresses `code` (starting at `address`) reads or writes through RIP-relative memory
 /// operands: the package-level variables a function uses.
 pub fn data_references(code: &[u8], address: u64) -> Vec<u64> {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut references = Vec::new();
-    while decoder.can_decode() {
-        let instruction = decoder.decode();
-        if instruction.is_ip_rel_memory_operand() {
-            references.push(instruction.ip_rel_memory_address());
-        }
-    }
-    references
+    instructions(code, address)
+        .filter(Instruction::is_ip_rel_memory_operand)
+        .map(|instruction| instruction.ip_rel_memory_address())
+        .collect()
 }
 
 /// Addresses `code` (starting at `address`) stores an immediate 0 into, as a 64-bit word,
 /// through RIP-relative operands (`MOVQ $0, pkg.var(SB)`).
 pub fn zeroed_words(code: &[u8], address: u64) -> Vec<u64> {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut zeroed = Vec::new();
-    while decoder.can_decode() {
-        let instruction = decoder.decode();
-        if instruction.mnemonic() == Mnemonic::Mov
-            && instruction.is_ip_rel_memory_operand()
-            && instruction.op0_kind() == OpKind::Memory
-            && instruction.memory_size() == iced_x86::MemorySize::UInt64
-            && instruction.op1_kind() == OpKind::Immediate32to64
-            && instruction.immediate(1) == 0
-        {
-            zeroed.push(instruction.ip_rel_memory_address());
-        }
-    }
-    zeroed
+    instructions(code, address)
+        .filter(|instruction| {
+            instruction.mnemonic() == Mnemonic::Mov
+                && instruction.is_ip_rel_memory_operand()
+                && instruction.op0_kind() == OpKind::Memory
+                && instruction.memory_size() == iced_x86::MemorySize::UInt64
+                && instruction.op1_kind() == OpKind::Immediate32to64
+                && instruction.immediate(1) == 0
+        })
+        .map(|instruction| instruction.ip_rel_memory_address())
+        .collect()
 }
 
 /// Addresses `code` (starting at `address`) stores a 64-bit register into through a
@@ -71,12 +59,10 @@ pub fn zeroed_words(code: &[u8], address: u64) -> Vec<u64> {
 /// may be changed in between, as by the CMOV of `if cond { v = 0 }`).
 pub fn words_set_near_constant(code: &[u8], address: u64, constant: u64) -> Vec<u64> {
     const NEAR: usize = 5;
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut found = Vec::new();
     // The register holding the constant, and how many instructions ago it was loaded.
     let mut holding: Option<(Register, usize)> = None;
-    while decoder.can_decode() {
-        let instruction = decoder.decode();
+    for instruction in instructions(code, address) {
         holding = holding
             .map(|(register, count)| (register, count + 1))
             .filter(|&(_, count)| count <= NEAR);
@@ -107,10 +93,8 @@ pub fn words_set_near_constant(code: &[u8], address: u64, constant: u64) -> Vec<
 /// a direct CALL to `callee`: in Go's register ABI, the receiver of a method called on a
 /// package-level variable (`gcController.commit(…)`), or on one of its fields.
 pub fn receiver_of_call(code: &[u8], address: u64, callee: u64) -> Option<u64> {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut receiver = None;
-    while decoder.can_decode() {
-        let instruction = decoder.decode();
+    for instruction in instructions(code, address) {
         if instruction.mnemonic() == Mnemonic::Lea
             && instruction.op0_register() == Register::RAX
             && instruction.is_ip_rel_memory_operand()
@@ -137,19 +121,15 @@ pub fn receiver_of_call(code: &[u8], address: u64, callee: u64) -> Option<u64> {
 /// Addresses `code` (starting at `address`) reads a 32-bit signed integer from and widens
 /// (`MOVSXD v(SB), CX`: `int(v)` of an int32 variable).
 pub fn widened_int32_reads(code: &[u8], address: u64) -> Vec<u64> {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut reads = Vec::new();
-    while decoder.can_decode() {
-        let instruction = decoder.decode();
-        if instruction.mnemonic() == Mnemonic::Movsxd
-            && instruction.is_ip_rel_memory_operand()
-            && instruction.op1_kind() == OpKind::Memory
-            && instruction.memory_size() == iced_x86::MemorySize::Int32
-        {
-            reads.push(instruction.ip_rel_memory_address());
-        }
-    }
-    reads
+    instructions(code, address)
+        .filter(|instruction| {
+            instruction.mnemonic() == Mnemonic::Movsxd
+                && instruction.is_ip_rel_memory_operand()
+                && instruction.op1_kind() == OpKind::Memory
+                && instruction.memory_size() == iced_x86::MemorySize::Int32
+        })
+        .map(|instruction| instruction.ip_rel_memory_address())
+        .collect()
 }
 
 /// How many instructions a Go stack-check prologue takes at most (`MOVQ SP, R12; SUBQ $n, R12;
@@ -165,13 +145,8 @@ const MAX_PROLOGUE: usize = 6;
 /// branch runs once per call, with the argument registers untouched. Functions without the
 /// check (`//go:nosplit`) are probed at their first instruction.
 pub fn entry_after_stack_check(code: &[u8], address: u64) -> u64 {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut compared_stack_guard = false;
-    for _ in 0..MAX_PROLOGUE {
-        if !decoder.can_decode() {
-            break;
-        }
-        let instruction = decoder.decode();
+    for instruction in instructions(code, address).take(MAX_PROLOGUE) {
         if instruction.mnemonic() == Mnemonic::Cmp && reads_stack_guard(&instruction) {
             compared_stack_guard = true;
         } else if compared_stack_guard && instruction.mnemonic() == Mnemonic::Jbe {
@@ -198,12 +173,7 @@ pub fn after_frame_setup(code: &[u8], address: u64, start: u64) -> u64 {
     let Some(rest) = code.get(offset..) else {
         return start;
     };
-    let mut decoder = Decoder::with_ip(64, rest, start, DecoderOptions::NONE);
-    for _ in 0..MAX_PROLOGUE {
-        if !decoder.can_decode() {
-            break;
-        }
-        let instruction = decoder.decode();
+    for instruction in instructions(rest, start).take(MAX_PROLOGUE) {
         let sets_frame = instruction.op0_kind() == OpKind::Register
             && instruction.op0_register() == Register::RBP
             && ((instruction.mnemonic() == Mnemonic::Mov
