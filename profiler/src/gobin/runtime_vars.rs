@@ -116,13 +116,7 @@ pub fn mem_profile_rate(
     functions: &BTreeMap<String, Function>,
 ) -> Option<u64> {
     let image = Image::new(file);
-    let code = |name: &str| -> Option<(&[u8], u64)> {
-        let function = functions.get(name)?;
-        Some((
-            image.bytes(function.address, function.size)?,
-            function.address,
-        ))
-    };
+    let code = |name: &str| function_code(&image, functions, name);
     let default = abi::DEFAULT_MEM_PROFILE_RATE as u64;
     let statically = code(SCHEDINIT).and_then(|(bytes, address)| {
         disasm::zeroed_words(bytes, address)
@@ -162,13 +156,7 @@ pub fn vitals_globals(
     row: &abi::VitalsAbi,
 ) -> Vec<(&'static str, u64)> {
     let image = Image::new(file);
-    let code = |name: &str| -> Option<(&[u8], u64)> {
-        let function = functions.get(name)?;
-        Some((
-            image.bytes(function.address, function.size)?,
-            function.address,
-        ))
-    };
+    let code = |name: &str| function_code(&image, functions, name);
     let receiver = |caller: &str, callee: &str| -> Option<u64> {
         let (bytes, address) = code(caller)?;
         disasm::receiver_of_call(bytes, address, functions.get(callee)?.address)
@@ -209,4 +197,17 @@ pub fn vitals_globals(
         found.push((abi::ALLP, header));
     }
     found
+}
+
+/// The machine code of the function `functions` names `name`, and its address.
+fn function_code<'a>(
+    image: &Image<'a>,
+    functions: &BTreeMap<String, Function>,
+    name: &str,
+) -> Option<(&'a [u8], u64)> {
+    let function = functions.get(name)?;
+    Some((
+        image.bytes(function.address, function.size)?,
+        function.address,
+    ))
 }
