@@ -10,7 +10,7 @@ use crate::{
         FunctionSource, GoBinary, Layout, VersionSource,
         abi::{self, NEWEST_KNOWN, OLDEST_SUPPORTED, Support},
     },
-    probes::stw,
+    probes::stw::{self, ProbePoint},
     session,
 };
 
@@ -77,6 +77,19 @@ pub struct ProbeSite {
     pub file_offset: u64,
 }
 
+impl ProbeSite {
+    fn new(point: &ProbePoint, site: &'static str) -> Self {
+        Self {
+            purpose: crate::probes::purpose(point.program),
+            program: point.program,
+            function: point.function,
+            site,
+            address: point.address,
+            file_offset: point.file_offset,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Feature {
     pub name: &'static str,
@@ -130,17 +143,15 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
     let pauses = match row.map(|row| stw::plan(binary, row)) {
         Some(Ok(points)) => {
             let entry_programs = [stw::STOP_ENTRY, stw::START_ENTRY];
-            probes.extend(points.iter().map(|point| ProbeSite {
-                purpose: crate::probes::purpose(point.program),
-                program: point.program,
-                function: point.function,
-                site: if entry_programs.contains(&point.program) {
-                    "entry"
-                } else {
-                    "return"
-                },
-                address: point.address,
-                file_offset: point.file_offset,
+            probes.extend(points.iter().map(|point| {
+                ProbeSite::new(
+                    point,
+                    if entry_programs.contains(&point.program) {
+                        "entry"
+                    } else {
+                        "return"
+                    },
+                )
             }));
             let detail = match support {
                 Support::Newer(_) => format!(
@@ -180,14 +191,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
             detail: "this Go release is not supported".to_owned(),
         },
         Some(Ok(points)) => {
-            probes.extend(points.iter().map(|point| ProbeSite {
-                purpose: crate::probes::purpose(point.program),
-                program: point.program,
-                function: point.function,
-                site: "entry",
-                address: point.address,
-                file_offset: point.file_offset,
-            }));
+            probes.extend(points.iter().map(|point| ProbeSite::new(point, "entry")));
             Feature {
                 name: "gc_cycle_triggers",
                 available: true,
@@ -202,14 +206,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
     };
     let alloc_point = row.and_then(|_| crate::probes::alloc::plan(binary));
     if let Some(point) = alloc_point {
-        probes.push(ProbeSite {
-            purpose: crate::probes::purpose(point.program),
-            program: point.program,
-            function: point.function,
-            site: "entry",
-            address: point.address,
-            file_offset: point.file_offset,
-        });
+        probes.push(ProbeSite::new(&point, "entry"));
     }
     let map_row = row.and_then(|_| abi::map_abi(binary.version, abi::has_bucket_maps(binary)));
     let discovery = match map_row {
@@ -220,14 +217,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         },
         Some(map_row) => {
             let points = crate::probes::maps::plan_access(binary, map_row);
-            probes.extend(points.iter().map(|point| ProbeSite {
-                purpose: crate::probes::purpose(point.program),
-                program: point.program,
-                function: point.function,
-                site: "window",
-                address: point.address,
-                file_offset: point.file_offset,
-            }));
+            probes.extend(points.iter().map(|point| ProbeSite::new(point, "window")));
             Feature {
                 name: "map_discovery",
                 available: !points.is_empty(),
@@ -246,14 +236,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         },
         Some(map_row) => {
             let (points, missing) = crate::probes::maps::plan(binary, map_row, false);
-            probes.extend(points.iter().map(|point| ProbeSite {
-                purpose: crate::probes::purpose(point.program),
-                program: point.program,
-                function: point.function,
-                site: "entry",
-                address: point.address,
-                file_offset: point.file_offset,
-            }));
+            probes.extend(points.iter().map(|point| ProbeSite::new(point, "entry")));
             let layout = match map_row.abi {
                 abi::MapAbi::Buckets(_) => "bucket maps",
                 abi::MapAbi::Swiss(_) => "swiss tables",
