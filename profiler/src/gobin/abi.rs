@@ -115,6 +115,35 @@ pub const WANTED: &[&str] = &[
     vitals::ALLP,
 ];
 
+/// A row of one of the per-release tables: it applies from Go `first` to `last`.
+pub trait ReleaseRow: 'static {
+    fn releases(&self) -> ((u32, u32), (u32, u32));
+}
+
+macro_rules! release_rows {
+    ($($row:ty),*) => {$(
+        impl ReleaseRow for $row {
+            fn releases(&self) -> ((u32, u32), (u32, u32)) {
+                (self.first, self.last)
+            }
+        }
+    )*};
+}
+release_rows!(StwAbi, ModuleDataRow, GcStartAbi, MapAbiRow, VitalsAbi);
+
+/// The row of `table` whose range holds `release`.
+pub fn row_for<T: ReleaseRow>(table: &'static [T], release: (u32, u32)) -> Option<&'static T> {
+    table.iter().find(|row| {
+        let (first, last) = row.releases();
+        first <= release && release <= last
+    })
+}
+
+/// The newest row of `table` when `release` is newer than every row.
+fn newest_for<T: ReleaseRow>(table: &'static [T], release: (u32, u32)) -> Option<&'static T> {
+    table.last().filter(|newest| release > newest.releases().1)
+}
+
 /// Where `runtime.gcStart`'s bail-out check (`gp == mp.g0 || mp.locks > 1 || mp.preemptoff !=
 /// ""`, src/runtime/mgc.go) reads, for the trigger probe to skip the calls that return at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,10 +191,7 @@ pub const GC_START_TABLE: &[GcStartAbi] = &[
 /// must confirm against the binary's DWARF.
 pub fn gc_start_abi(version: GoVersion) -> Option<&'static GcStartAbi> {
     let release = version.release();
-    GC_START_TABLE
-        .iter()
-        .find(|row| row.first <= release && release <= row.last)
-        .or_else(|| GC_START_TABLE.last().filter(|newest| release > newest.last))
+    row_for(GC_START_TABLE, release).or_else(|| newest_for(GC_START_TABLE, release))
 }
 
 /// The oldest and newest Go releases this table describes.
@@ -359,10 +385,7 @@ pub struct ModuleDataRow {
 }
 
 pub fn moduledata_row(version: GoVersion) -> Option<&'static ModuleDataRow> {
-    let release = version.release();
-    MODULEDATA_TABLE
-        .iter()
-        .find(|row| row.first <= release && release <= row.last)
+    row_for(MODULEDATA_TABLE, version.release())
 }
 
 /// Where every type descriptor (`runtime._type`, `internal/abi.Type`: 48 bytes, the same in
@@ -411,15 +434,12 @@ pub fn stw_abi(version: GoVersion) -> Support {
     if release < OLDEST_SUPPORTED {
         return Support::TooOld;
     }
-    if let Some(row) = STW_TABLE
-        .iter()
-        .find(|row| row.first <= release && release <= row.last)
-    {
+    if let Some(row) = row_for(STW_TABLE, release) {
         return Support::Known(row);
     }
-    match STW_TABLE.last() {
-        Some(newest) if release > newest.last => Support::Newer(newest),
-        _ => Support::Unsupported,
+    match newest_for(STW_TABLE, release) {
+        Some(newest) => Support::Newer(newest),
+        None => Support::Unsupported,
     }
 }
 
@@ -456,12 +476,8 @@ mod tests {
     /// supported release has one gcStart row.
     #[test]
     fn gc_start_rows_cover_every_release_and_round_trip() {
-        for minor in (OLDEST_SUPPORTED.1..=NEWEST_KNOWN.1).filter(|&minor| minor != 20) {
-            let row = gc_start_abi(GoVersion::new(1, minor, 0)).unwrap();
-            assert!(
-                row.first <= (1, minor) && (1, minor) <= row.last,
-                "go1.{minor}"
-            );
+        each_supported_release_has_one_row(GC_START_TABLE);
+        for row in GC_START_TABLE {
             assert_eq!(GcStartCookie::decode(row.cookie.encode()), row.cookie);
         }
         assert_eq!(
@@ -470,15 +486,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn every_supported_release_has_exactly_one_row() {
+    /// Every supported release (1.19, 1.21 to the newest known) falls in exactly one row.
+    pub(super) fn each_supported_release_has_one_row<T: ReleaseRow>(table: &'static [T]) {
         for minor in (OLDEST_SUPPORTED.1..=NEWEST_KNOWN.1).filter(|&minor| minor != 20) {
-            let rows = STW_TABLE
+            let rows = table
                 .iter()
-                .filter(|row| row.first <= (1, minor) && (1, minor) <= row.last)
+                .filter(|row| {
+                    let (first, last) = row.releases();
+                    first <= (1, minor) && (1, minor) <= last
+                })
                 .count();
             assert_eq!(rows, 1, "go1.{minor}");
         }
+    }
+
+    #[test]
+    fn every_supported_release_has_exactly_one_row() {
+        each_supported_release_has_one_row(STW_TABLE);
     }
 
     #[test]
@@ -717,10 +741,7 @@ pub fn map_abi(version: GoVersion, has_bucket_maps: bool) -> Option<&'static Map
     if has_bucket_maps && (NOSWISS_MAP_ROW.first..=NOSWISS_MAP_ROW.last).contains(&release) {
         return Some(&NOSWISS_MAP_ROW);
     }
-    MAP_TABLE
-        .iter()
-        .find(|row| row.first <= release && release <= row.last)
-        .or_else(|| MAP_TABLE.last().filter(|newest| release > newest.last))
+    row_for(MAP_TABLE, release).or_else(|| newest_for(MAP_TABLE, release))
 }
 
 /// Whether a binary's runtime has bucket maps (`hashGrow` exists only there).

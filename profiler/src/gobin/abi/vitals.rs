@@ -2,7 +2,7 @@
 //! globals, the offsets of the fields read, per Go release, each row checked against the DWARF
 //! of a binary that release built (tests/go_versions.rs) and against any target's own DWARF
 //! before a number is read.
-use super::{GoVersion, NEWEST_KNOWN, OLDEST_SUPPORTED};
+use super::{GoVersion, OLDEST_SUPPORTED};
 use crate::gobin::dwarf::DwarfFacts;
 use crate::model::vitals::TimeHistogramLayout;
 
@@ -527,15 +527,12 @@ pub fn vitals_abi(version: GoVersion) -> VitalsSupport {
     if release < OLDEST_SUPPORTED {
         return VitalsSupport::None;
     }
-    if let Some(row) = VITALS_TABLE
-        .iter()
-        .find(|row| row.first <= release && release <= row.last)
-    {
+    if let Some(row) = super::row_for(VITALS_TABLE, release) {
         return VitalsSupport::Known(row);
     }
-    match VITALS_TABLE.last() {
-        Some(newest) if release > NEWEST_KNOWN => VitalsSupport::Unverified(newest),
-        _ => VitalsSupport::None,
+    match super::newest_for(VITALS_TABLE, release) {
+        Some(newest) => VitalsSupport::Unverified(newest),
+        None => VitalsSupport::None,
     }
 }
 
@@ -545,13 +542,7 @@ mod tests {
 
     #[test]
     fn every_supported_release_has_exactly_one_row() {
-        for minor in (OLDEST_SUPPORTED.1..=NEWEST_KNOWN.1).filter(|&minor| minor != 20) {
-            let rows = VITALS_TABLE
-                .iter()
-                .filter(|row| row.first <= (1, minor) && (1, minor) <= row.last)
-                .count();
-            assert_eq!(rows, 1, "go1.{minor}");
-        }
+        super::super::tests::each_supported_release_has_one_row(VITALS_TABLE);
         assert!(matches!(
             vitals_abi(GoVersion::new(1, 28, 0)),
             VitalsSupport::Unverified(_)
