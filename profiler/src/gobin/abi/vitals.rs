@@ -347,11 +347,66 @@ macro_rules! offsets {
     };
 }
 
+/// The first of `values`, if any: an optional macro argument as an `Option` in a constant.
+const fn first(values: &[u64]) -> Option<u64> {
+    match values {
+        [value, ..] => Some(*value),
+        [] => None,
+    }
+}
+
+/// One row from Go 1.21 on. The goroutine counts come in two shapes: up to Go 1.24 `gFree` holds
+/// a count `n` (`counted`), from 1.25 its two lists carry sizes (`listed`), and from 1.26
+/// `gcount()` no longer leaves out system goroutines (no `ngsys`). Each shape gives both the
+/// offsets read and the DWARF facts that check them.
 macro_rules! row {
     (
         $first:expr, $last:expr, numgc $numgc:expr, cpu $cpu:expr, $members:expr,
-        sched $sched_lock:expr, $time_to_run:expr, goroutines $goroutines:expr,
-        heap $hs:expr, $sys:expr, facts [$($fact:expr),* $(,)?], $source:expr
+        sched $sched_lock:expr, $time_to_run:expr,
+        goroutines counted(gfree $gfree:expr, ngsys $ngsys:expr, p $p:expr),
+        heap $hs:expr, $sys:expr, $source:expr
+    ) => {
+        row!(@row $first, $last, $numgc, $cpu, $members, $sched_lock, $time_to_run,
+            GoroutineFields {
+                sched_free: &[$gfree + 24],
+                sched_ngsys: Some($ngsys),
+                p_free: $p + 8,
+            },
+            [
+                ("runtime.schedt", "gFree", $gfree),
+                (SCHED_GFREE_GO119, "n", 24),
+                ("runtime.schedt", "ngsys", $ngsys),
+                ("runtime.p", "gFree", $p),
+                (P_GFREE_GO119, "n", 8)
+            ],
+            $hs, $sys, $source)
+    };
+    (
+        $first:expr, $last:expr, numgc $numgc:expr, cpu $cpu:expr, $members:expr,
+        sched $sched_lock:expr, $time_to_run:expr,
+        goroutines listed(gfree $gfree:expr, $(ngsys $ngsys:expr,)? p $p:expr),
+        heap $hs:expr, $sys:expr, $source:expr
+    ) => {
+        row!(@row $first, $last, $numgc, $cpu, $members, $sched_lock, $time_to_run,
+            GoroutineFields {
+                sched_free: &[$gfree + 8 + 8, $gfree + 24 + 8],
+                sched_ngsys: first(&[$($ngsys)?]),
+                p_free: $p + 8,
+            },
+            [
+                ("runtime.schedt", "gFree", $gfree),
+                (SCHED_GFREE_GO125, "stack", 8),
+                (SCHED_GFREE_GO125, "noStack", 24),
+                ("runtime.gList", "size", 8),
+                $(("runtime.schedt", "ngsys", $ngsys),)?
+                ("runtime.p", "gFree", $p)
+            ],
+            $hs, $sys, $source)
+    };
+    (
+        @row $first:expr, $last:expr, $numgc:expr, $cpu:expr, $members:expr,
+        $sched_lock:expr, $time_to_run:expr, $goroutines:expr, [$($fact:expr),*],
+        $hs:expr, $sys:expr, $source:expr
     ) => {
         VitalsAbi {
             first: $first,
@@ -435,78 +490,34 @@ pub const VITALS_TABLE: &[VitalsAbi] = &[
     },
     row!(
         (1, 21), (1, 21), numgc 7704, cpu 488, CPU_STATS_MEMBERS_GO121, sched 24, 320,
-        goroutines GoroutineFields { sched_free: &[160 + 24], sched_ngsys: Some(72), p_free: 2464 + 8 },
+        goroutines counted(gfree 160, ngsys 72, p 2464),
         heap HEAP_STATS_GO119, MSTATS_SYS_GO119,
-        facts [
-            ("runtime.schedt", "gFree", 160),
-            (SCHED_GFREE_GO119, "n", 24),
-            ("runtime.schedt", "ngsys", 72),
-            ("runtime.p", "gFree", 2464),
-            (P_GFREE_GO119, "n", 8),
-        ],
         "go1.21.13 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, histogram.go"
     ),
     row!(
         (1, 22), (1, 22), numgc 7704, cpu 480, CPU_STATS_MEMBERS_GO121, sched 24, 320,
-        goroutines GoroutineFields { sched_free: &[160 + 24], sched_ngsys: Some(72), p_free: 2464 + 8 },
+        goroutines counted(gfree 160, ngsys 72, p 2464),
         heap HEAP_STATS_GO119, MSTATS_SYS_GO119,
-        facts [
-            ("runtime.schedt", "gFree", 160),
-            (SCHED_GFREE_GO119, "n", 24),
-            ("runtime.schedt", "ngsys", 72),
-            ("runtime.p", "gFree", 2464),
-            (P_GFREE_GO119, "n", 8),
-        ],
         "go1.22.10 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, histogram.go"
     ),
     row!(
         (1, 23), (1, 24), numgc 7704, cpu 504, CPU_STATS_MEMBERS_GO123, sched 24, 320,
-        goroutines GoroutineFields { sched_free: &[160 + 24], sched_ngsys: Some(72), p_free: 2456 + 8 },
+        goroutines counted(gfree 160, ngsys 72, p 2456),
         heap HEAP_STATS_GO119, MSTATS_SYS_GO119,
-        facts [
-            ("runtime.schedt", "gFree", 160),
-            (SCHED_GFREE_GO119, "n", 24),
-            ("runtime.schedt", "ngsys", 72),
-            ("runtime.p", "gFree", 2456),
-            (P_GFREE_GO119, "n", 8),
-        ],
         "go1.23.9, go1.24.11 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, \
          histogram.go"
     ),
     row!(
         (1, 25), (1, 25), numgc 7680, cpu 592, CPU_STATS_MEMBERS_GO123, sched 32, 344,
-        goroutines GoroutineFields {
-            sched_free: &[168 + 8 + 8, 168 + 24 + 8],
-            sched_ngsys: Some(80),
-            p_free: 2456 + 8,
-        },
+        goroutines listed(gfree 168, ngsys 80, p 2456),
         heap HEAP_STATS_GO125, MSTATS_SYS_GO125,
-        facts [
-            ("runtime.schedt", "gFree", 168),
-            (SCHED_GFREE_GO125, "stack", 8),
-            (SCHED_GFREE_GO125, "noStack", 24),
-            ("runtime.gList", "size", 8),
-            ("runtime.schedt", "ngsys", 80),
-            ("runtime.p", "gFree", 2456),
-        ],
         "go1.25.5 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, histogram.go"
     ),
+    // /sched/goroutines is gcount(includeSys = true): system goroutines count.
     row!(
         (1, 26), (1, 27), numgc 7680, cpu 728, CPU_STATS_MEMBERS_GO123, sched 32, 360,
-        // /sched/goroutines is gcount(includeSys = true): system goroutines count.
-        goroutines GoroutineFields {
-            sched_free: &[184 + 8 + 8, 184 + 24 + 8],
-            sched_ngsys: None,
-            p_free: 2464 + 8,
-        },
+        goroutines listed(gfree 184, p 2464),
         heap HEAP_STATS_GO125, MSTATS_SYS_GO125,
-        facts [
-            ("runtime.schedt", "gFree", 184),
-            (SCHED_GFREE_GO125, "stack", 8),
-            (SCHED_GFREE_GO125, "noStack", 24),
-            ("runtime.gList", "size", 8),
-            ("runtime.p", "gFree", 2464),
-        ],
         "go1.26.6, go1.27.3 src/runtime/mgcpacer.go, mstats.go, mgc.go, runtime2.go, proc.go, \
          histogram.go"
     ),
