@@ -85,15 +85,12 @@ fn layout(ctx: &ProbeContext) -> Option<StwLayout> {
 #[inline(always)]
 fn preemptoff(regs: &GoRegs, cookie: &StwCookie) -> ([u8; REASON_TEXT_LEN], u32) {
     let mut text = [0u8; REASON_TEXT_LEN];
-    let g = regs.g();
-    // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly on a bad
-    // address; nothing is dereferenced directly.
-    let Ok(m) = (unsafe { bpf_probe_read_user((g + u64::from(cookie.g_m_offset)) as *const u64) })
-    else {
+    let Some(m) = regs.m(cookie.g_m_offset) else {
         return (text, 0);
     };
     let field = m + u64::from(cookie.m_preemptoff_offset);
-    // SAFETY: as above.
+    // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly on a bad
+    // address; nothing is dereferenced directly.
     let (Ok(pointer), Ok(length)) = (
         unsafe { bpf_probe_read_user(field as *const u64) },
         unsafe { bpf_probe_read_user((field + 8) as *const u64) },

@@ -57,13 +57,13 @@ fn goroutine(regs: &GoRegs) -> [u64; 2] {
 /// Whether this `gcStart` call returns at once (its own check: `gp == mp.g0 || mp.locks > 1 ||
 /// mp.preemptoff != ""`, after its `acquirem` added one to `locks`); unreadable counts as yes.
 #[inline(always)]
-fn bails_out(g: u64, cookie: &GcStartCookie) -> bool {
+fn bails_out(regs: &GoRegs, cookie: &GcStartCookie) -> bool {
+    let Some(m) = regs.m(cookie.g_m) else {
+        return true;
+    };
     // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly on a bad
     // address; nothing is dereferenced directly.
     let read = |address: u64| unsafe { bpf_probe_read_user(address as *const u64) };
-    let Ok(m) = read(g + u64::from(cookie.g_m)) else {
-        return true;
-    };
     let (Ok(g0), Ok(locks), Ok(preemptoff_len)) = (
         read(m + u64::from(cookie.m_g0)),
         // SAFETY: as above.
@@ -73,7 +73,7 @@ fn bails_out(g: u64, cookie: &GcStartCookie) -> bool {
     ) else {
         return true;
     };
-    g == g0 || locks >= 1 || preemptoff_len != 0
+    regs.g() == g0 || locks >= 1 || preemptoff_len != 0
 }
 
 /// Entry of `runtime.gcStart`: remember which trigger this goroutine tests.
@@ -84,7 +84,7 @@ pub fn gc_start_entry(ctx: ProbeContext) -> u32 {
     let cookie = GcStartCookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
     let regs = GoRegs::new(&ctx);
     let kind = regs.int(ARG_TRIGGER_KIND);
-    if kind < u64::from(TRIGGER_KINDS) && !bails_out(regs.g(), &cookie) {
+    if kind < u64::from(TRIGGER_KINDS) && !bails_out(&regs, &cookie) {
         let _ = GC_START_KINDS.insert(goroutine(&regs), kind as u32, 0);
     }
     0

@@ -5,7 +5,7 @@
 //! R10, R11 (src/cmd/compile/abi-internal.md, "amd64 architecture"); a struct argument is split
 //! field by field over the same sequence. Only this module knows register names, so an arm64
 //! port (R0–R15) replaces it alone.
-use aya_ebpf::programs::ProbeContext;
+use aya_ebpf::{helpers::bpf_probe_read_user, programs::ProbeContext};
 
 pub struct GoRegs<'a> {
     ctx: &'a ProbeContext,
@@ -45,6 +45,15 @@ impl GoRegs<'_> {
     pub fn g(&self) -> u64 {
         // SAFETY: as in `int`.
         unsafe { (*self.ctx.regs).r14 }
+    }
+
+    /// The current goroutine's M (`g.m`, at `g_m_offset` in `runtime.g`), read from the
+    /// target; `None` if it cannot be read.
+    #[inline(always)]
+    pub fn m(&self, g_m_offset: u16) -> Option<u64> {
+        // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly on a
+        // bad address; nothing is dereferenced directly.
+        unsafe { bpf_probe_read_user((self.g() + u64::from(g_m_offset)) as *const u64) }.ok()
     }
 }
 
