@@ -45,7 +45,8 @@ pub const HIT_MAP_EVENT: u32 = 2;
 pub const HIT_MAP_CREATE: u32 = 3;
 pub const HIT_MAP_ACCESS: u32 = 4;
 pub const HIT_GC_START: u32 = 5;
-pub const HIT_KINDS: u32 = 6;
+pub const HIT_ALLOC_EXACT: u32 = 6;
+pub const HIT_KINDS: u32 = 7;
 
 /// Names for the `probe` label, by index.
 pub const HIT_NAMES: [&str; HIT_KINDS as usize] = [
@@ -55,4 +56,5 @@ pub const HIT_NAMES: [&str; HIT_KINDS as usize] = [
     "map_create",
     "map_access",
     "gc_start",
+    "alloc_exact",
 ];

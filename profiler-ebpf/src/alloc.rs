@@ -69,7 +69,7 @@ fn add(slot: u32, value: u64) {
 
 #[uprobe]
 pub fn alloc_exact(ctx: ProbeContext) -> u32 {
-    hit(counters::HIT_ALLOC);
+    hit(counters::HIT_ALLOC_EXACT);
     let size = GoRegs::new(&ctx).int(MALLOCGC_ARG_SIZE);
     // mallocgc(0) hands out the shared zero-sized object; the runtime does not count it.
     if size == 0 {

@@ -13,6 +13,10 @@ use mapscope::{
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // mapscope measures what a probe hit costs on a child of its own (probes::calibrate).
+    if let Some(code) = mapscope::probes::calibrate::child_main_if_asked() {
+        return ExitCode::from(code);
+    }
     limit_malloc_arenas();
     let cli = Cli::parse();
     let filter = match EnvFilter::try_new(&cli.log) {

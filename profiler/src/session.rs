@@ -386,6 +386,8 @@ pub struct Outcome {
     pub map_stats: Option<MapStats>,
     /// The runtime's vitals compared between attach and detach, when they could be read.
     pub runtime: Option<crate::model::vitals::RuntimeSummary>,
+    /// What mapscope cost the target while attached, when it could be measured.
+    pub cost: Option<crate::model::overhead::CostSummary>,
 }
 
 /// Probes in place, not yet collecting: `run` resumes its stopped child in between.
@@ -611,6 +613,11 @@ impl Attached {
         let maps = self.probes.take_stw_maps()?;
         let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))
             .context("watching the event ring buffer")?;
+        collector.meter = Some(crate::collect::overhead::OverheadMeter::new(
+            process.pid,
+            self.probes.program_fds(),
+            target_metrics.own_cpu().clone(),
+        ));
         // The allocation sampler runs beside the pause collector until the same stop.
         let (stop_all, stopped) = tokio::sync::watch::channel(false);
         let alloc_task = if self.target.sampling_allocations {
@@ -751,6 +758,7 @@ impl Attached {
             maps,
             map_stats,
             runtime,
+            cost: collector.meter.as_ref().and_then(|meter| meter.whole()),
         })
     }
 }

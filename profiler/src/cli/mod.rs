@@ -310,6 +310,7 @@ fn summary_text(
         maps_tracked: outcome.map_stats.as_ref().map(|stats| stats.tracked),
         endpoint,
         runtime: outcome.runtime.as_ref(),
+        cost: outcome.cost.as_ref(),
     })
 }
 

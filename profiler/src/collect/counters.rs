@@ -25,6 +25,11 @@ impl ProbeCounters {
         }
     }
 
+    /// Each family's hits as of the last `export`.
+    pub fn hit_totals(&self) -> &[u64] {
+        &self.hits_seen
+    }
+
     /// Add what the kernel counted since the last call to `mapscope_probe_hits_total` and
     /// `mapscope_probe_events_dropped_total`.
     pub fn export(&mut self, metrics: &TargetMetrics) {

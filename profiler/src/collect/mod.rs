@@ -3,5 +3,6 @@ pub mod alloc;
 pub mod counters;
 pub mod discovery;
 pub mod maps;
+pub mod overhead;
 pub mod stacks;
 pub mod stw;

@@ -32,6 +32,8 @@ pub struct StwCollector {
     metrics: Arc<TargetMetrics>,
     pub book: PauseBook,
     cycles: CycleClock,
+    /// What the target's probes and mapscope cost it, updated with the hit counts.
+    pub meter: Option<super::overhead::OverheadMeter>,
 }
 
 impl StwCollector {
@@ -49,6 +51,7 @@ impl StwCollector {
             metrics,
             book: PauseBook::default(),
             cycles: CycleClock::default(),
+            meter: None,
         })
     }
 
@@ -64,7 +67,8 @@ impl StwCollector {
                 ready = self.events.readable_mut() => match ready {
                     Ok(mut guard) => {
                         guard.clear_ready();
-                        self.drain();
+                        let own = self.metrics.own_cpu().clone();
+                        own.measure(|| self.drain());
                     }
                     Err(error) => {
                         tracing::error!("reading stop-the-world events failed: {error}");
@@ -72,13 +76,16 @@ impl StwCollector {
                     }
                 },
                 _ = tick.tick() => {
-                    self.drain();
-                    self.sync_counters();
+                    let own = self.metrics.own_cpu().clone();
+                    own.measure(|| {
+                        self.drain();
+                        self.sync_counters(false);
+                    });
                 }
             }
         }
         self.drain();
-        self.sync_counters();
+        self.sync_counters(true);
     }
 
     /// Handle every event in the ring buffer now.
@@ -104,8 +111,12 @@ impl StwCollector {
         }
     }
 
-    fn sync_counters(&mut self) {
+    /// Export the probes' counters, and their cost (once a second, or now with `force`).
+    fn sync_counters(&mut self, force: bool) {
         self.counters.export(&self.metrics);
+        if let Some(meter) = &mut self.meter {
+            meter.update(self.counters.hit_totals(), &self.metrics, force);
+        }
         each_increase(&self.triggers, &mut self.triggers_seen, |kind, increase| {
             self.metrics
                 .gc_cycles_started(TRIGGER_NAMES[kind], increase);

@@ -226,6 +226,7 @@ pub struct Metrics {
     exact_bytes: IntCounterVec,
     maps: MapFamilies,
     vitals: VitalFamilies,
+    overhead: super::overhead::OverheadFamilies,
     targets: prometheus::IntGauge,
     attach_failures: IntCounterVec,
     /// User-defined labels (name, value) on every per-target series.
@@ -309,8 +310,9 @@ impl Metrics {
         let hits = IntCounterVec::new(
             Opts::new(
                 "mapscope_probe_hits_total",
-                "Uprobe hits, by probe family (stw, gc_start, alloc, map_event, map_create, \
-                 map_access): what mapscope costs the target, at about a microsecond per hit.",
+                "Uprobe hits, by probe family (stw, gc_start, alloc, alloc_exact, map_event, \
+                 map_create, map_access): what mapscope costs the target, at about a \
+                 microsecond per hit (mapscope_probe_hit_cost_seconds).",
             ),
             &refs(&names(&["probe"])),
         )?;
@@ -458,6 +460,7 @@ impl Metrics {
         registry.register(Box::new(build_info))?;
         let maps = MapFamilies::register(&registry, &target_labels)?;
         let vitals = VitalFamilies::register(&registry, &target_labels)?;
+        let overhead = super::overhead::OverheadFamilies::register(&registry, &target_labels)?;
         let targets = prometheus::IntGauge::new(
             "mapscope_targets",
             "Processes mapscope is attached to now.",
@@ -483,6 +486,7 @@ impl Metrics {
         Ok(Self {
             maps,
             vitals,
+            overhead,
             targets,
             attach_failures,
             extra_labels: extra,
@@ -530,6 +534,7 @@ impl Metrics {
             churn_sites: Mutex::default(),
             map_sites: Mutex::default(),
             map_drop_reasons: Mutex::default(),
+            own_cpu: crate::collect::overhead::OwnCpu::default(),
         };
         target
             .metrics
@@ -600,9 +605,28 @@ pub struct TargetMetrics {
     churn_sites: Mutex<BTreeSet<(Churn, Site)>>,
     map_sites: Mutex<BTreeSet<String>>,
     map_drop_reasons: Mutex<BTreeSet<String>>,
+    /// CPU time mapscope spends for this target: every collector measures its work into it.
+    own_cpu: crate::collect::overhead::OwnCpu,
 }
 
 impl TargetMetrics {
+    /// Where this target's collectors count the CPU time they spend.
+    pub fn own_cpu(&self) -> &crate::collect::overhead::OwnCpu {
+        &self.own_cpu
+    }
+
+    /// Set the cost series from the target's overhead meter.
+    pub fn overhead(
+        &self,
+        hit_cost_ns: &[f64; profiler_common::counters::HIT_KINDS as usize],
+        reading: &crate::model::overhead::CostReading,
+        ratios: crate::model::overhead::CostRatios,
+    ) {
+        self.metrics
+            .overhead
+            .set(&self.labels, hit_cost_ns, reading, ratios);
+    }
+
     fn with<'a>(&'a self, extra: &'a str) -> Vec<&'a str> {
         self.labels
             .iter()
@@ -835,6 +859,7 @@ impl TargetMetrics {
     pub fn remove(&self) {
         self.maps().remove();
         self.metrics.vitals.remove(&self.labels);
+        self.metrics.overhead.remove(&self.labels);
         for probe in profiler_common::counters::HIT_NAMES {
             let _ = self.metrics.hits.remove_label_values(&self.with(probe));
         }

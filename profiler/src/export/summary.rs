@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duratio
 
 use crate::{
     collect::maps::MapReport,
-    model::{alloc::AllocSummary, pause::PauseBook, vitals::RuntimeSummary},
+    model::{alloc::AllocSummary, overhead::CostSummary, pause::PauseBook, vitals::RuntimeSummary},
 };
 
 /// Maps the summary lists.
@@ -32,6 +32,8 @@ pub struct Seen<'a> {
     pub endpoint: Option<SocketAddr>,
     /// The runtime's vitals between attach and detach, when they could be read.
     pub runtime: Option<&'a RuntimeSummary>,
+    /// What mapscope cost the target, when it could be measured.
+    pub cost: Option<&'a CostSummary>,
 }
 
 pub fn render(seen: &Seen<'_>) -> String {
@@ -62,6 +64,9 @@ pub fn render(seen: &Seen<'_>) -> String {
         _ => {}
     }
     maps(&mut out, seen.maps);
+    if let Some(cost) = seen.cost {
+        cost_line(&mut out, cost);
+    }
     losses(&mut out, seen);
     next(&mut out, seen);
     out
@@ -128,6 +133,56 @@ fn runtime_line(out: &mut String, runtime: &RuntimeSummary, cycles: u64, watched
     }
     if !parts.is_empty() {
         let _ = writeln!(out, "  runtime: {}", parts.join("; "));
+    }
+}
+
+/// What mapscope cost the target: its probes by family (with what a hit cost), and its own
+/// work, as shares of the target's CPU time while attached.
+fn cost_line(out: &mut String, cost: &CostSummary) {
+    let ratios = &cost.ratios;
+    let mut families: Vec<(usize, f64)> = ratios
+        .probes
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, share)| *share > 0.0)
+        .collect();
+    families.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let listed: Vec<String> = families
+        .iter()
+        .map(|(family, share)| {
+            format!(
+                "{} {} at {} a hit",
+                profiler_common::counters::HIT_NAMES[*family],
+                percent(*share),
+                duration(cost.hit_cost_ns[*family].round() as u64)
+            )
+        })
+        .collect();
+    let probes: f64 = ratios.probes.iter().sum();
+    let _ = writeln!(
+        out,
+        "  cost to the target: {} of its CPU time: probes {}{}, mapscope's own work {}",
+        percent(ratios.total()),
+        percent(probes),
+        if listed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", listed.join(", "))
+        },
+        percent(ratios.own)
+    );
+}
+
+/// A share as a percentage, with more digits when small.
+fn percent(share: f64) -> String {
+    let percent = share * 100.0;
+    if percent >= 10.0 {
+        format!("{percent:.0}%")
+    } else if percent >= 0.1 {
+        format!("{percent:.2}%")
+    } else {
+        format!("{percent:.3}%")
     }
 }
 
@@ -384,7 +439,26 @@ mod tests {
                 gogc: Some(-1),
                 memory_limit: Some(1 << 30),
             }),
+            cost: Some(&CostSummary {
+                ratios: crate::model::overhead::CostRatios {
+                    probes: {
+                        let mut probes = [0.0; profiler_common::counters::HIT_KINDS as usize];
+                        probes[profiler_common::counters::HIT_STW as usize] = 0.0004;
+                        probes[profiler_common::counters::HIT_ALLOC as usize] = 0.0031;
+                        probes
+                    },
+                    own: 0.0007,
+                },
+                hit_cost_ns: [1400.0; profiler_common::counters::HIT_KINDS as usize],
+            }),
         });
+        assert!(
+            text.contains(
+                "cost to the target: 0.42% of its CPU time: probes 0.35% (alloc 0.31% at 1.4µs a \
+                 hit, stw 0.040% at 1.4µs a hit), mapscope's own work 0.070%"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "runtime: GC took 4.1% of the CPU; 18.0 GC cycles/min; heap goal 5MiB (GOGC off, \

@@ -2,6 +2,7 @@
 pub mod alloc;
 pub mod histogram;
 pub mod maps;
+pub mod overhead;
 pub mod pause;
 pub mod reason;
 pub mod sites;

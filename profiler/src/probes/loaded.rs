@@ -148,6 +148,18 @@ impl AttachedProbes {
         })
     }
 
+    /// Every loaded program of the object, by probe family, as a descriptor of its own (for
+    /// its run-time statistics).
+    pub fn program_fds(&self) -> Vec<(u32, aya::programs::ProgramFd)> {
+        lock(&self.ebpf)
+            .programs()
+            .filter_map(|(name, program)| {
+                let family = super::family(name)?;
+                Some((family, program.fd().ok()?.try_clone().ok()?))
+            })
+            .collect()
+    }
+
     /// The discovery window's per-(map, operation) counts, and its hits by probe index.
     pub fn take_discovery_maps(&mut self) -> Result<DiscoveryMaps, LoadError> {
         Ok(DiscoveryMaps {
@@ -196,24 +208,42 @@ impl AttachedProbes {
     }
 }
 
-/// The discovery windows' tables, shrunk to one entry when there are no windows: the kernel
-/// creates every map of an object, whichever programs are loaded, and the per-CPU count table
-/// is preallocated for every CPU.
-const DISCOVERY_MAPS: [&str; 2] = ["MAP_OPS", "MAP_ACCESS_HITS"];
+/// Each probe family's tables, and the families that fill them. The kernel creates every map
+/// of an object, whichever programs are loaded, and hash and stack tables are preallocated (per
+/// CPU for the per-CPU ones): the tables no planned family fills are shrunk to one entry, so a
+/// target pays kernel memory only for what is probed in it.
+const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
+    use profiler_common::counters::*;
+    [
+        (&[HIT_STW], &["STOPPED", "STARTING"]),
+        (&[HIT_GC_START], &["GC_START_KINDS"]),
+        (&[HIT_ALLOC], &["ALLOC_SAMPLES", "ALLOC_STACKS"]),
+        (&[HIT_MAP_CREATE], &["PENDING_CREATIONS"]),
+        (&[HIT_MAP_ACCESS], &["MAP_OPS", "MAP_ACCESS_HITS"]),
+        (
+            &[HIT_MAP_EVENT, HIT_MAP_CREATE, HIT_MAP_ACCESS],
+            &["TRACKED_MAPS", "MAP_SITE_EVENTS", "MAP_STACKS"],
+        ),
+    ]
+};
 
-/// Load the object and the programs `points` use, with the log drain running.
+/// Load the object and the programs `points` use, with the log drain running (when there is
+/// an async runtime to run it: the probe cost calibration has none, and logs nothing).
 fn load(points: &[ProbePoint]) -> Result<(Ebpf, Option<LogDrain>), LoadError> {
     let mut loader = EbpfLoader::new();
-    if !points
-        .iter()
-        .any(|point| point.program == super::maps::MAP_ACCESS)
-    {
-        for name in DISCOVERY_MAPS {
-            loader.map_max_entries(name, 1);
+    for (families, tables) in FAMILY_TABLES {
+        let used = points.iter().any(|point| {
+            super::family(point.program).is_some_and(|family| families.contains(&family))
+        });
+        if !used {
+            for name in tables {
+                loader.map_max_entries(name, 1);
+            }
         }
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
+        Ok(_) if tokio::runtime::Handle::try_current().is_err() => None,
         Ok(logger) => Some(LogDrain(spawn_log_drain(logger))),
         Err(error) => {
             tracing::warn!("eBPF log messages will not be shown: {error}");

@@ -21,6 +21,8 @@ const MAP_EVENT: [(u8, u8, &str); 3] = [
 pub const MAP_CREATE_ENTRY: &str = "map_create_entry";
 pub const MAP_CREATE_RETURN: &str = "map_create_return";
 pub const MAP_ACCESS: &str = "map_access";
+/// The growth and overflow programs' names begin so (one program per register layout).
+pub const MAP_EVENT_PREFIX: &str = "map_event_";
 
 /// The discovery window's probes: every map operation function the binary has, after its frame
 /// setup so the kernel's stack walk includes the code that called it (the site of a map found

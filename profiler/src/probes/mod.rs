@@ -2,6 +2,7 @@
 //! (`preflight`), the plans computed from the binary (`stw`, `gc_trigger`, `alloc`, `maps`), and
 //! the loaded eBPF object.
 pub mod alloc;
+pub mod calibrate;
 pub mod gc_trigger;
 pub mod loaded;
 pub mod maps;
@@ -22,7 +23,24 @@ pub fn purpose(program: &str) -> &'static str {
         alloc::ALLOC_EXACT => "every allocation (--alloc-exact)",
         maps::MAP_CREATE_ENTRY | maps::MAP_CREATE_RETURN => "map made with a large hint",
         maps::MAP_ACCESS => "map operation (discovery windows)",
-        name if name.starts_with("map_event_") => "map grows or overflows",
+        name if name.starts_with(maps::MAP_EVENT_PREFIX) => "map grows or overflows",
         _ => "other",
     }
+}
+
+/// The family a probe program counts its hits under (`profiler_common::counters::HIT_*`): what
+/// `mapscope_probe_hits_total` and the cost figures are labeled by. `None` for the calibration
+/// program, which no target carries.
+pub fn family(program: &str) -> Option<u32> {
+    use profiler_common::counters::*;
+    Some(match program {
+        stw::STOP_ENTRY | stw::STOP_RETURN | stw::START_ENTRY | stw::START_RETURN => HIT_STW,
+        gc_trigger::GC_START_ENTRY | gc_trigger::GC_START_WORKERS => HIT_GC_START,
+        alloc::ALLOC_SAMPLE => HIT_ALLOC,
+        alloc::ALLOC_EXACT => HIT_ALLOC_EXACT,
+        maps::MAP_CREATE_ENTRY | maps::MAP_CREATE_RETURN => HIT_MAP_CREATE,
+        maps::MAP_ACCESS => HIT_MAP_ACCESS,
+        name if name.starts_with(maps::MAP_EVENT_PREFIX) => HIT_MAP_EVENT,
+        _ => return None,
+    })
 }

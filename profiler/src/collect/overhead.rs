@@ -1,0 +1,263 @@
+//! What mapscope costs each target, measured while it runs:
+//!
+//! - in the target: each probe family's hits (counted by the programs) × the cost of a hit: the
+//!   kernel's trap, calibrated on this machine (`probes::calibrate`), plus the mean run time of
+//!   the family's programs in this target, from the kernel's BPF statistics;
+//! - in mapscope: the CPU time of the work done for the target (thread CPU clocks around each
+//!   collector's reads, symbolization and snapshots);
+//!
+//! both as shares of the target's own CPU time (`/proc/PID/stat`), over the last minute.
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::programs::ProgramFd;
+use profiler_common::counters::HIT_KINDS;
+
+use crate::{
+    export::metrics::TargetMetrics,
+    model::overhead::{CostRatios, CostReading, CostSummary, CostWindow, ProgramRuns, hit_cost_ns},
+    probes::calibrate::TrapCost,
+};
+
+/// How often the ratios are recomputed (reading `/proc/PID/stat` and the programs' statistics).
+const UPDATE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The kernel counts programs' run time only while someone holds its statistics switch
+/// (`BPF_ENABLE_STATS`), and then for every BPF program on the machine, at two clock reads per
+/// run. mapscope holds it for `STATS_ON` of every `STATS_PERIOD`: enough runs to know each
+/// program's mean, at a twentieth of that cost.
+const STATS_ON: Duration = Duration::from_secs(1);
+const STATS_PERIOD: Duration = Duration::from_secs(20);
+
+/// CPU time mapscope spends for one target, shared by its collectors.
+#[derive(Clone, Debug, Default)]
+pub struct OwnCpu(Arc<AtomicU64>);
+
+impl OwnCpu {
+    /// Run `work` (synchronous: nothing else runs on this thread meanwhile) and count the CPU
+    /// time it took.
+    pub fn measure<T>(&self, work: impl FnOnce() -> T) -> T {
+        let started = thread_cpu_ns();
+        let result = work();
+        self.0
+            .fetch_add(thread_cpu_ns().saturating_sub(started), Ordering::Relaxed);
+        result
+    }
+
+    pub fn ns(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// This thread's CPU time, user and system.
+pub fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut now) };
+    if status != 0 {
+        return 0;
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Start holding the kernel's BPF statistics switch now and then (once per process).
+pub fn start_program_statistics() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        tokio::spawn(async {
+            // Not while the trap is being calibrated: the statistics slow every program run,
+            // and would inflate it.
+            while !TrapCost::finished() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            loop {
+                match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                    Ok(switch) => {
+                        tokio::time::sleep(STATS_ON).await;
+                        drop(switch);
+                    }
+                    Err(error) => {
+                        tracing::info!(
+                            "the kernel's BPF run-time statistics are not available ({error}): \
+                             probe costs count the uprobe trap only, not the programs' own time"
+                        );
+                        return;
+                    }
+                }
+                tokio::time::sleep(STATS_PERIOD - STATS_ON).await;
+            }
+        });
+    });
+}
+
+/// One target's cost meter; `update` it now and then with its probes' hit totals.
+pub struct OverheadMeter {
+    pid: u32,
+    programs: Vec<(u32, ProgramFd)>,
+    own: OwnCpu,
+    started: Instant,
+    last_update: Option<Instant>,
+    hits_seen: [u64; HIT_KINDS as usize],
+    /// The first reading: the whole watch's cost, for the exit summary.
+    first: Option<CostReading>,
+    latest: CostReading,
+    window: CostWindow,
+    /// The cost of one hit of each family as last estimated.
+    pub hit_cost_ns: [f64; HIT_KINDS as usize],
+}
+
+impl OverheadMeter {
+    /// `programs`: the target's loaded programs by family, whose run-time statistics are read.
+    pub fn new(pid: u32, programs: Vec<(u32, ProgramFd)>, own: OwnCpu) -> Self {
+        TrapCost::start();
+        start_program_statistics();
+        Self {
+            pid,
+            programs,
+            own,
+            started: Instant::now(),
+            last_update: None,
+            hits_seen: [0; HIT_KINDS as usize],
+            first: None,
+            latest: CostReading::default(),
+            window: CostWindow::default(),
+            hit_cost_ns: [0.0; HIT_KINDS as usize],
+        }
+    }
+
+    /// Take the hit totals counted so far (by family) into account, at most once per
+    /// `UPDATE_INTERVAL` (or always, with `force`), and export the ratios.
+    pub fn update(&mut self, hits: &[u64], metrics: &TargetMetrics, force: bool) {
+        let now = Instant::now();
+        if !force
+            && self
+                .last_update
+                .is_some_and(|last| now - last < UPDATE_INTERVAL)
+        {
+            return;
+        }
+        // Until the trap is measured there is no cost to count; the hits wait.
+        let Some(trap) = TrapCost::get() else {
+            return;
+        };
+        let Some(target_cpu_ns) = crate::process::cpu::process_cpu_ns(self.pid) else {
+            return;
+        };
+        self.last_update = Some(now);
+        let runs = self.program_runs();
+        let mut reading = CostReading {
+            at: now - self.started,
+            target_cpu_ns: target_cpu_ns as f64,
+            own_cpu_ns: self.own.ns() as f64,
+            probe_ns: self.latest.probe_ns,
+        };
+        for (family, (seen, total)) in self.hits_seen.iter_mut().zip(hits).enumerate() {
+            let cost = hit_cost_ns(trap.as_nanos() as f64, runs[family]);
+            self.hit_cost_ns[family] = cost;
+            // Hits counted before the first reading are not in the window's target CPU either:
+            // the first reading starts the count.
+            if self.first.is_some() {
+                reading.probe_ns[family] += total.saturating_sub(*seen) as f64 * cost;
+            }
+            *seen = (*seen).max(*total);
+        }
+        self.first.get_or_insert(reading);
+        self.latest = reading;
+        self.window.push(reading);
+        metrics.overhead(
+            &self.hit_cost_ns,
+            &reading,
+            self.window.ratios().unwrap_or_default(),
+        );
+    }
+
+    /// The cost over everything measured so far.
+    pub fn whole(&self) -> Option<CostSummary> {
+        Some(CostSummary {
+            ratios: CostRatios::between(self.first.as_ref()?, &self.latest)?,
+            hit_cost_ns: self.hit_cost_ns,
+        })
+    }
+
+    /// Each family's programs' runs, summed over its programs, where any were counted.
+    fn program_runs(&self) -> [Option<ProgramRuns>; HIT_KINDS as usize] {
+        let mut runs: [Option<ProgramRuns>; HIT_KINDS as usize] = [None; HIT_KINDS as usize];
+        for (family, program) in &self.programs {
+            let Some(counted) = program_runs(program) else {
+                continue;
+            };
+            let sum = runs[*family as usize].get_or_insert_with(ProgramRuns::default);
+            sum.run_time_ns += counted.run_time_ns;
+            sum.runs += counted.runs;
+        }
+        runs.map(|runs| runs.filter(|runs| runs.runs > 0))
+    }
+}
+
+/// A program's run-time statistics, from its descriptor's `/proc/self/fdinfo` entry.
+fn program_runs(program: &ProgramFd) -> Option<ProgramRuns> {
+    let fd = program.as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    parse_program_runs(&info)
+}
+
+fn parse_program_runs(fdinfo: &str) -> Option<ProgramRuns> {
+    let field = |name: &str| {
+        fdinfo.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().parse::<u64>().ok())?
+        })
+    };
+    Some(ProgramRuns {
+        run_time_ns: field("run_time_ns")?,
+        runs: field("run_cnt")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_statistics_come_from_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\nprog_type:\t2\n\
+                      prog_jited:\t1\nprog_tag:\tb0c1d2\nmemlock:\t4096\nprog_id:\t88\n\
+                      run_time_ns:\t123456\nrun_cnt:\t321\nrecursion_misses:\t0\n\
+                      verified_insns:\t99\n";
+        assert_eq!(
+            parse_program_runs(fdinfo),
+            Some(ProgramRuns {
+                run_time_ns: 123_456,
+                runs: 321
+            })
+        );
+        assert_eq!(parse_program_runs("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn own_cpu_counts_the_work_measured() {
+        let own = OwnCpu::default();
+        let spun = own.measure(|| {
+            let started = Instant::now();
+            let mut spins = 0u64;
+            while started.elapsed() < Duration::from_millis(20) {
+                spins = std::hint::black_box(spins + 1);
+            }
+            spins
+        });
+        assert!(spun > 0);
+        // Spinning 20 ms of wall time on this thread is about 20 ms of its CPU (less if the
+        // machine preempted it).
+        assert!(own.ns() > 1_000_000, "{}", own.ns());
+        assert!(own.ns() < 200_000_000, "{}", own.ns());
+    }
+}
