@@ -134,13 +134,14 @@ impl AllocCollector {
     pub async fn run_until(&mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(READ_INTERVAL);
+        let own = self.metrics.own_cpu().clone();
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                _ = tick.tick() => self.read(),
+                _ = tick.tick() => own.measure(|| self.read()),
             }
         }
-        self.read();
+        own.measure(|| self.read());
     }
 
     /// Re-read every count and export what grew.

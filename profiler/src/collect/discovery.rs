@@ -13,6 +13,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use profiler_common::maps::{MAX_ACCESS_PROBES, MapOp, MapOpKey};
 use tokio::sync::watch;
 
+use super::overhead::OwnCpu;
 use crate::{
     model::maps::OpRates,
     probes::loaded::{DiscoveryMaps, WindowedProbes},
@@ -82,13 +83,22 @@ pub struct DiscoveryTask {
 }
 
 impl DiscoveryTask {
-    pub fn start(pid: u32, probes: WindowedProbes, maps: DiscoveryMaps, cycle: DutyCycle) -> Self {
+    /// `own`: where the CPU the windows take in mapscope (attaching, reading, detaching) is
+    /// counted.
+    pub fn start(
+        pid: u32,
+        probes: WindowedProbes,
+        maps: DiscoveryMaps,
+        cycle: DutyCycle,
+        own: OwnCpu,
+    ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let (sender, mut windows) = watch::channel(Arc::new(AccessWindow::default()));
         // The empty start value is no window.
         windows.mark_unchanged();
         let discovery = Discovery {
             pid,
+            own,
             probes,
             counts: maps.ops,
             hits: maps.hits,
@@ -111,6 +121,7 @@ impl DiscoveryTask {
 
 struct Discovery {
     pid: u32,
+    own: OwnCpu,
     probes: WindowedProbes,
     counts: PerCpuHashMap<MapData, MapOpKey, u64>,
     /// Hits by probe index, since the object was loaded.
@@ -168,7 +179,8 @@ impl Discovery {
     ) -> bool {
         let pid = self.pid;
         let attaching = Instant::now();
-        if let Err(error) = tokio::task::block_in_place(|| self.probes.attach()) {
+        let own = self.own.clone();
+        if let Err(error) = tokio::task::block_in_place(|| own.measure(|| self.probes.attach())) {
             // The target exiting fails the attach; that is no news. (An exited child not yet
             // reaped still has /proc/PID, but no exe.)
             if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok() {
@@ -179,10 +191,12 @@ impl Discovery {
         // Counted from here: what the first probes saw while the others were being attached
         // is subtracted. (Reading the table is a system call per key: off the workers too.)
         let (baseline, hits_before) = tokio::task::block_in_place(|| {
-            (
-                totals(&self.counts),
-                probe_hits(&self.hits, self.probes.probe_count()),
-            )
+            own.measure(|| {
+                (
+                    totals(&self.counts),
+                    probe_hits(&self.hits, self.probes.probe_count()),
+                )
+            })
         });
         let started = Instant::now();
         let attach_time = started - attaching;
@@ -196,7 +210,7 @@ impl Discovery {
                 () = &mut close => break,
                 _ = stopped.changed() => break,
                 _ = poll.tick() => {
-                    let hits: u64 = tokio::task::block_in_place(|| probe_hits(&self.hits, self.probes.probe_count()))
+                    let hits: u64 = tokio::task::block_in_place(|| own.measure(|| probe_hits(&self.hits, self.probes.probe_count())))
                         .iter()
                         .sum();
                     if hits.saturating_sub(baseline_hits) >= MAX_WINDOW_HITS {
@@ -209,11 +223,13 @@ impl Discovery {
         // Read the counts at the end of the window, before detaching: removing uprobes takes
         // the kernel a while, and counts after `seconds` would inflate the rates.
         let (counted, seconds, hits) = tokio::task::block_in_place(|| {
-            (
-                totals(&self.counts),
-                started.elapsed().as_secs_f64(),
-                probe_hits(&self.hits, self.probes.probe_count()),
-            )
+            own.measure(|| {
+                (
+                    totals(&self.counts),
+                    started.elapsed().as_secs_f64(),
+                    probe_hits(&self.hits, self.probes.probe_count()),
+                )
+            })
         });
         // The window's hits by probe: the busiest probes come off first.
         let hits: Vec<u64> = hits
@@ -229,13 +245,15 @@ impl Discovery {
         let delivered = windows.send(Arc::new(window)).is_ok();
         let detaching = Instant::now();
         tokio::task::block_in_place(|| {
-            self.probes.detach_busiest_first(&hits);
-            // Every busy map has slots: empty the table for the next window, or maps made and
-            // dropped since would fill it.
-            let keys: Vec<MapOpKey> = self.counts.keys().filter_map(Result::ok).collect();
-            for key in keys {
-                let _ = self.counts.remove(&key);
-            }
+            own.measure(|| {
+                self.probes.detach_busiest_first(&hits);
+                // Every busy map has slots: empty the table for the next window, or maps made
+                // and dropped since would fill it.
+                let keys: Vec<MapOpKey> = self.counts.keys().filter_map(Result::ok).collect();
+                for key in keys {
+                    let _ = self.counts.remove(&key);
+                }
+            });
         });
         tracing::debug!(
             "PID {pid}: {} map operation probes attached in {attach_time:.1?}, open {seconds:.3} s \

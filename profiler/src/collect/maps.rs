@@ -217,20 +217,25 @@ impl MapCollector {
 
     pub async fn run_until(&mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let own = self.metrics.own_cpu().clone();
         let mut events = tokio::time::interval(EVENT_INTERVAL);
         let mut snapshots = tokio::time::interval(self.options.snapshot_interval);
         snapshots.tick().await;
         // Discovery runs beside this loop (see `discovery`), never inside it.
         let mut discovery = match (self.options.discovery, self.discovery.take()) {
-            (Some(cycle), Some((probes, maps))) => {
-                Some(DiscoveryTask::start(self.pid, probes, maps, cycle))
-            }
+            (Some(cycle), Some((probes, maps))) => Some(DiscoveryTask::start(
+                self.pid,
+                probes,
+                maps,
+                cycle,
+                self.metrics.own_cpu().clone(),
+            )),
             _ => None,
         };
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                _ = events.tick() => self.read_events(),
+                _ = events.tick() => own.measure(|| self.read_events()),
                 _ = snapshots.tick() => self.snapshot_round().await,
                 Some(window) = async {
                     let windows = &mut discovery.as_mut()?.windows;
@@ -386,7 +391,8 @@ impl MapCollector {
     /// Snapshot the biggest and busiest tracked maps, then refresh the gauges and the view.
     pub async fn snapshot_round(&mut self) {
         if !self.variables.is_empty() {
-            tokio::task::block_in_place(|| self.track_variables());
+            let own = self.metrics.own_cpu().clone();
+            tokio::task::block_in_place(|| own.measure(|| self.track_variables()));
         }
         let mut tracked: Vec<(u64, TrackedMap)> =
             self.tracked.iter().filter_map(Result::ok).collect();
@@ -425,7 +431,9 @@ impl MapCollector {
         });
         for (address, _, map) in ranked.into_iter().take(self.options.snapshot_maps) {
             // Reading a big map takes milliseconds of system calls: off the async workers.
-            let read_bytes = tokio::task::block_in_place(|| self.snapshot(address, &map));
+            let own = self.metrics.own_cpu().clone();
+            let read_bytes =
+                tokio::task::block_in_place(|| own.measure(|| self.snapshot(address, &map)));
             let pace = read_bytes as f64 / self.options.max_bytes_per_second.max(1) as f64;
             if pace > 0.001 {
                 tokio::time::sleep(Duration::from_secs_f64(pace).min(MAX_PACE)).await;

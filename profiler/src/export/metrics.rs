@@ -799,6 +799,7 @@ impl TargetMetrics {
                 reader,
                 vitals,
                 still_runs,
+                own_cpu: self.own_cpu.clone(),
             },
             &self.metrics.publishing,
         );

@@ -73,6 +73,8 @@ pub struct VitalsSource {
     /// False once the PID runs another program image (exec, reuse): its memory is no longer
     /// the binary's.
     pub still_runs: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Where the reads' CPU time is counted, as mapscope's work for this target.
+    pub own_cpu: crate::collect::overhead::OwnCpu,
 }
 
 pub struct VitalFamilies {
@@ -183,7 +185,7 @@ impl VitalFamilies {
         };
         let read: Vec<(&VitalsSource, RawVitals)> = sources
             .iter()
-            .filter_map(|source| Some((source, read(source)?)))
+            .filter_map(|source| Some((source, source.own_cpu.measure(|| read(source))?)))
             .collect();
         let _writing = write(publishing);
         for (source, raw) in &read {
