@@ -18,7 +18,7 @@ use profiler_common::{
 };
 
 use crate::{
-    counters::{add_at, hit},
+    counters::{add_at, hit, hit_governed},
     goabi::GoRegs,
 };
 
@@ -37,7 +37,9 @@ const PROFILEALLOC_ARG_SIZE: usize = 2;
 
 #[uprobe]
 pub fn alloc_sample(ctx: ProbeContext) -> u32 {
-    hit(counters::HIT_ALLOC);
+    if !hit_governed(counters::HIT_ALLOC) {
+        return 0;
+    }
     let size = GoRegs::new(&ctx).int(PROFILEALLOC_ARG_SIZE);
     let stack_id = ctx
         .get_stackid(&ALLOC_STACKS, u64::from(BPF_F_USER_STACK))

@@ -8,7 +8,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
 };
 use profiler_common::counters::{COUNT, HIT_KINDS};
 
@@ -68,4 +68,17 @@ pub fn hit(kind: u32) {
     if let Some(counter) = PROBE_HITS.get_ptr_mut(kind) {
         add(counter, 1);
     }
+}
+
+/// Families the overhead governor is taking off (1) or putting back: their probes still fire
+/// while the kernel removes or installs them, one after another, but count nothing, so the
+/// time a family counts is exactly the time between userspace's two writes here.
+#[map]
+static FAMILY_PAUSED: Array<u32> = Array::with_max_entries(HIT_KINDS, 0);
+
+/// Count one hit of a family the governor may take off; whether it counts now.
+#[inline(always)]
+pub fn hit_governed(kind: u32) -> bool {
+    hit(kind);
+    FAMILY_PAUSED.get(kind).is_none_or(|paused| *paused == 0)
 }

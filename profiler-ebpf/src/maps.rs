@@ -25,7 +25,7 @@ use profiler_common::{
 };
 
 use crate::{
-    counters::{EEXIST, add, add_at, bump, hit},
+    counters::{EEXIST, add, add_at, bump, hit, hit_governed},
     goabi::GoRegs,
 };
 
@@ -126,21 +126,27 @@ fn on_event<const MAP: usize, const TYPE: usize>(ctx: &ProbeContext) -> u32 {
 /// Map in RAX, type in RBX: `(*hmap).newoverflow(t, b)`.
 #[uprobe]
 pub fn map_event_map0_type1(ctx: ProbeContext) -> u32 {
-    hit(counters::HIT_MAP_EVENT);
+    if !hit_governed(counters::HIT_MAP_EVENT) {
+        return 0;
+    }
     on_event::<0, 1>(&ctx)
 }
 
 /// Map in RBX, type in RAX: `hashGrow(t, h)`.
 #[uprobe]
 pub fn map_event_map1_type0(ctx: ProbeContext) -> u32 {
-    hit(counters::HIT_MAP_EVENT);
+    if !hit_governed(counters::HIT_MAP_EVENT) {
+        return 0;
+    }
     on_event::<1, 0>(&ctx)
 }
 
 /// Map in RCX, type in RBX: `(*table).grow(typ, m, n)`, `(*table).split(typ, m)`.
 #[uprobe]
 pub fn map_event_map2_type1(ctx: ProbeContext) -> u32 {
-    hit(counters::HIT_MAP_EVENT);
+    if !hit_governed(counters::HIT_MAP_EVENT) {
+        return 0;
+    }
     on_event::<2, 1>(&ctx)
 }
 

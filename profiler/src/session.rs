@@ -67,6 +67,8 @@ pub struct Options {
     pub alloc_sites_half_life: Duration,
     /// Count every allocation (a uprobe on each: very costly).
     pub alloc_exact: bool,
+    /// The most mapscope may cost the target (share of its CPU time); 0 for no governor.
+    pub max_overhead: f64,
     /// Track Go maps (growth, overflow and creation probes; snapshots).
     pub maps: Option<MapOptions>,
     /// Take one more round of map snapshots when profiling stops (for `mapscope heatmap`).
@@ -410,6 +412,13 @@ fn denied(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The probe families the overhead governor may take off part of the time: those whose hits
+/// follow the target's activity without a bound (see `model::governor`).
+const GOVERNED_FAMILIES: [u32; 2] = [
+    profiler_common::counters::HIT_ALLOC,
+    profiler_common::counters::HIT_MAP_EVENT,
+];
+
 pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached> {
     if options.alloc_exact {
         let exact = probes::alloc::plan_exact(&target.binary);
@@ -426,6 +435,11 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
         &process.exe_path(),
         &target.points,
         &target.windowed_points,
+        if options.max_overhead > 0.0 {
+            &GOVERNED_FAMILIES
+        } else {
+            &[]
+        },
     ) {
         Ok(probes) => Ok(Attached { target, probes }),
         Err(_) if !process.is_alive() => Err(UserError::new(
@@ -610,14 +624,25 @@ impl Attached {
             );
         }
         let watching = std::time::Instant::now();
+        let governed = self.probes.governed();
+        // The governor's own handle on the hit counters, taken before the pause collector's.
+        let governed_maps = match governed.is_empty() {
+            true => None,
+            false => Some((
+                self.probes.hit_counters()?,
+                self.probes.take_family_switch()?,
+            )),
+        };
         let maps = self.probes.take_stw_maps()?;
         let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))
             .context("watching the event ring buffer")?;
-        collector.meter = Some(crate::collect::overhead::OverheadMeter::new(
+        let meter = crate::collect::overhead::OverheadMeter::new(
             process.pid,
             self.probes.program_fds(),
             target_metrics.own_cpu().clone(),
-        ));
+        );
+        let readings = meter.subscribe();
+        collector.meter = Some(meter);
         // The allocation sampler runs beside the pause collector until the same stop.
         let (stop_all, stopped) = tokio::sync::watch::channel(false);
         let alloc_task = if self.target.sampling_allocations {
@@ -702,6 +727,21 @@ impl Attached {
             }
             _ => None,
         };
+        let governor_task = governed_maps.map(|(hits, switch)| {
+            let governor = crate::collect::governor::Governor::new(
+                process.pid,
+                options.max_overhead,
+                governed,
+                hits,
+                switch,
+                Arc::clone(&target_metrics),
+                readings,
+            );
+            let mut stopped = stopped.clone();
+            tokio::spawn(governor.run_until(async move {
+                let _ = stopped.changed().await;
+            }))
+        });
         let exec = self.target.process.exec_seen();
         let (pid, exe) = (process.pid, process.exe_name.clone());
         collector
@@ -731,6 +771,9 @@ impl Attached {
             Some(task) => task.await.ok(),
             None => None,
         };
+        if let Some(task) = governor_task {
+            let _ = task.await;
+        }
         // Each uprobe's removal waits for the kernel to retire it (about 0.1 s apiece here):
         // off the async workers, which serve the other targets and the scrapes meanwhile.
         let probes = self.probes;

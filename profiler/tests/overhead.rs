@@ -162,3 +162,246 @@ fn a_quiet_target_costs_next_to_nothing_and_the_figures_add_up() {
         "{seconds} vs {hits} × {cost}"
     );
 }
+
+/// A load whose sampled-allocation probe would cost the target far more than the budget: the
+/// runtime samples one allocation per 4 KiB instead of 512 KiB (GODEBUG=memprofilerate).
+const COSTLY_SAMPLING: &str = "GODEBUG=memprofilerate=4096";
+
+/// The budget of the governor test: large enough that the duty cycle stays well above its
+/// floor, so that cycles are short (a few seconds) and the measured window spans many.
+const BUDGET: &str = "0.1";
+
+/// gcbench's allocation load with costly sampling, for `seconds`, then `idle` seconds of
+/// nothing (through `env`, which `mapscope run` follows to the Go program).
+fn costly_load(binary: &Path, seconds: u32, idle: u32) -> Vec<String> {
+    [
+        "env",
+        COSTLY_SAMPLING,
+        binary.to_str().unwrap(),
+        "-mode",
+        "alloc",
+        "-duration",
+        &format!("{seconds}s"),
+        "-then-idle",
+        &format!("{idle}s"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn ops_per_second(report: &str) -> f64 {
+    let report: serde_json::Value = serde_json::from_str(report).unwrap();
+    report["ops"].as_f64().unwrap() / report["seconds"].as_f64().unwrap()
+}
+
+/// The governor holds the allocation sampler of a program that samples 128 times as often as
+/// the default: the cost mapscope reports stays within the budget, the scaled allocation
+/// estimates agree with the runtime's exact count over the same window, and once the load
+/// stops the sampler is attached all the time again. (This load's throughput is not the
+/// measure: on a program allocating flat out with a GC cycle every millisecond, each probe
+/// hit also delays the stop-the-world pauses the other threads wait in, so it slows the
+/// program more than the CPU time it takes; see docs/METRICS.md. The map test below is held
+/// by throughput.)
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_governor_holds_the_allocation_sampler_and_scales_its_estimates() {
+    let _alone = one_at_a_time();
+    let binary = common::build_go("gcbench", NEWEST_GO, &[]);
+    let run = |budget: &str, seconds: u32, idle: u32| {
+        let mut args: Vec<String> = ["run", "--listen", "127.0.0.1:0", "--max-overhead", budget]
+            .map(str::to_owned)
+            .to_vec();
+        args.push("--".into());
+        args.extend(costly_load(&binary, seconds, idle));
+        Mapscope::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let report = |mapscope: &Mapscope, seconds: u64| {
+        mapscope.stdout.wait_for(
+            "gcbench's report",
+            Duration::from_secs(seconds + 30),
+            |line| line.starts_with('{'),
+        )
+    };
+    let output = Command::new("env")
+        .args(costly_load(&binary, 15, 0))
+        .output()
+        .unwrap();
+    let alone = ops_per_second(String::from_utf8_lossy(&output.stdout).trim());
+
+    // Without a budget: what the family costs.
+    let ungoverned = run("0", 15, 2);
+    std::thread::sleep(Duration::from_secs(12));
+    let unbounded = ungoverned
+        .scrape()
+        .sum("mapscope_probe_overhead_ratio", |labels| {
+            labels["probe"] == "alloc"
+        });
+    let free = ops_per_second(&report(&ungoverned, 15));
+    drop(ungoverned);
+
+    // With one: the estimate over 40 s well inside the load, against the runtime's own count
+    // (its heap statistics, read by the same scrapes).
+    let governed = run(BUDGET, 55, 40);
+    std::thread::sleep(Duration::from_secs(10));
+    let before = governed.scrape();
+    std::thread::sleep(Duration::from_secs(40));
+    let after = governed.scrape();
+    let held = ops_per_second(&report(&governed, 10));
+    let delta = |name: &str| after.sum(name, |_| true) - before.sum(name, |_| true);
+    let estimated = delta("mapscope_alloc_bytes_total");
+    let exact = delta("mapscope_go_gc_heap_allocs_bytes_total");
+    let duty = after.sum("mapscope_probe_duty_cycle", |labels| {
+        labels["probe"] == "alloc"
+    });
+    let total = after.sum("mapscope_overhead_ratio", |_| true);
+    println!(
+        "alone {:.2} Mops/s; ungoverned {:.2} Mops/s, the sampler costing {unbounded:.3} of the \
+         target's CPU; governed {:.2} Mops/s, duty {duty:.3}, everything costing {total:.4} over \
+         the last minute; allocated {:.0} MB in 40 s, estimated {:.0} MB",
+        alone / 1e6,
+        free / 1e6,
+        held / 1e6,
+        exact / 1e6,
+        estimated / 1e6
+    );
+    let budget: f64 = BUDGET.parse().unwrap();
+    assert!(
+        unbounded > 3.0 * budget,
+        "the load is not costly enough: {unbounded}"
+    );
+    assert!(duty < 1.0, "the sampler was not cycled");
+    assert!(total <= budget * 1.25, "{total} over the budget {budget}");
+    assert!(
+        held > free,
+        "governed {held} ops/s, no faster than ungoverned {free}"
+    );
+    // Sampling error of the runtime's samples (a few hundred thousand: under 1%), and the
+    // cycles cut at the window's two ends (each cycle's counts come in its on part, scaled up).
+    assert!(
+        (estimated - exact).abs() / exact < 0.2,
+        "estimated {estimated} against {exact} allocated"
+    );
+
+    // The load stops: the sampler goes back to being attached all the time.
+    common::wait_until(
+        &governed,
+        "the sampler attached all the time again after the load stopped",
+        Duration::from_secs(30),
+        |metrics| {
+            metrics.sum("mapscope_probe_duty_cycle", |labels| {
+                labels["probe"] == "alloc"
+            }) == 1.0
+        },
+    );
+}
+
+/// The last `{"maps":N}` progress line of gcbench's growmaps mode seen so far.
+fn maps_built(mapscope: &Mapscope) -> f64 {
+    let all = mapscope.stdout.all();
+    let line = all
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("{\"maps\""))
+        .unwrap_or_else(|| panic!("no progress from gcbench: {all}"));
+    let progress: serde_json::Value = serde_json::from_str(line).unwrap();
+    progress["maps"].as_f64().unwrap()
+}
+
+/// The governor holds the map growth probes of a program that grows maps flat out (20% of its
+/// throughput lost unheld): its throughput stays within the budget (give or take what the CPU
+/// estimate cannot see: after each trap the program's own code runs slower for a while, up to
+/// half again the probe's CPU time here; see docs/METRICS.md), and the scaled growth counts
+/// agree with the maps it says it built (two counted growths each: 224 and 448 entries).
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_governor_holds_map_growth_probes_by_the_targets_own_throughput() {
+    let _alone = one_at_a_time();
+    const BUDGET: f64 = 0.05;
+    let binary = common::build_go("gcbench", NEWEST_GO, &[]);
+    let run = |budget: &str, seconds: u32, idle: u32| {
+        Mapscope::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-overhead",
+            budget,
+            "--",
+            binary.to_str().unwrap(),
+            "-mode",
+            "growmaps",
+            "-duration",
+            &format!("{seconds}s"),
+            "-then-idle",
+            &format!("{idle}s"),
+        ])
+    };
+    let done = |mapscope: &Mapscope, seconds: u64| {
+        mapscope.stdout.wait_for(
+            "gcbench to finish",
+            Duration::from_secs(seconds + 30),
+            |line| line == "done",
+        );
+        maps_built(mapscope) / seconds as f64
+    };
+    let output = Command::new(&binary)
+        .args(["-mode", "growmaps", "-duration", "15s"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .unwrap();
+    let alone = serde_json::from_str::<serde_json::Value>(last).unwrap()["maps"]
+        .as_f64()
+        .unwrap()
+        / 15.0;
+
+    // Unheld, every growth counted: three per map.
+    let ungoverned = run("0", 15, 5);
+    let free = done(&ungoverned, 15);
+    // The map collector reads the kernel's counts every second.
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = ungoverned.scrape();
+    let growths = metrics.sum("mapscope_map_growths_total", |_| true);
+    let per_map = growths / maps_built(&ungoverned);
+    let unbounded = metrics.sum("mapscope_probe_overhead_ratio", |labels| {
+        labels["probe"] == "map_event"
+    });
+    drop(ungoverned);
+
+    let governed = run(&BUDGET.to_string(), 70, 5);
+    std::thread::sleep(Duration::from_secs(8));
+    let (before, maps_before) = (governed.scrape(), maps_built(&governed));
+    std::thread::sleep(Duration::from_secs(60));
+    let (after, maps_after) = (governed.scrape(), maps_built(&governed));
+    let held = done(&governed, 70);
+    let estimated = after.sum("mapscope_map_growths_total", |_| true)
+        - before.sum("mapscope_map_growths_total", |_| true);
+    let expected = (maps_after - maps_before) * per_map;
+    let duty = after.sum("mapscope_probe_duty_cycle", |labels| {
+        labels["probe"] == "map_event"
+    });
+    println!(
+        "alone {alone:.0} maps/s; unheld {free:.0} maps/s ({per_map:.3} growths a map, the probes \
+         costing {unbounded:.3}); held at {BUDGET}: {held:.0} maps/s, duty {duty:.3}; growths in \
+         60 s: estimated {estimated:.0}, built {expected:.0}"
+    );
+    assert!((per_map - 2.0).abs() < 0.01, "{per_map} growths a map");
+    assert!(
+        unbounded > 2.0 * BUDGET,
+        "the load is not costly enough: {unbounded}"
+    );
+    assert!(duty < 1.0, "the map probes were not cycled");
+    // Within the budget, the after-trap slowdown and this two-core machine's noise (over the
+    // whole run, its first seconds before the probes were first measured included).
+    assert!(
+        held >= alone * (1.0 - 1.5 * BUDGET - 0.05),
+        "held {held} maps/s against {alone} alone"
+    );
+    assert!(
+        (estimated - expected).abs() / expected < 0.2,
+        "estimated {estimated} growths, {expected} made"
+    );
+}

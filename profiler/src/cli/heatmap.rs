@@ -162,6 +162,8 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
         alloc_top_sites: 20,
         alloc_sites_half_life: std::time::Duration::from_secs(60),
         alloc_exact: false,
+        // A short run the user asked for: every probe stays on.
+        max_overhead: 0.0,
         maps: Some(MapOptions {
             snapshot_maps: args.maps,
             // One round, at the end of the watch.

@@ -108,8 +108,31 @@ pub struct ExportArgs {
     #[arg(long)]
     pub alloc_exact: bool,
 
+    /// The most mapscope may cost each target, as a share of the target's own CPU time (0.01:
+    /// 1%). The probe families that can fire often (sampled allocations, map growth, allocation
+    /// counting) are then attached only part of the time, and what they feed is scaled up
+    /// (mapscope_probe_duty_cycle shows how much). The rare ones (stop-the-world, GC start) and
+    /// modes you ask for (--alloc-exact, --map-creations) are never cut. 0 keeps every probe
+    /// attached all the time.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.01, value_parser = parse_overhead)]
+    pub max_overhead: f64,
+
     #[command(flatten)]
     pub maps: MapArgs,
+}
+
+/// `--max-overhead`: a share of the target's CPU time, from 0 (no governor) to below 1.
+fn parse_overhead(text: &str) -> Result<f64, String> {
+    let ratio: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number: give a share such as 0.01 (1%)"))?;
+    if !(0.0..1.0).contains(&ratio) {
+        return Err(format!(
+            "{text} is not a share of the target's CPU time: give one from 0 (no budget) to \
+             below 1, such as 0.01 (1%)"
+        ));
+    }
+    Ok(ratio)
 }
 
 impl ExportArgs {
@@ -118,6 +141,7 @@ impl ExportArgs {
             alloc_top_sites: self.alloc_top_sites,
             alloc_sites_half_life: self.alloc_sites_half_life,
             alloc_exact: self.alloc_exact,
+            max_overhead: self.max_overhead,
             maps: self.maps.options(),
             final_map_snapshot: false,
         }

@@ -3,7 +3,10 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
-use profiler_common::alloc::{AllocKey, EXACT_BYTES, EXACT_OBJECTS};
+use profiler_common::{
+    alloc::{AllocKey, EXACT_BYTES, EXACT_OBJECTS},
+    counters::HIT_ALLOC,
+};
 
 use crate::{
     export::metrics::{SizeHistogram, TargetMetrics},
@@ -36,8 +39,8 @@ pub type AllocProfile = Arc<std::sync::Mutex<Option<AllocSnapshot>>>;
 /// The sampled allocations as of the last read. Cheap to publish every second (the stacks are
 /// shared, already symbolized); the pprof profile is built from it only when one is asked for.
 pub struct AllocSnapshot {
-    /// (stack, sampled size, sample count).
-    samples: Vec<(Arc<Symbolized>, u64, u64)>,
+    /// (stack, sampled size, sample count scaled by the probe's coverage).
+    samples: Vec<(Arc<Symbolized>, u64, f64)>,
     rate: i64,
     started: (std::time::SystemTime, std::time::Instant),
     taken: std::time::Instant,
@@ -50,7 +53,7 @@ impl AllocSnapshot {
             .samples
             .iter()
             .map(|(stack, size, count)| {
-                let objects = *count as f64 * scale(*size, self.rate);
+                let objects = *count * scale(*size, self.rate);
                 pprof::Sample {
                     stack: without_allocator(&stack.frames),
                     values: vec![
@@ -80,6 +83,9 @@ const READ_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct AllocCollector {
     samples: PerCpuHashMap<MapData, AllocKey, u64>,
+    /// Each key's samples as last read, and their sum scaled by the fraction of the time the
+    /// probe was attached when they came (the overhead governor's `Coverage`).
+    weighted: std::collections::HashMap<AllocKey, (u64, f64)>,
     /// Exact mode's counters, read when `exact` is on.
     exact_counts: PerCpuArray<MapData, u64>,
     pub exact: bool,
@@ -113,6 +119,7 @@ impl AllocCollector {
         let ranking = SiteRanking::new(sites.top_sites, sites.half_life);
         Self {
             samples: maps.samples,
+            weighted: std::collections::HashMap::new(),
             exact_counts: maps.exact,
             exact: false,
             exact_exported: (0, 0),
@@ -153,7 +160,7 @@ impl AllocCollector {
             self.metrics.allocated(&self.exported, &self.exported, 0);
             return;
         };
-        let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut counts: BTreeMap<u64, f64> = BTreeMap::new();
         let mut sites = SiteTotals::default();
         let entries: Vec<(AllocKey, u64)> = self
             .samples
@@ -161,18 +168,30 @@ impl AllocCollector {
             .filter_map(Result::ok)
             .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>()))
             .collect();
+        let coverage = self.metrics.coverage().fraction(HIT_ALLOC);
         let mut samples = Vec::new();
+        let mut taken = 0;
         for (key, count) in entries {
+            // Samples since the last read came while the probe was attached this fraction of
+            // the time: each stands for 1/coverage as many.
+            let (seen, weighted) = self.weighted.entry(key).or_default();
+            *weighted += count.saturating_sub(*seen) as f64 / coverage;
+            *seen = count;
+            let count = *weighted;
+            taken += *seen;
             *counts.entry(key.size).or_default() += count;
             let stack = self.symbolizer.symbolize(&self.stacks, key.stack_id);
             sites.add(&stack.site, stack.churn, key.size, count, rate);
             samples.push((Arc::clone(&stack), key.size, count));
         }
-        let totals = estimate(&counts, rate);
+        let totals = AllocTotals {
+            samples: taken,
+            ..estimate(&counts, rate)
+        };
         self.metrics.allocated(&self.exported, &totals, rate);
         let objects_by_size = counts
             .iter()
-            .map(|(&size, &count)| (size, count as f64 * scale(size, rate)))
+            .map(|(&size, &count)| (size, count * scale(size, rate)))
             .collect();
         self.metrics
             .allocation_sizes(SizeHistogram::from_estimates(&objects_by_size));
@@ -230,7 +249,7 @@ impl AllocCollector {
     }
 
     /// Make the samples so far the current allocation snapshot.
-    fn publish(&self, samples: Vec<(Arc<Symbolized>, u64, u64)>, rate: i64) {
+    fn publish(&self, samples: Vec<(Arc<Symbolized>, u64, f64)>, rate: i64) {
         let snapshot = AllocSnapshot {
             samples,
             rate,

@@ -8,6 +8,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as KernelHashMap, MapData, PerCpuHashMap, StackTraceMap};
+use profiler_common::counters::HIT_MAP_EVENT;
 use profiler_common::maps::{
     FOUND_BY_ACCESS, FOUND_BY_CREATION, FOUND_BY_VARIABLE, LAYOUT_BUCKETS, LAYOUT_SWISS,
     MIN_TRACKED_ENTRIES, MapEvent, MapSiteKey, TrackedMap,
@@ -331,16 +332,20 @@ impl MapCollector {
             .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>()))
             .collect();
         let bucket_maps = matches!(self.abi, MapAbi::Buckets(_));
-        let mut by_site: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        // Events since the last read came while the probes were attached this fraction of the
+        // time (the overhead governor's): each stands for 1/coverage as many.
+        let coverage = self.metrics.coverage().fraction(HIT_MAP_EVENT);
+        let mut by_site: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         for (key, count) in counts {
             let before = self.exported.insert(key, count).unwrap_or(0);
             let site = self.site(key.stack_id);
             let label = self.label(site);
             let totals = by_site.entry(label).or_default();
+            let new = count.saturating_sub(before) as f64 / coverage;
             if key.event == MapEvent::Growth as u32 {
-                totals.0 += count.saturating_sub(before);
+                totals.0 += new;
             } else if key.event == MapEvent::Overflow as u32 {
-                totals.1 += count.saturating_sub(before);
+                totals.1 += new;
             }
         }
         let metrics = self.metrics.maps();

@@ -2,6 +2,7 @@
 pub mod alloc;
 pub mod counters;
 pub mod discovery;
+pub mod governor;
 pub mod maps;
 pub mod overhead;
 pub mod stacks;

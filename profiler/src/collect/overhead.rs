@@ -99,8 +99,20 @@ pub fn start_program_statistics() {
     });
 }
 
+/// What the overhead governor needs of a meter's reading.
+#[derive(Clone, Debug)]
+pub struct MeterReading {
+    /// How long the shares' window spans (up to a minute).
+    pub span: Duration,
+    /// The shares over the last minute.
+    pub ratios: CostRatios,
+    /// What one hit of each family costs, as last estimated.
+    pub hit_cost_ns: [f64; HIT_KINDS as usize],
+}
+
 /// One target's cost meter; `update` it now and then with its probes' hit totals.
 pub struct OverheadMeter {
+    readings: tokio::sync::watch::Sender<Option<MeterReading>>,
     pid: u32,
     programs: Vec<(u32, ProgramFd)>,
     own: OwnCpu,
@@ -120,16 +132,28 @@ impl OverheadMeter {
     pub fn new(pid: u32, programs: Vec<(u32, ProgramFd)>, own: OwnCpu) -> Self {
         TrapCost::start();
         start_program_statistics();
+        // Everything from here on is charged, hits before the trap's cost is known included
+        // (the object was loaded just now: its hit counters start at zero).
+        let first = crate::process::cpu::process_cpu_ns(pid).map(|cpu_ns| CostReading {
+            target_cpu_ns: cpu_ns as f64,
+            own_cpu_ns: own.ns() as f64,
+            ..CostReading::default()
+        });
+        let mut window = CostWindow::default();
+        if let Some(first) = first {
+            window.push(first);
+        }
         Self {
+            readings: tokio::sync::watch::Sender::new(None),
             pid,
             programs,
             own,
             started: Instant::now(),
             last_update: None,
             hits_seen: [0; HIT_KINDS as usize],
-            first: None,
-            latest: CostReading::default(),
-            window: CostWindow::default(),
+            latest: first.unwrap_or_default(),
+            first,
+            window,
             hit_cost_ns: [0.0; HIT_KINDS as usize],
         }
     }
@@ -163,21 +187,24 @@ impl OverheadMeter {
         for (family, (seen, total)) in self.hits_seen.iter_mut().zip(hits).enumerate() {
             let cost = hit_cost_ns(trap.as_nanos() as f64, runs[family]);
             self.hit_cost_ns[family] = cost;
-            // Hits counted before the first reading are not in the window's target CPU either:
-            // the first reading starts the count.
-            if self.first.is_some() {
-                reading.probe_ns[family] += total.saturating_sub(*seen) as f64 * cost;
-            }
+            reading.probe_ns[family] += total.saturating_sub(*seen) as f64 * cost;
             *seen = (*seen).max(*total);
         }
         self.first.get_or_insert(reading);
         self.latest = reading;
         self.window.push(reading);
-        metrics.overhead(
-            &self.hit_cost_ns,
-            &reading,
-            self.window.ratios().unwrap_or_default(),
-        );
+        let ratios = self.window.ratios().unwrap_or_default();
+        metrics.overhead(&self.hit_cost_ns, &reading, ratios);
+        self.readings.send_replace(Some(MeterReading {
+            span: self.window.span(),
+            ratios,
+            hit_cost_ns: self.hit_cost_ns,
+        }));
+    }
+
+    /// Each reading, as it is taken (for the governor).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<MeterReading>> {
+        self.readings.subscribe()
     }
 
     /// The cost over everything measured so far.

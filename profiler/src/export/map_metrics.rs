@@ -3,7 +3,9 @@
 //! indexes are never labels; distributions over buckets are histograms.
 use std::collections::BTreeSet;
 
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
+};
 
 use crate::model::maps::{Distribution, MapShape, OpRates};
 
@@ -32,8 +34,8 @@ pub struct MapFamilies {
     bytes: GaugeVec,
     tracked: GaugeVec,
     operations: GaugeVec,
-    growths: IntCounterVec,
-    overflows: IntCounterVec,
+    growths: CounterVec,
+    overflows: CounterVec,
     snapshots: IntCounterVec,
     dropped: IntCounterVec,
     bytes_read: IntCounterVec,
@@ -112,18 +114,21 @@ impl MapFamilies {
                 ),
                 &operation_labels,
             )?,
-            growths: IntCounterVec::new(
+            growths: CounterVec::new(
                 Opts::new(
                     "mapscope_map_growths_total",
                     "Growths of maps of 128+ entries (bucket maps: hashGrow; swiss tables: a \
-                     table grown or split) by map site.",
+                     table grown or split) by map site; an estimate, scaled up, while the \
+                     overhead governor cycles the map_event probes \
+                     (mapscope_probe_duty_cycle{probe=\"map_event\"} below 1).",
                 ),
                 &site_labels,
             )?,
-            overflows: IntCounterVec::new(
+            overflows: CounterVec::new(
                 Opts::new(
                     "mapscope_map_overflow_buckets_total",
-                    "Overflow buckets allocated (runtime newoverflow, bucket maps) by map site.",
+                    "Overflow buckets allocated (runtime newoverflow, bucket maps) by map site \
+                     (scaled like mapscope_map_growths_total).",
                 ),
                 &site_labels,
             )?,
@@ -210,7 +215,7 @@ impl TargetMapMetrics<'_> {
         }
     }
 
-    pub fn events(&self, site: &str, growths: u64, overflows: u64, bucket_maps: bool) {
+    pub fn events(&self, site: &str, growths: f64, overflows: f64, bucket_maps: bool) {
         self.touch(site);
         let labels = self.with(site);
         self.families

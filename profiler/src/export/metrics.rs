@@ -535,6 +535,7 @@ impl Metrics {
             map_sites: Mutex::default(),
             map_drop_reasons: Mutex::default(),
             own_cpu: crate::collect::overhead::OwnCpu::default(),
+            coverage: crate::collect::governor::Coverage::default(),
         };
         target
             .metrics
@@ -607,12 +608,24 @@ pub struct TargetMetrics {
     map_drop_reasons: Mutex<BTreeSet<String>>,
     /// CPU time mapscope spends for this target: every collector measures its work into it.
     own_cpu: crate::collect::overhead::OwnCpu,
+    /// The fraction of the time each probe family is attached (the overhead governor's).
+    coverage: crate::collect::governor::Coverage,
 }
 
 impl TargetMetrics {
     /// Where this target's collectors count the CPU time they spend.
     pub fn own_cpu(&self) -> &crate::collect::overhead::OwnCpu {
         &self.own_cpu
+    }
+
+    /// What fraction of the time each probe family has been attached.
+    pub fn coverage(&self) -> &crate::collect::governor::Coverage {
+        &self.coverage
+    }
+
+    /// A governed family's duty cycle (`probe` from `HIT_NAMES`).
+    pub fn duty_cycle(&self, probe: &str, duty: f64) {
+        self.metrics.overhead.duty_cycle(&self.labels, probe, duty);
     }
 
     /// Set the cost series from the target's overhead meter.

@@ -5,6 +5,7 @@ use prometheus::{CounterVec, GaugeVec, Opts, Registry};
 use crate::model::overhead::{CostRatios, CostReading};
 
 pub struct OverheadFamilies {
+    duty: GaugeVec,
     probe_ratio: GaugeVec,
     hit_cost: GaugeVec,
     probe_seconds: CounterVec,
@@ -20,6 +21,15 @@ impl OverheadFamilies {
     ) -> Result<Self, prometheus::Error> {
         let target: Vec<&str> = target_labels.iter().map(String::as_str).collect();
         let with_probe: Vec<&str> = target.iter().copied().chain(["probe"]).collect();
+        let duty = GaugeVec::new(
+            Opts::new(
+                "mapscope_probe_duty_cycle",
+                "Fraction of the time this probe family's probes are attached now (1: all the \
+                 time). Below 1, the overhead governor holds the family within --max-overhead, \
+                 and every figure it feeds is an estimate scaled up by this fraction.",
+            ),
+            &with_probe,
+        )?;
         let probe_ratio = GaugeVec::new(
             Opts::new(
                 "mapscope_probe_overhead_ratio",
@@ -70,6 +80,7 @@ impl OverheadFamilies {
             ),
             &target,
         )?;
+        registry.register(Box::new(duty.clone()))?;
         registry.register(Box::new(probe_ratio.clone()))?;
         registry.register(Box::new(hit_cost.clone()))?;
         registry.register(Box::new(probe_seconds.clone()))?;
@@ -77,6 +88,7 @@ impl OverheadFamilies {
         registry.register(Box::new(own_ratio.clone()))?;
         registry.register(Box::new(total_ratio.clone()))?;
         Ok(Self {
+            duty,
             probe_ratio,
             hit_cost,
             probe_seconds,
@@ -118,10 +130,17 @@ impl OverheadFamilies {
             .set(ratios.total());
     }
 
+    /// A governed family's duty cycle (only governed families have the series).
+    pub fn duty_cycle(&self, labels: &[String], probe: &str, duty: f64) {
+        let with_probe: Vec<&str> = labels.iter().map(String::as_str).chain([probe]).collect();
+        self.duty.with_label_values(&with_probe).set(duty);
+    }
+
     pub fn remove(&self, labels: &[String]) {
         let target: Vec<&str> = labels.iter().map(String::as_str).collect();
         for probe in HIT_NAMES {
             let with_probe: Vec<&str> = target.iter().copied().chain([probe]).collect();
+            let _ = self.duty.remove_label_values(&with_probe);
             let _ = self.probe_ratio.remove_label_values(&with_probe);
             let _ = self.hit_cost.remove_label_values(&with_probe);
             let _ = self.probe_seconds.remove_label_values(&with_probe);

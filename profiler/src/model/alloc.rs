@@ -31,12 +31,13 @@ pub fn scale(size: u64, rate: i64) -> f64 {
     1.0 / (1.0 - (-(size as f64) / rate as f64).exp())
 }
 
-/// Estimated totals from sample counts by size.
-pub fn estimate(counts_by_size: &BTreeMap<u64, u64>, rate: i64) -> AllocTotals {
+/// Estimated totals from sample counts by size (scaled by the probe's coverage, so not whole
+/// numbers when the overhead governor cycles the probe; `samples` counts them rounded).
+pub fn estimate(counts_by_size: &BTreeMap<u64, f64>, rate: i64) -> AllocTotals {
     let mut totals = AllocTotals::default();
     for (&size, &count) in counts_by_size {
-        let objects = count as f64 * scale(size, rate);
-        totals.samples += count;
+        let objects = count * scale(size, rate);
+        totals.samples += count.round() as u64;
         totals.objects += objects;
         totals.bytes += objects * size as f64;
     }
@@ -63,7 +64,7 @@ mod tests {
     #[test]
     fn estimates_add_up_by_size() {
         let rate = 512 * 1024;
-        let counts = BTreeMap::from([(64, 10), (4096, 3)]);
+        let counts = BTreeMap::from([(64, 10.0), (4096, 3.0)]);
         let totals = estimate(&counts, rate);
         assert_eq!(totals.samples, 13);
         let objects = 10.0 * scale(64, rate) + 3.0 * scale(4096, rate);

@@ -79,6 +79,14 @@ impl CostWindow {
         }
     }
 
+    /// The time between the window's first and last readings.
+    pub fn span(&self) -> Duration {
+        match (self.readings.front(), self.readings.back()) {
+            (Some(first), Some(last)) => last.at.saturating_sub(first.at),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// The shares over the window (shorter right after attach).
     pub fn ratios(&self) -> Option<CostRatios> {
         CostRatios::between(self.readings.front()?, self.readings.back()?)

@@ -80,9 +80,10 @@ pub struct SiteTotals {
 }
 
 impl SiteTotals {
-    /// Add `count` samples of `size` bytes taken at a stack classified as (`site`, `churn`).
-    pub fn add(&mut self, site: &Site, churn: Option<Churn>, size: u64, count: u64, rate: i64) {
-        let objects = count as f64 * scale(size, rate);
+    /// Add `count` samples (scaled by the probe's coverage) of `size` bytes taken at a stack
+    /// classified as (`site`, `churn`).
+    pub fn add(&mut self, site: &Site, churn: Option<Churn>, size: u64, count: f64, rate: i64) {
+        let objects = count * scale(size, rate);
         let entry = self.by_site.entry(site.clone()).or_default();
         entry.0 += objects;
         entry.1 += objects * size as f64;
@@ -335,7 +336,7 @@ mod tests {
             function: "main.f".into(),
             location: "main.go:3".into(),
         };
-        totals.add(&site, Some(Churn::Map), 1 << 30, 2, 512 * 1024);
+        totals.add(&site, Some(Churn::Map), 1 << 30, 2.0, 512 * 1024);
         let (objects, bytes) = totals.by_site[&site];
         assert!((objects - 2.0).abs() < 1e-6 && (bytes - 2.0 * (1u64 << 30) as f64).abs() < 1.0);
         assert!((totals.churn[&(Churn::Map, site)] - 2.0).abs() < 1e-6);

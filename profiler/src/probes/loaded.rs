@@ -1,6 +1,7 @@
 //! The eBPF object for one target: loaded, attached to its probe points, and detached on drop.
 use std::{
     num::NonZeroU32,
+    os::fd::AsFd as _,
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -97,6 +98,8 @@ pub struct AttachedProbes {
     exe: std::path::PathBuf,
     /// Probes loaded but attached only by `windowed`.
     windowed: Vec<ProbePoint>,
+    /// The links of families whose probes the overhead governor takes on and off, by family.
+    governed: Vec<(u32, ProbePoint, UProbeLinkId)>,
     pub count: usize,
 }
 
@@ -109,19 +112,27 @@ fn lock(ebpf: &Mutex<Ebpf>) -> std::sync::MutexGuard<'_, Ebpf> {
 
 impl AttachedProbes {
     /// Load the programs of `points` and `windowed`, and attach every one of `points`, for
-    /// `pid` only; `windowed` stay loaded for `windowed()`. The executable is named by
-    /// `/proc/PID/exe` so the kernel resolves the right inode in any mount namespace.
+    /// `pid` only; `windowed` stay loaded for `windowed()`, and the links of the `governed`
+    /// families are kept for `governed()`. The executable is named by `/proc/PID/exe` so the
+    /// kernel resolves the right inode in any mount namespace.
     pub fn attach(
         pid: u32,
         exe: &Path,
         points: &[ProbePoint],
         windowed: &[ProbePoint],
+        governed: &[u32],
     ) -> Result<Self, LoadError> {
         let all: Vec<ProbePoint> = points.iter().chain(windowed).cloned().collect();
         let (mut ebpf, logger) = load(&all)?;
+        let mut governed_links = Vec::new();
         for point in points {
             // The link is owned by the program: dropping the object detaches it.
-            attach_point(&mut ebpf, pid, exe, point)?;
+            let link = attach_point(&mut ebpf, pid, exe, point)?;
+            if let Some(family) =
+                super::family(point.program).filter(|family| governed.contains(family))
+            {
+                governed_links.push((family, *point, link));
+            }
         }
         Ok(Self {
             ebpf: Arc::new(Mutex::new(ebpf)),
@@ -129,8 +140,37 @@ impl AttachedProbes {
             pid,
             exe: exe.to_owned(),
             windowed: windowed.to_vec(),
+            governed: governed_links,
             count: points.len(),
         })
+    }
+
+    /// The probes of each governed family, attached, for the governor to take off and put back
+    /// (by family); each family once.
+    pub fn governed(&mut self) -> Vec<(u32, WindowedProbes)> {
+        let mut families: Vec<(u32, WindowedProbes)> = Vec::new();
+        for (family, point, link) in std::mem::take(&mut self.governed) {
+            let index = match families.iter().position(|(known, _)| *known == family) {
+                Some(index) => index,
+                None => {
+                    families.push((
+                        family,
+                        WindowedProbes {
+                            ebpf: Arc::downgrade(&self.ebpf),
+                            pid: self.pid,
+                            exe: self.exe.clone(),
+                            points: Vec::new(),
+                            links: Vec::new(),
+                        },
+                    ));
+                    families.len() - 1
+                }
+            };
+            let probes = &mut families[index].1;
+            probes.links.push((point.cookie, point.program, link));
+            probes.points.push(point);
+        }
+        families
     }
 
     fn take<T: TryFrom<Map>>(&mut self, name: &'static str) -> Result<T, LoadError> {
@@ -166,6 +206,28 @@ impl AttachedProbes {
             ops: self.take("MAP_OPS")?,
             hits: self.take("MAP_ACCESS_HITS")?,
         })
+    }
+
+    /// A second handle on the probe hit counters (`PROBE_HITS`), for the overhead governor;
+    /// before `take_stw_maps` takes the first.
+    pub fn hit_counters(&self) -> Result<PerCpuArray<MapData, u64>, LoadError> {
+        const NAME: &str = "PROBE_HITS";
+        let ebpf = lock(&self.ebpf);
+        let Some(Map::PerCpuArray(data)) = ebpf.map(NAME) else {
+            return Err(LoadError::Map(NAME));
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|_| LoadError::Map(NAME))?;
+        let data = MapData::from_fd(fd).map_err(|_| LoadError::Map(NAME))?;
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|_| LoadError::Map(NAME))
+    }
+
+    /// The switch that stops the governed families counting (`FAMILY_PAUSED`, by family).
+    pub fn take_family_switch(&mut self) -> Result<aya::maps::Array<MapData, u32>, LoadError> {
+        self.take("FAMILY_PAUSED")
     }
 
     pub fn take_stw_maps(&mut self) -> Result<StwMaps, LoadError> {
@@ -317,6 +379,11 @@ impl WindowedProbes {
     /// How many uprobes a window attaches.
     pub fn probe_count(&self) -> usize {
         self.points.len()
+    }
+
+    /// Whether the probes are attached now.
+    pub fn attached(&self) -> bool {
+        !self.links.is_empty()
     }
 
     /// Attach every point; on a failure, detach those attached and say why.

@@ -9,6 +9,8 @@
 //	             grows a map past 8 entries, every 512th grows one from empty to 2048; print
 //	             {"ops":…,"seconds":…}.
 //	-mode smallmaps: build 16-entry maps from empty for -duration; print {"ns_per_map":…}.
+//	-mode growmaps: build 512-entry maps from empty for -duration; print {"maps":…} every
+//	             100 ms and at the end, then "done", then idle for -then-idle.
 //	-mode sizedmaps: make(map[int]int, n) with a run-time n for -duration; same output.
 //	-mode bigmap: build a -entries map[int]int and a buffer of as many bytes as the map holds,
 //	             print {"map":ADDR,"type":ADDR,"buffer":ADDR,"buffer_len":N}, then wait for EOF.
@@ -36,6 +38,7 @@ var (
 	calls    = flag.Int("calls", 200000, "call: how many calls")
 	heapOut  = flag.String("heap", "", "alloc: write the heap profile here afterwards")
 	entries  = flag.Int("entries", 1_000_000, "bigmap: entries")
+	idle     = flag.Duration("then-idle", 0, "alloc, growmaps: after the report, stay up doing nothing this long")
 )
 
 var sink atomic.Pointer[[]byte]
@@ -95,6 +98,7 @@ func allocate() {
 		"alloc_bytes":    after.TotalAlloc - before.TotalAlloc,
 	})
 	fmt.Println(string(out))
+	time.Sleep(*idle)
 }
 
 func callLoop() {
@@ -176,6 +180,34 @@ func mapLoad() {
 	fmt.Println(string(out))
 }
 
+// growMaps builds 512-entry maps from empty for -duration, every growth a map event (those
+// past 128 entries counted by mapscope), printing {"maps":…,"seconds":…} every 100 ms (the
+// count so far) and at the end, then idles -then-idle.
+func growMaps() {
+	start := time.Now()
+	count := 0
+	report := func() {
+		out, _ := json.Marshal(map[string]any{"maps": count, "seconds": time.Since(start).Seconds()})
+		fmt.Println(string(out))
+	}
+	next := start.Add(100 * time.Millisecond)
+	for time.Since(start) < *duration {
+		m := map[int]int{}
+		for j := 0; j < 512; j++ {
+			m[j] = j
+		}
+		total += int64(len(m))
+		count++
+		if now := time.Now(); now.After(next) {
+			report()
+			next = now.Add(100 * time.Millisecond)
+		}
+	}
+	report()
+	fmt.Println("done")
+	time.Sleep(*idle)
+}
+
 // smallMaps builds 16-entry maps from empty for -duration (each grows past its first bucket or
 // group: one growth event on swiss tables, two on bucket maps) and prints
 // {"ns_per_map":…}.
@@ -249,6 +281,8 @@ func main() {
 		mapLoad()
 	case "smallmaps":
 		smallMaps()
+	case "growmaps":
+		growMaps()
 	case "sizedmaps":
 		sizedMaps()
 	case "bigmap":
