@@ -32,14 +32,17 @@ use crate::{
 };
 
 /// Threads currently between a stop and a start (Go 1.21/1.22, which need the stop side).
-/// Far more slots than a process has threads in a stop at once: only one thread can hold
-/// the runtime's `worldsema`.
+/// Only one thread at a time can hold the runtime's `worldsema`, and each entry is removed at
+/// the start: the slots are for entries left by threads that died mid-pause (or a pause
+/// mapscope attached in the middle of). Preallocated per target: 64, not thousands.
 #[map]
-static STOPPED: HashMap<u64, PendingStw> = HashMap::with_max_entries(4096, 0);
+static STOPPED: HashMap<u64, PendingStw> = HashMap::with_max_entries(PENDING_THREADS, 0);
 
 /// Threads inside `startTheWorldWithSema`, between its entry and its return.
 #[map]
-static STARTING: HashMap<u64, PendingStw> = HashMap::with_max_entries(4096, 0);
+static STARTING: HashMap<u64, PendingStw> = HashMap::with_max_entries(PENDING_THREADS, 0);
+
+const PENDING_THREADS: u32 = 64;
 
 /// One event per pause; at tens of pauses per second per target, 256 KiB is minutes of slack.
 #[map]

@@ -604,7 +604,8 @@ async fn call_run(gcbench: &Path, programs: Option<(&'static str, &'static str)>
                 .into_iter()
                 .map(|address| point(ret, address)),
         );
-        let mut probes = AttachedProbes::attach(child.id(), gcbench, &points, &[], &[]).unwrap();
+        let mut probes =
+            AttachedProbes::attach(child.id(), gcbench, &points, &[], &[], &[]).unwrap();
         // Drain events exactly as a profiling session does.
         let collector = if entry == START_ENTRY {
             let Support::Known(abi) = abi::stw_abi("go1.27.3".parse().unwrap()) else {

@@ -44,6 +44,8 @@ pub struct Target {
     pub windowed_points: Vec<ProbePoint>,
     /// Where `runtime.MemProfileRate` is in the target, when the symbol table says.
     pub mem_profile_rate: Option<u64>,
+    /// Where `runtime.disableMemoryProfiling` is, when the symbol table says.
+    pub memory_profiling_disabled: Option<u64>,
     /// Whether the allocation sampler is among `points`.
     pub sampling_allocations: bool,
     /// The map layout of this Go release, when the map probes are among `points`.
@@ -292,9 +294,13 @@ pub fn understand_with(
             .unwrap_or(0),
         _ => 0,
     };
-    let mem_profile_rate = binary
-        .function(abi::MEM_PROFILE_RATE)
-        .map(|variable| variable.address + load_bias);
+    let variable = |name| {
+        binary
+            .function(name)
+            .map(|variable| variable.address + load_bias)
+    };
+    let mem_profile_rate = variable(abi::MEM_PROFILE_RATE);
+    let memory_profiling_disabled = variable(abi::DISABLE_MEMORY_PROFILING);
     if !process.is_alive() {
         return Err(UserError::new(
             Exit::NoSuchProcess,
@@ -321,6 +327,7 @@ pub fn understand_with(
         points,
         windowed_points,
         mem_profile_rate,
+        memory_profiling_disabled,
         sampling_allocations: alloc_point.is_some(),
         maps,
         binary,
@@ -424,12 +431,26 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
         let exact = probes::alloc::plan_exact(&target.binary);
         tracing::warn!(
             "exact allocation counting puts a uprobe on every allocation ({} entry points): each \
-             costs microseconds, so expect the target to run many times slower while attached",
+             costs about a microsecond, so expect the target to run several times slower while \
+             attached (mapscope_probe_overhead_ratio{{probe=\"alloc_exact\"}} says how much)",
             exact.len()
         );
         target.points.extend(exact);
     }
     let process = &target.process;
+    // Most services run with the runtime's allocation sampling off (the linker turns it off in
+    // programs that never reference runtime.MemProfile): their sampler never fires, and its
+    // tables (6 MB of kernel memory at full size) get a few slots, enough to show as losses if
+    // the program turns sampling on later. (`run` stops the program before the runtime has
+    // zeroed the rate: the linker's flag says it will.)
+    let read = |address: Option<u64>| address.and_then(|at| memory::read_i64(process.pid, at).ok());
+    let sampling_off = read(target.mem_profile_rate) == Some(0)
+        || read(target.memory_profiling_disabled).is_some_and(|word| word & 0xff == 1);
+    let small_tables: Vec<&str> = if sampling_off {
+        vec!["ALLOC_SAMPLES", "ALLOC_STACKS"]
+    } else {
+        Vec::new()
+    };
     match AttachedProbes::attach(
         process.pid,
         &process.exe_path(),
@@ -440,6 +461,7 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
         } else {
             &[]
         },
+        &small_tables,
     ) {
         Ok(probes) => Ok(Attached { target, probes }),
         Err(_) if !process.is_alive() => Err(UserError::new(
@@ -640,8 +662,10 @@ impl Attached {
             process.pid,
             self.probes.program_fds(),
             target_metrics.own_cpu().clone(),
+            options.max_overhead,
         );
         let readings = meter.subscribe();
+        exported.metrics.set_budget(options.max_overhead);
         collector.meter = Some(meter);
         // The allocation sampler runs beside the pause collector until the same stop.
         let (stop_all, stopped) = tokio::sync::watch::channel(false);

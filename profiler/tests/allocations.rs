@@ -22,7 +22,7 @@ fn tolerance(samples: f64) -> f64 {
 fn compare(version: &str) {
     let binary = common::build_go("gcload", version, &[]);
     let mut target = GoTarget::start(&binary, &["-duration", "2s", "-forced-gcs", "5"]);
-    let mapscope = Mapscope::attach(target.pid());
+    let mapscope = Mapscope::attach_unbudgeted(target.pid());
     let report = target.run_load();
     // mapscope reads the kernel's counts every second.
     std::thread::sleep(Duration::from_millis(1500));

@@ -112,7 +112,10 @@ fn start(version: &str) -> (GoTarget, Mapscope) {
 }
 
 /// mapshapes built with `build_flags`, and `mapscope attach` snapshotting every second with
-/// `options` besides.
+/// `options` besides. The map event probes stay attached all the time (`--max-overhead 0`):
+/// these tests compare every growth and overflow with the target's own count over a few
+/// seconds, which a duty-cycled family's scaled estimates only approach over several cycles
+/// (tests/overhead.rs tests those).
 fn start_built(version: &str, build_flags: &[&str], options: &[&str]) -> (GoTarget, Mapscope) {
     let binary = common::build_go("mapshapes", version, build_flags);
     let target = GoTarget::start(&binary, &[]);
@@ -125,6 +128,8 @@ fn start_built(version: &str, build_flags: &[&str], options: &[&str]) -> (GoTarg
         "127.0.0.1:0",
         "--map-snapshot-interval",
         "1s",
+        "--max-overhead",
+        "0",
     ];
     args.extend_from_slice(options);
     let mapscope = Mapscope::start(&args);

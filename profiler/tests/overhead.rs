@@ -405,3 +405,76 @@ fn the_governor_holds_map_growth_probes_by_the_targets_own_throughput() {
         "estimated {estimated} growths, {expected} made"
     );
 }
+
+/// deploy/prometheus/rules.yml, loaded by a real Prometheus scraping mapscope: its alert goes
+/// off for a target that costs more than the budget (`--alloc-exact`, which the budget never
+/// cuts), and its recording rule has the cost. The alert waits ten minutes before firing, so
+/// this sees it pending: its expression holds.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_over_budget_alert_goes_off() {
+    let _alone = one_at_a_time();
+    let binary = common::build_go("gcbench", NEWEST_GO, &[]);
+    let mapscope = Mapscope::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--alloc-exact",
+        "--",
+        binary.to_str().unwrap(),
+        "-mode",
+        "alloc",
+        "-duration",
+        "40s",
+    ]);
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/rules.yml");
+    let prometheus = common::PrometheusServer::start(&format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+         scrape_configs:\n  - job_name: mapscope\n    static_configs:\n      - targets: ['{}']\n",
+        rules.display(),
+        mapscope.address
+    ));
+    let api = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&common::http_get(prometheus.address, path)).unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let alert = loop {
+        let alerts = api("/api/v1/alerts");
+        let found = alerts["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|alert| alert["labels"]["alertname"] == "MapscopeOverBudget")
+            .cloned();
+        if let Some(alert) = found {
+            break alert;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no MapscopeOverBudget alert within 30 s: {alerts}\nmapscope: {}",
+            mapscope.stderr.all()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("{alert}");
+    assert_eq!(alert["labels"]["exe"], "gcbench");
+    assert!(
+        matches!(alert["state"].as_str(), Some("pending" | "firing")),
+        "{alert}"
+    );
+    let recorded = api("/api/v1/query?query=target%3Amapscope_overhead%3Aratio");
+    let value: f64 = recorded["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(value > 0.1, "recorded {recorded}");
+    assert!(
+        mapscope
+            .stderr
+            .all()
+            .contains("--alloc-exact costs the target"),
+        "no over-budget warning: {}",
+        mapscope.stderr.all()
+    );
+}

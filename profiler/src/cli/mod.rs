@@ -190,7 +190,7 @@ pub struct MapArgs {
     /// growth, overflow and creation events only. Each probed operation costs the target about
     /// a microsecond or more while attached, and the kernel takes a while to remove the
     /// probes: at the default, 0.67% of the work of a program saturated with map operations in
-    /// this project's bench, less for one doing fewer (see README, "What it costs").
+    /// this project's bench, less for one doing fewer (see README, "Benchmarks").
     #[arg(
         long,
         value_name = "WINDOW/PERIOD",

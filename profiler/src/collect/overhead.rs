@@ -17,13 +17,16 @@ use std::{
 };
 
 use aya::programs::ProgramFd;
-use profiler_common::counters::HIT_KINDS;
+use profiler_common::counters::{HIT_ALLOC_EXACT, HIT_KINDS, HIT_MAP_CREATE};
 
 use crate::{
     export::metrics::TargetMetrics,
     model::overhead::{CostRatios, CostReading, CostSummary, CostWindow, ProgramRuns, hit_cost_ns},
     probes::calibrate::TrapCost,
 };
+
+/// A mode asked for is judged against the budget over at least this much of the target's time.
+const WARN_AFTER: Duration = Duration::from_secs(10);
 
 /// How often the ratios are recomputed (reading `/proc/PID/stat` and the programs' statistics).
 const UPDATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -125,11 +128,15 @@ pub struct OverheadMeter {
     window: CostWindow,
     /// The cost of one hit of each family as last estimated.
     pub hit_cost_ns: [f64; HIT_KINDS as usize],
+    /// `--max-overhead` (0: none), and the modes asked for already said to be over it.
+    budget: f64,
+    warned: [bool; HIT_KINDS as usize],
 }
 
 impl OverheadMeter {
     /// `programs`: the target's loaded programs by family, whose run-time statistics are read.
-    pub fn new(pid: u32, programs: Vec<(u32, ProgramFd)>, own: OwnCpu) -> Self {
+    /// `budget`: `--max-overhead`, for the warning when a mode the user asked for goes over it.
+    pub fn new(pid: u32, programs: Vec<(u32, ProgramFd)>, own: OwnCpu, budget: f64) -> Self {
         TrapCost::start();
         start_program_statistics();
         // Everything from here on is charged, hits before the trap's cost is known included
@@ -155,6 +162,8 @@ impl OverheadMeter {
             first,
             window,
             hit_cost_ns: [0.0; HIT_KINDS as usize],
+            budget,
+            warned: [false; HIT_KINDS as usize],
         }
     }
 
@@ -194,12 +203,42 @@ impl OverheadMeter {
         self.latest = reading;
         self.window.push(reading);
         let ratios = self.window.ratios().unwrap_or_default();
-        metrics.overhead(&self.hit_cost_ns, &reading, ratios);
+        let first_cpu_ns = self
+            .first
+            .map_or(reading.target_cpu_ns, |first| first.target_cpu_ns);
+        metrics.overhead(&self.hit_cost_ns, &reading, first_cpu_ns, ratios);
+        self.warn_over_budget(&ratios);
         self.readings.send_replace(Some(MeterReading {
             span: self.window.span(),
             ratios,
             hit_cost_ns: self.hit_cost_ns,
         }));
+    }
+
+    /// The governor never cuts a mode the user asked for (`--alloc-exact`, `--map-creations`):
+    /// say once, per mode, when it alone costs the target more than the budget.
+    fn warn_over_budget(&mut self, ratios: &CostRatios) {
+        const ASKED_FOR: [(u32, &str); 2] = [
+            (HIT_ALLOC_EXACT, "--alloc-exact"),
+            (HIT_MAP_CREATE, "--map-creations"),
+        ];
+        if self.budget <= 0.0 || self.window.span() < WARN_AFTER {
+            return;
+        }
+        for (family, flag) in ASKED_FOR {
+            let share = ratios.probes[family as usize];
+            if share > self.budget && !self.warned[family as usize] {
+                self.warned[family as usize] = true;
+                tracing::warn!(
+                    "PID {}: {flag} costs the target {:.1}% of its CPU time, over the {:.1}% \
+                     budget (--max-overhead); it is not cut because you asked for it: leave it \
+                     off when you are done",
+                    self.pid,
+                    share * 100.0,
+                    self.budget * 100.0
+                );
+            }
+        }
     }
 
     /// Each reading, as it is taken (for the governor).

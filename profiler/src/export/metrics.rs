@@ -228,6 +228,7 @@ pub struct Metrics {
     vitals: VitalFamilies,
     overhead: super::overhead::OverheadFamilies,
     targets: prometheus::IntGauge,
+    budget: prometheus::Gauge,
     attach_failures: IntCounterVec,
     /// User-defined labels (name, value) on every per-target series.
     extra_labels: Vec<(String, String)>,
@@ -474,6 +475,12 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(targets.clone()))?;
+        let budget = prometheus::Gauge::new(
+            "mapscope_max_overhead_ratio",
+            "The most mapscope may cost each target, as a share of the target's CPU time \
+             (--max-overhead; 0: no budget).",
+        )?;
+        registry.register(Box::new(budget.clone()))?;
         // Every failure series exists from the start at 0, so `increase()` sees the first one.
         for reason in ATTACH_FAILURE_REASONS {
             attach_failures.with_label_values(&[reason]).inc_by(0);
@@ -488,6 +495,7 @@ impl Metrics {
             vitals,
             overhead,
             targets,
+            budget,
             attach_failures,
             extra_labels: extra,
             publishing: std::sync::RwLock::new(()),
@@ -566,6 +574,11 @@ impl Metrics {
         target
     }
 
+    /// The budget the targets are held to (`--max-overhead`).
+    pub fn set_budget(&self, budget: f64) {
+        self.budget.set(budget);
+    }
+
     /// One more (or one fewer) attached target.
     pub fn targets_changed(&self, delta: i64) {
         self.targets.add(delta);
@@ -633,11 +646,12 @@ impl TargetMetrics {
         &self,
         hit_cost_ns: &[f64; profiler_common::counters::HIT_KINDS as usize],
         reading: &crate::model::overhead::CostReading,
+        first_cpu_ns: f64,
         ratios: crate::model::overhead::CostRatios,
     ) {
         self.metrics
             .overhead
-            .set(&self.labels, hit_cost_ns, reading, ratios);
+            .set(&self.labels, hit_cost_ns, reading, first_cpu_ns, ratios);
     }
 
     fn with<'a>(&'a self, extra: &'a str) -> Vec<&'a str> {

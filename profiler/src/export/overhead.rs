@@ -12,6 +12,7 @@ pub struct OverheadFamilies {
     own_seconds: CounterVec,
     own_ratio: GaugeVec,
     total_ratio: GaugeVec,
+    target_seconds: CounterVec,
 }
 
 impl OverheadFamilies {
@@ -80,6 +81,15 @@ impl OverheadFamilies {
             ),
             &target,
         )?;
+        let target_seconds = CounterVec::new(
+            Opts::new(
+                "mapscope_target_cpu_seconds_total",
+                "CPU time the target used while mapscope watched (user + system, all its \
+                 threads, /proc/PID/stat; the probes' time included): what the ratios divide by.",
+            ),
+            &target,
+        )?;
+        registry.register(Box::new(target_seconds.clone()))?;
         registry.register(Box::new(duty.clone()))?;
         registry.register(Box::new(probe_ratio.clone()))?;
         registry.register(Box::new(hit_cost.clone()))?;
@@ -95,6 +105,7 @@ impl OverheadFamilies {
             own_seconds,
             own_ratio,
             total_ratio,
+            target_seconds,
         })
     }
 
@@ -104,6 +115,7 @@ impl OverheadFamilies {
         labels: &[String],
         hit_cost_ns: &[f64; HIT_KINDS as usize],
         reading: &CostReading,
+        first_cpu_ns: f64,
         ratios: CostRatios,
     ) {
         let target: Vec<&str> = labels.iter().map(String::as_str).collect();
@@ -125,6 +137,10 @@ impl OverheadFamilies {
             reading.own_cpu_ns / 1e9,
         );
         self.own_ratio.with_label_values(&target).set(ratios.own);
+        raise_to(
+            &self.target_seconds.with_label_values(&target),
+            (reading.target_cpu_ns - first_cpu_ns) / 1e9,
+        );
         self.total_ratio
             .with_label_values(&target)
             .set(ratios.total());
@@ -148,6 +164,7 @@ impl OverheadFamilies {
         let _ = self.own_seconds.remove_label_values(&target);
         let _ = self.own_ratio.remove_label_values(&target);
         let _ = self.total_ratio.remove_label_values(&target);
+        let _ = self.target_seconds.remove_label_values(&target);
     }
 }
 

@@ -23,6 +23,9 @@ pub const GC_BG_MARK_START_WORKERS: &str = "runtime.gcBgMarkStartWorkers";
 pub const PROFILE_ALLOC: &str = "runtime.profilealloc";
 /// `var MemProfileRate int` (src/runtime/mprof.go): bytes per sample, 512 KiB unless changed.
 pub const MEM_PROFILE_RATE: &str = "runtime.MemProfileRate";
+/// Set by the linker when no reachable code calls `runtime.MemProfile`: the runtime then sets
+/// `MemProfileRate` to 0 when it starts.
+pub const DISABLE_MEMORY_PROFILING: &str = "runtime.disableMemoryProfiling";
 pub const DEFAULT_MEM_PROFILE_RATE: i64 = 512 * 1024;
 
 /// `func mallocgc(size uintptr, typ *_type, needzero bool)`: every heap allocation in go1.19.8
@@ -102,6 +105,7 @@ pub const WANTED: &[&str] = &[
     GC_BG_MARK_START_WORKERS,
     PROFILE_ALLOC,
     MEM_PROFILE_RATE,
+    DISABLE_MEMORY_PROFILING,
     MALLOCGC,
     MALLOCGC_SPECIALIZED[0],
     MALLOCGC_SPECIALIZED[1],

@@ -217,7 +217,7 @@ pub fn trap_cost() -> Result<Duration, CalibrationError> {
         cookie: 0,
     };
     let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
-    let probes = AttachedProbes::attach(pid, &exe, &[point], &[], &[])?;
+    let probes = AttachedProbes::attach(pid, &exe, &[point], &[], &[], &[])?;
     let with = calibrator.ns_per_call();
     probes.detach();
     let with = with?;

@@ -113,17 +113,20 @@ fn lock(ebpf: &Mutex<Ebpf>) -> std::sync::MutexGuard<'_, Ebpf> {
 impl AttachedProbes {
     /// Load the programs of `points` and `windowed`, and attach every one of `points`, for
     /// `pid` only; `windowed` stay loaded for `windowed()`, and the links of the `governed`
-    /// families are kept for `governed()`. The executable is named by `/proc/PID/exe` so the
-    /// kernel resolves the right inode in any mount namespace.
+    /// families are kept for `governed()`. `small_tables`: tables of the object sized to
+    /// `SMALL_TABLE` entries (those of a family that should find nothing to count). The
+    /// executable is named by `/proc/PID/exe` so the kernel resolves the right inode in any
+    /// mount namespace.
     pub fn attach(
         pid: u32,
         exe: &Path,
         points: &[ProbePoint],
         windowed: &[ProbePoint],
         governed: &[u32],
+        small_tables: &[&str],
     ) -> Result<Self, LoadError> {
         let all: Vec<ProbePoint> = points.iter().chain(windowed).cloned().collect();
-        let (mut ebpf, logger) = load(&all)?;
+        let (mut ebpf, logger) = load(&all, small_tables)?;
         let mut governed_links = Vec::new();
         for point in points {
             // The link is owned by the program: dropping the object detaches it.
@@ -289,10 +292,20 @@ const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
     ]
 };
 
+/// The size of a table that should find little to count (`AttachedProbes::attach`): what
+/// does come is still counted, or counted as lost when it is full.
+pub const SMALL_TABLE: u32 = 64;
+
 /// Load the object and the programs `points` use, with the log drain running (when there is
 /// an async runtime to run it: the probe cost calibration has none, and logs nothing).
-fn load(points: &[ProbePoint]) -> Result<(Ebpf, Option<LogDrain>), LoadError> {
+fn load(
+    points: &[ProbePoint],
+    small_tables: &[&str],
+) -> Result<(Ebpf, Option<LogDrain>), LoadError> {
     let mut loader = EbpfLoader::new();
+    for name in small_tables {
+        loader.map_max_entries(name, SMALL_TABLE);
+    }
     for (families, tables) in FAMILY_TABLES {
         let used = points.iter().any(|point| {
             super::family(point.program).is_some_and(|family| families.contains(&family))

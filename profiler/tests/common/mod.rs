@@ -411,6 +411,21 @@ impl Mapscope {
         ])
     }
 
+    /// `attach` with every probe attached all the time (`--max-overhead 0`): for tests that
+    /// compare counts with the target's own over a short window, which a duty-cycled family's
+    /// scaled estimates only approach over several cycles (tests/overhead.rs tests those).
+    pub fn attach_unbudgeted(pid: u32) -> Self {
+        Self::start(&[
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--max-overhead",
+            "0",
+        ])
+    }
+
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(MAPSCOPE)
             .args(args)
