@@ -17,6 +17,13 @@
 //!    against one 8-byte read of the same process, and the GC-heavy program's throughput under
 //!    `mapscope run` scraped every second against the same not scraped, interleaved; with the
 //!    GC trigger probes' hits per cycle.
+//! 6. The overhead budget (`cargo xtask bench budget`): a map-heavy, an allocation-heavy and a
+//!    map-growing program alone, under `mapscope run` with the default budget and with none
+//!    (`--max-overhead 0`), interleaved: the throughput ratios, beside the cost mapscope reported
+//!    (its exit summary).
+//! 7. The daemon's own footprint (`cargo xtask bench daemon`): CPU, RSS and locked BPF memory
+//!    with 1, 10 and 64 targets, and (`cargo xtask bench long`) CPU and RSS over 10 minutes of
+//!    one allocation-heavy target.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -65,7 +72,21 @@ fn main() {
         vitals(&gcbench, mapscope);
         return;
     }
+    if std::env::args().any(|arg| arg == "budget") {
+        budget(&gcbench, mapscope);
+        return;
+    }
+    if std::env::args().any(|arg| arg == "daemon") {
+        daemon_footprint(&gcbench, mapscope);
+        return;
+    }
+    if std::env::args().any(|arg| arg == "long") {
+        long_run(&gcbench, mapscope);
+        return;
+    }
     vitals(&gcbench, mapscope);
+    budget(&gcbench, mapscope);
+    daemon_footprint(&gcbench, mapscope);
     map_probes(&gcbench, mapscope);
     let bucket_go = std::env::var("MAPSCOPE_BENCH_GO_BUCKETS")
         .expect("MAPSCOPE_BENCH_GO_BUCKETS: run `cargo xtask bench`");
@@ -172,6 +193,219 @@ fn main() {
         our_hit / noop_hit,
         our_hit - noop_hit
     );
+}
+
+const BUDGET_ROUNDS: usize = 3;
+const BUDGET_SECONDS: u64 = 10;
+
+/// A run's throughput (`ops` or `maps` per second, from gcbench's last JSON line) and, under
+/// mapscope, the cost its exit summary reported.
+fn throughput_and_cost(command: &mut Command, unit: &str) -> (f64, Option<f64>) {
+    let output = command.stderr(Stdio::null()).output().unwrap();
+    assert!(output.status.success(), "{command:?} failed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(line).unwrap();
+    let cost = stdout.lines().find_map(|line| {
+        let share = line.trim().strip_prefix("cost to the target: ")?;
+        share
+            .split('%')
+            .next()?
+            .parse::<f64>()
+            .ok()
+            .map(|percent| percent / 100.0)
+    });
+    (
+        result[unit].as_f64().unwrap() / result["seconds"].as_f64().unwrap(),
+        cost,
+    )
+}
+
+fn budget(gcbench: &Path, mapscope: &str) {
+    let seconds = format!("{BUDGET_SECONDS}s");
+    println!(
+        "== overhead budget: {BUDGET_ROUNDS} interleaved rounds of {seconds}: alone, default budget (1%), no budget"
+    );
+    for (name, mode, unit) in [
+        ("map-heavy (gcbench -mode maps)", "maps", "ops"),
+        ("allocation-heavy (gcbench -mode alloc)", "alloc", "ops"),
+        (
+            "map growth flat out (gcbench -mode growmaps)",
+            "growmaps",
+            "maps",
+        ),
+    ] {
+        let load = ["-mode", mode, "-duration", &seconds];
+        let (mut held, mut free) = (Vec::new(), Vec::new());
+        let (mut held_cost, mut free_cost) = (Vec::new(), Vec::new());
+        for _ in 0..BUDGET_ROUNDS {
+            let (alone, _) = throughput_and_cost(Command::new(gcbench).args(load), unit);
+            for (budget, ratios, costs) in [
+                ("0.01", &mut held, &mut held_cost),
+                ("0", &mut free, &mut free_cost),
+            ] {
+                let (attached, cost) = throughput_and_cost(
+                    Command::new(mapscope)
+                        .args([
+                            "run",
+                            "--listen",
+                            "127.0.0.1:0",
+                            "--max-overhead",
+                            budget,
+                            "--",
+                        ])
+                        .arg(gcbench)
+                        .args(load),
+                    unit,
+                );
+                ratios.push(attached / alone);
+                costs.push(cost.unwrap_or(f64::NAN));
+            }
+        }
+        println!(
+            "  {name}: default budget {:.3}x alone (mapscope reported {:.2}% of its CPU); no budget {:.3}x (reported {:.2}%)",
+            median(&mut held),
+            median(&mut held_cost) * 100.0,
+            median(&mut free),
+            median(&mut free_cost) * 100.0,
+        );
+    }
+}
+
+/// Locked kernel memory of a process's BPF maps (each map's `memlock` in its fdinfo).
+fn bpf_memory(pid: u32) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|link| link.to_string_lossy() == "anon_inode:bpf-map")
+        })
+        .filter_map(|fd| {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .ok()?;
+            info.lines()
+                .find_map(|line| line.strip_prefix("memlock:"))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// CPU seconds (user + system) and RSS in bytes of a process.
+fn cpu_and_rss(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = &stat[stat.rfind(')').map_or(0, |at| at + 1)..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // SAFETY: sysconf only reads a system setting.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let rss_pages = ticks(21);
+    ((ticks(11) + ticks(12)) / hz, (rss_pages * 4096.0) as u64)
+}
+
+/// The daemon attached to `count` targets: its CPU over 30 s once attached, its RSS and its
+/// locked BPF memory. The targets run a GC load paced at a few cycles a second.
+fn daemon_footprint(gcbench: &Path, mapscope: &str) {
+    println!("== daemon footprint: 1, 10 and 64 targets (gcbench -mode paced), 30 s each");
+    let exe = format!("gcbench-footprint-{}", std::process::id());
+    let copy = std::env::temp_dir().join(&exe);
+    std::fs::copy(gcbench, &copy).unwrap();
+    for count in [1, 10, 64] {
+        let mut targets: Vec<std::process::Child> = (0..count)
+            .map(|_| {
+                Command::new(&copy)
+                    .args(["-mode", "paced", "-duration", "120s"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut daemon = Command::new(mapscope)
+            .args([
+                "daemon",
+                "--listen",
+                "127.0.0.1:0",
+                "--select",
+                &format!("exe={exe}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Attached within a scan or two, each target's first discovery window done.
+        std::thread::sleep(std::time::Duration::from_secs(15));
+        let (cpu_before, _) = cpu_and_rss(daemon.id());
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        let (cpu_after, rss) = cpu_and_rss(daemon.id());
+        let locked = bpf_memory(daemon.id());
+        println!(
+            "  {count:2} targets: {:.2}% of a core, RSS {:.0} MiB, BPF maps {:.1} MiB ({:.2} MiB a target)",
+            (cpu_after - cpu_before) / 30.0 * 100.0,
+            rss as f64 / (1 << 20) as f64,
+            locked as f64 / (1 << 20) as f64,
+            locked as f64 / count as f64 / (1 << 20) as f64,
+        );
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+        let _ = daemon.wait();
+        for target in &mut targets {
+            let _ = target.kill();
+            let _ = target.wait();
+        }
+    }
+    let _ = std::fs::remove_file(copy);
+}
+
+/// One allocation-heavy target under `mapscope attach` for 10 minutes: mapscope's CPU and RSS
+/// each minute.
+fn long_run(gcbench: &Path, mapscope: &str) {
+    println!("== long run: mapscope attach on gcbench -mode alloc for 10 minutes");
+    let mut target = Command::new(gcbench)
+        .args(["-mode", "alloc", "-duration", "660s", "-workers", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut attached = Command::new(mapscope)
+        .args([
+            "attach",
+            "--pid",
+            &target.id().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut last = cpu_and_rss(attached.id()).0;
+    for minute in 1..=10 {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        let (cpu, rss) = cpu_and_rss(attached.id());
+        println!(
+            "  minute {minute:2}: {:.2}% of a core, RSS {:.0} MiB",
+            (cpu - last) / 60.0 * 100.0,
+            rss as f64 / (1 << 20) as f64
+        );
+        last = cpu;
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(attached.id() as i32, libc::SIGTERM) };
+    let _ = attached.wait();
+    let _ = target.kill();
+    let _ = target.wait();
 }
 
 const MAP_ROUNDS: usize = 7;

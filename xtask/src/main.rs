@@ -40,7 +40,9 @@ enum Task {
     /// Same-run overhead ratios: a GC-heavy Go benchmark with and without mapscope attached.
     Bench {
         /// `discovery`: only the cost of the map discovery windows; `vitals`: only the runtime
-        /// vitals reads and GC trigger probes.
+        /// vitals reads and GC trigger probes; `budget`: the overhead budget's rows; `daemon`:
+        /// the daemon's CPU, RSS and BPF memory with 1, 10 and 64 targets; `long`: mapscope's
+        /// CPU and RSS over 10 minutes.
         only: Option<String>,
     },
 }

@@ -9,6 +9,7 @@
 //	             grows a map past 8 entries, every 512th grows one from empty to 2048; print
 //	             {"ops":…,"seconds":…}.
 //	-mode smallmaps: build 16-entry maps from empty for -duration; print {"ns_per_map":…}.
+//	-mode paced: allocate about 20 MB/s in 10 ms bursts for -duration (a service's GC load).
 //	-mode growmaps: build 512-entry maps from empty for -duration; print {"maps":…} every
 //	             100 ms and at the end, then "done", then idle for -then-idle.
 //	-mode sizedmaps: make(map[int]int, n) with a run-time n for -duration; same output.
@@ -180,6 +181,23 @@ func mapLoad() {
 	fmt.Println(string(out))
 }
 
+// pacedLoad allocates about 20 MB/s in bursts every 10 ms, keeping a small live set, for
+// -duration: a service's GC load, a few cycles a second (the daemon footprint bench's targets).
+func pacedLoad() {
+	live := make([][]byte, 1024)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	i := 0
+	for time.Since(start) < *duration {
+		<-tick.C
+		for j := 0; j < 200; j++ {
+			live[i%len(live)] = make([]byte, 1024)
+			i++
+		}
+	}
+}
+
 // growMaps builds 512-entry maps from empty for -duration, every growth a map event (those
 // past 128 entries counted by mapscope), printing {"maps":…,"seconds":…} every 100 ms (the
 // count so far) and at the end, then idles -then-idle.
@@ -283,6 +301,8 @@ func main() {
 		smallMaps()
 	case "growmaps":
 		growMaps()
+	case "paced":
+		pacedLoad()
 	case "sizedmaps":
 		sizedMaps()
 	case "bigmap":
