@@ -648,12 +648,13 @@ impl Attached {
         let watching = std::time::Instant::now();
         let governed = self.probes.governed();
         // The governor's own handle on the hit counters, taken before the pause collector's.
-        let governed_maps = match governed.is_empty() {
-            true => None,
-            false => Some((
+        let governed_maps = if governed.is_empty() {
+            None
+        } else {
+            Some((
                 self.probes.hit_counters()?,
                 self.probes.take_family_switch()?,
-            )),
+            ))
         };
         let maps = self.probes.take_stw_maps()?;
         let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))

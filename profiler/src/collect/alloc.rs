@@ -83,8 +83,8 @@ const READ_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct AllocCollector {
     samples: PerCpuHashMap<MapData, AllocKey, u64>,
-    /// Each key's samples as last read, and their sum scaled by the fraction of the time the
-    /// probe was attached when they came (the overhead governor's `Coverage`).
+    /// Each key's samples as last read, and their sum scaled by the share of the target's work
+    /// the probe saw when they came (the overhead governor's `Coverage`).
     weighted: std::collections::HashMap<AllocKey, (u64, f64)>,
     /// Exact mode's counters, read when `exact` is on.
     exact_counts: PerCpuArray<MapData, u64>,
@@ -172,8 +172,8 @@ impl AllocCollector {
         let mut samples = Vec::new();
         let mut taken = 0;
         for (key, count) in entries {
-            // Samples since the last read came while the probe was attached this fraction of
-            // the time: each stands for 1/coverage as many.
+            // Samples since the last read saw this share of the target's work (the overhead
+            // governor's `Coverage`): each stands for 1/coverage as many.
             let (seen, weighted) = self.weighted.entry(key).or_default();
             *weighted += count.saturating_sub(*seen) as f64 / coverage;
             *seen = count;

@@ -1,7 +1,7 @@
 //! The overhead governor of one target: holds what its costly probe families cost it within
 //! `--max-overhead` by taking their probes off for part of the time (`model::governor` decides
-//! how much), and tells the collectors what fraction of the time each family was on, so that
-//! every estimate it feeds is scaled back up (`Coverage`).
+//! how much), and tells the collectors what share of the target's work each family's counts
+//! saw, so that every estimate it feeds is scaled back up (`Coverage`).
 //!
 //! Each governed family is either attached all the time (duty 1) or cycles: off, then on,
 //! the time on being its duty of the cycle. Removing a uprobe takes the kernel from 0.1 s to

@@ -332,8 +332,8 @@ impl MapCollector {
             .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>()))
             .collect();
         let bucket_maps = matches!(self.abi, MapAbi::Buckets(_));
-        // Events since the last read came while the probes were attached this fraction of the
-        // time (the overhead governor's): each stands for 1/coverage as many.
+        // Events since the last read saw this share of the target's work (the overhead
+        // governor's `Coverage`): each stands for 1/coverage as many.
         let coverage = self.metrics.coverage().fraction(HIT_MAP_EVENT);
         let mut by_site: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         for (key, count) in counts {

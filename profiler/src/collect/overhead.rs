@@ -127,7 +127,7 @@ pub struct OverheadMeter {
     latest: CostReading,
     window: CostWindow,
     /// The cost of one hit of each family as last estimated.
-    pub hit_cost_ns: [f64; HIT_KINDS as usize],
+    hit_cost_ns: [f64; HIT_KINDS as usize],
     /// `--max-overhead` (0: none), and the modes asked for already said to be over it.
     budget: f64,
     warned: [bool; HIT_KINDS as usize],
