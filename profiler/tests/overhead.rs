@@ -90,7 +90,12 @@ fn map_growth_estimate_agrees_with_the_slowdown() {
     let binary = common::build_go("gcbench", NEWEST_GO, &[]);
     let args = ["-mode", "smallmaps", "-duration", "4s"];
     let (alone, _) = gcbench(&binary, None, &args);
-    let (attached, reported) = gcbench(&binary, Some(&["--map-discovery", "off"]), &args);
+    // Held by no budget: the estimate of the probes' whole cost is what is checked here.
+    let (attached, reported) = gcbench(
+        &binary,
+        Some(&["--map-discovery", "off", "--max-overhead", "0"]),
+        &args,
+    );
     // ns per map: the slower, the fewer maps per second.
     let ratio = alone["ns_per_map"].as_f64().unwrap() / attached["ns_per_map"].as_f64().unwrap();
     let reported = reported.unwrap();
@@ -107,7 +112,11 @@ fn exact_allocation_estimate_agrees_with_the_slowdown() {
     let binary = common::build_go("gcbench", NEWEST_GO, &[]);
     let args = ["-mode", "alloc", "-duration", "4s"];
     let (alone, _) = gcbench(&binary, None, &args);
-    let (attached, reported) = gcbench(&binary, Some(&["--alloc-exact"]), &args);
+    let (attached, reported) = gcbench(
+        &binary,
+        Some(&["--alloc-exact", "--max-overhead", "0"]),
+        &args,
+    );
     let ratio = attached["ops"].as_f64().unwrap() / alone["ops"].as_f64().unwrap();
     let reported = reported.unwrap();
     assert!(reported > 0.3, "exact counting cost only {reported}");
@@ -457,7 +466,12 @@ fn the_over_budget_alert_goes_off() {
         std::thread::sleep(Duration::from_millis(500));
     };
     println!("{alert}");
-    assert_eq!(alert["labels"]["exe"], "gcbench");
+    assert!(
+        alert["labels"]["exe"]
+            .as_str()
+            .is_some_and(|exe| exe.starts_with("gcbench")),
+        "{alert}"
+    );
     assert!(
         matches!(alert["state"].as_str(), Some("pending" | "firing")),
         "{alert}"
