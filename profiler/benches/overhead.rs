@@ -301,19 +301,24 @@ fn bpf_memory(pid: u32) -> u64 {
 
 /// CPU seconds (user + system) and RSS in bytes of a process.
 fn cpu_and_rss(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = &stat[stat.rfind(')').map_or(0, |at| at + 1)..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // SAFETY: sysconf only reads a system setting.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let rss_pages = ticks(21);
-    ((ticks(11) + ticks(12)) / hz, (rss_pages * 4096.0) as u64)
+    let cpu = mapscope::process::cpu::process_cpu_ns(pid).unwrap_or(0) as f64 / 1e9;
+    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .unwrap_or(0);
+    (cpu, rss_kib * 1024)
 }
 
 /// The daemon attached to `count` targets: its CPU over 30 s once attached, its RSS and its

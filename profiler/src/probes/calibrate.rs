@@ -183,22 +183,8 @@ impl Drop for Calibrator {
 /// own mappings (the child maps the same file the same way).
 fn site_file_offset() -> Result<u64, CalibrationError> {
     let address = mapscope_calibration_site as *const () as u64;
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_err(|error| CalibrationError::Site(error.to_string()))?;
-    maps.lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            let (start, end) = (
-                u64::from_str_radix(start, 16).ok()?,
-                u64::from_str_radix(end, 16).ok()?,
-            );
-            let offset = u64::from_str_radix(fields.nth(1)?, 16).ok()?;
-            (start..end)
-                .contains(&address)
-                .then_some(address - start + offset)
-        })
-        .ok_or_else(|| CalibrationError::Site(format!("no mapping holds {address:#x}")))
+    crate::process::memory::file_offset(std::process::id(), address)
+        .map_err(|error| CalibrationError::Site(error.to_string()))
 }
 
 /// The cost of one uprobe hit with an empty program, on this machine, now.

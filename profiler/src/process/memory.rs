@@ -97,6 +97,31 @@ pub fn executable_base(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "executable not in /proc/PID/maps"))
 }
 
+/// Where `address` of process `pid` comes from in the file mapped there (its offset in the
+/// file), from `/proc/PID/maps`.
+pub fn file_offset(pid: u32, address: u64) -> io::Result<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    maps.lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let (start, end) = (
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            );
+            let offset = u64::from_str_radix(fields.nth(1)?, 16).ok()?;
+            (start..end)
+                .contains(&address)
+                .then_some(address - start + offset)
+        })
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no mapping of PID {pid} holds {address:#x}"),
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
