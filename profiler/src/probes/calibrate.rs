@@ -183,7 +183,7 @@ impl Drop for Calibrator {
 /// own mappings (the child maps the same file the same way).
 fn site_file_offset() -> Result<u64, CalibrationError> {
     let address = mapscope_calibration_site as *const () as u64;
-    crate::process::memory::file_offset(std::process::id(), address)
+    crate::process::memory::executable_offset(std::process::id(), address)
         .map_err(|error| CalibrationError::Site(error.to_string()))
 }
 

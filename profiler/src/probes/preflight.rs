@@ -97,7 +97,7 @@ pub fn check_uprobe(sysfs: &Path) -> Result<(), PreflightError> {
         })?;
     let address = mapscope_preflight_probe_site as *const () as usize as u64;
     // Where that code is in the file: from the mapping that holds it.
-    let Some(offset) = own_file_offset(address) else {
+    let Ok(offset) = crate::process::memory::executable_offset(std::process::id(), address) else {
         // Cannot tell (an unusual /proc): the attach itself will say.
         return Ok(());
     };
@@ -133,24 +133,6 @@ pub fn check_uprobe(sysfs: &Path) -> Result<(), PreflightError> {
     // SAFETY: `fd` was just returned by the kernel and is owned here; closing removes the probe.
     drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
     Ok(())
-}
-
-/// The file offset of `address` in mapscope's own executable, from `/proc/self/maps`.
-fn own_file_offset(address: u64) -> Option<u64> {
-    let exe = std::fs::read_link("/proc/self/exe").ok()?;
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (start, end) = fields.next()?.split_once('-')?;
-        let (start, end) = (
-            u64::from_str_radix(start, 16).ok()?,
-            u64::from_str_radix(end, 16).ok()?,
-        );
-        let offset = u64::from_str_radix(fields.nth(1)?, 16).ok()?;
-        let path = fields.nth(2)?;
-        (start <= address && address < end && Path::new(path) == exe)
-            .then(|| address - start + offset)
-    })
 }
 
 /// Where sysfs is mounted: `/sys`, or `MAPSCOPE_SYSFS_ROOT` (a container that mounts the
@@ -225,10 +207,11 @@ mod tests {
     #[test]
     fn finds_its_own_code_in_its_executable() {
         let address = mapscope_preflight_probe_site as *const () as usize as u64;
-        let offset = own_file_offset(address).unwrap();
+        let own = |address| crate::process::memory::executable_offset(std::process::id(), address);
+        let offset = own(address).unwrap();
         let exe = std::fs::read("/proc/self/exe").unwrap();
         assert!(offset < exe.len() as u64);
-        assert_eq!(own_file_offset(0), None);
+        assert!(own(0).is_err());
     }
 
     #[test]

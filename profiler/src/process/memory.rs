@@ -97,9 +97,11 @@ pub fn executable_base(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "executable not in /proc/PID/maps"))
 }
 
-/// Where `address` of process `pid` comes from in the file mapped there (its offset in the
-/// file), from `/proc/PID/maps`.
-pub fn file_offset(pid: u32, address: u64) -> io::Result<u64> {
+/// Where `address` of process `pid` is in the process's executable file (its offset in the
+/// file), from the mapping of `/proc/PID/maps` that holds it; an error if no mapping of the
+/// executable does.
+pub fn executable_offset(pid: u32, address: u64) -> io::Result<u64> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     maps.lines()
         .find_map(|line| {
@@ -110,14 +112,14 @@ pub fn file_offset(pid: u32, address: u64) -> io::Result<u64> {
                 u64::from_str_radix(end, 16).ok()?,
             );
             let offset = u64::from_str_radix(fields.nth(1)?, 16).ok()?;
-            (start..end)
-                .contains(&address)
-                .then_some(address - start + offset)
+            let path = fields.nth(2)?;
+            (start <= address && address < end && std::path::Path::new(path) == exe)
+                .then(|| address - start + offset)
         })
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("no mapping of PID {pid} holds {address:#x}"),
+                format!("no mapping of PID {pid}'s executable holds {address:#x}"),
             )
         })
 }
