@@ -29,7 +29,7 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use profiler_common::counters::{HIT_KINDS, HIT_NAMES};
 use tokio::sync::watch;
 
-use super::overhead::{MeterReading, OwnCpu};
+use super::overhead::MeterReading;
 use crate::{
     export::metrics::TargetMetrics, model::governor::duty_cycles, probes::loaded::WindowedProbes,
 };
@@ -130,9 +130,8 @@ pub struct Governor {
     hits: PerCpuArray<MapData, u64>,
     /// Whether each family's programs count (0) or not (1).
     paused: Array<MapData, u32>,
-    coverage: Coverage,
+    /// The target's series; its `coverage()` and `own_cpu()` are the governor's too.
     metrics: Arc<TargetMetrics>,
-    own: OwnCpu,
     /// The target's cost meter: the cost of a hit, and what the rest costs.
     readings: watch::Receiver<Option<MeterReading>>,
 }
@@ -150,7 +149,6 @@ impl Governor {
         readings: watch::Receiver<Option<MeterReading>>,
     ) -> Self {
         let now = Instant::now();
-        let coverage = metrics.coverage().clone();
         let families = families
             .into_iter()
             .map(|(family, probes)| {
@@ -171,16 +169,13 @@ impl Governor {
                 }
             })
             .collect();
-        let own = metrics.own_cpu().clone();
         let mut governor = Self {
             pid,
             budget,
             families,
             hits,
             paused,
-            coverage,
             metrics,
-            own,
             readings,
         };
         for index in 0..governor.families.len() {
@@ -363,7 +358,7 @@ impl Governor {
         let family = self.families[index].family;
         self.pause(family, true);
         let since = Instant::now();
-        let own = self.own.clone();
+        let own = self.metrics.own_cpu().clone();
         let governed = &mut self.families[index];
         governed.duty = duty;
         self.metrics.duty_cycle(HIT_NAMES[family as usize], duty);
@@ -399,7 +394,7 @@ impl Governor {
                     Some(end.cpu_ns.saturating_sub(start.cpu_ns) as f64 / seconds);
             }
         }
-        let own = self.own.clone();
+        let own = self.metrics.own_cpu().clone();
         let governed = &mut self.families[index];
         if let Err(error) = tokio::task::block_in_place(|| own.measure(|| governed.probes.attach()))
         {
@@ -457,7 +452,7 @@ impl Governor {
         let governed = &mut self.families[index];
         governed.duty = duty;
         let family = governed.family;
-        self.coverage.set(family, coverage);
+        self.metrics.coverage().set(family, coverage);
         self.metrics.duty_cycle(HIT_NAMES[family as usize], duty);
     }
 }

@@ -402,28 +402,21 @@ pub struct Mapscope {
 
 impl Mapscope {
     pub fn attach(pid: u32) -> Self {
-        Self::start(&[
-            "attach",
-            "--pid",
-            &pid.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        Self::attach_with(pid, &[])
     }
 
     /// `attach` with every probe attached all the time (`--max-overhead 0`): for tests that
     /// compare counts with the target's own over a short window, which a duty-cycled family's
     /// scaled estimates only approach over several cycles (tests/overhead.rs tests those).
     pub fn attach_unbudgeted(pid: u32) -> Self {
-        Self::start(&[
-            "attach",
-            "--pid",
-            &pid.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-            "--max-overhead",
-            "0",
-        ])
+        Self::attach_with(pid, &["--max-overhead", "0"])
+    }
+
+    fn attach_with(pid: u32, options: &[&str]) -> Self {
+        let pid = pid.to_string();
+        let mut args = vec!["attach", "--pid", &pid, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(options);
+        Self::start(&args)
     }
 
     pub fn start(args: &[&str]) -> Self {
