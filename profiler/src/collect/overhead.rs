@@ -72,6 +72,12 @@ pub fn thread_cpu_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// Windows of the statistics switch ended so far: the programs' run times change only during
+/// one, so a meter reads them again only after one ends. `u64::MAX` when the kernel has no
+/// switch (then the statistics count only if the `kernel.bpf_stats_enabled` sysctl is on, at
+/// any time: read them at every update).
+static STATS_WINDOWS: AtomicU64 = AtomicU64::new(0);
+
 /// Start holding the kernel's BPF statistics switch now and then (once per process).
 pub fn start_program_statistics() {
     static STARTED: std::sync::Once = std::sync::Once::new();
@@ -87,8 +93,10 @@ pub fn start_program_statistics() {
                     Ok(switch) => {
                         tokio::time::sleep(STATS_ON).await;
                         drop(switch);
+                        STATS_WINDOWS.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(error) => {
+                        STATS_WINDOWS.store(u64::MAX, Ordering::Relaxed);
                         tracing::info!(
                             "the kernel's BPF run-time statistics are not available ({error}): \
                              probe costs count the uprobe trap only, not the programs' own time"
@@ -128,6 +136,9 @@ pub struct OverheadMeter {
     window: CostWindow,
     /// The cost of one hit of each family as last estimated.
     hit_cost_ns: [f64; HIT_KINDS as usize],
+    /// Each family's programs' runs as last read, and after which statistics window.
+    runs: [Option<ProgramRuns>; HIT_KINDS as usize],
+    runs_read_after: Option<u64>,
     /// `--max-overhead` (0: none), and the modes asked for already said to be over it.
     budget: f64,
     warned: [bool; HIT_KINDS as usize],
@@ -162,6 +173,8 @@ impl OverheadMeter {
             first,
             window,
             hit_cost_ns: [0.0; HIT_KINDS as usize],
+            runs: [None; HIT_KINDS as usize],
+            runs_read_after: None,
             budget,
             warned: [false; HIT_KINDS as usize],
         }
@@ -186,7 +199,12 @@ impl OverheadMeter {
             return;
         };
         self.last_update = Some(now);
-        let runs = self.program_runs();
+        let windows = STATS_WINDOWS.load(Ordering::Relaxed);
+        if windows == u64::MAX || self.runs_read_after != Some(windows) {
+            self.runs = self.program_runs();
+            self.runs_read_after = Some(windows);
+        }
+        let runs = self.runs;
         let mut reading = CostReading {
             at: now - self.started,
             target_cpu_ns: target_cpu_ns as f64,
