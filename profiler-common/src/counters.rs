@@ -46,7 +46,9 @@ pub const HIT_MAP_CREATE: u32 = 3;
 pub const HIT_MAP_ACCESS: u32 = 4;
 pub const HIT_GC_START: u32 = 5;
 pub const HIT_ALLOC_EXACT: u32 = 6;
-pub const HIT_KINDS: u32 = 7;
+/// Counted mode: the exact probes, governed, on programs whose runtime samples nothing.
+pub const HIT_ALLOC_COUNT: u32 = 7;
+pub const HIT_KINDS: u32 = 8;
 
 /// Names for the `probe` label, by index.
 pub const HIT_NAMES: [&str; HIT_KINDS as usize] = [
@@ -57,4 +59,5 @@ pub const HIT_NAMES: [&str; HIT_KINDS as usize] = [
     "map_access",
     "gc_start",
     "alloc_exact",
+    "alloc_count",
 ];

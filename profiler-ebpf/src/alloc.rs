@@ -5,14 +5,15 @@
 //! the way pprof does.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
+    helpers::bpf_get_prandom_u32,
     macros::{map, uprobe},
     maps::{PerCpuArray, PerCpuHashMap, StackTrace},
     programs::{ProbeContext, tracing::StackIdContext as _},
 };
 use profiler_common::{
     alloc::{
-        AllocKey, EXACT_BYTES, EXACT_OBJECTS, EXACT_SIZE_BASE, EXACT_SLOTS, MAX_ALLOC_KEYS,
-        MAX_ALLOC_STACKS,
+        AllocKey, COUNTED_SAMPLE_BYTES, EXACT_BYTES, EXACT_OBJECTS, EXACT_SLOTS, MAX_ALLOC_KEYS,
+        MAX_ALLOC_STACKS, exponential_distance, size_slot,
     },
     counters,
 };
@@ -41,6 +42,13 @@ pub fn alloc_sample(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let size = GoRegs::new(&ctx).int(PROFILEALLOC_ARG_SIZE);
+    count_sample(&ctx, size);
+    0
+}
+
+/// Count one sampled allocation of `size` bytes under the stack it was made from.
+#[inline(always)]
+fn count_sample(ctx: &ProbeContext, size: u64) {
     let stack_id = ctx
         .get_stackid(&ALLOC_STACKS, u64::from(BPF_F_USER_STACK))
         .map_or(-1, |id| id as i32);
@@ -50,10 +58,10 @@ pub fn alloc_sample(ctx: ProbeContext) -> u32 {
         size,
     };
     add_at(&ALLOC_SAMPLES, &key, 1, counters::ALLOC_TABLE_FULL);
-    0
 }
 
-/// Exact mode (opt-in, costly): every allocation, counted per CPU with a log2 size histogram.
+/// Every allocation the probes saw, counted per CPU with a log2 size histogram: exact mode
+/// (opt-in, costly) and counted mode (programs whose own sampling is off, governed).
 #[map]
 static ALLOC_EXACT: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXACT_SLOTS, 0);
 
@@ -73,12 +81,66 @@ fn add(slot: u32, value: u64) {
 pub fn alloc_exact(ctx: ProbeContext) -> u32 {
     hit(counters::HIT_ALLOC_EXACT);
     let size = GoRegs::new(&ctx).int(MALLOCGC_ARG_SIZE);
-    // mallocgc(0) hands out the shared zero-sized object; the runtime does not count it.
+    count_allocation(size);
+    0
+}
+
+/// Count an allocation of `size` bytes; whether it was one (`mallocgc(0)` hands out the shared
+/// zero-sized object, which the runtime does not count).
+#[inline(always)]
+fn count_allocation(size: u64) -> bool {
     if size == 0 {
-        return 0;
+        return false;
     }
     add(EXACT_OBJECTS, 1);
     add(EXACT_BYTES, size);
-    add(EXACT_SIZE_BASE + (63 - size.leading_zeros()), 1);
+    add(size_slot(size), 1);
+    true
+}
+
+/// Counted mode's bytes left, per CPU, until the next allocation whose stack is taken (0: not
+/// drawn yet). Not atomic: two threads' programs interleaving on one CPU between the read and
+/// the write lose one subtraction, which makes the next sample come a little later; that is
+/// rare enough (a preemption inside a few instructions) not to bias the estimates.
+#[map]
+static COUNTED_SAMPLE_LEFT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counted mode, for programs whose runtime samples nothing (`MemProfileRate` 0): the same
+/// probes as exact mode, taken on and off by the overhead governor. Every call it sees is
+/// counted; a stack is taken only for a byte-weighted sample of them, the way the runtime's
+/// own sampler picks (`runtime.nextSample`): an allocation is sampled when it reaches the
+/// bytes left, then the next distance is drawn from an exponential distribution of mean
+/// `COUNTED_SAMPLE_BYTES`. So samples scale back up exactly as pprof scales Go's.
+#[uprobe]
+pub fn alloc_count(ctx: ProbeContext) -> u32 {
+    if !hit_governed(counters::HIT_ALLOC_COUNT) {
+        return 0;
+    }
+    let size = GoRegs::new(&ctx).int(MALLOCGC_ARG_SIZE);
+    if !count_allocation(size) {
+        return 0;
+    }
+    let Some(left) = COUNTED_SAMPLE_LEFT.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a valid, aligned u64 of this CPU's slot, live while the program runs.
+    let left = unsafe { &mut *left };
+    if *left == 0 {
+        *left = sample_distance();
+    }
+    if size < *left {
+        *left -= size;
+        return 0;
+    }
+    *left = sample_distance();
+    count_sample(&ctx, size);
     0
+}
+
+/// Bytes until the next sample, drawn from an exponential distribution of mean
+/// `COUNTED_SAMPLE_BYTES`.
+#[inline(always)]
+fn sample_distance() -> u64 {
+    // SAFETY: a helper every program type may call; no arguments.
+    exponential_distance(unsafe { bpf_get_prandom_u32() }, COUNTED_SAMPLE_BYTES)
 }

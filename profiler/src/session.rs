@@ -48,6 +48,8 @@ pub struct Target {
     pub memory_profiling_disabled: Option<u64>,
     /// Whether the allocation sampler is among `points`.
     pub sampling_allocations: bool,
+    /// Whether counted mode replaced the sampler (`attach`): the runtime samples nothing.
+    pub counting_allocations: bool,
     /// The map layout of this Go release, when the map probes are among `points`.
     pub maps: Option<&'static MapAbiRow>,
     /// The executable as read, for symbolizing stacks.
@@ -329,6 +331,7 @@ pub fn understand_with(
         mem_profile_rate,
         memory_profiling_disabled,
         sampling_allocations: alloc_point.is_some(),
+        counting_allocations: false,
         maps,
         binary,
         load_bias,
@@ -399,6 +402,23 @@ pub struct Outcome {
     pub cost: Option<crate::model::overhead::CostSummary>,
 }
 
+impl Target {
+    /// A reader of the runtime's count of bytes allocated (`gcController.totalAlloc`, which
+    /// `/gc/heap/allocs:bytes` is made of), where this release has it and its globals were
+    /// found.
+    fn allocated_bytes_counter(&self) -> Option<crate::collect::governor::WorkCounter> {
+        let plan = self.vitals.as_ref()?;
+        let controller = plan.globals.gc_controller?;
+        let offset = plan.row.gc_controller.total_alloc;
+        let (pid, address) = (self.process.pid, controller + self.load_bias + offset);
+        Some(Arc::new(move || {
+            memory::read_i64(pid, address)
+                .ok()
+                .map(|bytes| bytes as u64)
+        }))
+    }
+}
+
 /// Probes in place, not yet collecting: `run` resumes its stopped child in between.
 pub struct Attached {
     pub target: Target,
@@ -421,14 +441,24 @@ fn denied(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The probe families the overhead governor may take off part of the time: those whose hits
 /// follow the target's activity without a bound (see `model::governor`).
-const GOVERNED_FAMILIES: [u32; 2] = [
+const GOVERNED_FAMILIES: [u32; 3] = [
     profiler_common::counters::HIT_ALLOC,
+    profiler_common::counters::HIT_ALLOC_COUNT,
     profiler_common::counters::HIT_MAP_EVENT,
 ];
 
 pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached> {
+    let process = &target.process;
+    // Most services run with the runtime's allocation sampling off (the linker turns it off in
+    // programs that never reference runtime.MemProfile), so their sampler never fires. (`run`
+    // stops the program before the runtime has zeroed the rate: the linker's flag says it
+    // will.)
+    let read = |address: Option<u64>| address.and_then(|at| memory::read_i64(process.pid, at).ok());
+    let sampling_off = read(target.mem_profile_rate) == Some(0)
+        || read(target.memory_profiling_disabled).is_some_and(|word| word & 0xff == 1);
     if options.alloc_exact {
-        let exact = probes::alloc::plan_exact(&target.binary);
+        let exact =
+            probes::alloc::plan_every_allocation(&target.binary, probes::alloc::ALLOC_EXACT);
         tracing::warn!(
             "exact allocation counting puts a uprobe on every allocation ({} entry points): each \
              costs about a microsecond, so expect the target to run several times slower while \
@@ -436,21 +466,35 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
             exact.len()
         );
         target.points.extend(exact);
+    } else if sampling_off && options.max_overhead > 0.0 && target.sampling_allocations {
+        // Counted mode: mapscope counts the allocations itself, with the every-allocation
+        // probes the governor holds within the budget, and samples stacks by bytes as the
+        // runtime would have. (Without a budget that would be exact mode's cost, unasked.)
+        let counted =
+            probes::alloc::plan_every_allocation(&target.binary, probes::alloc::ALLOC_COUNT);
+        if !counted.is_empty() {
+            tracing::info!(
+                "PID {}: the runtime's allocation sampling is off (runtime.MemProfileRate is 0); \
+                 mapscope counts allocations itself, part of the time within the budget \
+                 (--max-overhead), and scales them up (mapscope_probe_duty_cycle{{probe=\
+                 \"alloc_count\"}} says how much of the time)",
+                process.pid
+            );
+            target
+                .points
+                .retain(|point| point.program != probes::alloc::ALLOC_SAMPLE);
+            target.points.extend(counted);
+            target.counting_allocations = true;
+        }
     }
-    let process = &target.process;
-    // Most services run with the runtime's allocation sampling off (the linker turns it off in
-    // programs that never reference runtime.MemProfile): their sampler never fires, and its
-    // tables (6 MB of kernel memory at full size) get a few slots, enough to show as losses if
-    // the program turns sampling on later. (`run` stops the program before the runtime has
-    // zeroed the rate: the linker's flag says it will.)
-    let read = |address: Option<u64>| address.and_then(|at| memory::read_i64(process.pid, at).ok());
-    let sampling_off = read(target.mem_profile_rate) == Some(0)
-        || read(target.memory_profiling_disabled).is_some_and(|word| word & 0xff == 1);
-    let small_tables: Vec<&str> = if sampling_off {
+    let small_tables: Vec<&str> = if sampling_off && !target.counting_allocations {
+        // The sampler never fires: its tables (6 MB of kernel memory at full size) get a few
+        // slots, enough to show as losses if the program turns sampling on later.
         vec!["ALLOC_SAMPLES", "ALLOC_STACKS"]
     } else {
         Vec::new()
     };
+    let process = &target.process;
     match AttachedProbes::attach(
         process.pid,
         &process.exe_path(),
@@ -656,6 +700,11 @@ impl Attached {
                 self.probes.take_family_switch()?,
             ))
         };
+        let alloc_maps = if self.target.sampling_allocations {
+            Some(self.probes.take_alloc_maps()?)
+        } else {
+            None
+        };
         let maps = self.probes.take_stw_maps()?;
         let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))
             .context("watching the event ring buffer")?;
@@ -670,8 +719,7 @@ impl Attached {
         collector.meter = Some(meter);
         // The allocation sampler runs beside the pause collector until the same stop.
         let (stop_all, stopped) = tokio::sync::watch::channel(false);
-        let alloc_task = if self.target.sampling_allocations {
-            let maps = self.probes.take_alloc_maps()?;
+        let alloc_task = if let Some(maps) = alloc_maps {
             let (pid, address) = (process.pid, self.target.mem_profile_rate);
             let read_rate = Box::new(move || address.and_then(|at| memory::read_i64(pid, at).ok()));
             let sites = SiteOptions {
@@ -684,6 +732,7 @@ impl Attached {
                 AllocCollector::new(maps, read_rate, Arc::clone(&target_metrics), sites);
             alloc.profile = Arc::clone(&allocs);
             alloc.exact = options.alloc_exact;
+            alloc.counted = self.target.counting_allocations;
             let mut stopped = stopped.clone();
             Some(tokio::spawn(async move {
                 alloc
@@ -753,6 +802,21 @@ impl Attached {
             _ => None,
         };
         let governor_task = governed_maps.map(|(hits, switch)| {
+            // The allocation families' work: the bytes the runtime counts as allocated.
+            let allocated = self.target.allocated_bytes_counter();
+            let governed = governed
+                .into_iter()
+                .map(|(family, probes)| {
+                    let work = [
+                        profiler_common::counters::HIT_ALLOC,
+                        profiler_common::counters::HIT_ALLOC_COUNT,
+                    ]
+                    .contains(&family)
+                    .then(|| allocated.clone())
+                    .flatten();
+                    (family, probes, work)
+                })
+                .collect();
             let governor = crate::collect::governor::Governor::new(
                 process.pid,
                 options.max_overhead,

@@ -401,39 +401,6 @@ fn output_paths_are_checked_before_attaching() {
     );
 }
 
-/// `profile alloc` on a program whose allocation sampling is off says so at once (read from its
-/// runtime.MemProfileRate), not after the whole duration.
-#[test]
-#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
-fn profile_says_at_once_that_sampling_is_off() {
-    let target = GoTarget::start(&common::build_go("nosampling", GO, &[]), &[]);
-    let pid = target.pid().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("p.pb.gz");
-    let started = std::time::Instant::now();
-    let (code, message) = one_line_error(&mapscope(
-        &[
-            "profile",
-            "alloc",
-            "--pid",
-            &pid,
-            "--duration",
-            "60s",
-            "-o",
-            output.to_str().unwrap(),
-        ],
-        &[],
-    ));
-    assert_eq!(code, 11, "{message}");
-    assert!(message.contains("MemProfileRate is 0"), "{message}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(!output.exists());
-}
-
 /// A target that allocated nothing while watched gets exit 11 and why, not an empty profile
 /// and exit 0.
 #[test]

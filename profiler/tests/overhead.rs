@@ -173,8 +173,8 @@ fn a_quiet_target_costs_next_to_nothing_and_the_figures_add_up() {
 }
 
 /// A load whose sampled-allocation probe would cost the target far more than the budget: the
-/// runtime samples one allocation per 4 KiB instead of 512 KiB (GODEBUG=memprofilerate).
-const COSTLY_SAMPLING: &str = "GODEBUG=memprofilerate=4096";
+/// runtime samples one allocation per 2 KiB instead of 512 KiB (GODEBUG=memprofilerate).
+const COSTLY_SAMPLING: &str = "GODEBUG=memprofilerate=2048";
 
 /// The budget of the governor test: large enough that the duty cycle stays well above its
 /// floor, so that cycles are short (a few seconds) and the measured window spans many.
@@ -248,12 +248,13 @@ fn the_governor_holds_the_allocation_sampler_and_scales_its_estimates() {
     let free = ops_per_second(&report(&ungoverned, 15));
     drop(ungoverned);
 
-    // With one: the estimate over 40 s well inside the load, against the runtime's own count
-    // (its heap statistics, read by the same scrapes).
-    let governed = run(BUDGET, 55, 40);
+    // With one: the estimate over 64 s (eight of the governor's cycles of at most 8 s) well
+    // inside the load, against the runtime's own count (its heap statistics, read by the same
+    // scrapes).
+    let governed = run(BUDGET, 80, 40);
     std::thread::sleep(Duration::from_secs(10));
     let before = governed.scrape();
-    std::thread::sleep(Duration::from_secs(40));
+    std::thread::sleep(Duration::from_secs(64));
     let after = governed.scrape();
     let held = ops_per_second(&report(&governed, 10));
     let delta = |name: &str| after.sum(name, |_| true) - before.sum(name, |_| true);
@@ -266,7 +267,7 @@ fn the_governor_holds_the_allocation_sampler_and_scales_its_estimates() {
     println!(
         "alone {:.2} Mops/s; ungoverned {:.2} Mops/s, the sampler costing {unbounded:.3} of the \
          target's CPU; governed {:.2} Mops/s, duty {duty:.3}, everything costing {total:.4} over \
-         the last minute; allocated {:.0} MB in 40 s, estimated {:.0} MB",
+         the last minute; allocated {:.0} MB in 64 s, estimated {:.0} MB",
         alone / 1e6,
         free / 1e6,
         held / 1e6,
@@ -284,13 +285,15 @@ fn the_governor_holds_the_allocation_sampler_and_scales_its_estimates() {
         held > free,
         "governed {held} ops/s, no faster than ungoverned {free}"
     );
-    // Sampling error of the runtime's samples (a few hundred thousand: under 1%), the cycles
-    // cut at the window's two ends (each cycle's counts come in its on part, scaled up), and
-    // low by what CPU time cannot see: while the probes are on, this program running flat out
-    // does less of its work than its CPU time says (the after-trap slowdown), so the cycles'
-    // share of its work looks bigger than it was. Measured here: 15-23% low.
+    // Sampling error of the runtime's samples (a few hundred thousand: under 1%), and the
+    // cycles cut at the window's two ends: a cycle's counts, scaled up, all come in its on part,
+    // so the window's start counts the part of its first cycle before it, and its end misses the
+    // part of its last cycle in it. That is at most one cycle of the eight (12.5%), and mostly
+    // much less. (Weighting the cycles by CPU time instead of the runtime's allocation counter
+    // came out 15-26% low here: while the probes are on, this program does less of its work
+    // than its CPU time says.) Measured: +1.2%.
     assert!(
-        (estimated - exact).abs() / exact < 0.3,
+        (estimated - exact).abs() / exact < 0.15,
         "estimated {estimated} against {exact} allocated"
     );
 
@@ -493,5 +496,147 @@ fn the_over_budget_alert_goes_off() {
             .contains("--alloc-exact costs the target"),
         "no over-budget warning: {}",
         mapscope.stderr.all()
+    );
+}
+
+/// testdata/go/nosampling's report: the runtime's /gc/heap/allocs counters and the objects
+/// each of its two sites made.
+fn nosampling_counters(target: &mut GoTarget) -> serde_json::Value {
+    target.send("counters");
+    let line = target
+        .stdout
+        .wait_for("the target's counters", Duration::from_secs(10), |line| {
+            line.starts_with('{')
+        });
+    serde_json::from_str(&line).unwrap()
+}
+
+/// The objects of size bucket `le` alone (the histogram is cumulative).
+fn size_bucket(metrics: &common::Metrics, le: &str, below: &str) -> f64 {
+    let cumulative = |bound: &str| {
+        metrics.sum("mapscope_alloc_size_bytes_bucket", |labels| {
+            labels.get("le").map(String::as_str) == Some(bound)
+        })
+    };
+    cumulative(le) - cumulative(below)
+}
+
+/// A program whose runtime samples nothing (the linker set MemProfileRate to 0, as in most
+/// services) still gets allocation rates, sizes and sites under the default budget: mapscope
+/// counts every allocation with probes the governor keeps on part of the time, and scales the
+/// counts up. Over a window of several cycles, bytes and objects must be within 15% of the
+/// runtime's own /gc/heap/allocs, each size bucket within 15% of the objects the program
+/// made of that size, the byte split between its two sites right within the sampling
+/// bound, and the cost it reports within the budget. The load (nosampling -paced, about 100
+/// MB/s from 8,800 allocations a second, with 3 ms of computing every 10 ms) costs several
+/// times the budget unheld: the test checks the duty is below 1 first.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn a_program_that_samples_nothing_gets_counted_allocations_within_the_budget() {
+    let binary = common::build_go("nosampling", NEWEST_GO, &[]);
+    let mut target = GoTarget::start(&binary, &["-paced", "-work", "3ms"]);
+    let mut mapscope = Mapscope::attach(target.pid());
+    assert!(
+        mapscope
+            .stderr
+            .all()
+            .contains("mapscope counts allocations itself"),
+        "counted mode: {}",
+        mapscope.stderr.all()
+    );
+    // The governor's first cycles: measured, then cut to what fits.
+    std::thread::sleep(Duration::from_secs(10));
+    let (own_before, ours_before) = (nosampling_counters(&mut target), mapscope.scrape());
+    // Twelve cycles of the governor's, 8 s here unless removing the 17 probes of Go 1.27's
+    // allocation entry points takes long (then longer): a window's two ends each lead or lag
+    // by part of one, in opposite directions.
+    std::thread::sleep(Duration::from_secs(96));
+    let (own_after, ours_after) = (nosampling_counters(&mut target), mapscope.scrape());
+    let own = |name: &str| {
+        (own_after[name].as_u64().unwrap() - own_before[name].as_u64().unwrap()) as f64
+    };
+    let ours = |name: &str| ours_after.sum(name, |_| true) - ours_before.sum(name, |_| true);
+    let duty = ours_after.sum("mapscope_probe_duty_cycle", |labels| {
+        labels["probe"] == "alloc_count"
+    });
+    let cost = ours_after.sum("mapscope_overhead_ratio", |_| true);
+    let off = |ours: f64, theirs: f64| (ours / theirs - 1.0).abs();
+    let (bytes, objects) = (
+        ours("mapscope_alloc_bytes_total"),
+        ours("mapscope_alloc_objects_total"),
+    );
+    let (runtime_bytes, runtime_objects) = (own("bytes"), own("objects"));
+    println!(
+        "counted mode: duty {duty:.3}, cost {:.2}% (budget 1%)\n  bytes   mapscope {bytes:.0} \
+         runtime {runtime_bytes} ({:+.1}%)\n  objects mapscope {objects:.0} runtime \
+         {runtime_objects} ({:+.1}%)",
+        cost * 100.0,
+        (bytes / runtime_bytes - 1.0) * 100.0,
+        (objects / runtime_objects - 1.0) * 100.0,
+    );
+    assert!(
+        duty > 0.0 && duty < 0.9,
+        "the load must cost more than the budget unheld, so that the governor cuts it: duty {duty}"
+    );
+    assert!(
+        off(bytes, runtime_bytes) <= 0.15,
+        "bytes {bytes} vs {runtime_bytes}"
+    );
+    assert!(
+        off(objects, runtime_objects) <= 0.15,
+        "objects {objects} vs {runtime_objects}"
+    );
+    // At most the budget: the meter's last minute, with the after-trap effect this paced
+    // program barely shows (tests above), and 0.2 points of noise.
+    assert!(
+        cost <= 0.012,
+        "mapscope cost the target {:.2}% of its CPU",
+        cost * 100.0
+    );
+
+    // Sizes: each power-of-two bucket holds the objects of that size.
+    let sizes = |le: &str, below: &str| {
+        size_bucket(&ours_after, le, below) - size_bucket(&ours_before, le, below)
+    };
+    for (le, below, made) in [
+        ("4096", "2048", own("small")),
+        ("32768", "16384", own("large")),
+    ] {
+        let counted = sizes(le, below);
+        println!("  objects of up to {le} bytes: mapscope {counted:.0}, the program {made}");
+        assert!(
+            off(counted, made) <= 0.15,
+            "bucket {le}: {counted} vs {made}"
+        );
+    }
+
+    // Sites, from byte-weighted samples: buildLarge makes three quarters of the bytes.
+    let site = |function: &str| {
+        let bytes = |metrics: &common::Metrics| {
+            metrics.sum("mapscope_alloc_site_bytes_total", |labels| {
+                labels["function"] == function
+            })
+        };
+        bytes(&ours_after) - bytes(&ours_before)
+    };
+    let (large, small) = (site("main.buildLarge"), site("main.buildSmall"));
+    let samples = ours("mapscope_alloc_samples_total");
+    let share = large / (large + small);
+    println!(
+        "  sites: buildLarge {:.1}% of the bytes from {samples} samples (the program: 75%)",
+        share * 100.0
+    );
+    assert!(
+        samples >= 200.0,
+        "too few samples to judge the sites: {samples}"
+    );
+    assert!((share - 0.75).abs() <= 0.1, "buildLarge's share {share}");
+
+    target.send("exit");
+    assert!(mapscope.wait(Duration::from_secs(60)).success());
+    let summary = mapscope.stdout.all();
+    assert!(
+        summary.contains("counted by mapscope's probes within the budget"),
+        "{summary}"
     );
 }

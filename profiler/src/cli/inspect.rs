@@ -278,7 +278,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
                 detail: match binary.function(abi::MEM_PROFILE_RATE) {
                     _ if row.is_none() => "this Go release is not supported".to_owned(),
                     _ if alloc_point.is_none() => "runtime.profilealloc not found".to_owned(),
-                    Some(_) => "via runtime.profilealloc; MemProfileRate read from the target".to_owned(),
+                    Some(_) => "via runtime.profilealloc; MemProfileRate read from the target (if 0, counted by mapscope within --max-overhead)".to_owned(),
                     None => "via runtime.profilealloc; stripped, so MemProfileRate is assumed to be the default 512 KiB".to_owned(),
                 },
             },

@@ -114,12 +114,15 @@ pub struct ExportArgs {
     /// (mapscope_probe_duty_cycle shows how much). The rare ones (stop-the-world, GC start) and
     /// modes you ask for (--alloc-exact, --map-creations) are never cut. 0 keeps every probe
     /// attached all the time.
-    #[arg(long, value_name = "RATIO", default_value_t = 0.01, value_parser = parse_overhead)]
+    #[arg(long, value_name = "RATIO", default_value_t = DEFAULT_MAX_OVERHEAD, value_parser = parse_overhead)]
     pub max_overhead: f64,
 
     #[command(flatten)]
     pub maps: MapArgs,
 }
+
+/// `--max-overhead`'s default: 1% of each target's CPU time.
+pub const DEFAULT_MAX_OVERHEAD: f64 = 0.01;
 
 /// `--max-overhead`: a share of the target's CPU time, from 0 (no governor) to below 1.
 fn parse_overhead(text: &str) -> Result<f64, String> {

@@ -19,7 +19,8 @@ pub struct ProfileArgs {
 #[derive(Debug, Subcommand)]
 pub enum ProfileKind {
     /// Sample allocations for a while and write them as a pprof profile (alloc_objects and
-    /// alloc_space, like Go's own heap profile), from the runtime's own sampling.
+    /// alloc_space, like Go's own heap profile), from the runtime's own sampling, or, when the
+    /// program turned that off, from mapscope's own, part of the time within 1% of its CPU.
     Alloc(AllocArgs),
 }
 
@@ -38,15 +39,13 @@ pub struct AllocArgs {
     pub output: PathBuf,
 }
 
-/// The target's allocation sampling is off: why, and what to do.
-fn sampling_off(pid: u32) -> UserError {
+/// No allocation estimates came out of the session (its collector never ran).
+fn nothing_sampled(pid: u32) -> UserError {
     UserError::new(
         Exit::NothingSampled,
         format!(
-            "PID {pid}: no allocations were sampled: its runtime.MemProfileRate is 0 (the Go linker \
-             sets that when the program never references runtime.MemProfile); import \
-             runtime/pprof or net/http/pprof, or set runtime.MemProfileRate, to profile it \
-             (or count every allocation with `mapscope attach --alloc-exact`, at a large cost)"
+            "PID {pid}: no allocations were sampled: mapscope could not sample this target's \
+             allocations (see the warnings above); no file written"
         ),
     )
 }
@@ -56,11 +55,11 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     super::check_output_path(&args.output)?;
     session::preflight(true)?;
     let process = session::open_process(args.pid)?;
-    let options = session::Options {
+    let mut options = session::Options {
         alloc_top_sites: 20,
         alloc_sites_half_life: std::time::Duration::from_secs(60),
         alloc_exact: false,
-        // A short run the user asked for: every probe stays on.
+        // A short run the user asked for: every probe stays on...
         max_overhead: 0.0,
         maps: None,
         final_map_snapshot: false,
@@ -76,13 +75,13 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    // Sampling off is known now, from the target's own variable: said at once, not after the
-    // whole duration. (A stripped binary's rate cannot be read: then only the outcome tells.)
+    // ...but where the runtime samples nothing, mapscope counts allocations with a probe on
+    // each, which only a budget keeps from costing the target many times its CPU.
     let rate = target
         .mem_profile_rate
         .and_then(|address| crate::process::memory::read_i64(target.process.pid, address).ok());
     if rate == Some(0) {
-        return Err(sampling_off(args.pid).into());
+        options.max_overhead = super::DEFAULT_MAX_OVERHEAD;
     }
     let attached = session::attach(target, &options)?;
     let exited = attached.target.process.exit_watcher()?.exited();
@@ -98,7 +97,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         }
     };
     let outcome = attached.profile(None, options, stop).await?;
-    let profile = outcome.allocs.ok_or_else(|| sampling_off(args.pid))?;
+    let profile = outcome.allocs.ok_or_else(|| nothing_sampled(args.pid))?;
     if profile.samples.is_empty() {
         // An empty profile opens in pprof as "no samples", which reads like a failure of the
         // tool; the reason is the target's, and so is the fix.

@@ -4,8 +4,11 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use profiler_common::{
-    alloc::{AllocKey, EXACT_BYTES, EXACT_OBJECTS},
-    counters::HIT_ALLOC,
+    alloc::{
+        AllocKey, COUNTED_SAMPLE_BYTES, EXACT_BYTES, EXACT_OBJECTS, EXACT_SIZE_BASE, EXACT_SLOTS,
+        slot_bound,
+    },
+    counters::{HIT_ALLOC, HIT_ALLOC_COUNT},
 };
 
 use crate::{
@@ -86,10 +89,21 @@ pub struct AllocCollector {
     /// Each key's samples as last read, and their sum scaled by the share of the target's work
     /// the probe saw when they came (the overhead governor's `Coverage`).
     weighted: std::collections::HashMap<AllocKey, (u64, f64)>,
-    /// Exact mode's counters, read when `exact` is on.
+    /// Exact and counted mode's counters, read when `exact` or `counted` is on.
     exact_counts: PerCpuArray<MapData, u64>,
+    /// The probes' hit counters, and the sampling family's as last read: while it does not
+    /// move (no load, or its probes are off) there is nothing new to read.
+    hits: PerCpuArray<MapData, u64>,
+    hits_seen: Option<u64>,
     pub exact: bool,
     exact_exported: (u64, u64),
+    /// Counted mode (the target's runtime samples nothing): the totals and sizes come from the
+    /// governed every-allocation probes, the sites from their byte-weighted samples.
+    pub counted: bool,
+    /// Counted mode's counters (`ALLOC_EXACT`'s slots) as last read, and their growth scaled
+    /// by the share of the target's work the probes saw when it came.
+    counted_seen: Vec<u64>,
+    counted_weighted: Vec<f64>,
     stacks: StackTraceMap<MapData>,
     symbolizer: Stacks,
     /// Published after every read.
@@ -121,8 +135,13 @@ impl AllocCollector {
             samples: maps.samples,
             weighted: std::collections::HashMap::new(),
             exact_counts: maps.exact,
+            hits: maps.hits,
+            hits_seen: None,
             exact: false,
             exact_exported: (0, 0),
+            counted: false,
+            counted_seen: vec![0; EXACT_SLOTS as usize],
+            counted_weighted: vec![0.0; EXACT_SLOTS as usize],
             stacks: maps.stacks,
             symbolizer: Stacks::new(Arc::clone(&sites.binary), sites.load_bias),
             profile: AllocProfile::default(),
@@ -156,10 +175,26 @@ impl AllocCollector {
         if self.exact {
             self.read_exact();
         }
-        let Some(rate) = self.sampling_rate() else {
-            self.metrics.allocated(&self.exported, &self.exported, 0);
-            return;
+        let (rate, family) = if self.counted {
+            (COUNTED_SAMPLE_BYTES as i64, HIT_ALLOC_COUNT)
+        } else {
+            let Some(rate) = self.sampling_rate() else {
+                self.metrics.allocated(&self.exported, &self.exported, 0);
+                return;
+            };
+            (rate, HIT_ALLOC)
         };
+        // The sample table can hold thousands of keys, each read with its own system calls:
+        // not again while its family did not fire.
+        let hits = self
+            .hits
+            .get(&family, 0)
+            .ok()
+            .map(|per_cpu| per_cpu.iter().sum::<u64>());
+        if hits.is_some() && hits == self.hits_seen {
+            return;
+        }
+        self.hits_seen = hits;
         let mut counts: BTreeMap<u64, f64> = BTreeMap::new();
         let mut sites = SiteTotals::default();
         let entries: Vec<(AllocKey, u64)> = self
@@ -168,7 +203,7 @@ impl AllocCollector {
             .filter_map(Result::ok)
             .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>()))
             .collect();
-        let coverage = self.metrics.coverage().fraction(HIT_ALLOC);
+        let coverage = self.metrics.coverage().fraction(family);
         let mut samples = Vec::new();
         let mut taken = 0;
         for (key, count) in entries {
@@ -184,17 +219,23 @@ impl AllocCollector {
             sites.add(&stack.site, stack.churn, key.size, count, rate);
             samples.push((Arc::clone(&stack), key.size, count));
         }
-        let totals = AllocTotals {
-            samples: taken,
-            ..estimate(&counts, rate)
+        let (totals, sizes) = if self.counted {
+            self.read_counted(coverage, taken)
+        } else {
+            let objects_by_size = counts
+                .iter()
+                .map(|(&size, &count)| (size, count * scale(size, rate)))
+                .collect();
+            (
+                AllocTotals {
+                    samples: taken,
+                    ..estimate(&counts, rate)
+                },
+                SizeHistogram::from_estimates(&objects_by_size),
+            )
         };
         self.metrics.allocated(&self.exported, &totals, rate);
-        let objects_by_size = counts
-            .iter()
-            .map(|(&size, &count)| (size, count * scale(size, rate)))
-            .collect();
-        self.metrics
-            .allocation_sizes(SizeHistogram::from_estimates(&objects_by_size));
+        self.metrics.allocation_sizes(sizes);
         self.exported = totals;
         self.export_sites(sites);
         self.publish(samples, rate);
@@ -213,6 +254,34 @@ impl AllocCollector {
             now.1.saturating_sub(self.exact_exported.1),
         );
         self.exact_exported = now;
+    }
+
+    /// Counted mode: the every-allocation counters' growth since the last read, scaled by
+    /// `coverage`, added to the totals and sizes so far.
+    fn read_counted(&mut self, coverage: f64, samples: u64) -> (AllocTotals, SizeHistogram) {
+        for slot in 0..EXACT_SLOTS {
+            let now: u64 = self
+                .exact_counts
+                .get(&slot, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum());
+            let seen = &mut self.counted_seen[slot as usize];
+            self.counted_weighted[slot as usize] += now.saturating_sub(*seen) as f64 / coverage;
+            *seen = now;
+        }
+        let weighted = &self.counted_weighted;
+        // Each size slot is one power-of-two bucket: its objects go in at its upper bound.
+        let objects_by_size: BTreeMap<u64, f64> = (EXACT_SIZE_BASE..EXACT_SLOTS)
+            .filter(|slot| weighted[*slot as usize] > 0.0)
+            .map(|slot| (slot_bound(slot), weighted[slot as usize]))
+            .collect();
+        let mut sizes = SizeHistogram::from_estimates(&objects_by_size);
+        sizes.sum = weighted[EXACT_BYTES as usize];
+        let totals = AllocTotals {
+            samples,
+            objects: weighted[EXACT_OBJECTS as usize],
+            bytes: weighted[EXACT_BYTES as usize],
+        };
+        (totals, sizes)
     }
 
     /// The rate to scale samples by: the target's `MemProfileRate`, the last one read once the
@@ -234,7 +303,8 @@ impl AllocCollector {
                      allocation sampling off: mapscope sees no sampled allocations. The Go linker \
                      does that when a program never references runtime.MemProfile; importing \
                      runtime/pprof or net/http/pprof (or setting runtime.MemProfileRate) turns it \
-                     back on, or --alloc-exact counts every allocation at a large cost"
+                     back on; or give mapscope a budget (--max-overhead above 0) and it counts \
+                     them itself, part of the time"
                 );
             }
             return None;
@@ -264,7 +334,7 @@ impl AllocCollector {
     /// The estimates so far and the `top` sites by bytes (every site, named or not); `None`
     /// when the target's sampling is off (no estimate is 0 then, it is unknown).
     pub fn summary(&self, top: usize) -> Option<AllocSummary> {
-        if self.last_rate == Some(0) {
+        if self.last_rate == Some(0) && !self.counted {
             return None;
         }
         let mut sites: Vec<(Site, f64)> = self
@@ -278,6 +348,7 @@ impl AllocCollector {
         Some(AllocSummary {
             objects: self.exported.objects,
             bytes: self.exported.bytes,
+            counted: self.counted,
             top_sites: sites,
         })
     }

@@ -12,11 +12,18 @@
 //!
 //! A cycle's counts are scaled by the share of the target's own work they saw, known when its
 //! on part starts: the time on against the time off, each weighted by how fast the target
-//! worked then (its CPU time per second, the probes' cost taken out, measured while on last
-//! time and while off just now). For a service paced by its clients that is the duty; for a
-//! program running flat out, which does less of its work while the probes cost it, less.
+//! worked then, measured while on last time and while off just now. For the allocation
+//! families the work is what they count, the runtime's own count of bytes allocated
+//! (`gcController.totalAlloc`, read from the target's memory), where it can be read; otherwise
+//! the target's CPU time per second, the probes' cost taken out. For a service paced by its
+//! clients that is the duty; for a program running flat out, which does less of its work while
+//! the probes cost it, less (and more so than its CPU time says: after each trap its own code
+//! runs slower for a while).
 //! The next cycle's duty comes from what the family cost while on. When that fits the budget
-//! again, the family stays attached.
+//! again, the family stays attached. The duty is the share of the time the family costs the
+//! target: its on part, and the time its probes take to come off and go back, firing but
+//! counting nothing (measured by its hits then, at its rate while on); what
+//! `mapscope_probe_duty_cycle` shows is the share that counts.
 use std::{
     sync::{
         Arc,
@@ -53,6 +60,34 @@ const MIN_MEASURED_CPU_NS: u64 = 20_000_000;
 /// The shortest window of the meter's whose fixed costs count (`Governor::fixed_share`).
 const MIN_FIXED_SPAN: Duration = Duration::from_secs(10);
 
+/// How fast a work counter grew between two marks, per second (`None` without one, or when it
+/// went back: a target that exec'd, a misread).
+fn work_rate(start: Mark, end: Mark) -> Option<f64> {
+    let seconds = (end.at - start.at).as_secs_f64();
+    let grown = end.work?.checked_sub(start.work?)?;
+    (seconds > 0.0).then(|| grown as f64 / seconds)
+}
+
+/// A cycle at `duty` (the share of the time the family may cost the target as if on) for a
+/// family whose probes, coming off and going back, cost as much as `busy` on: how long it
+/// counts, and how long it is off (the coming and going included). Its on part and `busy`
+/// are `duty` of the cycle; the on part is what is left of `MAX_PERIOD` × `duty` after
+/// `busy`, within `MIN_ON`..`MAX_ON` (the cycle is longer when it must be).
+fn cycle(duty: f64, busy: Duration) -> (Duration, Duration) {
+    let on = MAX_PERIOD
+        .mul_f64(duty)
+        .saturating_sub(busy)
+        .clamp(MIN_ON, MAX_ON);
+    let period = (on + busy).div_f64(duty);
+    (on, period.saturating_sub(on))
+}
+
+/// The share of a cycle on for `on` and off for `off` that counts: what
+/// `mapscope_probe_duty_cycle` shows.
+fn counting(on: Duration, off: Duration) -> f64 {
+    on.as_secs_f64() / (on + off).as_secs_f64().max(1e-9)
+}
+
 /// The share of the target's work each probe family's counts see now (1 for those never cut,
 /// and for governed ones attached all the time): what the collectors divide the counts of a
 /// family by. Shared by a target's collectors.
@@ -86,21 +121,40 @@ enum Phase {
     Continuous { next: Instant },
     /// Counting until `until`.
     On { until: Instant },
-    /// Not counting since `since` (probes removed) until `until`; then on for `on`.
+    /// Not counting since `since` (probes removed) until `until`; then on for `on`. Its
+    /// duty is reconsidered at `check` (what else costs the target may have dropped).
     Off {
         since: Instant,
         until: Instant,
         on: Duration,
+        check: Instant,
     },
 }
 
-/// A family's hits and the target's CPU time at the start of a measurement.
+impl Phase {
+    /// When the governor must next look at the family.
+    fn due(&self) -> Instant {
+        match *self {
+            Self::Continuous { next: until } | Self::On { until } => until,
+            Self::Off { until, check, .. } => until.min(check),
+        }
+    }
+}
+
+/// A family's hits, the target's CPU time and its work counter (if the family has one) at the
+/// start of a measurement.
 #[derive(Clone, Copy)]
 struct Mark {
     at: Instant,
     hits: u64,
     cpu_ns: u64,
+    work: Option<u64>,
 }
+
+/// Reads a counter of the target's own that grows with what a family counts (the runtime's
+/// bytes allocated, for the allocation families): its share of the target's work is measured
+/// in it.
+pub type WorkCounter = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 struct Governed {
     family: u32,
@@ -114,12 +168,22 @@ struct Governed {
     off_mark: Option<Mark>,
     /// The last share measured, for sharing the budget with the other families.
     last_share: Option<f64>,
-    /// How long removing its probes took last time: a cycle's off part must be longer.
+    /// How long removing its probes took last time (for the logs).
     last_removal: Duration,
+    /// Its hits while its probes came off and went back last time (they fire but count
+    /// nothing then), and its hits per second while on: together, how much of a cycle it
+    /// costs the target without counting (`busy`).
+    removal_hits: u64,
+    install_hits: u64,
+    on_hit_rate: Option<f64>,
     /// The target's CPU time per second doing its own work (the probes' cost taken out) while
     /// the family was last on, and while it was last off.
     on_rate: Option<f64>,
     off_rate: Option<f64>,
+    /// The family's work counter, and how fast it grew while the family was last on and off.
+    work: Option<WorkCounter>,
+    on_work_rate: Option<f64>,
+    off_work_rate: Option<f64>,
 }
 
 pub struct Governor {
@@ -137,12 +201,12 @@ pub struct Governor {
 }
 
 impl Governor {
-    /// `families`: each governed family's probes, attached now; `hits`: `PROBE_HITS`;
-    /// `paused`: `FAMILY_PAUSED`.
+    /// `families`: each governed family's probes, attached now, and its work counter if it has
+    /// one; `hits`: `PROBE_HITS`; `paused`: `FAMILY_PAUSED`.
     pub fn new(
         pid: u32,
         budget: f64,
-        families: Vec<(u32, WindowedProbes)>,
+        families: Vec<(u32, WindowedProbes, Option<WorkCounter>)>,
         hits: PerCpuArray<MapData, u64>,
         paused: Array<MapData, u32>,
         metrics: Arc<TargetMetrics>,
@@ -151,7 +215,7 @@ impl Governor {
         let now = Instant::now();
         let families = families
             .into_iter()
-            .map(|(family, probes)| {
+            .map(|(family, probes, work)| {
                 metrics.duty_cycle(HIT_NAMES[family as usize], 1.0);
                 Governed {
                     family,
@@ -164,8 +228,14 @@ impl Governor {
                     off_mark: None,
                     last_share: None,
                     last_removal: Duration::ZERO,
+                    removal_hits: 0,
+                    install_hits: 0,
+                    on_hit_rate: None,
                     on_rate: None,
                     off_rate: None,
+                    work,
+                    on_work_rate: None,
+                    off_work_rate: None,
                 }
             })
             .collect();
@@ -194,11 +264,7 @@ impl Governor {
             let next = self
                 .families
                 .iter()
-                .map(|governed| match governed.phase {
-                    Phase::Continuous { next: until }
-                    | Phase::On { until }
-                    | Phase::Off { until, .. } => until,
-                })
+                .map(|governed| governed.phase.due())
                 .min()
                 .unwrap_or_else(|| Instant::now() + EVALUATE_EVERY);
             tokio::select! {
@@ -207,12 +273,7 @@ impl Governor {
                 () = tokio::time::sleep_until(next.into()) => {
                     let now = Instant::now();
                     for index in 0..self.families.len() {
-                        let due = match self.families[index].phase {
-                            Phase::Continuous { next: until }
-                            | Phase::On { until }
-                            | Phase::Off { until, .. } => now >= until,
-                        };
-                        if due {
+                        if now >= self.families[index].phase.due() {
                             self.advance(index, now);
                         }
                     }
@@ -222,15 +283,35 @@ impl Governor {
         tokio::task::block_in_place(move || drop(self));
     }
 
-    /// Family `index`'s hits so far and the target's CPU time now.
-    fn mark(&self, index: usize) -> Option<Mark> {
+    /// Family `index`'s hits so far.
+    fn hits(&self, index: usize) -> Option<u64> {
         let family = self.families[index].family;
-        let hits = self.hits.get(&family, 0).ok()?.iter().sum();
+        Some(self.hits.get(&family, 0).ok()?.iter().sum())
+    }
+
+    /// How long, in time on, family `index`'s probes cost the target each cycle without
+    /// counting: its hits while they came off and went back last time, at its rate while on.
+    /// (Removing a probe takes the kernel from 0.1 s to seconds on a busy machine, one probe
+    /// after another; installing them takes less.)
+    fn busy(&self, index: usize) -> Duration {
+        let governed = &self.families[index];
+        let hits = (governed.removal_hits + governed.install_hits) as f64;
+        match governed.on_hit_rate {
+            Some(rate) if rate > 0.0 => Duration::from_secs_f64((hits / rate).min(60.0)),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Family `index`'s hits so far, the target's CPU time and the family's work counter now.
+    fn mark(&self, index: usize) -> Option<Mark> {
+        let governed = &self.families[index];
+        let hits = self.hits.get(&governed.family, 0).ok()?.iter().sum();
         let cpu_ns = crate::process::cpu::process_cpu_ns(self.pid)?;
         Some(Mark {
             at: Instant::now(),
             hits,
             cpu_ns,
+            work: governed.work.as_ref().and_then(|read| read()),
         })
     }
 
@@ -254,6 +335,8 @@ impl Governor {
         let governed = &mut self.families[index];
         if seconds > 0.0 {
             governed.on_rate = Some((used as f64 - probes_ns).max(0.0) / seconds);
+            governed.on_work_rate = work_rate(start, end);
+            governed.on_hit_rate = Some(end.hits.saturating_sub(start.hits) as f64 / seconds);
         }
         governed.mark = Some(end);
         Some(probes_ns / used.max(MIN_MEASURED_CPU_NS) as f64)
@@ -290,6 +373,12 @@ impl Governor {
         if share.is_some() {
             self.families[index].last_share = share;
         }
+        (self.duty_for(index, share), share.is_some())
+    }
+
+    /// The duty family `index` should have if it costs `share` of the target's CPU while on
+    /// (`None`: not measured now, it keeps its duty), beside the others' last shares.
+    fn duty_for(&self, index: usize, share: Option<f64>) -> f64 {
         let shares: Vec<Option<f64>> = self
             .families
             .iter()
@@ -315,7 +404,7 @@ impl Governor {
                 fixed * 100.0
             );
         }
-        (duty, share.is_some())
+        duty
     }
 
     fn advance(&mut self, index: usize, now: Instant) {
@@ -338,7 +427,10 @@ impl Governor {
                 let (duty, _) = self.decide(index);
                 if duty >= 1.0 {
                     // Within the budget again: it stays attached, counting all the time.
-                    self.set_duty(index, 1.0, 1.0);
+                    self.families[index].duty = 1.0;
+                    let family = self.families[index].family;
+                    self.metrics.coverage().set(family, 1.0);
+                    self.metrics.duty_cycle(HIT_NAMES[family as usize], 1.0);
                     self.families[index].phase = Phase::Continuous {
                         next: now + EVALUATE_EVERY,
                     };
@@ -346,30 +438,78 @@ impl Governor {
                     self.take_off(index, duty);
                 }
             }
-            Phase::Off { since, on, .. } => self.put_back(index, since, on),
+            Phase::Off {
+                since, until, on, ..
+            } => {
+                if now >= until {
+                    self.put_back(index, since, on);
+                } else {
+                    self.reconsider(index, since, now);
+                }
+            }
+        }
+    }
+
+    /// Family `index`, off since `since`: if what else costs the target has dropped since its
+    /// duty was set (mapscope's start-up work leaving the meter's window, a family that needs
+    /// less), its duty rises now, and its off part ends as soon as the new duty allows,
+    /// rather than after a cycle planned for the old one (up to 50 s at the floor). Its duty
+    /// is never lowered while off: what it costs is measured only while on.
+    fn reconsider(&mut self, index: usize, since: Instant, now: Instant) {
+        let governed = &self.families[index];
+        let duty = self.duty_for(index, governed.last_share);
+        if duty <= governed.duty * 1.2 {
+            if let Phase::Off { check, .. } = &mut self.families[index].phase {
+                *check = now + EVALUATE_EVERY;
+            }
+            return;
+        }
+        let (on, off) = cycle(duty, self.busy(index));
+        let family = governed.family;
+        tracing::debug!(
+            "PID {}: {} probes may be on more now (duty {:.3} -> {duty:.3}): off for {off:.1?} \
+             in all, then on for {on:.1?}",
+            self.pid,
+            HIT_NAMES[family as usize],
+            governed.duty,
+        );
+        self.families[index].duty = duty;
+        self.metrics
+            .duty_cycle(HIT_NAMES[family as usize], counting(on, off));
+        self.families[index].phase = Phase::Off {
+            since,
+            until: since + off,
+            on,
+            check: now + EVALUATE_EVERY,
+        };
+        if now >= since + off {
+            self.put_back(index, since, on);
         }
     }
 
     /// Start a cycle at `duty` for family `index`: stop its programs counting, remove its
-    /// probes, and plan the cycle: off for as long as makes its on part (at most `MAX_PERIOD`
-    /// × `duty`, within `MIN_ON`..`MAX_ON`, and long enough that the off part outlasts the
-    /// probes' removal) `duty` of the whole.
+    /// probes, and plan the cycle (`cycle`).
     fn take_off(&mut self, index: usize, duty: f64) {
         let family = self.families[index].family;
         self.pause(family, true);
         let since = Instant::now();
+        let paused_at = self.hits(index);
         let own = self.metrics.own_cpu().clone();
         let governed = &mut self.families[index];
         governed.duty = duty;
-        self.metrics.duty_cycle(HIT_NAMES[family as usize], duty);
         tokio::task::block_in_place(|| own.measure(|| governed.probes.detach()));
         governed.last_removal = since.elapsed();
-        let outlast = governed.last_removal.mul_f64(1.5 * duty / (1.0 - duty));
-        let on = MAX_PERIOD.mul_f64(duty).clamp(MIN_ON, MAX_ON).max(outlast);
-        let off = on.mul_f64((1.0 - duty) / duty);
+        if let (Some(before), Some(after)) = (paused_at, self.hits(index)) {
+            self.families[index].removal_hits = after.saturating_sub(before);
+        }
+        let busy = self.busy(index);
+        let (on, off) = cycle(duty, busy);
+        self.metrics
+            .duty_cycle(HIT_NAMES[family as usize], counting(on, off));
+        let governed = &mut self.families[index];
         tracing::debug!(
-            "PID {}: {} probes off for {off:.1?} (removing them took {:.1?}), then on for \
-             {on:.1?} (duty {duty:.3})",
+            "PID {}: {} probes off for {off:.1?} (removing them took {:.1?}; coming off and \
+             back they cost as much as {busy:.1?} on), then on for {on:.1?} (duty {duty:.3})",
             self.pid,
             HIT_NAMES[family as usize],
             governed.last_removal,
@@ -378,6 +518,7 @@ impl Governor {
             since,
             until: since + off,
             on,
+            check: Instant::now() + EVALUATE_EVERY,
         };
         // The target's pace while off is measured from here (the removal's time had probes
         // still firing).
@@ -392,9 +533,11 @@ impl Governor {
             if seconds > 0.0 {
                 self.families[index].off_rate =
                     Some(end.cpu_ns.saturating_sub(start.cpu_ns) as f64 / seconds);
+                self.families[index].off_work_rate = work_rate(start, end);
             }
         }
         let own = self.metrics.own_cpu().clone();
+        let installing_at = self.hits(index);
         let governed = &mut self.families[index];
         if let Err(error) = tokio::task::block_in_place(|| own.measure(|| governed.probes.attach()))
         {
@@ -407,19 +550,37 @@ impl Governor {
                 );
             }
             governed.off_mark = None;
+            let until = Instant::now() + MAX_ON;
             governed.phase = Phase::Off {
                 since,
-                until: Instant::now() + MAX_ON,
+                until,
                 on,
+                check: until,
             };
             return;
         }
         let family = governed.family;
-        let duty = governed.duty;
         let off = since.elapsed();
+        if let (Some(before), Some(after)) = (installing_at, self.hits(index)) {
+            self.families[index].install_hits = after.saturating_sub(before);
+        }
         let coverage = self.coverage(index, on, off);
+        tracing::debug!(
+            "PID {}: {} probes back after {off:.1?} off, on for {on:.1?}: they see {:.1}% of \
+             the target's work (its work per second on {:?}, off {:?}; its CPU on {:?}, off \
+             {:?})",
+            self.pid,
+            HIT_NAMES[family as usize],
+            coverage * 100.0,
+            self.families[index].on_work_rate,
+            self.families[index].off_work_rate,
+            self.families[index].on_rate,
+            self.families[index].off_rate,
+        );
         // All its probes are in place: the family counts from now.
-        self.set_duty(index, duty, coverage);
+        self.metrics.coverage().set(family, coverage);
+        self.metrics
+            .duty_cycle(HIT_NAMES[family as usize], counting(on, off));
         self.pause(family, false);
         let now = Instant::now();
         self.families[index].mark = self.mark(index);
@@ -428,15 +589,22 @@ impl Governor {
 
     /// The share of the target's own work a cycle off for `off` and on for `on` sees: the
     /// time on against the time off, each weighted by how fast the target did its own work
-    /// then (the time share when it is not known yet).
+    /// then: in the family's work counter where both rates are known, else in CPU time, else
+    /// (not known yet) the time share.
     fn coverage(&self, index: usize, on: Duration, off: Duration) -> f64 {
         let governed = &self.families[index];
         let (on, off) = (on.as_secs_f64(), off.as_secs_f64());
-        match (governed.on_rate, governed.off_rate) {
+        let known = |rates: (Option<f64>, Option<f64>)| match rates {
             (Some(on_rate), Some(off_rate)) if on_rate > 0.0 && off_rate > 0.0 => {
-                on * on_rate / (on * on_rate + off * off_rate)
+                Some((on_rate, off_rate))
             }
-            _ => on / (on + off),
+            _ => None,
+        };
+        match known((governed.on_work_rate, governed.off_work_rate))
+            .or_else(|| known((governed.on_rate, governed.off_rate)))
+        {
+            Some((on_rate, off_rate)) => on * on_rate / (on * on_rate + off * off_rate),
+            None => on / (on + off),
         }
     }
 
@@ -446,13 +614,33 @@ impl Governor {
             tracing::warn!("PID {}: switching a probe family failed: {error}", self.pid);
         }
     }
+}
 
-    /// Family `index` is on `duty` of the time, seeing `coverage` of the target's work.
-    fn set_duty(&mut self, index: usize, duty: f64, coverage: f64) {
-        let governed = &mut self.families[index];
-        governed.duty = duty;
-        let family = governed.family;
-        self.metrics.coverage().set(family, coverage);
-        self.metrics.duty_cycle(HIT_NAMES[family as usize], duty);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seconds(duration: Duration) -> f64 {
+        (duration.as_secs_f64() * 1000.0).round() / 1000.0
+    }
+
+    #[test]
+    fn a_cycle_is_its_duty_on_with_the_coming_and_going_counted_as_on() {
+        // Quarter duty, probes that come off at once: 2 s on in 8.
+        let (on, off) = cycle(0.25, Duration::ZERO);
+        assert_eq!((seconds(on), seconds(off)), (2.0, 6.0));
+        // Removal and installation that cost as much as 1 s on come out of the on part.
+        let (on, off) = cycle(0.25, Duration::from_secs(1));
+        assert_eq!((seconds(on), seconds(off)), (1.0, 7.0));
+        assert!((counting(on, off) - 0.125).abs() < 1e-9);
+        // At the floor the on part stays long enough to measure, and the cycle stretches.
+        let (on, off) = cycle(0.01, Duration::ZERO);
+        assert_eq!((seconds(on), seconds(off)), (0.5, 49.5));
+        let (on, off) = cycle(0.1, Duration::from_secs(2));
+        assert_eq!((seconds(on), seconds(off)), (0.5, 24.5));
+        // Never more than MAX_ON at once.
+        let (on, off) = cycle(0.9, Duration::ZERO);
+        assert_eq!(seconds(on), 4.0);
+        assert!((counting(on, off) - 0.9).abs() < 1e-9);
     }
 }

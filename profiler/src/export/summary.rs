@@ -198,10 +198,16 @@ fn allocations(out: &mut String, seen: &Seen<'_>) {
     let seconds = seen.watched.as_secs_f64().max(1e-3);
     let _ = writeln!(
         out,
-        "  allocations: {} in {} objects, {}/s (estimated from the runtime's samples, as pprof does)",
+        "  allocations: {} in {} objects, {}/s ({})",
         bytes(allocs.bytes),
         count(allocs.objects),
         bytes(allocs.bytes / seconds),
+        if allocs.counted {
+            "counted by mapscope's probes within the budget and scaled up: the target's own \
+             sampling is off"
+        } else {
+            "estimated from the runtime's samples, as pprof does"
+        }
     );
     for (site, site_bytes) in &allocs.top_sites {
         let share = if allocs.bytes > 0.0 {
@@ -415,6 +421,7 @@ mod tests {
         let allocs = AllocSummary {
             objects: 2_000_000.0,
             bytes: 1024.0 * 1024.0 * 1024.0,
+            counted: false,
             top_sites: vec![
                 (site("main.build", "main.go:10"), 768.0 * 1024.0 * 1024.0),
                 (site("main.parse", "parse.go:7"), 256.0 * 1024.0 * 1024.0),

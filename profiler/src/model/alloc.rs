@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 pub struct AllocSummary {
     pub objects: f64,
     pub bytes: f64,
+    /// Counted by mapscope's own probes (the runtime samples nothing), not from the runtime's
+    /// samples.
+    pub counted: bool,
     /// Biggest first.
     pub top_sites: Vec<(super::sites::Site, f64)>,
 }

@@ -8,10 +8,12 @@ use crate::gobin::{
 /// Program names in the eBPF object (profiler-ebpf/src/alloc.rs).
 pub const ALLOC_SAMPLE: &str = "alloc_sample";
 pub const ALLOC_EXACT: &str = "alloc_exact";
+pub const ALLOC_COUNT: &str = "alloc_count";
 
-/// Exact mode: a probe on every allocation entry point the binary has (`mallocgc`, and on Go
-/// 1.26+ its size-specialized variants), after each one's stack check.
-pub fn plan_exact(binary: &GoBinary) -> Vec<ProbePoint> {
+/// A probe on every allocation entry point the binary has (`mallocgc`, and on Go 1.26+ its
+/// size-specialized variants), after each one's stack check, running `program`: exact mode's
+/// (`ALLOC_EXACT`) or counted mode's (`ALLOC_COUNT`).
+pub fn plan_every_allocation(binary: &GoBinary, program: &'static str) -> Vec<ProbePoint> {
     let mut functions: Vec<(&'static str, crate::gobin::Function)> = Vec::new();
     if let Some(function) = binary.function(MALLOCGC) {
         functions.push((MALLOCGC, function));
@@ -27,7 +29,7 @@ pub fn plan_exact(binary: &GoBinary) -> Vec<ProbePoint> {
         .filter_map(|(name, function)| {
             let address = binary.entry_site(function);
             Some(ProbePoint {
-                program: ALLOC_EXACT,
+                program,
                 function: name,
                 address,
                 file_offset: binary.file_offset(address)?,

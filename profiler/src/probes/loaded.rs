@@ -54,8 +54,11 @@ pub enum LoadError {
 pub struct AllocMaps {
     pub samples: PerCpuHashMap<MapData, AllocKey, u64>,
     pub stacks: StackTraceMap<MapData>,
-    /// Exact mode's counters (filled only when its probes are attached).
+    /// Exact and counted mode's counters (filled only when their probes are attached).
     pub exact: PerCpuArray<MapData, u64>,
+    /// A handle on the probe hit counters (`PROBE_HITS`): when its family's did not move,
+    /// none of the above did either.
+    pub hits: PerCpuArray<MapData, u64>,
 }
 
 /// Kernel maps of the Go-map tracker.
@@ -211,8 +214,8 @@ impl AttachedProbes {
         })
     }
 
-    /// A second handle on the probe hit counters (`PROBE_HITS`), for the overhead governor;
-    /// before `take_stw_maps` takes the first.
+    /// A second handle on the probe hit counters (`PROBE_HITS`), for the overhead governor
+    /// and the allocation collector; before `take_stw_maps` takes the first.
     pub fn hit_counters(&self) -> Result<PerCpuArray<MapData, u64>, LoadError> {
         const NAME: &str = "PROBE_HITS";
         let ebpf = lock(&self.ebpf);
@@ -242,8 +245,10 @@ impl AttachedProbes {
         })
     }
 
+    /// The allocation collector's maps; before `take_stw_maps` (for the hit counters).
     pub fn take_alloc_maps(&mut self) -> Result<AllocMaps, LoadError> {
         Ok(AllocMaps {
+            hits: self.hit_counters()?,
             samples: self.take("ALLOC_SAMPLES")?,
             stacks: self.take("ALLOC_STACKS")?,
             exact: self.take("ALLOC_EXACT")?,
@@ -282,7 +287,10 @@ const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
     [
         (&[HIT_STW], &["STOPPED", "STARTING"]),
         (&[HIT_GC_START], &["GC_START_KINDS"]),
-        (&[HIT_ALLOC], &["ALLOC_SAMPLES", "ALLOC_STACKS"]),
+        (
+            &[HIT_ALLOC, HIT_ALLOC_COUNT],
+            &["ALLOC_SAMPLES", "ALLOC_STACKS"],
+        ),
         (&[HIT_MAP_CREATE], &["PENDING_CREATIONS"]),
         (&[HIT_MAP_ACCESS], &["MAP_OPS", "MAP_ACCESS_HITS"]),
         (

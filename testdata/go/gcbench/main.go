@@ -15,6 +15,8 @@
 //	-mode sizedmaps: make(map[int]int, n) with a run-time n for -duration; same output.
 //	-mode bigmap: build a -entries map[int]int and a buffer of as many bytes as the map holds,
 //	             print {"map":ADDR,"type":ADDR,"buffer":ADDR,"buffer_len":N}, then wait for EOF.
+//	-mode stacks: like alloc, but each allocation from one of 2^depth call paths; "done" at
+//	             the end, then idle for -then-idle.
 package main
 
 import (
@@ -39,7 +41,8 @@ var (
 	calls    = flag.Int("calls", 200000, "call: how many calls")
 	heapOut  = flag.String("heap", "", "alloc: write the heap profile here afterwards")
 	entries  = flag.Int("entries", 1_000_000, "bigmap: entries")
-	idle     = flag.Duration("then-idle", 0, "alloc, growmaps: after the report, stay up doing nothing this long")
+	idle     = flag.Duration("then-idle", 0, "alloc, growmaps, stacks: after the report, stay up doing nothing this long")
+	depth    = flag.Int("depth", 14, "stacks: levels of the call tree (2^depth call paths)")
 )
 
 var sink atomic.Pointer[[]byte]
@@ -115,6 +118,55 @@ func callLoop() {
 	elapsed := time.Since(start)
 	out, _ := json.Marshal(map[string]any{"calls": *calls, "ns_per_call": float64(elapsed.Nanoseconds()) / float64(*calls)})
 	fmt.Println(string(out))
+}
+
+// descend allocates at the bottom of a call chain whose shape follows path's bits, two
+// frames to choose from at each of depth levels: 2^depth distinct stacks, as a service's
+// allocations come from many call paths.
+//
+//go:noinline
+func descend(path, depth int, live [][]byte, i int) {
+	if depth == 0 {
+		live[i%len(live)] = make([]byte, 64+i%512)
+		return
+	}
+	if path&1 == 0 {
+		left(path>>1, depth-1, live, i)
+	} else {
+		right(path>>1, depth-1, live, i)
+	}
+}
+
+//go:noinline
+func left(path, depth int, live [][]byte, i int) { descend(path, depth, live, i) }
+
+//go:noinline
+func right(path, depth int, live [][]byte, i int) { descend(path, depth, live, i) }
+
+// manyStacks allocates flat out, like "alloc", but each allocation down one of 2^depth
+// call paths picked at random: the distinct stacks mapscope sees keep growing, up to what its
+// tables hold, for mapscope's footprint tests.
+func manyStacks() {
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(*duration)
+	for w := 0; w < *workers; w++ {
+		wg.Add(1)
+		go func(seed int) {
+			defer wg.Done()
+			live := make([][]byte, 1024)
+			random := uint64(seed + 1)
+			for i := 0; ; i++ {
+				if i%1024 == 0 && time.Now().After(deadline) {
+					break
+				}
+				random = random*6364136223846793005 + 1442695040888963407
+				descend(int(random>>40), *depth, live, i)
+			}
+		}(w)
+	}
+	wg.Wait()
+	fmt.Println("done")
+	time.Sleep(*idle)
 }
 
 var mapSink atomic.Pointer[map[string]int]
@@ -309,6 +361,8 @@ func main() {
 		bigMap()
 	case "alloc":
 		allocate()
+	case "stacks":
+		manyStacks()
 	case "call":
 		callLoop()
 	default:
