@@ -640,3 +640,96 @@ fn a_program_that_samples_nothing_gets_counted_allocations_within_the_budget() {
         "{summary}"
     );
 }
+
+/// A process's resident memory (bytes) and CPU time (seconds) so far, from /proc.
+fn rss_and_cpu(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's closing parenthesis; utime and stime are 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hertz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (rss_kib * 1024.0, ticks / hertz)
+}
+
+/// What mapscope keeps for a target is bounded: on a program whose allocations come from
+/// thousands of distinct call stacks (gcbench -mode stacks: 2^14 call paths), the stacks kept
+/// stop growing at what the kernel's table holds, and mapscope's memory and CPU stay flat
+/// after the first half minute. Fails if either grows: memory by more than 10% (and 4 MiB) from
+/// 30 s to 90 s, CPU per second by more than half (and half a percent of a core) from the first
+/// half of that minute to the second. Without a budget: the governor would take the sampler off
+/// part of the time, and mapscope reads nothing while it is off, so its CPU would follow the
+/// cycles.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn memory_and_cpu_stay_flat_while_distinct_stacks_accumulate() {
+    let _alone = one_at_a_time();
+    let binary = common::build_go("gcbench", NEWEST_GO, &[]);
+    let mapscope = Mapscope::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-overhead",
+        "0",
+        "--",
+        binary.to_str().unwrap(),
+        "-mode",
+        "stacks",
+        "-workers",
+        "1",
+        "-duration",
+        "100s",
+    ]);
+    let pid = mapscope.guard.0.id();
+    let stacks = |metrics: &common::Metrics| metrics.sum("mapscope_alloc_stacks", |_| true);
+    std::thread::sleep(Duration::from_secs(30));
+    let (rss_30, cpu_30) = rss_and_cpu(pid);
+    let stacks_30 = stacks(&mapscope.scrape());
+    std::thread::sleep(Duration::from_secs(30));
+    let (rss_60, cpu_60) = rss_and_cpu(pid);
+    std::thread::sleep(Duration::from_secs(30));
+    let (rss_90, cpu_90) = rss_and_cpu(pid);
+    let stacks_90 = stacks(&mapscope.scrape());
+    let mib = |bytes: f64| bytes / f64::from(1 << 20);
+    let (early, late) = ((cpu_60 - cpu_30) / 30.0, (cpu_90 - cpu_60) / 30.0);
+    println!(
+        "distinct stacks {stacks_30} at 30 s, {stacks_90} at 90 s; RSS {:.1} MiB, {:.1} MiB, \
+         {:.1} MiB; CPU {:.2}% then {:.2}% of a core",
+        mib(rss_30),
+        mib(rss_60),
+        mib(rss_90),
+        early * 100.0,
+        late * 100.0
+    );
+    assert!(
+        stacks_30 >= 1000.0,
+        "the load must bring thousands of distinct stacks: {stacks_30}"
+    );
+    assert!(
+        stacks_90 <= 4096.0,
+        "more stacks kept than the kernel holds: {stacks_90}"
+    );
+    assert!(
+        rss_90 <= rss_30 * 1.1 + 4.0 * f64::from(1 << 20),
+        "mapscope's memory grew from {:.1} MiB to {:.1} MiB",
+        mib(rss_30),
+        mib(rss_90)
+    );
+    assert!(
+        late <= early * 1.5 + 0.005,
+        "mapscope's CPU grew from {:.2}% to {:.2}% of a core",
+        early * 100.0,
+        late * 100.0
+    );
+}

@@ -236,6 +236,7 @@ impl AllocCollector {
         };
         self.metrics.allocated(&self.exported, &totals, rate);
         self.metrics.allocation_sizes(sizes);
+        self.metrics.allocation_stacks(self.symbolizer.kept());
         self.exported = totals;
         self.export_sites(sites);
         self.publish(samples, rate);

@@ -1,6 +1,9 @@
 //! User stacks recorded by the kernel (bpf_get_stackid), symbolized against the target's
 //! executable and classified into sites, once per stack: a stack id never changes meaning.
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use aya::maps::{MapData, StackTraceMap};
 
@@ -24,6 +27,8 @@ pub struct Stacks {
     /// Subtracted from addresses in the target to get addresses in the file (PIEs).
     load_bias: u64,
     known: HashMap<i32, Arc<Symbolized>>,
+    /// Function and file names, one copy each, shared by every stack that names them.
+    names: HashSet<Arc<str>>,
 }
 
 impl Stacks {
@@ -32,7 +37,13 @@ impl Stacks {
             binary,
             load_bias,
             known: HashMap::new(),
+            names: HashSet::new(),
         }
+    }
+
+    /// How many stacks are kept.
+    pub fn kept(&self) -> usize {
+        self.known.len()
     }
 
     /// The stack `stack_id` of `map`, symbolized and classified; a negative or unknown id is
@@ -55,8 +66,8 @@ impl Stacks {
                     .frames(pc)
                     .into_iter()
                     .map(|found| Line {
-                        function: found.function,
-                        file: found.file,
+                        function: intern(&mut self.names, found.function),
+                        file: intern(&mut self.names, found.file),
                         line: i64::from(found.line),
                     })
                     .collect();
@@ -68,7 +79,7 @@ impl Stacks {
             .flat_map(|(_, lines)| lines.iter())
             .map(|line| {
                 let file = line.file.rsplit('/').next().unwrap_or_default();
-                (line.function.clone(), format!("{file}:{}", line.line))
+                (line.function.to_string(), format!("{file}:{}", line.line))
             })
             .collect();
         let (site, churn) = if flat.is_empty() {
@@ -88,4 +99,14 @@ impl Stacks {
         self.known.insert(stack_id, Arc::clone(&symbolized));
         symbolized
     }
+}
+
+/// The one shared copy of `name`.
+fn intern(names: &mut HashSet<Arc<str>>, name: String) -> Arc<str> {
+    if let Some(known) = names.get(name.as_str()) {
+        return Arc::clone(known);
+    }
+    let name: Arc<str> = name.into();
+    names.insert(Arc::clone(&name));
+    name
 }

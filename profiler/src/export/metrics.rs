@@ -218,6 +218,7 @@ pub struct Metrics {
     alloc_objects: CounterVec,
     alloc_samples: IntCounterVec,
     alloc_rate: IntGaugeVec,
+    alloc_stacks: IntGaugeVec,
     site_bytes: CounterVec,
     site_objects: CounterVec,
     churn: CounterVec,
@@ -348,6 +349,15 @@ impl Metrics {
             ),
             &refs(&names(&[])),
         )?;
+        let alloc_stacks = IntGaugeVec::new(
+            Opts::new(
+                "mapscope_alloc_stacks",
+                "Distinct call stacks of the sampled allocations, symbolized and kept (the \
+                 kernel's stack table holds at most 4096: what mapscope keeps per target is \
+                 bounded by it).",
+            ),
+            &refs(&names(&[])),
+        )?;
         let with_site = names(&["function", "location"]);
         let site_bytes = CounterVec::new(
             Opts::new(
@@ -452,6 +462,7 @@ impl Metrics {
         registry.register(Box::new(alloc_objects.clone()))?;
         registry.register(Box::new(alloc_samples.clone()))?;
         registry.register(Box::new(alloc_rate.clone()))?;
+        registry.register(Box::new(alloc_stacks.clone()))?;
         registry.register(Box::new(site_bytes.clone()))?;
         registry.register(Box::new(site_objects.clone()))?;
         registry.register(Box::new(churn.clone()))?;
@@ -512,6 +523,7 @@ impl Metrics {
             alloc_objects,
             alloc_samples,
             alloc_rate,
+            alloc_stacks,
             site_bytes,
             site_objects,
             churn,
@@ -723,6 +735,14 @@ impl TargetMetrics {
         metrics.alloc_rate.with_label_values(&self.labels).set(rate);
     }
 
+    /// How many distinct allocation stacks the collector keeps now.
+    pub fn allocation_stacks(&self, stacks: usize) {
+        self.metrics
+            .alloc_stacks
+            .with_label_values(&self.labels)
+            .set(stacks as i64);
+    }
+
     fn site_labels<'a>(&'a self, site: &'a Site) -> Vec<&'a str> {
         self.labels
             .iter()
@@ -915,6 +935,7 @@ impl TargetMetrics {
         let _ = self.metrics.alloc_objects.remove_label_values(&self.labels);
         let _ = self.metrics.alloc_samples.remove_label_values(&self.labels);
         let _ = self.metrics.alloc_rate.remove_label_values(&self.labels);
+        let _ = self.metrics.alloc_stacks.remove_label_values(&self.labels);
         if let Ok(reasons) = self.reasons.lock() {
             for reason in reasons.iter() {
                 let _ = self.metrics.pause.remove_label_values(&self.with(reason));

@@ -8,8 +8,10 @@ use flate2::{Compression, write::GzEncoder};
 /// One line of a location: a function and line (inlined calls give a location several).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Line {
-    pub function: String,
-    pub file: String,
+    /// Shared between the stacks that pass through the same code (`collect::stacks`
+    /// interns them: thousands of stacks repeat the same few hundred names).
+    pub function: std::sync::Arc<str>,
+    pub file: std::sync::Arc<str>,
     pub line: i64,
 }
 
@@ -119,7 +121,8 @@ impl Profile {
             profile.message(1, value_type(&mut strings, sample_type));
         }
 
-        let mut functions: HashMap<(String, String), u64> = HashMap::new();
+        let mut functions: HashMap<(std::sync::Arc<str>, std::sync::Arc<str>), u64> =
+            HashMap::new();
         let mut locations: HashMap<(u64, Vec<Line>), u64> = HashMap::new();
         let mut function_messages = Vec::new();
         let mut location_messages = Vec::new();
