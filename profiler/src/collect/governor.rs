@@ -166,6 +166,9 @@ struct Governed {
     /// part of its cycle started.
     mark: Option<Mark>,
     off_mark: Option<Mark>,
+    /// The family's work counter when it stopped counting: the work its cycle's off part held
+    /// is measured from there, the probes' removal and installation included.
+    paused_work: Option<u64>,
     /// The last share measured, for sharing the budget with the other families.
     last_share: Option<f64>,
     /// How long removing its probes took last time (for the logs).
@@ -226,6 +229,7 @@ impl Governor {
                     duty: 1.0,
                     mark: None,
                     off_mark: None,
+                    paused_work: None,
                     last_share: None,
                     last_removal: Duration::ZERO,
                     removal_hits: 0,
@@ -496,6 +500,7 @@ impl Governor {
         let paused_at = self.hits(index);
         let own = self.metrics.own_cpu().clone();
         let governed = &mut self.families[index];
+        governed.paused_work = governed.work.as_ref().and_then(|read| read());
         governed.duty = duty;
         tokio::task::block_in_place(|| own.measure(|| governed.probes.detach()));
         governed.last_removal = since.elapsed();
@@ -564,7 +569,12 @@ impl Governor {
         if let (Some(before), Some(after)) = (installing_at, self.hits(index)) {
             self.families[index].install_hits = after.saturating_sub(before);
         }
-        let coverage = self.coverage(index, on, off);
+        let off_work = self.families[index]
+            .paused_work
+            .take()
+            .zip(self.families[index].work.as_ref().and_then(|read| read()))
+            .and_then(|(paused, now)| now.checked_sub(paused));
+        let coverage = self.coverage(index, on, off, off_work);
         tracing::debug!(
             "PID {}: {} probes back after {off:.1?} off, on for {on:.1?}: they see {:.1}% of \
              the target's work (its work per second on {:?}, off {:?}; its CPU on {:?}, off \
@@ -587,13 +597,21 @@ impl Governor {
         self.families[index].phase = Phase::On { until: now + on };
     }
 
-    /// The share of the target's own work a cycle off for `off` and on for `on` sees: the
-    /// time on against the time off, each weighted by how fast the target did its own work
-    /// then: in the family's work counter where both rates are known, else in CPU time, else
-    /// (not known yet) the time share.
-    fn coverage(&self, index: usize, on: Duration, off: Duration) -> f64 {
+    /// The share of the target's own work a cycle off for `off` and on for `on` sees. With a
+    /// work counter: the work the on part will hold (at the rate it grew while on last time)
+    /// against `off_work`, what it grew by while the family did not count (the probes' removal
+    /// and installation included, when the target ran slowed by them). Else the time on
+    /// against the time off, each weighted by how fast the target did its own work then (in
+    /// CPU time), or (not known yet) the time share.
+    fn coverage(&self, index: usize, on: Duration, off: Duration, off_work: Option<u64>) -> f64 {
         let governed = &self.families[index];
         let (on, off) = (on.as_secs_f64(), off.as_secs_f64());
+        if let (Some(rate), Some(off_work)) = (governed.on_work_rate, off_work)
+            && rate > 0.0
+            && off_work > 0
+        {
+            return on * rate / (on * rate + off_work as f64);
+        }
         let known = |rates: (Option<f64>, Option<f64>)| match rates {
             (Some(on_rate), Some(off_rate)) if on_rate > 0.0 && off_rate > 0.0 => {
                 Some((on_rate, off_rate))
