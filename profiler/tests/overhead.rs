@@ -533,6 +533,7 @@ fn size_bucket(metrics: &common::Metrics, le: &str, below: &str) -> f64 {
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn a_program_that_samples_nothing_gets_counted_allocations_within_the_budget() {
+    let _alone = one_at_a_time();
     let binary = common::build_go("nosampling", NEWEST_GO, &[]);
     let mut target = GoTarget::start(&binary, &["-paced", "-work", "3ms"]);
     let mut mapscope = Mapscope::attach(target.pid());
