@@ -183,10 +183,9 @@ struct Governed {
     /// the family was last on, and while it was last off.
     on_rate: Option<f64>,
     off_rate: Option<f64>,
-    /// The family's work counter, and how fast it grew while the family was last on and off.
+    /// The family's work counter, and how fast it grew while the family was last on.
     work: Option<WorkCounter>,
     on_work_rate: Option<f64>,
-    off_work_rate: Option<f64>,
 }
 
 pub struct Governor {
@@ -239,7 +238,6 @@ impl Governor {
                     off_rate: None,
                     work,
                     on_work_rate: None,
-                    off_work_rate: None,
                 }
             })
             .collect();
@@ -538,7 +536,6 @@ impl Governor {
             if seconds > 0.0 {
                 self.families[index].off_rate =
                     Some(end.cpu_ns.saturating_sub(start.cpu_ns) as f64 / seconds);
-                self.families[index].off_work_rate = work_rate(start, end);
             }
         }
         let own = self.metrics.own_cpu().clone();
@@ -577,13 +574,13 @@ impl Governor {
         let coverage = self.coverage(index, on, off, off_work);
         tracing::debug!(
             "PID {}: {} probes back after {off:.1?} off, on for {on:.1?}: they see {:.1}% of \
-             the target's work (its work per second on {:?}, off {:?}; its CPU on {:?}, off \
-             {:?})",
+             the target's work (its work per second on {:?}, while off {:?} in all; its CPU on \
+             {:?}, off {:?})",
             self.pid,
             HIT_NAMES[family as usize],
             coverage * 100.0,
             self.families[index].on_work_rate,
-            self.families[index].off_work_rate,
+            off_work,
             self.families[index].on_rate,
             self.families[index].off_rate,
         );
@@ -612,17 +609,11 @@ impl Governor {
         {
             return on * rate / (on * rate + off_work as f64);
         }
-        let known = |rates: (Option<f64>, Option<f64>)| match rates {
+        match (governed.on_rate, governed.off_rate) {
             (Some(on_rate), Some(off_rate)) if on_rate > 0.0 && off_rate > 0.0 => {
-                Some((on_rate, off_rate))
+                on * on_rate / (on * on_rate + off * off_rate)
             }
-            _ => None,
-        };
-        match known((governed.on_work_rate, governed.off_work_rate))
-            .or_else(|| known((governed.on_rate, governed.off_rate)))
-        {
-            Some((on_rate, off_rate)) => on * on_rate / (on * on_rate + off * off_rate),
-            None => on / (on + off),
+            _ => on / (on + off),
         }
     }
 
