@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::bpf_get_prandom_u32,
     macros::{map, uprobe},
-    maps::{PerCpuArray, PerCpuHashMap, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, StackTrace},
     programs::{ProbeContext, tracing::StackIdContext as _},
 };
 use profiler_common::{
@@ -27,10 +27,18 @@ use crate::{
 #[map]
 static ALLOC_STACKS: StackTrace = StackTrace::with_max_entries(MAX_ALLOC_STACKS, 0);
 
-/// Samples counted by (stack, size), per CPU (userspace adds the CPUs up).
+/// Samples counted by (stack, size), in one of two tables: the probes add to the one
+/// `ALLOC_SAMPLES_FILLING` names while userspace empties the other, so what userspace reads is
+/// what was sampled since, never the whole history (a long-running service's distinct stacks
+/// would otherwise fill a table for good, and cost a read each every second).
 #[map]
-static ALLOC_SAMPLES: PerCpuHashMap<AllocKey, u64> =
-    PerCpuHashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+static ALLOC_SAMPLES_0: HashMap<AllocKey, u64> = HashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+#[map]
+static ALLOC_SAMPLES_1: HashMap<AllocKey, u64> = HashMap::with_max_entries(MAX_ALLOC_KEYS, 0);
+
+/// Which sample table the probes fill (0 or 1), set by userspace.
+#[map]
+static ALLOC_SAMPLES_FILLING: Array<u32> = Array::with_max_entries(1, 0);
 
 /// `profilealloc(mp *m, x unsafe.Pointer, size uintptr)`, Go 1.19 through 1.27
 /// (src/runtime/malloc.go): `size` is the third integer argument.
@@ -57,7 +65,12 @@ fn count_sample(ctx: &ProbeContext, size: u64) {
         _pad: 0,
         size,
     };
-    add_at(&ALLOC_SAMPLES, &key, 1, counters::ALLOC_TABLE_FULL);
+    // Two calls, not one on a table chosen at run time: the verifier wants one map per call.
+    if ALLOC_SAMPLES_FILLING.get(0) == Some(&1) {
+        add_at(&ALLOC_SAMPLES_1, &key, 1, counters::ALLOC_TABLE_FULL);
+    } else {
+        add_at(&ALLOC_SAMPLES_0, &key, 1, counters::ALLOC_TABLE_FULL);
+    }
 }
 
 /// Every allocation the probes saw, counted per CPU with a log2 size histogram: exact mode

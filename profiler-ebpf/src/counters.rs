@@ -8,7 +8,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use profiler_common::counters::{COUNT, HIT_KINDS};
 
@@ -32,19 +32,49 @@ pub fn add(counter: *mut u64, value: u64) {
     }
 }
 
+/// A hash table of u64 counters, per CPU or shared: `add_at` adds atomically either way.
+pub trait CounterTable<K> {
+    fn counter(&self, key: &K) -> Option<*mut u64>;
+    fn create(&self, key: &K, value: u64) -> Result<(), i32>;
+}
+
+impl<K> CounterTable<K> for PerCpuHashMap<K, u64> {
+    #[inline(always)]
+    fn counter(&self, key: &K) -> Option<*mut u64> {
+        self.get_ptr_mut(key)
+    }
+
+    #[inline(always)]
+    fn create(&self, key: &K, value: u64) -> Result<(), i32> {
+        self.insert(key, value, u64::from(BPF_NOEXIST))
+    }
+}
+
+impl<K> CounterTable<K> for HashMap<K, u64> {
+    #[inline(always)]
+    fn counter(&self, key: &K) -> Option<*mut u64> {
+        self.get_ptr_mut(key)
+    }
+
+    #[inline(always)]
+    fn create(&self, key: &K, value: u64) -> Result<(), i32> {
+        self.insert(key, value, u64::from(BPF_NOEXIST))
+    }
+}
+
 /// Add `value` to `key`'s counter in `map`, creating it if absent; `full` is the drop reason
 /// counted when the table has no room.
 #[inline(always)]
-pub fn add_at<K>(map: &PerCpuHashMap<K, u64>, key: &K, value: u64, full: u32) {
-    if let Some(counter) = map.get_ptr_mut(key) {
+pub fn add_at<K>(map: &impl CounterTable<K>, key: &K, value: u64, full: u32) {
+    if let Some(counter) = map.counter(key) {
         add(counter, value);
         return;
     }
-    match map.insert(key, value, u64::from(BPF_NOEXIST)) {
+    match map.create(key, value) {
         Ok(()) => {}
         // Another thread created it meanwhile: add to it.
         Err(error) if error == -EEXIST => {
-            if let Some(counter) = map.get_ptr_mut(key) {
+            if let Some(counter) = map.counter(key) {
                 add(counter, value);
             }
         }

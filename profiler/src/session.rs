@@ -488,9 +488,10 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
         }
     }
     let small_tables: Vec<&str> = if sampling_off && !target.counting_allocations {
-        // The sampler never fires: its tables (6 MB of kernel memory at full size) get a few
+        // The sampler never fires: its tables (5 MB of kernel memory at full size) get a few
         // slots, enough to show as losses if the program turns sampling on later.
-        vec!["ALLOC_SAMPLES", "ALLOC_STACKS"]
+        let [first, second] = profiler_common::alloc::ALLOC_SAMPLE_TABLES;
+        vec![first, second, "ALLOC_STACKS"]
     } else {
         Vec::new()
     };
@@ -870,7 +871,7 @@ impl Attached {
         tracing::info!("detached all probes from PID {}", process.pid);
         collector.drain();
         let alloc_summary = alloc.and_then(|mut alloc| {
-            alloc.read();
+            alloc.read(true);
             alloc.summary(SUMMARY_SITES)
         });
 

@@ -2,7 +2,7 @@
 //! objects, scaled as pprof scales the runtime's heap profile.
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use aya::maps::{MapData, PerCpuArray, StackTraceMap};
 use profiler_common::{
     alloc::{
         AllocKey, COUNTED_SAMPLE_BYTES, EXACT_BYTES, EXACT_OBJECTS, EXACT_SIZE_BASE, EXACT_SLOTS,
@@ -39,11 +39,13 @@ pub struct SiteOptions {
 /// The latest allocation samples, for `/debug/pprof/allocs` and `mapscope profile alloc`.
 pub type AllocProfile = Arc<std::sync::Mutex<Option<AllocSnapshot>>>;
 
-/// The sampled allocations as of the last read. Cheap to publish every second (the stacks are
-/// shared, already symbolized); the pprof profile is built from it only when one is asked for.
+/// The sampled allocations as of the last read, by stack. Updated in place by each read with
+/// what was sampled since (the stacks are shared, already symbolized); the pprof profile is
+/// built from it only when one is asked for. Bounded by the kernel's stack table.
 pub struct AllocSnapshot {
-    /// (stack, sampled size, sample count scaled by the probe's coverage).
-    samples: Vec<(Arc<Symbolized>, u64, f64)>,
+    /// Estimated (objects, bytes) by stack id: samples scaled by the rate and the probe's
+    /// coverage when they came.
+    by_stack: std::collections::HashMap<i32, (Arc<Symbolized>, f64, f64)>,
     rate: i64,
     started: (std::time::SystemTime, std::time::Instant),
     taken: std::time::Instant,
@@ -53,17 +55,11 @@ impl AllocSnapshot {
     /// The allocations as a pprof profile typed like Go's own (alloc_objects, alloc_space).
     pub fn to_pprof(&self) -> pprof::Profile {
         let samples = self
-            .samples
-            .iter()
-            .map(|(stack, size, count)| {
-                let objects = *count * scale(*size, self.rate);
-                pprof::Sample {
-                    stack: without_allocator(&stack.frames),
-                    values: vec![
-                        objects.round() as i64,
-                        (objects * *size as f64).round() as i64,
-                    ],
-                }
+            .by_stack
+            .values()
+            .map(|(stack, objects, bytes)| pprof::Sample {
+                stack: without_allocator(&stack.frames),
+                values: vec![objects.round() as i64, bytes.round() as i64],
             })
             .collect();
         let (wall, monotonic) = self.started;
@@ -81,14 +77,56 @@ impl AllocSnapshot {
     }
 }
 
+/// The kernel's two sample tables and which one its probes fill. Each read empties the table
+/// retired at the read before, idle since (a probe that chose it just before it was retired
+/// finished long ago), then retires the filling one if its family fired. So a read costs what
+/// was sampled since, not the target's history, and a new stack always finds room.
+struct SampleTables {
+    tables: [aya::maps::HashMap<MapData, AllocKey, u64>; 2],
+    switch: aya::maps::Array<MapData, u32>,
+    filling: usize,
+    /// The probe's coverage when the retired table was retired, while it holds samples not
+    /// read yet: the share of the target's work its samples saw.
+    retired: Option<f64>,
+}
+
+impl SampleTables {
+    /// Empty table `index`: its sample counts by key.
+    fn drain(&mut self, index: usize) -> Vec<(AllocKey, u64)> {
+        let table = &mut self.tables[index];
+        let keys: Vec<AllocKey> = table.keys().filter_map(Result::ok).collect();
+        let mut counts = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(count) = table.get(&key, 0) {
+                counts.push((key, count));
+            }
+            let _ = table.remove(&key);
+        }
+        counts
+    }
+
+    /// Have the probes fill the other table (empty: drained before), and retire this one.
+    fn retire_filling(&mut self, coverage: f64) {
+        let next = 1 - self.filling;
+        match self.switch.set(0, next as u32, 0) {
+            Ok(()) => {
+                self.retired = Some(coverage);
+                self.filling = next;
+            }
+            Err(error) => tracing::debug!("switching allocation sample tables: {error}"),
+        }
+    }
+}
+
 /// How often the kernel's counts are read (a Prometheus scrape interval is 15 s or more).
 const READ_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct AllocCollector {
-    samples: PerCpuHashMap<MapData, AllocKey, u64>,
-    /// Each key's samples as last read, and their sum scaled by the share of the target's work
-    /// the probe saw when they came (the overhead governor's `Coverage`).
-    weighted: std::collections::HashMap<AllocKey, (u64, f64)>,
+    samples: SampleTables,
+    /// Samples read so far, as the kernel counted them (not scaled).
+    taken: u64,
+    /// The estimated objects by size so far (sampled mode).
+    sizes: SizeHistogram,
     /// Exact and counted mode's counters, read when `exact` or `counted` is on.
     exact_counts: PerCpuArray<MapData, u64>,
     /// The probes' hit counters, and the sampling family's as last read: while it does not
@@ -113,6 +151,7 @@ pub struct AllocCollector {
     ranking: SiteRanking,
     /// When the sites were last exported, for the ranking's decay.
     sites_read: std::time::Instant,
+    /// Every site's estimated (objects, bytes) so far, and churn.
     sites_exported: SiteTotals,
     /// Reads the target's `runtime.MemProfileRate`.
     rate: Box<dyn FnMut() -> Option<i64> + Send>,
@@ -132,8 +171,14 @@ impl AllocCollector {
     ) -> Self {
         let ranking = SiteRanking::new(sites.top_sites, sites.half_life);
         Self {
-            samples: maps.samples,
-            weighted: std::collections::HashMap::new(),
+            samples: SampleTables {
+                tables: maps.samples,
+                switch: maps.filling,
+                filling: 0,
+                retired: None,
+            },
+            taken: 0,
+            sizes: SizeHistogram::from_estimates(&BTreeMap::new()),
             exact_counts: maps.exact,
             hits: maps.hits,
             hits_seen: None,
@@ -164,14 +209,14 @@ impl AllocCollector {
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                _ = tick.tick() => own.measure(|| self.read()),
+                _ = tick.tick() => own.measure(|| self.read(false)),
             }
         }
-        own.measure(|| self.read());
     }
 
-    /// Re-read every count and export what grew.
-    pub fn read(&mut self) {
+    /// Read what the kernel counted since the last read and export it. `last`: the probes are
+    /// gone, so both sample tables are emptied (at other times the filling one waits a read).
+    pub fn read(&mut self, last: bool) {
         if self.exact {
             self.read_exact();
         }
@@ -184,62 +229,73 @@ impl AllocCollector {
             };
             (rate, HIT_ALLOC)
         };
-        // The sample table can hold thousands of keys, each read with its own system calls:
-        // not again while its family did not fire.
         let hits = self
             .hits
             .get(&family, 0)
             .ok()
             .map(|per_cpu| per_cpu.iter().sum::<u64>());
-        if hits.is_some() && hits == self.hits_seen {
+        let fired = hits.is_none() || hits != self.hits_seen;
+        self.hits_seen = hits;
+        // Samples since the last read saw this share of the target's work (the overhead
+        // governor's `Coverage`): each stands for 1/coverage as many.
+        let coverage = self.metrics.coverage().fraction(family);
+        let mut fresh: Vec<(AllocKey, u64, f64)> = Vec::new();
+        if let Some(retired_coverage) = self.samples.retired.take() {
+            let retired = 1 - self.samples.filling;
+            fresh.extend(
+                self.samples
+                    .drain(retired)
+                    .into_iter()
+                    .map(|(key, count)| (key, count, retired_coverage)),
+            );
+        }
+        if last {
+            let filling = self.samples.filling;
+            fresh.extend(
+                self.samples
+                    .drain(filling)
+                    .into_iter()
+                    .map(|(key, count)| (key, count, coverage)),
+            );
+        } else if fired {
+            self.samples.retire_filling(coverage);
+        }
+        if fresh.is_empty() && !(self.counted && fired) {
             return;
         }
-        self.hits_seen = hits;
-        let mut counts: BTreeMap<u64, f64> = BTreeMap::new();
         let mut sites = SiteTotals::default();
-        let entries: Vec<(AllocKey, u64)> = self
-            .samples
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, per_cpu)| (key, per_cpu.iter().sum::<u64>()))
-            .collect();
-        let coverage = self.metrics.coverage().fraction(family);
-        let mut samples = Vec::new();
-        let mut taken = 0;
-        for (key, count) in entries {
-            // Samples since the last read saw this share of the target's work (the overhead
-            // governor's `Coverage`): each stands for 1/coverage as many.
-            let (seen, weighted) = self.weighted.entry(key).or_default();
-            *weighted += count.saturating_sub(*seen) as f64 / coverage;
-            *seen = count;
-            let count = *weighted;
-            taken += *seen;
-            *counts.entry(key.size).or_default() += count;
+        let mut gained_by_size: BTreeMap<u64, f64> = BTreeMap::new();
+        let mut by_stack = Vec::with_capacity(fresh.len());
+        for (key, count, coverage) in fresh {
+            let weighted = count as f64 / coverage;
+            self.taken += count;
+            *gained_by_size.entry(key.size).or_default() += weighted;
             let stack = self.symbolizer.symbolize(&self.stacks, key.stack_id);
-            sites.add(&stack.site, stack.churn, key.size, count, rate);
-            samples.push((Arc::clone(&stack), key.size, count));
+            sites.add(&stack.site, stack.churn, key.size, weighted, rate);
+            let objects = weighted * scale(key.size, rate);
+            by_stack.push((key.stack_id, stack, objects, objects * key.size as f64));
         }
-        let (totals, sizes) = if self.counted {
-            self.read_counted(coverage, taken)
+        let totals = if self.counted {
+            let (totals, sizes) = self.read_counted(coverage, self.taken);
+            self.sizes = sizes;
+            totals
         } else {
-            let objects_by_size = counts
-                .iter()
-                .map(|(&size, &count)| (size, count * scale(size, rate)))
-                .collect();
-            (
-                AllocTotals {
-                    samples: taken,
-                    ..estimate(&counts, rate)
-                },
-                SizeHistogram::from_estimates(&objects_by_size),
-            )
+            let gained = estimate(&gained_by_size, rate);
+            for (&size, &count) in &gained_by_size {
+                self.sizes.add(size, count * scale(size, rate));
+            }
+            AllocTotals {
+                samples: self.taken,
+                objects: self.exported.objects + gained.objects,
+                bytes: self.exported.bytes + gained.bytes,
+            }
         };
         self.metrics.allocated(&self.exported, &totals, rate);
-        self.metrics.allocation_sizes(sizes);
+        self.metrics.allocation_sizes(self.sizes.clone());
         self.metrics.allocation_stacks(self.symbolizer.kept());
         self.exported = totals;
         self.export_sites(sites);
-        self.publish(samples, rate);
+        self.publish(by_stack, rate);
     }
 
     /// Exact mode: export the growth of the every-allocation counters.
@@ -319,16 +375,26 @@ impl AllocCollector {
         Some(crate::gobin::abi::DEFAULT_MEM_PROFILE_RATE)
     }
 
-    /// Make the samples so far the current allocation snapshot.
-    fn publish(&self, samples: Vec<(Arc<Symbolized>, u64, f64)>, rate: i64) {
-        let snapshot = AllocSnapshot {
-            samples,
+    /// Add what was sampled since the last read to the allocation snapshot.
+    fn publish(&self, gained: Vec<(i32, Arc<Symbolized>, f64, f64)>, rate: i64) {
+        let Ok(mut current) = self.profile.lock() else {
+            return;
+        };
+        let snapshot = current.get_or_insert_with(|| AllocSnapshot {
+            by_stack: std::collections::HashMap::new(),
             rate,
             started: self.started,
             taken: std::time::Instant::now(),
-        };
-        if let Ok(mut current) = self.profile.lock() {
-            *current = Some(snapshot);
+        });
+        snapshot.rate = rate;
+        snapshot.taken = std::time::Instant::now();
+        for (stack_id, stack, objects, bytes) in gained {
+            let entry = snapshot
+                .by_stack
+                .entry(stack_id)
+                .or_insert_with(|| (stack, 0.0, 0.0));
+            entry.1 += objects;
+            entry.2 += bytes;
         }
     }
 
@@ -357,21 +423,14 @@ impl AllocCollector {
     /// Export what each site gained since the last read: under its own name if it is among the
     /// sites allocating most now (`SiteRanking`), else under `other`. A site the ranking
     /// forgets has its series deleted.
-    fn export_sites(&mut self, now: SiteTotals) {
-        let before = |site: &Site| {
-            self.sites_exported
-                .by_site
-                .get(site)
-                .copied()
-                .unwrap_or_default()
-        };
-        let gained: BTreeMap<Site, f64> = now
+    fn export_sites(&mut self, gained: SiteTotals) {
+        let gained_bytes: BTreeMap<Site, f64> = gained
             .by_site
             .iter()
-            .map(|(site, &(_, bytes))| (site.clone(), bytes - before(site).1))
+            .map(|(site, &(_, bytes))| (site.clone(), bytes))
             .filter(|(_, bytes)| *bytes > 0.0)
             .collect();
-        let changes = self.ranking.update(&gained, self.sites_read.elapsed());
+        let changes = self.ranking.update(&gained_bytes, self.sites_read.elapsed());
         self.sites_read = std::time::Instant::now();
         for site in &changes.promoted {
             tracing::debug!(
@@ -393,24 +452,13 @@ impl AllocCollector {
                 other.clone()
             }
         };
-        for (site, &(objects, bytes)) in &now.by_site {
-            let (before_objects, before_bytes) = before(site);
-            self.metrics.site_allocated(
-                &label(site),
-                objects - before_objects,
-                bytes - before_bytes,
-            );
+        for (site, &(objects, bytes)) in &gained.by_site {
+            self.metrics.site_allocated(&label(site), objects, bytes);
         }
-        for ((churn, site), &objects) in &now.churn {
-            let before = self
-                .sites_exported
-                .churn
-                .get(&(*churn, site.clone()))
-                .copied()
-                .unwrap_or_default();
-            self.metrics.churned(*churn, &label(site), objects - before);
+        for ((churn, site), &objects) in &gained.churn {
+            self.metrics.churned(*churn, &label(site), objects);
         }
-        self.sites_exported = now;
+        self.sites_exported.merge(gained);
     }
 }
 

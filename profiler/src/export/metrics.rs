@@ -82,21 +82,28 @@ pub struct SizeHistogram {
 impl SizeHistogram {
     /// From estimated object counts by allocation size.
     pub fn from_estimates(objects_by_size: &BTreeMap<u64, f64>) -> Self {
-        let bounds = size_buckets();
         let mut histogram = Self {
-            buckets: vec![0.0; bounds.len() + 1],
+            buckets: vec![0.0; size_buckets().len() + 1],
             ..Self::default()
         };
         for (&size, &objects) in objects_by_size {
-            let index = bounds
-                .iter()
-                .position(|&bound| size as f64 <= bound)
-                .unwrap_or(bounds.len());
-            histogram.buckets[index] += objects;
-            histogram.count += objects;
-            histogram.sum += objects * size as f64;
+            histogram.add(size, objects);
         }
         histogram
+    }
+
+    /// Add an estimated `objects` allocations of `size` bytes.
+    pub fn add(&mut self, size: u64, objects: f64) {
+        let bounds = size_buckets();
+        let index = bounds
+            .iter()
+            .position(|&bound| size as f64 <= bound)
+            .unwrap_or(bounds.len());
+        if let Some(bucket) = self.buckets.get_mut(index) {
+            *bucket += objects;
+        }
+        self.count += objects;
+        self.sum += objects * size as f64;
     }
 }
 

@@ -91,6 +91,18 @@ impl SiteTotals {
             *self.churn.entry((churn, site.clone())).or_default() += objects;
         }
     }
+
+    /// Add `other`'s totals to these.
+    pub fn merge(&mut self, other: SiteTotals) {
+        for (site, (objects, bytes)) in other.by_site {
+            let entry = self.by_site.entry(site).or_default();
+            entry.0 += objects;
+            entry.1 += bytes;
+        }
+        for (key, objects) in other.churn {
+            *self.churn.entry(key).or_default() += objects;
+        }
+    }
 }
 
 /// Which sites have series of their own, following the load: ranked by a decaying recent rate

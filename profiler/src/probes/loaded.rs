@@ -18,7 +18,7 @@ use aya_log::EbpfLogger;
 use thiserror::Error;
 
 use profiler_common::{
-    alloc::AllocKey,
+    alloc::{ALLOC_SAMPLE_TABLES, AllocKey},
     maps::{MapOpKey, MapSiteKey, TrackedMap},
 };
 
@@ -52,7 +52,10 @@ pub enum LoadError {
 
 /// Kernel maps of the allocation sampler.
 pub struct AllocMaps {
-    pub samples: PerCpuHashMap<MapData, AllocKey, u64>,
+    /// The two sample tables (`ALLOC_SAMPLE_TABLES`), and the switch that says which one the
+    /// probes fill.
+    pub samples: [HashMap<MapData, AllocKey, u64>; 2],
+    pub filling: aya::maps::Array<MapData, u32>,
     pub stacks: StackTraceMap<MapData>,
     /// Exact and counted mode's counters (filled only when their probes are attached).
     pub exact: PerCpuArray<MapData, u64>,
@@ -249,7 +252,11 @@ impl AttachedProbes {
     pub fn take_alloc_maps(&mut self) -> Result<AllocMaps, LoadError> {
         Ok(AllocMaps {
             hits: self.hit_counters()?,
-            samples: self.take("ALLOC_SAMPLES")?,
+            samples: [
+                self.take(ALLOC_SAMPLE_TABLES[0])?,
+                self.take(ALLOC_SAMPLE_TABLES[1])?,
+            ],
+            filling: self.take("ALLOC_SAMPLES_FILLING")?,
             stacks: self.take("ALLOC_STACKS")?,
             exact: self.take("ALLOC_EXACT")?,
         })
@@ -289,7 +296,7 @@ const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
         (&[HIT_GC_START], &["GC_START_KINDS"]),
         (
             &[HIT_ALLOC, HIT_ALLOC_COUNT],
-            &["ALLOC_SAMPLES", "ALLOC_STACKS"],
+            &[ALLOC_SAMPLE_TABLES[0], ALLOC_SAMPLE_TABLES[1], "ALLOC_STACKS"],
         ),
         (&[HIT_MAP_CREATE], &["PENDING_CREATIONS"]),
         (&[HIT_MAP_ACCESS], &["MAP_OPS", "MAP_ACCESS_HITS"]),

@@ -15,8 +15,9 @@
 //	-mode sizedmaps: make(map[int]int, n) with a run-time n for -duration; same output.
 //	-mode bigmap: build a -entries map[int]int and a buffer of as many bytes as the map holds,
 //	             print {"map":ADDR,"type":ADDR,"buffer":ADDR,"buffer_len":N}, then wait for EOF.
-//	-mode stacks: like alloc, but each allocation from one of 2^depth call paths; "done" at
-//	             the end, then idle for -then-idle.
+//	-mode stacks: like alloc, but each allocation from one of 2^depth call paths, with
+//	             -one-path-around of allocations down a single path before and after;
+//	             "done" at the end, then idle for -then-idle.
 package main
 
 import (
@@ -43,6 +44,7 @@ var (
 	entries  = flag.Int("entries", 1_000_000, "bigmap: entries")
 	idle     = flag.Duration("then-idle", 0, "alloc, growmaps, stacks: after the report, stay up doing nothing this long")
 	depth    = flag.Int("depth", 14, "stacks: levels of the call tree (2^depth call paths)")
+	onePath  = flag.Duration("one-path-around", 0, "stacks: before and after -duration, allocate down one call path this long")
 )
 
 var sink atomic.Pointer[[]byte]
@@ -145,10 +147,13 @@ func right(path, depth int, live [][]byte, i int) { descend(path, depth, live, i
 
 // manyStacks allocates flat out, like "alloc", but each allocation down one of 2^depth
 // call paths picked at random: the distinct stacks mapscope sees keep growing, up to what its
-// tables hold, for mapscope's footprint tests.
+// tables hold, for mapscope's footprint tests. Before and after, for -one-path-around, as fast
+// down a single path: the same allocations with nothing new to see.
 func manyStacks() {
 	var wg sync.WaitGroup
-	deadline := time.Now().Add(*duration)
+	start := time.Now()
+	manyFrom, manyUntil := start.Add(*onePath), start.Add(*onePath+*duration)
+	end := manyUntil.Add(*onePath)
 	for w := 0; w < *workers; w++ {
 		wg.Add(1)
 		go func(seed int) {
@@ -156,11 +161,20 @@ func manyStacks() {
 			live := make([][]byte, 1024)
 			random := uint64(seed + 1)
 			for i := 0; ; i++ {
-				if i%1024 == 0 && time.Now().After(deadline) {
+				now := time.Now()
+				if now.After(end) {
 					break
 				}
-				random = random*6364136223846793005 + 1442695040888963407
-				descend(int(random>>40), *depth, live, i)
+				many := now.After(manyFrom) && now.Before(manyUntil)
+				// A phase's allocations between two reads of the clock.
+				for j := 0; j < 1024; j++ {
+					path := 0
+					if many {
+						random = random*6364136223846793005 + 1442695040888963407
+						path = int(random >> 40)
+					}
+					descend(path, *depth, live, i*1024+j)
+				}
 			}
 		}(w)
 	}
