@@ -17,11 +17,12 @@ const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
 /// Entries in each of the two sample tables (`ALLOC_SAMPLES_0`, `ALLOC_SAMPLES_1`): distinct
 /// (stack, size) pairs sampled while one table fills, about a second, not over the target's
 /// life (userspace empties the other). About 100 bytes each, shared by the CPUs.
-pub const MAX_ALLOC_KEYS: u32 = 8192;
+pub const MAX_ALLOC_KEYS: u32 = 4096;
 /// The sample tables, by the value of `ALLOC_SAMPLES_FILLING`: the probes add to one while
 /// userspace empties the other.
 pub const ALLOC_SAMPLE_TABLES: [&str; 2] = ["ALLOC_SAMPLES_0", "ALLOC_SAMPLES_1"];
-/// A stack takes 1 KiB (127 frames), preallocated per target: 4096 are 4 MiB of kernel memory.
+/// Stacks of sampled allocations, each `STACK_DEPTH` frames (512 bytes), preallocated per
+/// target: 4096 are 2 MiB of kernel memory.
 pub const MAX_ALLOC_STACKS: u32 = 4096;
 
 /// Exact and counted mode's per-CPU counters (`ALLOC_EXACT`): objects, bytes, then one count

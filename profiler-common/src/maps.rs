@@ -160,9 +160,10 @@ const _: () = assert!(core::mem::size_of::<PendingCreation>() == 24);
 
 /// Maps remembered at once (least recently touched are forgotten first); 48 B each.
 pub const MAX_TRACKED_MAPS: u32 = 8192;
-/// Distinct map sites (stacks) and (site, event) counters.
+/// Distinct map sites (stacks) and (site, event) counters: a site is a stack id below
+/// `MAX_MAP_STACKS` or none (-1), so the counters can never outnumber their table.
 pub const MAX_MAP_STACKS: u32 = 1024;
-pub const MAX_MAP_SITE_KEYS: u32 = 8192;
+pub const MAX_MAP_SITE_KEYS: u32 = MAP_EVENT_KINDS as u32 * (MAX_MAP_STACKS + 1);
 /// Probes a discovery window attaches at most (one per map operation function): each counts its
 /// hits at its index, so the busiest come off first.
 pub const MAX_ACCESS_PROBES: u32 = 32;

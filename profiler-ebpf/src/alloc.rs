@@ -5,12 +5,14 @@
 //! the way pprof does.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
+    btf_maps::StackTrace,
     helpers::bpf_get_prandom_u32,
-    macros::{map, uprobe},
-    maps::{Array, HashMap, PerCpuArray, StackTrace},
+    macros::{btf_map, map, uprobe},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{ProbeContext, tracing::StackIdContext as _},
 };
 use profiler_common::{
+    STACK_DEPTH,
     alloc::{
         AllocKey, COUNTED_SAMPLE_BYTES, EXACT_BYTES, EXACT_OBJECTS, EXACT_SLOTS, MAX_ALLOC_KEYS,
         MAX_ALLOC_STACKS, exponential_distance, size_slot,
@@ -23,9 +25,10 @@ use crate::{
     goabi::GoRegs,
 };
 
-/// User stacks of sampled allocations, walked by the kernel through Go's frame pointers.
-#[map]
-static ALLOC_STACKS: StackTrace = StackTrace::with_max_entries(MAX_ALLOC_STACKS, 0);
+/// User stacks of sampled allocations, walked by the kernel through Go's frame pointers, the
+/// innermost `STACK_DEPTH` frames of each.
+#[btf_map]
+static ALLOC_STACKS: StackTrace<{ MAX_ALLOC_STACKS as usize }, 0, STACK_DEPTH> = StackTrace::new();
 
 /// Samples counted by (stack, size), in one of two tables: the probes add to the one
 /// `ALLOC_SAMPLES_FILLING` names while userspace empties the other, so what userspace reads is

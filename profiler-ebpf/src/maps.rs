@@ -9,13 +9,14 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    btf_maps::StackTrace,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie},
-    macros::{map, uprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, StackTrace},
+    macros::{btf_map, map, uprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{ProbeContext, tracing::StackIdContext as _},
 };
 use profiler_common::{
-    counters,
+    STACK_DEPTH, counters,
     maps::{
         FOUND_BY_ACCESS, FOUND_BY_CREATION, FOUND_BY_EVENT, MAX_ACCESS_PROBES, MAX_MAP_OP_KEYS,
         MAX_MAP_SITE_KEYS, MAX_MAP_STACKS, MAX_PENDING_CREATIONS, MAX_TRACKED_MAPS,
@@ -29,9 +30,10 @@ use crate::{
     goabi::GoRegs,
 };
 
-/// Sites of maps: the user stack at the event where each map was first seen.
-#[map]
-static MAP_STACKS: StackTrace = StackTrace::with_max_entries(MAX_MAP_STACKS, 0);
+/// Sites of maps: the user stack at the event where each map was first seen, the innermost
+/// `STACK_DEPTH` frames.
+#[btf_map]
+static MAP_STACKS: StackTrace<{ MAX_MAP_STACKS as usize }, 0, STACK_DEPTH> = StackTrace::new();
 
 /// Maps seen, by header address. LRU: a freed map that never shows again ages out.
 #[map]

@@ -430,7 +430,9 @@ impl AllocCollector {
             .map(|(site, &(_, bytes))| (site.clone(), bytes))
             .filter(|(_, bytes)| *bytes > 0.0)
             .collect();
-        let changes = self.ranking.update(&gained_bytes, self.sites_read.elapsed());
+        let changes = self
+            .ranking
+            .update(&gained_bytes, self.sites_read.elapsed());
         self.sites_read = std::time::Instant::now();
         for site in &changes.promoted {
             tracing::debug!(

@@ -296,7 +296,11 @@ const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
         (&[HIT_GC_START], &["GC_START_KINDS"]),
         (
             &[HIT_ALLOC, HIT_ALLOC_COUNT],
-            &[ALLOC_SAMPLE_TABLES[0], ALLOC_SAMPLE_TABLES[1], "ALLOC_STACKS"],
+            &[
+                ALLOC_SAMPLE_TABLES[0],
+                ALLOC_SAMPLE_TABLES[1],
+                "ALLOC_STACKS",
+            ],
         ),
         (&[HIT_MAP_CREATE], &["PENDING_CREATIONS"]),
         (&[HIT_MAP_ACCESS], &["MAP_OPS", "MAP_ACCESS_HITS"]),
