@@ -7,6 +7,7 @@
 //! atomic, and a new key is inserted only if absent.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
@@ -100,15 +101,26 @@ pub fn hit(kind: u32) {
     }
 }
 
-/// Families the overhead governor is taking off (1) or putting back: their probes still fire
-/// while the kernel removes or installs them, one after another, but count nothing, so the
-/// time a family counts is exactly the time between userspace's two writes here.
+/// Until when each family the overhead governor cuts counts, in the kernel's monotonic clock
+/// (ns): 0 for always (the default, and a family attached all the time), the end of its on
+/// part while it cycles, 1 (long past) while its probes come off and go back (they still fire
+/// then, one after another, but count nothing). An on part ends in the kernel at its planned
+/// time even when userspace comes late to take the probes off, as it can by hundreds of
+/// milliseconds on a busy node: counts past the end would be scaled up as if they belonged to
+/// the planned part, and the estimates would run high.
 #[map]
-static FAMILY_PAUSED: Array<u32> = Array::with_max_entries(HIT_KINDS, 0);
+static FAMILY_COUNTS_UNTIL: Array<u64> = Array::with_max_entries(HIT_KINDS, 0);
 
 /// Count one hit of a family the governor may take off; whether it counts now.
 #[inline(always)]
 pub fn hit_governed(kind: u32) -> bool {
     hit(kind);
-    FAMILY_PAUSED.get(kind).is_none_or(|paused| *paused == 0)
+    match FAMILY_COUNTS_UNTIL.get(kind) {
+        None | Some(&0) => true,
+        Some(&until) => {
+            // SAFETY: reads the monotonic clock; no memory is touched.
+            let now = unsafe { bpf_ktime_get_ns() };
+            now < until
+        }
+    }
 }

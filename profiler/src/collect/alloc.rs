@@ -261,6 +261,11 @@ impl AllocCollector {
             self.samples.retire_filling(coverage);
         }
         if fresh.is_empty() && !(self.counted && fired) {
+            if last {
+                // An empty profile, not none: the target was sampled, and allocated too
+                // little to show.
+                self.publish(Vec::new(), rate);
+            }
             return;
         }
         let mut sites = SiteTotals::default();

@@ -7,8 +7,8 @@
 //! the time on being its duty of the cycle. Removing a uprobe takes the kernel from 0.1 s to
 //! seconds on a busy machine, one probe after another, and installing them one after another
 //! too: so the family's programs are told to stop counting before its probes come off, and to
-//! start once they are all back (`FAMILY_PAUSED`): the time counted is exactly the time
-//! between those two switches.
+//! count for the on part once they are all back (`FAMILY_COUNTS_UNTIL`): the time counted is
+//! exactly the on part, which the kernel ends on time even when the governor is late.
 //!
 //! A cycle's counts are scaled by the share of the target's own work they saw, known when its
 //! on part starts: the time on against the time off, each weighted by how fast the target
@@ -169,6 +169,8 @@ struct Governed {
     /// The family's work counter when it stopped counting: the work its cycle's off part held
     /// is measured from there, the probes' removal and installation included.
     paused_work: Option<u64>,
+    /// When the kernel stops its counting, while it is on.
+    counts_until: Option<Instant>,
     /// The last share measured, for sharing the budget with the other families.
     last_share: Option<f64>,
     /// How long removing its probes took last time (for the logs).
@@ -194,8 +196,8 @@ pub struct Governor {
     families: Vec<Governed>,
     /// The probes' hit counters, by family (a handle of the governor's own).
     hits: PerCpuArray<MapData, u64>,
-    /// Whether each family's programs count (0) or not (1).
-    paused: Array<MapData, u32>,
+    /// Until when each family's programs count (`FAMILY_COUNTS_UNTIL`).
+    counts_until: Array<MapData, u64>,
     /// The target's series; its `coverage()` and `own_cpu()` are the governor's too.
     metrics: Arc<TargetMetrics>,
     /// The target's cost meter: the cost of a hit, and what the rest costs.
@@ -204,13 +206,13 @@ pub struct Governor {
 
 impl Governor {
     /// `families`: each governed family's probes, attached now, and its work counter if it has
-    /// one; `hits`: `PROBE_HITS`; `paused`: `FAMILY_PAUSED`.
+    /// one; `hits`: `PROBE_HITS`; `counts_until`: `FAMILY_COUNTS_UNTIL`.
     pub fn new(
         pid: u32,
         budget: f64,
         families: Vec<(u32, WindowedProbes, Option<WorkCounter>)>,
         hits: PerCpuArray<MapData, u64>,
-        paused: Array<MapData, u32>,
+        counts_until: Array<MapData, u64>,
         metrics: Arc<TargetMetrics>,
         readings: watch::Receiver<Option<MeterReading>>,
     ) -> Self {
@@ -229,6 +231,7 @@ impl Governor {
                     mark: None,
                     off_mark: None,
                     paused_work: None,
+                    counts_until: None,
                     last_share: None,
                     last_removal: Duration::ZERO,
                     removal_hits: 0,
@@ -246,7 +249,7 @@ impl Governor {
             budget,
             families,
             hits,
-            paused,
+            counts_until,
             metrics,
             readings,
         };
@@ -430,7 +433,9 @@ impl Governor {
                 if duty >= 1.0 {
                     // Within the budget again: it stays attached, counting all the time.
                     self.families[index].duty = 1.0;
+                    self.families[index].counts_until = None;
                     let family = self.families[index].family;
+                    self.count(family, Counting::Always);
                     self.metrics.coverage().set(family, 1.0);
                     self.metrics.duty_cycle(HIT_NAMES[family as usize], 1.0);
                     self.families[index].phase = Phase::Continuous {
@@ -493,12 +498,23 @@ impl Governor {
     /// probes, and plan the cycle (`cycle`).
     fn take_off(&mut self, index: usize, duty: f64) {
         let family = self.families[index].family;
-        self.pause(family, true);
+        self.count(family, Counting::Off);
         let since = Instant::now();
         let paused_at = self.hits(index);
         let own = self.metrics.own_cpu().clone();
         let governed = &mut self.families[index];
-        governed.paused_work = governed.work.as_ref().and_then(|read| read());
+        // An on part stopped counting at its planned end, in the kernel: the work since, at the
+        // on part's pace, belongs to the off part.
+        let late = governed
+            .counts_until
+            .take()
+            .map(|until| since.saturating_duration_since(until));
+        governed.paused_work = governed.work.as_ref().and_then(|read| read()).map(|work| {
+            match (late, governed.on_work_rate) {
+                (Some(late), Some(rate)) => work.saturating_sub((rate * late.as_secs_f64()) as u64),
+                _ => work,
+            }
+        });
         governed.duty = duty;
         tokio::task::block_in_place(|| own.measure(|| governed.probes.detach()));
         governed.last_removal = since.elapsed();
@@ -588,8 +604,9 @@ impl Governor {
         self.metrics.coverage().set(family, coverage);
         self.metrics
             .duty_cycle(HIT_NAMES[family as usize], counting(on, off));
-        self.pause(family, false);
+        self.count(family, Counting::For(on));
         let now = Instant::now();
+        self.families[index].counts_until = Some(now + on);
         self.families[index].mark = self.mark(index);
         self.families[index].phase = Phase::On { until: now + on };
     }
@@ -617,12 +634,38 @@ impl Governor {
         }
     }
 
-    /// Let family `family`'s programs count, or not.
-    fn pause(&mut self, family: u32, paused: bool) {
-        if let Err(error) = self.paused.set(family, u32::from(paused), 0) {
+    /// Tell family `family`'s programs how long to count.
+    fn count(&mut self, family: u32, counting: Counting) {
+        let until = match counting {
+            Counting::Always => 0,
+            Counting::Off => 1,
+            Counting::For(on) => monotonic_ns().saturating_add(on.as_nanos() as u64),
+        };
+        if let Err(error) = self.counts_until.set(family, until, 0) {
             tracing::warn!("PID {}: switching a probe family failed: {error}", self.pid);
         }
     }
+}
+
+/// How long a family's programs count (`FAMILY_COUNTS_UNTIL`).
+enum Counting {
+    Always,
+    Off,
+    /// From now, for this long.
+    For(Duration),
+}
+
+/// The kernel's monotonic clock, which the programs read (`bpf_ktime_get_ns`), in ns.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
 #[cfg(test)]

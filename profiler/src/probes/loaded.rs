@@ -234,9 +234,9 @@ impl AttachedProbes {
         PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|_| LoadError::Map(NAME))
     }
 
-    /// The switch that stops the governed families counting (`FAMILY_PAUSED`, by family).
-    pub fn take_family_switch(&mut self) -> Result<aya::maps::Array<MapData, u32>, LoadError> {
-        self.take("FAMILY_PAUSED")
+    /// Until when each governed family counts (`FAMILY_COUNTS_UNTIL`, by family).
+    pub fn take_family_switch(&mut self) -> Result<aya::maps::Array<MapData, u64>, LoadError> {
+        self.take("FAMILY_COUNTS_UNTIL")
     }
 
     pub fn take_stw_maps(&mut self) -> Result<StwMaps, LoadError> {
