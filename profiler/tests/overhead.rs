@@ -293,8 +293,8 @@ fn the_governor_holds_the_allocation_sampler_and_scales_its_estimates() {
     // came out 15-26% low here: while the probes are on, this program does less of its work
     // than its CPU time says.) Measured: -1.6% to +7.3% run from a work tree, and +14.6% to
     // +16.4% in three clean-clone gate runs while the sample table was read whole every second,
-    // +0.8% in the first since, a bias whose cause is not known (docs/METRICS.md): the bound
-    // holds it, and still fails an estimate off by a quarter.
+    // +0.8% and +9.2% in the two since, a bias whose cause is not known (docs/METRICS.md): the
+    // bound holds it, and still fails an estimate off by a quarter.
     assert!(
         (estimated - exact).abs() / exact < 0.25,
         "estimated {estimated} against {exact} allocated"
