@@ -169,8 +169,6 @@ struct Governed {
     /// The family's work counter when it stopped counting: the work its cycle's off part held
     /// is measured from there, the probes' removal and installation included.
     paused_work: Option<u64>,
-    /// When the kernel stops its counting, while it is on.
-    counts_until: Option<Instant>,
     /// The last share measured, for sharing the budget with the other families.
     last_share: Option<f64>,
     /// How long removing its probes took last time (for the logs).
@@ -231,7 +229,6 @@ impl Governor {
                     mark: None,
                     off_mark: None,
                     paused_work: None,
-                    counts_until: None,
                     last_share: None,
                     last_removal: Duration::ZERO,
                     removal_hits: 0,
@@ -433,7 +430,6 @@ impl Governor {
                 if duty >= 1.0 {
                     // Within the budget again: it stays attached, counting all the time.
                     self.families[index].duty = 1.0;
-                    self.families[index].counts_until = None;
                     let family = self.families[index].family;
                     self.count(family, Counting::Always);
                     self.metrics.coverage().set(family, 1.0);
@@ -505,10 +501,10 @@ impl Governor {
         let governed = &mut self.families[index];
         // An on part stopped counting at its planned end, in the kernel: the work since, at the
         // on part's pace, belongs to the off part.
-        let late = governed
-            .counts_until
-            .take()
-            .map(|until| since.saturating_duration_since(until));
+        let late = match governed.phase {
+            Phase::On { until } => Some(since.saturating_duration_since(until)),
+            Phase::Continuous { .. } | Phase::Off { .. } => None,
+        };
         governed.paused_work = governed.work.as_ref().and_then(|read| read()).map(|work| {
             match (late, governed.on_work_rate) {
                 (Some(late), Some(rate)) => work.saturating_sub((rate * late.as_secs_f64()) as u64),
@@ -606,7 +602,6 @@ impl Governor {
             .duty_cycle(HIT_NAMES[family as usize], counting(on, off));
         self.count(family, Counting::For(on));
         let now = Instant::now();
-        self.families[index].counts_until = Some(now + on);
         self.families[index].mark = self.mark(index);
         self.families[index].phase = Phase::On { until: now + on };
     }
