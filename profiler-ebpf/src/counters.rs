@@ -39,29 +39,24 @@ pub trait CounterTable<K> {
     fn create(&self, key: &K, value: u64) -> Result<(), i32>;
 }
 
-impl<K> CounterTable<K> for PerCpuHashMap<K, u64> {
-    #[inline(always)]
-    fn counter(&self, key: &K) -> Option<*mut u64> {
-        self.get_ptr_mut(key)
-    }
+/// The same two calls on aya's per-CPU and shared hash maps, which have no trait in common.
+macro_rules! counter_table {
+    ($($table:ident),+) => {$(
+        impl<K> CounterTable<K> for $table<K, u64> {
+            #[inline(always)]
+            fn counter(&self, key: &K) -> Option<*mut u64> {
+                self.get_ptr_mut(key)
+            }
 
-    #[inline(always)]
-    fn create(&self, key: &K, value: u64) -> Result<(), i32> {
-        self.insert(key, value, u64::from(BPF_NOEXIST))
-    }
+            #[inline(always)]
+            fn create(&self, key: &K, value: u64) -> Result<(), i32> {
+                self.insert(key, value, u64::from(BPF_NOEXIST))
+            }
+        }
+    )+};
 }
 
-impl<K> CounterTable<K> for HashMap<K, u64> {
-    #[inline(always)]
-    fn counter(&self, key: &K) -> Option<*mut u64> {
-        self.get_ptr_mut(key)
-    }
-
-    #[inline(always)]
-    fn create(&self, key: &K, value: u64) -> Result<(), i32> {
-        self.insert(key, value, u64::from(BPF_NOEXIST))
-    }
-}
+counter_table!(PerCpuHashMap, HashMap);
 
 /// Add `value` to `key`'s counter in `map`, creating it if absent; `full` is the drop reason
 /// counted when the table has no room.
