@@ -5,7 +5,8 @@
 
 /// A pause could not be sent because the ring buffer was full.
 pub const STW_EVENT_LOST: u32 = 0;
-/// `startTheWorldWithSema` returned without a recorded entry (mapscope attached mid-pause).
+/// `startTheWorldWithSema` returned without a recorded entry (mapscope attached mid-pause), or
+/// with a frame whose copy of `w` did not read back as a pause.
 pub const STW_UNMATCHED_START: u32 = 1;
 /// The per-thread pending-pause table was full.
 pub const STW_PENDING_FULL: u32 = 2;

@@ -24,19 +24,46 @@ pub enum StwLayout {
 
 /// Everything a probe needs to know about its Go release, packed into the 64-bit attach cookie:
 /// the layout in bits 0–7, the offset of `g.m` in bits 8–23 and of `m.preemptoff` in bits 24–39
-/// (both only used by `Go119`).
+/// (both only used by `Go119`), and the `StwFrame` in bits 40–51 and 52–63.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StwCookie {
     pub layout: StwLayout,
     pub g_m_offset: u16,
     pub m_preemptoff_offset: u16,
+    pub frame: Option<StwFrame>,
+}
+
+/// Where `startTheWorldWithSema` (Go 1.22+) keeps its argument `w`'s reason and start of
+/// stopping in its own frame, as distances below the stack pointer at its RET instructions,
+/// where that frame has just been popped but not yet overwritten (found by disassembly,
+/// `gobin::disasm::spill_slots`). With them the RET probe alone reads the pause, and no probe
+/// fires while the world is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StwFrame {
+    /// The `stwReason` byte.
+    pub reason_below_sp: u16,
+    /// `w.start` (1.22) / `w.startedStopping` (1.23+), 8 bytes.
+    pub started_below_sp: u16,
+}
+
+impl StwFrame {
+    /// Each distance has 12 bits of the cookie; 0 is no distance (the slot is below the SP).
+    pub const MAX_BELOW_SP: u16 = 0xfff;
 }
 
 impl StwCookie {
     pub const fn encode(self) -> u64 {
+        let frame = match self.frame {
+            Some(frame) => {
+                ((frame.reason_below_sp as u64 & 0xfff) << 40)
+                    | ((frame.started_below_sp as u64 & 0xfff) << 52)
+            }
+            None => 0,
+        };
         (self.layout as u64)
             | ((self.g_m_offset as u64) << 8)
             | ((self.m_preemptoff_offset as u64) << 24)
+            | frame
     }
 
     pub const fn decode(cookie: u64) -> Option<Self> {
@@ -47,10 +74,20 @@ impl StwCookie {
             4 => StwLayout::Go119,
             _ => return None,
         };
+        let reason_below_sp = ((cookie >> 40) & 0xfff) as u16;
+        let started_below_sp = ((cookie >> 52) & 0xfff) as u16;
         Some(Self {
             layout,
             g_m_offset: ((cookie >> 8) & 0xffff) as u16,
             m_preemptoff_offset: ((cookie >> 24) & 0xffff) as u16,
+            frame: if reason_below_sp != 0 && started_below_sp != 0 {
+                Some(StwFrame {
+                    reason_below_sp,
+                    started_below_sp,
+                })
+            } else {
+                None
+            },
         })
     }
 }

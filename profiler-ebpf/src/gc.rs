@@ -6,6 +6,14 @@
 //! the functions' arguments and results, so the exported pause is the runtime's number and not
 //! a second clock that would include the uprobes' own cost. The attach cookie says which Go
 //! layout (`StwLayout`) the registers follow.
+//!
+//! A probe hit costs a microsecond or two, and one that fires while the world is stopped
+//! lengthens the pause it measures. By default none does: Go 1.22+ is read at
+//! `startTheWorldWithSema`'s RETs alone (after the runtime took its end-of-pause time), from
+//! the copy of `w` the function keeps in its frame (`StwFrame`); Go 1.19/1.21 at the entry of
+//! `stopTheWorldWithSema` (before the pause begins) and those RETs. Only the stopping part of
+//! the pause (`--stw-stopping`) needs a hit inside: the RET of `stopTheWorldWithSema`, or the
+//! entry of `startTheWorldWithSema` where the runtime hands over `finishedStopping`.
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -22,7 +30,7 @@ use profiler_common::{
     counters,
     stw::{
         PendingStw, REASON_TEXT_LEN, STW_FLAG_REASON_IS_TEXT, STW_FLAG_STARTED_BY_KERNEL_CLOCK,
-        STW_FLAG_STOPPED_BY_KERNEL_CLOCK, StwCookie, StwEvent, StwLayout,
+        STW_FLAG_STOPPED_BY_KERNEL_CLOCK, StwCookie, StwEvent, StwFrame, StwLayout,
     },
 };
 
@@ -198,20 +206,15 @@ pub fn stw_stop_return(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Entry of `startTheWorldWithSema`: collect what the runtime knows about the pause so far.
+/// Entry of `startTheWorldWithSema`, Go 1.22+, when the stopping part is measured or the
+/// function's frame could not be read at its RETs: collect what the runtime knows about the
+/// pause so far. It fires while the world is still stopped.
 #[uprobe]
 pub fn stw_start_entry(ctx: ProbeContext) -> u32 {
     hit(counters::HIT_STW);
     let thread = bpf_get_current_pid_tgid();
     let regs = GoRegs::new(&ctx);
     let pending = match layout(&ctx) {
-        Some(StwLayout::Go119 | StwLayout::Go121) => {
-            // SAFETY: copies the value out at once; the entry is only written by this thread.
-            let Some(stopped) = (unsafe { STOPPED.get(thread) }).copied() else {
-                return 0;
-            };
-            stopped
-        }
         Some(StwLayout::Go122) => {
             let started = regs.int(START_ARG_STARTED);
             // SAFETY: as above.
@@ -236,11 +239,38 @@ pub fn stw_start_entry(ctx: ProbeContext) -> u32 {
             finished_stopping_ns: regs.int(START_ARG_FINISHED),
             reason_text: [0; REASON_TEXT_LEN],
         },
-        None => return 0,
+        _ => return 0,
     };
     let _ = STOPPED.remove(thread);
     remember(&STARTING, thread, &pending);
     0
+}
+
+/// Go 1.22+: `w`'s reason and start of stopping from the frame `startTheWorldWithSema` has just
+/// popped (at its RET nothing has written below the stack pointer since). `None` if unreadable
+/// or if the start is not before the end: then the frame is not what the disassembly said.
+#[inline(always)]
+fn from_frame(regs: &GoRegs, frame: &StwFrame, restarted: u64) -> Option<PendingStw> {
+    let sp = regs.sp();
+    // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly on a bad
+    // address; nothing is dereferenced directly.
+    let reason =
+        unsafe { bpf_probe_read_user((sp - u64::from(frame.reason_below_sp)) as *const u8) }
+            .ok()?;
+    // SAFETY: as above.
+    let started =
+        unsafe { bpf_probe_read_user((sp - u64::from(frame.started_below_sp)) as *const u64) }
+            .ok()?;
+    if started == 0 || started > restarted {
+        return None;
+    }
+    Some(PendingStw {
+        reason: u32::from(reason),
+        flags: 0,
+        started_stopping_ns: started,
+        finished_stopping_ns: 0,
+        reason_text: [0; REASON_TEXT_LEN],
+    })
 }
 
 /// RET sites of `startTheWorldWithSema`: the result is the runtime's end of the pause.
@@ -248,12 +278,35 @@ pub fn stw_start_entry(ctx: ProbeContext) -> u32 {
 pub fn stw_start_return(ctx: ProbeContext) -> u32 {
     hit(counters::HIT_STW);
     let thread = bpf_get_current_pid_tgid();
+    let regs = GoRegs::new(&ctx);
+    let restarted = regs.int(START_RESULT_NOW);
     // SAFETY: copies the value out at once; the entry is only written by this thread.
-    let Some(pending) = (unsafe { STARTING.get(thread) }).copied() else {
+    let pending = match (unsafe { STARTING.get(thread) }).copied() {
+        Some(pending) => {
+            let _ = STARTING.remove(thread);
+            Some(pending)
+        }
+        None => match cookie(&ctx) {
+            // Go 1.19/1.21: what the stop probes kept.
+            Some(StwCookie {
+                layout: StwLayout::Go119 | StwLayout::Go121,
+                ..
+            }) => {
+                // SAFETY: as above.
+                let stopped = (unsafe { STOPPED.get(thread) }).copied();
+                let _ = STOPPED.remove(thread);
+                stopped
+            }
+            Some(StwCookie {
+                frame: Some(frame), ..
+            }) => from_frame(&regs, &frame, restarted),
+            _ => None,
+        },
+    };
+    let Some(pending) = pending else {
         bump(counters::STW_UNMATCHED_START);
         return 0;
     };
-    let _ = STARTING.remove(thread);
     let event = StwEvent {
         pid: (thread >> 32) as u32,
         reason: pending.reason,
@@ -261,7 +314,7 @@ pub fn stw_start_return(ctx: ProbeContext) -> u32 {
         _pad: 0,
         started_stopping_ns: pending.started_stopping_ns,
         finished_stopping_ns: pending.finished_stopping_ns,
-        restarted_ns: GoRegs::new(&ctx).int(START_RESULT_NOW),
+        restarted_ns: restarted,
         reason_text: pending.reason_text,
     };
     let wakeup = if STW_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_THRESHOLD_BYTES {

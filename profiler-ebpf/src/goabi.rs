@@ -39,6 +39,14 @@ impl<'a> GoRegs<'a> {
 }
 
 impl GoRegs<'_> {
+    /// The stack pointer.
+    #[cfg(bpf_target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn sp(&self) -> u64 {
+        // SAFETY: as in `int`.
+        unsafe { (*self.ctx.regs).rsp }
+    }
+
     /// The current goroutine (`g`): ABIInternal keeps it in R14 on amd64.
     #[cfg(bpf_target_arch = "x86_64")]
     #[inline(always)]

@@ -84,7 +84,12 @@ fn main() {
         long_run(&gcbench, mapscope);
         return;
     }
+    if std::env::args().any(|arg| arg == "pauses") {
+        pauses(&gcbench, mapscope);
+        return;
+    }
     vitals(&gcbench, mapscope);
+    pauses(&gcbench, mapscope);
     budget(&gcbench, mapscope);
     daemon_footprint(&gcbench, mapscope);
     map_probes(&gcbench, mapscope);
@@ -146,7 +151,7 @@ fn main() {
     );
     let (alone, attached) = (median(&mut pause_alone), median(&mut pause_attached));
     println!(
-        "  median mean GC pause (MemStats.PauseTotalNs / NumGC / 2): alone {alone:.1} µs, attached {attached:.1} µs ({:+.1} µs per pause from probe hits inside the stopped world)",
+        "  median mean GC pause (MemStats.PauseTotalNs / NumGC / 2): alone {alone:.1} µs, attached {attached:.1} µs ({:+.1} µs per pause)",
         attached - alone
     );
 
@@ -781,6 +786,49 @@ fn build_gcbench_as(go: &Path, name: &str) -> PathBuf {
     output
 }
 
+/// The runtime's own mean GC pause with mapscope's defaults (no probe inside the pause) and
+/// with `--stw-stopping` (one hit inside each), against the target alone, in interleaved rounds.
+fn pauses(gcbench: &Path, mapscope: &str) {
+    println!(
+        "== GC pause length: {ROUNDS} interleaved rounds of {ALLOC_SECONDS}, the runtime's mean pause (MemStats.PauseTotalNs / NumGC / 2)"
+    );
+    let load = ["-mode", "alloc", "-duration", ALLOC_SECONDS];
+    let attached = |extra: &[&str]| {
+        alloc_run(
+            Command::new(mapscope)
+                .args(["run", "--listen", "127.0.0.1:0"])
+                .args(extra)
+                .arg("--")
+                .arg(gcbench)
+                .args(load),
+        )
+        .mean_gc_pause_us
+    };
+    let (mut alone, mut default, mut stopping) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        alone.push(alloc_run(Command::new(gcbench).args(load)).mean_gc_pause_us);
+        default.push(attached(&[]));
+        stopping.push(attached(&["--stw-stopping"]));
+        println!(
+            "  round {round}: alone {:.1} µs, attached {:.1} µs, attached --stw-stopping {:.1} µs",
+            alone[round - 1],
+            default[round - 1],
+            stopping[round - 1]
+        );
+    }
+    let (alone, default, stopping) = (
+        median(&mut alone),
+        median(&mut default),
+        median(&mut stopping),
+    );
+    println!(
+        "  median: alone {alone:.1} µs; attached {default:.1} µs ({:.3}x, no probe inside the pause); \
+         --stw-stopping {stopping:.1} µs ({:.3}x, one probe hit inside each pause)",
+        default / alone,
+        stopping / alone
+    );
+}
+
 struct AllocRun {
     ops_per_second: f64,
     bytes_per_second: f64,
@@ -833,6 +881,7 @@ async fn call_run(gcbench: &Path, programs: Option<(&'static str, &'static str)>
                 layout: StwLayout::Go123,
                 g_m_offset: 0,
                 m_preemptoff_offset: 0,
+                frame: None,
             }
             .encode(),
         };

@@ -73,6 +73,8 @@ pub struct Options {
     pub alloc_exact: bool,
     /// The most mapscope may cost the target (share of its CPU time); 0 for no governor.
     pub max_overhead: f64,
+    /// Measure the stopping part of each pause (a probe hit inside every pause).
+    pub stw_stopping: bool,
     /// Track Go maps (growth, overflow and creation probes; snapshots).
     pub maps: Option<MapOptions>,
     /// Take one more round of map snapshots when profiling stops (for `mapscope heatmap`).
@@ -260,7 +262,8 @@ pub fn understand_with(
     let binary = binaries.open(&process, &who)?;
     let abi = stw_support(&binary, &who)?;
     check_dwarf(&binary, abi, &who)?;
-    let mut points = stw::plan(&binary, abi).map_err(|error| plan_error(&who, error))?;
+    let mut points =
+        stw::plan(&binary, abi, options.stw_stopping).map_err(|error| plan_error(&who, error))?;
     match probes::gc_trigger::plan(&binary) {
         Ok(trigger_points) => points.extend(trigger_points),
         Err(error) => tracing::warn!("{who}: GC cycles will not be counted by trigger: {error}"),

@@ -60,6 +60,10 @@ const MAP_FLAGS: &[&str] = &[
     "300ms/1s",
 ];
 
+/// Options for every target: the GC pauses dashboard's time-to-stop panel reads
+/// `mapscope_stw_stopping_seconds`, which only `--stw-stopping` exports.
+const EVERY_TARGET: &[&str] = &["--stw-stopping"];
+
 /// How long the GC and allocation loads run (`-duration`): far longer than the test needs, so
 /// the queries run while they still do, whatever the machine's speed (the targets are killed
 /// when the test ends).
@@ -143,6 +147,7 @@ fn attach(target: &Running) -> Mapscope {
     let pid = target.process.pid().to_string();
     let mut args = vec!["attach", "--pid", &pid, "--listen", "127.0.0.1:0"];
     args.extend_from_slice(target.spec.mapscope);
+    args.extend_from_slice(EVERY_TARGET);
     Mapscope::start(&args)
 }
 
@@ -170,6 +175,7 @@ fn start_daemon(targets: &[Running]) -> Mapscope {
         options = target.spec.mapscope.to_vec();
     }
     args.extend_from_slice(&options);
+    args.extend_from_slice(EVERY_TARGET);
     let daemon = Mapscope::start(&args);
     let metrics = daemon.scrape_until(Duration::from_secs(30), |metrics| {
         metrics.sum("mapscope_targets", |_| true) >= targets.len() as f64

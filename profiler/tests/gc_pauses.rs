@@ -18,10 +18,25 @@ use common::{GoTarget, Mapscope, Report, is_gc_reason};
 /// `now`): only float rounding of the Prometheus sum separates them.
 const SAME_CLOCK_TOLERANCE: f64 = 0.001;
 
-fn compare_with_runtime(version: &str, build_flags: &[&str]) {
+/// What mapscope measures of each pause.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stopping {
+    /// The default: the whole pause, with no probe hit inside it.
+    NotMeasured,
+    /// `--stw-stopping`: also the time to stop, with a probe hit inside each pause.
+    Measured,
+}
+
+fn compare_with_runtime(version: &str, build_flags: &[&str], stopping: Stopping) {
     let binary = common::build_go("gcload", version, build_flags);
     let mut target = GoTarget::start(&binary, &["-duration", "2s", "-forced-gcs", "20"]);
-    let mut mapscope = Mapscope::attach(target.pid());
+    let mut mapscope = Mapscope::attach_with(
+        target.pid(),
+        match stopping {
+            Stopping::NotMeasured => &[],
+            Stopping::Measured => &["--stw-stopping"],
+        },
+    );
     let report: Report = target.run_load();
     assert_eq!(report.go_version, format!("go{version}"));
     assert!(
@@ -132,11 +147,15 @@ fn compare_with_runtime(version: &str, build_flags: &[&str]) {
             total_other.count,
             "non-GC pause count vs /sched/pauses/total/other"
         );
-        assert_eq!(
-            stopping_count(true),
-            stopping_gc.count,
-            "GC stop count vs /sched/pauses/stopping/gc"
-        );
+        if stopping == Stopping::Measured {
+            assert_eq!(
+                stopping_count(true),
+                stopping_gc.count,
+                "GC stop count vs /sched/pauses/stopping/gc"
+            );
+        } else {
+            assert_eq!(stopping_count(true), 0, "stopping measured unasked");
+        }
         let error = (sum(true) - runtime_pause_total).abs() / runtime_pause_total;
         assert!(
             error <= SAME_CLOCK_TOLERANCE,
@@ -153,7 +172,7 @@ fn compare_with_runtime(version: &str, build_flags: &[&str]) {
             within(sum(false), total_other.sum_lo, total_other.sum_hi),
             "non-GC pause sum outside the runtime histogram's bounds"
         );
-        if version_at_least(version, 23) {
+        if stopping == Stopping::Measured && version_at_least(version, 23) {
             // Go 1.23+ hands over finishedStopping, so stopping time is the runtime's own too.
             assert!(
                 within(stopping_sum(true), stopping_gc.sum_lo, stopping_gc.sum_hi),
@@ -186,6 +205,20 @@ fn compare_with_runtime(version: &str, build_flags: &[&str]) {
             count(false),
             report.read_mem_stats_stw,
             "the two ReadMemStats stops"
+        );
+        // Measured by the kernel clock at the stop's return, when asked for.
+        assert_eq!(
+            stopping_count(true) + stopping_count(false),
+            match stopping {
+                Stopping::Measured => count(true) + count(false),
+                Stopping::NotMeasured => 0,
+            },
+            "stops measured"
+        );
+        let stopping_share = (stopping_sum(true) + stopping_sum(false)) / (sum(true) + sum(false));
+        assert!(
+            (0.0..1.0).contains(&stopping_share),
+            "stopping is {stopping_share:.3} of the pauses"
         );
         let ratio = sum(true) / runtime_pause_total;
         assert!(
@@ -245,7 +278,7 @@ fn version_at_least(version: &str, minor: u32) -> bool {
 /// loaded machine.
 fn under_load(version: &str) {
     let _hogs = common::CpuHogs::start();
-    compare_with_runtime(version, &[]);
+    compare_with_runtime(version, &[], Stopping::NotMeasured);
 }
 
 common::per_go_release! {
@@ -256,7 +289,7 @@ common::per_go_release! {
 
 /// The default build of each release.
 fn release_defaults(version: &str) {
-    compare_with_runtime(version, &[]);
+    compare_with_runtime(version, &[], Stopping::NotMeasured);
 }
 
 common::per_go_release! {
@@ -271,24 +304,42 @@ common::per_go_release! {
     pauses_match_runtime_go1_27 => "1.27.3",
 }
 
+/// `--stw-stopping`, on each way the releases hand over the end of stopping: the kernel clock
+/// at the stop's return (1.21, and 1.22 beside its worldStop), the runtime's own
+/// `finishedStopping` (1.23+).
+fn with_stopping(version: &str) {
+    compare_with_runtime(version, &[], Stopping::Measured);
+}
+
+common::per_go_release! {
+    with_stopping;
+    stopping_matches_runtime_go1_21 => "1.21.13",
+    stopping_matches_runtime_go1_22 => "1.22.10",
+    stopping_matches_runtime_go1_27 => "1.27.3",
+}
+
 /// Stripped binaries (no .symtab: functions come from the Go pclntab) and position-independent
 /// ones (addresses relocated at load; probes are placed by file offset).
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn pauses_match_runtime_stripped_go1_23() {
-    compare_with_runtime("1.23.9", &["-ldflags=-s -w"]);
+    compare_with_runtime("1.23.9", &["-ldflags=-s -w"], Stopping::NotMeasured);
 }
 
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn pauses_match_runtime_stripped_go1_27() {
-    compare_with_runtime("1.27.3", &["-ldflags=-s -w"]);
+    compare_with_runtime("1.27.3", &["-ldflags=-s -w"], Stopping::NotMeasured);
 }
 
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn pauses_match_runtime_stripped_pie_go1_27() {
-    compare_with_runtime("1.27.3", &["-buildmode=pie", "-ldflags=-s -w"]);
+    compare_with_runtime(
+        "1.27.3",
+        &["-buildmode=pie", "-ldflags=-s -w"],
+        Stopping::NotMeasured,
+    );
 }
 
 /// One GODEBUG=gctrace=1 line's cycle number and concurrent-mark term in nanoseconds, with the

@@ -147,7 +147,10 @@ fn check_release(version: &str) {
             "{function} RET sites in the stripped twin"
         );
     }
-    assert!(stw::plan(&stripped, row).is_ok());
+    assert!(stw::plan(&stripped, row, false).is_ok());
+    // Where startTheWorldWithSema keeps its argument, for the probe at its RET: found by
+    // disassembly, the same without symbols.
+    assert_eq!(stw::start_frame(&stripped), stw::start_frame(&binary));
 
     // The GC trigger probe's bail-out check reads g.m, m.g0, m.locks and m.preemptoff where the
     // DWARF puts them.
@@ -214,7 +217,7 @@ fn check_release(version: &str) {
     let wanted: Vec<&str> = abi::GLOBALS
         .iter()
         .copied()
-        .chain([abi::STOP_THE_WORLD])
+        .chain([abi::STOP_THE_WORLD, abi::START_THE_WORLD])
         .collect();
     let needed = |global: &str| global != abi::WORK || vitals.cpu_stats.is_some();
     let scratch = tempfile::tempdir().unwrap();
@@ -247,6 +250,11 @@ fn check_release(version: &str) {
         &["-buildmode=pie", "-ldflags=-s -w"][..],
     ] {
         let bare = GoBinary::open(&common::build_go("gcload", version, flags), &wanted).unwrap();
+        assert_eq!(
+            stw::start_frame(&bare).is_some(),
+            binary.version.release() >= (1, 22),
+            "Go {version} {flags:?}: startTheWorldWithSema's frame copy of w"
+        );
         for global in abi::GLOBALS.into_iter().filter(|global| needed(global)) {
             assert!(
                 bare.function(global).is_some(),
@@ -255,11 +263,40 @@ fn check_release(version: &str) {
         }
     }
 
-    let points = stw::plan(&binary, row).unwrap();
-    assert!(
-        points
+    // By default no probe fires while the world is stopped; the stopping part adds one.
+    let points = stw::plan(&binary, row, false).unwrap();
+    let programs = |points: &[stw::ProbePoint]| {
+        let mut programs: Vec<&str> = points.iter().map(|point| point.program).collect();
+        programs.dedup();
+        programs
+    };
+    let has_frame_copy = binary.version.release() >= (1, 22);
+    assert_eq!(
+        stw::start_frame(&binary).is_some(),
+        has_frame_copy,
+        "Go {version}: startTheWorldWithSema's frame copy of w"
+    );
+    assert_eq!(
+        programs(&points),
+        if has_frame_copy {
+            vec![stw::START_RETURN]
+        } else {
+            vec![stw::STOP_ENTRY, stw::START_RETURN]
+        },
+        "Go {version}: default stop-the-world probes"
+    );
+    let with_stopping = stw::plan(&binary, row, true).unwrap();
+    assert_eq!(
+        programs(&with_stopping)
             .iter()
-            .any(|point| point.program == stw::START_RETURN)
+            .filter(|program| stw::INSIDE_PAUSE.contains(program))
+            .count(),
+        if binary.version.release() == (1, 22) {
+            2
+        } else {
+            1
+        },
+        "Go {version}: --stw-stopping probes inside the pause"
     );
     for point in &points {
         // Non-PIE Go binaries map the text segment at a file offset equal to address - base.

@@ -42,7 +42,8 @@ enum Task {
         /// `discovery`: only the cost of the map discovery windows; `vitals`: only the runtime
         /// vitals reads and GC trigger probes; `budget`: the overhead budget's rows; `daemon`:
         /// the daemon's CPU, RSS and BPF memory with 1, 10 and 64 targets; `long`: mapscope's
-        /// CPU and RSS over 10 minutes.
+        /// CPU and RSS over 10 minutes; `pauses`: the runtime's GC pause with and without
+        /// mapscope (default, and --stw-stopping).
         only: Option<String>,
     },
 }

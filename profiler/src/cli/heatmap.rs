@@ -164,6 +164,7 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
         alloc_exact: false,
         // A short run the user asked for: every probe stays on.
         max_overhead: 0.0,
+        stw_stopping: false,
         maps: Some(MapOptions {
             snapshot_maps: args.maps,
             // One round, at the end of the watch.

@@ -140,7 +140,8 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
         Some(Some(found)) => found.join("; "),
     };
     let mut probes = Vec::new();
-    let pauses = match row.map(|row| stw::plan(binary, row)) {
+    // What a default session attaches (no --stw-stopping).
+    let pauses = match row.map(|row| stw::plan(binary, row, false)) {
         Some(Ok(points)) => {
             let entry_programs = [stw::STOP_ENTRY, stw::START_ENTRY];
             probes.extend(points.iter().map(|point| {
@@ -158,7 +159,24 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
                     "best effort: Go newer than 1.{} uses the 1.{} runtime layout",
                     NEWEST_KNOWN.1, NEWEST_KNOWN.1
                 ),
-                _ => format!("{} probe points", points.len()),
+                _ => {
+                    let inside = points
+                        .iter()
+                        .filter(|point| stw::INSIDE_PAUSE.contains(&point.program))
+                        .count();
+                    let count = match points.len() {
+                        1 => "1 probe point".to_owned(),
+                        many => format!("{many} probe points"),
+                    };
+                    if inside == 0 {
+                        format!("{count}, none inside the pause")
+                    } else {
+                        format!(
+                            "{count}, {inside} inside the pause (its startTheWorldWithSema \
+                             keeps no copy of its argument to read at the return)"
+                        )
+                    }
+                }
             };
             Feature {
                 name: "gc_pause_distributions",

@@ -117,6 +117,14 @@ pub struct ExportArgs {
     #[arg(long, value_name = "RATIO", default_value_t = DEFAULT_MAX_OVERHEAD, value_parser = parse_overhead)]
     pub max_overhead: f64,
 
+    /// Also measure the stopping part of each stop-the-world pause
+    /// (mapscope_stw_stopping_seconds: from when the runtime began stopping the world until
+    /// every P had stopped). This needs one probe hit while the world is stopped, which makes
+    /// every pause longer by the hit's cost (2.5 µs in this project's bench); without it no
+    /// probe fires inside a pause.
+    #[arg(long)]
+    pub stw_stopping: bool,
+
     #[command(flatten)]
     pub maps: MapArgs,
 }
@@ -145,6 +153,7 @@ impl ExportArgs {
             alloc_sites_half_life: self.alloc_sites_half_life,
             alloc_exact: self.alloc_exact,
             max_overhead: self.max_overhead,
+            stw_stopping: self.stw_stopping,
             maps: self.maps.options(),
             final_map_snapshot: false,
         }

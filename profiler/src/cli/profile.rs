@@ -61,6 +61,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         alloc_exact: false,
         // A short run the user asked for: every probe stays on...
         max_overhead: 0.0,
+        stw_stopping: false,
         maps: None,
         final_map_snapshot: false,
     };

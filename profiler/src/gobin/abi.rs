@@ -3,7 +3,7 @@
 //! release (tests/go_versions.rs).
 use profiler_common::{
     maps::{MapEvent, MapOp},
-    stw::{StwCookie, StwLayout},
+    stw::{StwCookie, StwFrame, StwLayout},
     trigger::GcStartCookie,
 };
 
@@ -461,12 +461,14 @@ impl StwAbi {
             .map(|&(_, name)| name)
     }
 
-    /// The attach cookie for this release's probes.
-    pub fn cookie(&self) -> u64 {
+    /// The attach cookie for this release's probes, with where this binary's
+    /// `startTheWorldWithSema` keeps `w` (`None`: the probes read it at the entry).
+    pub fn cookie(&self, frame: Option<StwFrame>) -> u64 {
         StwCookie {
             layout: self.layout,
             g_m_offset: self.g_m_offset,
             m_preemptoff_offset: self.m_preemptoff_offset,
+            frame,
         }
         .encode()
     }
@@ -564,10 +566,17 @@ mod tests {
     #[test]
     fn cookies_round_trip() {
         for row in STW_TABLE {
-            let cookie = StwCookie::decode(row.cookie()).unwrap();
+            let cookie = StwCookie::decode(row.cookie(None)).unwrap();
             assert_eq!(cookie.layout, row.layout);
             assert_eq!(cookie.g_m_offset, row.g_m_offset);
             assert_eq!(cookie.m_preemptoff_offset, row.m_preemptoff_offset);
+            assert_eq!(cookie.frame, None);
+            let frame = StwFrame {
+                reason_below_sp: 0x45,
+                started_below_sp: StwFrame::MAX_BELOW_SP,
+            };
+            let cookie = StwCookie::decode(row.cookie(Some(frame))).unwrap();
+            assert_eq!((cookie.layout, cookie.frame), (row.layout, Some(frame)));
         }
     }
 }

@@ -1,7 +1,10 @@
 //! Finding a function's RET instructions, where mapscope places its "function returned"
 //! probes: a uretprobe rewrites the return address on the stack, which Go's stack copying
 //! and traceback cannot survive, so returns are observed at the instructions themselves.
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Decoder, DecoderOptions, Instruction, InstructionInfo, InstructionInfoFactory, Mnemonic,
+    OpAccess, OpKind, Register,
+};
 
 /// The instructions of `code`, which starts at `address`, decoded in order (an undecodable
 /// byte comes out as an invalid instruction, and decoding goes on after it).
@@ -188,6 +191,185 @@ pub fn after_frame_setup(code: &[u8], address: u64, start: u64) -> u64 {
     start
 }
 
+/// Where a Go function keeps argument registers it copies into its own frame on entry, as
+/// distances below the stack pointer at its RET instructions, for reading them there.
+///
+/// `arguments` lists each argument's full register and the fewest bytes that must be stored.
+/// An argument qualifies when the function stores that register to one stack slot before it
+/// first calls anything (and before anything else writes the register), and no other
+/// instruction writes into the slot or takes an address inside it: the slot then still holds
+/// the argument when the function returns, in the frame just popped. Every RET must see the
+/// same fixed frame (`PUSHQ BP; SUBQ $n, SP` or `SUBQ $n, SP`, undone before each RET); the
+/// `runtime.morestack` path at the end (reached from the stack check, before the frame) is not
+/// part of it. `None` when any of that does not hold: the caller then reads the arguments at
+/// the entry instead.
+pub fn spill_slots(code: &[u8], address: u64, arguments: &[(Register, usize)]) -> Option<Vec<u64>> {
+    let instructions: Vec<Instruction> = instructions(code, address).collect();
+    if instructions.iter().any(Instruction::is_invalid) {
+        return None;
+    }
+    // The stack-growth path: the target of the stack check's JBE, to the end.
+    let entry = entry_after_stack_check(code, address);
+    let morestack_from = instructions
+        .iter()
+        .take_while(|instruction| instruction.ip() < entry)
+        .find(|instruction| instruction.mnemonic() == Mnemonic::Jbe)
+        .map_or(u64::MAX, Instruction::near_branch_target);
+
+    let mut info = InstructionInfoFactory::new();
+    let mut frame = FrameWalk::default();
+    let mut called = false;
+    let mut written_registers: Vec<Register> = Vec::new();
+    // (offset from the body's SP, bytes) of each argument's spill.
+    let mut slots: Vec<Option<(i64, i64)>> = vec![None; arguments.len()];
+    // Every stack range written or whose address is taken, spills included.
+    let mut touched: Vec<(i64, i64)> = Vec::new();
+    for instruction in instructions
+        .iter()
+        .take_while(|instruction| instruction.ip() < morestack_from)
+    {
+        let used = info.info(instruction);
+        for memory in used.used_memory() {
+            if !writes(memory.access()) {
+                continue;
+            }
+            match memory.base() {
+                Register::RSP => {
+                    if let Some(at) = frame.body_offset(memory.displacement() as i64) {
+                        touched.push((at, memory.memory_size().size() as i64));
+                    }
+                }
+                // Go addresses its frame through SP; a write through BP is not understood.
+                Register::RBP => return None,
+                _ => {}
+            }
+        }
+        if instruction.mnemonic() == Mnemonic::Lea
+            && instruction.memory_base() == Register::RSP
+            && let Some(at) = frame.body_offset(instruction.memory_displacement64() as i64)
+        {
+            touched.push((at, 1));
+        }
+        // The spills: argument registers stored into the frame before any call.
+        if frame.size.is_some()
+            && !called
+            && instruction.mnemonic() == Mnemonic::Mov
+            && instruction.op0_kind() == OpKind::Memory
+            && instruction.memory_base() == Register::RSP
+            && instruction.memory_index() == Register::None
+            && instruction.op1_kind() == OpKind::Register
+        {
+            let stored = instruction.op1_register();
+            for (slot, &(register, bytes)) in slots.iter_mut().zip(arguments) {
+                if slot.is_none()
+                    && stored.full_register() == register
+                    && stored.size() >= bytes
+                    && !written_registers.contains(&register)
+                {
+                    let at = frame.body_offset(instruction.memory_displacement64() as i64)?;
+                    *slot = Some((at, stored.size() as i64));
+                }
+            }
+        }
+        written_registers.extend(
+            used.used_registers()
+                .iter()
+                .filter(|register| writes(register.access()))
+                .map(|register| register.register().full_register()),
+        );
+        called |= instruction.mnemonic() == Mnemonic::Call;
+        frame.step(instruction, used)?;
+    }
+    let size = frame.size?;
+    if frame.returns == 0 {
+        return None;
+    }
+    slots
+        .into_iter()
+        .map(|slot| {
+            let (at, bytes) = slot?;
+            let overlapping = touched
+                .iter()
+                .filter(|&&(start, length)| start < at + bytes && at < start + length)
+                .count();
+            // The spill itself is the one write allowed.
+            (overlapping == 1 && (0..size).contains(&at)).then(|| (size - at) as u64)
+        })
+        .collect()
+}
+
+fn writes(access: OpAccess) -> bool {
+    matches!(
+        access,
+        OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+    )
+}
+
+/// The stack pointer through a Go function's code, in a linear sweep: how far below the entry
+/// SP it is before each instruction, and the frame the prologue's SUBQ made.
+#[derive(Default)]
+struct FrameWalk {
+    below_entry: i64,
+    size: Option<i64>,
+    returns: usize,
+}
+
+impl FrameWalk {
+    /// Where `SP + displacement` is, as an offset from the SP of the function's body (with the
+    /// whole frame in place); `None` before the frame is made.
+    fn body_offset(&self, displacement: i64) -> Option<i64> {
+        Some(displacement + self.size? - self.below_entry)
+    }
+
+    /// Follow `instruction`'s change to SP; `None` if it changes SP in a way a fixed frame does
+    /// not (a second SUBQ, a computed SP), or returns with the frame in place.
+    fn step(&mut self, instruction: &Instruction, used: &InstructionInfo) -> Option<()> {
+        match instruction.mnemonic() {
+            Mnemonic::Push => self.below_entry += 8,
+            Mnemonic::Pop => self.below_entry -= 8,
+            Mnemonic::Sub | Mnemonic::Add
+                if instruction.op0_kind() == OpKind::Register
+                    && instruction.op0_register() == Register::RSP =>
+            {
+                if !matches!(
+                    instruction.op1_kind(),
+                    OpKind::Immediate8to64 | OpKind::Immediate32to64
+                ) {
+                    return None;
+                }
+                let amount = instruction.immediate(1) as i64;
+                if instruction.mnemonic() == Mnemonic::Add {
+                    self.below_entry -= amount;
+                } else {
+                    self.below_entry += amount;
+                    if self.size.replace(self.below_entry).is_some() {
+                        return None;
+                    }
+                }
+            }
+            Mnemonic::Ret => {
+                if self.below_entry != 0 {
+                    return None;
+                }
+                self.returns += 1;
+                // Code after a RET is more of the body, with the frame in place.
+                self.below_entry = self.size?;
+            }
+            // A CALL's push is undone by the callee's RET.
+            Mnemonic::Call => {}
+            _ => {
+                let moves_sp = used.used_registers().iter().any(|register| {
+                    register.register() == Register::RSP && writes(register.access())
+                });
+                if moves_sp {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    }
+}
+
 /// `g.stackguard0` and `g.stackguard1` (src/runtime/runtime2.go: `stack` is two words, then
 /// the two guards). Go's amd64 ABIInternal keeps g in R14. Functions that run on the system
 /// stack compare against `stackguard1` (Go 1.24+ compiles `stopTheWorldWithSema` that way).
@@ -328,6 +510,96 @@ mod tests {
         let leaf = [0x48, 0x89, 0xd8, 0xc3];
         assert_eq!(after_frame_setup(&leaf, 0x3000, 0x3000), 0x3000);
         assert_eq!(after_frame_setup(&leaf, 0x3000, 0x2000), 0x2000);
+    }
+
+    /// A Go function shaped like `startTheWorldWithSema` (Go 1.23): the stack check, then
+    /// `body`, then the morestack path, which stores the argument registers above the entry
+    /// stack pointer, frameless, and jumps back to the start.
+    fn go_function(body: &[u8]) -> Vec<u8> {
+        // cmp rsp, [r14+0x10]; jbe morestack
+        let mut code = vec![0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86];
+        code.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+        code.extend_from_slice(body);
+        code.extend_from_slice(&[
+            0x48, 0x89, 0x44, 0x24, 0x08, // mov [rsp+0x8], rax
+            0x88, 0x5c, 0x24, 0x10, // mov [rsp+0x10], bl
+            0x48, 0x89, 0x4c, 0x24, 0x18, // mov [rsp+0x18], rcx
+            0xe8, 0, 0, 0, 0,    // call runtime.morestack_noctxt
+            0xe9, // jmp to the start
+        ]);
+        let back = -i32::try_from(code.len() + 4).unwrap();
+        code.extend_from_slice(&back.to_le_bytes());
+        code
+    }
+
+    const PROLOGUE: [u8; 8] = [
+        0x55, // push rbp
+        0x48, 0x89, 0xe5, // mov rbp, rsp
+        0x48, 0x83, 0xec, 0x58, // sub rsp, 0x58
+    ];
+    const SPILLS: [u8; 14] = [
+        0x48, 0x89, 0x44, 0x24, 0x68, // mov [rsp+0x68], rax (now: the caller's spill area)
+        0x48, 0x89, 0x4c, 0x24, 0x30, // mov [rsp+0x30], rcx (w.startedStopping)
+        0x88, 0x5c, 0x24, 0x1b, // mov [rsp+0x1b], bl (w.reason)
+    ];
+    const CALL: [u8; 5] = [0xe8, 0, 0, 0, 0];
+    const EPILOGUE: [u8; 11] = [
+        0x48, 0x8b, 0x44, 0x24, 0x28, // mov rax, [rsp+0x28]
+        0x48, 0x83, 0xc4, 0x58, // add rsp, 0x58
+        0x5d, // pop rbp
+        0xc3, // ret
+    ];
+    const W: [(Register, usize); 2] = [(Register::RBX, 1), (Register::RCX, 8)];
+
+    fn slots_with(parts: &[&[u8]]) -> Option<Vec<u64>> {
+        spill_slots(&go_function(&parts.concat()), 0x1000, &W)
+    }
+
+    /// The slots are found as distances below the SP at the RET (frame 0x58 + the saved BP);
+    /// a neighbour written later does not matter; anything that could change a slot, or a frame
+    /// the RET does not undo, and there are none.
+    #[test]
+    fn spill_slots_hold_only_arguments_nothing_else_writes() {
+        let expected = Some(vec![0x60 - 0x1b, 0x60 - 0x30]);
+        assert_eq!(
+            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &EPILOGUE]),
+            expected
+        );
+        // mov [rsp+0x1c], ebx: next to the reason, not over it.
+        let neighbour = [0x89, 0x5c, 0x24, 0x1c];
+        assert_eq!(
+            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &neighbour, &EPILOGUE]),
+            expected
+        );
+        // mov [rsp+0x30], rdx: the slot reused for another value.
+        let reused = [0x48, 0x89, 0x54, 0x24, 0x30];
+        assert_eq!(
+            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &reused, &EPILOGUE]),
+            None
+        );
+        // mov [rsp+0x18], rax: a wider store over the reason byte.
+        let over = [0x48, 0x89, 0x44, 0x24, 0x18];
+        assert_eq!(
+            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &over, &EPILOGUE]),
+            None
+        );
+        // lea rax, [rsp+0x30]: the slot's address handed out.
+        let address_taken = [0x48, 0x8d, 0x44, 0x24, 0x30];
+        assert_eq!(
+            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &address_taken, &EPILOGUE]),
+            None
+        );
+        // mov rcx, [r14+0x30] before the spill: RCX no longer holds the argument.
+        let clobbered = [0x49, 0x8b, 0x4e, 0x30];
+        assert_eq!(
+            slots_with(&[&PROLOGUE, &clobbered, &SPILLS, &CALL, &EPILOGUE]),
+            None
+        );
+        // The spills after a call: the registers are no longer the arguments.
+        assert_eq!(slots_with(&[&PROLOGUE, &CALL, &SPILLS, &EPILOGUE]), None);
+        // A RET with the frame still in place.
+        assert_eq!(slots_with(&[&PROLOGUE, &SPILLS, &CALL, &[0xc3]]), None);
+        assert_eq!(spill_slots(&[], 0x1000, &W), None);
     }
 
     #[test]

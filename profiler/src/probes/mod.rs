@@ -14,8 +14,8 @@ pub mod stw;
 pub fn purpose(program: &str) -> &'static str {
     match program {
         stw::STOP_ENTRY => "world stopping",
-        stw::STOP_RETURN => "world stopped",
-        stw::START_ENTRY => "world restarting",
+        stw::STOP_RETURN => "world stopped (fires inside the pause)",
+        stw::START_ENTRY => "world restarting (fires inside the pause)",
         stw::START_RETURN => "world restarted (pause ends)",
         gc_trigger::GC_START_ENTRY => "GC cycle asked for (its trigger)",
         gc_trigger::GC_START_WORKERS => "GC cycle starts (counts its trigger)",

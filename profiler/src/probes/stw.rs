@@ -1,10 +1,12 @@
 //! Where the stop-the-world probes go for a given binary.
-use profiler_common::stw::StwLayout;
+use iced_x86::Register;
+use profiler_common::stw::{StwFrame, StwLayout};
 use thiserror::Error;
 
 use crate::gobin::{
     GoBinary,
     abi::{START_THE_WORLD, STOP_THE_WORLD, StwAbi},
+    disasm,
 };
 
 /// Program names in the eBPF object (profiler-ebpf/src/gc.rs).
@@ -42,23 +44,41 @@ pub enum PlanError {
     },
 }
 
-pub fn plan(binary: &GoBinary, abi: &StwAbi) -> Result<Vec<ProbePoint>, PlanError> {
+/// The programs that fire while the world is stopped, lengthening the pauses they measure.
+pub const INSIDE_PAUSE: [&str; 2] = [STOP_RETURN, START_ENTRY];
+
+/// Where the stop-the-world probes go in `binary`. With `stopping`, also measure the stopping
+/// part of each pause, which takes one probe hit inside the pause; without it no probe fires
+/// while the world is stopped, unless this binary's `startTheWorldWithSema` does not keep its
+/// argument in its frame (then its entry is probed, inside the pause).
+pub fn plan(binary: &GoBinary, abi: &StwAbi, stopping: bool) -> Result<Vec<ProbePoint>, PlanError> {
+    use Site::{Entry, Returns};
+    let frame = match abi.layout {
+        StwLayout::Go122 | StwLayout::Go123 if !stopping => start_frame(binary),
+        _ => None,
+    };
     // Which sites each layout needs; see the module doc of profiler-ebpf/src/gc.rs.
-    let sites: &[(&'static str, &'static str, Site)] = match abi.layout {
-        StwLayout::Go119 | StwLayout::Go121 => &[
-            (STOP_ENTRY, STOP_THE_WORLD, Site::Entry),
-            (STOP_RETURN, STOP_THE_WORLD, Site::Returns),
-            (START_ENTRY, START_THE_WORLD, Site::Entry),
-            (START_RETURN, START_THE_WORLD, Site::Returns),
+    let sites: &[(&'static str, &'static str, Site)] = match (abi.layout, stopping) {
+        (StwLayout::Go119 | StwLayout::Go121, false) => &[
+            (STOP_ENTRY, STOP_THE_WORLD, Entry),
+            (START_RETURN, START_THE_WORLD, Returns),
         ],
-        StwLayout::Go122 => &[
-            (STOP_RETURN, STOP_THE_WORLD, Site::Returns),
-            (START_ENTRY, START_THE_WORLD, Site::Entry),
-            (START_RETURN, START_THE_WORLD, Site::Returns),
+        (StwLayout::Go119 | StwLayout::Go121, true) => &[
+            (STOP_ENTRY, STOP_THE_WORLD, Entry),
+            (STOP_RETURN, STOP_THE_WORLD, Returns),
+            (START_RETURN, START_THE_WORLD, Returns),
         ],
-        StwLayout::Go123 => &[
-            (START_ENTRY, START_THE_WORLD, Site::Entry),
-            (START_RETURN, START_THE_WORLD, Site::Returns),
+        (StwLayout::Go122 | StwLayout::Go123, false) if frame.is_some() => {
+            &[(START_RETURN, START_THE_WORLD, Returns)]
+        }
+        (StwLayout::Go122, true) => &[
+            (STOP_RETURN, STOP_THE_WORLD, Returns),
+            (START_ENTRY, START_THE_WORLD, Entry),
+            (START_RETURN, START_THE_WORLD, Returns),
+        ],
+        (StwLayout::Go122 | StwLayout::Go123, _) => &[
+            (START_ENTRY, START_THE_WORLD, Entry),
+            (START_RETURN, START_THE_WORLD, Returns),
         ],
     };
     let mut points = Vec::new();
@@ -67,8 +87,8 @@ pub fn plan(binary: &GoBinary, abi: &StwAbi) -> Result<Vec<ProbePoint>, PlanErro
             .function(function)
             .ok_or(PlanError::MissingFunction(function))?;
         let addresses = match site {
-            Site::Entry => vec![binary.entry_site(found)],
-            Site::Returns => binary.ret_sites(found),
+            Entry => vec![binary.entry_site(found)],
+            Returns => binary.ret_sites(found),
         };
         if addresses.is_empty() {
             return Err(PlanError::NoReturn(function));
@@ -82,11 +102,34 @@ pub fn plan(binary: &GoBinary, abi: &StwAbi) -> Result<Vec<ProbePoint>, PlanErro
                 function,
                 address,
                 file_offset,
-                cookie: abi.cookie(),
+                cookie: abi.cookie(frame),
             });
         }
     }
     Ok(points)
+}
+
+/// Where `startTheWorldWithSema` keeps `w.reason` and `w.startedStopping` (Go 1.22+: the
+/// second and third integer argument registers, RBX and RCX, by `StwLayout`'s signature) for
+/// its RET probe to read, if its code keeps them in fixed frame slots
+/// (`disasm::spill_slots`). Every release from 1.22 to 1.27 does.
+pub fn start_frame(binary: &GoBinary) -> Option<StwFrame> {
+    let function = binary.function(START_THE_WORLD)?;
+    let code = binary.code(function)?;
+    let slots = disasm::spill_slots(
+        code,
+        function.address,
+        &[(Register::RBX, 1), (Register::RCX, 8)],
+    )?;
+    let below = |slot: u64| {
+        u16::try_from(slot)
+            .ok()
+            .filter(|&below| below <= StwFrame::MAX_BELOW_SP)
+    };
+    Some(StwFrame {
+        reason_below_sp: below(slots[0])?,
+        started_below_sp: below(slots[1])?,
+    })
 }
 
 #[derive(Clone, Copy)]

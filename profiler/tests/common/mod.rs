@@ -412,7 +412,7 @@ impl Mapscope {
         Self::attach_with(pid, &["--max-overhead", "0"])
     }
 
-    fn attach_with(pid: u32, options: &[&str]) -> Self {
+    pub fn attach_with(pid: u32, options: &[&str]) -> Self {
         let pid = pid.to_string();
         let mut args = vec!["attach", "--pid", &pid, "--listen", "127.0.0.1:0"];
         args.extend_from_slice(options);
