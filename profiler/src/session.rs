@@ -264,6 +264,17 @@ pub fn understand_with(
     check_dwarf(&binary, abi, &who)?;
     let mut points =
         stw::plan(&binary, abi, options.stw_stopping).map_err(|error| plan_error(&who, error))?;
+    if !options.stw_stopping
+        && points
+            .iter()
+            .any(|point| stw::INSIDE_PAUSE.contains(&point.program))
+    {
+        tracing::warn!(
+            "{who}: its runtime.startTheWorldWithSema keeps no copy of its argument that \
+             mapscope can read at the return, so pauses are read at its entry, while the world \
+             is stopped: each pause is a probe hit longer"
+        );
+    }
     match probes::gc_trigger::plan(&binary) {
         Ok(trigger_points) => points.extend(trigger_points),
         Err(error) => tracing::warn!("{who}: GC cycles will not be counted by trigger: {error}"),

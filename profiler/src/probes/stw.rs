@@ -116,19 +116,21 @@ pub fn plan(binary: &GoBinary, abi: &StwAbi, stopping: bool) -> Result<Vec<Probe
 pub fn start_frame(binary: &GoBinary) -> Option<StwFrame> {
     let function = binary.function(START_THE_WORLD)?;
     let code = binary.code(function)?;
-    let slots = disasm::spill_slots(
+    let [reason, started] = disasm::spill_slots(
         code,
         function.address,
         &[(Register::RBX, 1), (Register::RCX, 8)],
-    )?;
+    )?[..] else {
+        return None;
+    };
     let below = |slot: u64| {
         u16::try_from(slot)
             .ok()
             .filter(|&below| below <= StwFrame::MAX_BELOW_SP)
     };
     Some(StwFrame {
-        reason_below_sp: below(slots[0])?,
-        started_below_sp: below(slots[1])?,
+        reason_below_sp: below(reason)?,
+        started_below_sp: below(started)?,
     })
 }
 
