@@ -55,8 +55,8 @@ impl StwCookie {
     pub const fn encode(self) -> u64 {
         let frame = match self.frame {
             Some(frame) => {
-                ((frame.reason_below_sp as u64 & 0xfff) << 40)
-                    | ((frame.started_below_sp as u64 & 0xfff) << 52)
+                ((frame.reason_below_sp & StwFrame::MAX_BELOW_SP) as u64) << 40
+                    | ((frame.started_below_sp & StwFrame::MAX_BELOW_SP) as u64) << 52
             }
             None => 0,
         };
@@ -74,8 +74,8 @@ impl StwCookie {
             4 => StwLayout::Go119,
             _ => return None,
         };
-        let reason_below_sp = ((cookie >> 40) & 0xfff) as u16;
-        let started_below_sp = ((cookie >> 52) & 0xfff) as u16;
+        let reason_below_sp = (cookie >> 40) as u16 & StwFrame::MAX_BELOW_SP;
+        let started_below_sp = (cookie >> 52) as u16 & StwFrame::MAX_BELOW_SP;
         Some(Self {
             layout,
             g_m_offset: ((cookie >> 8) & 0xffff) as u16,

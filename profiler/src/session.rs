@@ -264,11 +264,7 @@ pub fn understand_with(
     check_dwarf(&binary, abi, &who)?;
     let mut points =
         stw::plan(&binary, abi, options.stw_stopping).map_err(|error| plan_error(&who, error))?;
-    if !options.stw_stopping
-        && points
-            .iter()
-            .any(|point| stw::INSIDE_PAUSE.contains(&point.program))
-    {
+    if !options.stw_stopping && stw::inside_pause(&points) > 0 {
         tracing::warn!(
             "{who}: its runtime.startTheWorldWithSema keeps no copy of its argument that \
              mapscope can read at the return, so pauses are read at its entry, while the world \

@@ -160,10 +160,7 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
                     NEWEST_KNOWN.1, NEWEST_KNOWN.1
                 ),
                 _ => {
-                    let inside = points
-                        .iter()
-                        .filter(|point| stw::INSIDE_PAUSE.contains(&point.program))
-                        .count();
+                    let inside = stw::inside_pause(&points);
                     let count = match points.len() {
                         1 => "1 probe point".to_owned(),
                         many => format!("{many} probe points"),

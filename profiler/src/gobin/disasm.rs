@@ -148,17 +148,23 @@ const MAX_PROLOGUE: usize = 6;
 /// branch runs once per call, with the argument registers untouched. Functions without the
 /// check (`//go:nosplit`) are probed at their first instruction.
 pub fn entry_after_stack_check(code: &[u8], address: u64) -> u64 {
+    stack_check_branch(code, address).map_or(address, |branch| branch.next_ip())
+}
+
+/// The `JBE more` of the stack-bound check that starts a Go function, if it has one: it
+/// branches to the stack-growth path.
+fn stack_check_branch(code: &[u8], address: u64) -> Option<Instruction> {
     let mut compared_stack_guard = false;
     for instruction in instructions(code, address).take(MAX_PROLOGUE) {
         if instruction.mnemonic() == Mnemonic::Cmp && reads_stack_guard(&instruction) {
             compared_stack_guard = true;
         } else if compared_stack_guard && instruction.mnemonic() == Mnemonic::Jbe {
-            return instruction.next_ip();
+            return Some(instruction);
         } else if compared_stack_guard {
             break;
         }
     }
-    address
+    None
 }
 
 /// Where a probe sees the function's caller in the frame-pointer chain: just after the frame
@@ -209,12 +215,8 @@ pub fn spill_slots(code: &[u8], address: u64, arguments: &[(Register, usize)]) -
         return None;
     }
     // The stack-growth path: the target of the stack check's JBE, to the end.
-    let entry = entry_after_stack_check(code, address);
-    let morestack_from = instructions
-        .iter()
-        .take_while(|instruction| instruction.ip() < entry)
-        .find(|instruction| instruction.mnemonic() == Mnemonic::Jbe)
-        .map_or(u64::MAX, Instruction::near_branch_target);
+    let morestack_from =
+        stack_check_branch(code, address).map_or(u64::MAX, |branch| branch.near_branch_target());
 
     let mut info = InstructionInfoFactory::new();
     let mut frame = FrameWalk::default();
@@ -560,45 +562,66 @@ mod tests {
     /// the RET does not undo, and there are none.
     #[test]
     fn spill_slots_hold_only_arguments_nothing_else_writes() {
-        let expected = Some(vec![0x60 - 0x1b, 0x60 - 0x30]);
-        assert_eq!(
-            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &EPILOGUE]),
-            expected
-        );
+        let found = Some(vec![0x60 - 0x1b, 0x60 - 0x30]);
         // mov [rsp+0x1c], ebx: next to the reason, not over it.
-        let neighbour = [0x89, 0x5c, 0x24, 0x1c];
-        assert_eq!(
-            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &neighbour, &EPILOGUE]),
-            expected
-        );
+        let neighbour: &[u8] = &[0x89, 0x5c, 0x24, 0x1c];
         // mov [rsp+0x30], rdx: the slot reused for another value.
-        let reused = [0x48, 0x89, 0x54, 0x24, 0x30];
-        assert_eq!(
-            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &reused, &EPILOGUE]),
-            None
-        );
+        let reused: &[u8] = &[0x48, 0x89, 0x54, 0x24, 0x30];
         // mov [rsp+0x18], rax: a wider store over the reason byte.
-        let over = [0x48, 0x89, 0x44, 0x24, 0x18];
-        assert_eq!(
-            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &over, &EPILOGUE]),
-            None
-        );
+        let over: &[u8] = &[0x48, 0x89, 0x44, 0x24, 0x18];
         // lea rax, [rsp+0x30]: the slot's address handed out.
-        let address_taken = [0x48, 0x8d, 0x44, 0x24, 0x30];
-        assert_eq!(
-            slots_with(&[&PROLOGUE, &SPILLS, &CALL, &address_taken, &EPILOGUE]),
-            None
-        );
+        let address_taken: &[u8] = &[0x48, 0x8d, 0x44, 0x24, 0x30];
         // mov rcx, [r14+0x30] before the spill: RCX no longer holds the argument.
-        let clobbered = [0x49, 0x8b, 0x4e, 0x30];
-        assert_eq!(
-            slots_with(&[&PROLOGUE, &clobbered, &SPILLS, &CALL, &EPILOGUE]),
-            None
-        );
-        // The spills after a call: the registers are no longer the arguments.
-        assert_eq!(slots_with(&[&PROLOGUE, &CALL, &SPILLS, &EPILOGUE]), None);
-        // A RET with the frame still in place.
-        assert_eq!(slots_with(&[&PROLOGUE, &SPILLS, &CALL, &[0xc3]]), None);
+        let clobbered: &[u8] = &[0x49, 0x8b, 0x4e, 0x30];
+        // (what, the function's body in parts, the slots expected)
+        type Case<'a> = (&'a str, &'a [&'a [u8]], Option<Vec<u64>>);
+        let cases: [Case; 8] = [
+            (
+                "plain",
+                &[&PROLOGUE, &SPILLS, &CALL, &EPILOGUE],
+                found.clone(),
+            ),
+            (
+                "neighbour written",
+                &[&PROLOGUE, &SPILLS, &CALL, neighbour, &EPILOGUE],
+                found,
+            ),
+            (
+                "slot reused",
+                &[&PROLOGUE, &SPILLS, &CALL, reused, &EPILOGUE],
+                None,
+            ),
+            (
+                "wider store over it",
+                &[&PROLOGUE, &SPILLS, &CALL, over, &EPILOGUE],
+                None,
+            ),
+            (
+                "address taken",
+                &[&PROLOGUE, &SPILLS, &CALL, address_taken, &EPILOGUE],
+                None,
+            ),
+            (
+                "register clobbered first",
+                &[&PROLOGUE, clobbered, &SPILLS, &CALL, &EPILOGUE],
+                None,
+            ),
+            // The spills after a call: the registers are no longer the arguments.
+            (
+                "spilled after a call",
+                &[&PROLOGUE, &CALL, &SPILLS, &EPILOGUE],
+                None,
+            ),
+            // A RET with the frame still in place.
+            (
+                "frame not popped",
+                &[&PROLOGUE, &SPILLS, &CALL, &[0xc3]],
+                None,
+            ),
+        ];
+        for (case, parts, expected) in cases {
+            assert_eq!(slots_with(parts), expected, "{case}");
+        }
         assert_eq!(spill_slots(&[], 0x1000, &W), None);
     }
 

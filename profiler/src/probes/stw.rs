@@ -47,6 +47,14 @@ pub enum PlanError {
 /// The programs that fire while the world is stopped, lengthening the pauses they measure.
 pub const INSIDE_PAUSE: [&str; 2] = [STOP_RETURN, START_ENTRY];
 
+/// How many of `points` fire while the world is stopped.
+pub fn inside_pause(points: &[ProbePoint]) -> usize {
+    points
+        .iter()
+        .filter(|point| INSIDE_PAUSE.contains(&point.program))
+        .count()
+}
+
 /// Where the stop-the-world probes go in `binary`. With `stopping`, also measure the stopping
 /// part of each pause, which takes one probe hit inside the pause; without it no probe fires
 /// while the world is stopped, unless this binary's `startTheWorldWithSema` does not keep its
