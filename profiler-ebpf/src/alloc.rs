@@ -4,31 +4,30 @@
 //! sent per sample: the kernel counts samples by (user stack, size), and userspace scales them
 //! the way pprof does.
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
-    btf_maps::StackTrace,
     helpers::bpf_get_prandom_u32,
-    macros::{btf_map, map, uprobe},
+    macros::{map, uprobe},
     maps::{Array, HashMap, PerCpuArray},
-    programs::{ProbeContext, tracing::StackIdContext as _},
+    programs::ProbeContext,
 };
 use profiler_common::{
-    STACK_DEPTH,
     alloc::{
         AllocKey, COUNTED_SAMPLE_BYTES, EXACT_BYTES, EXACT_OBJECTS, EXACT_SLOTS, MAX_ALLOC_KEYS,
         MAX_ALLOC_STACKS, exponential_distance, size_slot,
     },
     counters,
+    stacks::UserStack,
 };
 
 use crate::{
     counters::{add_at, hit, hit_governed},
     goabi::GoRegs,
+    stacks::user_stack,
 };
 
 /// User stacks of sampled allocations, walked by the kernel through Go's frame pointers, the
 /// innermost `STACK_DEPTH` frames of each.
-#[btf_map]
-static ALLOC_STACKS: StackTrace<{ MAX_ALLOC_STACKS as usize }, 0, STACK_DEPTH> = StackTrace::new();
+#[map]
+static ALLOC_STACKS: HashMap<u32, UserStack> = HashMap::with_max_entries(MAX_ALLOC_STACKS, 0);
 
 /// Samples counted by (stack, size), in one of two tables: the probes add to the one
 /// `ALLOC_SAMPLES_FILLING` names while userspace empties the other, so what userspace reads is
@@ -60,9 +59,7 @@ pub fn alloc_sample(ctx: ProbeContext) -> u32 {
 /// Count one sampled allocation of `size` bytes under the stack it was made from.
 #[inline(always)]
 fn count_sample(ctx: &ProbeContext, size: u64) {
-    let stack_id = ctx
-        .get_stackid(&ALLOC_STACKS, u64::from(BPF_F_USER_STACK))
-        .map_or(-1, |id| id as i32);
+    let stack_id = user_stack(ctx, &ALLOC_STACKS);
     let key = AllocKey {
         stack_id,
         _pad: 0,

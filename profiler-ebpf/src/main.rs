@@ -9,10 +9,12 @@
 mod alloc;
 mod calibration;
 mod counters;
+mod execs;
 mod gc;
 mod gc_trigger;
 mod goabi;
 mod maps;
+mod stacks;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -8,21 +8,21 @@
 //! the same site without walking the stack again. Userspace reads the maps' memory from there.
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    btf_maps::StackTrace,
+    bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie},
-    macros::{btf_map, map, uprobe},
+    macros::{map, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{ProbeContext, tracing::StackIdContext as _},
+    programs::ProbeContext,
 };
 use profiler_common::{
-    STACK_DEPTH, counters,
+    counters,
     maps::{
         FOUND_BY_ACCESS, FOUND_BY_CREATION, FOUND_BY_EVENT, MAX_ACCESS_PROBES, MAX_MAP_OP_KEYS,
         MAX_MAP_SITE_KEYS, MAX_MAP_STACKS, MAX_PENDING_CREATIONS, MAX_TRACKED_MAPS,
         MIN_TRACKED_ENTRIES, MapEvent, MapEventCookie, MapOpKey, MapSiteKey, PendingCreation,
         TRACK_MIN_HINT, TrackedMap,
     },
+    stacks::UserStack,
 };
 
 use crate::{
@@ -32,8 +32,8 @@ use crate::{
 
 /// Sites of maps: the user stack at the event where each map was first seen, the innermost
 /// `STACK_DEPTH` frames.
-#[btf_map]
-static MAP_STACKS: StackTrace<{ MAX_MAP_STACKS as usize }, 0, STACK_DEPTH> = StackTrace::new();
+#[map]
+static MAP_STACKS: HashMap<u32, UserStack> = HashMap::with_max_entries(MAX_MAP_STACKS, 0);
 
 /// Maps seen, by header address. LRU: a freed map that never shows again ages out.
 #[map]
@@ -52,8 +52,7 @@ static PENDING_CREATIONS: HashMap<u64, PendingCreation> =
 
 #[inline(always)]
 fn user_stack(ctx: &ProbeContext) -> i32 {
-    ctx.get_stackid(&MAP_STACKS, u64::from(BPF_F_USER_STACK))
-        .map_or(-1, |id| id as i32)
+    crate::stacks::user_stack(ctx, &MAP_STACKS)
 }
 
 #[inline(always)]

@@ -498,8 +498,9 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
         }
     }
     let small_tables: Vec<&str> = if sampling_off && !target.counting_allocations {
-        // The sampler never fires: its tables (3 MB of kernel memory at full size) get a few
-        // slots, enough to show as losses if the program turns sampling on later.
+        // The sampler never fires: its tables (3 MB of kernel memory where the kernel
+        // preallocates them) get a few slots, enough to show as losses if the program turns
+        // sampling on later.
         let [first, second] = profiler_common::alloc::ALLOC_SAMPLE_TABLES;
         vec![first, second, "ALLOC_STACKS"]
     } else {

@@ -629,3 +629,91 @@ fn an_exec_is_followed() {
     );
     assert_eq!(metrics.sum("mapscope_targets", |_| true), 1.0);
 }
+
+/// The first child of process `pid`, waiting up to 10 s for it.
+fn first_child(pid: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(child) = children.split_whitespace().next() {
+            return child.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "PID {pid} started no child");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Finding new targets costs what starts, not what runs: with 300 more processes running, the
+/// idle daemon does not read them every half second (which it did, costing 0.3% of a core with
+/// 73 processes here, and more on a node with thousands), yet a program started later is still
+/// attached within 2 s (the kernel tells the daemon of each exec), and so is one started in a
+/// PID namespace nested in the daemon's, which the daemon numbers differently (the kernel only
+/// says that something exec'd elsewhere; the daemon then reads all of /proc).
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn finding_new_programs_costs_what_starts_not_what_runs() {
+    let gcload = renamed("gcload", common::NEWEST_GO, "dmn-watch");
+    let name = gcload.file_name().unwrap().to_str().unwrap().to_owned();
+    let sleepers: Vec<common::ChildGuard> = (0..300)
+        .map(|_| common::ChildGuard(Command::new("sleep").arg("300").spawn().unwrap()))
+        .collect();
+    let daemon = Mapscope::start(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--select",
+        &format!("exe={name}"),
+    ]);
+    let pid = daemon.guard.0.id();
+    let reads = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("syscr:"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let before = reads();
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_reads = reads() - before;
+    println!(
+        "{} processes; the idle daemon's reads over 5 s: {idle_reads}",
+        sleepers.len()
+    );
+    assert!(
+        idle_reads < sleepers.len() as u64,
+        "the idle daemon made {idle_reads} reads in 5 s: it reads every process again and again"
+    );
+
+    let started = Instant::now();
+    let target = GoTarget::start(&gcload, &["-duration", "500ms"]);
+    wait_until(
+        &daemon,
+        "a program started later attached",
+        Duration::from_secs(2),
+        |metrics| has_pid(metrics, target.pid()),
+    );
+    println!("attached {:?} after the program started", started.elapsed());
+
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--"])
+        .arg(&gcload)
+        .args(["-duration", "500ms"]);
+    let nested = GoTarget::spawn(command);
+    let inner = first_child(nested.pid());
+    wait_until(
+        &daemon,
+        "a program started in a nested PID namespace attached",
+        Duration::from_secs(2),
+        |metrics| has_pid(metrics, inner),
+    );
+    assert!(
+        !daemon.stderr.all().contains("cannot watch for programs"),
+        "{}",
+        daemon.stderr.all()
+    );
+    drop(sleepers);
+}

@@ -707,6 +707,7 @@ fn memory_and_cpu_stay_flat_while_distinct_stacks_accumulate() {
     // one path to 110 s.
     std::thread::sleep(Duration::from_secs(5));
     let (_, cpu_5) = rss_and_cpu(pid);
+    let (stacks_5, bpf_5) = (stacks(&mapscope.scrape()), common::bpf_map_memory(pid));
     std::thread::sleep(Duration::from_secs(18));
     let (_, cpu_23) = rss_and_cpu(pid);
     std::thread::sleep(Duration::from_secs(22));
@@ -717,6 +718,7 @@ fn memory_and_cpu_stay_flat_while_distinct_stacks_accumulate() {
     std::thread::sleep(Duration::from_secs(19));
     let (rss_84, cpu_84) = rss_and_cpu(pid);
     let stacks_84 = stacks(&mapscope.scrape());
+    let bpf_84 = common::bpf_map_memory(pid);
     std::thread::sleep(Duration::from_secs(6));
     let (_, cpu_90) = rss_and_cpu(pid);
     std::thread::sleep(Duration::from_secs(18));
@@ -728,23 +730,40 @@ fn memory_and_cpu_stay_flat_while_distinct_stacks_accumulate() {
     println!(
         "distinct stacks {stacks_45} after 20 s, {stacks_84} after 60 s; RSS {:.1} MiB, \
          {:.1} MiB, {:.1} MiB; CPU {:.2}% then {:.2}% of a core; down one path {:.2}% before, \
-         {:.2}% after",
+         {:.2}% after; BPF maps {:.2} MiB with {stacks_5} stacks, {:.2} MiB with {stacks_84}",
         mib(rss_45),
         mib(rss_65),
         mib(rss_84),
         early * 100.0,
         late * 100.0,
         before * 100.0,
-        after * 100.0
+        after * 100.0,
+        mib(bpf_5 as f64),
+        mib(bpf_84 as f64),
     );
     assert!(
         stacks_45 >= 1000.0,
         "the load must bring thousands of distinct stacks: {stacks_45}"
     );
+    // The kernel's table, and the one "stack not taken" every full table leads to.
     assert!(
-        stacks_84 <= 4096.0,
+        stacks_84 <= f64::from(profiler_common::alloc::MAX_ALLOC_STACKS + 1),
         "more stacks kept than the kernel holds: {stacks_84}"
     );
+    if common::kernel_allocates_on_demand() {
+        // The kernel memory follows the stacks kept (528 bytes of frames each, and the hash
+        // table's own), instead of 2 MiB of stack table preallocated from the start.
+        assert!(
+            bpf_5 < 2 << 20,
+            "a target with {stacks_5} stacks locked {:.2} MiB of BPF maps",
+            mib(bpf_5 as f64)
+        );
+        let per_stack = (bpf_84 - bpf_5) as f64 / (stacks_84 - stacks_5);
+        assert!(
+            (528.0..1024.0).contains(&per_stack),
+            "{per_stack:.0} bytes of BPF maps per stack kept"
+        );
+    }
     assert!(
         rss_84 <= rss_45 * 1.1 + 4.0 * f64::from(1 << 20),
         "mapscope's memory grew from {:.1} MiB to {:.1} MiB",

@@ -2,7 +2,7 @@
 //! objects, scaled as pprof scales the runtime's heap profile.
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use aya::maps::{MapData, PerCpuArray, StackTraceMap};
+use aya::maps::{MapData, PerCpuArray};
 use profiler_common::{
     alloc::{
         AllocKey, COUNTED_SAMPLE_BYTES, EXACT_BYTES, EXACT_OBJECTS, EXACT_SIZE_BASE, EXACT_SLOTS,
@@ -142,7 +142,7 @@ pub struct AllocCollector {
     /// by the share of the target's work the probes saw when it came.
     counted_seen: Vec<u64>,
     counted_weighted: Vec<f64>,
-    stacks: StackTraceMap<MapData>,
+    stacks: super::stacks::StackTable,
     symbolizer: Stacks,
     /// Published after every read.
     pub profile: AllocProfile,

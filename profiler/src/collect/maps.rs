@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as KernelHashMap, MapData, PerCpuHashMap, StackTraceMap};
+use aya::maps::{HashMap as KernelHashMap, MapData, PerCpuHashMap};
 use profiler_common::counters::HIT_MAP_EVENT;
 use profiler_common::maps::{
     FOUND_BY_ACCESS, FOUND_BY_CREATION, FOUND_BY_VARIABLE, LAYOUT_BUCKETS, LAYOUT_SWISS,
@@ -141,7 +141,7 @@ const MAX_PACE: Duration = Duration::from_secs(1);
 pub struct MapCollector {
     tracked: KernelHashMap<MapData, u64, TrackedMap>,
     site_events: PerCpuHashMap<MapData, MapSiteKey, u64>,
-    stack_map: StackTraceMap<MapData>,
+    stack_map: super::stacks::StackTable,
     stacks: Stacks,
     abi: MapAbi,
     pid: u32,

@@ -1,17 +1,22 @@
-//! User stacks recorded by the kernel (bpf_get_stackid), symbolized against the target's
-//! executable and classified into sites, once per stack: a stack id never changes meaning.
+//! User stacks recorded by the kernel programs (`profiler_common::stacks`), symbolized against
+//! the target's executable and classified into sites, once per stack: a stack id never changes
+//! meaning (a table never replaces a stack it holds).
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
 };
 
-use aya::maps::{MapData, StackTraceMap};
+use aya::maps::{HashMap as KernelHashMap, MapData};
+use profiler_common::stacks::UserStack;
 
 use crate::{
     export::pprof::Line,
     gobin::GoBinary,
     model::sites::{Churn, Site, classify},
 };
+
+/// A kernel table of user stacks, by stack id (`ALLOC_STACKS`, `MAP_STACKS`).
+pub type StackTable = KernelHashMap<MapData, u32, UserStack>;
 
 /// A stack, symbolized once: its physical frames (address and lines, innermost first) and
 /// what it means.
@@ -48,7 +53,7 @@ impl Stacks {
 
     /// The stack `stack_id` of `map`, symbolized and classified; a negative or unknown id is
     /// the site `unknown`.
-    pub fn symbolize(&mut self, map: &StackTraceMap<MapData>, stack_id: i32) -> Arc<Symbolized> {
+    pub fn symbolize(&mut self, map: &StackTable, stack_id: i32) -> Arc<Symbolized> {
         if let Some(known) = self.known.get(&stack_id) {
             return Arc::clone(known);
         }
@@ -57,10 +62,10 @@ impl Stacks {
             .ok()
             .and_then(|id| map.get(&id, 0).ok());
         if let (Some(stack), Some(symbolizer)) = (stack, self.binary.symbolizer()) {
-            for (index, frame) in stack.frames().iter().enumerate() {
+            for (index, &ip) in stack.frames().iter().enumerate() {
                 // The first address is where the probe fired; the others are return addresses,
                 // whose call instruction is the byte before.
-                let pc = frame.ip.saturating_sub(self.load_bias);
+                let pc = ip.saturating_sub(self.load_bias);
                 let pc = if index == 0 { pc } else { pc.saturating_sub(1) };
                 let lines: Vec<Line> = symbolizer
                     .frames(pc)
@@ -71,7 +76,7 @@ impl Stacks {
                         line: i64::from(found.line),
                     })
                     .collect();
-                frames.push((frame.ip, lines));
+                frames.push((ip, lines));
             }
         }
         let flat: Vec<(String, String)> = frames

@@ -17,9 +17,14 @@ use crate::{
 };
 use select::{Candidate, Selector};
 
-/// How often /proc is scanned for new processes: a process is attached within this (plus the
-/// attach itself) of starting.
+/// How often the daemon looks for new processes: a process is attached within this (plus the
+/// attach itself) of starting. It looks at the processes that exec'd since (`ExecWatch`), or,
+/// without that watch, at every process in /proc.
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often every process in /proc is looked at even with the exec watch: what the watch
+/// cannot see (a program started by fork alone) is found within this.
+pub const FULL_SCAN_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct Settings {
     pub selectors: Vec<Selector>,
@@ -144,6 +149,21 @@ pub async fn run(
     let binaries = std::sync::Arc::new(session::Binaries::default());
     let mut scan = tokio::time::interval(SCAN_INTERVAL);
     let own_pid = std::process::id();
+    // Started before the first scan, so that no program starting in between is missed.
+    let mut execs = match crate::probes::execs::ExecWatch::start() {
+        Ok(watch) => Some(watch),
+        Err(error) => {
+            tracing::warn!(
+                "cannot watch for programs that start ({error}): reading every process in /proc \
+                 every {SCAN_INTERVAL:?} instead, which costs more the more processes the node runs"
+            );
+            None
+        }
+    };
+    // Every process is looked at first, and again after a target's task ends (its slot is
+    // free for a refused process, its PID may run a program to attach again).
+    let mut full_scan_due = true;
+    let mut last_full_scan = std::time::Instant::now();
     loop {
         tokio::select! {
             () = &mut stop => break,
@@ -174,15 +194,27 @@ pub async fn run(
                         }
                     }
                 }
+                full_scan_due = true;
                 tokio::task::block_in_place(release_freed_memory);
             }
             _ = scan.tick() => {
-                let Ok(entries) = std::fs::read_dir("/proc") else { continue };
+                let exec_list = execs.as_mut().map(crate::probes::execs::ExecWatch::drain);
+                let full = full_scan_due
+                    || last_full_scan.elapsed() >= FULL_SCAN_INTERVAL
+                    || exec_list.as_ref().is_none_or(|execs| execs.look_at_all);
+                let pids = if full {
+                    let Ok(entries) = std::fs::read_dir("/proc") else { continue };
+                    full_scan_due = false;
+                    last_full_scan = std::time::Instant::now();
+                    entries
+                        .flatten()
+                        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                        .collect()
+                } else {
+                    exec_list.map(|execs| execs.pids).unwrap_or_default()
+                };
                 let mut alive = HashSet::new();
-                for entry in entries.flatten() {
-                    let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
-                        continue;
-                    };
+                for &pid in &pids {
                     if pid == own_pid {
                         continue;
                     }
@@ -288,7 +320,8 @@ pub async fn run(
                 // program is a new key. A process that exited is no exec: its exit watcher ends
                 // its task, and the task's end says it is gone.
                 for (key, running) in attached.iter_mut() {
-                    if !alive.contains(key) && runs_another_program(key) && let Some(stop) = running.stop.take() {
+                    let looked_at = full || pids.binary_search(&key.pid).is_ok();
+                    if looked_at && !alive.contains(key) && runs_another_program(key) && let Some(stop) = running.stop.take() {
                         tracing::info!(
                             "PID {} ({}) now runs another program: detaching",
                             key.pid,
@@ -298,8 +331,10 @@ pub async fn run(
                     }
                 }
                 // Forget processes that are gone, so the tables stay as big as /proc.
-                passed.retain(|key| alive.contains(key));
-                refused.retain(|key| alive.contains(key));
+                if full {
+                    passed.retain(|key| alive.contains(key));
+                    refused.retain(|key| alive.contains(key));
+                }
             }
         }
     }

@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -23,9 +23,6 @@ use profiler_common::{
 };
 
 use super::stw::ProbePoint;
-
-/// Built by build.rs from profiler-ebpf; aligned because aya parses it in place.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mapscope"));
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -56,7 +53,7 @@ pub struct AllocMaps {
     /// probes fill.
     pub samples: [HashMap<MapData, AllocKey, u64>; 2],
     pub filling: aya::maps::Array<MapData, u32>,
-    pub stacks: StackTraceMap<MapData>,
+    pub stacks: crate::collect::stacks::StackTable,
     /// Exact and counted mode's counters (filled only when their probes are attached).
     pub exact: PerCpuArray<MapData, u64>,
     /// A handle on the probe hit counters (`PROBE_HITS`): when its family's did not move,
@@ -69,7 +66,7 @@ pub struct MapMaps {
     /// Maps seen, by header address (an LRU hash).
     pub tracked: HashMap<MapData, u64, TrackedMap>,
     pub site_events: PerCpuHashMap<MapData, MapSiteKey, u64>,
-    pub stacks: StackTraceMap<MapData>,
+    pub stacks: crate::collect::stacks::StackTable,
 }
 
 /// Kernel maps of the discovery windows.
@@ -286,9 +283,10 @@ impl AttachedProbes {
 }
 
 /// Each probe family's tables, and the families that fill them. The kernel creates every map
-/// of an object, whichever programs are loaded, and hash and stack tables are preallocated (per
-/// CPU for the per-CPU ones): the tables no planned family fills are shrunk to one entry, so a
-/// target pays kernel memory only for what is probed in it.
+/// of an object, whichever programs are loaded, and LRU tables (and, before Linux 6.1, every
+/// hash table: see `super::object`) are preallocated, per CPU for the per-CPU ones: the tables
+/// no planned family fills are shrunk to one entry, so a target pays kernel memory only for
+/// what is probed in it.
 const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
     use profiler_common::counters::*;
     [
@@ -315,9 +313,12 @@ const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
 /// does come is still counted, or counted as lost when it is full.
 pub const SMALL_TABLE: u32 = 64;
 
+/// Bytes of the kernel programs' log buffer.
+const LOG_BUFFER_BYTES: u32 = 16 * 1024;
+
 /// Load the object and the programs `points` use, with the log drain running (when there is
 /// an async runtime to run it: the probe cost calibration has none, and logs nothing).
-fn load(
+pub(super) fn load(
     points: &[ProbePoint],
     small_tables: &[&str],
 ) -> Result<(Ebpf, Option<LogDrain>), LoadError> {
@@ -335,7 +336,10 @@ fn load(
             }
         }
     }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    // aya-log's ring buffer (128 KiB by default) carries one rare warning.
+    loader.map_max_entries("AYA_LOGS", LOG_BUFFER_BYTES);
+    let (object, _) = super::object::for_this_kernel();
+    let mut ebpf = loader.load(object)?;
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(_) if tokio::runtime::Handle::try_current().is_err() => None,
         Ok(logger) => Some(LogDrain(spawn_log_drain(logger))),
@@ -399,7 +403,7 @@ pub struct WindowedProbes {
 }
 
 /// Stops the log drain when dropped.
-struct LogDrain(tokio::task::JoinHandle<()>);
+pub(super) struct LogDrain(tokio::task::JoinHandle<()>);
 
 impl Drop for LogDrain {
     fn drop(&mut self) {
@@ -476,7 +480,10 @@ impl Drop for WindowedProbes {
 }
 
 /// Take a map out of an object, as the type the collector reads it as.
-fn take_map<T: TryFrom<Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
+pub(super) fn take_map<T: TryFrom<Map>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, LoadError> {
     ebpf.take_map(name)
         .and_then(|map| T::try_from(map).ok())
         .ok_or(LoadError::Map(name))

@@ -3,9 +3,11 @@
 //! the loaded eBPF object.
 pub mod alloc;
 pub mod calibrate;
+pub mod execs;
 pub mod gc_trigger;
 pub mod loaded;
 pub mod maps;
+pub mod object;
 pub mod preflight;
 pub mod stw;
 
