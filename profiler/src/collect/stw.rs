@@ -19,6 +19,12 @@ use crate::{
 /// How stale the exported pause metrics may be (a Prometheus scrape interval is 15 s or more).
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How stale the probes' counters may be while no pause comes: read at every drain, they were
+/// most of the daemon's system calls per target (18 per-CPU array reads, four times a second).
+/// A drain that brings pauses reads them too, so that a scrape never shows a cycle's pauses
+/// without its trigger (counted before them).
+const COUNTER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The drop reason of a ring buffer record too short to be an event.
 pub const SHORT_EVENT: &str = "short_event";
 
@@ -61,6 +67,7 @@ impl StwCollector {
     pub async fn run_until(&mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+        let mut counters_read = std::time::Instant::now();
         loop {
             tokio::select! {
                 () = &mut stop => break,
@@ -68,7 +75,11 @@ impl StwCollector {
                     Ok(mut guard) => {
                         guard.clear_ready();
                         let own = self.metrics.own_cpu().clone();
-                        own.measure(|| self.drain());
+                        own.measure(|| {
+                            self.drain();
+                            self.sync_counters(false);
+                        });
+                        counters_read = std::time::Instant::now();
                     }
                     Err(error) => {
                         tracing::error!("reading stop-the-world events failed: {error}");
@@ -78,8 +89,10 @@ impl StwCollector {
                 _ = tick.tick() => {
                     let own = self.metrics.own_cpu().clone();
                     own.measure(|| {
-                        self.drain();
-                        self.sync_counters(false);
+                        if self.drain() > 0 || counters_read.elapsed() >= COUNTER_INTERVAL {
+                            counters_read = std::time::Instant::now();
+                            self.sync_counters(false);
+                        }
                     });
                 }
             }
@@ -88,10 +101,12 @@ impl StwCollector {
         self.sync_counters(true);
     }
 
-    /// Handle every event in the ring buffer now.
-    pub fn drain(&mut self) {
+    /// Handle every event in the ring buffer now; how many there were.
+    pub fn drain(&mut self) -> usize {
+        let mut drained = 0;
         let ring = self.events.get_mut();
         while let Some(item) = ring.next() {
+            drained += 1;
             if item.len() < size_of::<StwEvent>() {
                 self.metrics.dropped(SHORT_EVENT, 1);
                 continue;
@@ -109,6 +124,7 @@ impl StwCollector {
                 Err(invalid) => self.metrics.dropped(invalid.label(), 1),
             }
         }
+        drained
     }
 
     /// Export the probes' counters, and their cost (once a second, or now with `force`).

@@ -338,8 +338,7 @@ pub(super) fn load(
     }
     // aya-log's ring buffer (128 KiB by default) carries one rare warning.
     loader.map_max_entries("AYA_LOGS", LOG_BUFFER_BYTES);
-    let (object, _) = super::object::for_this_kernel();
-    let mut ebpf = loader.load(object)?;
+    let mut ebpf = loader.load(super::object::for_this_kernel())?;
     let logger = match EbpfLogger::init(&mut ebpf) {
         Ok(_) if tokio::runtime::Handle::try_current().is_err() => None,
         Ok(logger) => Some(LogDrain(spawn_log_drain(logger))),

@@ -34,17 +34,9 @@ pub enum PatchError {
     MissingMap(String),
 }
 
-/// How the object was prepared for this kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Allocation {
-    /// Every table preallocated (kernels before 6.1, or the edit failed).
-    Preallocated,
-    /// `ON_DEMAND_TABLES` allocate their entries as they are created.
-    OnDemand,
-}
-
-/// The object's bytes for this kernel, and how its tables allocate.
-pub fn for_this_kernel() -> (&'static [u8], Allocation) {
+/// The object's bytes for this kernel: with `ON_DEMAND_TABLES` allocating their entries as
+/// they are created, or (kernels before 6.1, or the edit failed) every table preallocated.
+pub fn for_this_kernel() -> &'static [u8] {
     static PREPARED: OnceLock<Option<Edited>> = OnceLock::new();
     let prepared = PREPARED.get_or_init(|| {
         let kernel = KernelVersion::current().ok()?;
@@ -60,10 +52,7 @@ pub fn for_this_kernel() -> (&'static [u8], Allocation) {
             })
             .ok()
     });
-    match prepared {
-        Some(edited) => (edited.bytes(), Allocation::OnDemand),
-        None => (EBPF_OBJECT, Allocation::Preallocated),
-    }
+    prepared.as_ref().map_or(EBPF_OBJECT, Edited::bytes)
 }
 
 /// A copy of an object, in u64 words so that its bytes are as aligned as aya needs.
