@@ -4,7 +4,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::generated::bpf_get_stack,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_stack},
     macros::map,
     maps::{HashMap, PerCpuArray},
     programs::ProbeContext,
@@ -14,29 +14,43 @@ use profiler_common::{
     stacks::{STACK_HASH_SEED, UserStack, stack_hash_finish, stack_hash_step, stack_id},
 };
 
-/// Where a stack is walked into before it is known whether its table has it: too big for the
-/// program's 512-byte stack.
+/// Where a stack is walked into before it is known whether its table has it (too big for the
+/// program's 512-byte stack), and which program uses it now.
+#[repr(C)]
+pub struct StackBuffer {
+    /// The pid_tgid of the thread whose program filled it last. Uprobe programs run with
+    /// preemption on, so another thread's program may take this CPU's buffer in the middle of
+    /// one: the owner then changed, and the stack is given up rather than mixed with another.
+    owner: u64,
+    stack: UserStack,
+}
+
 #[map]
-static STACK_BUFFER: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
+static STACK_BUFFER: PerCpuArray<StackBuffer> = PerCpuArray::with_max_entries(1, 0);
 
 /// Bytes of frames `bpf_get_stack` may write.
 const FRAME_BYTES: u32 = (8 * STACK_DEPTH) as u32;
 
 /// The id of the current user stack in `table`, storing it if new; -1 if it could not be
-/// taken: no frames, the table full, or another stack already on its id.
+/// taken: no frames, the table full, another stack already on its id, or another program
+/// took this CPU's buffer meanwhile.
 #[inline(always)]
 pub fn user_stack(ctx: &ProbeContext, table: &HashMap<u32, UserStack>) -> i32 {
     let Some(buffer) = STACK_BUFFER.get_ptr_mut(0) else {
         return -1;
     };
-    // SAFETY: this CPU's slot of the buffer, valid while the program runs; a program runs to
-    // its end on one CPU, and the buffer is only used between here and the insert below.
-    let buffer = unsafe { &mut *buffer };
+    let owner = bpf_get_current_pid_tgid();
+    // SAFETY: this CPU's slot of the buffer, valid while the program runs. Another program may
+    // write it meanwhile (see `StackBuffer::owner`): it is read through the pointer each time,
+    // and what was read is trusted only if the owner is still this thread afterwards.
+    let owner_slot = unsafe { &raw mut (*buffer).owner };
+    let still_ours = move || unsafe { core::ptr::read_volatile(owner_slot) } == owner;
+    unsafe { core::ptr::write_volatile(owner_slot, owner) };
     // SAFETY: the helper writes at most FRAME_BYTES into `frames`, which holds exactly that.
     let taken = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),
-            buffer.frames.as_mut_ptr().cast(),
+            (&raw mut (*buffer).stack.frames).cast(),
             FRAME_BYTES,
             u64::from(BPF_F_USER_STACK),
         )
@@ -48,30 +62,45 @@ pub fn user_stack(ctx: &ProbeContext, table: &HashMap<u32, UserStack>) -> i32 {
     // without a branch, which the verifier walks once (one that stopped at the depth taken
     // made the counted-allocation program too large to verify).
     let mut hash = STACK_HASH_SEED;
-    for &frame in &buffer.frames {
-        hash = stack_hash_step(hash, frame);
+    for index in 0..STACK_DEPTH {
+        // SAFETY: in bounds of this CPU's buffer (see above).
+        hash = stack_hash_step(hash, unsafe { (*buffer).stack.frames[index] });
     }
     let hash = stack_hash_finish(hash);
-    let depth = (taken as usize / 8).min(STACK_DEPTH);
+    if !still_ours() {
+        return -1;
+    }
     let id = stack_id(hash);
     let key = id as u32;
-    if let Some(known) = table.get_ptr(key) {
+    let known = |key: u32| match table.get_ptr(key) {
         // SAFETY: a value of the table, valid while the program runs.
-        return if unsafe { (*known).hash } == hash {
-            id
-        } else {
-            -1
-        };
+        Some(known) if unsafe { (*known).hash } == hash => Some(id),
+        Some(_) => Some(-1),
+        None => None,
+    };
+    if let Some(id) = known(key) {
+        return id;
     }
-    buffer.hash = hash;
-    buffer.depth = depth as u64;
-    match table.insert(key, buffer, u64::from(BPF_NOEXIST)) {
-        Ok(()) => id,
+    // SAFETY: as above.
+    unsafe {
+        (*buffer).stack.hash = hash;
+        (*buffer).stack.depth = (taken as usize / 8).min(STACK_DEPTH) as u64;
+    }
+    // SAFETY: as above; the kernel copies the value under the table's lock.
+    #[allow(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the 528-byte stack would be copied onto the program's 512-byte stack"
+    )]
+    let inserted = table.insert(key, unsafe { &(*buffer).stack }, u64::from(BPF_NOEXIST));
+    match inserted {
+        Ok(()) if still_ours() => id,
+        // The buffer changed hands before the copy was surely done: what was stored may be
+        // another thread's frames; remove it (a later sample of this stack stores it again).
+        Ok(()) => {
+            let _ = table.remove(key);
+            -1
+        }
         // Another thread stored a stack on this id meanwhile: most likely this one.
-        Err(_) => match table.get_ptr(key) {
-            // SAFETY: as above.
-            Some(known) if unsafe { (*known).hash } == hash => id,
-            _ => -1,
-        },
+        Err(_) => known(key).unwrap_or(-1),
     }
 }
