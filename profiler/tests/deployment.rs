@@ -1116,6 +1116,42 @@ fn the_shipped_capabilities_attach_for_real() {
     }
 }
 
+/// The daemon under the shipped capability set watches for programs that start (its exec
+/// tracepoint needs no more than the uprobes do) and attaches to one started after it.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_shipped_capabilities_run_the_daemon_for_real() {
+    let set = std::iter::once("-all".to_owned())
+        .chain(shipped_capabilities().iter().map(|cap| format!("+{cap}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let binary = common::renamed("gcload", common::NEWEST_GO, "caps-dmn");
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set={set}"))
+        .arg(common::MAPSCOPE)
+        .args(["daemon", "--listen", "127.0.0.1:0", "--select"])
+        .arg(format!(
+            "exe={}",
+            binary.file_name().unwrap().to_str().unwrap()
+        ));
+    let daemon = common::Mapscope::spawn(command);
+    let target = common::GoTarget::start(&binary, &["-duration", "500ms"]);
+    let line = daemon.stderr.wait_for(
+        "the target attached",
+        std::time::Duration::from_secs(10),
+        |line| line.contains("attached to PID"),
+    );
+    assert!(line.contains(&format!("PID {}", target.pid())), "{line}");
+    assert!(
+        !daemon.stderr.all().contains("cannot watch for programs"),
+        "{}",
+        daemon.stderr.all()
+    );
+}
+
 /// What a short run of mapscope writes to stderr, through `script` when `terminal` (a
 /// pseudo-terminal, as a person's shell gives it), else into a pipe: `run -- /bin/true` logs
 /// that it lets the non-Go command run to its next exec, then ends by itself (exit 4), so no

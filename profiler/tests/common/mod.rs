@@ -420,8 +420,14 @@ impl Mapscope {
     }
 
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(MAPSCOPE)
-            .args(args)
+        let mut command = Command::new(MAPSCOPE);
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// `start` for a command that runs mapscope (under `setpriv`, in a namespace).
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .env("MAPSCOPE_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
