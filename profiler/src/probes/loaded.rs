@@ -129,7 +129,9 @@ impl AttachedProbes {
         small_tables: &[&str],
     ) -> Result<Self, LoadError> {
         let all: Vec<ProbePoint> = points.iter().chain(windowed).cloned().collect();
-        let (mut ebpf, logger) = load(&all, small_tables)?;
+        // The daemon's exec queue is in every object, but used only by the daemon's own.
+        let small_tables: Vec<&str> = small_tables.iter().copied().chain(["EXECS"]).collect();
+        let (mut ebpf, logger) = load(&all, &small_tables)?;
         let mut governed_links = Vec::new();
         for point in points {
             // The link is owned by the program: dropping the object detaches it.
