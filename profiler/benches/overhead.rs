@@ -281,29 +281,6 @@ fn budget(gcbench: &Path, mapscope: &str) {
     }
 }
 
-/// Locked kernel memory of a process's BPF maps (each map's `memlock` in its fdinfo).
-fn bpf_memory(pid: u32) -> u64 {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    fds.filter_map(Result::ok)
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|link| link.to_string_lossy() == "anon_inode:bpf-map")
-        })
-        .filter_map(|fd| {
-            let info = std::fs::read_to_string(format!(
-                "/proc/{pid}/fdinfo/{}",
-                fd.file_name().to_string_lossy()
-            ))
-            .ok()?;
-            info.lines()
-                .find_map(|line| line.strip_prefix("memlock:"))
-                .and_then(|value| value.trim().parse::<u64>().ok())
-        })
-        .sum()
-}
-
 /// CPU seconds (user + system) and RSS in bytes of a process.
 fn cpu_and_rss(pid: u32) -> (f64, u64) {
     let cpu = mapscope::process::cpu::process_cpu_ns(pid).unwrap_or(0) as f64 / 1e9;
@@ -360,7 +337,7 @@ fn daemon_footprint(gcbench: &Path, mapscope: &str) {
         let (cpu_before, _) = cpu_and_rss(daemon.id());
         std::thread::sleep(std::time::Duration::from_secs(30));
         let (cpu_after, rss) = cpu_and_rss(daemon.id());
-        let locked = bpf_memory(daemon.id());
+        let locked = mapscope::process::bpf_maps::locked_bytes(daemon.id()).unwrap_or(0);
         println!(
             "  {count:2} targets: {:.2}% of a core, RSS {:.0} MiB, BPF maps {:.1} MiB ({:.2} MiB a target)",
             (cpu_after - cpu_before) / 30.0 * 100.0,

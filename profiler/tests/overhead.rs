@@ -645,6 +645,11 @@ fn a_program_that_samples_nothing_gets_counted_allocations_within_the_budget() {
     );
 }
 
+/// The kernel memory `pid`'s BPF maps lock.
+fn locked_bpf(pid: u32) -> u64 {
+    mapscope::process::bpf_maps::locked_bytes(pid).unwrap()
+}
+
 /// A process's resident memory (bytes) and CPU time (seconds) so far, from /proc.
 fn rss_and_cpu(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -707,7 +712,7 @@ fn memory_and_cpu_stay_flat_while_distinct_stacks_accumulate() {
     // one path to 110 s.
     std::thread::sleep(Duration::from_secs(5));
     let (_, cpu_5) = rss_and_cpu(pid);
-    let (stacks_5, bpf_5) = (stacks(&mapscope.scrape()), common::bpf_map_memory(pid));
+    let (stacks_5, bpf_5) = (stacks(&mapscope.scrape()), locked_bpf(pid));
     std::thread::sleep(Duration::from_secs(18));
     let (_, cpu_23) = rss_and_cpu(pid);
     std::thread::sleep(Duration::from_secs(22));
@@ -718,7 +723,7 @@ fn memory_and_cpu_stay_flat_while_distinct_stacks_accumulate() {
     std::thread::sleep(Duration::from_secs(19));
     let (rss_84, cpu_84) = rss_and_cpu(pid);
     let stacks_84 = stacks(&mapscope.scrape());
-    let bpf_84 = common::bpf_map_memory(pid);
+    let bpf_84 = locked_bpf(pid);
     std::thread::sleep(Duration::from_secs(6));
     let (_, cpu_90) = rss_and_cpu(pid);
     std::thread::sleep(Duration::from_secs(18));

@@ -723,29 +723,6 @@ pub fn wait_until(
     }
 }
 
-/// Kernel memory locked by a process's BPF maps: the sum of each map's `memlock` in its fdinfo
-/// (what the kernel charges for the map, entries allocated so far for a table that allocates
-/// on demand).
-pub fn bpf_map_memory(pid: u32) -> u64 {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
-    fds.filter_map(Result::ok)
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|link| link.to_string_lossy() == "anon_inode:bpf-map")
-        })
-        .filter_map(|fd| {
-            let info = std::fs::read_to_string(format!(
-                "/proc/{pid}/fdinfo/{}",
-                fd.file_name().to_string_lossy()
-            ))
-            .ok()?;
-            info.lines()
-                .find_map(|line| line.strip_prefix("memlock:"))
-                .and_then(|value| value.trim().parse::<u64>().ok())
-        })
-        .sum()
-}
-
 /// Whether this kernel allocates mapscope's on-demand hash tables as entries come (Linux 6.1
 /// and later).
 pub fn kernel_allocates_on_demand() -> bool {
