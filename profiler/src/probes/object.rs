@@ -69,15 +69,12 @@ impl Edited {
 
 /// A copy of the ELF object `elf` whose map definitions named `names` have `flags` added.
 fn with_map_flags(elf: &[u8], names: &[&str], flags: u32) -> Result<Edited, PatchError> {
-    let offsets = names
-        .iter()
-        .map(|name| flags_offset(elf, name))
-        .collect::<Result<Vec<_>, _>>()?;
+    let offsets = flags_offsets(elf, names)?;
     let mut words = vec![0_u64; elf.len().div_ceil(8)].into_boxed_slice();
     let bytes = as_bytes_mut(&mut words);
     bytes[..elf.len()].copy_from_slice(elf);
     for offset in offsets {
-        // flags_offset checked the field lies inside its section, hence inside the object.
+        // flags_offsets checked the field lies inside its section, hence inside the object.
         if let Some(field) = bytes
             .get_mut(offset..)
             .and_then(<[u8]>::first_chunk_mut::<4>)
@@ -91,25 +88,28 @@ fn with_map_flags(elf: &[u8], names: &[&str], flags: u32) -> Result<Edited, Patc
     })
 }
 
-/// Where in `elf` the flags of map `name`'s definition are.
-fn flags_offset(elf: &[u8], name: &str) -> Result<usize, PatchError> {
+/// Where in `elf` the flags of each of the maps `names` are, in the order named.
+fn flags_offsets(elf: &[u8], names: &[&str]) -> Result<Vec<usize>, PatchError> {
     let file = object::File::parse(elf).map_err(|error| PatchError::Elf(error.to_string()))?;
-    file.symbols()
-        .filter(|symbol| symbol.name() == Ok(name))
-        .find_map(|symbol| {
-            let section = file.section_by_index(symbol.section_index()?).ok()?;
-            if section.name() != Ok("maps") {
-                return None;
-            }
-            let (start, size) = section.file_range()?;
-            // In a relocatable object a symbol's value is its offset in its section.
-            let offset = symbol.address() + MAP_FLAGS_OFFSET;
-            if offset + 4 > size {
-                return None;
-            }
-            usize::try_from(start + offset).ok()
-        })
-        .ok_or_else(|| PatchError::MissingMap(name.to_owned()))
+    let offset = |name: &str| {
+        file.symbols()
+            .filter(|symbol| symbol.name() == Ok(name))
+            .find_map(|symbol| {
+                let section = file.section_by_index(symbol.section_index()?).ok()?;
+                if section.name() != Ok("maps") {
+                    return None;
+                }
+                let (start, size) = section.file_range()?;
+                // In a relocatable object a symbol's value is its offset in its section.
+                let offset = symbol.address() + MAP_FLAGS_OFFSET;
+                if offset + 4 > size {
+                    return None;
+                }
+                usize::try_from(start + offset).ok()
+            })
+            .ok_or_else(|| PatchError::MissingMap(name.to_owned()))
+    };
+    names.iter().map(|name| offset(name)).collect()
 }
 
 fn as_bytes(words: &[u64]) -> &[u8] {
@@ -127,7 +127,7 @@ mod tests {
     use super::*;
 
     fn flags(elf: &[u8], name: &str) -> u32 {
-        let offset = flags_offset(elf, name).unwrap();
+        let offset = flags_offsets(elf, &[name]).unwrap()[0];
         u32::from_le_bytes(elf[offset..offset + 4].try_into().unwrap())
     }
 
