@@ -41,8 +41,8 @@ pub struct Execs {
 impl ExecWatch {
     /// Load the watch and attach it; execs are queued from then on.
     pub fn start() -> Result<Self, LoadError> {
-        // No target's tables: every family's shrinks to one entry, the pause ring to a page.
-        let (mut ebpf, logger) = load(&[], &["STW_EVENTS"])?;
+        // No target's tables: every family's shrinks to one entry (a ring buffer to a page).
+        let (mut ebpf, logger) = load(&[], &[])?;
         let mut namespace: Array<MapData, PidNamespace> =
             take_map(&mut ebpf, "EXEC_PID_NAMESPACE")?;
         // The PID namespace this process sees /proc in, unless it is the initial one, which

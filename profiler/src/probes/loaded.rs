@@ -292,7 +292,7 @@ impl AttachedProbes {
 const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
     use profiler_common::counters::*;
     [
-        (&[HIT_STW], &["STOPPED", "STARTING"]),
+        (&[HIT_STW], &["STOPPED", "STARTING", "STW_EVENTS"]),
         (&[HIT_GC_START], &["GC_START_KINDS"]),
         (
             &[HIT_ALLOC, HIT_ALLOC_COUNT],
