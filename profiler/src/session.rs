@@ -731,6 +731,7 @@ impl Attached {
         collector.meter = Some(meter);
         // The allocation sampler runs beside the pause collector until the same stop.
         let (stop_all, stopped) = tokio::sync::watch::channel(false);
+        let alloc_collects = alloc_maps.is_some();
         let alloc_task = if let Some(maps) = alloc_maps {
             let (pid, address) = (process.pid, self.target.mem_profile_rate);
             let read_rate = Box::new(move || address.and_then(|at| memory::read_i64(pid, at).ok()));
@@ -819,14 +820,18 @@ impl Attached {
             let governed = governed
                 .into_iter()
                 .map(|(family, probes)| {
-                    let work = [
+                    // The allocation collector takes their counts only once settled.
+                    let allocation = [
                         profiler_common::counters::HIT_ALLOC,
                         profiler_common::counters::HIT_ALLOC_COUNT,
                     ]
-                    .contains(&family)
-                    .then(|| allocated.clone())
-                    .flatten();
-                    (family, probes, work)
+                    .contains(&family);
+                    crate::collect::governor::GovernedFamily {
+                        family,
+                        probes,
+                        work: allocation.then(|| allocated.clone()).flatten(),
+                        collector_waits: allocation && alloc_collects,
+                    }
                 })
                 .collect();
             let governor = crate::collect::governor::Governor::new(

@@ -280,23 +280,24 @@ fn the_governor_holds_the_allocation_sampler_and_scales_its_estimates() {
         "the load is not costly enough: {unbounded}"
     );
     assert!(duty < 1.0, "the sampler was not cycled");
-    assert!(total <= budget * 1.25, "{total} over the budget {budget}");
+    // The minute the ratio covers holds seven or eight of the cycles' on parts, depending on
+    // where it starts: one more than its share costs a thirteenth of the governed part more.
+    // Measured since the duty is planned on the CPU time the target uses while on and on a
+    // cost that falls only half way: 0.093-0.098 (before: 0.104-0.120).
+    assert!(total <= budget * 1.1, "{total} over the budget {budget}");
     assert!(
         held > free,
         "governed {held} ops/s, no faster than ungoverned {free}"
     );
     // Sampling error of the runtime's samples (a few hundred thousand: under 1%), and the
-    // cycles cut at the window's two ends: a cycle's counts, scaled up, all come in its on part,
-    // so the window's start counts the part of its first cycle before it, and its end misses the
-    // part of its last cycle in it. That is at most one cycle of the eight (12.5%), and mostly
-    // much less. (Weighting the cycles by CPU time instead of the runtime's allocation counter
-    // came out 15-26% low here: while the probes are on, this program does less of its work
-    // than its CPU time says.) Measured: -1.6% to +7.3% run from a work tree, and +14.6% to
-    // +16.4% in three clean-clone gate runs while the sample table was read whole every second,
-    // +0.8% and +9.2% in the two since, a bias whose cause is not known (docs/METRICS.md): the
-    // bound holds it, and still fails an estimate off by a quarter.
+    // cycles cut at the window's two ends: a cycle's counts, scaled up, all come after its on
+    // part, so the window's start counts the part of its first cycle before it, and its end
+    // misses the part of its last cycle in it. That is at most one cycle of the eight
+    // (12.5%), and mostly much less. Each cycle's share of the work is settled from the
+    // runtime's own count during its on part: measured -4.4% to +2.8% (when the on part before
+    // predicted it: -1.6% to +16.4%, the pace changing from one part to the next).
     assert!(
-        (estimated - exact).abs() / exact < 0.25,
+        (estimated - exact).abs() / exact < 0.15,
         "estimated {estimated} against {exact} allocated"
     );
 
@@ -788,4 +789,143 @@ fn memory_and_cpu_stay_flat_while_distinct_stacks_accumulate() {
         before * 100.0,
         after * 100.0
     );
+}
+
+/// mapscope's handles on attached probes: a perf event and a BPF link for each. The kernel
+/// removes a uprobe when the last of them closes.
+fn probe_handles(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|link| {
+            let link = link.to_string_lossy();
+            link == "anon_inode:[perf_event]" || link == "anon_inode:bpf_link"
+        })
+        .count()
+}
+
+/// The governor takes a family's probes off and puts them back every cycle: the daemon holds
+/// no more of them after many cycles than while attached all the time, and when a target exits
+/// mid-cycle (once while its map probes are off, once right as they go back), every probe it
+/// had is gone, and the daemon goes on.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn the_governor_leaves_no_probe_behind_when_cycling_or_when_its_target_exits_mid_cycle() {
+    let _alone = one_at_a_time();
+    let binary = common::renamed("gcbench", NEWEST_GO, "gov-exit");
+    let name = binary.file_name().unwrap().to_str().unwrap().to_owned();
+    let daemon = Mapscope::start(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--select",
+        &format!("exe={name}"),
+        "--max-overhead",
+        "0.05",
+    ]);
+    let daemon_pid = daemon.guard.0.id();
+    // The daemon's own: the exec watch's link, attached soon after it listens.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while probe_handles(daemon_pid) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let baseline = probe_handles(daemon_pid);
+    for exit_while_going_back in [false, true] {
+        let mut target = Command::new(&binary)
+            .args(["-mode", "growmaps", "-duration", "120s"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = target.id().to_string();
+        let attached = common::wait_until(
+            &daemon,
+            "the target's map probes cycling",
+            Duration::from_secs(60),
+            |metrics| {
+                has_target(metrics, &pid)
+                    && metrics.sum("mapscope_probe_duty_cycle", |labels| {
+                        labels["probe"] == "map_event"
+                            && labels.get("pid").is_some_and(|of| *of == pid)
+                    }) < 1.0
+            },
+        );
+        assert!(has_target(&attached, &pid));
+        // Three cycles (8 s each at most): the handles go down while the probes are off and
+        // back up, in the later cycles to what the earlier ones held.
+        let mut counts = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_secs(25);
+        while std::time::Instant::now() < until {
+            counts.push(probe_handles(daemon_pid));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (low, high) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+        let highs = counts
+            .windows(2)
+            .filter(|pair| pair[0] < high && pair[1] == high)
+            .count();
+        assert!(
+            low < high && highs >= 2,
+            "the probes did not come off and go back: {counts:?}"
+        );
+        // A cycle that left a probe behind would hold more in the later ones.
+        let (early, late) = counts.split_at(counts.len() / 2);
+        assert_eq!(
+            early.iter().max(),
+            late.iter().max(),
+            "more probes in later cycles: {counts:?}"
+        );
+        // Exit mid-cycle: while the map probes are off, or as soon as they start going back.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last = probe_handles(daemon_pid);
+        loop {
+            let now = probe_handles(daemon_pid);
+            if (!exit_while_going_back && now == low) || (exit_while_going_back && now > last) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no moment to exit at: {now}"
+            );
+            last = now;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        target.kill().unwrap();
+        target.wait().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while probe_handles(daemon_pid) != baseline {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} probe handles left after the target exited (the daemon's own: {baseline}); \
+                 daemon log:\n{}",
+                probe_handles(daemon_pid),
+                daemon.stderr.all()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!(
+            "exit while {}: handles {low}..{high} while cycling, {baseline} after",
+            if exit_while_going_back {
+                "going back"
+            } else {
+                "off"
+            }
+        );
+    }
+    common::wait_until(
+        &daemon,
+        "the daemon to count no target",
+        Duration::from_secs(10),
+        |metrics| metrics.sum("mapscope_targets", |_| true) == 0.0,
+    );
+    let log = daemon.stderr.all();
+    assert!(!log.contains("ERROR") && !log.contains("panicked"), "{log}");
+}
+
+fn has_target(metrics: &common::Metrics, pid: &str) -> bool {
+    metrics.sum("mapscope_targets", |_| true) == 1.0
+        && metrics.sum("mapscope_probe_duty_cycle", |labels| {
+            labels.get("pid").is_some_and(|of| of == pid)
+        }) > 0.0
 }

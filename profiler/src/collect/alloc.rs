@@ -105,15 +105,20 @@ impl SampleTables {
         counts
     }
 
-    /// Have the probes fill the other table (empty: drained before), and retire this one.
-    fn retire_filling(&mut self, coverage: f64) {
+    /// Have the probes fill the other table (empty: drained before), and retire this one;
+    /// whether it could be.
+    fn retire_filling(&mut self, coverage: f64) -> bool {
         let next = 1 - self.filling;
         match self.switch.set(0, next as u32, 0) {
             Ok(()) => {
                 self.retired = Some(coverage);
                 self.filling = next;
+                true
             }
-            Err(error) => tracing::debug!("switching allocation sample tables: {error}"),
+            Err(error) => {
+                tracing::debug!("switching allocation sample tables: {error}");
+                false
+            }
         }
     }
 }
@@ -229,6 +234,19 @@ impl AllocCollector {
             };
             (rate, HIT_ALLOC)
         };
+        // Counts are taken only with their share of the target's work settled: while an on part
+        // of the overhead governor's counts (its share not known until it ends), they wait in
+        // the kernel, but for a last read, which takes them with the predicted share.
+        let settled = self.metrics.coverage().settled(family);
+        if settled.is_none() && !last {
+            return;
+        }
+        // Samples since the last read saw this share of the target's work: each stands for
+        // 1/coverage as many.
+        let coverage = settled.map_or_else(
+            || self.metrics.coverage().fraction(family),
+            |settled| settled.fraction,
+        );
         let hits = self
             .hits
             .get(&family, 0)
@@ -236,9 +254,6 @@ impl AllocCollector {
             .map(|per_cpu| per_cpu.iter().sum::<u64>());
         let fired = hits.is_none() || hits != self.hits_seen;
         self.hits_seen = hits;
-        // Samples since the last read saw this share of the target's work (the overhead
-        // governor's `Coverage`): each stands for 1/coverage as many.
-        let coverage = self.metrics.coverage().fraction(family);
         let mut fresh: Vec<(AllocKey, u64, f64)> = Vec::new();
         if let Some(retired_coverage) = self.samples.retired.take() {
             let retired = 1 - self.samples.filling;
@@ -257,15 +272,26 @@ impl AllocCollector {
                     .into_iter()
                     .map(|(key, count)| (key, count, coverage)),
             );
-        } else if fired {
-            self.samples.retire_filling(coverage);
         }
+        // Every count so far is taken (the filling table retired, or nothing in it since the
+        // last read), once this read is done: the governor may count into it again.
+        let taken = if fired && !last {
+            self.samples.retire_filling(coverage)
+        } else {
+            true
+        };
+        let done = |collector: &Self| {
+            if let Some(settled) = settled.filter(|_| taken) {
+                collector.metrics.coverage().taken(family, settled);
+            }
+        };
         if fresh.is_empty() && !(self.counted && fired) {
             if last {
                 // An empty profile, not none: the target was sampled, and allocated too
                 // little to show.
                 self.publish(Vec::new(), rate);
             }
+            done(self);
             return;
         }
         let mut sites = SiteTotals::default();
@@ -301,6 +327,7 @@ impl AllocCollector {
         self.exported = totals;
         self.export_sites(sites);
         self.publish(by_stack, rate);
+        done(self);
     }
 
     /// Exact mode: export the growth of the every-allocation counters.

@@ -25,10 +25,7 @@
 //! counting nothing (measured by its hits then, at its rate while on); what
 //! `mapscope_probe_duty_cycle` shows is the share that counts.
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -38,7 +35,9 @@ use tokio::sync::watch;
 
 use super::overhead::MeterReading;
 use crate::{
-    export::metrics::TargetMetrics, model::governor::duty_cycles, probes::loaded::WindowedProbes,
+    export::metrics::TargetMetrics,
+    model::governor::{duty_cycles, planning_share},
+    probes::loaded::WindowedProbes,
 };
 
 /// How long a cycling family stays attached each cycle at most (its cost is measured
@@ -59,6 +58,10 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 const MIN_MEASURED_CPU_NS: u64 = 20_000_000;
 /// The shortest window of the meter's whose fixed costs count (`Governor::fixed_share`).
 const MIN_FIXED_SPAN: Duration = Duration::from_secs(10);
+/// How long a family whose collector takes settled counts (`Coverage`) waits for it before
+/// counting again (it reads every second), and how often it looks meanwhile.
+const TAKE_WAIT: Duration = Duration::from_secs(3);
+const TAKE_POLL: Duration = Duration::from_millis(100);
 
 /// How fast a work counter grew between two marks, per second (`None` without one, or when it
 /// went back: a target that exec'd, a misread).
@@ -88,31 +91,110 @@ fn counting(on: Duration, off: Duration) -> f64 {
     on.as_secs_f64() / (on + off).as_secs_f64().max(1e-9)
 }
 
-/// The share of the target's work each probe family's counts see now (1 for those never cut,
-/// and for governed ones attached all the time): what the collectors divide the counts of a
-/// family by. Shared by a target's collectors.
+/// The share of the target's work each probe family's counts see (1 for those never cut, and
+/// for governed ones attached all the time): what the collectors divide the counts of a family
+/// by. Shared by a target's collectors.
+///
+/// For the allocation families the share of a cycle is settled once its on part has ended,
+/// from how fast the target worked during that very part, not predicted from the part
+/// before: a prediction off by the change in pace between two parts (10–20% on a program
+/// allocating flat out) put the estimates that far off. So while an on part counts, its
+/// share is not known (`settled` is `None`) and the allocation collector leaves its counts in
+/// the kernel; once settled, the collector takes them all with that share and says so
+/// (`taken`), and only then may the next on part start counting into the same tables.
 #[derive(Clone, Debug)]
-pub struct Coverage(Arc<[AtomicU64; HIT_KINDS as usize]>);
+pub struct Coverage(Arc<Mutex<[Share; HIT_KINDS as usize]>>);
+
+#[derive(Clone, Copy, Debug)]
+struct Share {
+    /// The share, settled or (while `counting`) predicted.
+    fraction: f64,
+    /// An on part counts now; its share is settled when it ends.
+    counting: bool,
+    /// How many times the family stopped counting with its share settled, and up to which of
+    /// those its collector has taken the counts.
+    settled: u64,
+    taken: u64,
+}
 
 impl Default for Coverage {
     fn default() -> Self {
-        Self(Arc::new(std::array::from_fn(|_| {
-            AtomicU64::new(1.0_f64.to_bits())
-        })))
+        Self(Arc::new(Mutex::new(
+            [Share {
+                fraction: 1.0,
+                counting: false,
+                settled: 0,
+                taken: 0,
+            }; HIT_KINDS as usize],
+        )))
     }
 }
 
+/// A family's settled share, and which settling it was (for `Coverage::taken`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settled {
+    pub fraction: f64,
+    generation: u64,
+}
+
 impl Coverage {
-    pub fn fraction(&self, family: u32) -> f64 {
-        self.0
-            .get(family as usize)
-            .map_or(1.0, |slot| f64::from_bits(slot.load(Ordering::Relaxed)))
+    fn with<T>(&self, family: u32, f: impl FnOnce(&mut Share) -> T) -> Option<T> {
+        let mut shares = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        shares.get_mut(family as usize).map(f)
     }
 
-    fn set(&self, family: u32, fraction: f64) {
-        if let Some(slot) = self.0.get(family as usize) {
-            slot.store(fraction.to_bits(), Ordering::Relaxed);
-        }
+    /// The family's share now: settled, or predicted while an on part counts (for the
+    /// families whose collectors do not wait, and for a last read).
+    pub fn fraction(&self, family: u32) -> f64 {
+        self.with(family, |share| share.fraction).unwrap_or(1.0)
+    }
+
+    /// The family's settled share; `None` while an on part counts.
+    pub fn settled(&self, family: u32) -> Option<Settled> {
+        self.with(family, |share| {
+            (!share.counting).then_some(Settled {
+                fraction: share.fraction,
+                generation: share.settled,
+            })
+        })
+        .unwrap_or(Some(Settled {
+            fraction: 1.0,
+            generation: 0,
+        }))
+    }
+
+    /// The collector has taken every count the family made up to `settled`.
+    pub fn taken(&self, family: u32, settled: Settled) {
+        self.with(family, |share| {
+            share.taken = share.taken.max(settled.generation)
+        });
+    }
+
+    /// Whether the collector has taken every count made before the family last stopped
+    /// counting.
+    fn all_taken(&self, family: u32) -> bool {
+        self.with(family, |share| share.taken >= share.settled)
+            .unwrap_or(true)
+    }
+
+    /// The family has stopped counting: its counts so far saw `fraction` of the target's work.
+    fn settle(&self, family: u32, fraction: f64) {
+        self.with(family, |share| {
+            share.fraction = fraction;
+            share.counting = false;
+            share.settled += 1;
+        });
+    }
+
+    /// An on part starts counting, its share predicted as `fraction`; `settle` ends it.
+    fn counting(&self, family: u32, fraction: f64) {
+        self.with(family, |share| {
+            share.fraction = fraction;
+            share.counting = true;
+        });
     }
 }
 
@@ -121,6 +203,9 @@ enum Phase {
     Continuous { next: Instant },
     /// Counting until `until`.
     On { until: Instant },
+    /// Back to attached all the time once the collector has taken the last cycle's counts
+    /// (or at `give_up`); looked at again at `next`.
+    Settling { next: Instant, give_up: Instant },
     /// Not counting since `since` (probes removed) until `until`; then on for `on`. Its
     /// duty is reconsidered at `check` (what else costs the target may have dropped).
     Off {
@@ -135,7 +220,9 @@ impl Phase {
     /// When the governor must next look at the family.
     fn due(&self) -> Instant {
         match *self {
-            Self::Continuous { next: until } | Self::On { until } => until,
+            Self::Continuous { next: until }
+            | Self::On { until }
+            | Self::Settling { next: until, .. } => until,
             Self::Off { until, check, .. } => until.min(check),
         }
     }
@@ -155,6 +242,16 @@ struct Mark {
 /// bytes allocated, for the allocation families): its share of the target's work is measured
 /// in it.
 pub type WorkCounter = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// One family for the governor to hold.
+pub struct GovernedFamily {
+    pub family: u32,
+    /// Its probes, attached now.
+    pub probes: WindowedProbes,
+    pub work: Option<WorkCounter>,
+    /// Its collector takes only settled counts (`Coverage::settled`) and says when it has.
+    pub collector_waits: bool,
+}
 
 struct Governed {
     family: u32,
@@ -183,9 +280,19 @@ struct Governed {
     /// the family was last on, and while it was last off.
     on_rate: Option<f64>,
     off_rate: Option<f64>,
+    /// The target's CPU time per second in all (the probes' included) while last on.
+    on_cpu: Option<f64>,
     /// The family's work counter, and how fast it grew while the family was last on.
     work: Option<WorkCounter>,
     on_work_rate: Option<f64>,
+    /// Its collector takes only settled counts (`Coverage`): it must have taken a cycle's
+    /// counts before the next one counts.
+    collector_waits: bool,
+    /// The on part counting now: how long, after how long off, and the work its off part
+    /// held; its share of the work is settled from them when it ends.
+    cycle: Option<(Duration, Duration, Option<u64>)>,
+    /// When it last stopped counting with its share settled.
+    settled_at: Instant,
 }
 
 pub struct Governor {
@@ -203,12 +310,13 @@ pub struct Governor {
 }
 
 impl Governor {
-    /// `families`: each governed family's probes, attached now, and its work counter if it has
-    /// one; `hits`: `PROBE_HITS`; `counts_until`: `FAMILY_COUNTS_UNTIL`.
+    /// `families`: each governed family's probes, attached now, its work counter if it has
+    /// one, and whether its collector takes only settled counts (`Coverage`); `hits`:
+    /// `PROBE_HITS`; `counts_until`: `FAMILY_COUNTS_UNTIL`.
     pub fn new(
         pid: u32,
         budget: f64,
-        families: Vec<(u32, WindowedProbes, Option<WorkCounter>)>,
+        families: Vec<GovernedFamily>,
         hits: PerCpuArray<MapData, u64>,
         counts_until: Array<MapData, u64>,
         metrics: Arc<TargetMetrics>,
@@ -217,29 +325,40 @@ impl Governor {
         let now = Instant::now();
         let families = families
             .into_iter()
-            .map(|(family, probes, work)| {
-                metrics.duty_cycle(HIT_NAMES[family as usize], 1.0);
-                Governed {
-                    family,
-                    probes,
-                    phase: Phase::Continuous {
-                        next: now + RETRY_EVERY,
-                    },
-                    duty: 1.0,
-                    mark: None,
-                    off_mark: None,
-                    paused_work: None,
-                    last_share: None,
-                    last_removal: Duration::ZERO,
-                    removal_hits: 0,
-                    install_hits: 0,
-                    on_hit_rate: None,
-                    on_rate: None,
-                    off_rate: None,
-                    work,
-                    on_work_rate: None,
-                }
-            })
+            .map(
+                |GovernedFamily {
+                     family,
+                     probes,
+                     work,
+                     collector_waits,
+                 }| {
+                    metrics.duty_cycle(HIT_NAMES[family as usize], 1.0);
+                    Governed {
+                        family,
+                        probes,
+                        phase: Phase::Continuous {
+                            next: now + RETRY_EVERY,
+                        },
+                        duty: 1.0,
+                        mark: None,
+                        off_mark: None,
+                        paused_work: None,
+                        last_share: None,
+                        last_removal: Duration::ZERO,
+                        removal_hits: 0,
+                        install_hits: 0,
+                        on_hit_rate: None,
+                        on_rate: None,
+                        off_rate: None,
+                        on_cpu: None,
+                        work,
+                        on_work_rate: None,
+                        collector_waits,
+                        cycle: None,
+                        settled_at: now,
+                    }
+                },
+            )
             .collect();
         let mut governor = Self {
             pid,
@@ -336,6 +455,7 @@ impl Governor {
         let seconds = (end.at - start.at).as_secs_f64();
         let governed = &mut self.families[index];
         if seconds > 0.0 {
+            governed.on_cpu = Some(used as f64 / seconds);
             governed.on_rate = Some((used as f64 - probes_ns).max(0.0) / seconds);
             governed.on_work_rate = work_rate(start, end);
             governed.on_hit_rate = Some(end.hits.saturating_sub(start.hits) as f64 / seconds);
@@ -371,11 +491,25 @@ impl Governor {
     /// The duty family `index` should have, from what it cost while on since its mark, and
     /// whether that could be measured now.
     fn decide(&mut self, index: usize) -> (f64, bool) {
-        let share = self.measure(index);
+        let share = self
+            .measure(index)
+            .map(|share| self.planning_share(index, share));
         if share.is_some() {
             self.families[index].last_share = share;
         }
         (self.duty_for(index, share), share.is_some())
+    }
+
+    /// The share to plan family `index`'s duty on, from `share`, what it cost while on just
+    /// now (`model::governor::planning_share`).
+    fn planning_share(&self, index: usize, share: f64) -> f64 {
+        let governed = &self.families[index];
+        planning_share(
+            share,
+            governed.on_cpu,
+            governed.off_rate,
+            governed.last_share,
+        )
     }
 
     /// The duty family `index` should have if it costs `share` of the target's CPU while on
@@ -426,19 +560,37 @@ impl Governor {
                 }
             }
             Phase::On { .. } => {
+                // The kernel stopped counting at the part's end: what the target did
+                // meanwhile settles the share its counts saw.
                 let (duty, _) = self.decide(index);
+                self.settle(index);
                 if duty >= 1.0 {
-                    // Within the budget again: it stays attached, counting all the time.
+                    // Within the budget again: it stays attached, counting all the time once
+                    // the collector has taken this cycle's counts.
+                    self.families[index].phase = Phase::Settling {
+                        next: now,
+                        give_up: now + TAKE_WAIT,
+                    };
+                    self.advance(index, now);
+                } else {
+                    self.take_off(index, duty);
+                }
+            }
+            Phase::Settling { give_up, .. } => {
+                if self.taken(index, now, give_up) {
                     self.families[index].duty = 1.0;
                     let family = self.families[index].family;
+                    self.metrics.coverage().settle(family, 1.0);
                     self.count(family, Counting::Always);
-                    self.metrics.coverage().set(family, 1.0);
                     self.metrics.duty_cycle(HIT_NAMES[family as usize], 1.0);
                     self.families[index].phase = Phase::Continuous {
                         next: now + EVALUATE_EVERY,
                     };
                 } else {
-                    self.take_off(index, duty);
+                    self.families[index].phase = Phase::Settling {
+                        next: now + TAKE_POLL,
+                        give_up,
+                    };
                 }
             }
             Phase::Off {
@@ -490,12 +642,54 @@ impl Governor {
         }
     }
 
+    /// Family `index`'s on part has ended: settle the share of the target's work its counts
+    /// saw, from the pace of the target's work during that part (just measured) against the
+    /// work its off part held.
+    fn settle(&mut self, index: usize) {
+        let Some((on, off, off_work)) = self.families[index].cycle.take() else {
+            return;
+        };
+        let fraction = self.coverage(index, on, off, off_work);
+        let governed = &mut self.families[index];
+        tracing::debug!(
+            "PID {}: {} probes' last {on:.1?} on saw {:.1}% of the target's work (its work per \
+             second then {:?})",
+            self.pid,
+            HIT_NAMES[governed.family as usize],
+            fraction * 100.0,
+            governed.on_work_rate,
+        );
+        governed.settled_at = Instant::now();
+        self.metrics.coverage().settle(governed.family, fraction);
+    }
+
+    /// Whether family `index`'s collector has taken its counts up to its last settling (or
+    /// need not, or it is `give_up` time: a collector that stopped reading does not hold the
+    /// family off).
+    fn taken(&self, index: usize, now: Instant, give_up: Instant) -> bool {
+        let governed = &self.families[index];
+        let taken = !governed.collector_waits || self.metrics.coverage().all_taken(governed.family);
+        if !taken && now >= give_up {
+            tracing::debug!(
+                "PID {}: the {} counts were not taken in {TAKE_WAIT:?}; counting again",
+                self.pid,
+                HIT_NAMES[governed.family as usize]
+            );
+        }
+        taken || now >= give_up
+    }
+
     /// Start a cycle at `duty` for family `index`: stop its programs counting, remove its
     /// probes, and plan the cycle (`cycle`).
     fn take_off(&mut self, index: usize, duty: f64) {
         let family = self.families[index].family;
         self.count(family, Counting::Off);
         let since = Instant::now();
+        if matches!(self.families[index].phase, Phase::Continuous { .. }) {
+            // What it counted while attached all the time saw all of the target's work.
+            self.metrics.coverage().settle(family, 1.0);
+            self.families[index].settled_at = since;
+        }
         let paused_at = self.hits(index);
         let own = self.metrics.own_cpu().clone();
         let governed = &mut self.families[index];
@@ -503,7 +697,7 @@ impl Governor {
         // on part's pace, belongs to the off part.
         let late = match governed.phase {
             Phase::On { until } => Some(since.saturating_duration_since(until)),
-            Phase::Continuous { .. } | Phase::Off { .. } => None,
+            Phase::Continuous { .. } | Phase::Off { .. } | Phase::Settling { .. } => None,
         };
         governed.paused_work = governed.work.as_ref().and_then(|read| read()).map(|work| {
             match (late, governed.on_work_rate) {
@@ -543,6 +737,19 @@ impl Governor {
     /// End family `index`'s off part (begun at `since`): put its probes back, and count for
     /// `on`, its counts scaled by the share of the target's work the cycle sees.
     fn put_back(&mut self, index: usize, since: Instant, on: Duration) {
+        let now = Instant::now();
+        let give_up = self.families[index].settled_at + TAKE_WAIT;
+        if !self.taken(index, now, give_up) {
+            // Its last counts are still in the kernel's tables: they must not be mixed with
+            // this part's, which will have another share.
+            self.families[index].phase = Phase::Off {
+                since,
+                until: now + TAKE_POLL,
+                on,
+                check: now + TAKE_POLL,
+            };
+            return;
+        }
         if let (Some(start), Some(end)) = (self.families[index].off_mark.take(), self.mark(index)) {
             let seconds = (end.at - start.at).as_secs_f64();
             if seconds > 0.0 {
@@ -596,8 +803,10 @@ impl Governor {
             self.families[index].on_rate,
             self.families[index].off_rate,
         );
-        // All its probes are in place: the family counts from now.
-        self.metrics.coverage().set(family, coverage);
+        // All its probes are in place: the family counts from now, its share predicted until
+        // the part ends and settles it.
+        self.metrics.coverage().counting(family, coverage);
+        self.families[index].cycle = Some((on, off, off_work));
         self.metrics
             .duty_cycle(HIT_NAMES[family as usize], counting(on, off));
         self.count(family, Counting::For(on));
@@ -669,6 +878,37 @@ mod tests {
 
     fn seconds(duration: Duration) -> f64 {
         (duration.as_secs_f64() * 1000.0).round() / 1000.0
+    }
+
+    #[test]
+    fn counts_are_taken_only_settled_and_the_next_part_waits_for_them() {
+        use profiler_common::counters::{HIT_ALLOC, HIT_MAP_EVENT};
+        let coverage = Coverage::default();
+        // Attached all the time: everything counted saw all of the work.
+        let settled = coverage.settled(HIT_ALLOC).unwrap();
+        assert_eq!(settled.fraction, 1.0);
+        // The governor takes the family off: what it counted so far is settled again, and
+        // the next on part waits until the collector has taken it.
+        coverage.settle(HIT_ALLOC, 1.0);
+        assert!(!coverage.all_taken(HIT_ALLOC));
+        coverage.taken(HIT_ALLOC, settled);
+        assert!(!coverage.all_taken(HIT_ALLOC), "taken before the settling");
+        coverage.taken(HIT_ALLOC, coverage.settled(HIT_ALLOC).unwrap());
+        assert!(coverage.all_taken(HIT_ALLOC));
+        // An on part counts: its share is predicted, not settled.
+        coverage.counting(HIT_ALLOC, 0.25);
+        assert_eq!(coverage.settled(HIT_ALLOC), None);
+        assert_eq!(coverage.fraction(HIT_ALLOC), 0.25);
+        // It ends, and what the target did meanwhile settles it.
+        coverage.settle(HIT_ALLOC, 0.2);
+        let settled = coverage.settled(HIT_ALLOC).unwrap();
+        assert_eq!(settled.fraction, 0.2);
+        assert!(!coverage.all_taken(HIT_ALLOC));
+        coverage.taken(HIT_ALLOC, settled);
+        assert!(coverage.all_taken(HIT_ALLOC));
+        // Families are apart.
+        assert_eq!(coverage.fraction(HIT_MAP_EVENT), 1.0);
+        assert!(coverage.all_taken(HIT_MAP_EVENT));
     }
 
     #[test]

@@ -51,6 +51,35 @@ pub fn duty_cycles(
     duties
 }
 
+/// The share of the target's CPU time to plan a family's duty on, from `share`, what it cost
+/// while on just now; `on_cpu` and `off_cpu`: the target's CPU time per second (the probes'
+/// included) while it was on, and while it was last off; `last`: the share planned on last
+/// time.
+///
+/// - Weighted by the CPU time while on against while off: the budget is a share of all of the
+///   target's CPU time, and a target that uses more of it while the probes are on (their time
+///   comes on top of a paced service's work; a program running flat out on a busy machine
+///   gets more of it) spends more than the duty's share of its CPU time on.
+/// - A cost that rose counts at once, one that fell half way: a duty of budget ÷ cost,
+///   planned on the last part's cost alone, overshoots on average when the cost varies from
+///   part to part (the duty is convex in the cost): by 5–15% on a program allocating flat out,
+///   whose cost while on varied from 24% to 45% between parts.
+pub fn planning_share(
+    share: f64,
+    on_cpu: Option<f64>,
+    off_cpu: Option<f64>,
+    last: Option<f64>,
+) -> f64 {
+    let weighted = match (on_cpu, off_cpu) {
+        (Some(on), Some(off)) if on > 0.0 && off > 0.0 => share * (on / off).clamp(0.5, 2.0),
+        _ => share,
+    };
+    match last {
+        Some(last) if weighted < last => (weighted + last) / 2.0,
+        _ => weighted,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +130,45 @@ mod tests {
     fn fixed_costs_over_the_budget_leave_the_floor() {
         let duties = duty_cycles(0.01, 0.02, &[Some(0.05)], &[1.0]);
         assert_eq!(duties, vec![MIN_DUTY]);
+    }
+
+    #[test]
+    fn the_planning_share_weighs_cpu_and_follows_a_rise_at_once_and_a_fall_half_way() {
+        // Nothing else known: the share as measured.
+        assert!(close(planning_share(0.3, None, None, None), 0.3));
+        // The target used 10% more CPU per second while on: the same share of that is 10%
+        // more of its average.
+        assert!(close(
+            planning_share(0.3, Some(1.1e9), Some(1e9), None),
+            0.33
+        ));
+        // A paced target whose CPU grows with the probes' cost: its cost is weighed by it.
+        assert!(close(
+            planning_share(0.2, Some(1.25e8), Some(1e8), None),
+            0.25
+        ));
+        // Absurd ratios (a target that slept while off) are bounded.
+        assert!(close(planning_share(0.2, Some(1e9), Some(1e6), None), 0.4));
+        // A rise counts at once, a fall half way.
+        assert!(close(planning_share(0.4, None, None, Some(0.3)), 0.4));
+        assert!(close(planning_share(0.2, None, None, Some(0.3)), 0.25));
+        // So a cost that varies from part to part around 30% is planned on its higher side:
+        // each part's duty, of budget ÷ cost planned, then costs the budget or less on
+        // average, where planning on the last part alone would cost 4% more.
+        let costs = [0.3, 0.36, 0.25, 0.33, 0.27, 0.36, 0.24, 0.3];
+        let spent = |plan: &dyn Fn(f64, Option<f64>) -> f64| {
+            let mut last = None;
+            let mut spent = 0.0;
+            for pair in costs.windows(2) {
+                let planned = plan(pair[0], last);
+                last = Some(planned);
+                spent += 0.09 / planned * pair[1];
+            }
+            spent / (costs.len() - 1) as f64
+        };
+        let naive = spent(&|cost, _| cost);
+        let planned = spent(&|cost, last| planning_share(cost, None, None, last));
+        assert!(naive > 0.093 && planned < 0.09, "{naive} {planned}");
     }
 
     #[test]
