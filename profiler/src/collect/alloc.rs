@@ -234,9 +234,9 @@ impl AllocCollector {
             };
             (rate, HIT_ALLOC)
         };
-        // Counts are taken only with their share of the target's work settled: while an on part
-        // of the overhead governor's counts (its share not known until it ends), they wait in
-        // the kernel, but for a last read, which takes them with the predicted share.
+        // Counts are taken only with their share of the target's work settled: while one of
+        // the overhead governor's on parts counts (its share is known only once it ends), they
+        // wait in the kernel. A last read takes them with the predicted share.
         let settled = self.metrics.coverage().settled(family);
         if settled.is_none() && !last {
             return;

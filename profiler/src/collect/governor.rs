@@ -291,8 +291,9 @@ struct Governed {
     /// The on part counting now: how long, after how long off, and the work its off part
     /// held; its share of the work is settled from them when it ends.
     cycle: Option<(Duration, Duration, Option<u64>)>,
-    /// When it last stopped counting with its share settled.
-    settled_at: Instant,
+    /// Since when its next on part has waited for the collector to take the last one's
+    /// counts.
+    waiting_since: Option<Instant>,
 }
 
 pub struct Governor {
@@ -355,7 +356,7 @@ impl Governor {
                         on_work_rate: None,
                         collector_waits,
                         cycle: None,
-                        settled_at: now,
+                        waiting_since: None,
                     }
                 },
             )
@@ -659,7 +660,6 @@ impl Governor {
             fraction * 100.0,
             governed.on_work_rate,
         );
-        governed.settled_at = Instant::now();
         self.metrics.coverage().settle(governed.family, fraction);
     }
 
@@ -688,7 +688,6 @@ impl Governor {
         if matches!(self.families[index].phase, Phase::Continuous { .. }) {
             // What it counted while attached all the time saw all of the target's work.
             self.metrics.coverage().settle(family, 1.0);
-            self.families[index].settled_at = since;
         }
         let paused_at = self.hits(index);
         let own = self.metrics.own_cpu().clone();
@@ -738,8 +737,8 @@ impl Governor {
     /// `on`, its counts scaled by the share of the target's work the cycle sees.
     fn put_back(&mut self, index: usize, since: Instant, on: Duration) {
         let now = Instant::now();
-        let give_up = self.families[index].settled_at + TAKE_WAIT;
-        if !self.taken(index, now, give_up) {
+        let waiting_since = *self.families[index].waiting_since.get_or_insert(now);
+        if !self.taken(index, now, waiting_since + TAKE_WAIT) {
             // Its last counts are still in the kernel's tables: they must not be mixed with
             // this part's, which will have another share.
             self.families[index].phase = Phase::Off {
@@ -750,6 +749,7 @@ impl Governor {
             };
             return;
         }
+        self.families[index].waiting_since = None;
         if let (Some(start), Some(end)) = (self.families[index].off_mark.take(), self.mark(index)) {
             let seconds = (end.at - start.at).as_secs_f64();
             if seconds > 0.0 {
