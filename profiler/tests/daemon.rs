@@ -15,14 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{GoTarget, MAPSCOPE, Mapscope, Metrics, renamed, wait_until};
-
-fn has_pid(metrics: &Metrics, pid: u32) -> bool {
-    metrics
-        .0
-        .iter()
-        .any(|sample| sample.labels.get("pid") == Some(&pid.to_string()))
-}
+use common::{GoTarget, MAPSCOPE, Mapscope, has_pid, renamed, wait_until};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -76,19 +69,17 @@ fn daemon_follows_targets_as_they_come_and_go() {
     let marker = format!("--marker-{tag}");
     // Already running when the daemon starts.
     let mut first = GoTarget::start(&gcload, &["-duration", "1s"]);
-    let daemon = Mapscope::start(&[
-        "daemon",
-        "--listen",
-        "127.0.0.1:0",
-        "--select",
-        &format!("exe={}", gcload.file_name().unwrap().to_str().unwrap()),
-        "--select",
-        &format!("cmdline={marker}"),
-        "--label",
-        "team=payments",
-        "--map-snapshot-interval",
-        "1s",
-    ]);
+    let daemon = Mapscope::daemon_selecting(
+        &gcload,
+        &[
+            "--select",
+            &format!("cmdline={marker}"),
+            "--label",
+            "team=payments",
+            "--map-snapshot-interval",
+            "1s",
+        ],
+    );
     let metrics = wait_until(
         &daemon,
         "the running target attached",
@@ -281,15 +272,7 @@ fn max_targets_refuses_and_counts() {
     let gcload = renamed("gcload", common::NEWEST_GO, "dmn-cap");
     let one = GoTarget::start(&gcload, &[]);
     let two = GoTarget::start(&gcload, &[]);
-    let daemon = Mapscope::start(&[
-        "daemon",
-        "--listen",
-        "127.0.0.1:0",
-        "--select",
-        &format!("exe={}", gcload.file_name().unwrap().to_str().unwrap()),
-        "--max-targets",
-        "1",
-    ]);
+    let daemon = Mapscope::daemon_selecting(&gcload, &["--max-targets", "1"]);
     let metrics = wait_until(
         &daemon,
         "one attached, one refused",
@@ -585,13 +568,7 @@ fn the_endpoint_holds_up_against_guessing_floods_and_slow_clients() {
 fn an_exec_is_followed() {
     let gcload = renamed("gcload", common::NEWEST_GO, "dmn-exec");
     let mut target = GoTarget::start(&gcload, &["-duration", "500ms"]);
-    let daemon = Mapscope::start(&[
-        "daemon",
-        "--listen",
-        "127.0.0.1:0",
-        "--select",
-        &format!("exe={}", gcload.file_name().unwrap().to_str().unwrap()),
-    ]);
+    let daemon = Mapscope::daemon_selecting(&gcload, &[]);
     let pid = target.pid();
     wait_until(
         &daemon,
@@ -654,17 +631,10 @@ fn first_child(pid: u32) -> u32 {
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn finding_new_programs_costs_what_starts_not_what_runs() {
     let gcload = renamed("gcload", common::NEWEST_GO, "dmn-watch");
-    let name = gcload.file_name().unwrap().to_str().unwrap().to_owned();
     let sleepers: Vec<common::ChildGuard> = (0..300)
         .map(|_| common::ChildGuard(Command::new("sleep").arg("300").spawn().unwrap()))
         .collect();
-    let daemon = Mapscope::start(&[
-        "daemon",
-        "--listen",
-        "127.0.0.1:0",
-        "--select",
-        &format!("exe={name}"),
-    ]);
+    let daemon = Mapscope::daemon_selecting(&gcload, &[]);
     let pid = daemon.guard.0.id();
     let reads = || -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/io"))

@@ -822,16 +822,7 @@ fn probe_handles(pid: u32) -> usize {
 fn the_governor_leaves_no_probe_behind_when_cycling_or_when_its_target_exits_mid_cycle() {
     let _alone = one_at_a_time();
     let binary = common::renamed("gcbench", NEWEST_GO, "gov-exit");
-    let name = binary.file_name().unwrap().to_str().unwrap().to_owned();
-    let daemon = Mapscope::start(&[
-        "daemon",
-        "--listen",
-        "127.0.0.1:0",
-        "--select",
-        &format!("exe={name}"),
-        "--max-overhead",
-        "0.05",
-    ]);
+    let daemon = Mapscope::daemon_selecting(&binary, &["--max-overhead", "0.05"]);
     let daemon_pid = daemon.guard.0.id();
     // The daemon's own: the exec watch's link, attached soon after it listens.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -846,19 +837,27 @@ fn the_governor_leaves_no_probe_behind_when_cycling_or_when_its_target_exits_mid
             .spawn()
             .unwrap();
         let pid = target.id().to_string();
+        // The map probes' duty series is there (a target just found has none yet) and below 1.
+        let map_duty = |metrics: &common::Metrics| {
+            metrics
+                .0
+                .iter()
+                .find(|sample| {
+                    sample.name == "mapscope_probe_duty_cycle"
+                        && sample.labels["probe"] == "map_event"
+                        && sample.labels.get("pid") == Some(&pid)
+                })
+                .map(|sample| sample.value)
+        };
         let attached = common::wait_until(
             &daemon,
             "the target's map probes cycling",
             Duration::from_secs(60),
             |metrics| {
-                has_target(metrics, &pid)
-                    && metrics.sum("mapscope_probe_duty_cycle", |labels| {
-                        labels["probe"] == "map_event"
-                            && labels.get("pid").is_some_and(|of| *of == pid)
-                    }) < 1.0
+                has_target(metrics, target.id()) && map_duty(metrics).is_some_and(|duty| duty < 1.0)
             },
         );
-        assert!(has_target(&attached, &pid));
+        assert!(has_target(&attached, target.id()));
         // Three cycles (8 s each at most): the handles go down while the probes are off and
         // back up, in the later cycles to what the earlier ones held.
         let mut counts = Vec::new();
@@ -930,9 +929,7 @@ fn the_governor_leaves_no_probe_behind_when_cycling_or_when_its_target_exits_mid
     assert!(!log.contains("ERROR") && !log.contains("panicked"), "{log}");
 }
 
-fn has_target(metrics: &common::Metrics, pid: &str) -> bool {
-    metrics.sum("mapscope_targets", |_| true) == 1.0
-        && metrics.sum("mapscope_probe_duty_cycle", |labels| {
-            labels.get("pid").is_some_and(|of| of == pid)
-        }) > 0.0
+/// The daemon holds exactly one target, and it is `pid`.
+fn has_target(metrics: &common::Metrics, pid: u32) -> bool {
+    metrics.sum("mapscope_targets", |_| true) == 1.0 && common::has_pid(metrics, pid)
 }

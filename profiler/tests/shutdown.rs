@@ -105,13 +105,7 @@ fn shutdown_at_the_target_cap_fits_the_stop_timeout() {
     let timeout = shipped_stop_timeout();
     let gcload = renamed("gcload", common::NEWEST_GO, "dmn-full");
     let targets: Vec<GoTarget> = (0..cap).map(|_| GoTarget::start(&gcload, &[])).collect();
-    let mut daemon = Mapscope::start(&[
-        "daemon",
-        "--listen",
-        "127.0.0.1:0",
-        "--select",
-        &format!("exe={}", gcload.file_name().unwrap().to_str().unwrap()),
-    ]);
+    let mut daemon = Mapscope::daemon_selecting(&gcload, &[]);
     wait_until(
         &daemon,
         "every target attached",

@@ -419,6 +419,15 @@ impl Mapscope {
         Self::start(&args)
     }
 
+    /// `mapscope daemon` on a free port, selecting the programs run from `program`'s file name
+    /// (`exe=`), with `options`.
+    pub fn daemon_selecting(program: &Path, options: &[&str]) -> Self {
+        let select = format!("exe={}", program.file_name().unwrap().to_str().unwrap());
+        let mut args = vec!["daemon", "--listen", "127.0.0.1:0", "--select", &select];
+        args.extend_from_slice(options);
+        Self::start(&args)
+    }
+
     pub fn start(args: &[&str]) -> Self {
         let mut command = Command::new(MAPSCOPE);
         command.args(args);
@@ -699,6 +708,14 @@ pub fn renamed(program: &str, version: &str, prefix: &str) -> PathBuf {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{}", std::process::id()));
     std::fs::copy(build_go(program, version, &[]), &path).unwrap();
     path
+}
+
+/// Whether any series in `metrics` is labelled with target `pid`.
+pub fn has_pid(metrics: &Metrics, pid: u32) -> bool {
+    metrics
+        .0
+        .iter()
+        .any(|sample| sample.labels.get("pid") == Some(&pid.to_string()))
 }
 
 /// Scrape `daemon` until `ready`, and return that scrape; panics with its log after `timeout`.
