@@ -63,7 +63,9 @@ pub fn duty_cycles(
 /// - A cost that rose counts at once, one that fell half way: a duty of budget ÷ cost,
 ///   planned on the last part's cost alone, overshoots on average when the cost varies from
 ///   part to part (the duty is convex in the cost): by 5–15% on a program allocating flat out,
-///   whose cost while on varied from 24% to 45% between parts.
+///   whose cost while on varied from 24% to 45% between parts. A fall to under a quarter of
+///   the last share is no such variation but the load dropping, and counts at once, so the
+///   duty rises back as soon as the load is gone.
 pub fn planning_share(
     share: f64,
     on_cpu: Option<f64>,
@@ -75,7 +77,7 @@ pub fn planning_share(
         _ => share,
     };
     match last {
-        Some(last) if weighted < last => (weighted + last) / 2.0,
+        Some(last) if weighted < last && weighted >= last / 4.0 => (weighted + last) / 2.0,
         _ => weighted,
     }
 }
@@ -133,7 +135,8 @@ mod tests {
     }
 
     #[test]
-    fn the_planning_share_weighs_cpu_and_follows_a_rise_at_once_and_a_fall_half_way() {
+    fn the_planning_share_weighs_cpu_and_follows_a_rise_at_once_a_fall_half_way_and_a_stop_at_once()
+    {
         // Nothing else known: the share as measured.
         assert!(close(planning_share(0.3, None, None, None), 0.3));
         // The target used 10% more CPU per second while on: the same share of that is 10%
@@ -152,6 +155,9 @@ mod tests {
         // A rise counts at once, a fall half way.
         assert!(close(planning_share(0.4, None, None, Some(0.3)), 0.4));
         assert!(close(planning_share(0.2, None, None, Some(0.3)), 0.25));
+        // A load that stopped counts at once.
+        assert!(close(planning_share(0.05, None, None, Some(0.3)), 0.05));
+        assert!(close(planning_share(0.0, None, None, Some(0.3)), 0.0));
         // So a cost that varies from part to part around 30% is planned on its higher side:
         // each part's duty, of budget ÷ cost planned, then costs the budget or less on
         // average, where planning on the last part alone would cost 4% more.
