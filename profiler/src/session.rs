@@ -147,13 +147,21 @@ pub fn open_binary(
     who: &str,
     alive: impl Fn() -> bool,
 ) -> Result<GoBinary, UserError> {
-    GoBinary::open(path, abi::WANTED).map_err(|error| match error {
+    GoBinary::open(path, abi::WANTED).map_err(|error| go_binary_error(error, who, alive))
+}
+
+/// The one-line user error for a Go executable that could not be read or analysed.
+pub fn go_binary_error(error: GoBinaryError, who: &str, alive: impl Fn() -> bool) -> UserError {
+    match error {
         GoBinaryError::NotGo { .. } | GoBinaryError::NotElf { .. } => UserError::new(
             Exit::NotGo,
             format!("{who} is not a Go program: {error}; mapscope profiles Go programs only"),
         ),
         GoBinaryError::CorruptBuildInfo { .. } | GoBinaryError::NoFunctionTable { .. } => {
-            UserError::new(Exit::NotGo, format!("{who}: {error}; the executable may be damaged"))
+            UserError::new(
+                Exit::NotGo,
+                format!("{who}: {error}; the executable may be damaged"),
+            )
         }
         GoBinaryError::PreGo118 { .. } => UserError::new(
             Exit::UnsupportedGo,
@@ -178,7 +186,7 @@ pub fn open_binary(
             };
             UserError::new(exit, error.to_string())
         }
-    })
+    }
 }
 
 /// The runtime table row for this binary's Go release, or the "too old" error.

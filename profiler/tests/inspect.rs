@@ -217,12 +217,17 @@ fn too_old_go_is_reported_not_refused() {
     assert!(report["probes"].as_array().unwrap().is_empty());
 }
 
+/// (A program that is not Go but allocates through a C allocator is reported: tests/native.rs.)
 #[test]
 fn non_go_corrupt_and_missing_files_are_one_line_errors() {
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), b"\x7fELF but not really an ELF file at all").unwrap();
+    let no_allocator = common::build_c("no_allocator.c", "no-allocator", &["-nostdlib", "-static"]);
     for (path, words) in [
-        ("/bin/sh", "is not a Go program"),
+        (
+            no_allocator.to_str().unwrap(),
+            "is not a Go program, and no C allocator found",
+        ),
         (junk.path().to_str().unwrap(), "not an ELF executable"),
         ("/nonexistent/mapscope-test", "cannot read"),
     ] {

@@ -117,8 +117,19 @@ fn test(filter: Option<String>) -> Result<()> {
         None
     };
     // The daemon's endpoint tests make a certificate and speak TLS with these; the maps page is
-    // checked in a real headless browser; binutils' strip makes symbol-less twins.
-    setup::debian_packages(&["openssl", "curl", "chromium", "binutils"])?;
+    // checked in a real headless browser; binutils' strip makes symbol-less twins (and its nm
+    // is the native tests' ground truth); the C allocators that replace glibc's.
+    setup::debian_packages(&[
+        "openssl",
+        "curl",
+        "chromium",
+        "binutils",
+        "gcc",
+        "libc6-dev",
+        "libjemalloc2",
+        "libtcmalloc-minimal4",
+        "libmimalloc2.0",
+    ])?;
     let go_list = toolchains
         .iter()
         .map(|(version, go)| format!("{version}={}", go.display()))

@@ -6,10 +6,12 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::{
+    error::{Exit, UserError},
     gobin::{
-        FunctionSource, GoBinary, Layout, VersionSource,
+        FunctionSource, GoBinary, GoBinaryError, Layout, VersionSource,
         abi::{self, NEWEST_KNOWN, OLDEST_SUPPORTED, Support},
     },
+    native::{self, FoundAllocator, NativeError},
     probes::stw::{self, ProbePoint},
     session,
 };
@@ -52,6 +54,18 @@ pub struct Report {
     pub features: Vec<Feature>,
     /// Every runtime vital mapscope knows, and whether it is read from this binary's targets.
     pub vitals: Vec<VitalSupport>,
+    /// The C allocators it runs with (a program with cgo has one; a pure Go one, none).
+    pub native_allocators: Vec<FoundAllocator>,
+}
+
+/// What mapscope sees in a program without a Go runtime: its C allocators.
+#[derive(Debug, Serialize)]
+pub struct NativeReport {
+    pub path: String,
+    /// Always null: a Go report's version, so scripts tell the two apart by one field.
+    pub go_version: Option<String>,
+    pub native_allocators: Vec<FoundAllocator>,
+    pub features: Vec<Feature>,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,7 +112,8 @@ pub struct Feature {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let (path, who, alive): (PathBuf, String, Box<dyn Fn() -> bool>) = match (args.pid, args.path) {
+    let (path, who, alive): (PathBuf, String, Box<dyn Fn() -> bool>) = match (args.pid, &args.path)
+    {
         (Some(pid), _) => {
             let process = session::open_process(pid)?;
             let who = format!("PID {pid} ({})", process.exe_name);
@@ -110,16 +125,51 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         }
         (None, Some(path)) => {
             let who = path.display().to_string();
-            (path, who, Box::new(|| true))
+            (path.clone(), who, Box::new(|| true))
         }
         (None, None) => unreachable!("clap requires --pid or PATH"),
     };
-    let binary = session::open_binary(&path, &who, alive)?;
-    let report = build(&who, &binary);
-    let text = if args.json {
-        format!("{}\n", serde_json::to_string_pretty(&report)?)
-    } else {
-        render(&report)
+    let allocators = match args.pid {
+        Some(pid) => native::for_process(pid),
+        None => native::for_binary(&path),
+    };
+    let text = match GoBinary::open(&path, abi::WANTED) {
+        // Not Go: what mapscope sees of it is its allocators.
+        Err(GoBinaryError::NotGo { .. }) => {
+            let native_allocators =
+                allocators.map_err(|error| neither_go_nor_native(&who, &error))?;
+            let report = NativeReport {
+                path: who,
+                go_version: None,
+                features: vec![native_feature(&native_allocators)],
+                native_allocators,
+            };
+            if args.json {
+                format!("{}\n", serde_json::to_string_pretty(&report)?)
+            } else {
+                let mut out = format!(
+                    "{}\n  Go version      none: not a Go program\n",
+                    report.path
+                );
+                render_allocators(&mut out, &report.native_allocators);
+                render_features(&mut out, &report.features);
+                out
+            }
+        }
+        opened => {
+            let binary = opened.map_err(|error| session::go_binary_error(error, &who, alive))?;
+            let mut report = build(&who, &binary);
+            // A pure Go program has no C allocator: that is no error here.
+            report.native_allocators = allocators.unwrap_or_default();
+            report
+                .features
+                .push(native_feature(&report.native_allocators));
+            if args.json {
+                format!("{}\n", serde_json::to_string_pretty(&report)?)
+            } else {
+                render(&report)
+            }
+        }
     };
     anyhow::Context::context(super::write_stdout(&text), "writing the report to stdout")?;
     Ok(())
@@ -302,6 +352,102 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
             vitals_feature,
         ],
         vitals,
+        native_allocators: Vec::new(),
+    }
+}
+
+/// A program that is not Go and has no allocator mapscope knows.
+fn neither_go_nor_native(who: &str, error: &NativeError) -> UserError {
+    UserError::new(
+        Exit::NotGo,
+        format!(
+            "{who} is not a Go program, and {error}; mapscope profiles Go programs and programs \
+             that allocate through glibc, musl, jemalloc, tcmalloc or mimalloc"
+        ),
+    )
+}
+
+/// The `native_allocations` feature line.
+fn native_feature(allocators: &[FoundAllocator]) -> Feature {
+    let names: Vec<String> = allocators
+        .iter()
+        .map(|found| {
+            format!(
+                "{} in {}",
+                found.allocator.kind.label(),
+                found.object.display()
+            )
+        })
+        .collect();
+    Feature {
+        name: "native_allocations",
+        available: false,
+        detail: if names.is_empty() {
+            "no C allocator (a Go program without cgo allocates only on the Go heap)".to_owned()
+        } else {
+            format!(
+                "found {}; mapscope does not probe native allocators yet",
+                names.join(", ")
+            )
+        },
+    }
+}
+
+/// Each allocator and its entry points, as the probe table lines up Go's.
+fn render_allocators(out: &mut String, allocators: &[FoundAllocator]) {
+    for found in allocators {
+        let serves = if found.allocator.provides_malloc {
+            "behind malloc".to_owned()
+        } else {
+            format!("its own {}* names", found.allocator.prefix)
+        };
+        let place = if found.in_executable {
+            "statically linked in the executable"
+        } else {
+            "a library"
+        };
+        let _ = writeln!(
+            out,
+            "  native allocator {} ({serves}), {place}: {}",
+            found.allocator.kind.label(),
+            found.object.display()
+        );
+        let width = found
+            .allocator
+            .entry_points
+            .iter()
+            .map(|entry| entry.function.chars().count())
+            .max()
+            .unwrap_or(0);
+        for entry in &found.allocator.entry_points {
+            let role = match entry.role {
+                native::Role::Allocates => "allocates",
+                native::Role::Reallocates => "reallocates",
+                native::Role::Frees => "frees",
+            };
+            let aliases = if entry.aliases.is_empty() {
+                String::new()
+            } else {
+                format!("  (also {})", entry.aliases.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "    {:<width$}  {role:<11}  {:#x} (file offset {:#x}){aliases}",
+                entry.function, entry.address, entry.file_offset
+            );
+        }
+    }
+}
+
+fn render_features(out: &mut String, features: &[Feature]) {
+    let _ = writeln!(out, "  features");
+    for feature in features {
+        let state = if feature.available {
+            "available"
+        } else {
+            "unavailable"
+        };
+        let _ = writeln!(out, "    {:<24} {state}: {}", feature.name, feature.detail);
     }
 }
 
@@ -427,15 +573,8 @@ pub fn render(report: &Report) -> String {
             );
         }
     }
-    let _ = writeln!(out, "  features");
-    for feature in &report.features {
-        let state = if feature.available {
-            "available"
-        } else {
-            "unavailable"
-        };
-        let _ = writeln!(out, "    {:<24} {state}: {}", feature.name, feature.detail);
-    }
+    render_allocators(&mut out, &report.native_allocators);
+    render_features(&mut out, &report.features);
     let missing: Vec<String> = report
         .vitals
         .iter()

@@ -164,6 +164,37 @@ pub fn build_go_env(program: &str, version: &str, flags: &[&str], env: &[(&str, 
     output
 }
 
+/// testdata/c/`source` built with gcc and `flags` as `name` in the tests' folder (each name
+/// once per test binary).
+pub fn build_c(source: &str, name: &str, flags: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap();
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c");
+    std::fs::create_dir_all(&folder).unwrap();
+    let output = folder.join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/c")
+        .join(source);
+    let out = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&output)
+        .arg(&source)
+        .output()
+        .expect("running gcc");
+    assert!(
+        out.status.success(),
+        "gcc {flags:?} {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    built.insert(name.to_owned(), output.clone());
+    output
+}
+
 /// `go tool <args>` output, with the toolchain of `version`.
 pub fn go_tool(version: &str, args: &[&str]) -> String {
     let out = go_command(version)

@@ -1,0 +1,220 @@
+//! Native allocators found, not assumed: `mapscope inspect` names the C allocator a program
+//! or process allocates through (glibc's in libc.so.6 or linked statically; jemalloc, tcmalloc
+//! and mimalloc from Debian's packages, preloaded) and its entry points, checked against
+//! binutils' `nm` on the same files; a cgo Go program gets its Go report and its allocator.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use common::{ChildGuard, MAPSCOPE, NEWEST_GO};
+use serde_json::Value;
+
+const STANDARD: &[&str] = &["malloc", "calloc", "realloc", "free", "posix_memalign"];
+
+fn inspect_json(args: &[&str]) -> Value {
+    let output = Command::new(MAPSCOPE)
+        .args(["inspect", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "inspect {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The defined function symbols of `path` by name (version suffixes dropped), as `nm` reads
+/// them: the dynamic table of a library, the static one of an executable.
+fn nm(path: &Path, dynamic: bool) -> HashMap<String, u64> {
+    let mut command = Command::new("nm");
+    if dynamic {
+        command.arg("-D");
+    }
+    let output = command.arg("--defined-only").arg(path).output().unwrap();
+    assert!(output.status.success(), "nm {}", path.display());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let kind = fields.next()?;
+            let name = fields.next()?.split('@').next()?;
+            ["T", "W", "i"]
+                .contains(&kind)
+                .then(|| (name.to_owned(), address))
+        })
+        .collect()
+}
+
+/// The one allocator in a report, checked to be `kind` in `object`, every standard entry
+/// point at `nm`'s address.
+fn check_allocator(report: &Value, kind: &str, object: &Path, in_executable: bool) -> Value {
+    let allocators = report["native_allocators"].as_array().unwrap();
+    assert_eq!(allocators.len(), 1, "{report:#}");
+    let allocator = allocators[0].clone();
+    assert_eq!(allocator["kind"], kind, "{allocator:#}");
+    assert_eq!(allocator["provides_malloc"], true);
+    assert_eq!(allocator["in_executable"], in_executable);
+    let named = PathBuf::from(allocator["object"].as_str().unwrap());
+    assert_eq!(
+        named.canonicalize().unwrap(),
+        object.canonicalize().unwrap(),
+        "{allocator:#}"
+    );
+    let symbols = nm(object, !in_executable);
+    let entries: HashMap<&str, u64> = allocator["entry_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|entry| {
+            let address = entry["address"].as_u64().unwrap();
+            std::iter::once(entry["function"].as_str().unwrap())
+                .chain(
+                    entry["aliases"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|alias| alias.as_str().unwrap()),
+                )
+                .map(move |name| (name, address))
+        })
+        .collect();
+    for name in STANDARD {
+        assert_eq!(
+            entries.get(name),
+            symbols.get(*name),
+            "{name} in {}: {allocator:#}",
+            object.display()
+        );
+    }
+    allocator
+}
+
+/// The C fixture, running (until its standard input closes) with `preload`, once it has
+/// allocated and said so.
+fn start_waiter(binary: &Path, preload: Option<&Path>) -> ChildGuard {
+    let mut command = Command::new(binary);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped());
+    if let Some(library) = preload {
+        command.env("LD_PRELOAD", library);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    ChildGuard(child)
+}
+
+/// Where the dynamic linker finds `library` on this machine.
+fn system_library(library: &str) -> PathBuf {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+    ]
+    .iter()
+    .map(|folder| Path::new(folder).join(library))
+    .find(|path| path.exists())
+    .unwrap_or_else(|| panic!("{library} not installed: run `cargo xtask test`"))
+}
+
+/// A dynamically linked C program allocates through glibc's libc.so.6: found from the file
+/// (through its needed libraries) and from the running process (through its mappings).
+#[test]
+#[ignore = "needs gcc and binutils: run `cargo xtask test`"]
+fn a_dynamic_c_program_allocates_through_the_c_library() {
+    let binary = common::build_c("waiter.c", "waiter", &["-O1"]);
+    let libc = system_library("libc.so.6");
+    let report = inspect_json(&[binary.to_str().unwrap()]);
+    assert_eq!(report["go_version"], Value::Null);
+    check_allocator(&report, "glibc", &libc, false);
+    let features = report["features"].as_array().unwrap();
+    assert_eq!(features[0]["name"], "native_allocations", "{report:#}");
+
+    let waiter = start_waiter(&binary, None);
+    let report = inspect_json(&["--pid", &waiter.0.id().to_string()]);
+    check_allocator(&report, "glibc", &libc, false);
+}
+
+/// A statically linked C program carries glibc's allocator in the executable itself.
+#[test]
+#[ignore = "needs gcc and binutils: run `cargo xtask test`"]
+fn a_static_c_program_carries_its_allocator() {
+    let binary = common::build_c("waiter.c", "waiter-static", &["-O1", "-static"]);
+    let report = inspect_json(&[binary.to_str().unwrap()]);
+    check_allocator(&report, "glibc", &binary, true);
+    let waiter = start_waiter(&binary, None);
+    let report = inspect_json(&["--pid", &waiter.0.id().to_string()]);
+    check_allocator(&report, "glibc", &binary, true);
+}
+
+/// jemalloc, tcmalloc and mimalloc replace malloc (here preloaded, as servers often deploy
+/// them): each is found by its own symbols, named as the allocator behind malloc instead of
+/// glibc's, with its own calls beside the standard ones (jemalloc's `*allocx`, the C++
+/// operators tcmalloc and mimalloc define).
+#[test]
+#[ignore = "needs Debian's allocator packages: run `cargo xtask test`"]
+fn replacement_allocators_are_found_by_their_own_symbols() {
+    let binary = common::build_c("waiter.c", "waiter", &["-O1"]);
+    for (library, kind, own) in [
+        ("libjemalloc.so.2", "jemalloc", &["mallocx", "sdallocx"][..]),
+        ("libtcmalloc_minimal.so.4", "tcmalloc", &["_Znwm"][..]),
+        ("libmimalloc.so.2", "mimalloc", &["_Znwm"][..]),
+    ] {
+        let library = system_library(library);
+        let waiter = start_waiter(&binary, Some(&library));
+        let report = inspect_json(&["--pid", &waiter.0.id().to_string()]);
+        let allocator = check_allocator(&report, kind, &library, false);
+        let symbols = nm(&library, true);
+        for name in own {
+            let entry = allocator["entry_points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|entry| entry["function"] == *name)
+                .unwrap_or_else(|| panic!("no {name}: {allocator:#}"));
+            assert_eq!(entry["address"].as_u64(), symbols.get(*name).copied());
+        }
+    }
+}
+
+/// A Go program with cgo gets its Go report and its C allocator; a pure Go one has none.
+#[test]
+#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
+fn a_cgo_go_program_reports_go_and_its_allocator() {
+    let cgo = common::build_go("gcload", NEWEST_GO, &["-tags=mapscope_cgo"]);
+    let report = inspect_json(&[cgo.to_str().unwrap()]);
+    assert!(report["go_version"].as_str().unwrap().starts_with("go1."));
+    check_allocator(&report, "glibc", &system_library("libc.so.6"), false);
+    let pure = common::build_go("gcload", NEWEST_GO, &[]);
+    let report = inspect_json(&[pure.to_str().unwrap()]);
+    assert_eq!(report["native_allocators"], serde_json::json!([]));
+    let native = report["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|feature| feature["name"] == "native_allocations")
+        .unwrap();
+    assert!(
+        native["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no C allocator"),
+        "{native}"
+    );
+}
