@@ -201,7 +201,7 @@ fn main() {
 }
 
 const BUDGET_ROUNDS: usize = 3;
-const BUDGET_SECONDS: u64 = 10;
+const BUDGET_SECONDS: u64 = 30;
 
 /// A run's throughput (`ops` or `maps` per second, from gcbench's last JSON line) and, under
 /// mapscope, the cost its exit summary reported.
