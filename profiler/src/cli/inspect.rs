@@ -361,7 +361,7 @@ fn neither_go_nor_native(who: &str, error: &NativeError) -> UserError {
     UserError::new(
         Exit::NotGo,
         format!(
-            "{who} is not a Go program, and {error}; mapscope profiles Go programs and programs \
+            "{who} is not a Go program, and {error}; mapscope inspects Go programs and programs \
              that allocate through glibc, musl, jemalloc, tcmalloc or mimalloc"
         ),
     )

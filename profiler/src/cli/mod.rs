@@ -68,7 +68,7 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Start a command with the probes already attached, and profile it until it exits.
     Run(run::RunArgs),
-    /// Show what mapscope can see in a Go binary: version, build, probe points, features.
+    /// Show what mapscope can see in a program: Go version, build, probe points, features, C allocators.
     Inspect(inspect::InspectArgs),
     /// Take a profile from a running Go process and write it in pprof format.
     Profile(profile::ProfileArgs),
