@@ -383,7 +383,8 @@ fn links_at(pid: u32, offsets: &[u64]) -> usize {
 /// seconds, so that this machine's drift, up to 20% between runs a minute apart, cancels), the
 /// slowdown they bring times the time they are on stays within the budget, give or take what
 /// the CPU estimate cannot see (after each trap the program's own code runs slower for a
-/// while, up to half again the probe's CPU time here; see docs/METRICS.md). And the scaled
+/// while: the slowdown measured here came to 1.2-1.7 times the probes' CPU time; see
+/// docs/METRICS.md). And the scaled
 /// growth counts agree with the maps the program says it built (two counted growths each: 224
 /// and 448 entries).
 #[test]
