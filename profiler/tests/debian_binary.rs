@@ -9,12 +9,9 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{MAPSCOPE, Mapscope};
+use common::Mapscope;
 
 /// prometheus's own GC count: client_golang's `go_gc_duration_seconds` summary is fed from
 /// `runtime.ReadMemStats`, so its count is `MemStats.NumGC`.
@@ -32,15 +29,7 @@ fn own_gc_count(address: std::net::SocketAddr) -> u64 {
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn debian_prometheus() {
     let binary = common::debian_prometheus();
-    let report: serde_json::Value = serde_json::from_slice(
-        &Command::new(MAPSCOPE)
-            .args(["inspect", "--json"])
-            .arg(&binary)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let report = common::inspect_json(&[binary.to_str().unwrap()]);
     assert_eq!(report["go_version"], "go1.19.8");
     assert_eq!(report["stripped"], true);
     assert_eq!(report["static_link"], false, "Debian builds it with cgo");

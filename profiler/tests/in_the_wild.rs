@@ -126,17 +126,7 @@ fn binary_without_section_headers() {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
 
-        let output = Command::new(common::MAPSCOPE)
-            .args(["inspect", "--json"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let report = common::inspect_json(&[path.to_str().unwrap()]);
         assert_eq!(report["go_version"], format!("go{GO}"));
         assert_eq!(report["stripped"], true);
         attach_and_compare(GoTarget::start(&path, &["-duration", "300ms"]));

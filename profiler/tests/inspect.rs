@@ -10,7 +10,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{GoTarget, MAPSCOPE, NEWEST_GO};
+use common::{GoTarget, MAPSCOPE, NEWEST_GO, inspect_json};
 use mapscope::gobin::{GoBinary, abi};
 use serde_json::Value;
 
@@ -20,18 +20,6 @@ fn inspect(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn inspect_json(args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend(args);
-    let output = inspect(&all);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// The report's probe points are the entry site and RET sites the library computes.

@@ -17,24 +17,10 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{ChildGuard, MAPSCOPE, NEWEST_GO};
+use common::{ChildGuard, NEWEST_GO, inspect_json};
 use serde_json::Value;
 
 const STANDARD: &[&str] = &["malloc", "calloc", "realloc", "free", "posix_memalign"];
-
-fn inspect_json(args: &[&str]) -> Value {
-    let output = Command::new(MAPSCOPE)
-        .args(["inspect", "--json"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "inspect {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
 
 /// The defined function symbols of `path` by name (version suffixes dropped), as `nm` reads
 /// them: the dynamic table of a library, the static one of an executable.

@@ -329,13 +329,7 @@ fn maps_built(mapscope: &Mapscope) -> f64 {
 /// The file offsets of the map growth probes (`map_event_*`) `mapscope inspect` finds in
 /// `binary`.
 fn map_event_offsets(binary: &Path) -> Vec<u64> {
-    let output = Command::new(MAPSCOPE)
-        .args(["inspect", "--json"])
-        .arg(binary)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let inspect: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let inspect = common::inspect_json(&[binary.to_str().unwrap()]);
     let offsets: Vec<u64> = inspect["probes"]
         .as_array()
         .unwrap()

@@ -195,6 +195,21 @@ pub fn build_c(source: &str, name: &str, flags: &[&str]) -> PathBuf {
     output
 }
 
+/// `mapscope inspect --json <args>`'s report; panics with mapscope's message if it fails.
+pub fn inspect_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(MAPSCOPE)
+        .args(["inspect", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "inspect {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// `go tool <args>` output, with the toolchain of `version`.
 pub fn go_tool(version: &str, args: &[&str]) -> String {
     let out = go_command(version)
