@@ -7,7 +7,7 @@
 //! where the allocator defines them). One built with a prefix that leaves `malloc` alone
 //! (`je_malloc`, Rust's `_rjem_mallocx`, `mi_malloc`) is probed on its prefixed names: the
 //! program calls those directly, and the process's `malloc` is another allocator's.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 use serde::Serialize;
@@ -160,41 +160,20 @@ impl Functions {
         self.0.contains_key(name)
     }
 
-    /// The entry points among `names` (each with `prefix`) this object defines; names at an
-    /// address already taken become that entry's aliases.
-    fn entry_points<'a>(
-        &self,
-        prefix: &str,
-        names: impl IntoIterator<Item = &'a (&'a str, Role)>,
-    ) -> Vec<EntryPoint> {
-        let mut by_address: BTreeMap<u64, EntryPoint> = BTreeMap::new();
-        let mut order = Vec::new();
-        for (name, role) in names {
+    /// The entry points among `tables` (each name with `prefix`) this object defines, in table
+    /// order.
+    fn entry_points(&self, prefix: &str, tables: &[&[(&str, Role)]]) -> Vec<EntryPoint> {
+        merge_by_address(tables.iter().copied().flatten().filter_map(|(name, role)| {
             let symbol = format!("{prefix}{name}");
-            let Some(&(address, file_offset)) = self.0.get(&symbol) else {
-                continue;
-            };
-            match by_address.get_mut(&address) {
-                Some(entry) => entry.aliases.push(symbol),
-                None => {
-                    order.push(address);
-                    by_address.insert(
-                        address,
-                        EntryPoint {
-                            function: symbol,
-                            aliases: Vec::new(),
-                            role: *role,
-                            address,
-                            file_offset,
-                        },
-                    );
-                }
-            }
-        }
-        order
-            .into_iter()
-            .filter_map(|address| by_address.remove(&address))
-            .collect()
+            let &(address, file_offset) = self.0.get(&symbol)?;
+            Some(EntryPoint {
+                function: symbol,
+                aliases: Vec::new(),
+                role: *role,
+                address,
+                file_offset,
+            })
+        }))
     }
 }
 
@@ -213,44 +192,34 @@ fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
 pub fn allocators_in(file: &object::File<'_>) -> Vec<Allocator> {
     let functions = Functions::read(file);
     let mut found = Vec::new();
-    let provides_malloc = functions.has("malloc");
-    let standard = |extra: &[(&'static str, Role)]| {
-        let mut entries = functions.entry_points("", STANDARD);
-        entries.extend(functions.entry_points("", extra));
-        dedup_aliases(entries)
-    };
     // Which allocator `malloc` is, by the marks each leaves.
     let jemalloc_prefix = JEMALLOC_PREFIXES
         .iter()
         .copied()
         .filter(|prefix| functions.has(&format!("{prefix}mallocx")))
         .collect::<Vec<_>>();
-    if provides_malloc {
-        let (kind, extra): (AllocatorKind, Vec<(&str, Role)>) = if jemalloc_prefix.contains(&"") {
+    if functions.has("malloc") {
+        let (kind, tables): (AllocatorKind, &[&[(&str, Role)]]) = if jemalloc_prefix.contains(&"") {
             (
                 AllocatorKind::Jemalloc,
-                JEMALLOC_EXTENDED
-                    .iter()
-                    .chain(CXX_OPERATORS)
-                    .copied()
-                    .collect(),
+                &[STANDARD, JEMALLOC_EXTENDED, CXX_OPERATORS],
             )
         } else if functions.has("tc_malloc") {
-            (AllocatorKind::Tcmalloc, CXX_OPERATORS.to_vec())
+            (AllocatorKind::Tcmalloc, &[STANDARD, CXX_OPERATORS])
         } else if functions.has("mi_malloc") {
-            (AllocatorKind::Mimalloc, CXX_OPERATORS.to_vec())
+            (AllocatorKind::Mimalloc, &[STANDARD, CXX_OPERATORS])
         } else if functions.has("__libc_malloc_impl") || functions.has("__malloc_donate") {
-            (AllocatorKind::Musl, Vec::new())
+            (AllocatorKind::Musl, &[STANDARD])
         } else if functions.has("__libc_malloc") {
-            (AllocatorKind::Glibc, Vec::new())
+            (AllocatorKind::Glibc, &[STANDARD])
         } else {
-            (AllocatorKind::Other, Vec::new())
+            (AllocatorKind::Other, &[STANDARD])
         };
         found.push(Allocator {
             kind,
             provides_malloc: true,
             prefix: "",
-            entry_points: standard(&extra),
+            entry_points: functions.entry_points("", tables),
         });
     }
     // Prefixed allocators beside (or instead of) the one behind `malloc`.
@@ -258,13 +227,11 @@ pub fn allocators_in(file: &object::File<'_>) -> Vec<Allocator> {
         .into_iter()
         .filter(|prefix| !prefix.is_empty())
     {
-        let mut entries = functions.entry_points(prefix, STANDARD);
-        entries.extend(functions.entry_points(prefix, JEMALLOC_EXTENDED));
         found.push(Allocator {
             kind: AllocatorKind::Jemalloc,
             provides_malloc: false,
             prefix,
-            entry_points: dedup_aliases(entries),
+            entry_points: functions.entry_points(prefix, &[STANDARD, JEMALLOC_EXTENDED]),
         });
     }
     let mimalloc_is_malloc = found
@@ -275,15 +242,15 @@ pub fn allocators_in(file: &object::File<'_>) -> Vec<Allocator> {
             kind: AllocatorKind::Mimalloc,
             provides_malloc: false,
             prefix: "mi_",
-            entry_points: functions.entry_points("", MIMALLOC_OWN),
+            entry_points: functions.entry_points("", &[MIMALLOC_OWN]),
         });
     }
     found
 }
 
-/// Entries from separate tables that share an address (an allocator whose `_ZdlPv` is its
-/// `free`) merge into the first.
-fn dedup_aliases(entries: Vec<EntryPoint>) -> Vec<EntryPoint> {
+/// Entries that share an address (glibc's `memalign` is its `aligned_alloc`; an allocator's
+/// `_ZdlPv` may be its `free`) are one probe point: the first, with the others as aliases.
+fn merge_by_address(entries: impl IntoIterator<Item = EntryPoint>) -> Vec<EntryPoint> {
     let mut kept: Vec<EntryPoint> = Vec::new();
     for entry in entries {
         match kept.iter_mut().find(|kept| kept.address == entry.address) {
@@ -313,7 +280,7 @@ mod tests {
 
     #[test]
     fn entries_at_one_address_are_one_probe_under_the_first_name() {
-        let merged = dedup_aliases(vec![
+        let merged = merge_by_address(vec![
             entry("free", 0x10),
             entry("malloc", 0x20),
             entry("_ZdlPv", 0x10),

@@ -46,6 +46,8 @@ struct Candidate {
     object: PathBuf,
     host_path: PathBuf,
     in_executable: bool,
+    /// Its bytes, when they were read already.
+    data: Option<Vec<u8>>,
 }
 
 /// Libraries that replace `malloc`, by file name.
@@ -85,14 +87,17 @@ fn ordered(executable: Candidate, libraries: Vec<Candidate>) -> Vec<Candidate> {
 }
 
 /// The allocators among `candidates`: the first that provides `malloc`, and every prefixed one.
-fn choose(candidates: &[Candidate]) -> Result<Vec<FoundAllocator>, NativeError> {
+fn choose(candidates: Vec<Candidate>) -> Result<Vec<FoundAllocator>, NativeError> {
     let mut found = Vec::new();
     let mut malloc_taken = false;
-    for candidate in candidates {
-        let data = match crate::files::read_regular(
-            &candidate.host_path,
-            crate::files::MAX_EXECUTABLE,
-        ) {
+    let mut searched = Vec::new();
+    for mut candidate in candidates {
+        searched.push(candidate.object.display().to_string());
+        let read = match candidate.data.take() {
+            Some(data) => Ok(data),
+            None => crate::files::read_regular(&candidate.host_path, crate::files::MAX_EXECUTABLE),
+        };
+        let data = match read {
             Ok(data) => data,
             // A library is only a candidate: one that cannot be read is left out, but the
             // executable must be readable.
@@ -133,12 +138,9 @@ fn choose(candidates: &[Candidate]) -> Result<Vec<FoundAllocator>, NativeError> 
         }
     }
     if found.is_empty() {
-        let searched = candidates
-            .iter()
-            .map(|candidate| candidate.object.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(NativeError::NoAllocator { searched });
+        return Err(NativeError::NoAllocator {
+            searched: searched.join(", "),
+        });
     }
     Ok(found)
 }
@@ -157,6 +159,7 @@ pub fn for_process(pid: u32) -> Result<Vec<FoundAllocator>, NativeError> {
         // The executable as the process runs it, even if its file was replaced or deleted.
         host_path: PathBuf::from(format!("/proc/{pid}/exe")),
         in_executable: true,
+        data: None,
     };
     let mut libraries: Vec<Candidate> = Vec::new();
     for object in mapped_code(&maps) {
@@ -167,9 +170,10 @@ pub fn for_process(pid: u32) -> Result<Vec<FoundAllocator>, NativeError> {
             host_path: root.join(object.strip_prefix("/").unwrap_or(&object)),
             object,
             in_executable: false,
+            data: None,
         });
     }
-    choose(&ordered(executable, libraries))
+    choose(ordered(executable, libraries))
 }
 
 /// The files mapped executable in a `/proc/PID/maps` listing, in address order; deleted ones
@@ -205,6 +209,7 @@ pub fn for_binary(path: &Path) -> Result<Vec<FoundAllocator>, NativeError> {
         object: path.to_owned(),
         host_path: path.to_owned(),
         in_executable: true,
+        data: Some(data),
     };
     let libraries = needed
         .into_iter()
@@ -212,9 +217,10 @@ pub fn for_binary(path: &Path) -> Result<Vec<FoundAllocator>, NativeError> {
             object: library.clone(),
             host_path: library,
             in_executable: false,
+            data: None,
         })
         .collect();
-    choose(&ordered(executable, libraries))
+    choose(ordered(executable, libraries))
 }
 
 /// The folders the dynamic linker searches after an object's run path, on the architectures
@@ -320,6 +326,7 @@ mod tests {
             object: PathBuf::from(path),
             host_path: PathBuf::from(path),
             in_executable,
+            data: None,
         };
         let order: Vec<PathBuf> = ordered(
             candidate("/srv/app", true),
