@@ -129,11 +129,24 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("clap requires --pid or PATH"),
     };
+    // Read once, for the Go analysis and the allocator search both.
+    let shown = path.display().to_string();
+    let data =
+        crate::files::read_regular(&path, crate::files::MAX_EXECUTABLE).map_err(|source| {
+            session::go_binary_error(
+                GoBinaryError::Read {
+                    path: shown.clone(),
+                    source,
+                },
+                &who,
+                &alive,
+            )
+        })?;
     let allocators = match args.pid {
-        Some(pid) => native::for_process(pid),
-        None => native::for_binary(&path),
+        Some(pid) => native::for_process(pid, Some(&data)),
+        None => native::for_binary(&path, &data),
     };
-    let text = match GoBinary::open(&path, abi::WANTED) {
+    let text = match GoBinary::parse(data, &shown, abi::WANTED) {
         // Not Go: what mapscope sees of it is its allocators.
         Err(GoBinaryError::NotGo { .. }) => {
             let native_allocators =
@@ -157,7 +170,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             }
         }
         opened => {
-            let binary = opened.map_err(|error| session::go_binary_error(error, &who, alive))?;
+            let binary = opened.map_err(|error| session::go_binary_error(error, &who, &alive))?;
             let mut report = build(&who, &binary);
             // A pure Go program has no C allocator: that is no error here.
             report.native_allocators = allocators.unwrap_or_default();

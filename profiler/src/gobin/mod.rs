@@ -120,7 +120,8 @@ impl GoBinary {
         Self::parse(data, &shown, wanted)
     }
 
-    fn parse(data: Vec<u8>, shown: &str, wanted: &[&str]) -> Result<Self, GoBinaryError> {
+    /// Analyse an executable already read (`shown` names it in errors).
+    pub fn parse(data: Vec<u8>, shown: &str, wanted: &[&str]) -> Result<Self, GoBinaryError> {
         let path = || shown.to_owned();
         let file = object::File::parse(&*data).map_err(|error| GoBinaryError::NotElf {
             path: path(),

@@ -42,12 +42,12 @@ pub struct FoundAllocator {
 }
 
 /// Where a process's or a file's allocators may be, in the dynamic linker's order.
-struct Candidate {
+struct Candidate<'a> {
     object: PathBuf,
     host_path: PathBuf,
     in_executable: bool,
-    /// Its bytes, when they were read already.
-    data: Option<Vec<u8>>,
+    /// Its bytes, when the caller has read them already.
+    data: Option<&'a [u8]>,
 }
 
 /// Libraries that replace `malloc`, by file name.
@@ -70,7 +70,7 @@ fn file_name(path: &Path) -> &str {
 
 /// Put the candidates in the order their `malloc` would win: the executable, allocator
 /// libraries, the C library; other libraries are not read (a process may map hundreds).
-fn ordered(executable: Candidate, libraries: Vec<Candidate>) -> Vec<Candidate> {
+fn ordered<'a>(executable: Candidate<'a>, libraries: Vec<Candidate<'a>>) -> Vec<Candidate<'a>> {
     let (mut allocators, mut c_libraries) = (Vec::new(), Vec::new());
     for library in libraries {
         let name = file_name(&library.object);
@@ -91,28 +91,34 @@ fn choose(candidates: Vec<Candidate>) -> Result<Vec<FoundAllocator>, NativeError
     let mut found = Vec::new();
     let mut malloc_taken = false;
     let mut searched = Vec::new();
-    for mut candidate in candidates {
+    for candidate in candidates {
         searched.push(candidate.object.display().to_string());
-        let read = match candidate.data.take() {
-            Some(data) => Ok(data),
-            None => crate::files::read_regular(&candidate.host_path, crate::files::MAX_EXECUTABLE),
-        };
-        let data = match read {
-            Ok(data) => data,
-            // A library is only a candidate: one that cannot be read is left out, but the
-            // executable must be readable.
-            Err(source) if candidate.in_executable => {
-                return Err(NativeError::Read {
-                    path: candidate.object.display().to_string(),
-                    source,
-                });
+        let read;
+        let data = match candidate.data {
+            Some(data) => data,
+            None => {
+                match crate::files::read_regular(&candidate.host_path, crate::files::MAX_EXECUTABLE)
+                {
+                    Ok(bytes) => {
+                        read = bytes;
+                        read.as_slice()
+                    }
+                    // A library is only a candidate: one that cannot be read is left out, but the
+                    // executable must be readable.
+                    Err(source) if candidate.in_executable => {
+                        return Err(NativeError::Read {
+                            path: candidate.object.display().to_string(),
+                            source,
+                        });
+                    }
+                    Err(error) => {
+                        tracing::debug!(object = %candidate.object.display(), %error, "library not read");
+                        continue;
+                    }
+                }
             }
-            Err(error) => {
-                tracing::debug!(object = %candidate.object.display(), %error, "library not read");
-                continue;
-            }
         };
-        let file = match object::File::parse(&*data) {
+        let file = match object::File::parse(data) {
             Ok(file) => file,
             Err(error) if candidate.in_executable => {
                 return Err(NativeError::NotElf {
@@ -145,8 +151,12 @@ fn choose(candidates: Vec<Candidate>) -> Result<Vec<FoundAllocator>, NativeError
     Ok(found)
 }
 
-/// The allocators process `pid` maps, read through `/proc/PID/root`.
-pub fn for_process(pid: u32) -> Result<Vec<FoundAllocator>, NativeError> {
+/// The allocators process `pid` maps, read through `/proc/PID/root`; `executable`: the bytes
+/// of `/proc/PID/exe`, when the caller has read them already.
+pub fn for_process(
+    pid: u32,
+    executable: Option<&[u8]>,
+) -> Result<Vec<FoundAllocator>, NativeError> {
     let maps_path = format!("/proc/{pid}/maps");
     let maps = std::fs::read_to_string(&maps_path).map_err(|source| NativeError::Read {
         path: maps_path,
@@ -159,7 +169,7 @@ pub fn for_process(pid: u32) -> Result<Vec<FoundAllocator>, NativeError> {
         // The executable as the process runs it, even if its file was replaced or deleted.
         host_path: PathBuf::from(format!("/proc/{pid}/exe")),
         in_executable: true,
-        data: None,
+        data: executable,
     };
     let mut libraries: Vec<Candidate> = Vec::new();
     for object in mapped_code(&maps) {
@@ -190,19 +200,12 @@ fn mapped_code(maps: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The allocators an executable file would run with: its own, and those of the libraries it
-/// needs, found where the dynamic linker looks (its run path, then the system's folders).
-pub fn for_binary(path: &Path) -> Result<Vec<FoundAllocator>, NativeError> {
-    let shown = path.display().to_string();
-    let data =
-        crate::files::read_regular(path, crate::files::MAX_EXECUTABLE).map_err(|source| {
-            NativeError::Read {
-                path: shown.clone(),
-                source,
-            }
-        })?;
-    let needed = needed_libraries(&data, path).map_err(|detail| NativeError::NotElf {
-        path: shown,
+/// The allocators the executable file at `path`, read as `data`, would run with: its own, and
+/// those of the libraries it needs, found where the dynamic linker looks (its run path, then
+/// the system's folders).
+pub fn for_binary(path: &Path, data: &[u8]) -> Result<Vec<FoundAllocator>, NativeError> {
+    let needed = needed_libraries(data, path).map_err(|detail| NativeError::NotElf {
+        path: path.display().to_string(),
         detail,
     })?;
     let executable = Candidate {
