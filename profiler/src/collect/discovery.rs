@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::overhead::OwnCpu;
 use crate::{
-    model::maps::OpRates,
+    model::maps::{CountedSpan, OpRates},
     probes::loaded::{DiscoveryMaps, WindowedProbes},
 };
 
@@ -65,6 +65,13 @@ pub const MAX_WINDOW_HITS: u64 = 50_000;
 /// Turns for windows: one at a time per mapscope process (see `Discovery::run`).
 static WINDOW_TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
 
+/// A read of the counts that takes longer than this, and this per map and operation counted,
+/// was interrupted: it is taken again, up to `READ_ATTEMPTS` times (see
+/// `Discovery::read_counts`). A key takes two system calls, a few microseconds.
+const CLEAN_READ: std::time::Duration = std::time::Duration::from_millis(2);
+const CLEAN_READ_PER_KEY: std::time::Duration = std::time::Duration::from_micros(20);
+const READ_ATTEMPTS: u32 = 5;
+
 /// How often an open window's hits are read.
 const HIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -72,6 +79,8 @@ const HIT_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 #[derive(Clone, Debug, Default)]
 pub struct AccessWindow {
     pub rates: HashMap<u64, OpRates>,
+    /// When the counts were taken (none before the first window).
+    pub span: Option<CountedSpan>,
 }
 
 /// The running discovery task: stop it with `stop`, which waits until its probes are off.
@@ -117,6 +126,15 @@ impl DiscoveryTask {
             tracing::warn!("map discovery ended with an error: {error}");
         }
     }
+}
+
+/// The counts and probe hits at one instant, as near as it can be told.
+struct CountsAt {
+    counts: HashMap<MapOpKey, u64>,
+    hits: Vec<u64>,
+    /// The middle of the read.
+    at: Instant,
+    at_wall: std::time::SystemTime,
 }
 
 struct Discovery {
@@ -190,17 +208,11 @@ impl Discovery {
         }
         // Counted from here: what the first probes saw while the others were being attached
         // is subtracted. (Reading the table is a system call per key: off the workers too.)
-        let (baseline, hits_before) = tokio::task::block_in_place(|| {
-            own.measure(|| {
-                (
-                    totals(&self.counts),
-                    probe_hits(&self.hits, self.probes.probe_count()),
-                )
-            })
-        });
-        let started = Instant::now();
+        let before = tokio::task::block_in_place(|| own.measure(|| self.read_counts()));
+        let started = before.at;
+        let started_unix_ms = unix_ms(before.at_wall);
         let attach_time = started - attaching;
-        let baseline_hits: u64 = hits_before.iter().sum();
+        let baseline_hits: u64 = before.hits.iter().sum();
         let close = tokio::time::sleep(cycle.window);
         tokio::pin!(close);
         let mut poll = tokio::time::interval(HIT_POLL);
@@ -222,22 +234,20 @@ impl Discovery {
         }
         // Read the counts at the end of the window, before detaching: removing uprobes takes
         // the kernel a while, and counts after `seconds` would inflate the rates.
-        let (counted, seconds, hits) = tokio::task::block_in_place(|| {
-            own.measure(|| {
-                (
-                    totals(&self.counts),
-                    started.elapsed().as_secs_f64(),
-                    probe_hits(&self.hits, self.probes.probe_count()),
-                )
-            })
-        });
+        let after = tokio::task::block_in_place(|| own.measure(|| self.read_counts()));
+        let seconds = (after.at - started).as_secs_f64();
         // The window's hits by probe: the busiest probes come off first.
-        let hits: Vec<u64> = hits
+        let hits: Vec<u64> = after
+            .hits
             .iter()
-            .zip(hits_before.iter().chain(std::iter::repeat(&0)))
+            .zip(before.hits.iter().chain(std::iter::repeat(&0)))
             .map(|(after, before)| after.saturating_sub(*before))
             .collect();
-        let window = rates(&counted, &baseline, seconds);
+        let mut window = rates(&after.counts, &before.counts, seconds);
+        window.span = Some(CountedSpan {
+            started_unix_ms,
+            seconds,
+        });
         let maps_counted = window.rates.len();
         // Delivered now, not after the probes are removed (a second or more): replaces a window
         // the collector has not taken yet, and never waits on it (it may be stopping, and
@@ -270,6 +280,35 @@ impl Discovery {
         );
         delivered
     }
+
+    /// Read the counts, timed: a read the scheduler interrupted (on a busy node, for tens of
+    /// milliseconds) is taken again, since the operations counted during it could be on either
+    /// side of the window's edge and would bias a short window's rates.
+    fn read_counts(&self) -> CountsAt {
+        let mut attempts = 0;
+        loop {
+            let wall = std::time::SystemTime::now();
+            let begun = Instant::now();
+            let counts = totals(&self.counts);
+            let hits = probe_hits(&self.hits, self.probes.probe_count());
+            let took = begun.elapsed();
+            attempts += 1;
+            let clean = CLEAN_READ + CLEAN_READ_PER_KEY * counts.len() as u32;
+            if took <= clean || attempts == READ_ATTEMPTS {
+                return CountsAt {
+                    counts,
+                    hits,
+                    at: begun + took / 2,
+                    at_wall: wall + took / 2,
+                };
+            }
+        }
+    }
+}
+
+pub fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Hits of each probe, by index, summed over the CPUs.

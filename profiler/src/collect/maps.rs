@@ -15,7 +15,7 @@ use profiler_common::maps::{
 };
 
 use super::{
-    discovery::{AccessWindow, DiscoveryTask, DutyCycle},
+    discovery::{AccessWindow, DiscoveryTask, DutyCycle, unix_ms},
     stacks::Stacks,
 };
 use crate::{
@@ -24,7 +24,7 @@ use crate::{
         abi::{MapAbi, TYPE_ABI},
         variables::MapVariable,
     },
-    model::maps::{MapShape, MapTypeInfo, OpRates, SiteKind},
+    model::maps::{CountedSpan, MapShape, MapTypeInfo, OpRates, SiteKind},
     probes::loaded::{DiscoveryMaps, MapMaps, WindowedProbes},
     process::{
         gomap::{self, Budgeted, SnapshotError},
@@ -82,6 +82,9 @@ pub struct MapReport {
     /// Operations per second in the last discovery window, when one has run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operations_per_second: Option<OpRates>,
+    /// When that window counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operations_counted: Option<CountedSpan>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -157,6 +160,8 @@ pub struct MapCollector {
     pub discovery: Option<(WindowedProbes, DiscoveryMaps)>,
     /// Operations per second by map, from the last window.
     op_rates: HashMap<u64, OpRates>,
+    /// When the last window counted.
+    op_span: Option<CountedSpan>,
     sites_with_rates: BTreeSet<String>,
     /// Snapshots dropped, by reason, and maps known at the last round: why nothing may show.
     pub stats: MapStats,
@@ -204,6 +209,7 @@ impl MapCollector {
             sites_with_gauges: BTreeSet::new(),
             discovery: None,
             op_rates: HashMap::new(),
+            op_span: None,
             stats: MapStats::default(),
             variables: Vec::new(),
             given_up: std::collections::HashSet::new(),
@@ -262,6 +268,7 @@ impl MapCollector {
     /// the kernel now tracks a map this collector has never read.
     fn take_window(&mut self, window: &AccessWindow) -> bool {
         self.op_rates = window.rates.clone();
+        self.op_span = window.span;
         let tracked: Vec<(u64, TrackedMap)> = self.tracked.iter().filter_map(Result::ok).collect();
         let known: std::collections::HashSet<u64> =
             tracked.iter().map(|(address, _)| *address).collect();
@@ -272,6 +279,7 @@ impl MapCollector {
             let rates = self.op_rates.get(&address).copied().unwrap_or_default();
             if let Some(report) = self.latest.get_mut(&address) {
                 report.operations_per_second = Some(rates);
+                report.operations_counted = window.span;
             }
             // Sites whose maps saw no operation get no series (and take no named slot).
             if rates == OpRates::default() {
@@ -485,10 +493,11 @@ impl MapCollector {
                     shape,
                     read_bytes: memory.bytes_read,
                     read_micros: elapsed.as_micros() as u64,
-                    taken_unix_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |since| since.as_millis() as u64),
+                    taken_unix_ms: unix_ms(std::time::SystemTime::now()),
                     operations_per_second: self.op_rates.get(&address).copied(),
+                    operations_counted: self
+                        .op_span
+                        .filter(|_| self.op_rates.contains_key(&address)),
                 };
                 self.latest.insert(address, report);
             }

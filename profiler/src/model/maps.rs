@@ -93,6 +93,15 @@ impl SiteKind {
     }
 }
 
+/// When a discovery window counted: its start and its length. Rates are the counts divided by
+/// `seconds`; the span says which stretch of the target's life they describe (a service's
+/// traffic is not steady, nor is its share of a busy node's CPU).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct CountedSpan {
+    pub started_unix_ms: u64,
+    pub seconds: f64,
+}
+
 /// Operations on one map per second, over the last discovery window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct OpRates {

@@ -12,8 +12,10 @@
 //	<- "churn NAME"     keep inserting into and deleting from NAME in the background; "ok"
 //	<- "load NAME L A I"  keep looking up L, assigning to existing keys A and ranging over the
 //	                    whole map I times per second in NAME (no growth); "ok"
-//	<- "loaded"         -> {"lookups": …, "assigns": …, "iterations": …}: per second achieved
-//	                    since "load"
+//	<- "counted MS S"   -> {"lookups": …, "assigns": …, "iterations": …}: per second done by the
+//	                    load in the S seconds from Unix millisecond MS (a discovery window's
+//	                    span): the load keeps pace on average, but not over every stretch of
+//	                    a busy machine
 //	<- "use"            keep reading every map (and rewriting existing keys of grown) a few
 //	                    hundred times a second from main.useMaps, as a service uses maps it
 //	                    built long ago; "ok"
@@ -31,9 +33,9 @@ import (
 	"reflect"
 	"runtime"
 	"runtime/debug"
+	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -282,14 +284,17 @@ func churn(name string) {
 	}()
 }
 
-var (
-	loadLookups, loadAssigns, loadIterations atomic.Int64
-	loadStarted                              time.Time
-)
+// loadDone is what the load had done by a time; samples are in time order.
+type loadDone struct {
+	at                         time.Time
+	looked, assigned, iterated int
+}
+
+var loadSamples []loadDone // under mu
 
 // load keeps operating on existing keys of NAME (no growth) at paced rates, as a service under
 // steady traffic does: every millisecond it catches up with the clock, so a late tick does not
-// lower the rates.
+// lower the rates over the long run.
 func load(name string, lookups, assigns, iterations int) {
 	mu.Lock()
 	m, ok := maps[name].(map[int]int)
@@ -297,33 +302,63 @@ func load(name string, lookups, assigns, iterations int) {
 	if !ok {
 		return
 	}
-	loadStarted = time.Now()
+	started := time.Now()
 	go func() {
 		ticker := time.NewTicker(time.Millisecond)
 		var looked, assigned, iterated int
 		sink := 0
 		for {
 			<-ticker.C
-			seconds := time.Since(loadStarted).Seconds()
+			seconds := time.Since(started).Seconds()
 			mu.Lock()
+			// Sampled every few operations, not only per tick: a tick late on a busy machine
+			// catches up in a burst, which a window may end in the middle of.
+			done := func() {
+				loadSamples = append(loadSamples, loadDone{time.Now(), looked, assigned, iterated})
+			}
 			for ; looked < int(seconds*float64(lookups)); looked++ {
 				sink += m[(looked%grownN)*7919]
+				if looked%16 == 0 {
+					done()
+				}
 			}
 			for ; assigned < int(seconds*float64(assigns)); assigned++ {
 				m[(assigned%grownN)*7919] = assigned
+				if assigned%16 == 0 {
+					done()
+				}
 			}
 			for ; iterated < int(seconds*float64(iterations)); iterated++ {
 				for k := range m {
 					sink += k
 					break
 				}
+				done()
 			}
+			done()
 			mu.Unlock()
-			loadLookups.Store(int64(looked))
-			loadAssigns.Store(int64(assigned))
-			loadIterations.Store(int64(iterated))
 		}
 	}()
+}
+
+// doneBy is what the load had done by `at`: the last sample taken then or before.
+func doneBy(at time.Time) loadDone {
+	i := sort.Search(len(loadSamples), func(i int) bool { return loadSamples[i].at.After(at) })
+	if i == 0 {
+		return loadDone{}
+	}
+	return loadSamples[i-1]
+}
+
+// counted prints the load's rates over the span of `seconds` from Unix millisecond `fromMs`.
+func counted(fromMs int64, seconds float64) {
+	from := time.UnixMilli(fromMs)
+	mu.Lock()
+	start, end := doneBy(from), doneBy(from.Add(time.Duration(seconds*float64(time.Second))))
+	mu.Unlock()
+	fmt.Printf("{\"lookups\":%f,\"assigns\":%f,\"iterations\":%f}\n",
+		float64(end.looked-start.looked)/seconds, float64(end.assigned-start.assigned)/seconds,
+		float64(end.iterated-start.iterated)/seconds)
 }
 
 // useMaps reads every map and rewrites existing keys of grown, 200 rounds a second: the maps'
@@ -379,11 +414,12 @@ func main() {
 			fmt.Sscan(words[4], &iterations)
 			load(words[1], lookups, assigns, iterations)
 			fmt.Println("ok")
-		case "loaded":
-			seconds := time.Since(loadStarted).Seconds()
-			fmt.Printf("{\"lookups\":%f,\"assigns\":%f,\"iterations\":%f}\n",
-				float64(loadLookups.Load())/seconds, float64(loadAssigns.Load())/seconds,
-				float64(loadIterations.Load())/seconds)
+		case "counted":
+			var fromMs int64
+			var seconds float64
+			fmt.Sscan(words[1], &fromMs)
+			fmt.Sscan(words[2], &seconds)
+			counted(fromMs, seconds)
 		case "use":
 			useMaps()
 			fmt.Println("ok")

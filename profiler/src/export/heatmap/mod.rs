@@ -121,6 +121,7 @@ mod tests {
             read_micros: 0,
             taken_unix_ms: 0,
             operations_per_second: None,
+            operations_counted: None,
         }
     }
 
