@@ -11,17 +11,20 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use aya::programs::ProgramFd;
-use profiler_common::counters::{HIT_ALLOC_EXACT, HIT_KINDS, HIT_MAP_CREATE};
+use profiler_common::counters::{HIT_ALLOC_EXACT, HIT_KINDS, HIT_MAP_CREATE, HIT_NAMES};
 
 use crate::{
     export::metrics::TargetMetrics,
-    model::overhead::{CostRatios, CostReading, CostSummary, CostWindow, ProgramRuns, hit_cost_ns},
+    model::{
+        self,
+        overhead::{CostRatios, CostReading, CostSummary, CostWindow, ProgramRuns, hit_cost_ns},
+    },
     probes::calibrate::TrapCost,
 };
 
@@ -37,6 +40,9 @@ const UPDATE_INTERVAL: Duration = Duration::from_secs(1);
 /// program's mean, at a twentieth of that cost.
 const STATS_ON: Duration = Duration::from_secs(1);
 const STATS_PERIOD: Duration = Duration::from_secs(20);
+/// While the switch is held, every target's programs are read this often: a slice a run was
+/// interrupted in is told from the others (`model::overhead::without_interrupted`).
+const STATS_SLICE: Duration = Duration::from_millis(100);
 
 /// CPU time mapscope spends for one target, shared by its collectors.
 #[derive(Clone, Debug, Default)]
@@ -72,13 +78,90 @@ pub fn thread_cpu_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// Windows of the statistics switch ended so far: the programs' run times change only during
-/// one, so a meter reads them again only after one ends. `u64::MAX` when the kernel has no
-/// switch (then the statistics count only if the `kernel.bpf_stats_enabled` sysctl is on, at
-/// any time: read them at every update).
-static STATS_WINDOWS: AtomicU64 = AtomicU64::new(0);
+/// Set when the kernel has no statistics switch: then the statistics count only if the
+/// `kernel.bpf_stats_enabled` sysctl is on, at any time, and meters read them at every update.
+static NO_STATS_SWITCH: AtomicBool = AtomicBool::new(false);
 
-/// Start holding the kernel's BPF statistics switch now and then (once per process).
+/// One target's programs, read by the statistics task in slices while it holds the switch.
+struct ProgramStats {
+    pid: u32,
+    /// The programs, with their family (`counters::HIT_*`).
+    programs: Vec<(u32, ProgramFd)>,
+    /// Each family's runs over the windows so far, interrupted slices left out.
+    runs: std::sync::Mutex<[Option<ProgramRuns>; HIT_KINDS as usize]>,
+}
+
+impl ProgramStats {
+    /// Each program's statistics now (zero where unreadable).
+    fn read(&self) -> Vec<ProgramRuns> {
+        self.programs
+            .iter()
+            .map(|(_, program)| program_runs(program).unwrap_or_default())
+            .collect()
+    }
+
+    /// Each family's runs between two reads.
+    fn slice(
+        &self,
+        before: &[ProgramRuns],
+        after: &[ProgramRuns],
+    ) -> [ProgramRuns; HIT_KINDS as usize] {
+        let mut slice = [ProgramRuns::default(); HIT_KINDS as usize];
+        for (((family, _), before), after) in self.programs.iter().zip(before).zip(after) {
+            let family = &mut slice[*family as usize];
+            family.run_time_ns += after.run_time_ns.saturating_sub(before.run_time_ns);
+            family.runs += after.runs.saturating_sub(before.runs);
+        }
+        slice
+    }
+
+    /// A window's slices, by family, into the running totals.
+    fn take_window(&self, slices: &[[ProgramRuns; HIT_KINDS as usize]]) {
+        let mut runs = self
+            .runs
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for ((index, total), name) in runs.iter_mut().enumerate().zip(HIT_NAMES) {
+            let family: Vec<ProgramRuns> = slices.iter().map(|slice| slice[index]).collect();
+            let counted = model::overhead::without_interrupted(&family);
+            let all = ProgramRuns::sum(&family);
+            if counted != all {
+                tracing::debug!(
+                    "PID {}: probes {name}: {} of {} runs left out of the programs' \
+                     mean run time as interrupted ({:.0} ns a run with them, {:.0} without)",
+                    self.pid,
+                    all.runs - counted.runs,
+                    all.runs,
+                    all.mean_ns(),
+                    counted.mean_ns()
+                );
+            }
+            if counted.runs > 0 {
+                let total = total.get_or_insert_with(ProgramRuns::default);
+                total.run_time_ns += counted.run_time_ns;
+                total.runs += counted.runs;
+            }
+        }
+    }
+}
+
+/// Every meter's programs, while its meter lives.
+static REGISTERED: std::sync::Mutex<Vec<std::sync::Weak<ProgramStats>>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn registered() -> Vec<Arc<ProgramStats>> {
+    let mut registered = REGISTERED
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    registered.retain(|stats| stats.strong_count() > 0);
+    registered
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect()
+}
+
+/// Start holding the kernel's BPF statistics switch now and then (once per process), reading
+/// every registered target's programs in slices meanwhile.
 pub fn start_program_statistics() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
@@ -91,12 +174,28 @@ pub fn start_program_statistics() {
             loop {
                 match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                     Ok(switch) => {
-                        tokio::time::sleep(STATS_ON).await;
+                        let targets = registered();
+                        let mut last: Vec<Vec<ProgramRuns>> =
+                            targets.iter().map(|target| target.read()).collect();
+                        let mut slices = vec![Vec::new(); targets.len()];
+                        let started = Instant::now();
+                        while started.elapsed() < STATS_ON {
+                            tokio::time::sleep(STATS_SLICE).await;
+                            for ((target, last), slices) in
+                                targets.iter().zip(&mut last).zip(&mut slices)
+                            {
+                                let now = target.read();
+                                slices.push(target.slice(last, &now));
+                                *last = now;
+                            }
+                        }
                         drop(switch);
-                        STATS_WINDOWS.fetch_add(1, Ordering::Relaxed);
+                        for (target, slices) in targets.iter().zip(&slices) {
+                            target.take_window(slices);
+                        }
                     }
                     Err(error) => {
-                        STATS_WINDOWS.store(u64::MAX, Ordering::Relaxed);
+                        NO_STATS_SWITCH.store(true, Ordering::Relaxed);
                         tracing::info!(
                             "the kernel's BPF run-time statistics are not available ({error}): \
                              probe costs count the uprobe trap only, not the programs' own time"
@@ -125,7 +224,7 @@ pub struct MeterReading {
 pub struct OverheadMeter {
     readings: tokio::sync::watch::Sender<Option<MeterReading>>,
     pid: u32,
-    programs: Vec<(u32, ProgramFd)>,
+    programs: Arc<ProgramStats>,
     own: OwnCpu,
     started: Instant,
     last_update: Option<Instant>,
@@ -136,9 +235,6 @@ pub struct OverheadMeter {
     window: CostWindow,
     /// The cost of one hit of each family as last estimated.
     hit_cost_ns: [f64; HIT_KINDS as usize],
-    /// Each family's programs' runs as last read, and after which statistics window.
-    runs: [Option<ProgramRuns>; HIT_KINDS as usize],
-    runs_read_after: Option<u64>,
     /// `--max-overhead` (0: none), and the modes asked for already said to be over it.
     budget: f64,
     warned: [bool; HIT_KINDS as usize],
@@ -164,7 +260,7 @@ impl OverheadMeter {
         Self {
             readings: tokio::sync::watch::Sender::new(None),
             pid,
-            programs,
+            programs: register(pid, programs),
             own,
             started: Instant::now(),
             last_update: None,
@@ -173,8 +269,6 @@ impl OverheadMeter {
             first,
             window,
             hit_cost_ns: [0.0; HIT_KINDS as usize],
-            runs: [None; HIT_KINDS as usize],
-            runs_read_after: None,
             budget,
             warned: [false; HIT_KINDS as usize],
         }
@@ -199,12 +293,7 @@ impl OverheadMeter {
             return;
         };
         self.last_update = Some(now);
-        let windows = STATS_WINDOWS.load(Ordering::Relaxed);
-        if windows == u64::MAX || self.runs_read_after != Some(windows) {
-            self.runs = self.program_runs();
-            self.runs_read_after = Some(windows);
-        }
-        let runs = self.runs;
+        let runs = self.program_runs();
         let mut reading = CostReading {
             at: now - self.started,
             target_cpu_ns: target_cpu_ns as f64,
@@ -272,19 +361,36 @@ impl OverheadMeter {
         })
     }
 
-    /// Each family's programs' runs, summed over its programs, where any were counted.
+    /// Each family's programs' runs, where any were counted: as the statistics task took them,
+    /// or without the switch, as the kernel counts them now.
     fn program_runs(&self) -> [Option<ProgramRuns>; HIT_KINDS as usize] {
-        let mut runs: [Option<ProgramRuns>; HIT_KINDS as usize] = [None; HIT_KINDS as usize];
-        for (family, program) in &self.programs {
-            let Some(counted) = program_runs(program) else {
-                continue;
-            };
-            let sum = runs[*family as usize].get_or_insert_with(ProgramRuns::default);
-            sum.run_time_ns += counted.run_time_ns;
-            sum.runs += counted.runs;
+        if !NO_STATS_SWITCH.load(Ordering::Relaxed) {
+            return *self
+                .programs
+                .runs
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
         }
-        runs.map(|runs| runs.filter(|runs| runs.runs > 0))
+        let now = self.programs.read();
+        let zero = vec![ProgramRuns::default(); now.len()];
+        self.programs
+            .slice(&zero, &now)
+            .map(|runs| Some(runs).filter(|runs| runs.runs > 0))
     }
+}
+
+/// Hand a meter's programs to the statistics task.
+fn register(pid: u32, programs: Vec<(u32, ProgramFd)>) -> Arc<ProgramStats> {
+    let stats = Arc::new(ProgramStats {
+        pid,
+        programs,
+        runs: std::sync::Mutex::new([None; HIT_KINDS as usize]),
+    });
+    REGISTERED
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .push(Arc::downgrade(&stats));
+    stats
 }
 
 /// A program's run-time statistics, from its descriptor's `/proc/self/fdinfo` entry.

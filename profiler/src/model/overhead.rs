@@ -108,6 +108,13 @@ pub struct ProgramRuns {
 }
 
 impl ProgramRuns {
+    pub fn sum<'a>(runs: impl IntoIterator<Item = &'a ProgramRuns>) -> Self {
+        runs.into_iter().fold(Self::default(), |sum, runs| Self {
+            run_time_ns: sum.run_time_ns + runs.run_time_ns,
+            runs: sum.runs + runs.runs,
+        })
+    }
+
     pub fn mean_ns(&self) -> f64 {
         if self.runs == 0 {
             0.0
@@ -115,6 +122,39 @@ impl ProgramRuns {
             self.run_time_ns as f64 / self.runs as f64
         }
     }
+}
+
+/// A slice of a statistics window whose programs ran this many times slower per run than the
+/// window's median was interrupted (see `without_interrupted`).
+const INTERRUPTED: f64 = 4.0;
+
+/// A family's runs over one statistics window, read in slices: the sum of the slices, less
+/// those whose mean run is `INTERRUPTED` times the median's (by runs), when there are three
+/// slices with runs or more to tell the median by.
+///
+/// The kernel times each run from its start to its end, so an interrupt taken during a run (a
+/// network softirq can take hundreds of microseconds) counts as the program's time. A program
+/// of one microsecond run a hundred times a window would read ten times its cost for one such
+/// run: the time is the interrupt's, which the target would have paid anyway.
+pub fn without_interrupted(slices: &[ProgramRuns]) -> ProgramRuns {
+    let mut ran: Vec<&ProgramRuns> = slices.iter().filter(|slice| slice.runs > 0).collect();
+    if ran.len() < 3 {
+        return ProgramRuns::sum(ran);
+    }
+    ran.sort_by(|a, b| a.mean_ns().total_cmp(&b.mean_ns()));
+    let half = ran.iter().map(|slice| slice.runs).sum::<u64>().div_ceil(2);
+    let mut counted = 0;
+    let median = ran
+        .iter()
+        .find(|slice| {
+            counted += slice.runs;
+            counted >= half
+        })
+        .map_or(0.0, |slice| slice.mean_ns());
+    ProgramRuns::sum(
+        ran.into_iter()
+            .filter(|slice| slice.mean_ns() <= INTERRUPTED * median),
+    )
 }
 
 #[cfg(test)]
@@ -131,6 +171,33 @@ mod tests {
             own_cpu_ns: own_ms * 1e6,
             probe_ns,
         }
+    }
+
+    fn runs(run_time_ns: u64, runs: u64) -> ProgramRuns {
+        ProgramRuns { run_time_ns, runs }
+    }
+
+    #[test]
+    fn an_interrupted_slice_is_left_out_of_the_mean() {
+        // Four slices of 1 µs runs, one with a 500 µs interrupt in one of its 4 runs.
+        let slices = [
+            runs(4_000, 4),
+            runs(0, 0),
+            runs(504_000, 4),
+            runs(5_000, 5),
+            runs(3_000, 3),
+        ];
+        assert_eq!(without_interrupted(&slices), runs(12_000, 12));
+        // Slices merely slower (a busy cache) stay: the mean is the programs' real cost.
+        let slices = [runs(4_000, 4), runs(10_000, 4), runs(5_000, 5)];
+        assert_eq!(without_interrupted(&slices), runs(19_000, 13));
+        // With fewer than three slices there is no median to tell by: all count.
+        let slices = [runs(4_000, 4), runs(504_000, 4), runs(0, 0)];
+        assert_eq!(without_interrupted(&slices), runs(508_000, 8));
+        assert_eq!(without_interrupted(&[]), ProgramRuns::default());
+        // The median is by runs: one busy slice of 2 µs runs outweighs two quiet ones of 1 µs.
+        let slices = [runs(1_000, 1), runs(1_000, 1), runs(200_000, 100)];
+        assert_eq!(without_interrupted(&slices), runs(202_000, 102));
     }
 
     #[test]
