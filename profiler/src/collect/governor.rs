@@ -10,15 +10,15 @@
 //! count for the on part once they are all back (`FAMILY_COUNTS_UNTIL`): the time counted is
 //! exactly the on part, which the kernel ends on time even when the governor is late.
 //!
-//! A cycle's counts are scaled by the share of the target's own work they saw, known when its
-//! on part starts: the time on against the time off, each weighted by how fast the target
-//! worked then, measured while on last time and while off just now. For the allocation
-//! families the work is what they count, the runtime's own count of bytes allocated
-//! (`gcController.totalAlloc`, read from the target's memory), where it can be read; otherwise
-//! the target's CPU time per second, the probes' cost taken out. For a service paced by its
-//! clients that is the duty; for a program running flat out, which does less of its work while
-//! the probes cost it, less (and more so than its CPU time says: after each trap its own code
-//! runs slower for a while).
+//! An on part's counts are scaled by the share of the target's own work they saw: the work
+//! during the on part against the off work nearest it, the second half of the off part before
+//! it and the first half of the one after it (`model::governor::on_share`), settled halfway
+//! through that off part. For the allocation families the work is what they count, the
+//! runtime's own count of bytes allocated (`gcController.totalAlloc`, read from the target's
+//! memory), where it can be read; otherwise the target's CPU time per second, the probes' cost
+//! taken out. For a service paced by its clients that is the duty; for a program running flat
+//! out, which does less of its work while the probes cost it, less (and more so than its CPU
+//! time says: after each trap its own code runs slower for a while).
 //! The next cycle's duty comes from what the family cost while on. When that fits the budget
 //! again, the family stays attached. The duty is the share of the time the family costs the
 //! target: its on part, and the time its probes take to come off and go back, firing but
@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use super::overhead::MeterReading;
 use crate::{
     export::metrics::TargetMetrics,
-    model::governor::{duty_cycles, planning_share},
+    model::governor::{OffStretch, duty_cycles, early_half_goes_back, on_share, planning_share},
     probes::loaded::WindowedProbes,
 };
 
@@ -95,11 +95,11 @@ fn counting(on: Duration, off: Duration) -> f64 {
 /// for governed ones attached all the time): what the collectors divide the counts of a family
 /// by. Shared by a target's collectors.
 ///
-/// For the allocation families the share of a cycle is settled once its on part has ended,
-/// from how fast the target worked during that very part, not predicted from the part
-/// before: a prediction off by the change in pace between two parts (10–20% on a program
-/// allocating flat out) put the estimates that far off. So while an on part counts, its
-/// share is not known (`settled` is `None`) and the allocation collector leaves its counts in
+/// For the allocation families the share of an on part is settled halfway through the off
+/// part after it, from how fast the target worked during that very part, not predicted from
+/// the part before: a prediction off by the change in pace between two parts (10–20% on a
+/// program allocating flat out) put the estimates that far off. So until then its share is
+/// not known (`settled` is `None`) and the allocation collector leaves its counts in
 /// the kernel; once settled, the collector takes them all with that share and says so
 /// (`taken`), and only then may the next on part start counting into the same tables.
 #[derive(Clone, Debug)]
@@ -109,7 +109,7 @@ pub struct Coverage(Arc<Mutex<[Share; HIT_KINDS as usize]>>);
 struct Share {
     /// The share, settled or (while `counting`) predicted.
     fraction: f64,
-    /// An on part counts now; its share is settled when it ends.
+    /// An on part counts now, or ended and waits for its share to be settled.
     counting: bool,
     /// How many times the family stopped counting with its share settled, and up to which of
     /// those its collector has taken the counts.
@@ -207,12 +207,14 @@ enum Phase {
     /// (or at `give_up`); looked at again at `next`.
     Settling { next: Instant, give_up: Instant },
     /// Not counting since `since` (probes removed) until `until`; then on for `on`. Its
-    /// duty is reconsidered at `check` (what else costs the target may have dropped).
+    /// duty is reconsidered at `check` (what else costs the target may have dropped). At
+    /// `halfway`, the on part before it settles (`Governor::halfway`).
     Off {
         since: Instant,
         until: Instant,
         on: Duration,
         check: Instant,
+        halfway: Option<Instant>,
     },
 }
 
@@ -223,7 +225,12 @@ impl Phase {
             Self::Continuous { next: until }
             | Self::On { until }
             | Self::Settling { next: until, .. } => until,
-            Self::Off { until, check, .. } => until.min(check),
+            Self::Off {
+                until,
+                check,
+                halfway,
+                ..
+            } => until.min(check).min(halfway.unwrap_or(until)),
         }
     }
 }
@@ -288,9 +295,15 @@ struct Governed {
     /// Its collector takes only settled counts (`Coverage`): it must have taken a cycle's
     /// counts before the next one counts.
     collector_waits: bool,
-    /// The on part counting now: how long, after how long off, and the work its off part
-    /// held; its share of the work is settled from them when it ends.
-    cycle: Option<(Duration, Duration, Option<u64>)>,
+    /// The on part counting now: how long, and the stretch of the off part before it that it
+    /// stands for.
+    cycle: Option<(Duration, OffStretch)>,
+    /// The on part that ended, until the first half of the off part after it settles it.
+    ended: Option<(Duration, OffStretch)>,
+    /// Where the second half of the off part started (`halfway`), and a first half that
+    /// goes with the next on part.
+    mid_mark: Option<Mark>,
+    carried: Option<OffStretch>,
     /// Since when its next on part has waited for the collector to take the last one's
     /// counts.
     waiting_since: Option<Instant>,
@@ -356,6 +369,9 @@ impl Governor {
                         on_work_rate: None,
                         collector_waits,
                         cycle: None,
+                        ended: None,
+                        mid_mark: None,
+                        carried: None,
                         waiting_since: None,
                     }
                 },
@@ -561,11 +577,12 @@ impl Governor {
                 }
             }
             Phase::On { .. } => {
-                // The kernel stopped counting at the part's end: what the target did
-                // meanwhile settles the share its counts saw.
+                // The kernel stopped counting at the part's end; the share its counts saw is
+                // settled halfway through the off part after it (or now, if none follows).
                 let (duty, _) = self.decide(index);
-                self.settle(index);
+                self.families[index].ended = self.families[index].cycle.take();
                 if duty >= 1.0 {
+                    self.settle(index, OffStretch::default());
                     // Within the budget again: it stays attached, counting all the time once
                     // the collector has taken this cycle's counts.
                     self.families[index].phase = Phase::Settling {
@@ -595,10 +612,16 @@ impl Governor {
                 }
             }
             Phase::Off {
-                since, until, on, ..
+                since,
+                until,
+                on,
+                halfway,
+                ..
             } => {
                 if now >= until {
                     self.put_back(index, since, on);
+                } else if halfway.is_some_and(|halfway| now >= halfway) {
+                    self.halfway(index, since);
                 } else {
                     self.reconsider(index, since, now);
                 }
@@ -637,28 +660,73 @@ impl Governor {
             until: since + off,
             on,
             check: now + EVALUATE_EVERY,
+            halfway: self.families[index]
+                .ended
+                .is_some()
+                .then(|| since + off / 2),
         };
         if now >= since + off {
             self.put_back(index, since, on);
         }
     }
 
-    /// Family `index`'s on part has ended: settle the share of the target's work its counts
-    /// saw, from the pace of the target's work during that part (just measured) against the
-    /// work its off part held.
-    fn settle(&mut self, index: usize) {
-        let Some((on, off, off_work)) = self.families[index].cycle.take() else {
+    /// Family `index`'s off part (begun at `since`) is halfway: the first half's work is
+    /// measured, given to the on part before it or the one after it
+    /// (`model::governor::early_half_goes_back`), and the one before settled.
+    fn halfway(&mut self, index: usize, since: Instant) {
+        let mid = self.mark(index);
+        let governed = &mut self.families[index];
+        if let Phase::Off { halfway, .. } = &mut governed.phase {
+            *halfway = None;
+        }
+        let early = match mid {
+            Some(mid) => OffStretch {
+                seconds: mid.at.saturating_duration_since(since).as_secs_f64(),
+                ..stretch(
+                    since,
+                    governed.paused_work,
+                    mid.work,
+                    governed.off_mark.zip(Some(mid)),
+                )
+            },
+            None => OffStretch {
+                seconds: since.elapsed().as_secs_f64(),
+                ..OffStretch::default()
+            },
+        };
+        governed.mid_mark = mid;
+        if early_half_goes_back(governed.on_work_rate, governed.on_rate, early) {
+            self.settle(index, early);
+        } else {
+            governed.carried = Some(early);
+            self.settle(index, OffStretch::default());
+        }
+    }
+
+    /// Family `index`'s on part that ended settles: the share of the target's work its counts
+    /// saw, from the pace of the target's work during that part (measured at its end) against
+    /// the off work it stands for: the stretch before it, and `after`.
+    fn settle(&mut self, index: usize, after: OffStretch) {
+        let governed = &mut self.families[index];
+        let Some((on, before)) = governed.ended.take() else {
             return;
         };
-        let fraction = self.coverage(index, on, off, off_work);
-        let governed = &mut self.families[index];
+        let fraction = on_share(
+            on.as_secs_f64(),
+            governed.on_work_rate,
+            governed.on_rate,
+            before,
+            after,
+        );
         tracing::debug!(
             "PID {}: {} probes' last {on:.1?} on saw {:.1}% of the target's work (its work per \
-             second then {:?})",
+             second then {:?}; off work before {:?} and after {:?})",
             self.pid,
             HIT_NAMES[governed.family as usize],
             fraction * 100.0,
             governed.on_work_rate,
+            before.work,
+            after.work,
         );
         self.metrics.coverage().settle(governed.family, fraction);
     }
@@ -727,6 +795,7 @@ impl Governor {
             until: since + off,
             on,
             check: Instant::now() + EVALUATE_EVERY,
+            halfway: governed.ended.is_some().then(|| since + off / 2),
         };
         // The target's pace while off is measured from here (the removal's time had probes
         // still firing).
@@ -736,6 +805,10 @@ impl Governor {
     /// End family `index`'s off part (begun at `since`): put its probes back, and count for
     /// `on`, its counts scaled by the share of the target's work the cycle sees.
     fn put_back(&mut self, index: usize, since: Instant, on: Duration) {
+        // An off part cut short before its middle: the on part before it settles now.
+        if self.families[index].ended.is_some() {
+            self.halfway(index, since);
+        }
         let now = Instant::now();
         let waiting_since = *self.families[index].waiting_since.get_or_insert(now);
         if !self.taken(index, now, waiting_since + TAKE_WAIT) {
@@ -746,11 +819,14 @@ impl Governor {
                 until: now + TAKE_POLL,
                 on,
                 check: now + TAKE_POLL,
+                halfway: None,
             };
             return;
         }
         self.families[index].waiting_since = None;
-        if let (Some(start), Some(end)) = (self.families[index].off_mark.take(), self.mark(index)) {
+        // The target's pace while off, before the probes' installation slows it.
+        let end = self.mark(index);
+        if let (Some(start), Some(end)) = (self.families[index].off_mark, end) {
             let seconds = (end.at - start.at).as_secs_f64();
             if seconds > 0.0 {
                 self.families[index].off_rate =
@@ -770,13 +846,13 @@ impl Governor {
                     HIT_NAMES[governed.family as usize]
                 );
             }
-            governed.off_mark = None;
             let until = Instant::now() + MAX_ON;
             governed.phase = Phase::Off {
                 since,
                 until,
                 on,
                 check: until,
+                halfway: None,
             };
             return;
         }
@@ -785,57 +861,47 @@ impl Governor {
         if let (Some(before), Some(after)) = (installing_at, self.hits(index)) {
             self.families[index].install_hits = after.saturating_sub(before);
         }
-        let off_work = self.families[index]
-            .paused_work
-            .take()
-            .zip(self.families[index].work.as_ref().and_then(|read| read()))
-            .and_then(|(paused, now)| now.checked_sub(paused));
-        let coverage = self.coverage(index, on, off, off_work);
+        // The off part's second half (all of it, when none settled an on part before it),
+        // the installation included, is this on part's, with a first half carried to it.
+        let governed = &mut self.families[index];
+        let work_now = governed.work.as_ref().and_then(|read| read());
+        let off_mark = governed.off_mark.take();
+        let paused_work = governed.paused_work.take();
+        let late = match governed.mid_mark.take() {
+            Some(mid) => stretch(mid.at, mid.work, work_now, Some(mid).zip(end)),
+            None => stretch(since, paused_work, work_now, off_mark.zip(end)),
+        };
+        let before = governed.carried.take().unwrap_or_default().plus(late);
+        // Predicted as if the off part after it will be like the one before.
+        let predicted = on_share(
+            on.as_secs_f64(),
+            governed.on_work_rate,
+            governed.on_rate,
+            before,
+            before,
+        );
         tracing::debug!(
-            "PID {}: {} probes back after {off:.1?} off, on for {on:.1?}: they see {:.1}% of \
-             the target's work (its work per second on {:?}, while off {:?} in all; its CPU on \
+            "PID {}: {} probes back after {off:.1?} off, on for {on:.1?}: they see about {:.1}% \
+             of the target's work (its work per second on {:?}; off before it {:?}; its CPU on \
              {:?}, off {:?})",
             self.pid,
             HIT_NAMES[family as usize],
-            coverage * 100.0,
-            self.families[index].on_work_rate,
-            off_work,
-            self.families[index].on_rate,
-            self.families[index].off_rate,
+            predicted * 100.0,
+            governed.on_work_rate,
+            before.work,
+            governed.on_rate,
+            governed.off_rate,
         );
         // All its probes are in place: the family counts from now, its share predicted until
-        // the part ends and settles it.
-        self.metrics.coverage().counting(family, coverage);
-        self.families[index].cycle = Some((on, off, off_work));
+        // the off part after it settles it.
+        self.metrics.coverage().counting(family, predicted);
+        self.families[index].cycle = Some((on, before));
         self.metrics
             .duty_cycle(HIT_NAMES[family as usize], counting(on, off));
         self.count(family, Counting::For(on));
         let now = Instant::now();
         self.families[index].mark = self.mark(index);
         self.families[index].phase = Phase::On { until: now + on };
-    }
-
-    /// The share of the target's own work a cycle off for `off` and on for `on` sees. With a
-    /// work counter: the work the on part will hold (at the rate it grew while on last time)
-    /// against `off_work`, what it grew by while the family did not count (the probes' removal
-    /// and installation included, when the target ran slowed by them). Else the time on
-    /// against the time off, each weighted by how fast the target did its own work then (in
-    /// CPU time), or (not known yet) the time share.
-    fn coverage(&self, index: usize, on: Duration, off: Duration, off_work: Option<u64>) -> f64 {
-        let governed = &self.families[index];
-        let (on, off) = (on.as_secs_f64(), off.as_secs_f64());
-        if let (Some(rate), Some(off_work)) = (governed.on_work_rate, off_work)
-            && rate > 0.0
-            && off_work > 0
-        {
-            return on * rate / (on * rate + off_work as f64);
-        }
-        match (governed.on_rate, governed.off_rate) {
-            (Some(on_rate), Some(off_rate)) if on_rate > 0.0 && off_rate > 0.0 => {
-                on * on_rate / (on * on_rate + off * off_rate)
-            }
-            _ => on / (on + off),
-        }
     }
 
     /// Tell family `family`'s programs how long to count.
@@ -848,6 +914,28 @@ impl Governor {
         if let Err(error) = self.counts_until.set(family, until, 0) {
             tracing::warn!("PID {}: switching a probe family failed: {error}", self.pid);
         }
+    }
+}
+
+/// The stretch of an off part from `from` to now: its length, the family's work counter's
+/// growth from `from_work` to `to_work`, and the target's CPU time per second between two
+/// marks (`cpu`).
+fn stretch(
+    from: Instant,
+    from_work: Option<u64>,
+    to_work: Option<u64>,
+    cpu: Option<(Mark, Mark)>,
+) -> OffStretch {
+    let cpu_rate = cpu.and_then(|(start, end)| {
+        let seconds = end.at.saturating_duration_since(start.at).as_secs_f64();
+        (seconds > 0.0).then(|| end.cpu_ns.saturating_sub(start.cpu_ns) as f64 / seconds)
+    });
+    OffStretch {
+        seconds: from.elapsed().as_secs_f64(),
+        work: from_work
+            .zip(to_work)
+            .map(|(from, to)| to.saturating_sub(from)),
+        cpu_rate,
     }
 }
 
