@@ -306,6 +306,7 @@ impl Discovery {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 for a time before it), as the reports give times.
 pub fn unix_ms(time: std::time::SystemTime) -> u64 {
     time.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)
