@@ -132,16 +132,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     // Read once, for the Go analysis and the allocator search both.
     let shown = path.display().to_string();
     let data =
-        crate::files::read_regular(&path, crate::files::MAX_EXECUTABLE).map_err(|source| {
-            session::go_binary_error(
-                GoBinaryError::Read {
-                    path: shown.clone(),
-                    source,
-                },
-                &who,
-                &alive,
-            )
-        })?;
+        GoBinary::read(&path).map_err(|error| session::go_binary_error(error, &who, &alive))?;
     let allocators = match args.pid {
         Some(pid) => native::for_process(pid, Some(&data)),
         None => native::for_binary(&path, &data),

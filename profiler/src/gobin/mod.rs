@@ -109,15 +109,19 @@ impl GoBinary {
     /// reaches the right file even in another mount namespace or after it was deleted).
     /// `wanted` names the functions to resolve.
     pub fn open(path: &Path, wanted: &[&str]) -> Result<Self, GoBinaryError> {
-        let shown = path.display().to_string();
-        let data =
-            crate::files::read_regular(path, crate::files::MAX_EXECUTABLE).map_err(|source| {
-                GoBinaryError::Read {
-                    path: shown.clone(),
-                    source,
-                }
-            })?;
-        Self::parse(data, &shown, wanted)
+        let data = Self::read(path)?;
+        Self::parse(data, &path.display().to_string(), wanted)
+    }
+
+    /// Read the executable at `path` for `parse` (a regular file, of a size an executable may
+    /// have).
+    pub fn read(path: &Path) -> Result<Vec<u8>, GoBinaryError> {
+        crate::files::read_regular(path, crate::files::MAX_EXECUTABLE).map_err(|source| {
+            GoBinaryError::Read {
+                path: path.display().to_string(),
+                source,
+            }
+        })
     }
 
     /// Analyse an executable already read (`shown` names it in errors).
