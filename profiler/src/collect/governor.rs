@@ -680,15 +680,12 @@ impl Governor {
             *halfway = None;
         }
         let early = match mid {
-            Some(mid) => OffStretch {
-                seconds: mid.at.saturating_duration_since(since).as_secs_f64(),
-                ..stretch(
-                    since,
-                    governed.paused_work,
-                    mid.work,
-                    governed.off_mark.zip(Some(mid)),
-                )
-            },
+            Some(mid) => stretch(
+                since..mid.at,
+                governed.paused_work,
+                mid.work,
+                governed.off_mark.zip(Some(mid)),
+            ),
             None => OffStretch {
                 seconds: since.elapsed().as_secs_f64(),
                 ..OffStretch::default()
@@ -865,11 +862,12 @@ impl Governor {
         // the installation included, is this on part's, with a first half carried to it.
         let governed = &mut self.families[index];
         let work_now = governed.work.as_ref().and_then(|read| read());
+        let read_at = Instant::now();
         let off_mark = governed.off_mark.take();
         let paused_work = governed.paused_work.take();
         let late = match governed.mid_mark.take() {
-            Some(mid) => stretch(mid.at, mid.work, work_now, Some(mid).zip(end)),
-            None => stretch(since, paused_work, work_now, off_mark.zip(end)),
+            Some(mid) => stretch(mid.at..read_at, mid.work, work_now, Some(mid).zip(end)),
+            None => stretch(since..read_at, paused_work, work_now, off_mark.zip(end)),
         };
         let before = governed.carried.take().unwrap_or_default().plus(late);
         // Predicted as if the off part after it will be like the one before.
@@ -917,11 +915,10 @@ impl Governor {
     }
 }
 
-/// The stretch of an off part from `from` to now: its length, the family's work counter's
-/// growth from `from_work` to `to_work`, and the target's CPU time per second between two
-/// marks (`cpu`).
+/// The stretch `span` of an off part: its length, the family's work counter's growth from
+/// `from_work` to `to_work`, and the target's CPU time per second between two marks (`cpu`).
 fn stretch(
-    from: Instant,
+    span: std::ops::Range<Instant>,
     from_work: Option<u64>,
     to_work: Option<u64>,
     cpu: Option<(Mark, Mark)>,
@@ -931,7 +928,7 @@ fn stretch(
         (seconds > 0.0).then(|| end.cpu_ns.saturating_sub(start.cpu_ns) as f64 / seconds)
     });
     OffStretch {
-        seconds: from.elapsed().as_secs_f64(),
+        seconds: span.end.saturating_duration_since(span.start).as_secs_f64(),
         work: from_work
             .zip(to_work)
             .map(|(from, to)| to.saturating_sub(from)),
