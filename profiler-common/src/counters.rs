@@ -49,7 +49,9 @@ pub const HIT_GC_START: u32 = 5;
 pub const HIT_ALLOC_EXACT: u32 = 6;
 /// Counted mode: the exact probes, governed, on programs whose runtime samples nothing.
 pub const HIT_ALLOC_COUNT: u32 = 7;
-pub const HIT_KINDS: u32 = 8;
+/// Native allocations: the probes on a C allocator's entry points.
+pub const HIT_NATIVE: u32 = 8;
+pub const HIT_KINDS: u32 = 9;
 
 /// Names for the `probe` label, by index.
 pub const HIT_NAMES: [&str; HIT_KINDS as usize] = [
@@ -61,4 +63,5 @@ pub const HIT_NAMES: [&str; HIT_KINDS as usize] = [
     "gc_start",
     "alloc_exact",
     "alloc_count",
+    "native",
 ];

@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod counters;
 pub mod execs;
 pub mod maps;
+pub mod native;
 pub mod stacks;
 pub mod stw;
 pub mod trigger;

@@ -14,6 +14,7 @@ mod gc;
 mod gc_trigger;
 mod goabi;
 mod maps;
+mod native;
 mod stacks;
 
 #[cfg(not(test))]

@@ -204,3 +204,76 @@ fn a_cgo_go_program_reports_go_and_its_allocator() {
         "{native}"
     );
 }
+
+/// What `allocs.c` says it asked for in one run.
+#[derive(Debug, serde::Deserialize)]
+struct AskedFor {
+    objects: u64,
+    bytes: u64,
+    frees: u64,
+    reallocs: u64,
+}
+
+/// The kernel counts every call the program makes into its allocator, exactly, and none the
+/// allocator makes to itself (glibc's `realloc(NULL, n)` jumps to `malloc`; jemalloc's and
+/// tcmalloc's entry points call one another): `allocs.c` calls every standard entry point
+/// from two threads and counts what it asked for, under glibc and under each preloaded
+/// allocator.
+#[test]
+#[ignore = "needs root, gcc and Debian's allocators: run `cargo xtask test`"]
+fn every_call_the_program_makes_is_counted_once() {
+    use mapscope::native::probes::NativeProbes;
+    let binary = common::build_c("allocs.c", "allocs", &["-O1", "-fno-builtin", "-pthread"]);
+    let mut wrong = Vec::new();
+    for preload in [
+        None,
+        Some("libjemalloc.so.2"),
+        Some("libtcmalloc_minimal.so.4"),
+        Some("libmimalloc.so.2"),
+    ] {
+        let library = preload.map(system_library);
+        let mut command = Command::new(&binary);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        if let Some(library) = &library {
+            command.env("LD_PRELOAD", library);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let guard = ChildGuard(child);
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        let pid = guard.0.id();
+        let allocators = mapscope::native::for_process(pid, None).unwrap();
+        let probes = NativeProbes::attach(pid, &allocators).unwrap();
+        let before = probes.counts().unwrap();
+        use std::io::Write as _;
+        writeln!(stdin, "go").unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let asked: AskedFor = serde_json::from_str(line.trim()).unwrap();
+        let after = probes.counts().unwrap();
+        let name = preload.unwrap_or("glibc");
+        println!(
+            "{name}: {} probes; counted {} objects, {} bytes, {} frees, {} reallocs ({} the \
+             allocator's own calls); asked for {asked:?}",
+            probes.attached,
+            after.objects - before.objects,
+            after.bytes - before.bytes,
+            after.frees - before.frees,
+            after.reallocs - before.reallocs,
+            after.nested - before.nested,
+        );
+        let counted = (
+            after.objects - before.objects,
+            after.bytes - before.bytes,
+            after.frees - before.frees,
+            after.reallocs - before.reallocs,
+        );
+        if counted != (asked.objects, asked.bytes, asked.frees, asked.reallocs) {
+            wrong.push(format!("{name}: counted {counted:?}, asked for {asked:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -119,6 +119,10 @@ pub struct EntryPoint {
     pub role: Role,
     pub address: u64,
     pub file_offset: u64,
+    /// Bytes of its code (the symbol's size; 0 when unknown): a call into an entry point from
+    /// inside it is the allocator's own.
+    #[serde(skip)]
+    pub code_bytes: u64,
 }
 
 /// An allocator found in one ELF object.
@@ -132,8 +136,8 @@ pub struct Allocator {
     pub entry_points: Vec<EntryPoint>,
 }
 
-/// The defined functions of an ELF object, by name, with their file offsets.
-struct Functions(HashMap<String, (u64, u64)>);
+/// The defined functions of an ELF object, by name: address, file offset and size.
+struct Functions(HashMap<String, (u64, u64, u64)>);
 
 impl Functions {
     fn read(file: &object::File<'_>) -> Self {
@@ -150,7 +154,7 @@ impl Functions {
             if let Some(offset) = file_offset(file, address) {
                 functions
                     .entry(name.to_owned())
-                    .or_insert((address, offset));
+                    .or_insert((address, offset, symbol.size()));
             }
         }
         Self(functions)
@@ -165,13 +169,14 @@ impl Functions {
     fn entry_points(&self, prefix: &str, tables: &[&[(&str, Role)]]) -> Vec<EntryPoint> {
         merge_by_address(tables.iter().copied().flatten().filter_map(|(name, role)| {
             let symbol = format!("{prefix}{name}");
-            let &(address, file_offset) = self.0.get(&symbol)?;
+            let &(address, file_offset, code_bytes) = self.0.get(&symbol)?;
             Some(EntryPoint {
                 function: symbol,
                 aliases: Vec::new(),
                 role: *role,
                 address,
                 file_offset,
+                code_bytes,
             })
         }))
     }
@@ -275,6 +280,7 @@ mod tests {
             role: Role::Frees,
             address,
             file_offset: address,
+            code_bytes: 0,
         }
     }
 

@@ -6,6 +6,7 @@
 //! linked: jemalloc, tcmalloc, mimalloc), then the C library. Allocators linked under a prefix
 //! (`je_`, `_rjem_`, `mi_`) serve the code that calls them by name and are found beside it.
 pub mod allocator;
+pub mod probes;
 
 use std::{
     io,

@@ -1,0 +1,150 @@
+//! Native allocations: one program on every entry point of a C allocator, told apart by the
+//! call shape in its attach cookie. Every call the program makes is counted per CPU, with a
+//! log2 size histogram; calls the allocator makes to its own entry points are not.
+//!
+//! The C ABI passes integer arguments in RDI, RSI, RDX, RCX, R8, R9 (amd64); `ProbeContext::arg`
+//! reads them. Return probes are safe on C code, but the counts need none: what was asked for
+//! is known at entry.
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
+    },
+    macros::{map, uprobe},
+    maps::{LruHashMap, PerCpuArray},
+    programs::ProbeContext,
+};
+use profiler_common::{
+    counters,
+    native::{
+        CallShape, LastCall, MAX_ARGS, MAX_NATIVE_THREADS, NATIVE_BYTES, NATIVE_FREES,
+        NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SLOTS, ROLE_ALLOCATES, ROLE_FREES,
+        ROLE_REALLOCATES, is_allocators_own, native_size_slot,
+    },
+};
+
+use crate::counters::hit_governed;
+
+#[map]
+static NATIVE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NATIVE_SLOTS, 0);
+
+/// Each thread's last counted call (by thread id), to tell the allocator's own calls.
+#[map]
+static NATIVE_LAST_CALL: LruHashMap<u32, LastCall> =
+    LruHashMap::with_max_entries(MAX_NATIVE_THREADS, 0);
+
+#[inline(always)]
+fn add(slot: u32, value: u64) {
+    if let Some(counter) = NATIVE_COUNTS.get_ptr_mut(slot) {
+        crate::counters::add(counter, value);
+    }
+}
+
+/// The C ABI's integer argument registers of this call (RDI, RSI, RDX, RCX, R8, R9), read at
+/// fixed offsets: the verifier refuses a context read at an offset chosen at run time.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn args(ctx: &ProbeContext) -> [u64; MAX_ARGS as usize] {
+    // SAFETY: `regs` is the kernel's pt_regs for this probe hit, valid for the whole program.
+    let regs = unsafe { &*ctx.regs };
+    [regs.rdi, regs.rsi, regs.rdx, regs.rcx, regs.r8, regs.r9]
+}
+
+/// Argument `n` of `args`, 0 for `NO_ARG`.
+#[inline(always)]
+fn arg(args: &[u64; MAX_ARGS as usize], n: u8) -> u64 {
+    match n {
+        0 => args[0],
+        1 => args[1],
+        2 => args[2],
+        3 => args[3],
+        4 => args[4],
+        5 => args[5],
+        _ => 0,
+    }
+}
+
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn ip_and_sp(ctx: &ProbeContext) -> (u64, u64) {
+    // SAFETY: `regs` is the kernel's pt_regs for this probe hit, valid for the whole program;
+    // at a uprobe's handler its instruction pointer is the probed address.
+    let regs = unsafe { &*ctx.regs };
+    (regs.rip, regs.rsp)
+}
+
+#[uprobe]
+pub fn native_call(ctx: ProbeContext) -> u32 {
+    if !hit_governed(counters::HIT_NATIVE) {
+        return 0;
+    }
+    // SAFETY: the helper only reads the cookie attached to this program's perf event.
+    let shape = CallShape::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    let (ip, sp) = ip_and_sp(&ctx);
+    // At a function's entry the return address is at the top of the stack.
+    // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly.
+    let ret = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: reads the monotonic clock; no memory is touched.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is copied out before the map can change it.
+    if let Some(last) = unsafe { NATIVE_LAST_CALL.get(&tid) }
+        && is_allocators_own(last, ip, sp, ret, now)
+    {
+        add(NATIVE_NESTED, 1);
+        return 0;
+    }
+    let args = args(&ctx);
+    let size = match shape.count_arg {
+        count if count < MAX_ARGS => times(arg(&args, shape.size_arg), arg(&args, count)),
+        _ => arg(&args, shape.size_arg),
+    };
+    let pointer = arg(&args, shape.pointer_arg);
+    match shape.role {
+        ROLE_ALLOCATES => allocation(size),
+        ROLE_REALLOCATES => match (pointer, size) {
+            // realloc(NULL, n) allocates.
+            (0, _) => allocation(size),
+            // realloc(p, 0) frees, as glibc, musl and jemalloc's compatible mode do.
+            (_, 0) => add(NATIVE_FREES, 1),
+            _ => {
+                add(NATIVE_REALLOCS, 1);
+                add(NATIVE_FREES, 1);
+                allocation(size);
+            }
+        },
+        ROLE_FREES => {
+            if pointer == 0 {
+                return 0;
+            }
+            add(NATIVE_FREES, 1);
+        }
+        _ => return 0,
+    }
+    let call = LastCall {
+        sp,
+        ret,
+        start: ip,
+        end: ip + u64::from(shape.function_bytes),
+        at_ns: now,
+    };
+    let _ = NATIVE_LAST_CALL.insert(&tid, &call, 0);
+    0
+}
+
+/// `a × b`, each factor taken at most 2^32 − 1 so that the product fits: an overflow check
+/// compiles to a 128-bit multiply, which BPF has not. (A `calloc` with a factor that large
+/// asks for more than any allocator gives, and fails.)
+#[inline(always)]
+fn times(a: u64, b: u64) -> u64 {
+    let most = u64::from(u32::MAX);
+    a.min(most) * b.min(most)
+}
+
+#[inline(always)]
+fn allocation(size: u64) {
+    add(NATIVE_OBJECTS, 1);
+    add(NATIVE_BYTES, size);
+    add(native_size_slot(size), 1);
+}
