@@ -12,7 +12,7 @@ use aya_ebpf::{
         generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use profiler_common::{
@@ -29,10 +29,13 @@ use crate::counters::hit_governed;
 #[map]
 static NATIVE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NATIVE_SLOTS, 0);
 
-/// Each thread's last counted call (by thread id), to tell the allocator's own calls.
+/// Each thread's last counted call (by thread id), to tell the allocator's own calls. A plain
+/// hash table: as an LRU one it lost records (8 to 25 calls in 18,000 counted twice), though it
+/// held three threads in 8,192 entries.
+// TODO(issue 15): entries of threads that exited are never removed; task-local storage
+// (BPF_MAP_TYPE_TASK_STORAGE) goes with its thread.
 #[map]
-static NATIVE_LAST_CALL: LruHashMap<u32, LastCall> =
-    LruHashMap::with_max_entries(MAX_NATIVE_THREADS, 0);
+static NATIVE_LAST_CALL: HashMap<u32, LastCall> = HashMap::with_max_entries(MAX_NATIVE_THREADS, 0);
 
 #[inline(always)]
 fn add(slot: u32, value: u64) {
