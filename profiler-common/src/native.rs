@@ -6,6 +6,10 @@ pub const ROLE_ALLOCATES: u8 = 0;
 pub const ROLE_REALLOCATES: u8 = 1;
 pub const ROLE_FREES: u8 = 2;
 
+/// Set in `CallShape::role` beside `ROLE_REALLOCATES`: `realloc(p, 0)` returns a new empty
+/// block (mimalloc) rather than freeing `p` and returning NULL (glibc, jemalloc, tcmalloc).
+pub const ZERO_SIZE_ALLOCATES: u8 = 0x80;
+
 /// An argument a call does not have (`CallShape`'s argument indexes).
 pub const NO_ARG: u8 = 0xff;
 
@@ -68,6 +72,12 @@ pub const fn native_size_slot(size: u64) -> u32 {
     NATIVE_SIZE_BASE + (64 - (size - 1).leading_zeros())
 }
 
+/// Code ranges (`[start, end)`, in the target's address space) of allocator libraries that
+/// allocate only for the program's calls into them (jemalloc, tcmalloc, mimalloc; not the C
+/// library, whose `strdup` or `fopen` allocate for the program): a call into an entry point
+/// from inside one is the allocator's own, whichever of its functions made it.
+pub const MAX_OWN_CODE: u32 = 4;
+
 /// Threads whose last counted call the kernel keeps, to tell the allocator calling itself
 /// from the program calling it (least recently used first out).
 pub const MAX_NATIVE_THREADS: u32 = 8192;
@@ -86,28 +96,24 @@ pub struct LastCall {
 
 const _: () = assert!(core::mem::size_of::<LastCall>() == 40);
 
-/// A call into another entry point with the same stack pointer and return address as the last
-/// counted one, within this long, is that call's tail jump (glibc's `reallocarray` jumps to
-/// `realloc`, which jumps to `malloc` for a null pointer): one uprobe hit later, a microsecond
-/// or two, but the first call through a lazily bound PLT slot takes the dynamic linker tens of
-/// microseconds (50 µs missed 8 calls in 1,000). A program calling two entry points in turn
-/// from one call instruction (a wrapper choosing `malloc` or `realloc` through a pointer, as a
-/// tail call) within this long has its second call missed.
+// A call into another entry point with the same stack pointer and return address as the last
+// counted one is that call's tail jump (glibc's `reallocarray` jumps to `realloc`, which jumps
+// to `malloc` for a null pointer), however long after: a time limit (50 µs, then 1 ms) was
+// passed on a busy machine, where the thread was preempted between the two hits (15-18 calls
+// in 18,000 counted twice with both cores busy). A program calling two entry points in turn
+// from one call instruction (a wrapper that tail-calls `malloc` or `realloc` through a
+// pointer) has the second of them missed.
 // TODO(issue 15): know the tail jumps instead: disassemble each entry point at attach for
 // jumps into another (directly or through its PLT slot), and pass in the cookie which entry
 // points may jump into this one.
-pub const TAIL_CALL_NS: u64 = 1_000_000;
 
-/// Whether a call entering at `ip` with stack pointer `sp` and return address `ret`, `now`, is
-/// the allocator's own: made from inside the last counted call's function (nested), or that
+/// Whether a call entering at `ip` with stack pointer `sp` and return address `ret` is the
+/// allocator's own: made from inside the last counted call's function (nested), or that
 /// call's tail jump into another entry point.
 #[inline(always)]
-pub fn is_allocators_own(last: &LastCall, ip: u64, sp: u64, ret: u64, now: u64) -> bool {
+pub fn is_allocators_own(last: &LastCall, ip: u64, sp: u64, ret: u64) -> bool {
     let nested = last.start <= ret && ret < last.end && sp < last.sp;
-    let tail_jump = sp == last.sp
-        && ret == last.ret
-        && ip != last.start
-        && now.wrapping_sub(last.at_ns) < TAIL_CALL_NS;
+    let tail_jump = sp == last.sp && ret == last.ret && ip != last.start;
     nested || tail_jump
 }
 

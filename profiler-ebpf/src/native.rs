@@ -12,19 +12,37 @@ use aya_ebpf::{
         generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use profiler_common::{
     counters,
     native::{
-        CallShape, LastCall, MAX_ARGS, MAX_NATIVE_THREADS, NATIVE_BYTES, NATIVE_FREES,
-        NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SLOTS, ROLE_ALLOCATES, ROLE_FREES,
-        ROLE_REALLOCATES, is_allocators_own, native_size_slot,
+        CallShape, LastCall, MAX_ARGS, MAX_NATIVE_THREADS, MAX_OWN_CODE, NATIVE_BYTES,
+        NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SLOTS, ROLE_ALLOCATES,
+        ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES, is_allocators_own, native_size_slot,
     },
 };
 
 use crate::counters::hit_governed;
+
+/// `MAX_OWN_CODE` ranges `[start, end)`, set by userspace before attaching (empty: 0, 0).
+#[map]
+static NATIVE_OWN_CODE: Array<[u64; 2]> = Array::with_max_entries(MAX_OWN_CODE, 0);
+
+/// Whether `ret` lies in a dedicated allocator library's code.
+#[inline(always)]
+fn in_own_code(ret: u64) -> bool {
+    for index in 0..MAX_OWN_CODE {
+        if let Some(&[start, end]) = NATIVE_OWN_CODE.get(index)
+            && start <= ret
+            && ret < end
+        {
+            return true;
+        }
+    }
+    false
+}
 
 #[map]
 static NATIVE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NATIVE_SLOTS, 0);
@@ -91,10 +109,11 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: reads the monotonic clock; no memory is touched.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the value is copied out before the map can change it.
-    if let Some(last) = unsafe { NATIVE_LAST_CALL.get(&tid) }
-        && is_allocators_own(last, ip, sp, ret, now)
-    {
+    let own = in_own_code(ret)
+        // SAFETY: the value is read before this program changes it.
+        || unsafe { NATIVE_LAST_CALL.get(&tid) }
+            .is_some_and(|last| is_allocators_own(last, ip, sp, ret));
+    if own {
         add(NATIVE_NESTED, 1);
         return 0;
     }
@@ -104,13 +123,14 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
         _ => arg(&args, shape.size_arg),
     };
     let pointer = arg(&args, shape.pointer_arg);
-    match shape.role {
+    let zero_size_allocates = shape.role & ZERO_SIZE_ALLOCATES != 0;
+    match shape.role & !ZERO_SIZE_ALLOCATES {
         ROLE_ALLOCATES => allocation(size),
         ROLE_REALLOCATES => match (pointer, size) {
             // realloc(NULL, n) allocates.
             (0, _) => allocation(size),
-            // realloc(p, 0) frees, as glibc, musl and jemalloc's compatible mode do.
-            (_, 0) => add(NATIVE_FREES, 1),
+            // realloc(p, 0) frees, as glibc, jemalloc and tcmalloc do.
+            (_, 0) if !zero_size_allocates => add(NATIVE_FREES, 1),
             _ => {
                 add(NATIVE_REALLOCS, 1);
                 add(NATIVE_FREES, 1);

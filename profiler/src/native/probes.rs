@@ -9,14 +9,15 @@ use aya::{
     programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 use profiler_common::native::{
-    CallShape, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS,
-    NATIVE_SIZE_BASE, NATIVE_SLOTS, NO_ARG, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES,
+    CallShape, MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS,
+    NATIVE_REALLOCS, NATIVE_SIZE_BASE, NATIVE_SLOTS, NO_ARG, ROLE_ALLOCATES, ROLE_FREES,
+    ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
 };
 use thiserror::Error;
 
 use super::{
     FoundAllocator,
-    allocator::{EntryPoint, Role},
+    allocator::{AllocatorKind, EntryPoint, Role},
 };
 
 /// The kernel program every entry point gets.
@@ -42,7 +43,7 @@ pub enum NativeProbeError {
 
 /// How `entry`'s arguments read, by its name without the allocator's prefix: where the size
 /// is (and what multiplies it), and which pointer it frees or moves.
-pub fn shape(entry: &EntryPoint, prefix: &str) -> CallShape {
+pub fn shape(entry: &EntryPoint, kind: AllocatorKind, prefix: &str) -> CallShape {
     let name = entry
         .function
         .strip_prefix(prefix)
@@ -63,6 +64,9 @@ pub fn shape(entry: &EntryPoint, prefix: &str) -> CallShape {
     CallShape {
         role: match entry.role {
             Role::Allocates => ROLE_ALLOCATES,
+            Role::Reallocates if kind == AllocatorKind::Mimalloc => {
+                ROLE_REALLOCATES | ZERO_SIZE_ALLOCATES
+            }
             Role::Reallocates => ROLE_REALLOCATES,
             Role::Frees => ROLE_FREES,
         },
@@ -71,6 +75,44 @@ pub fn shape(entry: &EntryPoint, prefix: &str) -> CallShape {
         pointer_arg,
         function_bytes: u32::try_from(entry.code_bytes).unwrap_or(u32::MAX),
     }
+}
+
+/// Where the code of `allocators`' dedicated libraries (jemalloc, tcmalloc, mimalloc: not the
+/// C library, nor an executable) is mapped in `pid`, from `/proc/PID/maps`.
+fn own_code(pid: u32, allocators: &[FoundAllocator]) -> Vec<[u64; 2]> {
+    let dedicated: Vec<&std::path::Path> = allocators
+        .iter()
+        .filter(|found| {
+            !found.in_executable
+                && matches!(
+                    found.allocator.kind,
+                    AllocatorKind::Jemalloc | AllocatorKind::Tcmalloc | AllocatorKind::Mimalloc
+                )
+        })
+        .map(|found| found.object.as_path())
+        .collect();
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?);
+            let path = fields.nth(3)?;
+            if !perms.contains('x')
+                || !dedicated
+                    .iter()
+                    .any(|object| *object == std::path::Path::new(path))
+            {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some([
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ])
+        })
+        .collect()
 }
 
 /// What the kernel counted, summed over the CPUs.
@@ -97,6 +139,14 @@ pub struct NativeProbes {
 impl NativeProbes {
     pub fn attach(pid: u32, allocators: &[FoundAllocator]) -> Result<Self, NativeProbeError> {
         let mut ebpf = aya::EbpfLoader::new().load(crate::probes::object::for_this_kernel())?;
+        // Before any probe fires: the code ranges whose calls are the allocator's own.
+        let mut own: aya::maps::Array<&mut MapData, [u64; 2]> = ebpf
+            .map_mut("NATIVE_OWN_CODE")
+            .and_then(|map| aya::maps::Array::try_from(map).ok())
+            .ok_or(NativeProbeError::Map("NATIVE_OWN_CODE"))?;
+        for (index, range) in (0..MAX_OWN_CODE).zip(own_code(pid, allocators)) {
+            own.set(index, range, 0).map_err(NativeProbeError::Read)?;
+        }
         let program: &mut aya::programs::UProbe = ebpf
             .program_mut(NATIVE_CALL)
             .ok_or(NativeProbeError::Map(NATIVE_CALL))?
@@ -111,7 +161,9 @@ impl NativeProbes {
             for entry in &found.allocator.entry_points {
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(entry.file_offset),
-                    cookie: Some(shape(entry, found.allocator.prefix).encode()),
+                    cookie: Some(
+                        shape(entry, found.allocator.kind, found.allocator.prefix).encode(),
+                    ),
                 };
                 program
                     .attach(point, &found.host_path, scope)
@@ -178,7 +230,9 @@ mod tests {
 
     #[test]
     fn each_entry_point_reads_its_own_arguments() {
-        let shape_of = |name: &str, role: Role, prefix: &str| shape(&entry(name, role), prefix);
+        let shape_of = |name: &str, role: Role, prefix: &str| {
+            shape(&entry(name, role), AllocatorKind::Glibc, prefix)
+        };
         let malloc = shape_of("malloc", Role::Allocates, "");
         assert_eq!((malloc.size_arg, malloc.count_arg), (0, NO_ARG));
         assert_eq!(malloc.function_bytes, 0x80);
