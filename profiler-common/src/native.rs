@@ -155,29 +155,15 @@ mod tests {
             at_ns: 10_000_000,
         };
         // It calls malloc itself: the return address is inside realloc, the stack deeper.
-        assert!(is_allocators_own(
-            &realloc, 0x2000, 0x7ee0, 0x1100, 10_001_000
-        ));
+        assert!(is_allocators_own(&realloc, 0x2000, 0x7ee0, 0x1100));
         // It jumps to malloc (realloc(NULL, n)): same stack pointer and return address.
-        assert!(is_allocators_own(
-            &realloc, 0x2000, 0x7f00, 0x5555, 10_002_000
-        ));
+        assert!(is_allocators_own(&realloc, 0x2000, 0x7f00, 0x5555));
         // The program calls malloc next, from elsewhere: its own.
-        assert!(!is_allocators_own(
-            &realloc, 0x2000, 0x7f00, 0x5560, 10_003_000
-        ));
+        assert!(!is_allocators_own(&realloc, 0x2000, 0x7f00, 0x5560));
         // The program calls realloc again from the same place: its own.
-        assert!(!is_allocators_own(
-            &realloc, 0x1000, 0x7f00, 0x5555, 10_003_000
-        ));
-        // The same place calls malloc through a pointer much later: its own.
-        assert!(!is_allocators_own(
-            &realloc, 0x2000, 0x7f00, 0x5555, 20_000_000
-        ));
+        assert!(!is_allocators_own(&realloc, 0x1000, 0x7f00, 0x5555));
         // A return address inside realloc's code on a shallower stack is a stale record: the
         // program's own.
-        assert!(!is_allocators_own(
-            &realloc, 0x2000, 0x7f40, 0x1100, 10_001_000
-        ));
+        assert!(!is_allocators_own(&realloc, 0x2000, 0x7f40, 0x1100));
     }
 }
