@@ -21,7 +21,8 @@ pub const MAX_ARGS: u8 = 6;
 /// which integer argument is the size, which one multiplies it (`calloc`'s count,
 /// `reallocarray`'s), which one is the pointer freed or moved, and how many bytes of code the
 /// function has (a call whose return address lies in them is the allocator calling itself,
-/// not the program).
+/// not the program: at most 2^24 − 1), and the entry point's index among the process's
+/// (`NATIVE_TAIL_FROM`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallShape {
     pub role: u8,
@@ -29,6 +30,7 @@ pub struct CallShape {
     pub count_arg: u8,
     pub pointer_arg: u8,
     pub function_bytes: u32,
+    pub index: u8,
 }
 
 impl CallShape {
@@ -37,7 +39,8 @@ impl CallShape {
             | ((self.size_arg as u64) << 8)
             | ((self.count_arg as u64) << 16)
             | ((self.pointer_arg as u64) << 24)
-            | ((self.function_bytes as u64) << 32)
+            | (((self.function_bytes & 0xff_ffff) as u64) << 32)
+            | ((self.index as u64) << 56)
     }
 
     pub const fn decode(cookie: u64) -> Self {
@@ -46,10 +49,16 @@ impl CallShape {
             size_arg: (cookie >> 8) as u8,
             count_arg: (cookie >> 16) as u8,
             pointer_arg: (cookie >> 24) as u8,
-            function_bytes: (cookie >> 32) as u32,
+            function_bytes: ((cookie >> 32) & 0xff_ffff) as u32,
+            index: (cookie >> 56) as u8,
         }
     }
 }
+
+/// Entry points a process's probes tell apart by index (`CallShape::index`); one past the
+/// last is `NO_INDEX`, which no entry point tail-jumps into.
+pub const MAX_ENTRY_POINTS: u32 = 64;
+pub const NO_INDEX: u8 = 64;
 
 /// The per-CPU counters (`NATIVE_COUNTS`): allocations, their bytes, frees, reallocations,
 /// then one count per power of two of the size asked for (`native_size_slot`).
@@ -92,28 +101,32 @@ pub struct LastCall {
     pub start: u64,
     pub end: u64,
     pub at_ns: u64,
+    /// Its entry point's index (`CallShape::index`).
+    pub index: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<LastCall>() == 40);
+const _: () = assert!(core::mem::size_of::<LastCall>() == 48);
 
 // A call into another entry point with the same stack pointer and return address as the last
 // counted one is that call's tail jump (glibc's `reallocarray` jumps to `realloc`, which jumps
-// to `malloc` for a null pointer), however long after: a time limit (50 µs, then 1 ms) was
-// passed on a busy machine, where the thread was preempted between the two hits (15-18 calls
-// in 18,000 counted twice with both cores busy). A program calling two entry points in turn
-// from one call instruction (a wrapper that tail-calls `malloc` or `realloc` through a
-// pointer) has the second of them missed.
-// TODO(issue 15): know the tail jumps instead: disassemble each entry point at attach for
-// jumps into another (directly or through its PLT slot), and pass in the cookie which entry
-// points may jump into this one.
+// to `malloc` for a null pointer) when the last one's entry point is known to jump into this
+// one, directly or through others (`tail_from`: found in the allocator's code at attach).
+// However long after: a time limit (50 µs, then 1 ms) was passed on a busy machine, where the
+// thread was preempted between the two hits. Without the knowledge, a wrapper that tail-calls
+// `malloc` or `realloc` through a pointer from one call instruction would lose its second call.
 
 /// Whether a call entering at `ip` with stack pointer `sp` and return address `ret` is the
 /// allocator's own: made from inside the last counted call's function (nested), or that
-/// call's tail jump into another entry point.
+/// call's tail jump into this entry point, which `tail_from` (a bit per entry point index)
+/// says the last one's may make.
 #[inline(always)]
-pub fn is_allocators_own(last: &LastCall, ip: u64, sp: u64, ret: u64) -> bool {
+pub fn is_allocators_own(last: &LastCall, ip: u64, sp: u64, ret: u64, tail_from: u64) -> bool {
     let nested = last.start <= ret && ret < last.end && sp < last.sp;
-    let tail_jump = sp == last.sp && ret == last.ret && ip != last.start;
+    let tail_jump = sp == last.sp
+        && ret == last.ret
+        && ip != last.start
+        && last.index < u64::from(MAX_ENTRY_POINTS)
+        && (tail_from >> last.index) & 1 == 1;
     nested || tail_jump
 }
 
@@ -129,6 +142,7 @@ mod tests {
             count_arg: 1,
             pointer_arg: 0,
             function_bytes: 0x1234,
+            index: 17,
         };
         assert_eq!(CallShape::decode(shape.encode()), shape);
     }
@@ -153,17 +167,51 @@ mod tests {
             start: 0x1000,
             end: 0x1400,
             at_ns: 10_000_000,
+            index: 3,
         };
+        let from_realloc = 1 << 3;
         // It calls malloc itself: the return address is inside realloc, the stack deeper.
-        assert!(is_allocators_own(&realloc, 0x2000, 0x7ee0, 0x1100));
+        assert!(is_allocators_own(
+            &realloc,
+            0x2000,
+            0x7ee0,
+            0x1100,
+            from_realloc
+        ));
         // It jumps to malloc (realloc(NULL, n)): same stack pointer and return address.
-        assert!(is_allocators_own(&realloc, 0x2000, 0x7f00, 0x5555));
+        assert!(is_allocators_own(
+            &realloc,
+            0x2000,
+            0x7f00,
+            0x5555,
+            from_realloc
+        ));
         // The program calls malloc next, from elsewhere: its own.
-        assert!(!is_allocators_own(&realloc, 0x2000, 0x7f00, 0x5560));
+        assert!(!is_allocators_own(
+            &realloc,
+            0x2000,
+            0x7f00,
+            0x5560,
+            from_realloc
+        ));
         // The program calls realloc again from the same place: its own.
-        assert!(!is_allocators_own(&realloc, 0x1000, 0x7f00, 0x5555));
+        assert!(!is_allocators_own(
+            &realloc,
+            0x1000,
+            0x7f00,
+            0x5555,
+            from_realloc
+        ));
+        // The same place calls malloc next, through a pointer, but realloc never jumps there.
+        assert!(!is_allocators_own(&realloc, 0x2000, 0x7f00, 0x5555, 0));
         // A return address inside realloc's code on a shallower stack is a stale record: the
         // program's own.
-        assert!(!is_allocators_own(&realloc, 0x2000, 0x7f40, 0x1100));
+        assert!(!is_allocators_own(
+            &realloc,
+            0x2000,
+            0x7f40,
+            0x1100,
+            from_realloc
+        ));
     }
 }

@@ -18,9 +18,10 @@ use aya_ebpf::{
 use profiler_common::{
     counters,
     native::{
-        CallShape, LastCall, MAX_ARGS, MAX_NATIVE_THREADS, MAX_OWN_CODE, NATIVE_BYTES,
-        NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SLOTS, ROLE_ALLOCATES,
-        ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES, is_allocators_own, native_size_slot,
+        CallShape, LastCall, MAX_ARGS, MAX_ENTRY_POINTS, MAX_NATIVE_THREADS, MAX_OWN_CODE,
+        NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SLOTS,
+        ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES, is_allocators_own,
+        native_size_slot,
     },
 };
 
@@ -43,6 +44,11 @@ fn in_own_code(ret: u64) -> bool {
     }
     false
 }
+
+/// By entry point index: the entry points whose calls may tail-jump into it, a bit each (set
+/// by userspace before attaching).
+#[map]
+static NATIVE_TAIL_FROM: Array<u64> = Array::with_max_entries(MAX_ENTRY_POINTS, 0);
 
 #[map]
 static NATIVE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NATIVE_SLOTS, 0);
@@ -111,8 +117,13 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let own = in_own_code(ret)
         // SAFETY: the value is read before this program changes it.
-        || unsafe { NATIVE_LAST_CALL.get(&tid) }
-            .is_some_and(|last| is_allocators_own(last, ip, sp, ret));
+        || unsafe { NATIVE_LAST_CALL.get(&tid) }.is_some_and(|last| {
+            let tail_from = NATIVE_TAIL_FROM
+                .get(u32::from(shape.index))
+                .copied()
+                .unwrap_or(0);
+            is_allocators_own(last, ip, sp, ret, tail_from)
+        });
     if own {
         add(NATIVE_NESTED, 1);
         return 0;
@@ -151,6 +162,7 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
         start: ip,
         end: ip + u64::from(shape.function_bytes),
         at_ns: now,
+        index: u64::from(shape.index),
     };
     let _ = NATIVE_LAST_CALL.insert(&tid, &call, 0);
     0

@@ -277,3 +277,40 @@ fn every_call_the_program_makes_is_counted_once() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// glibc's `reallocarray` ends by jumping to `realloc` through its PLT slot, and `realloc` to
+/// `malloc` for a null pointer: found in the code, so that the kernel counts such a call once
+/// without a time limit (which a busy machine passes).
+#[test]
+#[ignore = "needs gcc and binutils: run `cargo xtask test`"]
+fn the_c_librarys_tail_jumps_are_found_in_its_code() {
+    let libc = system_library("libc.so.6");
+    let data = std::fs::read(&libc).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let allocator = mapscope::native::allocator::allocators_in(&file)
+        .into_iter()
+        .next()
+        .unwrap();
+    let entries = &allocator.entry_points;
+    let position = |name: &str| {
+        entries
+            .iter()
+            .position(|entry| entry.function == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let from = mapscope::native::tails::tail_from(&file, entries);
+    let jumps_into =
+        |from_name: &str, into: &str| from[position(into)] >> position(from_name) & 1 == 1;
+    for (name, into) in entries.iter().zip(&from) {
+        let sources: Vec<&str> = (0..entries.len())
+            .filter(|source| into >> source & 1 == 1)
+            .map(|source| entries[source].function.as_str())
+            .collect();
+        println!("{} <- {sources:?}", name.function);
+    }
+    assert!(jumps_into("reallocarray", "realloc"));
+    assert!(jumps_into("realloc", "malloc"));
+    assert!(jumps_into("reallocarray", "malloc"), "through realloc");
+    assert!(!jumps_into("malloc", "free"));
+    assert!(!jumps_into("malloc", "realloc"));
+}

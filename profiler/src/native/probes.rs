@@ -9,15 +9,16 @@ use aya::{
     programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 use profiler_common::native::{
-    CallShape, MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS,
-    NATIVE_REALLOCS, NATIVE_SIZE_BASE, NATIVE_SLOTS, NO_ARG, ROLE_ALLOCATES, ROLE_FREES,
-    ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
+    CallShape, MAX_ENTRY_POINTS, MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED,
+    NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SIZE_BASE, NATIVE_SLOTS, NO_ARG, NO_INDEX,
+    ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
 };
 use thiserror::Error;
 
 use super::{
     FoundAllocator,
     allocator::{AllocatorKind, EntryPoint, Role},
+    tails::tail_from,
 };
 
 /// The kernel program every entry point gets.
@@ -43,7 +44,7 @@ pub enum NativeProbeError {
 
 /// How `entry`'s arguments read, by its name without the allocator's prefix: where the size
 /// is (and what multiplies it), and which pointer it frees or moves.
-pub fn shape(entry: &EntryPoint, kind: AllocatorKind, prefix: &str) -> CallShape {
+pub fn shape(entry: &EntryPoint, kind: AllocatorKind, prefix: &str, index: u8) -> CallShape {
     let name = entry
         .function
         .strip_prefix(prefix)
@@ -73,8 +74,55 @@ pub fn shape(entry: &EntryPoint, kind: AllocatorKind, prefix: &str) -> CallShape
         size_arg,
         count_arg,
         pointer_arg,
-        function_bytes: u32::try_from(entry.code_bytes).unwrap_or(u32::MAX),
+        function_bytes: u32::try_from(entry.code_bytes)
+            .unwrap_or(u32::MAX)
+            .min(0xff_ffff),
+        index,
     }
+}
+
+/// By entry point index (numbered across `allocators`, in order), the entry points that may
+/// tail-jump into it (`native::tails`), for `NATIVE_TAIL_FROM`.
+fn tail_table(allocators: &[FoundAllocator]) -> Vec<(u32, u64)> {
+    let mut table = Vec::new();
+    let mut base = 0u32;
+    for found in allocators {
+        let count = found.allocator.entry_points.len() as u32;
+        if dedicated(found) {
+            // Their entry points reach one another through internal functions that the code
+            // of the entry points alone does not show (tcmalloc's `realloc(NULL, n)`): any of
+            // them may be a tail jump from any other.
+            let all = (base..(base + count).min(MAX_ENTRY_POINTS))
+                .fold(0u64, |all, index| all | 1 << index);
+            for index in base..(base + count).min(MAX_ENTRY_POINTS) {
+                table.push((index, all));
+            }
+        } else if let Ok(data) = std::fs::read(&found.host_path)
+            && let Ok(file) = object::File::parse(&*data)
+        {
+            for (position, from) in tail_from(&file, &found.allocator.entry_points)
+                .into_iter()
+                .enumerate()
+            {
+                let index = base + position as u32;
+                if index < MAX_ENTRY_POINTS && from != 0 {
+                    table.push((index, from.checked_shl(base).unwrap_or(0)));
+                }
+            }
+        }
+        base += count;
+    }
+    table
+}
+
+/// Whether `found` is an allocator library of its own (jemalloc, tcmalloc, mimalloc), not the
+/// C library (whose `strdup` or `fopen` allocate for the program) nor an executable.
+fn dedicated(found: &FoundAllocator) -> bool {
+    !found.in_executable
+        && matches!(
+            found.allocator.kind,
+            AllocatorKind::Jemalloc | AllocatorKind::Tcmalloc | AllocatorKind::Mimalloc
+        )
 }
 
 /// Where the code of `allocators`' dedicated libraries (jemalloc, tcmalloc, mimalloc: not the
@@ -82,13 +130,7 @@ pub fn shape(entry: &EntryPoint, kind: AllocatorKind, prefix: &str) -> CallShape
 fn own_code(pid: u32, allocators: &[FoundAllocator]) -> Vec<[u64; 2]> {
     let dedicated: Vec<&std::path::Path> = allocators
         .iter()
-        .filter(|found| {
-            !found.in_executable
-                && matches!(
-                    found.allocator.kind,
-                    AllocatorKind::Jemalloc | AllocatorKind::Tcmalloc | AllocatorKind::Mimalloc
-                )
-        })
+        .filter(|found| dedicated(found))
         .map(|found| found.object.as_path())
         .collect();
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
@@ -147,6 +189,13 @@ impl NativeProbes {
         for (index, range) in (0..MAX_OWN_CODE).zip(own_code(pid, allocators)) {
             own.set(index, range, 0).map_err(NativeProbeError::Read)?;
         }
+        let mut tails: aya::maps::Array<&mut MapData, u64> = ebpf
+            .map_mut("NATIVE_TAIL_FROM")
+            .and_then(|map| aya::maps::Array::try_from(map).ok())
+            .ok_or(NativeProbeError::Map("NATIVE_TAIL_FROM"))?;
+        for (index, from) in tail_table(allocators) {
+            tails.set(index, from, 0).map_err(NativeProbeError::Read)?;
+        }
         let program: &mut aya::programs::UProbe = ebpf
             .program_mut(NATIVE_CALL)
             .ok_or(NativeProbeError::Map(NATIVE_CALL))?
@@ -157,12 +206,22 @@ impl NativeProbes {
             .map_err(|error| NativeProbeError::Program(Box::new(error)))?;
         let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         let mut attached = 0;
+        // Entry points are numbered across the process's allocators (`tail_table`).
+        let mut next_index = 0u32;
         for found in allocators {
-            for entry in &found.allocator.entry_points {
+            let base = next_index;
+            next_index += found.allocator.entry_points.len() as u32;
+            for (position, entry) in found.allocator.entry_points.iter().enumerate() {
+                let index = base + position as u32;
+                let index = if index < MAX_ENTRY_POINTS {
+                    index as u8
+                } else {
+                    NO_INDEX
+                };
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(entry.file_offset),
                     cookie: Some(
-                        shape(entry, found.allocator.kind, found.allocator.prefix).encode(),
+                        shape(entry, found.allocator.kind, found.allocator.prefix, index).encode(),
                     ),
                 };
                 program
@@ -231,7 +290,7 @@ mod tests {
     #[test]
     fn each_entry_point_reads_its_own_arguments() {
         let shape_of = |name: &str, role: Role, prefix: &str| {
-            shape(&entry(name, role), AllocatorKind::Glibc, prefix)
+            shape(&entry(name, role), AllocatorKind::Glibc, prefix, 0)
         };
         let malloc = shape_of("malloc", Role::Allocates, "");
         assert_eq!((malloc.size_arg, malloc.count_arg), (0, NO_ARG));
