@@ -21,7 +21,8 @@ pub const MAX_ARGS: u8 = 6;
 /// which integer argument is the size, which one multiplies it (`calloc`'s count,
 /// `reallocarray`'s), which one is the pointer freed or moved, and how many bytes of code the
 /// function has (a call whose return address lies in them is the allocator calling itself,
-/// not the program: at most 2^24 − 1), and the entry point's index among the process's
+/// not the program: at most 2^20 − 1), which of the process's allocators it belongs to (the
+/// counters it adds to, `native_counter`), and the entry point's index among the process's
 /// (`NATIVE_TAIL_FROM`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallShape {
@@ -30,6 +31,7 @@ pub struct CallShape {
     pub count_arg: u8,
     pub pointer_arg: u8,
     pub function_bytes: u32,
+    pub allocator: u8,
     pub index: u8,
 }
 
@@ -39,7 +41,8 @@ impl CallShape {
             | ((self.size_arg as u64) << 8)
             | ((self.count_arg as u64) << 16)
             | ((self.pointer_arg as u64) << 24)
-            | (((self.function_bytes & 0xff_ffff) as u64) << 32)
+            | (((self.function_bytes & MAX_FUNCTION_BYTES) as u64) << 32)
+            | (((self.allocator & 0xf) as u64) << 52)
             | ((self.index as u64) << 56)
     }
 
@@ -49,11 +52,20 @@ impl CallShape {
             size_arg: (cookie >> 8) as u8,
             count_arg: (cookie >> 16) as u8,
             pointer_arg: (cookie >> 24) as u8,
-            function_bytes: ((cookie >> 32) & 0xff_ffff) as u32,
+            function_bytes: ((cookie >> 32) as u32) & MAX_FUNCTION_BYTES,
+            allocator: ((cookie >> 52) & 0xf) as u8,
             index: (cookie >> 56) as u8,
         }
     }
 }
+
+/// The most code bytes a `CallShape` says an entry point has (1 MiB; allocators' entry points
+/// have a few KiB).
+pub const MAX_FUNCTION_BYTES: u32 = 0xf_ffff;
+
+/// Allocators of one process counted apart (`CallShape::allocator`): one behind `malloc`, and
+/// the prefixed ones beside it.
+pub const MAX_ALLOCATORS: u32 = 4;
 
 /// Entry points a process's probes tell apart by index (`CallShape::index`); one past the
 /// last is `NO_INDEX`, which no entry point tail-jumps into.
@@ -71,6 +83,12 @@ pub const NATIVE_REALLOCS: u32 = 3;
 pub const NATIVE_NESTED: u32 = 4;
 pub const NATIVE_SIZE_BASE: u32 = 5;
 pub const NATIVE_SLOTS: u32 = NATIVE_SIZE_BASE + 65;
+
+/// Where allocator `allocator`'s counter `slot` is in `NATIVE_COUNTS` (`NATIVE_SLOTS` each).
+#[inline(always)]
+pub const fn native_counter(allocator: u8, slot: u32) -> u32 {
+    (allocator as u32 % MAX_ALLOCATORS) * NATIVE_SLOTS + slot
+}
 
 /// The size counter of an allocation of `size` bytes: `NATIVE_SIZE_BASE + k` for
 /// `2^(k-1) < size <= 2^k` (0 and 1 bytes both in the first), one `le` bucket of a
@@ -142,6 +160,7 @@ mod tests {
             count_arg: 1,
             pointer_arg: 0,
             function_bytes: 0x1234,
+            allocator: 3,
             index: 17,
         };
         assert_eq!(CallShape::decode(shape.encode()), shape);

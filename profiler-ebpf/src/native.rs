@@ -18,10 +18,10 @@ use aya_ebpf::{
 use profiler_common::{
     counters,
     native::{
-        CallShape, LastCall, MAX_ARGS, MAX_ENTRY_POINTS, MAX_NATIVE_THREADS, MAX_OWN_CODE,
-        NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SLOTS,
-        ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES, is_allocators_own,
-        native_size_slot,
+        CallShape, LastCall, MAX_ALLOCATORS, MAX_ARGS, MAX_ENTRY_POINTS, MAX_NATIVE_THREADS,
+        MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS,
+        NATIVE_SLOTS, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
+        is_allocators_own, native_counter, native_size_slot,
     },
 };
 
@@ -51,7 +51,8 @@ fn in_own_code(ret: u64) -> bool {
 static NATIVE_TAIL_FROM: Array<u64> = Array::with_max_entries(MAX_ENTRY_POINTS, 0);
 
 #[map]
-static NATIVE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NATIVE_SLOTS, 0);
+static NATIVE_COUNTS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(NATIVE_SLOTS * MAX_ALLOCATORS, 0);
 
 /// Each thread's last counted call (by thread id), to tell the allocator's own calls. A plain
 /// hash table: as an LRU one it lost records (8 to 25 calls in 18,000 counted twice), though it
@@ -61,9 +62,10 @@ static NATIVE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NATIVE_SL
 #[map]
 static NATIVE_LAST_CALL: HashMap<u32, LastCall> = HashMap::with_max_entries(MAX_NATIVE_THREADS, 0);
 
+/// Add `value` to allocator `allocator`'s counter `slot`.
 #[inline(always)]
-fn add(slot: u32, value: u64) {
-    if let Some(counter) = NATIVE_COUNTS.get_ptr_mut(slot) {
+fn add(allocator: u8, slot: u32, value: u64) {
+    if let Some(counter) = NATIVE_COUNTS.get_ptr_mut(native_counter(allocator, slot)) {
         crate::counters::add(counter, value);
     }
 }
@@ -125,7 +127,7 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
             is_allocators_own(last, ip, sp, ret, tail_from)
         });
     if own {
-        add(NATIVE_NESTED, 1);
+        add(shape.allocator, NATIVE_NESTED, 1);
         return 0;
     }
     let args = args(&ctx);
@@ -136,23 +138,23 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
     let pointer = arg(&args, shape.pointer_arg);
     let zero_size_allocates = shape.role & ZERO_SIZE_ALLOCATES != 0;
     match shape.role & !ZERO_SIZE_ALLOCATES {
-        ROLE_ALLOCATES => allocation(size),
+        ROLE_ALLOCATES => allocation(shape.allocator, size),
         ROLE_REALLOCATES => match (pointer, size) {
             // realloc(NULL, n) allocates.
-            (0, _) => allocation(size),
+            (0, _) => allocation(shape.allocator, size),
             // realloc(p, 0) frees, as glibc, jemalloc and tcmalloc do.
-            (_, 0) if !zero_size_allocates => add(NATIVE_FREES, 1),
+            (_, 0) if !zero_size_allocates => add(shape.allocator, NATIVE_FREES, 1),
             _ => {
-                add(NATIVE_REALLOCS, 1);
-                add(NATIVE_FREES, 1);
-                allocation(size);
+                add(shape.allocator, NATIVE_REALLOCS, 1);
+                add(shape.allocator, NATIVE_FREES, 1);
+                allocation(shape.allocator, size);
             }
         },
         ROLE_FREES => {
             if pointer == 0 {
                 return 0;
             }
-            add(NATIVE_FREES, 1);
+            add(shape.allocator, NATIVE_FREES, 1);
         }
         _ => return 0,
     }
@@ -178,8 +180,8 @@ fn times(a: u64, b: u64) -> u64 {
 }
 
 #[inline(always)]
-fn allocation(size: u64) {
-    add(NATIVE_OBJECTS, 1);
-    add(NATIVE_BYTES, size);
-    add(native_size_slot(size), 1);
+fn allocation(allocator: u8, size: u64) {
+    add(allocator, NATIVE_OBJECTS, 1);
+    add(allocator, NATIVE_BYTES, size);
+    add(allocator, native_size_slot(size), 1);
 }

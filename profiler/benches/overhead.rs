@@ -861,6 +861,7 @@ async fn call_run(gcbench: &Path, programs: Option<(&'static str, &'static str)>
                 frame: None,
             }
             .encode(),
+            object: mapscope::probes::stw::EXECUTABLE,
         };
         let mut points = vec![point(entry, site.address)];
         points.extend(
@@ -869,8 +870,16 @@ async fn call_run(gcbench: &Path, programs: Option<(&'static str, &'static str)>
                 .into_iter()
                 .map(|address| point(ret, address)),
         );
-        let mut probes =
-            AttachedProbes::attach(child.id(), gcbench, &points, &[], &[], &[]).unwrap();
+        let mut probes = AttachedProbes::attach(
+            child.id(),
+            [gcbench.to_owned()].into(),
+            None,
+            &points,
+            &[],
+            &[],
+            &[],
+        )
+        .unwrap();
         // Drain events exactly as a profiling session does.
         let collector = if entry == START_ENTRY {
             let Support::Known(abi) = abi::stw_abi("go1.27.3".parse().unwrap()) else {
@@ -884,7 +893,7 @@ async fn call_run(gcbench: &Path, programs: Option<(&'static str, &'static str)>
                 container: String::new(),
             }));
             let mut collector =
-                StwCollector::new(probes.take_stw_maps().unwrap(), abi, target).unwrap();
+                StwCollector::new(probes.take_stw_maps().unwrap(), Some(abi), target).unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {
                 collector

@@ -1,6 +1,6 @@
 //! One profiled target, from "here is a PID" to the summary: the single code path behind
 //! `attach` and `run` (and, later, each target of the daemon).
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::oneshot;
@@ -22,6 +22,7 @@ use crate::{
         abi::{self, MapAbiRow, NEWEST_KNOWN, OLDEST_SUPPORTED, StwAbi, Support},
     },
     model::pause::PauseBook,
+    native::{self, NativeError, probes::NativePlan},
     probes::{
         self,
         loaded::AttachedProbes,
@@ -34,9 +35,20 @@ use crate::{
     },
 };
 
-/// A process mapscope has read and knows how to probe.
+/// A process mapscope has read and knows how to probe: its Go runtime, its C allocators, or
+/// both (a Go program with cgo).
 pub struct Target {
     pub process: Process,
+    /// `None` for a program without a Go runtime.
+    pub go: Option<GoRuntime>,
+    /// `None` where no C allocator was found (a Go program without cgo).
+    pub native: Option<NativePlan>,
+    /// The container the process runs in (from its cgroup), empty outside containers.
+    pub container: String,
+}
+
+/// A target's Go runtime: where its probes go and what mapscope read of it.
+pub struct GoRuntime {
     pub go_version: String,
     pub abi: &'static StwAbi,
     pub points: Vec<ProbePoint>,
@@ -56,8 +68,6 @@ pub struct Target {
     pub binary: Arc<GoBinary>,
     /// Where the executable is loaded relative to its file addresses (non-zero for PIEs).
     pub load_bias: u64,
-    /// The container the process runs in (from its cgroup), empty outside containers.
-    pub container: String,
     /// The runtime vitals read from its memory, and where (file addresses).
     pub vitals: Option<crate::gobin::vitals::VitalsPlan>,
 }
@@ -138,16 +148,6 @@ pub fn open_process(pid: u32) -> Result<Process, UserError> {
         ),
         ProcessError::Other { .. } => UserError::new(Exit::Internal, error.to_string()),
     })
-}
-
-/// Read and analyse a Go executable; every failure becomes a one-line user error. `who` names
-/// it in messages; `alive` tells a vanished process from an unreadable file.
-pub fn open_binary(
-    path: &Path,
-    who: &str,
-    alive: impl Fn() -> bool,
-) -> Result<GoBinary, UserError> {
-    GoBinary::open(path, abi::WANTED).map_err(|error| go_binary_error(error, who, alive))
 }
 
 /// The one-line user error for a Go executable that could not be read or analysed.
@@ -236,7 +236,8 @@ pub struct Binaries(
 );
 
 impl Binaries {
-    fn open(&self, process: &Process, who: &str) -> Result<Arc<GoBinary>, UserError> {
+    /// The process's executable, read and analysed; `None` when it is not a Go program.
+    fn open(&self, process: &Process, who: &str) -> Result<Option<Arc<GoBinary>>, UserError> {
         use std::os::unix::fs::MetadataExt as _;
         let path = process.exe_path();
         let key = std::fs::metadata(&path)
@@ -249,14 +250,18 @@ impl Binaries {
                 .ok()
                 .and_then(|known| known.get(&key).and_then(std::sync::Weak::upgrade))
         {
-            return Ok(known);
+            return Ok(Some(known));
         }
-        let binary = Arc::new(open_binary(&path, who, || process.is_alive())?);
+        let binary = match GoBinary::open(&path, abi::WANTED) {
+            Ok(binary) => Arc::new(binary),
+            Err(GoBinaryError::NotGo { .. }) => return Ok(None),
+            Err(error) => return Err(go_binary_error(error, who, || process.is_alive())),
+        };
         if let (Some(key), Ok(mut known)) = (key, self.0.lock()) {
             known.retain(|_, binary| binary.strong_count() > 0);
             known.insert(key, Arc::downgrade(&binary));
         }
-        Ok(binary)
+        Ok(Some(binary))
     }
 }
 
@@ -267,7 +272,77 @@ pub fn understand_with(
     binaries: &Binaries,
 ) -> Result<Target, UserError> {
     let who = format!("PID {} ({})", process.pid, process.exe_name);
-    let binary = binaries.open(&process, &who)?;
+    let go = match binaries.open(&process, &who)? {
+        Some(binary) => Some(understand_go(&process, binary, options, &who)?),
+        None => None,
+    };
+    // The C allocators it maps: a program's only heap without a Go runtime, and with one the
+    // heap cgo code allocates from, which the Go runtime does not see.
+    let native = match native::for_process(process.pid, go.as_ref().map(|go| go.binary.data())) {
+        Ok(allocators) => {
+            // Library objects are numbered after the executable (`ProbePoint::object`).
+            Some(NativePlan::new(process.pid, &allocators, 1))
+        }
+        Err(_) if !process.is_alive() => {
+            return Err(UserError::new(
+                Exit::NoSuchProcess,
+                format!("{who} exited while mapscope was reading it"),
+            ));
+        }
+        Err(error) if go.is_none() => return Err(neither_go_nor_native(&who, &error)),
+        // A Go program without cgo has none: nothing to say.
+        Err(error) => {
+            tracing::debug!("{who}: no native allocator probed: {error}");
+            None
+        }
+    };
+    if !process.is_alive() {
+        return Err(UserError::new(
+            Exit::NoSuchProcess,
+            format!("{who} exited while mapscope was reading it"),
+        ));
+    }
+    let container = process.container_id().unwrap_or_default();
+    Ok(Target {
+        process,
+        go,
+        native,
+        container,
+    })
+}
+
+/// The error for a command that needs a Go runtime, given a target without one: `what` it
+/// does.
+pub fn not_go(target: &Target, what: &str) -> UserError {
+    UserError::new(
+        Exit::NotGo,
+        format!(
+            "PID {} ({}) is not a Go program: {what}; attach, run or the daemon count its native \
+             allocations",
+            target.process.pid, target.process.exe_name
+        ),
+    )
+}
+
+/// A program with neither a Go runtime nor a C allocator mapscope knows.
+pub fn neither_go_nor_native(who: &str, error: &NativeError) -> UserError {
+    UserError::new(
+        Exit::NotGo,
+        format!(
+            "{who} is not a Go program, and {error}; mapscope profiles Go programs and programs \
+             that allocate through glibc, musl, jemalloc, tcmalloc or mimalloc"
+        ),
+    )
+}
+
+/// Where a Go program's probes go, and what mapscope reads of its runtime.
+fn understand_go(
+    process: &Process,
+    binary: Arc<GoBinary>,
+    options: &Options,
+    who: &str,
+) -> Result<GoRuntime, UserError> {
+    let who = who.to_owned();
     let abi = stw_support(&binary, &who)?;
     check_dwarf(&binary, abi, &who)?;
     let mut points =
@@ -321,12 +396,6 @@ pub fn understand_with(
     };
     let mem_profile_rate = variable(abi::MEM_PROFILE_RATE);
     let memory_profiling_disabled = variable(abi::DISABLE_MEMORY_PROFILING);
-    if !process.is_alive() {
-        return Err(UserError::new(
-            Exit::NoSuchProcess,
-            format!("{who} exited while mapscope was reading it"),
-        ));
-    }
     let vitals = match crate::gobin::vitals::plan(&binary) {
         Ok(plan) => {
             for (vital, why) in &plan.missing {
@@ -339,9 +408,7 @@ pub fn understand_with(
             None
         }
     };
-    let container = process.container_id().unwrap_or_default();
-    Ok(Target {
-        process,
+    Ok(GoRuntime {
         go_version: binary.build_info.go_version.clone(),
         abi,
         points,
@@ -353,7 +420,6 @@ pub fn understand_with(
         maps,
         binary,
         load_bias,
-        container,
         vitals,
     })
 }
@@ -418,22 +484,110 @@ pub struct Outcome {
     pub runtime: Option<crate::model::vitals::RuntimeSummary>,
     /// What mapscope cost the target while attached, when it could be measured.
     pub cost: Option<crate::model::overhead::CostSummary>,
+    /// Each native allocator's totals, when the target's were probed.
+    pub native: Vec<crate::collect::native::NativeSummary>,
 }
 
 impl Target {
+    /// The Go release, empty for a program without a Go runtime (the `go_version` label).
+    pub fn go_version(&self) -> &str {
+        self.go.as_ref().map_or("", |go| &go.go_version)
+    }
+
+    /// What it runs, for messages: its Go release, or that it has none.
+    pub fn runtime(&self) -> &str {
+        self.go
+            .as_ref()
+            .map_or("native, no Go runtime", |go| &go.go_version)
+    }
+
+    /// Every probe attached from the start: the Go runtime's and the native allocators'.
+    fn points(&self) -> Vec<ProbePoint> {
+        let go = self.go.iter().flat_map(|go| &go.points);
+        let native = self.native.iter().flat_map(|native| &native.points);
+        go.chain(native).copied().collect()
+    }
+
+    /// The files the probes go in (`ProbePoint::object`): the executable, then the native
+    /// allocators' libraries.
+    fn objects(&self) -> probes::loaded::Objects {
+        std::iter::once(self.process.exe_path())
+            .chain(
+                self.native
+                    .iter()
+                    .flat_map(|native| native.libraries.clone()),
+            )
+            .collect()
+    }
+}
+
+impl GoRuntime {
     /// A reader of the runtime's count of bytes allocated (`gcController.totalAlloc`, which
     /// `/gc/heap/allocs:bytes` is made of), where this release has it and its globals were
     /// found.
-    fn allocated_bytes_counter(&self) -> Option<crate::collect::governor::WorkCounter> {
+    fn allocated_bytes_counter(&self, pid: u32) -> Option<crate::collect::governor::WorkCounter> {
         let plan = self.vitals.as_ref()?;
         let controller = plan.globals.gc_controller?;
         let offset = plan.row.gc_controller.total_alloc;
-        let (pid, address) = (self.process.pid, controller + self.load_bias + offset);
+        let (pid, address) = (pid, controller + self.load_bias + offset);
         Some(Arc::new(move || {
             memory::read_i64(pid, address)
                 .ok()
                 .map(|bytes| bytes as u64)
         }))
+    }
+}
+
+impl GoRuntime {
+    /// Which allocation probes go in (the runtime's sampler, counted mode or exact mode), and
+    /// the sampler's tables to keep small when it will find nothing; `pid` runs this runtime.
+    fn choose_allocation_probes(&mut self, pid: u32, options: &Options) -> Vec<&'static str> {
+        // Most services run with the runtime's allocation sampling off (the linker turns it off in
+        // programs that never reference runtime.MemProfile), so their sampler never fires. (`run`
+        // stops the program before the runtime has zeroed the rate: the linker's flag says it
+        // will.)
+        let read = |address: Option<u64>| address.and_then(|at| memory::read_i64(pid, at).ok());
+        let sampling_off = read(self.mem_profile_rate) == Some(0)
+            || read(self.memory_profiling_disabled).is_some_and(|word| word & 0xff == 1);
+        if options.alloc_exact {
+            let exact =
+                probes::alloc::plan_every_allocation(&self.binary, probes::alloc::ALLOC_EXACT);
+            tracing::warn!(
+                "exact allocation counting puts a uprobe on every allocation ({} entry points): each \
+             costs about a microsecond, so expect the target to run several times slower while \
+             attached (mapscope_probe_overhead_ratio{{probe=\"alloc_exact\"}} says how much)",
+                exact.len()
+            );
+            self.points.extend(exact);
+        } else if sampling_off && options.max_overhead > 0.0 && self.sampling_allocations {
+            // Counted mode: mapscope counts the allocations itself, with the every-allocation
+            // probes the governor holds within the budget, and samples stacks by bytes as the
+            // runtime would have. (Without a budget that would be exact mode's cost, unasked.)
+            let counted =
+                probes::alloc::plan_every_allocation(&self.binary, probes::alloc::ALLOC_COUNT);
+            if !counted.is_empty() {
+                tracing::info!(
+                    "PID {}: the runtime's allocation sampling is off (runtime.MemProfileRate is 0); \
+                 mapscope counts allocations itself, part of the time within the budget \
+                 (--max-overhead), and scales them up (mapscope_probe_duty_cycle{{probe=\
+                 \"alloc_count\"}} says how much of the time)",
+                    pid
+                );
+                self.points
+                    .retain(|point| point.program != probes::alloc::ALLOC_SAMPLE);
+                self.points.extend(counted);
+                self.counting_allocations = true;
+            }
+        }
+        if sampling_off && !self.counting_allocations {
+            // The sampler never fires: its tables (3 MB of kernel memory where the kernel
+            // preallocates them) get a few slots, enough to show as losses if the program turns
+            // sampling on later.
+            let [first, second] = profiler_common::alloc::ALLOC_SAMPLE_TABLES;
+            vec![first, second, "ALLOC_STACKS"]
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -459,67 +613,32 @@ fn denied(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The probe families the overhead governor may take off part of the time: those whose hits
 /// follow the target's activity without a bound (see `model::governor`).
-const GOVERNED_FAMILIES: [u32; 3] = [
+const GOVERNED_FAMILIES: [u32; 4] = [
     profiler_common::counters::HIT_ALLOC,
     profiler_common::counters::HIT_ALLOC_COUNT,
     profiler_common::counters::HIT_MAP_EVENT,
+    profiler_common::counters::HIT_NATIVE,
 ];
 
 pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached> {
-    let process = &target.process;
-    // Most services run with the runtime's allocation sampling off (the linker turns it off in
-    // programs that never reference runtime.MemProfile), so their sampler never fires. (`run`
-    // stops the program before the runtime has zeroed the rate: the linker's flag says it
-    // will.)
-    let read = |address: Option<u64>| address.and_then(|at| memory::read_i64(process.pid, at).ok());
-    let sampling_off = read(target.mem_profile_rate) == Some(0)
-        || read(target.memory_profiling_disabled).is_some_and(|word| word & 0xff == 1);
-    if options.alloc_exact {
-        let exact =
-            probes::alloc::plan_every_allocation(&target.binary, probes::alloc::ALLOC_EXACT);
-        tracing::warn!(
-            "exact allocation counting puts a uprobe on every allocation ({} entry points): each \
-             costs about a microsecond, so expect the target to run several times slower while \
-             attached (mapscope_probe_overhead_ratio{{probe=\"alloc_exact\"}} says how much)",
-            exact.len()
-        );
-        target.points.extend(exact);
-    } else if sampling_off && options.max_overhead > 0.0 && target.sampling_allocations {
-        // Counted mode: mapscope counts the allocations itself, with the every-allocation
-        // probes the governor holds within the budget, and samples stacks by bytes as the
-        // runtime would have. (Without a budget that would be exact mode's cost, unasked.)
-        let counted =
-            probes::alloc::plan_every_allocation(&target.binary, probes::alloc::ALLOC_COUNT);
-        if !counted.is_empty() {
-            tracing::info!(
-                "PID {}: the runtime's allocation sampling is off (runtime.MemProfileRate is 0); \
-                 mapscope counts allocations itself, part of the time within the budget \
-                 (--max-overhead), and scales them up (mapscope_probe_duty_cycle{{probe=\
-                 \"alloc_count\"}} says how much of the time)",
-                process.pid
-            );
-            target
-                .points
-                .retain(|point| point.program != probes::alloc::ALLOC_SAMPLE);
-            target.points.extend(counted);
-            target.counting_allocations = true;
-        }
-    }
-    let small_tables: Vec<&str> = if sampling_off && !target.counting_allocations {
-        // The sampler never fires: its tables (3 MB of kernel memory where the kernel
-        // preallocates them) get a few slots, enough to show as losses if the program turns
-        // sampling on later.
-        let [first, second] = profiler_common::alloc::ALLOC_SAMPLE_TABLES;
-        vec![first, second, "ALLOC_STACKS"]
-    } else {
-        Vec::new()
+    let pid = target.process.pid;
+    // Without a Go runtime, no family fills the sampler's tables: `load` shrinks them.
+    let small_tables = match target.go.as_mut() {
+        Some(go) => go.choose_allocation_probes(pid, options),
+        None => Vec::new(),
     };
     let process = &target.process;
+    let windowed = target
+        .go
+        .as_ref()
+        .map(|go| go.windowed_points.clone())
+        .unwrap_or_default();
     match AttachedProbes::attach(
         process.pid,
-        &process.exe_path(),
-        &target.points,
-        &target.windowed_points,
+        target.objects(),
+        target.native.as_ref(),
+        &target.points(),
+        &windowed,
         if options.max_overhead > 0.0 {
             &GOVERNED_FAMILIES
         } else {
@@ -614,12 +733,27 @@ impl Attached {
         options: Options,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<Outcome> {
+        self.profile_then(listener, options, stop, || {}).await
+    }
+
+    /// `profile`, calling `watching` once collection has started (`run` lets a traced
+    /// command go on then).
+    pub async fn profile_then(
+        self,
+        listener: Option<std::net::TcpListener>,
+        options: Options,
+        stop: impl std::future::Future<Output = ()>,
+        watching: impl FnOnce(),
+    ) -> anyhow::Result<Outcome> {
         let exported = Exported::new(Metrics::new().context("creating the metrics registry")?);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let process = &self.target.process;
         let what = format!(
             "attached {} probes to PID {} ({}, {})",
-            self.probes.count, process.pid, process.exe_name, self.target.go_version,
+            self.probes.count,
+            process.pid,
+            process.exe_name,
+            self.target.runtime(),
         );
         let (server, announce) = match listener {
             Some(listener) => {
@@ -634,7 +768,10 @@ impl Attached {
             None => (None, what),
         };
         // Said once the target's views are registered: an endpoint named here answers for it.
-        let ready = move || tracing::info!("{announce}");
+        let ready = move || {
+            tracing::info!("{announce}");
+            watching();
+        };
         let outcome = self.collect(&exported, options, stop, ready).await;
         let _ = shutdown.send(());
         if let Some(server) = server {
@@ -659,10 +796,11 @@ impl Attached {
         ready: impl FnOnce(),
     ) -> anyhow::Result<Outcome> {
         let process = &self.target.process;
+        let go = self.target.go.as_ref();
         let who = TargetIdentity {
             pid: process.pid,
             exe: process.exe_name.clone(),
-            go_version: self.target.go_version.clone(),
+            go_version: self.target.go_version().to_owned(),
             container: self.target.container.clone(),
         };
         let target_metrics = Arc::new(exported.metrics.target(&who));
@@ -673,7 +811,9 @@ impl Attached {
             export::http::TargetView {
                 name: format!(
                     "PID {} ({}, {})",
-                    process.pid, process.exe_name, self.target.go_version
+                    process.pid,
+                    process.exe_name,
+                    self.target.runtime()
                 ),
                 allocs: Arc::clone(&allocs),
                 maps: Arc::clone(&map_view),
@@ -688,12 +828,13 @@ impl Attached {
         };
         ready();
 
-        let vitals = self.target.vitals.as_ref().map(|plan| {
-            crate::process::vitals::VitalsReader::new(
+        let vitals = go.and_then(|go| {
+            let plan = go.vitals.as_ref()?;
+            Some(crate::process::vitals::VitalsReader::new(
                 process.pid,
                 plan.row,
-                plan.globals.biased(self.target.load_bias),
-            )
+                plan.globals.biased(go.load_bias),
+            ))
         });
         // For the exit summary: the runtime as it was at attach, and (below) at detach.
         let read_vitals = || {
@@ -702,7 +843,7 @@ impl Attached {
             process.is_alive().then_some(raw)
         };
         let vitals_at_attach = read_vitals();
-        if let (Some(plan), Some(reader)) = (&self.target.vitals, &vitals) {
+        if let (Some(plan), Some(reader)) = (go.and_then(|go| go.vitals.as_ref()), &vitals) {
             target_metrics.read_vitals(
                 reader.clone(),
                 plan.vitals.clone(),
@@ -720,14 +861,15 @@ impl Attached {
                 self.probes.take_family_switch()?,
             ))
         };
-        let alloc_maps = if self.target.sampling_allocations {
+        let alloc_maps = if go.is_some_and(|go| go.sampling_allocations) {
             Some(self.probes.take_alloc_maps()?)
         } else {
             None
         };
         let maps = self.probes.take_stw_maps()?;
-        let mut collector = StwCollector::new(maps, self.target.abi, Arc::clone(&target_metrics))
-            .context("watching the event ring buffer")?;
+        let mut collector =
+            StwCollector::new(maps, go.map(|go| go.abi), Arc::clone(&target_metrics))
+                .context("watching the event ring buffer")?;
         let meter = crate::collect::overhead::OverheadMeter::new(
             process.pid,
             self.probes.program_fds(),
@@ -740,12 +882,12 @@ impl Attached {
         // The allocation sampler runs beside the pause collector until the same stop.
         let (stop_all, stopped) = tokio::sync::watch::channel(false);
         let alloc_collects = alloc_maps.is_some();
-        let alloc_task = if let Some(maps) = alloc_maps {
-            let (pid, address) = (process.pid, self.target.mem_profile_rate);
+        let alloc_task = if let (Some(maps), Some(go)) = (alloc_maps, go) {
+            let (pid, address) = (process.pid, go.mem_profile_rate);
             let read_rate = Box::new(move || address.and_then(|at| memory::read_i64(pid, at).ok()));
             let sites = SiteOptions {
-                binary: Arc::clone(&self.target.binary),
-                load_bias: self.target.load_bias,
+                binary: Arc::clone(&go.binary),
+                load_bias: go.load_bias,
                 top_sites: options.alloc_top_sites,
                 half_life: options.alloc_sites_half_life,
             };
@@ -753,7 +895,7 @@ impl Attached {
                 AllocCollector::new(maps, read_rate, Arc::clone(&target_metrics), sites);
             alloc.profile = Arc::clone(&allocs);
             alloc.exact = options.alloc_exact;
-            alloc.counted = self.target.counting_allocations;
+            alloc.counted = go.counting_allocations;
             let mut stopped = stopped.clone();
             Some(tokio::spawn(async move {
                 alloc
@@ -766,11 +908,31 @@ impl Attached {
         } else {
             None
         };
-        let map_task = match (self.target.maps, options.maps.clone()) {
-            (Some(row), Some(map_options)) => {
+        let native_task = match self.target.native.take() {
+            Some(plan) => {
+                let collector = crate::collect::native::NativeCollector::new(
+                    self.probes.take_native_counts()?,
+                    self.probes.take_native_own_code()?,
+                    plan,
+                    process.pid,
+                    Arc::clone(&target_metrics),
+                );
+                let mut stopped = stopped.clone();
+                Some(tokio::spawn(collector.run_until(async move {
+                    let _ = stopped.changed().await;
+                })))
+            }
+            None => None,
+        };
+        let go = self.target.go.as_ref();
+        let map_task = match (
+            go.and_then(|go| go.maps.map(|row| (go, row))),
+            options.maps.clone(),
+        ) {
+            (Some((go, row)), Some(map_options)) => {
                 let discover = map_options.discovery.is_some();
                 let maps = self.probes.take_map_maps()?;
-                let stacks = Stacks::new(Arc::clone(&self.target.binary), self.target.load_bias);
+                let stacks = Stacks::new(Arc::clone(&go.binary), go.load_bias);
                 let mut collector = MapCollector::new(
                     maps,
                     stacks,
@@ -778,15 +940,15 @@ impl Attached {
                     process.pid,
                     map_options,
                     Arc::clone(&target_metrics),
-                    self.target.binary.type_descriptors().map(|types| {
-                        types.start + self.target.load_bias..types.end + self.target.load_bias
-                    }),
+                    go.binary
+                        .type_descriptors()
+                        .map(|types| types.start + go.load_bias..types.end + go.load_bias),
                 );
                 collector.view = Arc::clone(&map_view);
                 // Maps held in package-level variables, from the binary's DWARF (tens of
                 // milliseconds for a big binary: off the async workers).
-                let bias = self.target.load_bias;
-                match tokio::task::block_in_place(|| self.target.binary.map_variables()) {
+                let bias = go.load_bias;
+                match tokio::task::block_in_place(|| go.binary.map_variables()) {
                     Ok(variables) => {
                         collector.variables = variables
                             .into_iter()
@@ -824,7 +986,7 @@ impl Attached {
         };
         let governor_task = governed_maps.map(|(hits, switch)| {
             // The allocation families' work: the bytes the runtime counts as allocated.
-            let allocated = self.target.allocated_bytes_counter();
+            let allocated = go.and_then(|go| go.allocated_bytes_counter(process.pid));
             let governed = governed
                 .into_iter()
                 .map(|(family, probes)| {
@@ -834,11 +996,14 @@ impl Attached {
                         profiler_common::counters::HIT_ALLOC_COUNT,
                     ]
                     .contains(&family);
+                    let native = family == profiler_common::counters::HIT_NATIVE;
                     crate::collect::governor::GovernedFamily {
                         family,
                         probes,
                         work: allocation.then(|| allocated.clone()).flatten(),
-                        collector_waits: allocation && alloc_collects,
+                        // The native collector, too, takes counts only once settled.
+                        collector_waits: (allocation && alloc_collects) || native,
+                        by_time: native,
                     }
                 })
                 .collect();
@@ -885,6 +1050,10 @@ impl Attached {
             Some(task) => task.await.ok(),
             None => None,
         };
+        let native = match native_task {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
         if let Some(task) = governor_task {
             let _ = task.await;
         }
@@ -894,6 +1063,11 @@ impl Attached {
         tokio::task::block_in_place(|| probes.detach());
         tracing::info!("detached all probes from PID {}", process.pid);
         collector.drain();
+        // What the probes counted until they came off.
+        let native = native.map_or_else(Vec::new, |mut native| {
+            native.read(true);
+            native.summary()
+        });
         let alloc_summary = alloc.and_then(|mut alloc| {
             alloc.read(true);
             alloc.summary(SUMMARY_SITES)
@@ -915,6 +1089,7 @@ impl Attached {
             maps,
             map_stats,
             runtime,
+            native,
             cost: collector.meter.as_ref().and_then(|meter| meter.whole()),
         })
     }

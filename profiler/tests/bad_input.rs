@@ -95,13 +95,32 @@ fn a_thread_id_names_its_process() {
     }
 }
 
+/// A program without a Go runtime is profiled through its C allocator by attach, but the
+/// commands that need a Go runtime refuse it, saying which do not (exit 4).
 #[test]
 #[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
 fn not_a_go_program() {
     let sleeper = common::ChildGuard(Command::new("sleep").arg("60").spawn().unwrap());
-    let (code, message) = one_line_error(&attach(sleeper.0.id()));
+    let pid = sleeper.0.id().to_string();
+    let (code, message) = one_line_error(&mapscope(
+        &[
+            "profile",
+            "alloc",
+            "--pid",
+            &pid,
+            "--duration",
+            "1s",
+            "-o",
+            "/dev/null",
+        ],
+        &[],
+    ));
     assert_eq!(code, 4, "{message}");
-    assert!(message.contains("(sleep) is not a Go program"), "{message}");
+    assert!(
+        message.contains("(sleep) is not a Go program")
+            && message.contains("attach, run or the daemon count its native allocations"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -229,25 +248,35 @@ fn run_with_missing_command() {
     assert!(message.contains("/nonexistent/service"), "{message}");
 }
 
-/// A command that never becomes Go runs (it may be a wrapper on its way to the Go program),
-/// and when it ends mapscope says it never ran Go and how to reach the Go program (exit 4).
+/// A command mapscope cannot profile (no Go runtime, no C allocator) runs: it may be a
+/// wrapper on its way to a program mapscope can. When it ends instead, mapscope says it never
+/// ran such a program and how to reach one (exit 4).
 #[test]
-#[ignore = "needs root and Go toolchains: run `cargo xtask test`"]
-fn run_with_a_command_that_never_becomes_go() {
-    let marker = Path::new(env!("CARGO_TARGET_TMPDIR")).join("non-go-ran");
-    let _ = std::fs::remove_file(&marker);
-    let script = format!("touch {}", marker.display());
+#[ignore = "needs root and gcc: run `cargo xtask test`"]
+fn run_with_a_command_that_never_becomes_profilable() {
+    let binary = common::build_c(
+        "noalloc.c",
+        "noalloc-exits",
+        &["-O1", "-nostdlib", "-static", "-DEXIT_AT_ONCE"],
+    );
     let output = mapscope(
-        &["run", "--listen", "127.0.0.1:0", "--", "sh", "-c", &script],
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            binary.to_str().unwrap(),
+        ],
         &[],
     );
     let (code, message) = one_line_error(&output);
     assert_eq!(code, 4, "{message}");
     assert!(
-        message.contains("never ran a Go program") && message.contains("exec"),
+        message.contains("never ran a program mapscope can profile")
+            && message.contains("exit status 5")
+            && message.contains("exec"),
         "{message}"
     );
-    assert!(marker.exists(), "the wrapper ran to its end");
 }
 
 #[test]

@@ -1188,7 +1188,7 @@ fn short_log(extra: &[&str], env: &[(&str, &str)], terminal: bool) -> String {
 }
 
 /// The info line `short_log`'s run writes.
-const LOGGED: &str = "not a Go program: letting it run";
+const LOGGED: &str = "not a Go program: counting its native allocations";
 
 /// Logs carry colour codes only on a terminal and never with NO_COLOR set (files and journald
 /// got raw ANSI escapes before); `--log-format json` writes one JSON object per log line (the

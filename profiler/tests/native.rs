@@ -2,6 +2,9 @@
 //! or process allocates through (glibc's in libc.so.6 or linked statically; jemalloc, tcmalloc
 //! and mimalloc from Debian's packages, preloaded) and its entry points, checked against
 //! binutils' `nm` on the same files; a cgo Go program gets its Go report and its allocator.
+//! `mapscope attach` counts every call the program makes into its allocator, compared with
+//! the program's own counts: exactly with the probes on all the time, within the bound of
+//! scaling when the budget holds them.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,9 +18,10 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Duration,
 };
 
-use common::{ChildGuard, NEWEST_GO, inspect_json};
+use common::{ChildGuard, Mapscope, NEWEST_GO, inspect_json};
 use serde_json::Value;
 
 const STANDARD: &[&str] = &["malloc", "calloc", "realloc", "free", "posix_memalign"];
@@ -211,71 +215,398 @@ struct AskedFor {
     objects: u64,
     bytes: u64,
     frees: u64,
-    reallocs: u64,
 }
 
-/// The kernel counts every call the program makes into its allocator, exactly, and none the
-/// allocator makes to itself (glibc's `realloc(NULL, n)` jumps to `malloc`; jemalloc's and
-/// tcmalloc's entry points call one another): `allocs.c` calls every standard entry point
-/// from two threads and counts what it asked for, under glibc and under each preloaded
-/// allocator.
-#[test]
-#[ignore = "needs root, gcc and Debian's allocators: run `cargo xtask test`"]
-fn every_call_the_program_makes_is_counted_once() {
-    use mapscope::native::probes::NativeProbes;
-    let binary = common::build_c("allocs.c", "allocs", &["-O1", "-fno-builtin", "-pthread"]);
-    let mut wrong = Vec::new();
-    for preload in [
-        None,
-        Some("libjemalloc.so.2"),
-        Some("libtcmalloc_minimal.so.4"),
-        Some("libmimalloc.so.2"),
-    ] {
-        let library = preload.map(system_library);
-        let mut command = Command::new(&binary);
+/// The allocs fixture, started (with `preload` as its allocator), ready for commands.
+struct Allocs {
+    guard: ChildGuard,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Allocs {
+    fn start(binary: &Path, preload: Option<&Path>) -> Self {
+        let mut command = Command::new(binary);
         command.stdin(Stdio::piped()).stdout(Stdio::piped());
-        if let Some(library) = &library {
+        if let Some(library) = preload {
             command.env("LD_PRELOAD", library);
         }
         let mut child = command.spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let guard = ChildGuard(child);
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ready");
-        let pid = guard.0.id();
-        let allocators = mapscope::native::for_process(pid, None).unwrap();
-        let probes = NativeProbes::attach(pid, &allocators).unwrap();
-        let before = probes.counts().unwrap();
-        use std::io::Write as _;
-        writeln!(stdin, "go").unwrap();
-        line.clear();
-        stdout.read_line(&mut line).unwrap();
-        let asked: AskedFor = serde_json::from_str(line.trim()).unwrap();
-        let after = probes.counts().unwrap();
-        let name = preload.unwrap_or("glibc");
-        println!(
-            "{name}: {} probes; counted {} objects, {} bytes, {} frees, {} reallocs ({} the \
-             allocator's own calls); asked for {asked:?}",
-            probes.attached,
-            after.objects - before.objects,
-            after.bytes - before.bytes,
-            after.frees - before.frees,
-            after.reallocs - before.reallocs,
-            after.nested - before.nested,
-        );
-        let counted = (
-            after.objects - before.objects,
-            after.bytes - before.bytes,
-            after.frees - before.frees,
-            after.reallocs - before.reallocs,
-        );
-        if counted != (asked.objects, asked.bytes, asked.frees, asked.reallocs) {
-            wrong.push(format!("{name}: counted {counted:?}, asked for {asked:?}"));
+        Self {
+            guard: ChildGuard(child),
+            stdin,
+            stdout,
         }
     }
+
+    fn pid(&self) -> u32 {
+        self.guard.0.id()
+    }
+
+    /// Send `command` ("go", "pace N S") and read what the program asked for.
+    fn run(&mut self, command: &str) -> AskedFor {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{command}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(line.trim()).unwrap()
+    }
+}
+
+fn build_allocs() -> PathBuf {
+    common::build_c("allocs.c", "allocs", &["-O1", "-fno-builtin", "-pthread"])
+}
+
+/// mapscope's native totals for `pid`'s allocator `allocator`: objects, bytes, frees, and
+/// the size histogram's count and sum.
+fn native_totals(metrics: &common::Metrics, pid: u32, allocator: &str) -> [f64; 5] {
+    let ours = |labels: &std::collections::BTreeMap<String, String>| {
+        labels.get("pid").map(String::as_str) == Some(&pid.to_string())
+            && labels.get("allocator").map(String::as_str) == Some(allocator)
+    };
+    [
+        "mapscope_native_alloc_objects_total",
+        "mapscope_native_alloc_bytes_total",
+        "mapscope_native_free_objects_total",
+        "mapscope_native_alloc_size_bytes_count",
+        "mapscope_native_alloc_size_bytes_sum",
+    ]
+    .map(|name| metrics.sum(name, ours))
+}
+
+/// The native totals once they stopped moving (the program waits for a command): the
+/// collector reads the kernel's counts once a second, so a scrape may show a read from before
+/// the program's last calls.
+fn settled_totals(mapscope: &Mapscope, pid: u32, allocator: &str) -> [f64; 5] {
+    let mut last = native_totals(&mapscope.scrape(), pid, allocator);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(1200));
+        let now = native_totals(&mapscope.scrape(), pid, allocator);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("{allocator}: the native counts of an idle program kept moving: {last:?}");
+}
+
+/// Every call the program makes into its allocator is counted once, exactly, and none the
+/// allocator makes to itself (glibc's `realloc(NULL, n)` jumps to `malloc`; jemalloc's and
+/// tcmalloc's entry points call one another): `allocs.c` calls every standard entry point
+/// from two threads and counts what it asked for, under glibc and under each preloaded
+/// allocator, with `mapscope attach` counting every call (`--max-overhead 0`), and the
+/// metrics must say exactly that, each under its allocator's label.
+#[test]
+#[ignore = "needs root, gcc and Debian's allocators: run `cargo xtask test`"]
+fn every_call_the_program_makes_is_counted_once() {
+    let binary = build_allocs();
+    let mut wrong = Vec::new();
+    for (preload, allocator) in [
+        (None, "glibc"),
+        (Some("libjemalloc.so.2"), "jemalloc"),
+        (Some("libtcmalloc_minimal.so.4"), "tcmalloc"),
+        (Some("libmimalloc.so.2"), "mimalloc"),
+    ] {
+        let library = preload.map(system_library);
+        let mut allocs = Allocs::start(&binary, library.as_deref());
+        let pid = allocs.pid();
+        let mapscope = Mapscope::attach_unbudgeted(pid);
+        mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+            metrics.has("mapscope_native_alloc_objects_total")
+        });
+        let before = settled_totals(&mapscope, pid, allocator);
+        for round in 0..2 {
+            let asked = allocs.run("go");
+            let asked = [asked.objects, asked.bytes, asked.frees].map(|n| n as f64);
+            let expected = [
+                before[0] + asked[0] * f64::from(round + 1),
+                before[1] + asked[1] * f64::from(round + 1),
+                before[2] + asked[2] * f64::from(round + 1),
+            ];
+            let after = native_totals(
+                &mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+                    native_totals(metrics, pid, allocator)[..3] == expected
+                }),
+                pid,
+                allocator,
+            );
+            println!("{allocator}: round {round}: mapscope {after:?}, expected {expected:?}");
+            if after[..3] != expected {
+                wrong.push(format!(
+                    "{allocator}: counted {after:?}, expected {expected:?}"
+                ));
+            }
+            // The size histogram holds every allocation, its sum every byte.
+            assert_eq!(after[3], after[0], "{allocator}: histogram count");
+            assert_eq!(after[4], after[1], "{allocator}: histogram sum");
+        }
+        let coverage = mapscope
+            .scrape()
+            .sum("mapscope_native_coverage_ratio", |labels| {
+                labels.get("pid").map(String::as_str) == Some(&pid.to_string())
+            });
+        assert_eq!(coverage, 1.0, "{allocator}: counted all the time");
+    }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// By default the probes are held within the budget (`--max-overhead`): on a program that
+/// allocates at a steady pace, as a service does, they are on part of the time, the coverage
+/// gauge says how much, and the scaled totals still match what the program asked for.
+#[test]
+#[ignore = "needs root and gcc: run `cargo xtask test`"]
+fn by_default_the_probes_are_held_within_the_budget_and_scaled() {
+    let binary = build_allocs();
+    let mut allocs = Allocs::start(&binary, None);
+    let pid = allocs.pid();
+    let mut mapscope = Mapscope::attach_with(pid, &["--max-overhead", "0.02"]);
+    mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+        metrics.has("mapscope_native_alloc_objects_total")
+    });
+    // 40 s at 2,000 rounds a second per thread: 36,000 calls a second into malloc and free.
+    let asked = allocs.run("pace 2000 40");
+    // The last on part's share is settled halfway through the off part after it.
+    std::thread::sleep(Duration::from_secs(6));
+    let metrics = mapscope.scrape();
+    let [objects, bytes, frees, ..] = native_totals(&metrics, pid, "glibc");
+    let ours = |labels: &std::collections::BTreeMap<String, String>| {
+        labels.get("pid").map(String::as_str) == Some(&pid.to_string())
+    };
+    let coverage = metrics.sum("mapscope_native_coverage_ratio", ours);
+    let duty = metrics.sum("mapscope_probe_duty_cycle", |labels| {
+        ours(labels) && labels.get("probe").map(String::as_str) == Some("native")
+    });
+    println!(
+        "asked {asked:?}; estimated {objects:.0} objects, {bytes:.0} bytes, {frees:.0} frees; \
+         coverage {coverage:.3}, duty {duty:.3}"
+    );
+    assert!(
+        coverage < 0.9 && duty < 0.9,
+        "held: coverage {coverage}, duty {duty}"
+    );
+    for (name, estimated, actual) in [
+        ("objects", objects, asked.objects),
+        ("bytes", bytes, asked.bytes),
+        ("frees", frees, asked.frees),
+    ] {
+        let error = estimated / actual as f64 - 1.0;
+        assert!(
+            error.abs() < 0.2,
+            "{name}: estimated {estimated:.0}, asked {actual} ({:+.1}%)",
+            error * 100.0
+        );
+    }
+    mapscope.signal(libc::SIGINT);
+    assert!(mapscope.wait(Duration::from_secs(30)).success());
+    let summary = mapscope.stdout.all();
+    assert!(
+        summary.contains("no Go runtime") && summary.contains("native allocations (glibc"),
+        "{summary}"
+    );
+}
+
+/// `mapscope run` profiles a C program from its first instruction, through a wrapper that
+/// execs it (`env`, which sets jemalloc as its allocator here: a library the program maps
+/// only after mapscope attached), exactly, and exits with its status.
+#[test]
+#[ignore = "needs root, gcc and Debian's allocators: run `cargo xtask test`"]
+fn run_follows_a_wrapper_to_a_c_program_and_counts_it_exactly() {
+    let binary = build_allocs();
+    for (preload, allocator) in [(None, "glibc"), (Some("libjemalloc.so.2"), "jemalloc")] {
+        let mut args = vec![
+            "run".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--max-overhead".to_owned(),
+            "0".to_owned(),
+            "--".to_owned(),
+            "env".to_owned(),
+        ];
+        if let Some(library) = preload {
+            args.push(format!("LD_PRELOAD={}", system_library(library).display()));
+        }
+        args.push(binary.to_str().unwrap().to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut mapscope = Mapscope::start(&args);
+        mapscope
+            .stdout
+            .wait_for("the program's \"ready\"", Duration::from_secs(30), |line| {
+                line == "ready"
+            });
+        let pid = mapscope
+            .scrape_until(Duration::from_secs(10), |metrics| {
+                metrics.has("mapscope_native_alloc_objects_total")
+            })
+            .0
+            .iter()
+            .find(|sample| sample.name == "mapscope_native_alloc_objects_total")
+            .and_then(|sample| sample.labels.get("pid")?.parse::<u32>().ok())
+            .unwrap();
+        let before = settled_totals(&mapscope, pid, allocator);
+        // Its start-up (the C library's buffer for standard output, the second thread) was
+        // counted: the probes were in before its first instruction.
+        assert!(before[0] >= 1.0, "{allocator}: nothing counted at start-up");
+        mapscope.send("go");
+        let line =
+            mapscope
+                .stdout
+                .wait_for("the program's counts", Duration::from_secs(30), |line| {
+                    line.starts_with('{')
+                });
+        let asked: AskedFor = serde_json::from_str(&line).unwrap();
+        let expected = [
+            before[0] + asked.objects as f64,
+            before[1] + asked.bytes as f64,
+            before[2] + asked.frees as f64,
+        ];
+        let after = native_totals(
+            &mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+                native_totals(metrics, pid, allocator)[..3] == expected
+            }),
+            pid,
+            allocator,
+        );
+        println!("run, {allocator}: before {before:?}, after {after:?}, asked {asked:?}");
+        assert_eq!(after[..3], expected, "{allocator}");
+        // Its standard input closes: it exits 0, and so does mapscope, with the summary.
+        mapscope.close_stdin();
+        let status = mapscope.wait(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "{}", mapscope.stderr.all());
+        let summary = mapscope.stdout.all();
+        assert!(
+            summary.contains(&format!("native allocations ({allocator}")),
+            "{summary}"
+        );
+        assert!(
+            mapscope.stderr.all().contains("exec'd by env"),
+            "{}",
+            mapscope.stderr.all()
+        );
+    }
+}
+
+/// The daemon profiles a selected program without a Go runtime as it comes (its selectors
+/// match any program; `go` alone means Go only), its series carrying an empty `go_version`,
+/// and removes them when it exits.
+#[test]
+#[ignore = "needs root and gcc: run `cargo xtask test`"]
+fn the_daemon_profiles_a_selected_c_program() {
+    let binary = common::build_c(
+        "allocs.c",
+        "allocs-daemon",
+        &["-O1", "-fno-builtin", "-pthread"],
+    );
+    let mapscope = Mapscope::daemon_selecting(&binary, &["--max-overhead", "0"]);
+    let mut allocs = Allocs::start(&binary, None);
+    let pid = allocs.pid();
+    let ours = |metrics: &common::Metrics| {
+        metrics.0.iter().any(|sample| {
+            sample.name == "mapscope_native_alloc_objects_total"
+                && sample.labels.get("pid") == Some(&pid.to_string())
+        })
+    };
+    let metrics = mapscope.scrape_until(Duration::from_secs(30), ours);
+    assert!(ours(&metrics), "the daemon did not attach to PID {pid}");
+    let sample = metrics
+        .0
+        .iter()
+        .find(|sample| sample.name == "mapscope_native_alloc_objects_total")
+        .unwrap();
+    assert_eq!(
+        sample.labels.get("go_version").map(String::as_str),
+        Some("")
+    );
+    assert!(
+        !metrics
+            .0
+            .iter()
+            .any(|sample| sample.name == "mapscope_gc_cycles_total"
+                && sample.labels.get("pid") == Some(&pid.to_string())),
+        "a program without a Go runtime has no GC series"
+    );
+    let before = settled_totals(&mapscope, pid, "glibc");
+    let asked = allocs.run("go");
+    let expected = [
+        before[0] + asked.objects as f64,
+        before[1] + asked.bytes as f64,
+        before[2] + asked.frees as f64,
+    ];
+    let after = native_totals(
+        &mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+            native_totals(metrics, pid, "glibc")[..3] == expected
+        }),
+        pid,
+        "glibc",
+    );
+    assert_eq!(after[..3], expected);
+    drop(allocs);
+    let gone = mapscope.scrape_until(Duration::from_secs(10), |metrics| !ours(metrics));
+    assert!(!ours(&gone), "the series outlived the program");
+}
+
+/// A program with no C allocator (and no Go runtime) is refused with the reason and its exit
+/// code, as a program mapscope cannot profile; no probe is left behind.
+#[test]
+#[ignore = "needs root and gcc: run `cargo xtask test`"]
+fn a_program_without_an_allocator_is_refused() {
+    let binary = common::build_c("noalloc.c", "noalloc", &["-O1", "-nostdlib", "-static"]);
+    let target = ChildGuard(Command::new(&binary).spawn().unwrap());
+    let output = Command::new(common::MAPSCOPE)
+        .args(["attach", "--pid", &target.0.id().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("is not a Go program, and no C allocator found"),
+        "{stderr}"
+    );
+}
+
+/// A cgo Go program gets both, side by side, each right: its GC cycles as the runtime counts
+/// them, and the C allocations it makes through cgo as it counts them (the Go runtime's own
+/// calls into the C library, a new thread's, may add a few).
+#[test]
+#[ignore = "needs root, gcc and Go toolchains: run `cargo xtask test`"]
+fn a_cgo_program_gets_go_and_native_series() {
+    let binary = common::build_go("gcload", NEWEST_GO, &["-tags=mapscope_cgo"]);
+    let mut target = common::GoTarget::start(&binary, &[]);
+    let pid = target.pid();
+    let mapscope = Mapscope::attach_unbudgeted(pid);
+    let report = target.run_load();
+    let metrics = mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+        metrics.gc_cycles() >= report.gc_cycles
+    });
+    assert_eq!(metrics.gc_cycles(), report.gc_cycles);
+    let before = native_totals(&metrics, pid, "glibc");
+    target.send("cmalloc");
+    let line = target
+        .stdout
+        .wait_for("the C allocations", Duration::from_secs(30), |line| {
+            line.contains("\"objects\"")
+        });
+    let asked: AskedFor = serde_json::from_str(&line).unwrap();
+    let asked = [asked.objects, asked.bytes, asked.frees].map(|n| n as f64);
+    let metrics = mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+        native_totals(metrics, pid, "glibc")[0] >= before[0] + asked[0]
+    });
+    let after = native_totals(&metrics, pid, "glibc");
+    println!("cgo: asked {asked:?}; mapscope {before:?} -> {after:?}");
+    for index in 0..3 {
+        let counted = after[index] - before[index];
+        let extra = if index == 1 { 64.0 * 1024.0 } else { 20.0 };
+        assert!(
+            counted >= asked[index] && counted <= asked[index] + extra,
+            "counted {counted}, asked {} ({after:?} - {before:?})",
+            asked[index]
+        );
+    }
 }
 
 /// glibc's `reallocarray` ends by jumping to `realloc` through its PLT slot, and `realloc` to

@@ -3,13 +3,15 @@
 // asked for: the oracle for mapscope's native allocation counts.
 //
 // Protocol, one line each: -> "ready"; <- "go"; -> {"objects": N, "bytes": B, "frees": F,
-// "reallocs": R}; <- EOF: exit 0.
+// "reallocs": R}; <- EOF: exit 0. "pace N S" in place of "go": each thread does N rounds a
+// second for S seconds, a paced load like a service's, then the same report.
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define ROUNDS 1000
 
@@ -18,13 +20,15 @@ struct counts {
 };
 
 static struct counts counts[2];
+// Rounds a second and seconds of a paced run; 0 for one burst of ROUNDS.
+static int pace_rounds, pace_seconds;
 // The second thread starts and ends each run with the first: made before "ready", so that
 // making it (glibc allocates its thread-local storage) is not counted in a run.
 static pthread_barrier_t start, done;
 
 // Each kind of call once per round: what the program asked its allocator for.
-static void work(struct counts *c) {
-    for (int i = 0; i < ROUNDS; i++) {
+static void rounds(struct counts *c, int count) {
+    for (int i = 0; i < count; i++) {
         size_t n = 16 + (size_t)(i % 64) * 8;
         void *a = malloc(n);
         c->objects++, c->bytes += n;
@@ -56,6 +60,29 @@ static void work(struct counts *c) {
     }
 }
 
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+// One run: a burst, or a paced load (a tenth of a second's rounds at a time, on schedule).
+static void work(struct counts *c) {
+    if (pace_seconds == 0) {
+        rounds(c, ROUNDS);
+        return;
+    }
+    double start = now();
+    for (int step = 1; step <= pace_seconds * 10; step++) {
+        rounds(c, pace_rounds / 10);
+        double wait = start + step / 10.0 - now();
+        if (wait > 0) {
+            struct timespec t = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
+            nanosleep(&t, NULL);
+        }
+    }
+}
+
 static void *second(void *unused) {
     (void)unused;
     for (;;) {
@@ -75,7 +102,10 @@ int main(void) {
     puts("ready");
     fflush(stdout);
     while (fgets(line, sizeof line, stdin)) {
-        if (strncmp(line, "go", 2) != 0) continue;
+        if (sscanf(line, "pace %d %d", &pace_rounds, &pace_seconds) != 2) {
+            if (strncmp(line, "go", 2) != 0) continue;
+            pace_rounds = pace_seconds = 0;
+        }
         memset(counts, 0, sizeof counts);
         pthread_barrier_wait(&start);
         work(&counts[0]);

@@ -6,7 +6,7 @@ use crate::session;
 
 #[derive(Debug, Args)]
 pub struct AttachArgs {
-    /// PID of the Go process to profile.
+    /// PID of the process to profile: a Go program, or any program using a C allocator.
     #[arg(long)]
     pub pid: u32,
 
@@ -32,7 +32,7 @@ pub async fn run(args: AttachArgs) -> anyhow::Result<()> {
     let (pid, exe, go_version) = (
         process.pid,
         process.exe_name.clone(),
-        attached.target.go_version.clone(),
+        attached.target.go_version().to_owned(),
     );
     let exited = process.exit_watcher()?.exited();
     let stop = async {

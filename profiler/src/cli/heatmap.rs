@@ -182,13 +182,18 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
         }),
         final_map_snapshot: true,
     };
-    let target = session::understand(process, &options)?;
-    if target.maps.is_none() {
+    let mut target = session::understand(process, &options)?;
+    // Go maps only: the native allocation probes would cost the target for nothing here.
+    target.native = None;
+    let Some(go) = target.go.as_ref() else {
+        return Err(session::not_go(&target, "`mapscope heatmap` draws Go maps").into());
+    };
+    if go.maps.is_none() {
         return Err(UserError::new(
             Exit::UnsupportedGo,
             format!(
                 "PID {}: mapscope does not know the map layout of {}",
-                args.pid, target.go_version
+                args.pid, go.go_version
             ),
         )
         .into());

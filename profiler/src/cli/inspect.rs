@@ -6,12 +6,11 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::{
-    error::{Exit, UserError},
     gobin::{
         FunctionSource, GoBinary, GoBinaryError, Layout, VersionSource,
         abi::{self, NEWEST_KNOWN, OLDEST_SUPPORTED, Support},
     },
-    native::{self, FoundAllocator, NativeError},
+    native::{self, FoundAllocator},
     probes::stw::{self, ProbePoint},
     session,
 };
@@ -141,7 +140,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         // Not Go: what mapscope sees of it is its allocators.
         Err(GoBinaryError::NotGo { .. }) => {
             let native_allocators =
-                allocators.map_err(|error| neither_go_nor_native(&who, &error))?;
+                allocators.map_err(|error| session::neither_go_nor_native(&who, &error))?;
             let report = NativeReport {
                 path: who,
                 go_version: None,
@@ -360,17 +359,6 @@ pub fn build(who: &str, binary: &GoBinary) -> Report {
     }
 }
 
-/// A program that is not Go and has no allocator mapscope knows.
-fn neither_go_nor_native(who: &str, error: &NativeError) -> UserError {
-    UserError::new(
-        Exit::NotGo,
-        format!(
-            "{who} is not a Go program, and {error}; mapscope inspects Go programs and programs \
-             that allocate through glibc, musl, jemalloc, tcmalloc or mimalloc"
-        ),
-    )
-}
-
 /// The `native_allocations` feature line.
 fn native_feature(allocators: &[FoundAllocator]) -> Feature {
     let names: Vec<String> = allocators
@@ -385,12 +373,13 @@ fn native_feature(allocators: &[FoundAllocator]) -> Feature {
         .collect();
     Feature {
         name: "native_allocations",
-        available: false,
+        available: !names.is_empty(),
         detail: if names.is_empty() {
             "no C allocator (a Go program without cgo allocates only on the Go heap)".to_owned()
         } else {
             format!(
-                "found {}; mapscope does not probe native allocators yet",
+                "found {}: attach, run and the daemon count its calls \
+                 (mapscope_native_alloc_bytes_total)",
                 names.join(", ")
             )
         },

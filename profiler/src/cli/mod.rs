@@ -22,10 +22,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9871";
     long_about = "mapscope attaches kernel uprobes to a running Go program (no rebuild, no restart, \
                   nothing written into it) and measures its GC (stop-the-world pauses and GC \
                   cycles), its allocations (sampled sites, pprof profiles) and its maps (growth, \
-                  per-bucket collision heatmaps), as Prometheus metrics, pprof files and pictures. \
+                  per-bucket collision heatmaps), as Prometheus metrics, pprof files and pictures; \
+                  of any program, Go or not, it counts the calls into its C allocator (malloc, \
+                  free...). \
                   Needs root, or CAP_SYS_ADMIN + CAP_SYS_PTRACE (uprobes need CAP_SYS_ADMIN since \
                   Linux 6.16 and its stable backports).",
-    after_help = "Exit codes: 0 ok, 2 usage, 3 no such process, 4 not a Go program, 5 unsupported Go \
+    after_help = "Exit codes: 0 ok, 2 usage, 3 no such process, 4 neither Go nor a known C allocator, 5 unsupported Go \
                   version, 6 runtime functions not found, 7 insufficient privileges, 8 kernel lacks uprobes/BTF, \
                   9 listen address unavailable, 10 command could not be started, 11 nothing was sampled, \
                   12 invalid config file, 1 anything else."
@@ -64,7 +66,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach to a running Go process and serve its metrics until it exits or you press Ctrl-C.
+    /// Attach to a running process (Go, or any using a C allocator) and serve its metrics until
+    /// it exits or you press Ctrl-C.
     Attach(attach::AttachArgs),
     /// Start a command with the probes already attached, and profile it until it exits.
     Run(run::RunArgs),
@@ -75,7 +78,7 @@ pub enum Command {
     /// Draw the buckets of a running Go process's big maps, with what a random hash would give and
     /// what to do: in the terminal, or as SVG, PNG or JSON.
     Heatmap(heatmap::HeatmapArgs),
-    /// Profile every selected Go process as it starts, until it exits (DaemonSet, sidecar,
+    /// Profile every selected process as it starts, until it exits (DaemonSet, sidecar,
     /// systemd): one metrics endpoint for all.
     Daemon(daemon::DaemonArgs),
     /// Write the man pages and shell completions, generated from this command line's own
@@ -347,6 +350,7 @@ fn summary_text(
         endpoint,
         runtime: outcome.runtime.as_ref(),
         cost: outcome.cost.as_ref(),
+        native: &outcome.native,
     })
 }
 

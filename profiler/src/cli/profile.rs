@@ -65,8 +65,15 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         maps: None,
         final_map_snapshot: false,
     };
-    let target = session::understand(process, &options)?;
-    if !target.sampling_allocations {
+    let mut target = session::understand(process, &options)?;
+    // Go allocations only: native ones are counted by attach, run and the daemon.
+    target.native = None;
+    let Some(go) = target.go.as_ref() else {
+        return Err(
+            session::not_go(&target, "`mapscope profile` samples Go heap allocations").into(),
+        );
+    };
+    if !go.sampling_allocations {
         return Err(UserError::new(
             Exit::NothingSampled,
             format!(
@@ -78,7 +85,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     }
     // ...but where the runtime samples nothing, mapscope counts allocations with a probe on
     // each, which only a budget keeps from costing the target many times its CPU.
-    let rate = target
+    let rate = go
         .mem_profile_rate
         .and_then(|address| crate::process::memory::read_i64(target.process.pid, address).ok());
     if rate == Some(0) {

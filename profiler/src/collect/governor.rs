@@ -258,6 +258,9 @@ pub struct GovernedFamily {
     pub work: Option<WorkCounter>,
     /// Its collector takes only settled counts (`Coverage::settled`) and says when it has.
     pub collector_waits: bool,
+    /// Without a work counter, its share is the share of the time it counted, not of the
+    /// target's CPU time (`Governed::share_cpu_rate`).
+    pub by_time: bool,
 }
 
 struct Governed {
@@ -295,6 +298,7 @@ struct Governed {
     /// Its collector takes only settled counts (`Coverage`): it must have taken a cycle's
     /// counts before the next one counts.
     collector_waits: bool,
+    by_time: bool,
     /// The on part counting now: how long, and the stretch of the off part before it that it
     /// stands for.
     cycle: Option<(Duration, OffStretch)>,
@@ -345,6 +349,7 @@ impl Governor {
                      probes,
                      work,
                      collector_waits,
+                     by_time,
                  }| {
                     metrics.duty_cycle(HIT_NAMES[family as usize], 1.0);
                     Governed {
@@ -368,6 +373,7 @@ impl Governor {
                         work,
                         on_work_rate: None,
                         collector_waits,
+                        by_time,
                         cycle: None,
                         ended: None,
                         mid_mark: None,
@@ -692,7 +698,7 @@ impl Governor {
             },
         };
         governed.mid_mark = mid;
-        if early_half_goes_back(governed.on_work_rate, governed.on_rate, early) {
+        if early_half_goes_back(governed.on_work_rate, governed.share_cpu_rate(), early) {
             self.settle(index, early);
         } else {
             governed.carried = Some(early);
@@ -711,7 +717,7 @@ impl Governor {
         let fraction = on_share(
             on.as_secs_f64(),
             governed.on_work_rate,
-            governed.on_rate,
+            governed.share_cpu_rate(),
             before,
             after,
         );
@@ -874,7 +880,7 @@ impl Governor {
         let predicted = on_share(
             on.as_secs_f64(),
             governed.on_work_rate,
-            governed.on_rate,
+            governed.share_cpu_rate(),
             before,
             before,
         );
@@ -912,6 +918,18 @@ impl Governor {
         if let Err(error) = self.counts_until.set(family, until, 0) {
             tracing::warn!("PID {}: switching a probe family failed: {error}", self.pid);
         }
+    }
+}
+
+impl Governed {
+    /// The target's CPU rate while on, for its share (`model::governor::on_share`); `None`
+    /// for a family scaled by time. The native allocation probes are: a service's C
+    /// allocations follow its clients, as the time does, while its CPU time while on is mostly
+    /// the probes' (a malloc costs tens of ns, its trap a microsecond), and what the
+    /// calibrated cost of a hit leaves of it is too uncertain to weigh the work by (an
+    /// estimate scaled by it came out at a twelfth of the program's own count).
+    fn share_cpu_rate(&self) -> Option<f64> {
+        (!self.by_time).then_some(self.on_rate).flatten()
     }
 }
 

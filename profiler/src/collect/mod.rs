@@ -4,6 +4,7 @@ pub mod counters;
 pub mod discovery;
 pub mod governor;
 pub mod maps;
+pub mod native;
 pub mod overhead;
 pub mod stacks;
 pub mod stw;

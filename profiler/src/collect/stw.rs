@@ -34,7 +34,8 @@ pub struct StwCollector {
     /// GC cycles started, by trigger kind, and the totals already exported.
     triggers: PerCpuArray<MapData, u64>,
     triggers_seen: [u64; TRIGGER_KINDS as usize],
-    abi: &'static StwAbi,
+    /// The Go runtime's layout; `None` for a target without one, which has no pauses.
+    abi: Option<&'static StwAbi>,
     metrics: Arc<TargetMetrics>,
     pub book: PauseBook,
     cycles: CycleClock,
@@ -45,7 +46,7 @@ pub struct StwCollector {
 impl StwCollector {
     pub fn new(
         maps: StwMaps,
-        abi: &'static StwAbi,
+        abi: Option<&'static StwAbi>,
         metrics: Arc<TargetMetrics>,
     ) -> std::io::Result<Self> {
         Ok(Self {
@@ -115,7 +116,10 @@ impl StwCollector {
             // kernel program as an StwEvent; read_unaligned copes with any alignment, and every
             // bit pattern is a valid StwEvent (integers only).
             let event: StwEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            match pause::decode(&event, self.abi) {
+            let Some(abi) = self.abi else {
+                continue;
+            };
+            match pause::decode(&event, abi) {
                 Ok(pause) => {
                     self.metrics.observe(&pause);
                     self.metrics.cycle_phases(&self.cycles.pause(&pause));

@@ -258,7 +258,7 @@ pub async fn run(
                             let name = target.target.process.exe_name.clone();
                             tracing::info!(
                                 "attached to PID {pid} ({name}, {})",
-                                target.target.go_version
+                                target.target.runtime()
                             );
                             let (stop_one, stopped) = tokio::sync::oneshot::channel::<()>();
                             attached.insert(key, Running { name, stop: Some(stop_one) });

@@ -233,6 +233,7 @@ pub struct Metrics {
     exact_objects: IntCounterVec,
     exact_bytes: IntCounterVec,
     maps: MapFamilies,
+    native: Arc<super::native_metrics::NativeFamilies>,
     vitals: VitalFamilies,
     overhead: super::overhead::OverheadFamilies,
     targets: prometheus::IntGauge,
@@ -474,6 +475,8 @@ impl Metrics {
         registry.register(Box::new(site_objects.clone()))?;
         registry.register(Box::new(churn.clone()))?;
         registry.register(Box::new(Shared(Arc::clone(&sizes))))?;
+        let native = Arc::new(super::native_metrics::NativeFamilies::new(&target_labels)?);
+        registry.register(Box::new(Shared(Arc::clone(&native))))?;
         registry.register(Box::new(exact_objects.clone()))?;
         registry.register(Box::new(exact_bytes.clone()))?;
         registry.register(Box::new(build_info))?;
@@ -510,6 +513,7 @@ impl Metrics {
         ))?;
         Ok(Self {
             maps,
+            native,
             vitals,
             overhead,
             targets,
@@ -564,20 +568,24 @@ impl Metrics {
             own_cpu: crate::collect::overhead::OwnCpu::default(),
             coverage: crate::collect::governor::Coverage::default(),
         };
-        target
-            .metrics
-            .gc_cycles
-            .with_label_values(&target.labels)
-            .inc_by(0);
-        // The GC phase histograms too, empty until the first whole cycle.
-        for histogram in [
-            &target.metrics.concurrent_mark,
-            &target.metrics.cycle_interval,
-        ] {
-            let _ = histogram.with_label_values(&target.labels);
-        }
-        for reason in ["gc_sweep_termination", "gc_mark_termination"] {
-            target.touch_reason(reason);
+        // A program without a Go runtime has no GC: no series says it has none yet.
+        let go = !who.go_version.is_empty();
+        if go {
+            target
+                .metrics
+                .gc_cycles
+                .with_label_values(&target.labels)
+                .inc_by(0);
+            // The GC phase histograms too, empty until the first whole cycle.
+            for histogram in [
+                &target.metrics.concurrent_mark,
+                &target.metrics.cycle_interval,
+            ] {
+                let _ = histogram.with_label_values(&target.labels);
+            }
+            for reason in ["gc_sweep_termination", "gc_mark_termination"] {
+                target.touch_reason(reason);
+            }
         }
         // The loss and cost counters too: a dashboard shows 0 where nothing was lost, and
         // `increase()` counts the first loss (a series born at 1 has no increase).
@@ -587,8 +595,10 @@ impl Metrics {
         for probe in profiler_common::counters::HIT_NAMES {
             target.probe_hits(probe, 0);
         }
-        for trigger in profiler_common::trigger::TRIGGER_NAMES {
-            target.gc_cycles_started(trigger, 0);
+        if go {
+            for trigger in profiler_common::trigger::TRIGGER_NAMES {
+                target.gc_cycles_started(trigger, 0);
+            }
         }
         target
     }
@@ -653,6 +663,15 @@ impl TargetMetrics {
     /// What fraction of the time each probe family has been attached.
     pub fn coverage(&self) -> &crate::collect::governor::Coverage {
         &self.coverage
+    }
+
+    /// What the target's allocator `allocator` (`AllocatorKind::label`) did so far.
+    pub fn native_allocated(
+        &self,
+        allocator: &str,
+        estimate: super::native_metrics::NativeEstimate,
+    ) {
+        self.metrics.native.set(&self.labels, allocator, estimate);
     }
 
     /// A governed family's duty cycle (`probe` from `HIT_NAMES`).
@@ -913,6 +932,7 @@ impl TargetMetrics {
 
     pub fn remove(&self) {
         self.maps().remove();
+        self.metrics.native.remove(&self.labels);
         self.metrics.vitals.remove(&self.labels);
         self.metrics.overhead.remove(&self.labels);
         for probe in profiler_common::counters::HIT_NAMES {

@@ -3,6 +3,7 @@ pub mod heatmap;
 pub mod http;
 pub mod map_metrics;
 pub mod metrics;
+pub mod native_metrics;
 pub mod overhead;
 pub mod pprof;
 pub mod summary;

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
 
 use crate::{
-    collect::maps::MapReport,
+    collect::{maps::MapReport, native::NativeSummary},
     model::{alloc::AllocSummary, overhead::CostSummary, pause::PauseBook, vitals::RuntimeSummary},
 };
 
@@ -34,26 +34,38 @@ pub struct Seen<'a> {
     pub runtime: Option<&'a RuntimeSummary>,
     /// What mapscope cost the target, when it could be measured.
     pub cost: Option<&'a CostSummary>,
+    /// Each native allocator's totals; empty when none was probed.
+    pub native: &'a [NativeSummary],
 }
 
 pub fn render(seen: &Seen<'_>) -> String {
     let mut out = String::new();
     let book = seen.book;
-    let _ = writeln!(
-        out,
-        "mapscope: pid {} ({}, {}), watched for {}: {} GC cycles completed, {} stop-the-world pauses",
-        seen.pid,
-        seen.exe,
-        seen.go_version,
-        duration(u64::try_from(seen.watched.as_nanos()).unwrap_or(u64::MAX)),
-        book.gc_cycles,
-        book.pauses(),
-    );
-    if let Some(runtime) = seen.runtime {
-        runtime_line(&mut out, runtime, book.gc_cycles, seen.watched);
+    let watched = duration(u64::try_from(seen.watched.as_nanos()).unwrap_or(u64::MAX));
+    if seen.go_version.is_empty() {
+        let _ = writeln!(
+            out,
+            "mapscope: pid {} ({}, no Go runtime), watched for {watched}",
+            seen.pid, seen.exe,
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "mapscope: pid {} ({}, {}), watched for {watched}: {} GC cycles completed, {} \
+             stop-the-world pauses",
+            seen.pid,
+            seen.exe,
+            seen.go_version,
+            book.gc_cycles,
+            book.pauses(),
+        );
+        if let Some(runtime) = seen.runtime {
+            runtime_line(&mut out, runtime, book.gc_cycles, seen.watched);
+        }
+        pauses(&mut out, book);
+        allocations(&mut out, seen);
     }
-    pauses(&mut out, book);
-    allocations(&mut out, seen);
+    native(&mut out, seen);
     match seen.maps_tracked {
         Some(0) => {
             let _ = writeln!(out, "  maps: none of 128 entries or more found");
@@ -229,6 +241,32 @@ fn allocations(out: &mut String, seen: &Seen<'_>) {
     }
 }
 
+/// Each native allocator's totals, and how much of the time they were counted.
+fn native(out: &mut String, seen: &Seen<'_>) {
+    let seconds = seen.watched.as_secs_f64().max(1e-3);
+    for summary in seen.native {
+        let estimate = &summary.tally.estimate;
+        let how = if estimate.coverage >= 0.999 {
+            "every call counted".to_owned()
+        } else {
+            format!(
+                "counted in {} of the work and scaled up, within --max-overhead",
+                percent(estimate.coverage)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  native allocations ({}, {}): {} in {} objects, {}/s, {} frees ({how})",
+            summary.allocator,
+            summary.object.display(),
+            bytes(estimate.bytes),
+            count(estimate.objects),
+            bytes(estimate.bytes / seconds),
+            count(estimate.frees),
+        );
+    }
+}
+
 fn maps(out: &mut String, reports: &[MapReport]) {
     if reports.is_empty() {
         return;
@@ -301,6 +339,16 @@ fn losses(out: &mut String, seen: &Seen<'_>) {
 fn next(out: &mut String, seen: &Seen<'_>) {
     let pid = seen.pid;
     let _ = writeln!(out, "  next:");
+    if seen.go_version.is_empty() {
+        if let Some(address) = seen.endpoint {
+            let _ = writeln!(
+                out,
+                "    next time, while attached: the mapscope_native_* series at \
+                 http://{address}/metrics"
+            );
+        }
+        return;
+    }
     if let Some(address) = seen.endpoint {
         let _ = writeln!(
             out,
@@ -458,6 +506,7 @@ mod tests {
                 },
                 hit_cost_ns: [1400.0; profiler_common::counters::HIT_KINDS as usize],
             }),
+            native: &[],
         });
         assert!(
             text.contains(
@@ -502,5 +551,51 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("mapscope heatmap --pid 7"), "{text}");
+    }
+
+    /// A program without a Go runtime: no GC lines, its allocators' totals and how they were
+    /// counted.
+    #[test]
+    fn a_native_program_gets_its_allocators_and_no_gc() {
+        use crate::collect::native::{NativeSummary, NativeTally};
+        let mut tally = NativeTally::default();
+        tally.estimate.objects = 18_000.0;
+        tally.estimate.bytes = 9.0 * 1024.0 * 1024.0;
+        tally.estimate.frees = 17_000.0;
+        tally.estimate.coverage = 0.25;
+        let native = [NativeSummary {
+            allocator: "jemalloc",
+            object: "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2".into(),
+            tally,
+        }];
+        let text = render(&Seen {
+            pid: 9,
+            exe: "redis-server",
+            go_version: "",
+            watched: Duration::from_secs(3),
+            book: &PauseBook::default(),
+            allocs: None,
+            maps: &[],
+            dropped: &BTreeMap::new(),
+            snapshots_dropped: None,
+            maps_tracked: None,
+            endpoint: Some("127.0.0.1:9871".parse().unwrap()),
+            runtime: None,
+            cost: None,
+            native: &native,
+        });
+        assert!(
+            text.starts_with("mapscope: pid 9 (redis-server, no Go runtime), watched for 3s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "native allocations (jemalloc, /usr/lib/x86_64-linux-gnu/libjemalloc.so.2): 9MiB \
+                 in 18k objects, 3MiB/s, 17k frees (counted in 25% of the work and scaled up, \
+                 within --max-overhead)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("GC") && !text.contains("pprof"), "{text}");
     }
 }

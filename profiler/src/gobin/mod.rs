@@ -105,6 +105,11 @@ pub enum FunctionSource {
 }
 
 impl GoBinary {
+    /// The executable's bytes, as read.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
     /// Read and analyse the executable at `path` (for a live process, `/proc/PID/exe`, which
     /// reaches the right file even in another mount namespace or after it was deleted).
     /// `wanted` names the functions to resolve.

@@ -59,6 +59,11 @@ fn is_allocator_library(name: &str) -> bool {
         .any(|allocator| name.contains(allocator))
 }
 
+/// The dynamic loader (`ld-linux-x86-64.so.2`; musl's is its C library too).
+fn is_dynamic_loader(name: &str) -> bool {
+    name.starts_with("ld-linux")
+}
+
 /// The C library (glibc's `libc.so.6`, musl's `libc.so` / `ld-musl-*.so.1`).
 fn is_c_library(name: &str) -> bool {
     name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl-")
@@ -166,6 +171,29 @@ pub fn for_process(
     })?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let code = mapped_code(&maps);
+    if code
+        .iter()
+        .all(|object| *object == exe || is_dynamic_loader(file_name(object)))
+    {
+        // Stopped at its exec (`mapscope run`): the dynamic loader has not mapped its
+        // libraries yet. They are the ones the executable needs, found in its root.
+        let read;
+        let data = match executable {
+            Some(data) => data,
+            None => {
+                let path = PathBuf::from(format!("/proc/{pid}/exe"));
+                read = crate::files::read_regular(&path, crate::files::MAX_EXECUTABLE).map_err(
+                    |source| NativeError::Read {
+                        path: exe.display().to_string(),
+                        source,
+                    },
+                )?;
+                &read
+            }
+        };
+        return for_binary_in(&exe, data, Some(&root), &preloaded(pid, &root));
+    }
     let executable = Candidate {
         object: exe.clone(),
         // The executable as the process runs it, even if its file was replaced or deleted.
@@ -174,7 +202,7 @@ pub fn for_process(
         data: executable,
     };
     let mut libraries: Vec<Candidate> = Vec::new();
-    for object in mapped_code(&maps) {
+    for object in code {
         if object == exe || libraries.iter().any(|known| known.object == object) {
             continue;
         }
@@ -206,21 +234,60 @@ fn mapped_code(maps: &str) -> Vec<PathBuf> {
 /// those of the libraries it needs, found where the dynamic linker looks (its run path, then
 /// the system's folders).
 pub fn for_binary(path: &Path, data: &[u8]) -> Result<Vec<FoundAllocator>, NativeError> {
-    let needed = needed_libraries(data, path).map_err(|detail| NativeError::NotElf {
+    for_binary_in(path, data, None, &[])
+}
+
+/// The libraries the dynamic loader will load into process `pid` before the ones its
+/// executable needs: its `LD_PRELOAD`, then the system's `/etc/ld.so.preload` (in its root).
+fn preloaded(pid: u32, root: &Path) -> Vec<PathBuf> {
+    let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let from_environment = environment
+        .split(|byte| *byte == 0)
+        .filter_map(|variable| variable.strip_prefix(b"LD_PRELOAD="))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+        .next()
+        .unwrap_or_default();
+    let from_file = std::fs::read_to_string(root.join("etc/ld.so.preload")).unwrap_or_default();
+    from_environment
+        .split([' ', ':'])
+        .chain(from_file.split_whitespace())
+        .filter(|name| !name.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// `for_binary`, its libraries looked for under `root` (a process's `/proc/PID/root`) when
+/// given, `preload` loaded before them.
+fn for_binary_in(
+    path: &Path,
+    data: &[u8],
+    root: Option<&Path>,
+    preload: &[PathBuf],
+) -> Result<Vec<FoundAllocator>, NativeError> {
+    let needed = needed_libraries(data, path, root).map_err(|detail| NativeError::NotElf {
         path: path.display().to_string(),
         detail,
     })?;
+    // Preloaded libraries come first: a preloaded allocator's malloc is the one that wins.
+    let needed: Vec<PathBuf> = preload.iter().cloned().chain(needed).collect();
     let executable = Candidate {
         object: path.to_owned(),
-        host_path: path.to_owned(),
+        host_path: match root {
+            // A process's executable as it runs it.
+            Some(root) => root.with_file_name("exe"),
+            None => path.to_owned(),
+        },
         in_executable: true,
         data: Some(data),
     };
     let libraries = needed
         .into_iter()
         .map(|library| Candidate {
-            object: library.clone(),
-            host_path: library,
+            host_path: match root {
+                Some(root) => root.join(library.strip_prefix("/").unwrap_or(&library)),
+                None => library.clone(),
+            },
+            object: library,
             in_executable: false,
             data: None,
         })
@@ -242,8 +309,9 @@ const SYSTEM_LIBRARY_FOLDERS: &[&str] = &[
     "/usr/local/lib",
 ];
 
-/// The libraries an ELF file names as needed (`DT_NEEDED`), each where it is found, in order.
-fn needed_libraries(data: &[u8], path: &Path) -> Result<Vec<PathBuf>, String> {
+/// The libraries an ELF file names as needed (`DT_NEEDED`), each where it is found (under
+/// `root`, when given; named as seen from there), in order.
+fn needed_libraries(data: &[u8], path: &Path, root: Option<&Path>) -> Result<Vec<PathBuf>, String> {
     use object::{
         elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH},
         read::elf::{Dyn as _, ElfFile64},
@@ -292,7 +360,12 @@ fn needed_libraries(data: &[u8], path: &Path) -> Result<Vec<PathBuf>, String> {
             folders
                 .iter()
                 .map(|folder| folder.join(&name))
-                .find(|candidate| candidate.is_file())
+                .find(|candidate| match root {
+                    Some(root) => root
+                        .join(candidate.strip_prefix("/").unwrap_or(candidate))
+                        .is_file(),
+                    None => candidate.is_file(),
+                })
         })
         .collect())
 }

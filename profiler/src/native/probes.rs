@@ -1,19 +1,22 @@
 //! The native allocation probes of one process: `native_call` on every entry point of the
 //! allocators found (`native::allocator`), each told what its call looks like through its
-//! attach cookie (`CallShape`), and the kernel's counts of what they saw.
-use std::{num::NonZeroU32, path::PathBuf};
+//! attach cookie (`CallShape`), and the kernel's counts of what they saw. They are loaded and
+//! attached with the target's other probes (`probes::loaded`), so the overhead governor and
+//! meter treat them as one more family (`HIT_NATIVE`).
+use std::path::PathBuf;
 
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray},
-    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 use profiler_common::native::{
-    CallShape, MAX_ENTRY_POINTS, MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED,
-    NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SIZE_BASE, NATIVE_SLOTS, NO_ARG, NO_INDEX,
-    ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
+    CallShape, MAX_ALLOCATORS, MAX_ENTRY_POINTS, MAX_FUNCTION_BYTES, MAX_OWN_CODE, NATIVE_BYTES,
+    NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SIZE_BASE, NATIVE_SLOTS,
+    NO_ARG, NO_INDEX, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
+    native_counter,
 };
-use thiserror::Error;
+
+use crate::probes::{loaded::LoadError, stw::ProbePoint};
 
 use super::{
     FoundAllocator,
@@ -24,27 +27,15 @@ use super::{
 /// The kernel program every entry point gets.
 pub const NATIVE_CALL: &str = "native_call";
 
-#[derive(Debug, Error)]
-pub enum NativeProbeError {
-    #[error("loading the eBPF object: {0}")]
-    Object(#[from] aya::EbpfError),
-    #[error("loading eBPF program {NATIVE_CALL}: {0}")]
-    Program(Box<aya::programs::ProgramError>),
-    #[error("attaching a uprobe to {function} in {}: {source}", object.display())]
-    Attach {
-        function: String,
-        object: PathBuf,
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("eBPF map {0} is missing or of the wrong type")]
-    Map(&'static str),
-    #[error("reading the kernel's native allocation counts: {0}")]
-    Read(aya::maps::MapError),
-}
-
 /// How `entry`'s arguments read, by its name without the allocator's prefix: where the size
 /// is (and what multiplies it), and which pointer it frees or moves.
-pub fn shape(entry: &EntryPoint, kind: AllocatorKind, prefix: &str, index: u8) -> CallShape {
+pub fn shape(
+    entry: &EntryPoint,
+    kind: AllocatorKind,
+    prefix: &str,
+    allocator: u8,
+    index: u8,
+) -> CallShape {
     let name = entry
         .function
         .strip_prefix(prefix)
@@ -76,7 +67,8 @@ pub fn shape(entry: &EntryPoint, kind: AllocatorKind, prefix: &str, index: u8) -
         pointer_arg,
         function_bytes: u32::try_from(entry.code_bytes)
             .unwrap_or(u32::MAX)
-            .min(0xff_ffff),
+            .min(MAX_FUNCTION_BYTES),
+        allocator,
         index,
     }
 }
@@ -125,27 +117,34 @@ fn dedicated(found: &FoundAllocator) -> bool {
         )
 }
 
-/// Where the code of `allocators`' dedicated libraries (jemalloc, tcmalloc, mimalloc: not the
-/// C library, nor an executable) is mapped in `pid`, from `/proc/PID/maps`.
-fn own_code(pid: u32, allocators: &[FoundAllocator]) -> Vec<[u64; 2]> {
-    let dedicated: Vec<&std::path::Path> = allocators
-        .iter()
-        .filter(|found| dedicated(found))
-        .map(|found| found.object.as_path())
-        .collect();
+/// Where the code of the `dedicated` libraries is mapped in `pid`, from `/proc/PID/maps`.
+/// A library is known by its inode too: the loader maps a library by the path its symbolic
+/// links lead to (`libjemalloc.so.2` → `libjemalloc.so.2.5`), which `/proc/PID/maps` shows.
+fn own_code(pid: u32, dedicated: &[PathBuf]) -> Vec<[u64; 2]> {
+    use std::os::unix::fs::MetadataExt as _;
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return Vec::new();
     };
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let inodes: Vec<u64> = dedicated
+        .iter()
+        .filter_map(|object| {
+            std::fs::metadata(root.join(object.strip_prefix("/").unwrap_or(object)))
+                .ok()
+                .map(|metadata| metadata.ino())
+        })
+        .collect();
     maps.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let (range, perms) = (fields.next()?, fields.next()?);
-            let path = fields.nth(3)?;
-            if !perms.contains('x')
-                || !dedicated
-                    .iter()
-                    .any(|object| *object == std::path::Path::new(path))
-            {
+            let inode: u64 = fields.nth(2)?.parse().ok()?;
+            let path = fields.next()?;
+            let ours = dedicated
+                .iter()
+                .any(|object| *object == std::path::Path::new(path))
+                || inodes.contains(&inode);
+            if !perms.contains('x') || !ours {
                 return None;
             }
             let (start, end) = range.split_once('-')?;
@@ -157,7 +156,7 @@ fn own_code(pid: u32, allocators: &[FoundAllocator]) -> Vec<[u64; 2]> {
         .collect()
 }
 
-/// What the kernel counted, summed over the CPUs.
+/// What the kernel counted for one allocator, summed over the CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NativeCounts {
     pub objects: u64,
@@ -170,105 +169,201 @@ pub struct NativeCounts {
     pub sizes: Vec<(u64, u64)>,
 }
 
-/// The object with `native_call` attached to every entry point of the allocators of `pid`.
-/// Dropping it detaches them.
-pub struct NativeProbes {
-    _ebpf: Ebpf,
-    counts: PerCpuArray<MapData, u64>,
-    pub attached: usize,
+impl NativeCounts {
+    /// The counts of each of the first `allocators` allocators (`CallShape::allocator`).
+    pub fn read(
+        counts: &PerCpuArray<MapData, u64>,
+        allocators: usize,
+    ) -> Result<Vec<Self>, aya::maps::MapError> {
+        (0..allocators.min(MAX_ALLOCATORS as usize) as u8)
+            .map(|allocator| {
+                let slot = |slot: u32| -> Result<u64, aya::maps::MapError> {
+                    Ok(counts
+                        .get(&native_counter(allocator, slot), 0)?
+                        .iter()
+                        .sum())
+                };
+                let mut sizes = Vec::new();
+                for index in NATIVE_SIZE_BASE..NATIVE_SLOTS {
+                    let bound = 1u64
+                        .checked_shl(index - NATIVE_SIZE_BASE)
+                        .unwrap_or(u64::MAX);
+                    sizes.push((bound, slot(index)?));
+                }
+                Ok(Self {
+                    objects: slot(NATIVE_OBJECTS)?,
+                    bytes: slot(NATIVE_BYTES)?,
+                    frees: slot(NATIVE_FREES)?,
+                    reallocs: slot(NATIVE_REALLOCS)?,
+                    nested: slot(NATIVE_NESTED)?,
+                    sizes,
+                })
+            })
+            .collect()
+    }
 }
 
-impl NativeProbes {
-    pub fn attach(pid: u32, allocators: &[FoundAllocator]) -> Result<Self, NativeProbeError> {
-        let mut ebpf = aya::EbpfLoader::new().load(crate::probes::object::for_this_kernel())?;
-        // Before any probe fires: the code ranges whose calls are the allocator's own.
-        let mut own: aya::maps::Array<&mut MapData, [u64; 2]> = ebpf
-            .map_mut("NATIVE_OWN_CODE")
-            .and_then(|map| aya::maps::Array::try_from(map).ok())
-            .ok_or(NativeProbeError::Map("NATIVE_OWN_CODE"))?;
-        for (index, range) in (0..MAX_OWN_CODE).zip(own_code(pid, allocators)) {
-            own.set(index, range, 0).map_err(NativeProbeError::Read)?;
+/// An allocator the probes count apart (by `CallShape::allocator`, its index here).
+#[derive(Clone, Debug)]
+pub struct CountedAllocator {
+    pub kind: AllocatorKind,
+    /// The object it is in, as the process names it.
+    pub object: PathBuf,
+}
+
+/// Where the native probes of one process go, and what they must know before the first fires.
+#[derive(Clone, Debug, Default)]
+pub struct NativePlan {
+    /// `native_call` on every entry point; `ProbePoint::object` is `EXECUTABLE` for an
+    /// allocator in the executable, else `first_library` + its index in `libraries`.
+    pub points: Vec<ProbePoint>,
+    /// The libraries probed, where mapscope attaches to them (through `/proc/PID/root`).
+    pub libraries: Vec<PathBuf>,
+    /// The allocators counted, by `CallShape::allocator`.
+    pub allocators: Vec<CountedAllocator>,
+    /// The dedicated allocator libraries (jemalloc, tcmalloc, mimalloc: not the C library,
+    /// nor an executable), as the process names them, and where their code was mapped.
+    dedicated: Vec<PathBuf>,
+    own_code: Vec<[u64; 2]>,
+    tail_from: Vec<(u32, u64)>,
+}
+
+/// The attach point's name of a probe: entry names come from fixed tables (and a few fixed
+/// prefixes), so keeping each once for the life of mapscope stays bounded.
+fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.iter().find(|known| **known == name) {
+        return known;
+    }
+    let kept: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.push(kept);
+    kept
+}
+
+impl NativePlan {
+    /// The probes for `allocators` of process `pid`; library objects are numbered from
+    /// `first_library`. Allocators past `MAX_ALLOCATORS` are left out, and said so.
+    pub fn new(pid: u32, allocators: &[FoundAllocator], first_library: u8) -> Self {
+        let mut plan = Self::default();
+        let kept = &allocators[..allocators.len().min(MAX_ALLOCATORS as usize)];
+        for skipped in &allocators[kept.len()..] {
+            tracing::warn!(
+                "PID {pid}: more than {MAX_ALLOCATORS} allocators; {} in {} is not counted",
+                skipped.allocator.kind.label(),
+                skipped.object.display()
+            );
         }
-        let mut tails: aya::maps::Array<&mut MapData, u64> = ebpf
-            .map_mut("NATIVE_TAIL_FROM")
-            .and_then(|map| aya::maps::Array::try_from(map).ok())
-            .ok_or(NativeProbeError::Map("NATIVE_TAIL_FROM"))?;
-        for (index, from) in tail_table(allocators) {
-            tails.set(index, from, 0).map_err(NativeProbeError::Read)?;
-        }
-        let program: &mut aya::programs::UProbe = ebpf
-            .program_mut(NATIVE_CALL)
-            .ok_or(NativeProbeError::Map(NATIVE_CALL))?
-            .try_into()
-            .map_err(|error| NativeProbeError::Program(Box::new(error)))?;
-        program
-            .load()
-            .map_err(|error| NativeProbeError::Program(Box::new(error)))?;
-        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let mut attached = 0;
         // Entry points are numbered across the process's allocators (`tail_table`).
         let mut next_index = 0u32;
-        for found in allocators {
-            let base = next_index;
-            next_index += found.allocator.entry_points.len() as u32;
-            for (position, entry) in found.allocator.entry_points.iter().enumerate() {
-                let index = base + position as u32;
-                let index = if index < MAX_ENTRY_POINTS {
-                    index as u8
-                } else {
-                    NO_INDEX
+        for (allocator, found) in kept.iter().enumerate() {
+            let object = if found.in_executable {
+                crate::probes::stw::EXECUTABLE
+            } else {
+                match plan
+                    .libraries
+                    .iter()
+                    .position(|known| *known == found.host_path)
+                {
+                    Some(known) => first_library + known as u8,
+                    None => {
+                        plan.libraries.push(found.host_path.clone());
+                        first_library + (plan.libraries.len() - 1) as u8
+                    }
+                }
+            };
+            plan.allocators.push(CountedAllocator {
+                kind: found.allocator.kind,
+                object: found.object.clone(),
+            });
+            for entry in &found.allocator.entry_points {
+                let index = match u8::try_from(next_index) {
+                    Ok(index) if next_index < MAX_ENTRY_POINTS => index,
+                    _ => NO_INDEX,
                 };
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(entry.file_offset),
-                    cookie: Some(
-                        shape(entry, found.allocator.kind, found.allocator.prefix, index).encode(),
-                    ),
-                };
-                program
-                    .attach(point, &found.host_path, scope)
-                    .map_err(|source| NativeProbeError::Attach {
-                        function: entry.function.clone(),
-                        object: found.object.clone(),
-                        source: Box::new(source),
-                    })?;
-                attached += 1;
+                next_index += 1;
+                let shape = shape(
+                    entry,
+                    found.allocator.kind,
+                    found.allocator.prefix,
+                    allocator as u8,
+                    index,
+                );
+                plan.points.push(ProbePoint {
+                    program: NATIVE_CALL,
+                    function: intern(&entry.function),
+                    address: entry.address,
+                    file_offset: entry.file_offset,
+                    cookie: shape.encode(),
+                    object,
+                });
             }
         }
-        let counts = ebpf
-            .take_map("NATIVE_COUNTS")
-            .and_then(|map| PerCpuArray::try_from(map).ok())
-            .ok_or(NativeProbeError::Map("NATIVE_COUNTS"))?;
-        Ok(Self {
-            _ebpf: ebpf,
-            counts,
-            attached,
-        })
+        plan.dedicated = kept
+            .iter()
+            .filter(|found| dedicated(found))
+            .map(|found| found.object.clone())
+            .collect();
+        plan.own_code = own_code(pid, &plan.dedicated);
+        plan.tail_from = tail_table(kept);
+        plan
     }
 
-    pub fn counts(&self) -> Result<NativeCounts, NativeProbeError> {
-        let slot = |index: u32| -> Result<u64, NativeProbeError> {
-            Ok(self
-                .counts
-                .get(&index, 0)
-                .map_err(NativeProbeError::Read)?
-                .iter()
-                .sum())
-        };
-        let mut sizes = Vec::new();
-        for index in NATIVE_SIZE_BASE..NATIVE_SLOTS {
-            let bound = 1u64
-                .checked_shl(index - NATIVE_SIZE_BASE)
-                .unwrap_or(u64::MAX);
-            sizes.push((bound, slot(index)?));
+    /// Whether the code of every dedicated library was found mapped (not yet, in a program
+    /// stopped at its exec: `mapscope run`).
+    pub fn own_code_complete(&self) -> bool {
+        self.dedicated.is_empty() || !self.own_code.is_empty()
+    }
+
+    /// Look for the dedicated libraries' code again in `pid` (its loader has mapped them
+    /// since), and tell the kernel programs where it is; whether it was found.
+    pub fn refresh_own_code(
+        &mut self,
+        pid: u32,
+        table: &mut aya::maps::Array<MapData, [u64; 2]>,
+    ) -> bool {
+        self.own_code = own_code(pid, &self.dedicated);
+        for (index, range) in (0..MAX_OWN_CODE).zip(&self.own_code) {
+            if let Err(error) = table.set(index, range, 0) {
+                tracing::warn!("PID {pid}: cannot fill NATIVE_OWN_CODE: {error}");
+                return false;
+            }
         }
-        Ok(NativeCounts {
-            objects: slot(NATIVE_OBJECTS)?,
-            bytes: slot(NATIVE_BYTES)?,
-            frees: slot(NATIVE_FREES)?,
-            reallocs: slot(NATIVE_REALLOCS)?,
-            nested: slot(NATIVE_NESTED)?,
-            sizes,
-        })
+        self.own_code_complete()
+    }
+
+    /// Tell the kernel programs, before any probe fires, which code is a dedicated
+    /// allocator's own (`NATIVE_OWN_CODE`) and which entry points tail-jump into which
+    /// (`NATIVE_TAIL_FROM`).
+    pub fn fill_tables(&self, ebpf: &mut Ebpf) -> Result<(), LoadError> {
+        fn array<'a, T: aya::Pod>(
+            ebpf: &'a mut Ebpf,
+            name: &'static str,
+        ) -> Result<aya::maps::Array<&'a mut MapData, T>, LoadError> {
+            ebpf.map_mut(name)
+                .and_then(|map| aya::maps::Array::try_from(map).ok())
+                .ok_or(LoadError::Map(name))
+        }
+        let fill = |name| move |source| LoadError::Fill { name, source };
+        if !self.own_code_complete() {
+            tracing::debug!(
+                "the dedicated allocator libraries are not all mapped yet: their code is looked \
+                 for again once the program runs"
+            );
+        }
+        let mut own = array::<[u64; 2]>(ebpf, "NATIVE_OWN_CODE")?;
+        for (index, range) in (0..MAX_OWN_CODE).zip(&self.own_code) {
+            own.set(index, range, 0).map_err(fill("NATIVE_OWN_CODE"))?;
+        }
+        let mut tails = array::<u64>(ebpf, "NATIVE_TAIL_FROM")?;
+        for (index, from) in &self.tail_from {
+            tails
+                .set(*index, from, 0)
+                .map_err(fill("NATIVE_TAIL_FROM"))?;
+        }
+        Ok(())
     }
 }
 
@@ -290,7 +385,7 @@ mod tests {
     #[test]
     fn each_entry_point_reads_its_own_arguments() {
         let shape_of = |name: &str, role: Role, prefix: &str| {
-            shape(&entry(name, role), AllocatorKind::Glibc, prefix, 0)
+            shape(&entry(name, role), AllocatorKind::Glibc, prefix, 0, 0)
         };
         let malloc = shape_of("malloc", Role::Allocates, "");
         assert_eq!((malloc.size_arg, malloc.count_arg), (0, NO_ARG));

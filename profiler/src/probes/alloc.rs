@@ -34,6 +34,7 @@ pub fn plan_every_allocation(binary: &GoBinary, program: &'static str) -> Vec<Pr
                 address,
                 file_offset: binary.file_offset(address)?,
                 cookie: 0,
+                object: super::stw::EXECUTABLE,
             })
         })
         .collect()
@@ -49,5 +50,6 @@ pub fn plan(binary: &GoBinary) -> Option<ProbePoint> {
         address,
         file_offset: binary.file_offset(address)?,
         cookie: 0,
+        object: super::stw::EXECUTABLE,
     })
 }

@@ -201,9 +201,10 @@ pub fn trap_cost() -> Result<Duration, CalibrationError> {
         address: file_offset,
         file_offset,
         cookie: 0,
+        object: super::stw::EXECUTABLE,
     };
     let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
-    let probes = AttachedProbes::attach(pid, &exe, &[point], &[], &[], &[])?;
+    let probes = AttachedProbes::attach(pid, [exe].into(), None, &[point], &[], &[], &[])?;
     let with = calibrator.ns_per_call();
     probes.detach();
     let with = with?;

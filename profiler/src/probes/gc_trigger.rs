@@ -41,6 +41,7 @@ pub fn plan(binary: &GoBinary) -> Result<Vec<ProbePoint>, PlanError> {
             address,
             file_offset,
             cookie,
+            object: super::stw::EXECUTABLE,
         })
     })
     .collect()

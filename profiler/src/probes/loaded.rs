@@ -2,7 +2,6 @@
 use std::{
     num::NonZeroU32,
     os::fd::AsFd as _,
-    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -43,6 +42,13 @@ pub enum LoadError {
     },
     #[error("eBPF map {0} is missing or of the wrong type")]
     Map(&'static str),
+    #[error("no file {object} among the target's probed objects for {function}")]
+    NoObject { function: &'static str, object: u8 },
+    #[error("filling eBPF map {name}: {source}")]
+    Fill {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("the target's probes were detached")]
     Detached,
 }
@@ -98,13 +104,18 @@ pub struct AttachedProbes {
     /// the log map.
     logger: Option<LogDrain>,
     pid: u32,
-    exe: std::path::PathBuf,
+    objects: Objects,
     /// Probes loaded but attached only by `windowed`.
     windowed: Vec<ProbePoint>,
     /// The links of families whose probes the overhead governor takes on and off, by family.
     governed: Vec<(u32, ProbePoint, UProbeLinkId)>,
     pub count: usize,
 }
+
+/// The files a target's probes go in, by `ProbePoint::object`: its executable first, as
+/// `/proc/PID/exe` (so the kernel resolves the right inode in any mount namespace), then the
+/// libraries of its native allocators, through `/proc/PID/root`.
+pub type Objects = Arc<[std::path::PathBuf]>;
 
 /// The object, even if a thread panicked holding it: aya's state stays consistent between
 /// calls, and the probes must still come off.
@@ -117,12 +128,12 @@ impl AttachedProbes {
     /// Load the programs of `points` and `windowed`, and attach every one of `points`, for
     /// `pid` only; `windowed` stay loaded for `windowed()`, and the links of the `governed`
     /// families are kept for `governed()`. `small_tables`: tables of the object sized to
-    /// `SMALL_TABLE` entries (those of a family that should find nothing to count). The
-    /// executable is named by `/proc/PID/exe` so the kernel resolves the right inode in any
-    /// mount namespace.
+    /// `SMALL_TABLE` entries (those of a family that should find nothing to count). `native`:
+    /// what the native allocation probes must know before the first of them fires.
     pub fn attach(
         pid: u32,
-        exe: &Path,
+        objects: Objects,
+        native: Option<&crate::native::probes::NativePlan>,
         points: &[ProbePoint],
         windowed: &[ProbePoint],
         governed: &[u32],
@@ -132,10 +143,13 @@ impl AttachedProbes {
         // The daemon's exec queue is in every object, but used only by the daemon's own.
         let small_tables: Vec<&str> = small_tables.iter().copied().chain(["EXECS"]).collect();
         let (mut ebpf, logger) = load(&all, &small_tables)?;
+        if let Some(native) = native {
+            native.fill_tables(&mut ebpf)?;
+        }
         let mut governed_links = Vec::new();
         for point in points {
             // The link is owned by the program: dropping the object detaches it.
-            let link = attach_point(&mut ebpf, pid, exe, point)?;
+            let link = attach_point(&mut ebpf, pid, &objects, point)?;
             if let Some(family) =
                 super::family(point.program).filter(|family| governed.contains(family))
             {
@@ -146,7 +160,7 @@ impl AttachedProbes {
             ebpf: Arc::new(Mutex::new(ebpf)),
             logger,
             pid,
-            exe: exe.to_owned(),
+            objects,
             windowed: windowed.to_vec(),
             governed: governed_links,
             count: points.len(),
@@ -166,7 +180,7 @@ impl AttachedProbes {
                         WindowedProbes {
                             ebpf: Arc::downgrade(&self.ebpf),
                             pid: self.pid,
-                            exe: self.exe.clone(),
+                            objects: Arc::clone(&self.objects),
                             points: Vec::new(),
                             links: Vec::new(),
                         },
@@ -190,7 +204,7 @@ impl AttachedProbes {
         (!self.windowed.is_empty()).then(|| WindowedProbes {
             ebpf: Arc::downgrade(&self.ebpf),
             pid: self.pid,
-            exe: self.exe.clone(),
+            objects: Arc::clone(&self.objects),
             points: self.windowed.clone(),
             links: Vec::new(),
         })
@@ -261,6 +275,18 @@ impl AttachedProbes {
         })
     }
 
+    /// The table of the dedicated allocator libraries' code (`NATIVE_OWN_CODE`).
+    pub fn take_native_own_code(
+        &mut self,
+    ) -> Result<aya::maps::Array<MapData, [u64; 2]>, LoadError> {
+        self.take("NATIVE_OWN_CODE")
+    }
+
+    /// The native allocation counters (`NATIVE_COUNTS`).
+    pub fn take_native_counts(&mut self) -> Result<PerCpuArray<MapData, u64>, LoadError> {
+        self.take("NATIVE_COUNTS")
+    }
+
     pub fn take_map_maps(&mut self) -> Result<MapMaps, LoadError> {
         Ok(MapMaps {
             tracked: self.take("TRACKED_MAPS")?,
@@ -289,7 +315,7 @@ impl AttachedProbes {
 /// hash table: see `super::object`) are preallocated, per CPU for the per-CPU ones: the tables
 /// no planned family fills are shrunk to one entry, so a target pays kernel memory only for
 /// what is probed in it.
-const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
+const FAMILY_TABLES: [(&[u32], &[&str]); 7] = {
     use profiler_common::counters::*;
     [
         (&[HIT_STW], &["STOPPED", "STARTING", "STW_EVENTS"]),
@@ -308,6 +334,7 @@ const FAMILY_TABLES: [(&[u32], &[&str]); 6] = {
             &[HIT_MAP_EVENT, HIT_MAP_CREATE, HIT_MAP_ACCESS],
             &["TRACKED_MAPS", "MAP_SITE_EVENTS", "MAP_STACKS"],
         ),
+        (&[HIT_NATIVE], &["NATIVE_LAST_CALL"]),
     ]
 };
 
@@ -369,21 +396,26 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, 
         .map_err(|source| LoadError::Program { name, source })
 }
 
-/// Attach one point's program, for `pid` only. The executable is named by `/proc/PID/exe` so
-/// the kernel resolves the right inode in any mount namespace.
+/// Attach one point's program, for `pid` only, in its file among `objects`.
 fn attach_point(
     ebpf: &mut Ebpf,
     pid: u32,
-    exe: &Path,
+    objects: &[std::path::PathBuf],
     point: &ProbePoint,
 ) -> Result<UProbeLinkId, LoadError> {
+    let file = objects
+        .get(usize::from(point.object))
+        .ok_or(LoadError::NoObject {
+            function: point.function,
+            object: point.object,
+        })?;
     let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
     let attach_point = UProbeAttachPoint {
         location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
         cookie: Some(point.cookie),
     };
     uprobe(ebpf, point.program)?
-        .attach(attach_point, exe, scope)
+        .attach(attach_point, file, scope)
         .map_err(|source| LoadError::Attach {
             function: point.function,
             address: point.address,
@@ -397,7 +429,7 @@ fn attach_point(
 pub struct WindowedProbes {
     ebpf: std::sync::Weak<Mutex<Ebpf>>,
     pid: u32,
-    exe: std::path::PathBuf,
+    objects: Objects,
     points: Vec<ProbePoint>,
     /// Each attached probe's cookie, program and link.
     links: Vec<(u64, &'static str, UProbeLinkId)>,
@@ -431,7 +463,7 @@ impl WindowedProbes {
         };
         let mut ebpf = lock(&ebpf);
         for point in &self.points {
-            match attach_point(&mut ebpf, self.pid, &self.exe, point) {
+            match attach_point(&mut ebpf, self.pid, &self.objects, point) {
                 Ok(link) => self.links.push((point.cookie, point.program, link)),
                 Err(error) => {
                     drop(ebpf);

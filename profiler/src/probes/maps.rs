@@ -60,6 +60,7 @@ pub fn plan_access(binary: &GoBinary, row: &MapAbiRow) -> Vec<ProbePoint> {
             file_offset,
             // `take` keeps the index within the cookie's 8 bits and the hit table.
             cookie: op.access_cookie(layout(row), index as u8),
+            object: super::stw::EXECUTABLE,
         })
         .collect()
 }
@@ -113,6 +114,7 @@ pub fn plan(
             address,
             file_offset,
             cookie: cookie.encode(),
+            object: super::stw::EXECUTABLE,
         });
     }
     match binary.function(MAKEMAP) {
@@ -135,6 +137,7 @@ pub fn plan(
                         address,
                         file_offset,
                         cookie: u64::from(layout(row)),
+                        object: super::stw::EXECUTABLE,
                     });
                 }
             }

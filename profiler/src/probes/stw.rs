@@ -27,7 +27,13 @@ pub struct ProbePoint {
     pub file_offset: u64,
     /// Passed to the program as the attach cookie (`StwCookie`).
     pub cookie: u64,
+    /// The file it is in, by index among the target's probed objects: `EXECUTABLE`, or a
+    /// library (`native::probes::NativePlan::objects`).
+    pub object: u8,
 }
+
+/// `ProbePoint::object` of a point in the target's executable.
+pub const EXECUTABLE: u8 = 0;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -111,6 +117,7 @@ pub fn plan(binary: &GoBinary, abi: &StwAbi, stopping: bool) -> Result<Vec<Probe
                 address,
                 file_offset,
                 cookie: abi.cookie(frame),
+                object: EXECUTABLE,
             });
         }
     }

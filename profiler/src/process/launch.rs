@@ -71,7 +71,7 @@ pub fn spawn_stopped(argv: &[OsString]) -> Result<StoppedChild, LaunchError> {
         stopped.child = None;
         return Err(LaunchError::ExitedEarly {
             command: program,
-            status: describe_status(status),
+            status: EndStatus(status).to_string(),
         });
     }
     // From now on: should mapscope die (SIGKILL, the OOM killer) while the child is stopped
@@ -108,15 +108,33 @@ fn wait(pid: libc::pid_t) -> io::Result<libc::c_int> {
 pub enum NextExec {
     /// Stopped again right after exec'ing another program.
     Exec,
-    /// It exited (or was killed) instead; its status, as people read it.
-    Exited(String),
+    /// It exited (or was killed) instead, with this status.
+    Exited(EndStatus),
 }
 
-fn describe_status(status: libc::c_int) -> String {
-    if libc::WIFEXITED(status) {
-        format!("exit status {}", libc::WEXITSTATUS(status))
-    } else {
-        format!("signal {}", libc::WTERMSIG(status))
+/// How a process ended: its wait status. Shown as people read it (`exit status 1`,
+/// `signal 15`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndStatus(pub libc::c_int);
+
+impl EndStatus {
+    /// As a shell reports it: the exit code, or 128 + the signal that killed it.
+    pub fn code(self) -> i32 {
+        if libc::WIFEXITED(self.0) {
+            libc::WEXITSTATUS(self.0)
+        } else {
+            128 + libc::WTERMSIG(self.0)
+        }
+    }
+}
+
+impl std::fmt::Display for EndStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if libc::WIFEXITED(self.0) {
+            write!(f, "exit status {}", libc::WEXITSTATUS(self.0))
+        } else {
+            write!(f, "signal {}", libc::WTERMSIG(self.0))
+        }
     }
 }
 
@@ -146,7 +164,7 @@ impl StoppedChild {
             if !libc::WIFSTOPPED(status) {
                 // Reaped above: forget the Child so that drop does not kill a recycled PID.
                 self.child = None;
-                return Ok(NextExec::Exited(describe_status(status)));
+                return Ok(NextExec::Exited(EndStatus(status)));
             }
             if libc::WSTOPSIG(status) == libc::SIGTRAP && status >> 16 == libc::PTRACE_EVENT_EXEC {
                 return Ok(NextExec::Exec);
@@ -211,9 +229,12 @@ mod tests {
         assert!(exe(stopped.pid).ends_with("env"));
         assert_eq!(stopped.continue_to_next_exec().unwrap(), NextExec::Exec);
         assert!(exe(stopped.pid).ends_with("true"), "{:?}", exe(stopped.pid));
+        let NextExec::Exited(status) = stopped.continue_to_next_exec().unwrap() else {
+            panic!("true exec'd again");
+        };
         assert_eq!(
-            stopped.continue_to_next_exec().unwrap(),
-            NextExec::Exited("exit status 0".into())
+            (status.to_string(), status.code()),
+            ("exit status 0".into(), 0)
         );
     }
 

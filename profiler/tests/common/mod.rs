@@ -518,6 +518,11 @@ impl Mapscope {
         stdin.flush().unwrap();
     }
 
+    /// Close mapscope's stdin (and so, for `mapscope run`, its command's).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
     pub fn scrape(&self) -> Metrics {
         Metrics(parse_prometheus(&http_get(self.address, "/metrics")))
     }

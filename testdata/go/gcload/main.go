@@ -183,6 +183,9 @@ func load() {
 	runtime.GC()
 }
 
+// Set by cgo.go in a cgo build: makes C allocations and reports them as JSON.
+var cMalloc func() string
+
 func main() {
 	flag.Parse()
 	block := make(chan struct{})
@@ -224,6 +227,13 @@ func main() {
 		case "vitals":
 			out, _ := json.Marshal(readVitals())
 			fmt.Println(string(out))
+		case "cmalloc":
+			// Built with cgo: C allocations the Go runtime does not see (cgo.go).
+			if cMalloc == nil {
+				fmt.Println(`{"error":"built without cgo"}`)
+				continue
+			}
+			fmt.Println(cMalloc())
 		case "exit":
 			os.Exit(*exitCode)
 		case "exec":
