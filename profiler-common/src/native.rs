@@ -99,6 +99,39 @@ pub const fn native_size_slot(size: u64) -> u32 {
     NATIVE_SIZE_BASE + (64 - (size - 1).leading_zeros())
 }
 
+/// Mean bytes between the allocations whose stacks are taken, as Go's and tcmalloc's samplers
+/// take theirs: each allocation is sampled when it reaches the bytes left, then the next
+/// distance is drawn from an exponential distribution of this mean (`exponential_distance`),
+/// so that a sampled allocation of `n` bytes stands for 1 / (1 − e^(−n/mean)) allocations, as
+/// pprof scales Go's.
+pub const NATIVE_SAMPLE_BYTES: u64 = 512 * 1024;
+
+/// Key of the kernel's native sample counts (`NATIVE_SAMPLES_0`, `_1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NativeSampleKey {
+    /// User stack id in `NATIVE_STACKS` (its second frame the direct caller), or negative if
+    /// the stack could not be taken.
+    pub stack_id: i32,
+    /// `CallShape::allocator`.
+    pub allocator: u32,
+    /// The size asked for.
+    pub size: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<NativeSampleKey>() == 16);
+
+/// Entries in each of the two native sample tables: distinct (stack, allocator, size) sampled
+/// between two reads.
+pub const MAX_NATIVE_SAMPLE_KEYS: u32 = 8192;
+
+/// The two sample tables: the probes fill the one `NATIVE_SAMPLES_FILLING` names while
+/// userspace empties the other.
+pub const NATIVE_SAMPLE_TABLES: [&str; 2] = ["NATIVE_SAMPLES_0", "NATIVE_SAMPLES_1"];
+
+/// Distinct native allocation stacks kept (`NATIVE_STACKS`).
+pub const MAX_NATIVE_STACKS: u32 = 4096;
+
 /// Code ranges (`[start, end)`, in the target's address space) of allocator libraries that
 /// allocate only for the program's calls into them (jemalloc, tcmalloc, mimalloc; not the C
 /// library, whose `strdup` or `fopen` allocate for the program): a call into an entry point
@@ -146,6 +179,13 @@ pub fn is_allocators_own(last: &LastCall, ip: u64, sp: u64, ret: u64, tail_from:
         && last.index < u64::from(MAX_ENTRY_POINTS)
         && (tail_from >> last.index) & 1 == 1;
     nested || tail_jump
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: #[repr(C)], Copy, integers only, no padding (16 bytes of i32, u32, u64): every
+    // byte pattern is valid.
+    unsafe impl aya::Pod for super::NativeSampleKey {}
 }
 
 #[cfg(test)]

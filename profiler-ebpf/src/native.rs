@@ -8,7 +8,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe},
@@ -16,16 +16,77 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use profiler_common::{
+    alloc::exponential_distance,
     counters,
     native::{
-        CallShape, LastCall, MAX_ALLOCATORS, MAX_ARGS, MAX_ENTRY_POINTS, MAX_NATIVE_THREADS,
-        MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS,
-        NATIVE_SLOTS, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
+        CallShape, LastCall, MAX_ALLOCATORS, MAX_ARGS, MAX_ENTRY_POINTS, MAX_NATIVE_SAMPLE_KEYS,
+        MAX_NATIVE_STACKS, MAX_NATIVE_THREADS, MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES,
+        NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SAMPLE_BYTES, NATIVE_SLOTS,
+        NativeSampleKey, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
         is_allocators_own, native_counter, native_size_slot,
     },
 };
 
-use crate::counters::hit_governed;
+use crate::counters::{add_at, hit_governed};
+use profiler_common::stacks::UserStack;
+
+/// Bytes left, per CPU, until the next allocation whose stack is taken (0: not drawn yet).
+/// Not atomic, as the Go counted mode's (`alloc::COUNTED_SAMPLE_LEFT`): a rare interleaving
+/// loses one subtraction, making the next sample a little later.
+#[map]
+static NATIVE_SAMPLE_LEFT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sampled allocations by (stack, allocator, size); the probes fill the one
+/// `NATIVE_SAMPLES_FILLING` names while userspace empties the other.
+#[map]
+static NATIVE_SAMPLES_0: HashMap<NativeSampleKey, u64> =
+    HashMap::with_max_entries(MAX_NATIVE_SAMPLE_KEYS, 0);
+#[map]
+static NATIVE_SAMPLES_1: HashMap<NativeSampleKey, u64> =
+    HashMap::with_max_entries(MAX_NATIVE_SAMPLE_KEYS, 0);
+#[map]
+static NATIVE_SAMPLES_FILLING: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+static NATIVE_STACKS: HashMap<u32, UserStack> = HashMap::with_max_entries(MAX_NATIVE_STACKS, 0);
+
+/// Count `size` bytes against this CPU's distance to the next sample; when reached, take the
+/// stack (the direct caller `ret` as its second frame) and count the sample.
+#[inline(always)]
+fn sample(ctx: &ProbeContext, allocator: u8, size: u64, ret: u64) {
+    let Some(left) = NATIVE_SAMPLE_LEFT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a valid, aligned u64 of this CPU's slot, live while the program runs.
+    let left = unsafe { &mut *left };
+    if *left == 0 {
+        *left = sample_distance();
+    }
+    if size < *left {
+        *left -= size;
+        return;
+    }
+    *left = sample_distance();
+    let key = NativeSampleKey {
+        stack_id: crate::stacks::user_stack_at_entry(ctx, &NATIVE_STACKS, ret),
+        allocator: u32::from(allocator),
+        size,
+    };
+    // Two calls, not one on a table chosen at run time: the verifier wants one map per call.
+    if NATIVE_SAMPLES_FILLING.get(0) == Some(&1) {
+        add_at(&NATIVE_SAMPLES_1, &key, 1, counters::ALLOC_TABLE_FULL);
+    } else {
+        add_at(&NATIVE_SAMPLES_0, &key, 1, counters::ALLOC_TABLE_FULL);
+    }
+}
+
+/// Bytes until the next sample, drawn from an exponential distribution of mean
+/// `NATIVE_SAMPLE_BYTES`.
+#[inline(always)]
+fn sample_distance() -> u64 {
+    // SAFETY: a helper every program type may call; no arguments.
+    exponential_distance(unsafe { bpf_get_prandom_u32() }, NATIVE_SAMPLE_BYTES)
+}
 
 /// `MAX_OWN_CODE` ranges `[start, end)`, set by userspace before attaching (empty: 0, 0).
 #[map]
@@ -137,17 +198,21 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
     };
     let pointer = arg(&args, shape.pointer_arg);
     let zero_size_allocates = shape.role & ZERO_SIZE_ALLOCATES != 0;
-    match shape.role & !ZERO_SIZE_ALLOCATES {
-        ROLE_ALLOCATES => allocation(shape.allocator, size),
+    // The size of the block this call allocates, if it allocates one.
+    let allocates = match shape.role & !ZERO_SIZE_ALLOCATES {
+        ROLE_ALLOCATES => Some(size),
         ROLE_REALLOCATES => match (pointer, size) {
             // realloc(NULL, n) allocates.
-            (0, _) => allocation(shape.allocator, size),
+            (0, _) => Some(size),
             // realloc(p, 0) frees, as glibc, jemalloc and tcmalloc do.
-            (_, 0) if !zero_size_allocates => add(shape.allocator, NATIVE_FREES, 1),
+            (_, 0) if !zero_size_allocates => {
+                add(shape.allocator, NATIVE_FREES, 1);
+                None
+            }
             _ => {
                 add(shape.allocator, NATIVE_REALLOCS, 1);
                 add(shape.allocator, NATIVE_FREES, 1);
-                allocation(shape.allocator, size);
+                Some(size)
             }
         },
         ROLE_FREES => {
@@ -155,8 +220,15 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
                 return 0;
             }
             add(shape.allocator, NATIVE_FREES, 1);
+            None
         }
         _ => return 0,
+    };
+    // One place that samples: the stack walk's loop, inlined at several, made the program too
+    // large for the verifier.
+    if let Some(size) = allocates {
+        allocation(shape.allocator, size);
+        sample(&ctx, shape.allocator, size, ret);
     }
     let call = LastCall {
         sp,

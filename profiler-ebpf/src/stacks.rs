@@ -36,6 +36,23 @@ const FRAME_BYTES: u32 = (8 * STACK_DEPTH) as u32;
 /// took this CPU's buffer meanwhile.
 #[inline(always)]
 pub fn user_stack(ctx: &ProbeContext, table: &HashMap<u32, UserStack>) -> i32 {
+    stack_into(ctx, table, None)
+}
+
+/// `user_stack` at a function's entry, whose return address `caller` is at the top of the
+/// stack: the kernel's walk through frame pointers starts from the caller's frame, so it
+/// skips the caller itself; it goes in as the second frame.
+#[inline(always)]
+pub fn user_stack_at_entry(
+    ctx: &ProbeContext,
+    table: &HashMap<u32, UserStack>,
+    caller: u64,
+) -> i32 {
+    stack_into(ctx, table, Some(caller))
+}
+
+#[inline(always)]
+fn stack_into(ctx: &ProbeContext, table: &HashMap<u32, UserStack>, caller: Option<u64>) -> i32 {
     let Some(buffer) = STACK_BUFFER.get_ptr_mut(0) else {
         return -1;
     };
@@ -46,18 +63,40 @@ pub fn user_stack(ctx: &ProbeContext, table: &HashMap<u32, UserStack>) -> i32 {
     let owner_slot = unsafe { &raw mut (*buffer).owner };
     let still_ours = move || unsafe { core::ptr::read_volatile(owner_slot) } == owner;
     unsafe { core::ptr::write_volatile(owner_slot, owner) };
-    // SAFETY: the helper writes at most FRAME_BYTES into `frames`, which holds exactly that.
+    // SAFETY: the helper writes at most FRAME_BYTES into `frames`, which holds exactly that;
+    // with a caller, from the second frame on, at most 8 bytes fewer.
     let taken = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            (&raw mut (*buffer).stack.frames).cast(),
-            FRAME_BYTES,
-            u64::from(BPF_F_USER_STACK),
-        )
+        let frames = (&raw mut (*buffer).stack.frames).cast::<u64>();
+        match caller {
+            None => bpf_get_stack(
+                ctx.as_ptr(),
+                frames.cast(),
+                FRAME_BYTES,
+                u64::from(BPF_F_USER_STACK),
+            ),
+            Some(_) => bpf_get_stack(
+                ctx.as_ptr(),
+                frames.add(1).cast(),
+                FRAME_BYTES - 8,
+                u64::from(BPF_F_USER_STACK),
+            ),
+        }
     };
     if taken <= 0 {
         return -1;
     }
+    let taken = match caller {
+        // The walk's first frame (the entry itself) moves back, the caller after it.
+        Some(caller) => {
+            // SAFETY: in bounds of this CPU's buffer (see above).
+            unsafe {
+                (*buffer).stack.frames[0] = (*buffer).stack.frames[1];
+                (*buffer).stack.frames[1] = caller;
+            }
+            taken + 8
+        }
+        None => taken,
+    };
     // The helper zeroes the frames it did not fill, so the whole buffer is hashed: a loop
     // without a branch, which the verifier walks once (one that stopped at the depth taken
     // made the counted-allocation program too large to verify).

@@ -486,6 +486,8 @@ pub struct Outcome {
     pub cost: Option<crate::model::overhead::CostSummary>,
     /// Each native allocator's totals, when the target's were probed.
     pub native: Vec<crate::collect::native::NativeSummary>,
+    /// The native allocation profile, when a native allocation was sampled.
+    pub native_profile: Option<export::pprof::Profile>,
 }
 
 impl Target {
@@ -805,6 +807,7 @@ impl Attached {
         };
         let target_metrics = Arc::new(exported.metrics.target(&who));
         let allocs = AllocProfile::default();
+        let native_profile = AllocProfile::default();
         let map_view = MapView::default();
         exported.views.insert(
             process.pid,
@@ -816,6 +819,7 @@ impl Attached {
                     self.target.runtime()
                 ),
                 allocs: Arc::clone(&allocs),
+                native: Arc::clone(&native_profile),
                 maps: Arc::clone(&map_view),
             },
         );
@@ -910,13 +914,17 @@ impl Attached {
         };
         let native_task = match self.target.native.take() {
             Some(plan) => {
-                let collector = crate::collect::native::NativeCollector::new(
-                    self.probes.take_native_counts()?,
-                    self.probes.take_native_own_code()?,
+                let mut collector = crate::collect::native::NativeCollector::new(
+                    self.probes.take_native_maps()?,
                     plan,
                     process.pid,
                     Arc::clone(&target_metrics),
+                    crate::collect::native::NativeSiteOptions {
+                        top_sites: options.alloc_top_sites,
+                        half_life: options.alloc_sites_half_life,
+                    },
                 );
+                collector.profile = Arc::clone(&native_profile);
                 let mut stopped = stopped.clone();
                 Some(tokio::spawn(collector.run_until(async move {
                     let _ = stopped.changed().await;
@@ -1066,7 +1074,7 @@ impl Attached {
         // What the probes counted until they came off.
         let native = native.map_or_else(Vec::new, |mut native| {
             native.read(true);
-            native.summary()
+            native.summary(SUMMARY_SITES)
         });
         let alloc_summary = alloc.and_then(|mut alloc| {
             alloc.read(true);
@@ -1090,6 +1098,11 @@ impl Attached {
             map_stats,
             runtime,
             native,
+            native_profile: native_profile
+                .lock()
+                .ok()
+                .and_then(|mut current| current.take())
+                .map(|snapshot| snapshot.to_pprof()),
             cost: collector.meter.as_ref().and_then(|meter| meter.whole()),
         })
     }

@@ -549,6 +549,226 @@ fn the_daemon_profiles_a_selected_c_program() {
     assert!(!ours(&gone), "the series outlived the program");
 }
 
+/// What `sites.c` says its functions asked for in one run.
+#[derive(Debug, serde::Deserialize)]
+struct SiteBytes {
+    big_bytes: u64,
+    medium_bytes: u64,
+    small_bytes: u64,
+    bytes: u64,
+}
+
+/// The sites.c fixture, ready for commands.
+struct Sites {
+    guard: ChildGuard,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Sites {
+    fn start(binary: &Path) -> Self {
+        let mut child = Command::new(binary)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self {
+            guard: ChildGuard(child),
+            stdin,
+            stdout,
+        }
+    }
+
+    fn run(&mut self, rounds: u32) -> SiteBytes {
+        use std::io::Write as _;
+        writeln!(self.stdin, "go {rounds}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(line.trim()).unwrap()
+    }
+}
+
+/// mapscope's site bytes for `pid`, summed by function.
+fn site_bytes(metrics: &common::Metrics, pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_function = std::collections::BTreeMap::new();
+    for sample in &metrics.0 {
+        if sample.name == "mapscope_native_alloc_site_bytes_total"
+            && sample.labels.get("pid") == Some(&pid.to_string())
+        {
+            *by_function
+                .entry(sample.labels["function"].clone())
+                .or_insert(0.0) += sample.value;
+        }
+    }
+    by_function
+}
+
+/// The call sites of the samples: `sites.c`'s three functions allocate about 8, 6 and 3 of
+/// every 17 bytes through malloc, calloc and realloc, from two threads, and say how much each
+/// asked for. mapscope's site bytes must match each within four standard deviations of its
+/// sampling (one sample per 512 KiB on average: a site of B bytes has about B / 512 KiB
+/// samples, a relative error of 1/sqrt of that), rank them right, and name each by the direct
+/// caller, found from the return address at the allocator's entry: with DWARF (and no frame
+/// pointers, as distributions build) with its source line; with frame pointers (and no DWARF)
+/// with the deeper frames too. The pprof profile `go tool pprof` reads says the same.
+#[test]
+#[ignore = "needs root, gcc and Go toolchains: run `cargo xtask test`"]
+fn sampled_sites_split_the_bytes_as_the_program_did() {
+    for (name, flags, frame_pointers) in [
+        (
+            "sites-dwarf",
+            &["-O1", "-g", "-fno-builtin", "-pthread"][..],
+            false,
+        ),
+        (
+            "sites-fp",
+            &["-O1", "-fno-builtin", "-pthread", "-fno-omit-frame-pointer"][..],
+            true,
+        ),
+    ] {
+        let binary = common::build_c("sites.c", name, flags);
+        let mut sites = Sites::start(&binary);
+        let pid = sites.guard.0.id();
+        let mapscope = Mapscope::attach_unbudgeted(pid);
+        mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+            metrics.has("mapscope_native_alloc_objects_total")
+        });
+        let before = settled_totals(&mapscope, pid, "glibc");
+        let asked = sites.run(20_000);
+        let metrics = mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+            native_totals(metrics, pid, "glibc")[1] >= before[1] + asked.bytes as f64
+        });
+        // Two more reads: the samples of the last table retired come one read after it.
+        std::thread::sleep(Duration::from_millis(2500));
+        let metrics = {
+            let later = mapscope.scrape();
+            assert_eq!(
+                native_totals(&later, pid, "glibc")[1],
+                native_totals(&metrics, pid, "glibc")[1]
+            );
+            later
+        };
+        let by_function = site_bytes(&metrics, pid);
+        println!("{name}: asked {asked:?}; mapscope's sites {by_function:?}");
+        let mut ranked: Vec<(&String, &f64)> = by_function.iter().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(a.1));
+        let ranked: Vec<&str> = ranked
+            .iter()
+            .map(|(function, _)| function.as_str())
+            .collect();
+        assert_eq!(
+            ranked[..3],
+            ["big_allocs", "medium_allocs", "small_allocs"],
+            "{name}: {by_function:?}"
+        );
+        for (function, actual) in [
+            ("big_allocs", asked.big_bytes),
+            ("medium_allocs", asked.medium_bytes),
+            ("small_allocs", asked.small_bytes),
+        ] {
+            let estimated = by_function.get(function).copied().unwrap_or(0.0);
+            let samples = actual as f64 / 524_288.0;
+            let bound = 4.0 / samples.sqrt();
+            let error = estimated / actual as f64 - 1.0;
+            assert!(
+                error.abs() < bound,
+                "{name}: {function}: estimated {estimated:.0}, asked {actual} ({:+.1}%, bound \
+                 {:.1}%)",
+                error * 100.0,
+                bound * 100.0
+            );
+        }
+        let locations: Vec<&String> = metrics
+            .0
+            .iter()
+            .filter(|sample| {
+                sample.name == "mapscope_native_alloc_site_bytes_total"
+                    && sample.labels["function"] == "big_allocs"
+            })
+            .map(|sample| &sample.labels["location"])
+            .collect();
+        if frame_pointers {
+            assert_eq!(locations, [""], "{name}: no DWARF, no line");
+        } else {
+            assert!(
+                locations
+                    .iter()
+                    .all(|location| location.starts_with("sites.c:")),
+                "{name}: {locations:?}"
+            );
+        }
+        // The profile.
+        let profile = std::env::temp_dir().join(format!("mapscope-{name}-{pid}.pb.gz"));
+        std::fs::write(
+            &profile,
+            common::http_get_bytes(mapscope.address, "/debug/pprof/native"),
+        )
+        .unwrap();
+        let profile = profile.to_str().unwrap();
+        let top = common::go_tool(
+            NEWEST_GO,
+            &["pprof", "-top", "-sample_index=alloc_space", profile],
+        );
+        let first = top
+            .lines()
+            .skip_while(|line| !line.trim_start().starts_with("flat"))
+            .nth(1)
+            .unwrap_or_default();
+        assert!(first.ends_with("big_allocs"), "{name}: {top}");
+        let traces = common::go_tool(NEWEST_GO, &["pprof", "-traces", profile]);
+        assert_eq!(
+            traces.contains("work"),
+            frame_pointers,
+            "{name}: deeper frames only through frame pointers: {traces}"
+        );
+    }
+}
+
+/// `mapscope profile native` writes the same kind of profile from a running process.
+#[test]
+#[ignore = "needs root, gcc and Go toolchains: run `cargo xtask test`"]
+fn profile_native_writes_a_profile_pprof_opens() {
+    let binary = common::build_c(
+        "sites.c",
+        "sites-profiled",
+        &["-O1", "-g", "-fno-builtin", "-pthread"],
+    );
+    let mut sites = Sites::start(&binary);
+    let pid = sites.guard.0.id().to_string();
+    let output = std::env::temp_dir().join(format!("mapscope-native-{pid}.pb.gz"));
+    let mut profiling = Command::new(common::MAPSCOPE)
+        .args(["profile", "native", "--pid", &pid, "--duration", "6s", "-o"])
+        .arg(&output)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = sites.run(20_000);
+    let status = profiling.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut profiling.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let top = common::go_tool(
+        NEWEST_GO,
+        &[
+            "pprof",
+            "-top",
+            "-sample_index=alloc_space",
+            output.to_str().unwrap(),
+        ],
+    );
+    println!("asked {asked:?}\n{top}");
+    assert!(
+        top.contains("big_allocs") && top.contains("small_allocs"),
+        "{top}"
+    );
+}
+
 /// A program with no C allocator (and no Go runtime) is refused with the reason and its exit
 /// code, as a program mapscope cannot profile; no probe is left behind.
 #[test]

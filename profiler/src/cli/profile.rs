@@ -1,5 +1,6 @@
-//! `mapscope profile alloc --pid N --duration D -o FILE`: an allocation profile that
-//! `go tool pprof` opens, taken from outside the process.
+//! `mapscope profile alloc|native --pid N --duration D -o FILE`: an allocation profile that
+//! `go tool pprof` opens, taken from outside the process: of the Go heap, or of the C
+//! allocator's.
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
@@ -22,11 +23,16 @@ pub enum ProfileKind {
     /// alloc_space, like Go's own heap profile), from the runtime's own sampling, or, when the
     /// program turned that off, from mapscope's own, part of the time within 1% of its CPU.
     Alloc(AllocArgs),
+    /// Sample the calls into the process's C allocator (malloc, calloc, realloc, C++'s new...)
+    /// for a while and write them as a pprof profile (alloc_objects, alloc_space), one sample
+    /// per 512 KiB on average with its stack; the probes are held within 1% of its CPU, and the
+    /// profile scaled up. Any process: C, C++, Rust, or the C heap of a Go program with cgo.
+    Native(AllocArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct AllocArgs {
-    /// PID of the Go process.
+    /// PID of the process (`alloc`: a Go program).
     #[arg(long)]
     pub pid: u32,
 
@@ -51,7 +57,10 @@ fn nothing_sampled(pid: u32) -> UserError {
 }
 
 pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
-    let ProfileKind::Alloc(args) = args.kind;
+    let args = match args.kind {
+        ProfileKind::Alloc(args) => args,
+        ProfileKind::Native(args) => return native(args).await,
+    };
     super::check_output_path(&args.output)?;
     session::preflight(true)?;
     let process = session::open_process(args.pid)?;
@@ -93,18 +102,9 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     }
     let attached = session::attach(target, &options)?;
     let exited = attached.target.process.exit_watcher()?.exited();
-    let mut signals = super::StopSignals::new()?;
-    let stop = async {
-        tokio::select! {
-            () = tokio::time::sleep(args.duration) => {},
-            signal = signals.next() => tracing::info!(
-                "{}; writing what was sampled so far",
-                super::StopSignals::describe(signal)
-            ),
-            _ = exited => tracing::info!("PID {} exited; writing what was sampled", args.pid),
-        }
-    };
-    let outcome = attached.profile(None, options, stop).await?;
+    let outcome = attached
+        .profile(None, options, until_done(args.duration, args.pid, exited))
+        .await?;
     let profile = outcome.allocs.ok_or_else(|| nothing_sampled(args.pid))?;
     if profile.samples.is_empty() {
         // An empty profile opens in pprof as "no samples", which reads like a failure of the
@@ -122,14 +122,94 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    write_profile(&profile, &args.output, "allocation")
+}
+
+/// Write `profile` to `output`, and say so.
+fn write_profile(
+    profile: &crate::export::pprof::Profile,
+    output: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<()> {
     let bytes = profile.encode().context("encoding the profile")?;
-    std::fs::write(&args.output, bytes)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
     super::note(&format!(
-        "mapscope: wrote {} allocation sample stacks to {}; open it with `go tool pprof {}`",
+        "mapscope: wrote {} {what} sample stacks to {}; open it with `go tool pprof {}`",
         profile.samples.len(),
-        args.output.display(),
-        args.output.display()
+        output.display(),
+        output.display()
     ));
     Ok(())
+}
+
+/// The until-when of a profile: its duration, a signal, or the target's exit.
+async fn until_done(duration: Duration, pid: u32, exited: impl std::future::Future) {
+    let mut signals = match super::StopSignals::new() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::warn!("signals will not stop the profile early: {error}");
+            tokio::time::sleep(duration).await;
+            return;
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep(duration) => {},
+        signal = signals.next() => tracing::info!(
+            "{}; writing what was sampled so far",
+            super::StopSignals::describe(signal)
+        ),
+        _ = exited => tracing::info!("PID {pid} exited; writing what was sampled"),
+    }
+}
+
+/// `mapscope profile native`: the process's C allocator's probes only (a Go program's own are
+/// not needed), held within the default budget: every call is a probe hit.
+async fn native(args: AllocArgs) -> anyhow::Result<()> {
+    super::check_output_path(&args.output)?;
+    session::preflight(true)?;
+    let process = session::open_process(args.pid)?;
+    let options = session::Options {
+        alloc_top_sites: 20,
+        alloc_sites_half_life: Duration::from_secs(60),
+        alloc_exact: false,
+        max_overhead: super::DEFAULT_MAX_OVERHEAD,
+        stw_stopping: false,
+        maps: None,
+        final_map_snapshot: false,
+    };
+    let mut target = session::understand(process, &options)?;
+    if target.native.is_none() {
+        return Err(UserError::new(
+            Exit::NotGo,
+            format!(
+                "PID {} ({}): no C allocator found (a Go program without cgo allocates only on \
+                 the Go heap: use `mapscope profile alloc`)",
+                args.pid, target.process.exe_name
+            ),
+        )
+        .into());
+    }
+    target.go = None;
+    let attached = session::attach(target, &options)?;
+    let exited = attached.target.process.exit_watcher()?.exited();
+    let outcome = attached
+        .profile(None, options, until_done(args.duration, args.pid, exited))
+        .await?;
+    let profile = match outcome.native_profile {
+        Some(profile) if !profile.samples.is_empty() => profile,
+        _ => {
+            return Err(UserError::new(
+                Exit::NothingSampled,
+                format!(
+                    "PID {}: no native allocation was sampled while mapscope watched (one per 512 \
+                     KiB allocated on average): it allocated little or nothing through its C \
+                     allocator; profile it for longer (--duration) or while it serves load; no \
+                     file written",
+                    args.pid
+                ),
+            )
+            .into());
+        }
+    };
+    write_profile(&profile, &args.output, "native allocation")
 }

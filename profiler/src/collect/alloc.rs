@@ -49,6 +49,40 @@ pub struct AllocSnapshot {
     rate: i64,
     started: (std::time::SystemTime, std::time::Instant),
     taken: std::time::Instant,
+    /// Whether a function is the allocator's, whose frames at the leaf of a stack the profile
+    /// leaves out (Go's runtime; a C allocator and C++'s operator new).
+    allocator: fn(&str) -> bool,
+}
+
+/// Add `gained` (stack id, stack, objects, bytes) to `profile`, sampled at `rate` since
+/// `started`, its stacks' leaf frames the `allocator`'s while it says so.
+pub fn publish_into(
+    profile: &AllocProfile,
+    started: (std::time::SystemTime, std::time::Instant),
+    rate: i64,
+    allocator: fn(&str) -> bool,
+    gained: Vec<(i32, Arc<Symbolized>, f64, f64)>,
+) {
+    let Ok(mut current) = profile.lock() else {
+        return;
+    };
+    let snapshot = current.get_or_insert_with(|| AllocSnapshot {
+        by_stack: std::collections::HashMap::new(),
+        rate,
+        started,
+        taken: std::time::Instant::now(),
+        allocator,
+    });
+    snapshot.rate = rate;
+    snapshot.taken = std::time::Instant::now();
+    for (stack_id, stack, objects, bytes) in gained {
+        let entry = snapshot
+            .by_stack
+            .entry(stack_id)
+            .or_insert_with(|| (stack, 0.0, 0.0));
+        entry.1 += objects;
+        entry.2 += bytes;
+    }
 }
 
 impl AllocSnapshot {
@@ -58,7 +92,7 @@ impl AllocSnapshot {
             .by_stack
             .values()
             .map(|(stack, objects, bytes)| pprof::Sample {
-                stack: without_allocator(&stack.frames),
+                stack: without_allocator(&stack.frames, self.allocator),
                 values: vec![objects.round() as i64, bytes.round() as i64],
             })
             .collect();
@@ -409,25 +443,7 @@ impl AllocCollector {
 
     /// Add what was sampled since the last read to the allocation snapshot.
     fn publish(&self, gained: Vec<(i32, Arc<Symbolized>, f64, f64)>, rate: i64) {
-        let Ok(mut current) = self.profile.lock() else {
-            return;
-        };
-        let snapshot = current.get_or_insert_with(|| AllocSnapshot {
-            by_stack: std::collections::HashMap::new(),
-            rate,
-            started: self.started,
-            taken: std::time::Instant::now(),
-        });
-        snapshot.rate = rate;
-        snapshot.taken = std::time::Instant::now();
-        for (stack_id, stack, objects, bytes) in gained {
-            let entry = snapshot
-                .by_stack
-                .entry(stack_id)
-                .or_insert_with(|| (stack, 0.0, 0.0));
-            entry.1 += objects;
-            entry.2 += bytes;
-        }
+        publish_into(&self.profile, self.started, rate, is_runtime, gained);
     }
 
     /// The estimates so far and the `top` sites by bytes (every site, named or not); `None`
@@ -496,16 +512,20 @@ impl AllocCollector {
     }
 }
 
-/// The stack without the runtime's allocator frames at its leaf, as Go's own heap profiles show
-/// it (their stacks start at the code that allocated). A stack that is all runtime stays whole.
-fn without_allocator(frames: &[(u64, Vec<Line>)]) -> Vec<(u64, Vec<Line>)> {
+/// The stack without the allocator's frames at its leaf (Go's runtime, by `allocator`), as
+/// Go's own heap profiles show it (their stacks start at the code that allocated). A stack that
+/// is all allocator stays whole.
+fn without_allocator(
+    frames: &[(u64, Vec<Line>)],
+    allocator: fn(&str) -> bool,
+) -> Vec<(u64, Vec<Line>)> {
     let mut kept = Vec::new();
     let mut in_allocator = true;
     for (address, lines) in frames {
         let lines: Vec<Line> = lines
             .iter()
             .filter(|line| {
-                in_allocator &= is_runtime(&line.function);
+                in_allocator &= allocator(&line.function);
                 !in_allocator
             })
             .cloned()

@@ -1,14 +1,31 @@
 //! Native allocations: every second, what the kernel counted at the C allocators' entry points
 //! since the last read, scaled by the share of the target's work the probes saw (the overhead
-//! governor's `Coverage` of `HIT_NATIVE`), added to each allocator's totals and exported.
-use std::{sync::Arc, time::Duration};
+//! governor's `Coverage` of `HIT_NATIVE`), added to each allocator's totals and exported; and
+//! the byte-weighted samples of them, by stack, scaled as pprof scales Go's, into sites and a
+//! pprof profile.
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use aya::maps::{Array, MapData, PerCpuArray};
-use profiler_common::counters::HIT_NATIVE;
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use profiler_common::{
+    counters::HIT_NATIVE,
+    native::{NATIVE_SAMPLE_BYTES, NativeSampleKey},
+};
 
+use super::{
+    alloc::{AllocProfile, publish_into},
+    stacks::{StackTable, Symbolized},
+};
 use crate::{
     export::{metrics::TargetMetrics, native_metrics::NativeEstimate},
-    native::probes::{NativeCounts, NativePlan},
+    model::{
+        alloc::scale,
+        sites::{Site, SiteRanking, SiteTotals},
+    },
+    native::{
+        probes::{NativeCounts, NativePlan},
+        symbols::{NativeSymbols, is_allocator_frame},
+    },
+    probes::loaded::NativeMaps,
 };
 
 /// How often the counts are read.
@@ -60,10 +77,59 @@ pub struct NativeSummary {
     pub allocator: &'static str,
     pub object: std::path::PathBuf,
     pub tally: NativeTally,
+    /// The sites allocating the most bytes (estimated from the samples), most first.
+    pub top_sites: Vec<(Site, f64)>,
+}
+
+/// The kernel's two sample tables and which one its probes fill: as the Go sampler's
+/// (`alloc::SampleTables`), each read empties the table retired at the read before, idle
+/// since, then retires the filling one.
+struct SampleTables {
+    tables: [HashMap<MapData, NativeSampleKey, u64>; 2],
+    switch: Array<MapData, u32>,
+    filling: usize,
+    /// The share of the work the retired table's samples saw, while it holds some unread.
+    retired: Option<f64>,
+}
+
+impl SampleTables {
+    fn drain(&mut self, index: usize) -> Vec<(NativeSampleKey, u64)> {
+        let table = &mut self.tables[index];
+        let keys: Vec<NativeSampleKey> = table.keys().filter_map(Result::ok).collect();
+        let mut counts = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(count) = table.get(&key, 0) {
+                counts.push((key, count));
+            }
+            let _ = table.remove(&key);
+        }
+        counts
+    }
+
+    fn retire_filling(&mut self, coverage: f64) {
+        let next = 1 - self.filling;
+        match self.switch.set(0, next as u32, 0) {
+            Ok(()) => {
+                self.retired = Some(coverage);
+                self.filling = next;
+            }
+            Err(error) => tracing::debug!("switching native sample tables: {error}"),
+        }
+    }
+}
+
+/// How the sites are ranked: `--alloc-top-sites` and its half-life, as for Go's.
+#[derive(Clone, Copy, Debug)]
+pub struct NativeSiteOptions {
+    pub top_sites: usize,
+    pub half_life: Duration,
 }
 
 pub struct NativeCollector {
     counts: PerCpuArray<MapData, u64>,
+    samples: SampleTables,
+    stacks: StackTable,
+    symbols: NativeSymbols,
     plan: NativePlan,
     /// The kernel's table of the dedicated libraries' code, while it is not complete
     /// (`NativePlan::own_code_complete`).
@@ -71,32 +137,52 @@ pub struct NativeCollector {
     pid: u32,
     metrics: Arc<TargetMetrics>,
     tallies: Vec<NativeTally>,
+    /// Which sites have series of their own, and every site's estimate so far, by allocator.
+    ranking: SiteRanking,
+    sites_read: std::time::Instant,
+    sites: Vec<SiteTotals>,
+    /// The sampled allocations by stack, for `/debug/pprof/native` and `profile native`.
+    pub profile: AllocProfile,
+    started: (std::time::SystemTime, std::time::Instant),
 }
 
 impl NativeCollector {
     pub fn new(
-        counts: PerCpuArray<MapData, u64>,
-        own_code: Array<MapData, [u64; 2]>,
+        maps: NativeMaps,
         plan: NativePlan,
         pid: u32,
         metrics: Arc<TargetMetrics>,
+        sites: NativeSiteOptions,
     ) -> Self {
         let tallies = vec![NativeTally::default(); plan.allocators.len()];
-        let own_code = (!plan.own_code_complete()).then_some(own_code);
+        let own_code = (!plan.own_code_complete()).then_some(maps.own_code);
         let collector = Self {
-            counts,
-            plan,
+            counts: maps.counts,
+            samples: SampleTables {
+                tables: maps.samples,
+                switch: maps.filling,
+                filling: 0,
+                retired: None,
+            },
+            stacks: maps.stacks,
+            symbols: NativeSymbols::new(pid),
             own_code,
             pid,
             metrics,
+            sites: (0..tallies.len()).map(|_| SiteTotals::default()).collect(),
             tallies,
+            plan,
+            ranking: SiteRanking::new(sites.top_sites, sites.half_life),
+            sites_read: std::time::Instant::now(),
+            profile: AllocProfile::default(),
+            started: (std::time::SystemTime::now(), std::time::Instant::now()),
         };
         // The series from the start: a dashboard shows 0 rather than no data.
         collector.export();
         collector
     }
 
-    /// Read every `READ_EVERY` until `stop` resolves, then once more.
+    /// Read every `READ_EVERY` until `stop` resolves.
     pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> Self {
         tokio::pin!(stop);
         let mut ticks = tokio::time::interval(READ_EVERY);
@@ -144,10 +230,103 @@ impl NativeCollector {
                 return;
             }
         }
+        // The samples: the retired table's with the share it was retired with, then (the
+        // last read) the filling one's; otherwise the filling table retires now, its share
+        // settled, for the next read to take.
+        let mut fresh: Vec<(NativeSampleKey, u64, f64)> = Vec::new();
+        if let Some(retired_fraction) = self.samples.retired.take() {
+            let retired = 1 - self.samples.filling;
+            fresh.extend(
+                self.samples
+                    .drain(retired)
+                    .into_iter()
+                    .map(|(key, count)| (key, count, retired_fraction)),
+            );
+        }
+        if last {
+            let filling = self.samples.filling;
+            fresh.extend(
+                self.samples
+                    .drain(filling)
+                    .into_iter()
+                    .map(|(key, count)| (key, count, fraction)),
+            );
+        } else {
+            self.samples.retire_filling(fraction);
+        }
         if let Some(settled) = settled {
             coverage.taken(HIT_NATIVE, settled);
         }
+        self.take_samples(fresh);
         self.export();
+    }
+
+    /// Scale the samples up (the sampling, then the share of the work they saw), by site and
+    /// by stack.
+    fn take_samples(&mut self, fresh: Vec<(NativeSampleKey, u64, f64)>) {
+        if fresh.is_empty() {
+            return;
+        }
+        self.symbols.refresh();
+        let rate = NATIVE_SAMPLE_BYTES as i64;
+        let mut gained: Vec<SiteTotals> = (0..self.sites.len())
+            .map(|_| SiteTotals::default())
+            .collect();
+        let mut by_stack: Vec<(i32, Arc<Symbolized>, f64, f64)> = Vec::new();
+        for (key, count, fraction) in fresh {
+            let Some(gained) = gained.get_mut(key.allocator as usize) else {
+                continue;
+            };
+            let weighted = count as f64 / fraction.clamp(1e-6, 1.0);
+            let stack = self.symbols.symbolize(&self.stacks, key.stack_id);
+            gained.add(&stack.site, None, key.size, weighted, rate);
+            let objects = weighted * scale(key.size, rate);
+            by_stack.push((key.stack_id, stack, objects, objects * key.size as f64));
+        }
+        publish_into(
+            &self.profile,
+            self.started,
+            rate,
+            is_allocator_frame,
+            by_stack,
+        );
+        // The ranking follows the bytes of every allocator's sites together.
+        let mut gained_bytes: BTreeMap<Site, f64> = BTreeMap::new();
+        for totals in &gained {
+            for (site, &(_, bytes)) in &totals.by_site {
+                *gained_bytes.entry(site.clone()).or_default() += bytes;
+            }
+        }
+        let changes = self
+            .ranking
+            .update(&gained_bytes, self.sites_read.elapsed());
+        self.sites_read = std::time::Instant::now();
+        for site in &changes.forgotten {
+            for allocator in &self.plan.allocators {
+                self.metrics
+                    .native_forget_site(allocator.kind.label(), site);
+            }
+        }
+        let other = Site {
+            function: "other".into(),
+            location: String::new(),
+        };
+        for ((totals, allocator), exported) in gained
+            .into_iter()
+            .zip(&self.plan.allocators)
+            .zip(&mut self.sites)
+        {
+            for (site, &(objects, bytes)) in &totals.by_site {
+                let label = if self.ranking.is_named(site) {
+                    site
+                } else {
+                    &other
+                };
+                self.metrics
+                    .native_site_allocated(allocator.kind.label(), label, objects, bytes);
+            }
+            exported.merge(totals);
+        }
     }
 
     fn export(&self) {
@@ -162,15 +341,26 @@ impl NativeCollector {
         }
     }
 
-    /// Each allocator's totals, for the exit summary.
-    pub fn summary(&self) -> Vec<NativeSummary> {
+    /// Each allocator's totals and its `top` sites by bytes, for the exit summary.
+    pub fn summary(&self, top: usize) -> Vec<NativeSummary> {
         self.tallies
             .iter()
             .zip(&self.plan.allocators)
-            .map(|(tally, allocator)| NativeSummary {
-                allocator: allocator.kind.label(),
-                object: allocator.object.clone(),
-                tally: tally.clone(),
+            .zip(&self.sites)
+            .map(|((tally, allocator), sites)| {
+                let mut top_sites: Vec<(Site, f64)> = sites
+                    .by_site
+                    .iter()
+                    .map(|(site, &(_, bytes))| (site.clone(), bytes))
+                    .collect();
+                top_sites.sort_by(|a, b| b.1.total_cmp(&a.1));
+                top_sites.truncate(top);
+                NativeSummary {
+                    allocator: allocator.kind.label(),
+                    object: allocator.object.clone(),
+                    tally: tally.clone(),
+                    top_sites,
+                }
             })
             .collect()
     }

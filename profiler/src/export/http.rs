@@ -24,7 +24,8 @@ use crate::collect::{
 };
 
 const INDEX: &str = "mapscope: Prometheus metrics at /metrics, allocation profile (pprof) at \
-                     /debug/pprof/allocs, the maps with their heatmaps for a person at /maps, \
+                     /debug/pprof/allocs, native (C allocator) allocation profile at \
+                     /debug/pprof/native, the maps with their heatmaps for a person at /maps, \
                      map snapshots at /debug/maps (JSON), /debug/maps/heatmap.svg and \
                      /debug/maps/heatmap.png (?site=PATTERN filters them; ?pid=N picks the \
                      target when there are several; ?addresses=1 shows the maps' addresses in \
@@ -36,6 +37,8 @@ pub struct TargetView {
     /// How the target is named on pages: `PID 123 (checkout, go1.27.3)`.
     pub name: String,
     pub allocs: AllocProfile,
+    /// The sampled native allocations, when its C allocator is probed.
+    pub native: AllocProfile,
     pub maps: MapView,
 }
 
@@ -137,6 +140,7 @@ pub async fn serve(
         .route("/", get(|| async { INDEX }))
         .route("/metrics", get(scrape))
         .route("/debug/pprof/allocs", get(allocs))
+        .route("/debug/pprof/native", get(native))
         .route("/debug/maps", get(maps_json))
         .route("/debug/maps/heatmap.svg", get(maps_svg))
         .route("/debug/maps/heatmap.png", get(maps_png))
@@ -290,7 +294,29 @@ async fn allocs(State(served): State<Served>, Query(query): Query<TargetQuery>) 
         Ok(view) => view,
         Err((status, message)) => return text(status, message),
     };
-    let profile = view.allocs.lock().ok().and_then(|current| {
+    profile_response(
+        &view.allocs,
+        "no allocation profile: sampling is off in this target or nothing was read yet\n",
+    )
+}
+
+/// A target's native (C allocator) allocations sampled since mapscope attached, as a gzipped
+/// pprof profile (`go tool pprof http://ADDR/debug/pprof/native`).
+async fn native(State(served): State<Served>, Query(query): Query<TargetQuery>) -> Response {
+    let view = match served.targets.pick(query.pid) {
+        Ok(view) => view,
+        Err((status, message)) => return text(status, message),
+    };
+    profile_response(
+        &view.native,
+        "no native allocation profile: no C allocator is probed in this target, or nothing was \
+         sampled yet\n",
+    )
+}
+
+/// `profile` gzipped as pprof, or `missing` (404) when there is none.
+fn profile_response(profile: &AllocProfile, missing: &str) -> Response {
+    let profile = profile.lock().ok().and_then(|current| {
         current
             .as_ref()
             .map(|snapshot| snapshot.to_pprof().encode())
@@ -306,11 +332,7 @@ async fn allocs(State(served): State<Served>, Query(query): Query<TargetQuery>) 
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding the profile failed: {error}\n"),
         ),
-        None => text(
-            StatusCode::NOT_FOUND,
-            "no allocation profile: sampling is off in this target or nothing was read yet\n"
-                .to_owned(),
-        ),
+        None => text(StatusCode::NOT_FOUND, missing.to_owned()),
     }
 }
 

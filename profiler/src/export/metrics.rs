@@ -674,6 +674,26 @@ impl TargetMetrics {
         self.metrics.native.set(&self.labels, allocator, estimate);
     }
 
+    /// Native allocations at `site` (`other` for the sites without series of their own).
+    pub fn native_site_allocated(
+        &self,
+        allocator: &str,
+        site: &crate::model::sites::Site,
+        objects: f64,
+        bytes: f64,
+    ) {
+        self.metrics
+            .native
+            .site_allocated(&self.labels, allocator, site, objects, bytes);
+    }
+
+    /// Delete the series of a native site the ranking forgot.
+    pub fn native_forget_site(&self, allocator: &str, site: &crate::model::sites::Site) {
+        self.metrics
+            .native
+            .forget_site(&self.labels, allocator, site);
+    }
+
     /// A governed family's duty cycle (`probe` from `HIT_NAMES`).
     pub fn duty_cycle(&self, probe: &str, duty: f64) {
         self.metrics.overhead.duty_cycle(&self.labels, probe, duty);

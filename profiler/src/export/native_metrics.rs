@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 use super::metrics::{histogram_metric, size_buckets};
+use crate::model::sites::Site;
 
 /// What one allocator of one target did, estimated over the whole watch.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -41,6 +42,21 @@ impl NativeEstimate {
         self.sizes[index] += objects;
     }
 }
+
+/// The site families: bytes and objects by call site, estimated from the samples.
+const SITE_FAMILIES: [(&str, &str); 2] = [
+    (
+        "mapscope_native_alloc_site_bytes_total",
+        "Bytes asked of the C allocator by call site (the direct caller, past C++'s operator \
+         new), estimated from byte-weighted samples (one per 512 KiB on average, scaled as \
+         pprof scales Go's) and mapscope_native_coverage_ratio; the top sites by bytes have \
+         series of their own, the rest are function=\"other\".",
+    ),
+    (
+        "mapscope_native_alloc_site_objects_total",
+        "C allocations by call site, estimated likewise.",
+    ),
+];
 
 const FAMILIES: [(&str, &str, MetricType); 5] = [
     (
@@ -81,7 +97,13 @@ pub struct NativeFamilies {
     descs: Vec<Desc>,
     label_names: Vec<String>,
     estimates: Mutex<BTreeMap<(Vec<String>, String), NativeEstimate>>,
+    site_label_names: Vec<String>,
+    /// (objects, bytes) by target labels, allocator and site.
+    sites: Mutex<SiteSeries>,
 }
+
+/// Estimated (objects, bytes) by (target labels, allocator, site).
+type SiteSeries = BTreeMap<(Vec<String>, String, Site), (f64, f64)>;
 
 impl NativeFamilies {
     pub fn new(target_labels: &[String]) -> Result<Self, prometheus::Error> {
@@ -90,13 +112,24 @@ impl NativeFamilies {
             .cloned()
             .chain(std::iter::once("allocator".to_owned()))
             .collect();
+        let site_label_names: Vec<String> = label_names
+            .iter()
+            .cloned()
+            .chain(["function".to_owned(), "location".to_owned()])
+            .collect();
         let descs = FAMILIES
             .iter()
-            .map(|(name, help, _)| {
+            .map(|(name, help, _)| (name, help, &label_names))
+            .chain(
+                SITE_FAMILIES
+                    .iter()
+                    .map(|(name, help)| (name, help, &site_label_names)),
+            )
+            .map(|(name, help, labels)| {
                 Desc::new(
                     (*name).to_owned(),
                     (*help).to_owned(),
-                    label_names.clone(),
+                    labels.clone(),
                     Default::default(),
                 )
             })
@@ -105,6 +138,8 @@ impl NativeFamilies {
             descs,
             label_names,
             estimates: Mutex::default(),
+            site_label_names,
+            sites: Mutex::default(),
         })
     }
 
@@ -122,9 +157,39 @@ impl NativeFamilies {
             .insert((labels.to_vec(), allocator.to_owned()), estimate);
     }
 
+    fn sites(&self) -> std::sync::MutexGuard<'_, SiteSeries> {
+        self.sites
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The target's allocator `allocator` allocated `objects` more, `bytes` more, at `site`.
+    pub fn site_allocated(
+        &self,
+        labels: &[String],
+        allocator: &str,
+        site: &Site,
+        objects: f64,
+        bytes: f64,
+    ) {
+        let mut sites = self.sites();
+        let entry = sites
+            .entry((labels.to_vec(), allocator.to_owned(), site.clone()))
+            .or_default();
+        entry.0 += objects.max(0.0);
+        entry.1 += bytes.max(0.0);
+    }
+
+    /// Delete the series of a site the ranking forgot.
+    pub fn forget_site(&self, labels: &[String], allocator: &str, site: &Site) {
+        self.sites()
+            .remove(&(labels.to_vec(), allocator.to_owned(), site.clone()));
+    }
+
     /// Remove every series of the target with `labels`.
     pub fn remove(&self, labels: &[String]) {
         self.estimates().retain(|(target, _), _| target != labels);
+        self.sites().retain(|(target, _, _), _| target != labels);
     }
 }
 
@@ -161,6 +226,43 @@ impl Collector for NativeFamilies {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.collect_totals();
+        let sites = self.sites();
+        if sites.is_empty() {
+            return families;
+        }
+        for (index, (name, help)) in SITE_FAMILIES.iter().enumerate() {
+            let mut family = MetricFamily::default();
+            family.set_name((*name).to_owned());
+            family.set_help((*help).to_owned());
+            family.set_field_type(MetricType::COUNTER);
+            for ((target, allocator, site), &(objects, bytes)) in sites.iter() {
+                let values: Vec<String> = target
+                    .iter()
+                    .cloned()
+                    .chain([
+                        allocator.clone(),
+                        site.function.clone(),
+                        site.location.clone(),
+                    ])
+                    .collect();
+                let value = if index == 0 { bytes } else { objects };
+                family.mut_metric().push(scalar_metric(
+                    &self.site_label_names,
+                    &values,
+                    MetricType::COUNTER,
+                    value,
+                ));
+            }
+            families.push(family);
+        }
+        families
+    }
+}
+
+impl NativeFamilies {
+    /// The totals' families, from the latest estimates.
+    fn collect_totals(&self) -> Vec<MetricFamily> {
         let estimates = self.estimates();
         if estimates.is_empty() {
             return Vec::new();

@@ -221,9 +221,14 @@ fn allocations(out: &mut String, seen: &Seen<'_>) {
             "estimated from the runtime's samples, as pprof does"
         }
     );
-    for (site, site_bytes) in &allocs.top_sites {
-        let share = if allocs.bytes > 0.0 {
-            100.0 * site_bytes / allocs.bytes
+    top_sites(out, &allocs.top_sites, allocs.bytes);
+}
+
+/// The `sites` allocating most, each with its share of `total` bytes.
+fn top_sites(out: &mut String, sites: &[(crate::model::sites::Site, f64)], total: f64) {
+    for (site, site_bytes) in sites {
+        let share = if total > 0.0 {
+            100.0 * site_bytes / total
         } else {
             0.0
         };
@@ -264,6 +269,9 @@ fn native(out: &mut String, seen: &Seen<'_>) {
             bytes(estimate.bytes / seconds),
             count(estimate.frees),
         );
+        // The sites' shares are of what their samples stand for, which is what they sum to.
+        let sampled: f64 = summary.top_sites.iter().map(|(_, bytes)| bytes).sum();
+        top_sites(out, &summary.top_sites, estimate.bytes.max(sampled));
     }
 }
 
@@ -567,6 +575,13 @@ mod tests {
             allocator: "jemalloc",
             object: "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2".into(),
             tally,
+            top_sites: vec![(
+                crate::model::sites::Site {
+                    function: "parse_request".into(),
+                    location: "server.c:42".into(),
+                },
+                4.5 * 1024.0 * 1024.0,
+            )],
         }];
         let text = render(&Seen {
             pid: 9,
@@ -594,6 +609,10 @@ mod tests {
                  in 18k objects, 3MiB/s, 17k frees (counted in 25% of the work and scaled up, \
                  within --max-overhead)"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("     50.0%      4.5MiB  parse_request (server.c:42)"),
             "{text}"
         );
         assert!(!text.contains("GC") && !text.contains("pprof"), "{text}");

@@ -7,6 +7,7 @@
 //! (`je_`, `_rjem_`, `mi_`) serve the code that calls them by name and are found beside it.
 pub mod allocator;
 pub mod probes;
+pub mod symbols;
 pub mod tails;
 
 use std::{

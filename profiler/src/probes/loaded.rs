@@ -19,6 +19,7 @@ use thiserror::Error;
 use profiler_common::{
     alloc::{ALLOC_SAMPLE_TABLES, AllocKey},
     maps::{MapOpKey, MapSiteKey, TrackedMap},
+    native::{NATIVE_SAMPLE_TABLES, NativeSampleKey},
 };
 
 use super::stw::ProbePoint;
@@ -65,6 +66,18 @@ pub struct AllocMaps {
     /// A handle on the probe hit counters (`PROBE_HITS`): when its family's did not move,
     /// none of the above did either.
     pub hits: PerCpuArray<MapData, u64>,
+}
+
+/// Kernel maps of the native allocation probes.
+pub struct NativeMaps {
+    /// Per-CPU counts by allocator (`native_counter`).
+    pub counts: PerCpuArray<MapData, u64>,
+    /// The code of the dedicated allocator libraries, filled again once they are mapped.
+    pub own_code: aya::maps::Array<MapData, [u64; 2]>,
+    /// The two sample tables, and the switch that says which one the probes fill.
+    pub samples: [HashMap<MapData, NativeSampleKey, u64>; 2],
+    pub filling: aya::maps::Array<MapData, u32>,
+    pub stacks: crate::collect::stacks::StackTable,
 }
 
 /// Kernel maps of the Go-map tracker.
@@ -275,16 +288,16 @@ impl AttachedProbes {
         })
     }
 
-    /// The table of the dedicated allocator libraries' code (`NATIVE_OWN_CODE`).
-    pub fn take_native_own_code(
-        &mut self,
-    ) -> Result<aya::maps::Array<MapData, [u64; 2]>, LoadError> {
-        self.take("NATIVE_OWN_CODE")
-    }
-
-    /// The native allocation counters (`NATIVE_COUNTS`).
-    pub fn take_native_counts(&mut self) -> Result<PerCpuArray<MapData, u64>, LoadError> {
-        self.take("NATIVE_COUNTS")
+    /// The native allocation collector's maps.
+    pub fn take_native_maps(&mut self) -> Result<NativeMaps, LoadError> {
+        let [first, second] = NATIVE_SAMPLE_TABLES;
+        Ok(NativeMaps {
+            counts: self.take("NATIVE_COUNTS")?,
+            own_code: self.take("NATIVE_OWN_CODE")?,
+            samples: [self.take(first)?, self.take(second)?],
+            filling: self.take("NATIVE_SAMPLES_FILLING")?,
+            stacks: self.take("NATIVE_STACKS")?,
+        })
     }
 
     pub fn take_map_maps(&mut self) -> Result<MapMaps, LoadError> {
@@ -334,7 +347,15 @@ const FAMILY_TABLES: [(&[u32], &[&str]); 7] = {
             &[HIT_MAP_EVENT, HIT_MAP_CREATE, HIT_MAP_ACCESS],
             &["TRACKED_MAPS", "MAP_SITE_EVENTS", "MAP_STACKS"],
         ),
-        (&[HIT_NATIVE], &["NATIVE_LAST_CALL"]),
+        (
+            &[HIT_NATIVE],
+            &[
+                "NATIVE_LAST_CALL",
+                NATIVE_SAMPLE_TABLES[0],
+                NATIVE_SAMPLE_TABLES[1],
+                "NATIVE_STACKS",
+            ],
+        ),
     ]
 };
 

@@ -1,0 +1,91 @@
+// A C program whose functions allocate in known proportions, through several entry points,
+// from two threads, when told to ("go N" on standard input: N rounds), and report what each
+// asked for: the oracle for mapscope's native allocation sites. Built with and without frame
+// pointers: the site is the direct caller either way.
+//
+// Protocol, one line each: -> "ready"; <- "go N"; -> {"big_bytes": B, "medium_bytes": M,
+// "small_bytes": S, "objects": O, "bytes": T}; <- EOF: exit 0.
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct counts {
+    unsigned long big, medium, small, objects;
+};
+
+static struct counts counts[2];
+static int rounds;
+static pthread_barrier_t start, done;
+
+// 8 of every 17 bytes: 4, 8 and 12 KiB blocks from malloc.
+__attribute__((noinline)) static void big_allocs(struct counts *c, int i) {
+    size_t n = 4096 + (size_t)(i % 3) * 4096;
+    void *p = malloc(n);
+    c->big += n, c->objects++;
+    __asm__ volatile("" : : "r"(p) : "memory");
+    free(p);
+}
+
+// 6 of 17: calloc of 3 × 1, 2 and 3 KiB.
+__attribute__((noinline)) static void medium_allocs(struct counts *c, int i) {
+    size_t n = 1024 + (size_t)(i % 3) * 1024;
+    void *p = calloc(3, n);
+    c->medium += 3 * n, c->objects++;
+    __asm__ volatile("" : : "r"(p) : "memory");
+    free(p);
+}
+
+// 3 of 17: 0.5, 1 and 1.5 KiB allocated by realloc(NULL, n), then grown to twice that.
+__attribute__((noinline)) static void small_allocs(struct counts *c, int i) {
+    size_t n = 512 + (size_t)(i % 3) * 512;
+    void *p = realloc(NULL, n);
+    p = realloc(p, 2 * n);
+    c->small += 3 * n, c->objects += 2;
+    __asm__ volatile("" : : "r"(p) : "memory");
+    free(p);
+}
+
+static void work(struct counts *c) {
+    for (int i = 0; i < rounds; i++) {
+        big_allocs(c, i);
+        medium_allocs(c, i);
+        small_allocs(c, i);
+    }
+}
+
+static void *second(void *unused) {
+    (void)unused;
+    for (;;) {
+        pthread_barrier_wait(&start);
+        work(&counts[1]);
+        pthread_barrier_wait(&done);
+    }
+    return NULL;
+}
+
+int main(void) {
+    char line[64];
+    pthread_t other;
+    pthread_barrier_init(&start, NULL, 2);
+    pthread_barrier_init(&done, NULL, 2);
+    pthread_create(&other, NULL, second, NULL);
+    puts("ready");
+    fflush(stdout);
+    while (fgets(line, sizeof line, stdin)) {
+        if (sscanf(line, "go %d", &rounds) != 1) continue;
+        memset(counts, 0, sizeof counts);
+        pthread_barrier_wait(&start);
+        work(&counts[0]);
+        pthread_barrier_wait(&done);
+        unsigned long big = counts[0].big + counts[1].big;
+        unsigned long medium = counts[0].medium + counts[1].medium;
+        unsigned long small = counts[0].small + counts[1].small;
+        printf("{\"big_bytes\":%lu,\"medium_bytes\":%lu,\"small_bytes\":%lu,\"objects\":%lu,"
+               "\"bytes\":%lu}\n",
+               big, medium, small, counts[0].objects + counts[1].objects, big + medium + small);
+        fflush(stdout);
+    }
+    return 0;
+}
