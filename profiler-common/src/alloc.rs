@@ -70,13 +70,14 @@ pub fn exponential_distance(random: u32, mean: u64) -> u64 {
         random << (31 - whole)
     };
     let mut fraction = 0u64;
+    // Without a branch: one in each of the 16 steps gave the verifier 2^16 paths to walk,
+    // past its limit once the native program's other paths were added.
     for _ in 0..16 {
         mantissa = (mantissa * mantissa) >> 31;
-        fraction <<= 1;
-        if mantissa >= 1 << 32 {
-            mantissa >>= 1;
-            fraction |= 1;
-        }
+        // 1 when the square reached 2 (mantissa < 2^33 here).
+        let carry = mantissa >> 32;
+        mantissa >>= carry;
+        fraction = (fraction << 1) | carry;
     }
     // -log2(random / 2^32) in 16.16, 0..=32.
     let minus_log2 = (32 << 16) - ((whole << 16) | fraction);

@@ -10,6 +10,10 @@ pub const ROLE_FREES: u8 = 2;
 /// block (mimalloc) rather than freeing `p` and returning NULL (glibc, jemalloc, tcmalloc).
 pub const ZERO_SIZE_ALLOCATES: u8 = 0x80;
 
+/// Set in `CallShape::role`: the call hands its block back through the pointer in its first
+/// argument, not as its return value (`posix_memalign`).
+pub const RETURNS_THROUGH_ARG0: u8 = 0x40;
+
 /// An argument a call does not have (`CallShape`'s argument indexes).
 pub const NO_ARG: u8 = 0xff;
 
@@ -132,6 +136,36 @@ pub const NATIVE_SAMPLE_TABLES: [&str; 2] = ["NATIVE_SAMPLES_0", "NATIVE_SAMPLES
 /// Distinct native allocation stacks kept (`NATIVE_STACKS`).
 pub const MAX_NATIVE_STACKS: u32 = 4096;
 
+/// A sampled allocation whose block is not known yet (`--native-inuse`): the allocator returns
+/// it. Kept per thread from the entry to the return of that call (the return tells it by its
+/// stack pointer, one word above the entry's: the return address popped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingSample {
+    pub sp: u64,
+    pub stack_id: i32,
+    pub allocator: u32,
+    pub size: u64,
+    /// Where the call writes the block's address (`posix_memalign`'s first argument); 0: it
+    /// returns it.
+    pub out: u64,
+}
+
+/// A sampled allocation still live (`NATIVE_LIVE`, by its block's address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveSample {
+    pub stack_id: i32,
+    pub allocator: u32,
+    pub size: u64,
+    /// When it was allocated (kernel monotonic ns).
+    pub at_ns: u64,
+}
+
+/// Sampled allocations tracked live at once (`--native-inuse`): at one per 512 KiB on average,
+/// 65,536 of them stand for 32 GiB of live heap.
+pub const MAX_NATIVE_LIVE: u32 = 65_536;
+
 /// Code ranges (`[start, end)`, in the target's address space) of allocator libraries that
 /// allocate only for the program's calls into them (jemalloc, tcmalloc, mimalloc; not the C
 /// library, whose `strdup` or `fopen` allocate for the program): a call into an entry point
@@ -186,6 +220,8 @@ mod user {
     // SAFETY: #[repr(C)], Copy, integers only, no padding (16 bytes of i32, u32, u64): every
     // byte pattern is valid.
     unsafe impl aya::Pod for super::NativeSampleKey {}
+    // SAFETY: as above: #[repr(C)], Copy, integers only, no padding.
+    unsafe impl aya::Pod for super::LiveSample {}
 }
 
 #[cfg(test)]

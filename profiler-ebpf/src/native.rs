@@ -11,19 +11,20 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_get_attach_cookie,
     },
-    macros::{map, uprobe},
+    macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray},
-    programs::ProbeContext,
+    programs::{ProbeContext, RetProbeContext},
 };
 use profiler_common::{
     alloc::exponential_distance,
     counters,
     native::{
-        CallShape, LastCall, MAX_ALLOCATORS, MAX_ARGS, MAX_ENTRY_POINTS, MAX_NATIVE_SAMPLE_KEYS,
-        MAX_NATIVE_STACKS, MAX_NATIVE_THREADS, MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES,
-        NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SAMPLE_BYTES, NATIVE_SLOTS,
-        NativeSampleKey, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
-        is_allocators_own, native_counter, native_size_slot,
+        CallShape, LastCall, LiveSample, MAX_ALLOCATORS, MAX_ARGS, MAX_ENTRY_POINTS,
+        MAX_NATIVE_LIVE, MAX_NATIVE_SAMPLE_KEYS, MAX_NATIVE_STACKS, MAX_NATIVE_THREADS,
+        MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS,
+        NATIVE_SAMPLE_BYTES, NATIVE_SLOTS, NativeSampleKey, PendingSample, RETURNS_THROUGH_ARG0,
+        ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES, is_allocators_own,
+        native_counter, native_size_slot,
     },
 };
 
@@ -50,10 +51,76 @@ static NATIVE_SAMPLES_FILLING: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static NATIVE_STACKS: HashMap<u32, UserStack> = HashMap::with_max_entries(MAX_NATIVE_STACKS, 0);
 
-/// Count `size` bytes against this CPU's distance to the next sample; when reached, take the
-/// stack (the direct caller `ret` as its second frame) and count the sample.
+/// Whether sampled allocations are tracked until freed (`--native-inuse`; set by userspace).
+#[map]
+static NATIVE_INUSE_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+/// By thread: the sampled allocation whose call has not returned yet.
+#[map]
+static NATIVE_PENDING: HashMap<u32, PendingSample> =
+    HashMap::with_max_entries(MAX_NATIVE_THREADS, 0);
+
+/// Sampled allocations still live, by block address.
+#[map]
+static NATIVE_LIVE: HashMap<u64, LiveSample> = HashMap::with_max_entries(MAX_NATIVE_LIVE, 0);
+
 #[inline(always)]
-fn sample(ctx: &ProbeContext, allocator: u8, size: u64, ret: u64) {
+fn tracking_live() -> bool {
+    NATIVE_INUSE_ON.get(0) == Some(&1)
+}
+
+/// A call's return (`--native-inuse`, on the entry points that allocate): the block of the
+/// thread's pending sample, if this is that call's return, goes live. (A return probe is safe
+/// on C code, whose stacks do not move, as Go's do.)
+#[uretprobe]
+pub fn native_return(ctx: RetProbeContext) -> u32 {
+    // Counted as the family's hits (each is a trap too); the family is never held while
+    // tracking.
+    if !hit_governed(counters::HIT_NATIVE) {
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied before the entry is removed.
+    let Some(pending) = (unsafe { NATIVE_PENDING.get(&tid) }).copied() else {
+        return 0;
+    };
+    // SAFETY: `regs` is the kernel's pt_regs for this probe hit, valid for the whole program.
+    let regs = unsafe { &*ctx.regs };
+    // A nested call's return (the allocator calling itself) leaves the stack deeper.
+    if regs.rsp != pending.sp + 8 {
+        return 0;
+    }
+    let _ = NATIVE_PENDING.remove(&tid);
+    let block = if pending.out == 0 {
+        regs.rax
+    } else if regs.rax == 0 {
+        // posix_memalign succeeded: the block is where its first argument points.
+        // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly.
+        unsafe { bpf_probe_read_user(pending.out as *const u64) }.unwrap_or(0)
+    } else {
+        0
+    };
+    if block == 0 {
+        return 0;
+    }
+    let live = LiveSample {
+        stack_id: pending.stack_id,
+        allocator: pending.allocator,
+        size: pending.size,
+        // SAFETY: reads the monotonic clock; no memory is touched.
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if NATIVE_LIVE.insert(&block, &live, 0).is_err() {
+        crate::counters::bump(counters::ALLOC_TABLE_FULL);
+    }
+    0
+}
+
+/// Count `size` bytes against this CPU's distance to the next sample; when reached, take the
+/// stack (the direct caller `ret` as its second frame) and count the sample; with
+/// `--native-inuse`, wait for its block (`native_return`).
+#[inline(always)]
+fn sample(ctx: &ProbeContext, allocator: u8, size: u64, ret: u64, sp: u64, out: u64) {
     let Some(left) = NATIVE_SAMPLE_LEFT.get_ptr_mut(0) else {
         return;
     };
@@ -72,6 +139,16 @@ fn sample(ctx: &ProbeContext, allocator: u8, size: u64, ret: u64) {
         allocator: u32::from(allocator),
         size,
     };
+    if tracking_live() {
+        let pending = PendingSample {
+            sp,
+            stack_id: key.stack_id,
+            allocator: key.allocator,
+            size,
+            out,
+        };
+        let _ = NATIVE_PENDING.insert(&(bpf_get_current_pid_tgid() as u32), &pending, 0);
+    }
     // Two calls, not one on a table chosen at run time: the verifier wants one map per call.
     if NATIVE_SAMPLES_FILLING.get(0) == Some(&1) {
         add_at(&NATIVE_SAMPLES_1, &key, 1, counters::ALLOC_TABLE_FULL);
@@ -198,8 +275,18 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
     };
     let pointer = arg(&args, shape.pointer_arg);
     let zero_size_allocates = shape.role & ZERO_SIZE_ALLOCATES != 0;
+    let role = shape.role & !(ZERO_SIZE_ALLOCATES | RETURNS_THROUGH_ARG0);
+    let out = if shape.role & RETURNS_THROUGH_ARG0 != 0 {
+        args[0]
+    } else {
+        0
+    };
+    // A block freed or moved is no longer live.
+    if pointer != 0 && role != ROLE_ALLOCATES && tracking_live() {
+        let _ = NATIVE_LIVE.remove(&pointer);
+    }
     // The size of the block this call allocates, if it allocates one.
-    let allocates = match shape.role & !ZERO_SIZE_ALLOCATES {
+    let allocates = match role {
         ROLE_ALLOCATES => Some(size),
         ROLE_REALLOCATES => match (pointer, size) {
             // realloc(NULL, n) allocates.
@@ -228,7 +315,7 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
     // large for the verifier.
     if let Some(size) = allocates {
         allocation(shape.allocator, size);
-        sample(&ctx, shape.allocator, size, ret);
+        sample(&ctx, shape.allocator, size, ret, sp, out);
     }
     let call = LastCall {
         sp,

@@ -81,6 +81,9 @@ pub struct Options {
     pub alloc_sites_half_life: Duration,
     /// Count every allocation (a uprobe on each: very costly).
     pub alloc_exact: bool,
+    /// Track sampled native allocations until freed (`--native-inuse`: the native probes on all
+    /// the time, and return probes).
+    pub native_inuse: bool,
     /// The most mapscope may cost the target (share of its CPU time); 0 for no governor.
     pub max_overhead: f64,
     /// Measure the stopping part of each pause (a probe hit inside every pause).
@@ -281,7 +284,12 @@ pub fn understand_with(
     let native = match native::for_process(process.pid, go.as_ref().map(|go| go.binary.data())) {
         Ok(allocators) => {
             // Library objects are numbered after the executable (`ProbePoint::object`).
-            Some(NativePlan::new(process.pid, &allocators, 1))
+            Some(NativePlan::new(
+                process.pid,
+                &allocators,
+                1,
+                options.native_inuse,
+            ))
         }
         Err(_) if !process.is_alive() => {
             return Err(UserError::new(
@@ -615,6 +623,7 @@ fn denied(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The probe families the overhead governor may take off part of the time: those whose hits
 /// follow the target's activity without a bound (see `model::governor`).
+/// (`HIT_NATIVE` last: `--native-inuse` leaves it out.)
 const GOVERNED_FAMILIES: [u32; 4] = [
     profiler_common::counters::HIT_ALLOC,
     profiler_common::counters::HIT_ALLOC_COUNT,
@@ -625,9 +634,27 @@ const GOVERNED_FAMILIES: [u32; 4] = [
 pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached> {
     let pid = target.process.pid;
     // Without a Go runtime, no family fills the sampler's tables: `load` shrinks them.
-    let small_tables = match target.go.as_mut() {
+    let mut small_tables = match target.go.as_mut() {
         Some(go) => go.choose_allocation_probes(pid, options),
         None => Vec::new(),
+    };
+    let tracking_live = options.native_inuse && target.native.is_some();
+    if tracking_live {
+        tracing::warn!(
+            "PID {pid}: --native-inuse keeps the native allocation probes on all the time, with \
+             a return probe on each allocating call: each call into the C allocator costs a \
+             microsecond or two (mapscope_probe_overhead_ratio{{probe=\"native\"}} says how \
+             much), and --max-overhead does not hold them"
+        );
+    } else {
+        // The live-heap tables stay empty.
+        small_tables.extend(["NATIVE_PENDING", "NATIVE_LIVE"]);
+    }
+    let governed: &[u32] = match (options.max_overhead > 0.0, tracking_live) {
+        (false, _) => &[],
+        // Every free must be seen for a tracked block not to stay live for ever.
+        (true, true) => &GOVERNED_FAMILIES[..3],
+        (true, false) => &GOVERNED_FAMILIES,
     };
     let process = &target.process;
     let windowed = target
@@ -641,11 +668,7 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
         target.native.as_ref(),
         &target.points(),
         &windowed,
-        if options.max_overhead > 0.0 {
-            &GOVERNED_FAMILIES
-        } else {
-            &[]
-        },
+        governed,
         &small_tables,
     ) {
         Ok(probes) => Ok(Attached { target, probes }),

@@ -556,6 +556,7 @@ struct SiteBytes {
     medium_bytes: u64,
     small_bytes: u64,
     bytes: u64,
+    leaked_bytes: u64,
 }
 
 /// The sites.c fixture, ready for commands.
@@ -585,8 +586,13 @@ impl Sites {
     }
 
     fn run(&mut self, rounds: u32) -> SiteBytes {
+        self.command(&format!("go {rounds}"))
+    }
+
+    /// Send `command` and read its one-line JSON answer.
+    fn command<T: serde::de::DeserializeOwned>(&mut self, command: &str) -> T {
         use std::io::Write as _;
-        writeln!(self.stdin, "go {rounds}").unwrap();
+        writeln!(self.stdin, "{command}").unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         serde_json::from_str(line.trim()).unwrap()
@@ -727,6 +733,114 @@ fn sampled_sites_split_the_bytes_as_the_program_did() {
             "{name}: deeper frames only through frame pointers: {traces}"
         );
     }
+}
+
+/// mapscope's live bytes, objects and age at `function`'s sites, summed (age: the largest).
+fn live_at(metrics: &common::Metrics, pid: u32, function: &str) -> (f64, f64, f64) {
+    let ours = |labels: &std::collections::BTreeMap<String, String>| {
+        labels.get("pid") == Some(&pid.to_string())
+            && labels.get("function").map(String::as_str) == Some(function)
+    };
+    let age = metrics
+        .0
+        .iter()
+        .filter(|sample| sample.name == "mapscope_native_inuse_age_seconds" && ours(&sample.labels))
+        .map(|sample| sample.value)
+        .fold(0.0, f64::max);
+    (
+        metrics.sum("mapscope_native_inuse_bytes", ours),
+        metrics.sum("mapscope_native_inuse_objects", ours),
+        age,
+    )
+}
+
+/// `--native-inuse` tracks the sampled allocations until freed: `sites.c` leaks a known number
+/// of bytes at one function while three others allocate and free seven times as much. The live
+/// bytes at the leaking site must equal the leak within four standard deviations of the
+/// sampling (one sample per 512 KiB), those at the others must be none, the live bytes grow old,
+/// and once the program frees its leak nothing is live. The pprof profile shows the leak as
+/// inuse_space.
+#[test]
+#[ignore = "needs root, gcc and Go toolchains: run `cargo xtask test`"]
+fn the_live_heap_shows_the_leak_and_only_the_leak() {
+    let binary = common::build_c(
+        "sites.c",
+        "sites-leak",
+        &["-O1", "-g", "-fno-builtin", "-pthread"],
+    );
+    let mut sites = Sites::start(&binary);
+    let pid = sites.guard.0.id();
+    let mapscope = Mapscope::attach_with(pid, &["--native-inuse"]);
+    mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+        metrics.has("mapscope_native_alloc_objects_total")
+    });
+    let asked: SiteBytes = sites.command("leak 60000");
+    let leaked = asked.leaked_bytes as f64;
+    let metrics = mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+        live_at(metrics, pid, "leaky_allocs").0 > 0.0
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let metrics = {
+        let later = mapscope.scrape();
+        assert!(
+            later.has("mapscope_native_inuse_bytes"),
+            "no live heap series"
+        );
+        let _ = metrics;
+        later
+    };
+    let (bytes, objects, age) = live_at(&metrics, pid, "leaky_allocs");
+    let bound = 4.0 / (leaked / 524_288.0).sqrt();
+    let error = bytes / leaked - 1.0;
+    println!(
+        "leaked {leaked}; mapscope: {bytes:.0} live bytes in {objects:.0} objects, {age:.1} s \
+         old ({:+.1}%, bound {:.1}%)",
+        error * 100.0,
+        bound * 100.0
+    );
+    assert!(
+        error.abs() < bound,
+        "live {bytes:.0} against a leak of {leaked}"
+    );
+    assert!(age > 0.5, "the leak's age: {age}");
+    for churn in ["big_allocs", "medium_allocs", "small_allocs"] {
+        assert_eq!(
+            live_at(&metrics, pid, churn).0,
+            0.0,
+            "{churn} freed all it allocated"
+        );
+    }
+    let profile = std::env::temp_dir().join(format!("mapscope-inuse-{pid}.pb.gz"));
+    std::fs::write(
+        &profile,
+        common::http_get_bytes(mapscope.address, "/debug/pprof/native"),
+    )
+    .unwrap();
+    let top = common::go_tool(
+        NEWEST_GO,
+        &[
+            "pprof",
+            "-top",
+            "-sample_index=inuse_space",
+            profile.to_str().unwrap(),
+        ],
+    );
+    let first = top
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(first.ends_with("leaky_allocs"), "{top}");
+    // The program frees its leak: nothing is live any more.
+    let _: serde_json::Value = sites.command("free");
+    let metrics = mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+        live_at(metrics, pid, "leaky_allocs").0 == 0.0
+    });
+    assert_eq!(
+        live_at(&metrics, pid, "leaky_allocs").0,
+        0.0,
+        "freed, yet live"
+    );
 }
 
 /// `mapscope profile native` writes the same kind of profile from a running process.

@@ -4,7 +4,9 @@
 // pointers: the site is the direct caller either way.
 //
 // Protocol, one line each: -> "ready"; <- "go N"; -> {"big_bytes": B, "medium_bytes": M,
-// "small_bytes": S, "objects": O, "bytes": T}; <- EOF: exit 0.
+// "small_bytes": S, "objects": O, "bytes": T, "leaked_bytes": L}; <- EOF: exit 0. "leak N" is
+// "go N" with a fourth function that keeps what it allocates (2 to 6 KiB a round, from the
+// first thread): the leak, reported as leaked_bytes; "free" frees it all (-> {"freed": L}).
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -16,7 +18,21 @@ struct counts {
 };
 
 static struct counts counts[2];
-static int rounds;
+static int rounds, leaking;
+
+// What leaky_allocs kept, freed by "free".
+#define MAX_KEPT 200000
+static void *kept[MAX_KEPT];
+static int kept_count;
+static unsigned long leaked;
+
+// Keeps its blocks: 2, 4 and 6 KiB from malloc.
+__attribute__((noinline)) static void leaky_allocs(int i) {
+    if (kept_count == MAX_KEPT) return;
+    size_t n = 2048 + (size_t)(i % 3) * 2048;
+    kept[kept_count++] = malloc(n);
+    leaked += n;
+}
 static pthread_barrier_t start, done;
 
 // 8 of every 17 bytes: 4, 8 and 12 KiB blocks from malloc.
@@ -52,6 +68,7 @@ static void work(struct counts *c) {
         big_allocs(c, i);
         medium_allocs(c, i);
         small_allocs(c, i);
+        if (leaking && c == &counts[0]) leaky_allocs(i);
     }
 }
 
@@ -74,7 +91,21 @@ int main(void) {
     puts("ready");
     fflush(stdout);
     while (fgets(line, sizeof line, stdin)) {
-        if (sscanf(line, "go %d", &rounds) != 1) continue;
+        if (strncmp(line, "free", 4) == 0) {
+            for (int i = 0; i < kept_count; i++) free(kept[i]);
+            printf("{\"freed\":%lu}\n", leaked);
+            fflush(stdout);
+            kept_count = 0, leaked = 0;
+            continue;
+        }
+        if (sscanf(line, "go %d", &rounds) == 1) {
+            leaking = 0;
+        } else if (sscanf(line, "leak %d", &rounds) == 1) {
+            leaking = 1;
+        } else {
+            continue;
+        }
+        unsigned long leaked_before = leaked;
         memset(counts, 0, sizeof counts);
         pthread_barrier_wait(&start);
         work(&counts[0]);
@@ -83,8 +114,9 @@ int main(void) {
         unsigned long medium = counts[0].medium + counts[1].medium;
         unsigned long small = counts[0].small + counts[1].small;
         printf("{\"big_bytes\":%lu,\"medium_bytes\":%lu,\"small_bytes\":%lu,\"objects\":%lu,"
-               "\"bytes\":%lu}\n",
-               big, medium, small, counts[0].objects + counts[1].objects, big + medium + small);
+               "\"bytes\":%lu,\"leaked_bytes\":%lu}\n",
+               big, medium, small, counts[0].objects + counts[1].objects, big + medium + small,
+               leaked - leaked_before);
         fflush(stdout);
     }
     return 0;

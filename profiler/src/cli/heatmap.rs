@@ -162,6 +162,7 @@ pub async fn run(args: HeatmapArgs) -> anyhow::Result<()> {
         alloc_top_sites: 20,
         alloc_sites_half_life: std::time::Duration::from_secs(60),
         alloc_exact: false,
+        native_inuse: false,
         // A short run the user asked for: every probe stays on.
         max_overhead: 0.0,
         stw_stopping: false,

@@ -111,6 +111,13 @@ pub struct ExportArgs {
     #[arg(long)]
     pub alloc_exact: bool,
 
+    /// Track the C allocator's sampled allocations until they are freed: the live heap by
+    /// call site and the age of what is still live (mapscope_native_inuse_*), where memory
+    /// leaks. COSTLY: the native probes stay on all the time (not held within
+    /// --max-overhead), with a return probe on each allocating call too.
+    #[arg(long)]
+    pub native_inuse: bool,
+
     /// The most mapscope may cost each target, as a share of the target's own CPU time (0.01:
     /// 1%). The probe families that can fire often (sampled allocations, map growth, allocation
     /// counting) are then attached only part of the time, and what they feed is scaled up
@@ -155,6 +162,7 @@ impl ExportArgs {
             alloc_top_sites: self.alloc_top_sites,
             alloc_sites_half_life: self.alloc_sites_half_life,
             alloc_exact: self.alloc_exact,
+            native_inuse: self.native_inuse,
             max_overhead: self.max_overhead,
             stw_stopping: self.stw_stopping,
             maps: self.maps.options(),

@@ -68,6 +68,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         alloc_top_sites: 20,
         alloc_sites_half_life: std::time::Duration::from_secs(60),
         alloc_exact: false,
+        native_inuse: false,
         // A short run the user asked for: every probe stays on...
         max_overhead: 0.0,
         stw_stopping: false,
@@ -172,6 +173,7 @@ async fn native(args: AllocArgs) -> anyhow::Result<()> {
         alloc_top_sites: 20,
         alloc_sites_half_life: Duration::from_secs(60),
         alloc_exact: false,
+        native_inuse: false,
         max_overhead: super::DEFAULT_MAX_OVERHEAD,
         stw_stopping: false,
         maps: None,

@@ -52,6 +52,17 @@ pub struct AllocSnapshot {
     /// Whether a function is the allocator's, whose frames at the leaf of a stack the profile
     /// leaves out (Go's runtime; a C allocator and C++'s operator new).
     allocator: fn(&str) -> bool,
+    /// What is live now, by stack, where it is tracked (`--native-inuse`): (objects, bytes).
+    inuse: Option<Vec<(Arc<Symbolized>, f64, f64)>>,
+}
+
+/// Set what is live now in `profile` (`--native-inuse`), by stack: (objects, bytes).
+pub fn publish_inuse(profile: &AllocProfile, live: Vec<(Arc<Symbolized>, f64, f64)>) {
+    if let Ok(mut current) = profile.lock()
+        && let Some(snapshot) = current.as_mut()
+    {
+        snapshot.inuse = Some(live);
+    }
 }
 
 /// Add `gained` (stack id, stack, objects, bytes) to `profile`, sampled at `rate` since
@@ -72,6 +83,7 @@ pub fn publish_into(
         started,
         taken: std::time::Instant::now(),
         allocator,
+        inuse: None,
     });
     snapshot.rate = rate;
     snapshot.taken = std::time::Instant::now();
@@ -86,20 +98,54 @@ pub fn publish_into(
 }
 
 impl AllocSnapshot {
-    /// The allocations as a pprof profile typed like Go's own (alloc_objects, alloc_space).
+    /// The allocations as a pprof profile typed like Go's own (alloc_objects, alloc_space,
+    /// and where what is live is tracked inuse_objects and inuse_space, shown by default).
     pub fn to_pprof(&self) -> pprof::Profile {
-        let samples = self
+        let tracked = self.inuse.is_some();
+        let values = |objects: f64, bytes: f64, live: bool| {
+            let (objects, bytes) = (objects.round() as i64, bytes.round() as i64);
+            match (tracked, live) {
+                (false, _) => vec![objects, bytes],
+                (true, false) => vec![objects, bytes, 0, 0],
+                (true, true) => vec![0, 0, objects, bytes],
+            }
+        };
+        let allocated = self
             .by_stack
             .values()
             .map(|(stack, objects, bytes)| pprof::Sample {
                 stack: without_allocator(&stack.frames, self.allocator),
-                values: vec![objects.round() as i64, bytes.round() as i64],
-            })
-            .collect();
+                values: values(*objects, *bytes, false),
+            });
+        let live = self
+            .inuse
+            .iter()
+            .flatten()
+            .map(|(stack, objects, bytes)| pprof::Sample {
+                stack: without_allocator(&stack.frames, self.allocator),
+                values: values(*objects, *bytes, true),
+            });
+        let samples = allocated.chain(live).collect();
+        let (sample_types, default_sample_type) = if tracked {
+            (
+                vec![
+                    ("alloc_objects", "count"),
+                    ("alloc_space", "bytes"),
+                    ("inuse_objects", "count"),
+                    ("inuse_space", "bytes"),
+                ],
+                "inuse_space",
+            )
+        } else {
+            (
+                vec![("alloc_objects", "count"), ("alloc_space", "bytes")],
+                "alloc_space",
+            )
+        };
         let (wall, monotonic) = self.started;
         pprof::Profile {
-            sample_types: vec![("alloc_objects", "count"), ("alloc_space", "bytes")],
-            default_sample_type: "alloc_space",
+            sample_types,
+            default_sample_type,
             period_type: ("space", "bytes"),
             period: self.rate,
             time_nanos: wall

@@ -963,7 +963,7 @@ enum Counting {
 }
 
 /// The kernel's monotonic clock, which the programs read (`bpf_ktime_get_ns`), in ns.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

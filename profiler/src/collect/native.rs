@@ -8,11 +8,11 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use profiler_common::{
     counters::HIT_NATIVE,
-    native::{NATIVE_SAMPLE_BYTES, NativeSampleKey},
+    native::{LiveSample, NATIVE_SAMPLE_BYTES, NativeSampleKey},
 };
 
 use super::{
-    alloc::{AllocProfile, publish_into},
+    alloc::{AllocProfile, publish_into, publish_inuse},
     stacks::{StackTable, Symbolized},
 };
 use crate::{
@@ -67,6 +67,32 @@ impl NativeTally {
         } else {
             coverage
         };
+    }
+}
+
+/// What is live at one site (`--native-inuse`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LiveSite {
+    pub objects: f64,
+    pub bytes: f64,
+    /// Bytes × their age in seconds: over `bytes`, the age of the average live byte.
+    pub byte_seconds: f64,
+}
+
+impl LiveSite {
+    fn add(&mut self, other: &LiveSite) {
+        self.objects += other.objects;
+        self.bytes += other.bytes;
+        self.byte_seconds += other.byte_seconds;
+    }
+
+    /// The age of the average live byte, in seconds.
+    pub fn age_seconds(&self) -> f64 {
+        if self.bytes > 0.0 {
+            self.byte_seconds / self.bytes
+        } else {
+            0.0
+        }
     }
 }
 
@@ -127,6 +153,8 @@ pub struct NativeSiteOptions {
 
 pub struct NativeCollector {
     counts: PerCpuArray<MapData, u64>,
+    /// The sampled allocations still live (`--native-inuse`).
+    live: HashMap<MapData, u64, LiveSample>,
     samples: SampleTables,
     stacks: StackTable,
     symbols: NativeSymbols,
@@ -158,6 +186,7 @@ impl NativeCollector {
         let own_code = (!plan.own_code_complete()).then_some(maps.own_code);
         let collector = Self {
             counts: maps.counts,
+            live: maps.live,
             samples: SampleTables {
                 tables: maps.samples,
                 switch: maps.filling,
@@ -258,7 +287,72 @@ impl NativeCollector {
             coverage.taken(HIT_NATIVE, settled);
         }
         self.take_samples(fresh);
+        if self.plan.inuse {
+            self.read_live();
+        }
         self.export();
+    }
+
+    /// What is live now (`--native-inuse`): the sampled blocks not freed yet, scaled as the
+    /// samples are, by site (the top sites by live bytes named, the rest `other`) and by stack.
+    fn read_live(&mut self) {
+        let now = crate::collect::governor::monotonic_ns();
+        let rate = NATIVE_SAMPLE_BYTES as i64;
+        // By (allocator, stack): objects, bytes, and bytes × age in seconds.
+        let mut by_stack: BTreeMap<(u32, i32), (f64, f64, f64)> = BTreeMap::new();
+        for (_, live) in self.live.iter().filter_map(Result::ok) {
+            let objects = scale(live.size, rate);
+            let bytes = objects * live.size as f64;
+            let age = now.saturating_sub(live.at_ns) as f64 / 1e9;
+            let entry = by_stack.entry((live.allocator, live.stack_id)).or_default();
+            entry.0 += objects;
+            entry.1 += bytes;
+            entry.2 += bytes * age;
+        }
+        if !by_stack.is_empty() {
+            self.symbols.refresh();
+        }
+        let mut by_site: BTreeMap<(u32, Site), LiveSite> = BTreeMap::new();
+        let mut stacks = Vec::with_capacity(by_stack.len());
+        for ((allocator, stack_id), (objects, bytes, byte_seconds)) in by_stack {
+            let stack = self.symbols.symbolize(&self.stacks, stack_id);
+            let site = by_site.entry((allocator, stack.site.clone())).or_default();
+            site.objects += objects;
+            site.bytes += bytes;
+            site.byte_seconds += byte_seconds;
+            stacks.push((stack, objects, bytes));
+        }
+        publish_inuse(&self.profile, stacks);
+        // The top sites by live bytes, over every allocator; the rest `other`.
+        let mut ranked: Vec<(&(u32, Site), f64)> = by_site
+            .iter()
+            .map(|(key, live)| (key, live.bytes))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let named: std::collections::BTreeSet<(u32, Site)> = ranked
+            .iter()
+            .take(self.ranking.top())
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        let mut exported: BTreeMap<(&'static str, Site), LiveSite> = BTreeMap::new();
+        for ((allocator, site), live) in by_site {
+            let Some(counted) = self.plan.allocators.get(allocator as usize) else {
+                continue;
+            };
+            let site = if named.contains(&(allocator, site.clone())) {
+                site
+            } else {
+                Site {
+                    function: "other".into(),
+                    location: String::new(),
+                }
+            };
+            exported
+                .entry((counted.kind.label(), site))
+                .or_default()
+                .add(&live);
+        }
+        self.metrics.native_live(exported);
     }
 
     /// Scale the samples up (the sampling, then the share of the work they saw), by site and

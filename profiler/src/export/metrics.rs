@@ -687,6 +687,17 @@ impl TargetMetrics {
             .site_allocated(&self.labels, allocator, site, objects, bytes);
     }
 
+    /// What is live now, by (allocator, site) (`--native-inuse`): replaces the last reading.
+    pub fn native_live(
+        &self,
+        live: std::collections::BTreeMap<
+            (&'static str, crate::model::sites::Site),
+            crate::collect::native::LiveSite,
+        >,
+    ) {
+        self.metrics.native.set_live(&self.labels, live);
+    }
+
     /// Delete the series of a native site the ranking forgot.
     pub fn native_forget_site(&self, allocator: &str, site: &crate::model::sites::Site) {
         self.metrics

@@ -13,7 +13,7 @@ use prometheus::{
 };
 
 use super::metrics::{histogram_metric, size_buckets};
-use crate::model::sites::Site;
+use crate::{collect::native::LiveSite, model::sites::Site};
 
 /// What one allocator of one target did, estimated over the whole watch.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -55,6 +55,26 @@ const SITE_FAMILIES: [(&str, &str); 2] = [
     (
         "mapscope_native_alloc_site_objects_total",
         "C allocations by call site, estimated likewise.",
+    ),
+];
+
+/// The live-heap families (`--native-inuse`), gauges by call site.
+const LIVE_FAMILIES: [(&str, &str); 3] = [
+    (
+        "mapscope_native_inuse_bytes",
+        "Bytes allocated through the C allocator and not freed yet, by call site, estimated \
+         from the byte-weighted samples tracked until freed (--native-inuse); the top sites by \
+         live bytes have series of their own, the rest are function=\"other\".",
+    ),
+    (
+        "mapscope_native_inuse_objects",
+        "Blocks allocated through the C allocator and not freed yet, by call site, estimated \
+         likewise.",
+    ),
+    (
+        "mapscope_native_inuse_age_seconds",
+        "The age of the average live byte at each call site (--native-inuse): a site whose \
+         live bytes grow old and many is where memory leaks.",
     ),
 ];
 
@@ -100,7 +120,12 @@ pub struct NativeFamilies {
     site_label_names: Vec<String>,
     /// (objects, bytes) by target labels, allocator and site.
     sites: Mutex<SiteSeries>,
+    /// What is live, by target labels, allocator and site (`--native-inuse`).
+    live: Mutex<LiveSeries>,
 }
+
+/// The last live-heap reading by (target labels, allocator, site).
+type LiveSeries = BTreeMap<(Vec<String>, &'static str, Site), LiveSite>;
 
 /// Estimated (objects, bytes) by (target labels, allocator, site).
 type SiteSeries = BTreeMap<(Vec<String>, String, Site), (f64, f64)>;
@@ -123,6 +148,7 @@ impl NativeFamilies {
             .chain(
                 SITE_FAMILIES
                     .iter()
+                    .chain(&LIVE_FAMILIES)
                     .map(|(name, help)| (name, help, &site_label_names)),
             )
             .map(|(name, help, labels)| {
@@ -140,6 +166,7 @@ impl NativeFamilies {
             estimates: Mutex::default(),
             site_label_names,
             sites: Mutex::default(),
+            live: Mutex::default(),
         })
     }
 
@@ -186,10 +213,27 @@ impl NativeFamilies {
             .remove(&(labels.to_vec(), allocator.to_owned(), site.clone()));
     }
 
+    fn live(&self) -> std::sync::MutexGuard<'_, LiveSeries> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The target's live heap is now `live` (by allocator and site): the sites not in it lose
+    /// their series.
+    pub fn set_live(&self, labels: &[String], live: BTreeMap<(&'static str, Site), LiveSite>) {
+        let mut series = self.live();
+        series.retain(|(target, _, _), _| target != labels);
+        for ((allocator, site), reading) in live {
+            series.insert((labels.to_vec(), allocator, site), reading);
+        }
+    }
+
     /// Remove every series of the target with `labels`.
     pub fn remove(&self, labels: &[String]) {
         self.estimates().retain(|(target, _), _| target != labels);
         self.sites().retain(|(target, _, _), _| target != labels);
+        self.live().retain(|(target, _, _), _| target != labels);
     }
 }
 
@@ -227,6 +271,7 @@ impl Collector for NativeFamilies {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.collect_totals();
+        families.extend(self.collect_live());
         let sites = self.sites();
         if sites.is_empty() {
             return families;
@@ -261,6 +306,47 @@ impl Collector for NativeFamilies {
 }
 
 impl NativeFamilies {
+    /// The live-heap families, from the last reading.
+    fn collect_live(&self) -> Vec<MetricFamily> {
+        let live = self.live();
+        if live.is_empty() {
+            return Vec::new();
+        }
+        LIVE_FAMILIES
+            .iter()
+            .enumerate()
+            .map(|(index, (name, help))| {
+                let mut family = MetricFamily::default();
+                family.set_name((*name).to_owned());
+                family.set_help((*help).to_owned());
+                family.set_field_type(MetricType::GAUGE);
+                for ((target, allocator, site), reading) in live.iter() {
+                    let values: Vec<String> = target
+                        .iter()
+                        .cloned()
+                        .chain([
+                            (*allocator).to_owned(),
+                            site.function.clone(),
+                            site.location.clone(),
+                        ])
+                        .collect();
+                    let value = match index {
+                        0 => reading.bytes,
+                        1 => reading.objects,
+                        _ => reading.age_seconds(),
+                    };
+                    family.mut_metric().push(scalar_metric(
+                        &self.site_label_names,
+                        &values,
+                        MetricType::GAUGE,
+                        value,
+                    ));
+                }
+                family
+            })
+            .collect()
+    }
+
     /// The totals' families, from the latest estimates.
     fn collect_totals(&self) -> Vec<MetricFamily> {
         let estimates = self.estimates();

@@ -150,6 +150,11 @@ impl SiteRanking {
         }
     }
 
+    /// How many sites may be named.
+    pub fn top(&self) -> usize {
+        self.top
+    }
+
     pub fn is_named(&self, site: &Site) -> bool {
         self.named.contains(site)
     }

@@ -12,8 +12,8 @@ use aya::{
 use profiler_common::native::{
     CallShape, MAX_ALLOCATORS, MAX_ENTRY_POINTS, MAX_FUNCTION_BYTES, MAX_OWN_CODE, NATIVE_BYTES,
     NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SIZE_BASE, NATIVE_SLOTS,
-    NO_ARG, NO_INDEX, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES,
-    native_counter,
+    NO_ARG, NO_INDEX, RETURNS_THROUGH_ARG0, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES,
+    ZERO_SIZE_ALLOCATES, native_counter,
 };
 
 use crate::probes::{loaded::LoadError, stw::ProbePoint};
@@ -26,6 +26,8 @@ use super::{
 
 /// The kernel program every entry point gets.
 pub const NATIVE_CALL: &str = "native_call";
+/// The return probe of the entry points that allocate, with `--native-inuse`.
+pub const NATIVE_RETURN: &str = "native_return";
 
 /// How `entry`'s arguments read, by its name without the allocator's prefix: where the size
 /// is (and what multiplies it), and which pointer it frees or moves.
@@ -55,6 +57,7 @@ pub fn shape(
     };
     CallShape {
         role: match entry.role {
+            Role::Allocates if name == "posix_memalign" => ROLE_ALLOCATES | RETURNS_THROUGH_ARG0,
             Role::Allocates => ROLE_ALLOCATES,
             Role::Reallocates if kind == AllocatorKind::Mimalloc => {
                 ROLE_REALLOCATES | ZERO_SIZE_ALLOCATES
@@ -217,6 +220,8 @@ pub struct NativePlan {
     /// `native_call` on every entry point; `ProbePoint::object` is `EXECUTABLE` for an
     /// allocator in the executable, else `first_library` + its index in `libraries`.
     pub points: Vec<ProbePoint>,
+    /// Whether sampled allocations are tracked until freed (`--native-inuse`).
+    pub inuse: bool,
     /// The libraries probed, where mapscope attaches to them (through `/proc/PID/root`).
     pub libraries: Vec<PathBuf>,
     /// The allocators counted, by `CallShape::allocator`.
@@ -246,8 +251,12 @@ fn intern(name: &str) -> &'static str {
 impl NativePlan {
     /// The probes for `allocators` of process `pid`; library objects are numbered from
     /// `first_library`. Allocators past `MAX_ALLOCATORS` are left out, and said so.
-    pub fn new(pid: u32, allocators: &[FoundAllocator], first_library: u8) -> Self {
-        let mut plan = Self::default();
+    /// With `inuse`, the entry points that allocate get a return probe too.
+    pub fn new(pid: u32, allocators: &[FoundAllocator], first_library: u8, inuse: bool) -> Self {
+        let mut plan = Self {
+            inuse,
+            ..Self::default()
+        };
         let kept = &allocators[..allocators.len().min(MAX_ALLOCATORS as usize)];
         for skipped in &allocators[kept.len()..] {
             tracing::warn!(
@@ -291,14 +300,21 @@ impl NativePlan {
                     allocator as u8,
                     index,
                 );
-                plan.points.push(ProbePoint {
+                let point = ProbePoint {
                     program: NATIVE_CALL,
                     function: intern(&entry.function),
                     address: entry.address,
                     file_offset: entry.file_offset,
                     cookie: shape.encode(),
                     object,
-                });
+                };
+                plan.points.push(point);
+                if inuse && entry.role != Role::Frees {
+                    plan.points.push(ProbePoint {
+                        program: NATIVE_RETURN,
+                        ..point
+                    });
+                }
             }
         }
         plan.dedicated = kept
@@ -362,6 +378,11 @@ impl NativePlan {
             tails
                 .set(*index, from, 0)
                 .map_err(fill("NATIVE_TAIL_FROM"))?;
+        }
+        if self.inuse {
+            array::<u32>(ebpf, "NATIVE_INUSE_ON")?
+                .set(0, 1, 0)
+                .map_err(fill("NATIVE_INUSE_ON"))?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use thiserror::Error;
 use profiler_common::{
     alloc::{ALLOC_SAMPLE_TABLES, AllocKey},
     maps::{MapOpKey, MapSiteKey, TrackedMap},
-    native::{NATIVE_SAMPLE_TABLES, NativeSampleKey},
+    native::{LiveSample, NATIVE_SAMPLE_TABLES, NativeSampleKey},
 };
 
 use super::stw::ProbePoint;
@@ -78,6 +78,8 @@ pub struct NativeMaps {
     pub samples: [HashMap<MapData, NativeSampleKey, u64>; 2],
     pub filling: aya::maps::Array<MapData, u32>,
     pub stacks: crate::collect::stacks::StackTable,
+    /// The sampled allocations still live, by block (`--native-inuse`).
+    pub live: HashMap<MapData, u64, LiveSample>,
 }
 
 /// Kernel maps of the Go-map tracker.
@@ -297,6 +299,7 @@ impl AttachedProbes {
             samples: [self.take(first)?, self.take(second)?],
             filling: self.take("NATIVE_SAMPLES_FILLING")?,
             stacks: self.take("NATIVE_STACKS")?,
+            live: self.take("NATIVE_LIVE")?,
         })
     }
 

@@ -28,6 +28,7 @@ pub fn purpose(program: &str) -> &'static str {
         maps::MAP_ACCESS => "map operation (discovery windows)",
         name if name.starts_with(maps::MAP_EVENT_PREFIX) => "map grows or overflows",
         crate::native::probes::NATIVE_CALL => "native allocator call (C malloc, free...)",
+        crate::native::probes::NATIVE_RETURN => "native allocation returns (--native-inuse)",
         _ => "other",
     }
 }
@@ -46,7 +47,7 @@ pub fn family(program: &str) -> Option<u32> {
         maps::MAP_CREATE_ENTRY | maps::MAP_CREATE_RETURN => HIT_MAP_CREATE,
         maps::MAP_ACCESS => HIT_MAP_ACCESS,
         name if name.starts_with(maps::MAP_EVENT_PREFIX) => HIT_MAP_EVENT,
-        crate::native::probes::NATIVE_CALL => HIT_NATIVE,
+        crate::native::probes::NATIVE_CALL | crate::native::probes::NATIVE_RETURN => HIT_NATIVE,
         _ => return None,
     })
 }
