@@ -61,8 +61,10 @@ const MAP_FLAGS: &[&str] = &[
 ];
 
 /// Options for every target: the GC pauses dashboard's time-to-stop panel reads
-/// `mapscope_stw_stopping_seconds`, which only `--stw-stopping` exports.
-const EVERY_TARGET: &[&str] = &["--stw-stopping"];
+/// `mapscope_stw_stopping_seconds`, which only `--stw-stopping` exports, and the native one's
+/// live-heap panels `mapscope_native_inuse_*`, which only `--native-inuse` does (the Go targets,
+/// static, have no C allocator for it to cost).
+const EVERY_TARGET: &[&str] = &["--stw-stopping", "--native-inuse"];
 
 /// How long the GC and allocation loads run (`-duration`): far longer than the test needs, so
 /// the queries run while they still do, whatever the machine's speed (the targets are killed
@@ -72,12 +74,15 @@ const LOAD: &str = "300s";
 /// How long to let Prometheus scrape the loaded targets before querying.
 const SCRAPING: Duration = Duration::from_secs(10);
 
-/// One Go target: which program, built with which Go, and mapscope's options for it.
+/// One target: which program, built with which Go (or, for `c:FILE`, from testdata/c with gcc),
+/// and mapscope's options for it.
 struct Spec {
     /// Start of its executable's name, unique to this test (a daemon selects by name).
     name: &'static str,
     program: &'static str,
     go: &'static str,
+    /// What starts its load (the map targets are loaded by `build_maps` and `load` instead).
+    start: &'static str,
     args: &'static [&'static str],
     /// Its environment, besides the test's.
     env: &'static [(&'static str, &'static str)],
@@ -91,6 +96,7 @@ fn specs() -> Vec<Spec> {
             name: "dsh-gc",
             program: "gcload",
             go: NEWEST_GO,
+            start: "go",
             args: &["-duration", LOAD, "-forced-gcs", "100"],
             // A memory limit, for the Go runtime dashboard's line (far above what it uses).
             env: &[("GOMEMLIMIT", "1GiB")],
@@ -101,6 +107,7 @@ fn specs() -> Vec<Spec> {
             name: "dsh-al",
             program: "allocsites",
             go: NEWEST_GO,
+            start: "go",
             args: &["-duration", LOAD],
             env: &[],
             mapscope: &[],
@@ -110,6 +117,7 @@ fn specs() -> Vec<Spec> {
             name: "dsh-m23",
             program: "mapshapes",
             go: "1.23.9",
+            start: "",
             args: &[],
             env: &[],
             mapscope: MAP_FLAGS,
@@ -119,9 +127,20 @@ fn specs() -> Vec<Spec> {
             name: "dsh-m27",
             program: "mapshapes",
             go: "1.27.3",
+            start: "",
             args: &[],
             env: &[],
             mapscope: MAP_FLAGS,
+        },
+        // Native allocations (a C program: sizes, sites, a slow leak for the live heap).
+        Spec {
+            name: "dsh-nat",
+            program: "c:sites.c",
+            go: "",
+            start: "loop 300",
+            args: &[],
+            env: &[],
+            mapscope: &[],
         },
     ]
 }
@@ -206,7 +225,15 @@ fn every_dashboard_query_returns_data() {
         .map(|spec| {
             let exe = format!("{}-{}", spec.name, std::process::id());
             let binary = copies.path().join(&exe);
-            std::fs::copy(common::build_go(spec.program, spec.go, &[]), &binary).unwrap();
+            let built = match spec.program.strip_prefix("c:") {
+                Some(source) => common::build_c(
+                    source,
+                    spec.name,
+                    &["-O1", "-g", "-fno-builtin", "-pthread"],
+                ),
+                None => common::build_go(spec.program, spec.go, &[]),
+            };
+            std::fs::copy(built, &binary).unwrap();
             let mut command = std::process::Command::new(&binary);
             command.args(spec.args).envs(spec.env.iter().copied());
             let process = GoTarget::spawn(command);
@@ -234,9 +261,10 @@ fn every_dashboard_query_returns_data() {
     let loaded = Instant::now();
     for target in targets
         .iter_mut()
-        .filter(|target| target.spec.program != "mapshapes")
+        .filter(|target| !target.spec.start.is_empty())
     {
-        target.process.send("go");
+        let start = target.spec.start;
+        target.process.send(start);
     }
     // Maps built again in the middle of the window: growths and overflow buckets to rate.
     std::thread::sleep(SCRAPING / 2);
@@ -381,6 +409,7 @@ fn load_dashboards() -> BTreeMap<String, Value> {
         "maps.json",
         "health.json",
         "go-runtime.json",
+        "native.json",
     ] {
         assert!(
             dashboards.contains_key(expected),

@@ -7,18 +7,21 @@
 // "small_bytes": S, "objects": O, "bytes": T, "leaked_bytes": L}; <- EOF: exit 0. "leak N" is
 // "go N" with a fourth function that keeps what it allocates (2 to 6 KiB a round, from the
 // first thread): the leak, reported as leaked_bytes; "free" frees it all (-> {"freed": L}).
+// "loop S": rounds paced at 2,000 a second in each thread for S seconds, leaking every 10th
+// round's block (a slow leak, for dashboards), then the same report.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct counts {
     unsigned long big, medium, small, objects;
 };
 
 static struct counts counts[2];
-static int rounds, leaking;
+static int rounds, leaking, pace_seconds;
 
 // What leaky_allocs kept, freed by "free".
 #define MAX_KEPT 200000
@@ -63,7 +66,35 @@ __attribute__((noinline)) static void small_allocs(struct counts *c, int i) {
     free(p);
 }
 
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+// A paced run: a tenth of a second's rounds at a time, on schedule.
+static void paced(struct counts *c) {
+    double start = now();
+    for (int step = 1; step <= pace_seconds * 10; step++) {
+        for (int i = 0; i < 200; i++) {
+            big_allocs(c, i);
+            medium_allocs(c, i);
+            small_allocs(c, i);
+            if (c == &counts[0] && i % 10 == 0) leaky_allocs(i + step);
+        }
+        double wait = start + step / 10.0 - now();
+        if (wait > 0) {
+            struct timespec t = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
+            nanosleep(&t, NULL);
+        }
+    }
+}
+
 static void work(struct counts *c) {
+    if (pace_seconds > 0) {
+        paced(c);
+        return;
+    }
     for (int i = 0; i < rounds; i++) {
         big_allocs(c, i);
         medium_allocs(c, i);
@@ -98,10 +129,13 @@ int main(void) {
             kept_count = 0, leaked = 0;
             continue;
         }
+        pace_seconds = 0;
         if (sscanf(line, "go %d", &rounds) == 1) {
             leaking = 0;
         } else if (sscanf(line, "leak %d", &rounds) == 1) {
             leaking = 1;
+        } else if (sscanf(line, "loop %d", &pace_seconds) == 1) {
+            leaking = 0;
         } else {
             continue;
         }
