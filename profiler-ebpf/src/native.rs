@@ -325,7 +325,17 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
         at_ns: now,
         index: u64::from(shape.index),
     };
-    let _ = NATIVE_LAST_CALL.insert(&tid, &call, 0);
+    // In place when the thread has a record: an insert into a hash table that allocates its
+    // entries as needed (BPF_F_NO_PREALLOC) allocates a new one and frees the old after an
+    // RCU grace period, on every call.
+    match NATIVE_LAST_CALL.get_ptr_mut(&tid) {
+        // SAFETY: a value of the table, valid while the program runs; only this thread's
+        // programs write it.
+        Some(last) => unsafe { *last = call },
+        None => {
+            let _ = NATIVE_LAST_CALL.insert(&tid, &call, 0);
+        }
+    }
     0
 }
 

@@ -24,6 +24,10 @@
 //! 7. The daemon's own footprint (`cargo xtask bench daemon`): CPU, RSS and locked BPF memory
 //!    with 1, 10 and 64 targets, and (`cargo xtask bench long`) CPU and RSS over 10 minutes of
 //!    one allocation-heavy target.
+//! 8. Native allocations (`cargo xtask bench native`): a malloc-heavy C program's throughput
+//!    alone against `mapscope attach` in its default mode (the budget holds the probes) over a
+//!    minute, in continuous mode (`--max-overhead 0`: every call counted), and under Debian's
+//!    `memleak-bpfcc` (bcc), interleaved; the per-call cost in ns of each.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -86,6 +90,10 @@ fn main() {
     }
     if std::env::args().any(|arg| arg == "pauses") {
         pauses(&gcbench, mapscope);
+        return;
+    }
+    if std::env::args().any(|arg| arg == "native") {
+        native(mapscope);
         return;
     }
     vitals(&gcbench, mapscope);
@@ -929,6 +937,240 @@ async fn call_run(gcbench: &Path, programs: Option<(&'static str, &'static str)>
     let _ = child.kill();
     let _ = child.wait();
     result["ns_per_call"].as_f64().unwrap()
+}
+
+const NATIVE_ROUNDS: usize = 3;
+/// The default mode is judged over a minute (the budget holds the probes over cycles of up to
+/// a minute); the costly modes over less.
+const NATIVE_DEFAULT_SECONDS: u32 = 60;
+const NATIVE_SHORT_SECONDS: u32 = 10;
+
+/// The malloc-heavy C program, started and ready for "go S".
+struct MallocBench {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl MallocBench {
+    fn start(binary: &Path) -> Self {
+        let mut child = Command::new(binary)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Run for `seconds`; malloc-and-free pairs per second.
+    fn run(&mut self, seconds: u32) -> f64 {
+        writeln!(self.stdin, "go {seconds}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let result: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        result["ops"].as_f64().unwrap() / result["seconds"].as_f64().unwrap()
+    }
+}
+
+impl Drop for MallocBench {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A profiler attached to a process, until dropped (SIGINT, then waited for).
+struct Watching(std::process::Child);
+
+impl Watching {
+    /// Start `command` on a running program and wait for the line of `stream` that says it
+    /// has attached; `None` if it ended first (it could not attach).
+    fn start(command: &mut Command, attached: &str, on_stdout: bool) -> Option<Self> {
+        let mut child = if on_stdout {
+            command.stdout(Stdio::piped()).stderr(Stdio::null())
+        } else {
+            command.stderr(Stdio::piped()).stdout(Stdio::null())
+        }
+        .spawn()
+        .unwrap();
+        let stream: Box<dyn std::io::Read + Send> = if on_stdout {
+            Box::new(child.stdout.take().unwrap())
+        } else {
+            Box::new(child.stderr.take().unwrap())
+        };
+        let mut lines = BufReader::new(stream).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains(attached) => break,
+                Some(Ok(_)) => {}
+                _ => {
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+        // Keep draining, so that the profiler never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Some(Self(child))
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        // SAFETY: sends a signal to our own, not yet reaped, child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Native allocations: a malloc-heavy C program alone, under mapscope's default and continuous
+/// modes, and under bcc's memleak, interleaved; throughput ratios and per-call cost.
+fn native(mapscope: &str) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/c/mallocbench.c");
+    let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mallocbench");
+    let status = Command::new("gcc")
+        .args(["-O2", "-fno-builtin", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(status.success(), "gcc failed on {}", source.display());
+    let memleak = Command::new("memleak-bpfcc").arg("--help").output().is_ok();
+    println!(
+        "== native allocations: a malloc-heavy C program (one malloc and one free per op), \
+         {NATIVE_ROUNDS} interleaved rounds"
+    );
+    let attach = |pid: u32, options: &[&str]| {
+        let pid = pid.to_string();
+        Watching::start(
+            Command::new(mapscope)
+                .args(["attach", "--pid", &pid, "--listen", "127.0.0.1:0"])
+                .args(options)
+                .env("MAPSCOPE_LOG", "info"),
+            "metrics on http://",
+            false,
+        )
+        .expect("mapscope could not attach")
+    };
+    // bcc's memleak where it runs; else the same probes in bpftrace (bcc needs the kernel's
+    // headers to compile its programs).
+    let memleak_script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/bpftrace/memleak.bt");
+    let mut comparison: Option<&str> = None;
+    let (mut default, mut continuous, mut bcc) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut alone_long, mut alone_short) = (Vec::new(), Vec::new());
+    for round in 1..=NATIVE_ROUNDS {
+        let mut bench = MallocBench::start(&binary);
+        let alone = bench.run(NATIVE_DEFAULT_SECONDS);
+        let held = {
+            let _watching = attach(bench.child.id(), &[]);
+            bench.run(NATIVE_DEFAULT_SECONDS)
+        };
+        let short = bench.run(NATIVE_SHORT_SECONDS);
+        let every = {
+            let _watching = attach(bench.child.id(), &["--max-overhead", "0"]);
+            bench.run(NATIVE_SHORT_SECONDS)
+        };
+        let pid = bench.child.id().to_string();
+        let watching = memleak
+            .then(|| {
+                Watching::start(
+                    Command::new("memleak-bpfcc").args(["-p", &pid, "60"]),
+                    "Attaching to pid",
+                    true,
+                )
+            })
+            .flatten()
+            .map(|watching| (watching, "memleak-bpfcc"))
+            .or_else(|| {
+                Watching::start(
+                    Command::new("bpftrace")
+                        .args(["-p", &pid])
+                        .arg(&memleak_script),
+                    "Attaching",
+                    true,
+                )
+                .map(|watching| (watching, "bpftrace memleak.bt"))
+            });
+        let leak = watching.map(|(watching, tool)| {
+            comparison = Some(tool);
+            let throughput = bench.run(NATIVE_SHORT_SECONDS);
+            drop(watching);
+            throughput
+        });
+        println!(
+            "  round {round}: alone {:.2} Mops/s ({NATIVE_DEFAULT_SECONDS} s), default {:.2} \
+             ({:.4}); alone {:.2} ({NATIVE_SHORT_SECONDS} s), continuous {:.3} ({:.4}){}",
+            alone / 1e6,
+            held / 1e6,
+            held / alone,
+            short / 1e6,
+            every / 1e6,
+            every / short,
+            leak.map_or_else(String::new, |leak| format!(
+                ", {} {:.3} ({:.4})",
+                comparison.unwrap_or("memleak"),
+                leak / 1e6,
+                leak / short
+            )),
+        );
+        default.push(held / alone);
+        continuous.push(every / short);
+        alone_long.push(alone);
+        alone_short.push(short);
+        if let Some(leak) = leak {
+            bcc.push(leak / short);
+        }
+    }
+    let alone = median(&mut alone_short);
+    // ns per malloc-and-free pair alone: each attached pair pays 1/ratio times that; two
+    // probed calls a pair.
+    let per_call = |ratio: f64| (1.0 / ratio - 1.0) * 1e9 / alone / 2.0;
+    let default = median(&mut default);
+    println!(
+        "  default mode (held within the 1% budget) / alone, over {NATIVE_DEFAULT_SECONDS} s: \
+         {default:.4} (slowdown {:+.2}%; the aim is at most 1%), alone {:.1} Mops/s",
+        (1.0 - default) * 100.0,
+        median(&mut alone_long) / 1e6
+    );
+    let continuous = median(&mut continuous);
+    println!(
+        "  continuous mode (--max-overhead 0, every call counted) / alone: {continuous:.4} \
+         ({:.0}x slower): {:.0} ns per call",
+        1.0 / continuous,
+        per_call(continuous)
+    );
+    match comparison {
+        Some(tool) if !bcc.is_empty() => {
+            let bcc = median(&mut bcc);
+            println!(
+                "  {tool} / alone: {bcc:.4} ({:.0}x slower): {:.0} ns per call; mapscope's \
+                 continuous per-call cost / {tool}'s: {:.3}",
+                1.0 / bcc,
+                per_call(bcc),
+                per_call(continuous) / per_call(bcc)
+            );
+            if tool != "memleak-bpfcc" {
+                println!(
+                    "  (memleak-bpfcc could not run here: bcc compiles its programs against the \
+                     kernel's headers; testdata/bpftrace/memleak.bt puts the same probes in)"
+                );
+            }
+        }
+        _ => println!(
+            "  neither memleak-bpfcc nor bpftrace could attach: `cargo xtask bench native` \
+             installs bpfcc-tools and bpftrace"
+        ),
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {

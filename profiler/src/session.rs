@@ -350,11 +350,10 @@ fn understand_go(
     options: &Options,
     who: &str,
 ) -> Result<GoRuntime, UserError> {
-    let who = who.to_owned();
-    let abi = stw_support(&binary, &who)?;
-    check_dwarf(&binary, abi, &who)?;
+    let abi = stw_support(&binary, who)?;
+    check_dwarf(&binary, abi, who)?;
     let mut points =
-        stw::plan(&binary, abi, options.stw_stopping).map_err(|error| plan_error(&who, error))?;
+        stw::plan(&binary, abi, options.stw_stopping).map_err(|error| plan_error(who, error))?;
     if !options.stw_stopping && stw::inside_pause(&points) > 0 {
         tracing::warn!(
             "{who}: its runtime.startTheWorldWithSema keeps no copy of its argument that \
@@ -546,9 +545,7 @@ impl GoRuntime {
                 .map(|bytes| bytes as u64)
         }))
     }
-}
 
-impl GoRuntime {
     /// Which allocation probes go in (the runtime's sampler, counted mode or exact mode), and
     /// the sampler's tables to keep small when it will find nothing; `pid` runs this runtime.
     fn choose_allocation_probes(&mut self, pid: u32, options: &Options) -> Vec<&'static str> {
@@ -563,9 +560,10 @@ impl GoRuntime {
             let exact =
                 probes::alloc::plan_every_allocation(&self.binary, probes::alloc::ALLOC_EXACT);
             tracing::warn!(
-                "exact allocation counting puts a uprobe on every allocation ({} entry points): each \
-             costs about a microsecond, so expect the target to run several times slower while \
-             attached (mapscope_probe_overhead_ratio{{probe=\"alloc_exact\"}} says how much)",
+                "exact allocation counting puts a uprobe on every allocation ({} entry points): \
+                 each costs about a microsecond, so expect the target to run several times slower \
+                 while attached (mapscope_probe_overhead_ratio{{probe=\"alloc_exact\"}} says how \
+                 much)",
                 exact.len()
             );
             self.points.extend(exact);
@@ -577,10 +575,10 @@ impl GoRuntime {
                 probes::alloc::plan_every_allocation(&self.binary, probes::alloc::ALLOC_COUNT);
             if !counted.is_empty() {
                 tracing::info!(
-                    "PID {}: the runtime's allocation sampling is off (runtime.MemProfileRate is 0); \
-                 mapscope counts allocations itself, part of the time within the budget \
-                 (--max-overhead), and scales them up (mapscope_probe_duty_cycle{{probe=\
-                 \"alloc_count\"}} says how much of the time)",
+                    "PID {}: the runtime's allocation sampling is off (runtime.MemProfileRate is \
+                     0); mapscope counts allocations itself, part of the time within the budget \
+                     (--max-overhead), and scales them up (mapscope_probe_duty_cycle{{probe=\
+                     \"alloc_count\"}} says how much of the time)",
                     pid
                 );
                 self.points

@@ -355,16 +355,18 @@ fn every_call_the_program_makes_is_counted_once() {
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
-/// By default the probes are held within the budget (`--max-overhead`): on a program that
-/// allocates at a steady pace, as a service does, they are on part of the time, the coverage
-/// gauge says how much, and the scaled totals still match what the program asked for.
+/// The probes are held within a budget (`--max-overhead`, 10% here: at 2% their duty is 3%,
+/// a 40-second window holds two or three on parts, and the scaled estimate is only as good as
+/// so few cycles allow): on a program that allocates at a steady pace, as a service does, they
+/// are on part of the time, the coverage gauge says how much, and the scaled totals still
+/// match what the program asked for.
 #[test]
 #[ignore = "needs root and gcc: run `cargo xtask test`"]
 fn by_default_the_probes_are_held_within_the_budget_and_scaled() {
     let binary = build_allocs();
     let mut allocs = Allocs::start(&binary, None);
     let pid = allocs.pid();
-    let mut mapscope = Mapscope::attach_with(pid, &["--max-overhead", "0.02"]);
+    let mut mapscope = Mapscope::attach_with(pid, &["--max-overhead", "0.1"]);
     mapscope.scrape_until(Duration::from_secs(10), |metrics| {
         metrics.has("mapscope_native_alloc_objects_total")
     });

@@ -8,6 +8,9 @@ const BUCKET_MAP_GO: &str = "1.23.9";
 
 pub fn run(only: Option<String>) -> Result<()> {
     setup::rust()?;
+    // The native rows build a C program, and compare with bcc's memleak (or, where bcc cannot
+    // compile for the kernel, the same probes in bpftrace).
+    setup::debian_packages(&["gcc", "libc6-dev", "bpfcc-tools", "bpftrace"])?;
     // Go 1.23 for a bucket-map snapshot (1.24+ has swiss tables).
     let toolchains = setup::go_toolchains(&[setup::NEWEST_GO, BUCKET_MAP_GO])?;
     let mut command = shell::cargo();
