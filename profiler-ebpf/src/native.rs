@@ -81,7 +81,7 @@ pub fn native_return(ctx: RetProbeContext) -> u32 {
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is copied before the entry is removed.
-    let Some(pending) = (unsafe { NATIVE_PENDING.get(&tid) }).copied() else {
+    let Some(pending) = (unsafe { NATIVE_PENDING.get(tid) }).copied() else {
         return 0;
     };
     // SAFETY: `regs` is the kernel's pt_regs for this probe hit, valid for the whole program.
@@ -90,7 +90,7 @@ pub fn native_return(ctx: RetProbeContext) -> u32 {
     if regs.rsp != pending.sp + 8 {
         return 0;
     }
-    let _ = NATIVE_PENDING.remove(&tid);
+    let _ = NATIVE_PENDING.remove(tid);
     let block = if pending.out == 0 {
         regs.rax
     } else if regs.rax == 0 {
@@ -110,7 +110,7 @@ pub fn native_return(ctx: RetProbeContext) -> u32 {
         // SAFETY: reads the monotonic clock; no memory is touched.
         at_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if NATIVE_LIVE.insert(&block, &live, 0).is_err() {
+    if NATIVE_LIVE.insert(block, live, 0).is_err() {
         crate::counters::bump(counters::ALLOC_TABLE_FULL);
     }
     0
@@ -147,7 +147,7 @@ fn sample(ctx: &ProbeContext, allocator: u8, size: u64, ret: u64, sp: u64, out: 
             size,
             out,
         };
-        let _ = NATIVE_PENDING.insert(&(bpf_get_current_pid_tgid() as u32), &pending, 0);
+        let _ = NATIVE_PENDING.insert(bpf_get_current_pid_tgid() as u32, pending, 0);
     }
     // Two calls, not one on a table chosen at run time: the verifier wants one map per call.
     if NATIVE_SAMPLES_FILLING.get(0) == Some(&1) {
@@ -257,7 +257,7 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let own = in_own_code(ret)
         // SAFETY: the value is read before this program changes it.
-        || unsafe { NATIVE_LAST_CALL.get(&tid) }.is_some_and(|last| {
+        || unsafe { NATIVE_LAST_CALL.get(tid) }.is_some_and(|last| {
             let tail_from = NATIVE_TAIL_FROM
                 .get(u32::from(shape.index))
                 .copied()
@@ -283,7 +283,7 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
     };
     // A block freed or moved is no longer live.
     if pointer != 0 && role != ROLE_ALLOCATES && tracking_live() {
-        let _ = NATIVE_LIVE.remove(&pointer);
+        let _ = NATIVE_LIVE.remove(pointer);
     }
     // The size of the block this call allocates, if it allocates one.
     let allocates = match role {
@@ -328,12 +328,12 @@ pub fn native_call(ctx: ProbeContext) -> u32 {
     // In place when the thread has a record: an insert into a hash table that allocates its
     // entries as needed (BPF_F_NO_PREALLOC) allocates a new one and frees the old after an
     // RCU grace period, on every call.
-    match NATIVE_LAST_CALL.get_ptr_mut(&tid) {
+    match NATIVE_LAST_CALL.get_ptr_mut(tid) {
         // SAFETY: a value of the table, valid while the program runs; only this thread's
         // programs write it.
         Some(last) => unsafe { *last = call },
         None => {
-            let _ = NATIVE_LAST_CALL.insert(&tid, &call, 0);
+            let _ = NATIVE_LAST_CALL.insert(tid, call, 0);
         }
     }
     0
