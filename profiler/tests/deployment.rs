@@ -1159,7 +1159,15 @@ fn the_shipped_capabilities_run_the_daemon_for_real() {
 fn short_log(extra: &[&str], env: &[(&str, &str)], terminal: bool) -> String {
     let mut args = vec![common::MAPSCOPE];
     args.extend(extra);
-    args.extend(["run", "--listen", "127.0.0.1:0", "--", "/bin/true"]);
+    // A command mapscope cannot profile (no Go runtime, no C allocator) that ends at once: an
+    // info line while it runs, then the one-line error, and no summary on standard output.
+    let command = common::build_c(
+        "noalloc.c",
+        "noalloc-exits",
+        &["-O1", "-nostdlib", "-static", "-DEXIT_AT_ONCE"],
+    );
+    let command = command.to_str().unwrap();
+    args.extend(["run", "--listen", "127.0.0.1:0", "--", command]);
     let line = args.join(" ");
     let mut command = if terminal {
         let mut command = Command::new("script");
@@ -1188,7 +1196,7 @@ fn short_log(extra: &[&str], env: &[(&str, &str)], terminal: bool) -> String {
 }
 
 /// The info line `short_log`'s run writes.
-const LOGGED: &str = "not a Go program: counting its native allocations";
+const LOGGED: &str = "letting it run until it execs another program";
 
 /// Logs carry colour codes only on a terminal and never with NO_COLOR set (files and journald
 /// got raw ANSI escapes before); `--log-format json` writes one JSON object per log line (the
