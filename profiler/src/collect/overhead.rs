@@ -145,6 +145,11 @@ impl ProgramStats {
     }
 }
 
+/// Said when a target registers: the statistics task holds a window for it soon (at most one
+/// every `MIN_STATS_GAP`), rather than after the rest of its period.
+static NEW_TARGET: tokio::sync::Notify = tokio::sync::Notify::const_new();
+const MIN_STATS_GAP: Duration = Duration::from_secs(2);
+
 /// Every meter's programs, while its meter lives.
 static REGISTERED: std::sync::Mutex<Vec<std::sync::Weak<ProgramStats>>> =
     std::sync::Mutex::new(Vec::new());
@@ -174,7 +179,7 @@ pub fn start_program_statistics() {
             loop {
                 match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                     Ok(switch) => {
-                        let targets = registered();
+                        let mut targets = registered();
                         let mut last: Vec<Vec<ProgramRuns>> =
                             targets.iter().map(|target| target.read()).collect();
                         let mut slices = vec![Vec::new(); targets.len()];
@@ -187,6 +192,17 @@ pub fn start_program_statistics() {
                                 let now = target.read();
                                 slices.push(target.slice(last, &now));
                                 *last = now;
+                            }
+                            // A target attached during the window joins it from here: else
+                            // it waits a whole period for its programs' run time (as the Go
+                            // program `run` reaches through `env` did, its cost the trap's
+                            // alone for its first 20 s).
+                            for target in registered() {
+                                if !targets.iter().any(|known| Arc::ptr_eq(known, &target)) {
+                                    last.push(target.read());
+                                    slices.push(Vec::new());
+                                    targets.push(target);
+                                }
                             }
                         }
                         drop(switch);
@@ -203,7 +219,14 @@ pub fn start_program_statistics() {
                         return;
                     }
                 }
-                tokio::time::sleep(STATS_PERIOD - STATS_ON).await;
+                // Until the period ends, or a target attaches (`run` reaches its Go program
+                // through `env`: its first window had only `env`'s programs, and the program's
+                // costs counted the trap alone for 20 s).
+                tokio::time::sleep(MIN_STATS_GAP).await;
+                tokio::select! {
+                    () = tokio::time::sleep(STATS_PERIOD - STATS_ON - MIN_STATS_GAP) => {}
+                    () = NEW_TARGET.notified() => {}
+                }
             }
         });
     });
@@ -390,6 +413,8 @@ fn register(pid: u32, programs: Vec<(u32, ProgramFd)>) -> Arc<ProgramStats> {
         .lock()
         .unwrap_or_else(|poison| poison.into_inner())
         .push(Arc::downgrade(&stats));
+    // Its programs' run time is wanted soon, not a period from now.
+    NEW_TARGET.notify_one();
     stats
 }
 
