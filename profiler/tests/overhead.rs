@@ -275,8 +275,12 @@ fn the_governor_holds_the_allocation_sampler_and_scales_its_estimates() {
         estimated / 1e6
     );
     let budget: f64 = BUDGET.parse().unwrap();
+    // Well over the budget, so that the governor must cut it. (Three times it was the bound
+    // while the first statistics window came 0.3 s after attach, in the program's start, when
+    // new stacks are stored and each run costs more: 0.41 measured against a 30% slowdown.
+    // Measured later, as now, it reads 0.29-0.35, as the slowdown says.)
     assert!(
-        unbounded > 3.0 * budget,
+        unbounded > 2.5 * budget,
         "the load is not costly enough: {unbounded}"
     );
     assert!(duty < 1.0, "the sampler was not cycled");
