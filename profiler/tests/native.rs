@@ -93,23 +93,6 @@ fn check_allocator(report: &Value, kind: &str, object: &Path, in_executable: boo
     allocator
 }
 
-/// The C fixture, running (until its standard input closes) with `preload`, once it has
-/// allocated and said so.
-fn start_waiter(binary: &Path, preload: Option<&Path>) -> ChildGuard {
-    let mut command = Command::new(binary);
-    command.stdin(Stdio::piped()).stdout(Stdio::piped());
-    if let Some(library) = preload {
-        command.env("LD_PRELOAD", library);
-    }
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    ChildGuard(child)
-}
-
 /// Where the dynamic linker finds `library` on this machine.
 fn system_library(library: &str) -> PathBuf {
     [
@@ -136,8 +119,8 @@ fn a_dynamic_c_program_allocates_through_the_c_library() {
     let features = report["features"].as_array().unwrap();
     assert_eq!(features[0]["name"], "native_allocations", "{report:#}");
 
-    let waiter = start_waiter(&binary, None);
-    let report = inspect_json(&["--pid", &waiter.0.id().to_string()]);
+    let waiter = Fixture::start(&binary, None);
+    let report = inspect_json(&["--pid", &waiter.pid().to_string()]);
     check_allocator(&report, "glibc", &libc, false);
 }
 
@@ -148,8 +131,8 @@ fn a_static_c_program_carries_its_allocator() {
     let binary = common::build_c("waiter.c", "waiter-static", &["-O1", "-static"]);
     let report = inspect_json(&[binary.to_str().unwrap()]);
     check_allocator(&report, "glibc", &binary, true);
-    let waiter = start_waiter(&binary, None);
-    let report = inspect_json(&["--pid", &waiter.0.id().to_string()]);
+    let waiter = Fixture::start(&binary, None);
+    let report = inspect_json(&["--pid", &waiter.pid().to_string()]);
     check_allocator(&report, "glibc", &binary, true);
 }
 
@@ -167,8 +150,8 @@ fn replacement_allocators_are_found_by_their_own_symbols() {
         ("libmimalloc.so.2", "mimalloc", &["_Znwm"][..]),
     ] {
         let library = system_library(library);
-        let waiter = start_waiter(&binary, Some(&library));
-        let report = inspect_json(&["--pid", &waiter.0.id().to_string()]);
+        let waiter = Fixture::start(&binary, Some(&library));
+        let report = inspect_json(&["--pid", &waiter.pid().to_string()]);
         let allocator = check_allocator(&report, kind, &library, false);
         let symbols = nm(&library, true);
         for name in own {
@@ -217,14 +200,16 @@ struct AskedFor {
     frees: u64,
 }
 
-/// The allocs fixture, started (with `preload` as its allocator), ready for commands.
-struct Allocs {
+/// A C fixture (testdata/c), started with `preload` as its allocator, once it has said
+/// "ready"; it runs until its standard input closes (when this is dropped), taking commands
+/// meanwhile.
+struct Fixture {
     guard: ChildGuard,
     stdin: std::process::ChildStdin,
     stdout: BufReader<std::process::ChildStdout>,
 }
 
-impl Allocs {
+impl Fixture {
     fn start(binary: &Path, preload: Option<&Path>) -> Self {
         let mut command = Command::new(binary);
         command.stdin(Stdio::piped()).stdout(Stdio::piped());
@@ -248,8 +233,8 @@ impl Allocs {
         self.guard.0.id()
     }
 
-    /// Send `command` ("go", "pace N S") and read what the program asked for.
-    fn run(&mut self, command: &str) -> AskedFor {
+    /// Send `command` and read its one-line JSON answer.
+    fn command<T: serde::de::DeserializeOwned>(&mut self, command: &str) -> T {
         use std::io::Write as _;
         writeln!(self.stdin, "{command}").unwrap();
         let mut line = String::new();
@@ -313,7 +298,7 @@ fn every_call_the_program_makes_is_counted_once() {
         (Some("libmimalloc.so.2"), "mimalloc"),
     ] {
         let library = preload.map(system_library);
-        let mut allocs = Allocs::start(&binary, library.as_deref());
+        let mut allocs = Fixture::start(&binary, library.as_deref());
         let pid = allocs.pid();
         let mapscope = Mapscope::attach_unbudgeted(pid);
         mapscope.scrape_until(Duration::from_secs(10), |metrics| {
@@ -321,7 +306,7 @@ fn every_call_the_program_makes_is_counted_once() {
         });
         let before = settled_totals(&mapscope, pid, allocator);
         for round in 0..2 {
-            let asked = allocs.run("go");
+            let asked: AskedFor = allocs.command("go");
             let asked = [asked.objects, asked.bytes, asked.frees].map(|n| n as f64);
             let expected = [
                 before[0] + asked[0] * f64::from(round + 1),
@@ -364,14 +349,14 @@ fn every_call_the_program_makes_is_counted_once() {
 #[ignore = "needs root and gcc: run `cargo xtask test`"]
 fn by_default_the_probes_are_held_within_the_budget_and_scaled() {
     let binary = build_allocs();
-    let mut allocs = Allocs::start(&binary, None);
+    let mut allocs = Fixture::start(&binary, None);
     let pid = allocs.pid();
     let mut mapscope = Mapscope::attach_with(pid, &["--max-overhead", "0.1"]);
     mapscope.scrape_until(Duration::from_secs(10), |metrics| {
         metrics.has("mapscope_native_alloc_objects_total")
     });
     // 40 s at 2,000 rounds a second per thread: 36,000 calls a second into malloc and free.
-    let asked = allocs.run("pace 2000 40");
+    let asked: AskedFor = allocs.command("pace 2000 40");
     // The last on part's share is settled halfway through the off part after it.
     std::thread::sleep(Duration::from_secs(6));
     let metrics = mapscope.scrape();
@@ -504,7 +489,7 @@ fn the_daemon_profiles_a_selected_c_program() {
         &["-O1", "-fno-builtin", "-pthread"],
     );
     let mapscope = Mapscope::daemon_selecting(&binary, &["--max-overhead", "0"]);
-    let mut allocs = Allocs::start(&binary, None);
+    let mut allocs = Fixture::start(&binary, None);
     let pid = allocs.pid();
     let ours = |metrics: &common::Metrics| {
         metrics.0.iter().any(|sample| {
@@ -532,7 +517,7 @@ fn the_daemon_profiles_a_selected_c_program() {
         "a program without a Go runtime has no GC series"
     );
     let before = settled_totals(&mapscope, pid, "glibc");
-    let asked = allocs.run("go");
+    let asked: AskedFor = allocs.command("go");
     let expected = [
         before[0] + asked.objects as f64,
         before[1] + asked.bytes as f64,
@@ -559,46 +544,6 @@ struct SiteBytes {
     small_bytes: u64,
     bytes: u64,
     leaked_bytes: u64,
-}
-
-/// The sites.c fixture, ready for commands.
-struct Sites {
-    guard: ChildGuard,
-    stdin: std::process::ChildStdin,
-    stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Sites {
-    fn start(binary: &Path) -> Self {
-        let mut child = Command::new(binary)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        Self {
-            guard: ChildGuard(child),
-            stdin,
-            stdout,
-        }
-    }
-
-    fn run(&mut self, rounds: u32) -> SiteBytes {
-        self.command(&format!("go {rounds}"))
-    }
-
-    /// Send `command` and read its one-line JSON answer.
-    fn command<T: serde::de::DeserializeOwned>(&mut self, command: &str) -> T {
-        use std::io::Write as _;
-        writeln!(self.stdin, "{command}").unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(line.trim()).unwrap()
-    }
 }
 
 /// mapscope's site bytes for `pid`, summed by function.
@@ -640,14 +585,14 @@ fn sampled_sites_split_the_bytes_as_the_program_did() {
         ),
     ] {
         let binary = common::build_c("sites.c", name, flags);
-        let mut sites = Sites::start(&binary);
-        let pid = sites.guard.0.id();
+        let mut sites = Fixture::start(&binary, None);
+        let pid = sites.pid();
         let mapscope = Mapscope::attach_unbudgeted(pid);
         mapscope.scrape_until(Duration::from_secs(10), |metrics| {
             metrics.has("mapscope_native_alloc_objects_total")
         });
         let before = settled_totals(&mapscope, pid, "glibc");
-        let asked = sites.run(20_000);
+        let asked: SiteBytes = sites.command("go 20000");
         let metrics = mapscope.scrape_until(Duration::from_secs(10), |metrics| {
             native_totals(metrics, pid, "glibc")[1] >= before[1] + asked.bytes as f64
         });
@@ -770,8 +715,8 @@ fn the_live_heap_shows_the_leak_and_only_the_leak() {
         "sites-leak",
         &["-O1", "-g", "-fno-builtin", "-pthread"],
     );
-    let mut sites = Sites::start(&binary);
-    let pid = sites.guard.0.id();
+    let mut sites = Fixture::start(&binary, None);
+    let pid = sites.pid();
     let mapscope = Mapscope::attach_with(pid, &["--native-inuse"]);
     mapscope.scrape_until(Duration::from_secs(10), |metrics| {
         metrics.has("mapscope_native_alloc_objects_total")
@@ -854,8 +799,8 @@ fn profile_native_writes_a_profile_pprof_opens() {
         "sites-profiled",
         &["-O1", "-g", "-fno-builtin", "-pthread"],
     );
-    let mut sites = Sites::start(&binary);
-    let pid = sites.guard.0.id().to_string();
+    let mut sites = Fixture::start(&binary, None);
+    let pid = sites.pid().to_string();
     let output = std::env::temp_dir().join(format!("mapscope-native-{pid}.pb.gz"));
     let mut profiling = Command::new(common::MAPSCOPE)
         .args(["profile", "native", "--pid", &pid, "--duration", "6s", "-o"])
@@ -864,7 +809,7 @@ fn profile_native_writes_a_profile_pprof_opens() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let asked = sites.run(20_000);
+    let asked: SiteBytes = sites.command("go 20000");
     let status = profiling.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut profiling.stderr.take().unwrap(), &mut stderr).unwrap();

@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include "clock.h"
 
 #define ROUNDS 1000
 
@@ -60,12 +60,6 @@ static void rounds(struct counts *c, int count) {
     }
 }
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
-
 // One run: a burst, or a paced load (a tenth of a second's rounds at a time, on schedule).
 static void work(struct counts *c) {
     if (pace_seconds == 0) {
@@ -75,11 +69,7 @@ static void work(struct counts *c) {
     double start = now();
     for (int step = 1; step <= pace_seconds * 10; step++) {
         rounds(c, pace_rounds / 10);
-        double wait = start + step / 10.0 - now();
-        if (wait > 0) {
-            struct timespec t = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
-            nanosleep(&t, NULL);
-        }
+        sleep_until(start + step / 10.0);
     }
 }
 

@@ -14,7 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include "clock.h"
 
 struct counts {
     unsigned long big, medium, small, objects;
@@ -66,12 +66,6 @@ __attribute__((noinline)) static void small_allocs(struct counts *c, int i) {
     free(p);
 }
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
-
 // A paced run: a tenth of a second's rounds at a time, on schedule.
 static void paced(struct counts *c) {
     double start = now();
@@ -82,11 +76,7 @@ static void paced(struct counts *c) {
             small_allocs(c, i);
             if (c == &counts[0] && i % 10 == 0) leaky_allocs(i + step);
         }
-        double wait = start + step / 10.0 - now();
-        if (wait > 0) {
-            struct timespec t = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
-            nanosleep(&t, NULL);
-        }
+        sleep_until(start + step / 10.0);
     }
 }
 

@@ -160,21 +160,40 @@ impl AllocSnapshot {
 /// The kernel's two sample tables and which one its probes fill. Each read empties the table
 /// retired at the read before, idle since (a probe that chose it just before it was retired
 /// finished long ago), then retires the filling one if its family fired. So a read costs what
-/// was sampled since, not the target's history, and a new stack always finds room.
-struct SampleTables {
-    tables: [aya::maps::HashMap<MapData, AllocKey, u64>; 2],
+/// was sampled since, not the target's history, and a new stack always finds room. Keyed by
+/// `K`: Go's samples (`AllocKey`), native ones (`NativeSampleKey`).
+pub(super) struct SampleTables<K> {
+    tables: [aya::maps::HashMap<MapData, K, u64>; 2],
     switch: aya::maps::Array<MapData, u32>,
     filling: usize,
     /// The probe's coverage when the retired table was retired, while it holds samples not
     /// read yet: the share of the target's work its samples saw.
-    retired: Option<f64>,
+    pub(super) retired: Option<f64>,
 }
 
-impl SampleTables {
+impl<K: aya::Pod> SampleTables<K> {
+    /// The tables, the probes filling the first.
+    pub(super) fn new(
+        tables: [aya::maps::HashMap<MapData, K, u64>; 2],
+        switch: aya::maps::Array<MapData, u32>,
+    ) -> Self {
+        Self {
+            tables,
+            switch,
+            filling: 0,
+            retired: None,
+        }
+    }
+
+    /// The table the probes fill now.
+    pub(super) fn filling(&self) -> usize {
+        self.filling
+    }
+
     /// Empty table `index`: its sample counts by key.
-    fn drain(&mut self, index: usize) -> Vec<(AllocKey, u64)> {
+    pub(super) fn drain(&mut self, index: usize) -> Vec<(K, u64)> {
         let table = &mut self.tables[index];
-        let keys: Vec<AllocKey> = table.keys().filter_map(Result::ok).collect();
+        let keys: Vec<K> = table.keys().filter_map(Result::ok).collect();
         let mut counts = Vec::with_capacity(keys.len());
         for key in keys {
             if let Ok(count) = table.get(&key, 0) {
@@ -187,7 +206,7 @@ impl SampleTables {
 
     /// Have the probes fill the other table (empty: drained before), and retire this one;
     /// whether it could be.
-    fn retire_filling(&mut self, coverage: f64) -> bool {
+    pub(super) fn retire_filling(&mut self, coverage: f64) -> bool {
         let next = 1 - self.filling;
         match self.switch.set(0, next as u32, 0) {
             Ok(()) => {
@@ -207,7 +226,7 @@ impl SampleTables {
 const READ_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct AllocCollector {
-    samples: SampleTables,
+    samples: SampleTables<AllocKey>,
     /// Samples read so far, as the kernel counted them (not scaled).
     taken: u64,
     /// The estimated objects by size so far (sampled mode).
@@ -256,12 +275,7 @@ impl AllocCollector {
     ) -> Self {
         let ranking = SiteRanking::new(sites.top_sites, sites.half_life);
         Self {
-            samples: SampleTables {
-                tables: maps.samples,
-                switch: maps.filling,
-                filling: 0,
-                retired: None,
-            },
+            samples: SampleTables::new(maps.samples, maps.filling),
             taken: 0,
             sizes: SizeHistogram::from_estimates(&BTreeMap::new()),
             exact_counts: maps.exact,

@@ -12,7 +12,7 @@ use profiler_common::{
 };
 
 use super::{
-    alloc::{AllocProfile, publish_into, publish_inuse},
+    alloc::{AllocProfile, SampleTables, publish_into, publish_inuse},
     stacks::{StackTable, Symbolized},
 };
 use crate::{
@@ -107,43 +107,6 @@ pub struct NativeSummary {
     pub top_sites: Vec<(Site, f64)>,
 }
 
-/// The kernel's two sample tables and which one its probes fill: as the Go sampler's
-/// (`alloc::SampleTables`), each read empties the table retired at the read before, idle
-/// since, then retires the filling one.
-struct SampleTables {
-    tables: [HashMap<MapData, NativeSampleKey, u64>; 2],
-    switch: Array<MapData, u32>,
-    filling: usize,
-    /// The share of the work the retired table's samples saw, while it holds some unread.
-    retired: Option<f64>,
-}
-
-impl SampleTables {
-    fn drain(&mut self, index: usize) -> Vec<(NativeSampleKey, u64)> {
-        let table = &mut self.tables[index];
-        let keys: Vec<NativeSampleKey> = table.keys().filter_map(Result::ok).collect();
-        let mut counts = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Ok(count) = table.get(&key, 0) {
-                counts.push((key, count));
-            }
-            let _ = table.remove(&key);
-        }
-        counts
-    }
-
-    fn retire_filling(&mut self, coverage: f64) {
-        let next = 1 - self.filling;
-        match self.switch.set(0, next as u32, 0) {
-            Ok(()) => {
-                self.retired = Some(coverage);
-                self.filling = next;
-            }
-            Err(error) => tracing::debug!("switching native sample tables: {error}"),
-        }
-    }
-}
-
 /// How the sites are ranked: `--alloc-top-sites` and its half-life, as for Go's.
 #[derive(Clone, Copy, Debug)]
 pub struct NativeSiteOptions {
@@ -155,7 +118,8 @@ pub struct NativeCollector {
     counts: PerCpuArray<MapData, u64>,
     /// The sampled allocations still live (`--native-inuse`).
     live: HashMap<MapData, u64, LiveSample>,
-    samples: SampleTables,
+    /// The kernel's two sample tables, as the Go sampler's (`alloc::SampleTables`).
+    samples: SampleTables<NativeSampleKey>,
     stacks: StackTable,
     symbols: NativeSymbols,
     plan: NativePlan,
@@ -187,12 +151,7 @@ impl NativeCollector {
         let collector = Self {
             counts: maps.counts,
             live: maps.live,
-            samples: SampleTables {
-                tables: maps.samples,
-                switch: maps.filling,
-                filling: 0,
-                retired: None,
-            },
+            samples: SampleTables::new(maps.samples, maps.filling),
             stacks: maps.stacks,
             symbols: NativeSymbols::new(pid),
             own_code,
@@ -264,7 +223,7 @@ impl NativeCollector {
         // settled, for the next read to take.
         let mut fresh: Vec<(NativeSampleKey, u64, f64)> = Vec::new();
         if let Some(retired_fraction) = self.samples.retired.take() {
-            let retired = 1 - self.samples.filling;
+            let retired = 1 - self.samples.filling();
             fresh.extend(
                 self.samples
                     .drain(retired)
@@ -273,7 +232,7 @@ impl NativeCollector {
             );
         }
         if last {
-            let filling = self.samples.filling;
+            let filling = self.samples.filling();
             fresh.extend(
                 self.samples
                     .drain(filling)
@@ -281,7 +240,9 @@ impl NativeCollector {
                     .map(|(key, count)| (key, count, fraction)),
             );
         } else {
-            self.samples.retire_filling(fraction);
+            // Not retired (the switch could not be set): its samples are taken at the next
+            // read, with that read's share.
+            let _ = self.samples.retire_filling(fraction);
         }
         if let Some(settled) = settled {
             coverage.taken(HIT_NATIVE, settled);

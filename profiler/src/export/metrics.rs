@@ -166,7 +166,15 @@ pub(super) fn histogram_metric(
     histogram.set_bucket(buckets);
     histogram.set_sample_count(count);
     histogram.set_sample_sum(sum);
-    // Sorted by name, as the crate's own metrics are.
+    let mut metric = Metric::default();
+    metric.set_label(label_pairs(names, values));
+    metric.set_histogram(histogram);
+    metric
+}
+
+/// A series' labels, `names` and `values` in step, sorted by name as the crate's own metrics
+/// are.
+pub(super) fn label_pairs(names: &[String], values: &[String]) -> Vec<LabelPair> {
     let mut pairs: Vec<LabelPair> = names
         .iter()
         .zip(values)
@@ -178,10 +186,7 @@ pub(super) fn histogram_metric(
         })
         .collect();
     pairs.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut metric = Metric::default();
-    metric.set_label(pairs);
-    metric.set_histogram(histogram);
-    metric
+    pairs
 }
 
 /// Every `reason` of `mapscope_probe_events_dropped_total` (docs/METRICS.md, "Drop reasons"):

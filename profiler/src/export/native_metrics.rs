@@ -9,10 +9,10 @@ use std::{collections::BTreeMap, sync::Mutex};
 
 use prometheus::{
     core::{Collector, Desc},
-    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+    proto::{Counter, Gauge, Metric, MetricFamily, MetricType},
 };
 
-use super::metrics::{histogram_metric, size_buckets};
+use super::metrics::{histogram_metric, label_pairs, size_buckets};
 use crate::{collect::native::LiveSite, model::sites::Site};
 
 /// What one allocator of one target did, estimated over the whole watch.
@@ -237,21 +237,10 @@ impl NativeFamilies {
     }
 }
 
-/// A counter or gauge series with `names` = `values`, sorted by name as the crate sorts them.
+/// A counter or gauge series with `names` = `values`.
 fn scalar_metric(names: &[String], values: &[String], kind: MetricType, value: f64) -> Metric {
-    let mut pairs: Vec<LabelPair> = names
-        .iter()
-        .zip(values)
-        .map(|(name, value)| {
-            let mut pair = LabelPair::default();
-            pair.set_name(name.clone());
-            pair.set_value(value.clone());
-            pair
-        })
-        .collect();
-    pairs.sort_by(|a, b| a.name().cmp(b.name()));
     let mut metric = Metric::default();
-    metric.set_label(pairs);
+    metric.set_label(label_pairs(names, values));
     if kind == MetricType::COUNTER {
         let mut counter = Counter::default();
         counter.set_value(value);

@@ -40,6 +40,9 @@ pub struct FoundAllocator {
     pub host_path: PathBuf,
     /// The executable itself (statically linked allocator), not a library.
     pub in_executable: bool,
+    /// By entry point, the entry points found to jump into it (`tails::tail_from`).
+    #[serde(skip)]
+    pub tails: Vec<u64>,
     #[serde(flatten)]
     pub allocator: Allocator,
 }
@@ -147,6 +150,9 @@ fn choose(candidates: Vec<Candidate>) -> Result<Vec<FoundAllocator>, NativeError
                 object: candidate.object.clone(),
                 host_path: candidate.host_path.clone(),
                 in_executable: candidate.in_executable,
+                // While the object's bytes are at hand: attaching needs them, and would read the
+                // file (the C library: megabytes) a second time.
+                tails: tails::tail_from(&file, &allocator.entry_points),
                 allocator,
             });
         }

@@ -21,7 +21,6 @@ use crate::probes::{loaded::LoadError, stw::ProbePoint};
 use super::{
     FoundAllocator,
     allocator::{AllocatorKind, EntryPoint, Role},
-    tails::tail_from,
 };
 
 /// The kernel program every entry point gets.
@@ -92,13 +91,8 @@ fn tail_table(allocators: &[FoundAllocator]) -> Vec<(u32, u64)> {
             for index in base..(base + count).min(MAX_ENTRY_POINTS) {
                 table.push((index, all));
             }
-        } else if let Ok(data) = std::fs::read(&found.host_path)
-            && let Ok(file) = object::File::parse(&*data)
-        {
-            for (position, from) in tail_from(&file, &found.allocator.entry_points)
-                .into_iter()
-                .enumerate()
-            {
+        } else {
+            for (position, &from) in found.tails.iter().enumerate() {
                 let index = base + position as u32;
                 if index < MAX_ENTRY_POINTS && from != 0 {
                     table.push((index, from.checked_shl(base).unwrap_or(0)));
