@@ -898,6 +898,7 @@ impl Attached {
         let meter = crate::collect::overhead::OverheadMeter::new(
             process.pid,
             self.probes.program_fds(),
+            self.probes.trap_kinds(),
             target_metrics.own_cpu().clone(),
             options.max_overhead,
         );

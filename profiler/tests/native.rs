@@ -340,41 +340,56 @@ fn every_call_the_program_makes_is_counted_once() {
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
-/// The probes are held within a budget (`--max-overhead`, 10% here: at 2% their duty is 3%,
-/// a 40-second window holds two or three on parts, and the scaled estimate is only as good as
-/// so few cycles allow): on a program that allocates at a steady pace, as a service does, they
-/// are on part of the time, the coverage gauge says how much, and the scaled totals still
-/// match what the program asked for.
+/// The probes are held within the default budget (1% of the target's CPU time): on a program
+/// that allocates at a steady pace and works between its calls, as a service does, they are on
+/// part of the time, the coverage gauge says how much, and the scaled totals still match what
+/// the program asked for. Its load: two threads, 100 rounds a second each of 9 allocations
+/// and 10 frees, and 3 ms of their own work a round. Counted all the time, the traps (glibc's
+/// `free` is stepped, about 6 µs here) would cost it about 2.5% of its CPU time: a duty of
+/// about 0.4, several on parts in the 40 s.
 #[test]
 #[ignore = "needs root and gcc: run `cargo xtask test`"]
 fn by_default_the_probes_are_held_within_the_budget_and_scaled() {
     let binary = build_allocs();
     let mut allocs = Fixture::start(&binary, None);
     let pid = allocs.pid();
-    let mut mapscope = Mapscope::attach_with(pid, &["--max-overhead", "0.1"]);
+    let mut mapscope = Mapscope::attach_with(pid, &[]);
     mapscope.scrape_until(Duration::from_secs(10), |metrics| {
         metrics.has("mapscope_native_alloc_objects_total")
     });
-    // 40 s at 2,000 rounds a second per thread: 36,000 calls a second into malloc and free.
-    let asked: AskedFor = allocs.command("pace 2000 40");
+    let ours = move |labels: &std::collections::BTreeMap<String, String>| {
+        labels.get("pid").map(String::as_str) == Some(&pid.to_string())
+    };
+    // The duty while the load runs, every 5 s from its 15th second on (once it ends, the
+    // probes cost nothing and rightly go back on all the time).
+    let address = mapscope.address;
+    let duties = std::thread::spawn(move || {
+        (0..5)
+            .map(|round| {
+                std::thread::sleep(Duration::from_secs(if round == 0 { 15 } else { 5 }));
+                let metrics = common::Metrics(common::parse_prometheus(&common::http_get(
+                    address, "/metrics",
+                )));
+                metrics.sum("mapscope_probe_duty_cycle", |labels| {
+                    ours(labels) && labels.get("probe").map(String::as_str) == Some("native")
+                })
+            })
+            .collect::<Vec<f64>>()
+    });
+    let asked: AskedFor = allocs.command("pace 100 40 3000");
+    let duties = duties.join().unwrap();
     // The last on part's share is settled halfway through the off part after it.
     std::thread::sleep(Duration::from_secs(6));
     let metrics = mapscope.scrape();
     let [objects, bytes, frees, ..] = native_totals(&metrics, pid, "glibc");
-    let ours = |labels: &std::collections::BTreeMap<String, String>| {
-        labels.get("pid").map(String::as_str) == Some(&pid.to_string())
-    };
     let coverage = metrics.sum("mapscope_native_coverage_ratio", ours);
-    let duty = metrics.sum("mapscope_probe_duty_cycle", |labels| {
-        ours(labels) && labels.get("probe").map(String::as_str) == Some("native")
-    });
     println!(
         "asked {asked:?}; estimated {objects:.0} objects, {bytes:.0} bytes, {frees:.0} frees; \
-         coverage {coverage:.3}, duty {duty:.3}"
+         coverage {coverage:.3}; duty while loaded {duties:.3?}"
     );
     assert!(
-        coverage < 0.9 && duty < 0.9,
-        "held: coverage {coverage}, duty {duty}"
+        coverage < 0.9 && duties.iter().all(|duty| *duty < 0.9),
+        "held: coverage {coverage}, duty while loaded {duties:?}"
     );
     for (name, estimated, actual) in [
         ("objects", objects, asked.objects),

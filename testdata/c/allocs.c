@@ -3,8 +3,9 @@
 // asked for: the oracle for mapscope's native allocation counts.
 //
 // Protocol, one line each: -> "ready"; <- "go"; -> {"objects": N, "bytes": B, "frees": F,
-// "reallocs": R}; <- EOF: exit 0. "pace N S" in place of "go": each thread does N rounds a
-// second for S seconds, a paced load like a service's, then the same report.
+// "reallocs": R}; <- EOF: exit 0. "pace N S [W]" in place of "go": each thread does N rounds a
+// second for S seconds, each round also working W microseconds of its own CPU time (a
+// service does more than allocate), a paced load like a service's, then the same report.
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -20,8 +21,9 @@ struct counts {
 };
 
 static struct counts counts[2];
-// Rounds a second and seconds of a paced run; 0 for one burst of ROUNDS.
-static int pace_rounds, pace_seconds;
+// Rounds a second, seconds, and each round's own work in microseconds of a paced run; 0
+// seconds for one burst of ROUNDS.
+static int pace_rounds, pace_seconds, pace_work_us;
 // The second thread starts and ends each run with the first: made before "ready", so that
 // making it (glibc allocates its thread-local storage) is not counted in a run.
 static pthread_barrier_t start, done;
@@ -68,7 +70,10 @@ static void work(struct counts *c) {
     }
     double start = now();
     for (int step = 1; step <= pace_seconds * 10; step++) {
-        rounds(c, pace_rounds / 10);
+        for (int round = 0; round < pace_rounds / 10; round++) {
+            rounds(c, 1);
+            spin(pace_work_us / 1e6);
+        }
         sleep_until(start + step / 10.0);
     }
 }
@@ -92,7 +97,8 @@ int main(void) {
     puts("ready");
     fflush(stdout);
     while (fgets(line, sizeof line, stdin)) {
-        if (sscanf(line, "pace %d %d", &pace_rounds, &pace_seconds) != 2) {
+        pace_work_us = 0;
+        if (sscanf(line, "pace %d %d %d", &pace_rounds, &pace_seconds, &pace_work_us) < 2) {
             if (strncmp(line, "go", 2) != 0) continue;
             pace_rounds = pace_seconds = 0;
         }

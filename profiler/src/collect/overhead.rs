@@ -25,7 +25,7 @@ use crate::{
         self,
         overhead::{CostRatios, CostReading, CostSummary, CostWindow, ProgramRuns, hit_cost_ns},
     },
-    probes::calibrate::TrapCost,
+    probes::calibrate::{TrapCost, TrapKind},
 };
 
 /// A mode asked for is judged against the budget over at least this much of the target's time.
@@ -258,6 +258,8 @@ pub struct OverheadMeter {
     window: CostWindow,
     /// The cost of one hit of each family as last estimated.
     hit_cost_ns: [f64; HIT_KINDS as usize],
+    /// The trap each family's hits are charged (its costliest probe's).
+    trap_kinds: [TrapKind; HIT_KINDS as usize],
     /// `--max-overhead` (0: none), and the modes asked for already said to be over it.
     budget: f64,
     warned: [bool; HIT_KINDS as usize],
@@ -265,8 +267,15 @@ pub struct OverheadMeter {
 
 impl OverheadMeter {
     /// `programs`: the target's loaded programs by family, whose run-time statistics are read.
+    /// `trap_kinds`: the trap each family's hits cost (`AttachedProbes::trap_kinds`).
     /// `budget`: `--max-overhead`, for the warning when a mode the user asked for goes over it.
-    pub fn new(pid: u32, programs: Vec<(u32, ProgramFd)>, own: OwnCpu, budget: f64) -> Self {
+    pub fn new(
+        pid: u32,
+        programs: Vec<(u32, ProgramFd)>,
+        trap_kinds: [TrapKind; HIT_KINDS as usize],
+        own: OwnCpu,
+        budget: f64,
+    ) -> Self {
         TrapCost::start();
         start_program_statistics();
         // Everything from here on is charged, hits before the trap's cost is known included
@@ -292,6 +301,7 @@ impl OverheadMeter {
             first,
             window,
             hit_cost_ns: [0.0; HIT_KINDS as usize],
+            trap_kinds,
             budget,
             warned: [false; HIT_KINDS as usize],
         }
@@ -309,7 +319,7 @@ impl OverheadMeter {
             return;
         }
         // Until the trap is measured there is no cost to count; the hits wait.
-        let Some(trap) = TrapCost::get() else {
+        let Some(traps) = TrapCost::get() else {
             return;
         };
         let Some(target_cpu_ns) = crate::process::cpu::process_cpu_ns(self.pid) else {
@@ -324,6 +334,7 @@ impl OverheadMeter {
             probe_ns: self.latest.probe_ns,
         };
         for (family, (seen, total)) in self.hits_seen.iter_mut().zip(hits).enumerate() {
+            let trap = traps.of(self.trap_kinds[family]);
             let cost = hit_cost_ns(trap.as_nanos() as f64, runs[family]);
             self.hit_cost_ns[family] = cost;
             reading.probe_ns[family] += total.saturating_sub(*seen) as f64 * cost;

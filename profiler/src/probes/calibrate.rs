@@ -3,10 +3,15 @@
 //! taken without a probe and with an empty eBPF program on it. The difference per call is the kernel's trap:
 //! the breakpoint, finding the probe, running a program, and resuming the caller.
 //!
-//! The probed instruction is `push rbp`, the first instruction of a Go function with a frame
-//! after its stack check (where mapscope's entry probes go), so the kernel handles it the same
-//! way (x86 emulates it rather than stepping it out of line). What each of mapscope's programs
-//! adds on top is measured separately, on the targets themselves (`collect::overhead`).
+//! What the trap costs depends on the probed instruction (`TrapKind`). x86 emulates a few
+//! (`push reg`, relative jumps and calls, `nop`): one exception. Every other instruction is
+//! copied out of line and single-stepped there: a second exception, about five times the
+//! cost here (glibc's `malloc` starts with `push r12`, 1.2 µs a hit; its `free` with
+//! `test rdi, rdi`, 6 µs). So two sites are measured: `push rbp`, the first instruction of a
+//! Go function with a frame after its stack check (where mapscope's Go entry probes go), and
+//! `test rdi, rdi`, stepped. Each family is charged the cost of its costliest probe
+//! (`AttachedProbes::trap_kinds`). What each of mapscope's programs adds on top is measured
+//! separately, on the targets themselves (`collect::overhead`).
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
@@ -41,27 +46,108 @@ std::arch::global_asm!(
     "pop rbp",
     "ret",
     ".size mapscope_calibration_site, .-mapscope_calibration_site",
+    ".globl mapscope_calibration_stepped_site",
+    ".type mapscope_calibration_stepped_site,@function",
+    "mapscope_calibration_stepped_site:",
+    "test rdi, rdi",
+    "lea rax, [rdi + 1]",
+    "ret",
+    ".size mapscope_calibration_stepped_site, .-mapscope_calibration_stepped_site",
     ".popsection",
 );
 
 #[cfg(target_arch = "x86_64")]
 unsafe extern "C" {
-    /// Returns its argument plus one; the probe goes on its first instruction.
+    /// Return their argument plus one; the probe goes on their first instruction, which the
+    /// kernel emulates (`push rbp`) or steps out of line (`test rdi, rdi`).
     fn mapscope_calibration_site(value: u64) -> u64;
+    fn mapscope_calibration_stepped_site(value: u64) -> u64;
 }
 
-/// A plain function elsewhere (mapscope's probes are built for x86-64 only).
+/// Plain functions elsewhere (mapscope's probes are built for x86-64 only).
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(never)]
 extern "C" fn mapscope_calibration_site(value: u64) -> u64 {
     std::hint::black_box(value) + 1
 }
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(never)]
+extern "C" fn mapscope_calibration_stepped_site(value: u64) -> u64 {
+    std::hint::black_box(value) + 1
+}
 
-fn call_site(value: u64) -> u64 {
-    // SAFETY: the function only computes on its argument register and follows the C ABI.
+fn call_site(kind: TrapKind, value: u64) -> u64 {
+    // SAFETY: the functions only compute on their argument register and follow the C ABI.
     #[allow(unused_unsafe)]
     unsafe {
-        mapscope_calibration_site(value)
+        match kind {
+            TrapKind::Emulated => mapscope_calibration_site(value),
+            TrapKind::Stepped => mapscope_calibration_stepped_site(value),
+        }
+    }
+}
+
+/// How the kernel runs the instruction a uprobe replaced, which decides what a hit costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TrapKind {
+    /// Emulated in the trap (x86: `push reg`, relative jumps and calls, `nop`).
+    #[default]
+    Emulated,
+    /// Copied out of line and single-stepped there: a second exception.
+    Stepped,
+}
+
+impl TrapKind {
+    /// The kind of the x86-64 instruction at the start of `code`, by the kernel's rules
+    /// (arch/x86/kernel/uprobes.c: `branch_setup_xol_ops`, `push_setup_xol_ops`). An
+    /// instruction that cannot be decoded counts as stepped, the costlier.
+    pub fn of_instruction(code: &[u8]) -> Self {
+        use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, OpKind};
+        let mut decoder = Decoder::new(64, code, DecoderOptions::NONE);
+        if !decoder.can_decode() {
+            return Self::Stepped;
+        }
+        let instruction = decoder.decode();
+        if instruction.is_invalid() {
+            return Self::Stepped;
+        }
+        // `push r64`: one byte, or two with REX.B (0x41) for r8-r15, no other prefix.
+        let push = matches!(code, [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..]);
+        let relative_branch = matches!(
+            instruction.flow_control(),
+            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call
+        ) && matches!(
+            instruction.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        ) && !matches!(
+            instruction.code(),
+            Code::Loop_rel8_64_RCX
+                | Code::Loope_rel8_64_RCX
+                | Code::Loopne_rel8_64_RCX
+                | Code::Jrcxz_rel8_64
+        );
+        let nop = instruction.code() == Code::Nopd || instruction.code() == Code::Nopq;
+        if push || relative_branch || nop {
+            Self::Emulated
+        } else {
+            Self::Stepped
+        }
+    }
+}
+
+/// What a hit costs, by the kind of trap.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrapCosts {
+    pub emulated: Duration,
+    pub stepped: Duration,
+}
+
+impl TrapCosts {
+    pub fn of(&self, kind: TrapKind) -> Duration {
+        match kind {
+            TrapKind::Emulated => self.emulated,
+            TrapKind::Stepped => self.stepped,
+        }
     }
 }
 
@@ -86,7 +172,8 @@ pub fn child_main_if_asked() -> Option<u8> {
     if std::env::args().nth(1).as_deref() != Some(CHILD_ARG) {
         return None;
     }
-    // One line in, the number of calls; one line out, the CPU time they took in nanoseconds
+    // One line in, the number of calls and the site (0: emulated, 1: stepped); one line out,
+    // the CPU time they took in nanoseconds
     // (this thread's: the trap is kernel time of the probed thread, and time the machine gave
     // to others does not count, so a busy machine does not inflate the probed rounds, which
     // last thousands of times longer). Until EOF.
@@ -96,8 +183,13 @@ pub fn child_main_if_asked() -> Option<u8> {
         return Some(1);
     }
     for line in stdin.lock().lines() {
-        let Ok(calls) = line.map(|line| line.trim().parse::<u64>()) else {
+        let Ok(line) = line else {
             return Some(1);
+        };
+        let (calls, kind) = match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [calls, "0"] => (calls.parse::<u64>(), TrapKind::Emulated),
+            [calls, "1"] => (calls.parse::<u64>(), TrapKind::Stepped),
+            _ => return Some(1),
         };
         let Ok(calls) = calls else {
             return Some(1);
@@ -105,7 +197,7 @@ pub fn child_main_if_asked() -> Option<u8> {
         let started = crate::collect::overhead::thread_cpu_ns();
         let mut sum = 0u64;
         for call in 0..calls {
-            sum = sum.wrapping_add(call_site(std::hint::black_box(call)));
+            sum = sum.wrapping_add(call_site(kind, std::hint::black_box(call)));
         }
         std::hint::black_box(sum);
         let nanos = crate::collect::overhead::thread_cpu_ns().saturating_sub(started);
@@ -157,16 +249,22 @@ impl Calibrator {
         Ok(line.trim().to_owned())
     }
 
-    /// Nanoseconds per call of the least of `ROUNDS` rounds.
-    fn ns_per_call(&mut self) -> Result<f64, CalibrationError> {
+    /// Nanoseconds per call of the site of `kind`, the least of `ROUNDS` rounds.
+    fn ns_per_call(&mut self, kind: TrapKind) -> Result<f64, CalibrationError> {
+        // The stepped trap costs several times more: fewer calls take as long.
+        let calls = match kind {
+            TrapKind::Emulated => CALLS,
+            TrapKind::Stepped => CALLS / 4,
+        };
+        let site = kind as u8;
         let mut least = f64::INFINITY;
         for _ in 0..ROUNDS {
-            writeln!(self.input, "{CALLS}").map_err(CalibrationError::Pipe)?;
+            writeln!(self.input, "{calls} {site}").map_err(CalibrationError::Pipe)?;
             let answer = self.line()?;
             let nanos: f64 = answer
                 .parse()
                 .map_err(|_| CalibrationError::Answer(answer.clone()))?;
-            least = least.min(nanos / CALLS as f64);
+            least = least.min(nanos / calls as f64);
         }
         Ok(least)
     }
@@ -179,22 +277,24 @@ impl Drop for Calibrator {
     }
 }
 
-/// Where the calibration site is in mapscope's executable file: found through this process's
-/// own mappings (the child maps the same file the same way).
-fn site_file_offset() -> Result<u64, CalibrationError> {
-    let address = mapscope_calibration_site as *const () as u64;
+/// Where the calibration site of `kind` is in mapscope's executable file: found through this
+/// process's own mappings (the child maps the same file the same way).
+fn site_file_offset(kind: TrapKind) -> Result<u64, CalibrationError> {
+    let address = match kind {
+        TrapKind::Emulated => mapscope_calibration_site as *const () as u64,
+        TrapKind::Stepped => mapscope_calibration_stepped_site as *const () as u64,
+    };
     crate::process::memory::executable_offset(std::process::id(), address)
         .map_err(|error| CalibrationError::Site(error.to_string()))
 }
 
-/// The cost of one uprobe hit with an empty program, on this machine, now.
-pub fn trap_cost() -> Result<Duration, CalibrationError> {
-    let file_offset = site_file_offset()?;
-    let mut calibrator = Calibrator::start()?;
+/// The cost of one hit with an empty program on the site of `kind`, in the child.
+fn measure(calibrator: &mut Calibrator, kind: TrapKind) -> Result<Duration, CalibrationError> {
+    let file_offset = site_file_offset(kind)?;
     let pid = calibrator.child.id();
     // Warm up: the first calls fault the page in.
-    calibrator.ns_per_call()?;
-    let without = calibrator.ns_per_call()?;
+    calibrator.ns_per_call(kind)?;
+    let without = calibrator.ns_per_call(kind)?;
     let point = ProbePoint {
         program: NOOP,
         function: "mapscope_calibration_site",
@@ -205,7 +305,7 @@ pub fn trap_cost() -> Result<Duration, CalibrationError> {
     };
     let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
     let probes = AttachedProbes::attach(pid, [exe].into(), None, &[point], &[], &[], &[])?;
-    let with = calibrator.ns_per_call();
+    let with = calibrator.ns_per_call(kind);
     probes.detach();
     let with = with?;
     if with <= without {
@@ -214,9 +314,17 @@ pub fn trap_cost() -> Result<Duration, CalibrationError> {
     Ok(Duration::from_secs_f64((with - without) / 1e9))
 }
 
+/// The cost of one uprobe hit with an empty program, on this machine, now, by kind of trap.
+pub fn trap_costs() -> Result<TrapCosts, CalibrationError> {
+    let mut calibrator = Calibrator::start()?;
+    let emulated = measure(&mut calibrator, TrapKind::Emulated)?;
+    let stepped = measure(&mut calibrator, TrapKind::Stepped)?;
+    Ok(TrapCosts { emulated, stepped })
+}
+
 /// The calibration, run once per process on a thread of its own (it takes a few tenths of a
 /// second): `cost()` is `None` until it is done, and if it failed.
-pub struct TrapCost(std::sync::OnceLock<Option<Duration>>);
+pub struct TrapCost(std::sync::OnceLock<Option<TrapCosts>>);
 
 static TRAP_COST: TrapCost = TrapCost(std::sync::OnceLock::new());
 
@@ -228,10 +336,16 @@ impl TrapCost {
             let spawned = std::thread::Builder::new()
                 .name("calibration".into())
                 .spawn(|| {
-                    let measured = match trap_cost() {
-                        Ok(cost) => {
-                            tracing::info!("one uprobe hit costs {cost:.2?} on this machine (the trap, with an empty program)");
-                            Some(cost)
+                    let measured = match trap_costs() {
+                        Ok(costs) => {
+                            tracing::info!(
+                                "one uprobe hit costs {:.2?} on this machine on an instruction \
+                                 the kernel emulates, {:.2?} on one it steps (the trap, with an \
+                                 empty program)",
+                                costs.emulated,
+                                costs.stepped
+                            );
+                            Some(costs)
                         }
                         Err(error) => {
                             tracing::warn!(
@@ -256,7 +370,33 @@ impl TrapCost {
     }
 
     /// The measured cost of a hit, once known.
-    pub fn get() -> Option<Duration> {
+    pub fn get() -> Option<TrapCosts> {
         TRAP_COST.0.get().copied().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrapKind::{self, Emulated, Stepped};
+
+    #[test]
+    fn the_kernels_emulated_instructions_are_told_from_the_stepped() {
+        let cases: [(&[u8], TrapKind); 12] = [
+            (&[0x55], Emulated),                   // push rbp
+            (&[0x41, 0x54], Emulated),             // push r12 (glibc's malloc)
+            (&[0xe9, 0, 0, 0, 0], Emulated),       // jmp rel32
+            (&[0x74, 0x10], Emulated),             // je rel8
+            (&[0x0f, 0x84, 0, 0, 0, 0], Emulated), // je rel32
+            (&[0xe8, 0, 0, 0, 0], Emulated),       // call rel32
+            (&[0x90], Emulated),                   // nop
+            (&[0x48, 0x85, 0xff], Stepped),        // test rdi, rdi (glibc's free)
+            (&[0xf3, 0x0f, 0x1e, 0xfa], Stepped),  // endbr64
+            (&[0xc3], Stepped),                    // ret
+            (&[0xff, 0x25, 0, 0, 0, 0], Stepped),  // jmp [rip+0]: indirect
+            (&[0x0f], Stepped),                    // cut short
+        ];
+        for (code, kind) in cases {
+            assert_eq!(TrapKind::of_instruction(code), kind, "{code:02x?}");
+        }
     }
 }

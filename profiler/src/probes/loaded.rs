@@ -18,11 +18,12 @@ use thiserror::Error;
 
 use profiler_common::{
     alloc::{ALLOC_SAMPLE_TABLES, AllocKey},
+    counters::HIT_KINDS,
     maps::{MapOpKey, MapSiteKey, TrackedMap},
     native::{LiveSample, NATIVE_SAMPLE_TABLES, NativeSampleKey},
 };
 
-use super::stw::ProbePoint;
+use super::{calibrate::TrapKind, stw::ProbePoint};
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -124,6 +125,8 @@ pub struct AttachedProbes {
     windowed: Vec<ProbePoint>,
     /// The links of families whose probes the overhead governor takes on and off, by family.
     governed: Vec<(u32, ProbePoint, UProbeLinkId)>,
+    /// The costliest trap among each family's probes, by family.
+    trap_kinds: [TrapKind; HIT_KINDS as usize],
     pub count: usize,
 }
 
@@ -171,6 +174,7 @@ impl AttachedProbes {
                 governed_links.push((family, *point, link));
             }
         }
+        let trap_kinds = trap_kinds(&objects, &all);
         Ok(Self {
             ebpf: Arc::new(Mutex::new(ebpf)),
             logger,
@@ -178,8 +182,15 @@ impl AttachedProbes {
             objects,
             windowed: windowed.to_vec(),
             governed: governed_links,
+            trap_kinds,
             count: points.len(),
         })
+    }
+
+    /// The costliest trap among each family's probes, by family (`TrapKind`): what the
+    /// overhead meter charges each of its hits.
+    pub fn trap_kinds(&self) -> [TrapKind; HIT_KINDS as usize] {
+        self.trap_kinds
     }
 
     /// The probes of each governed family, attached, for the governor to take off and put back
@@ -445,6 +456,38 @@ fn attach_point(
             address: point.address,
             source,
         })
+}
+
+/// The costliest trap among each family's `points`, by family: read from the instruction each
+/// replaces. A return probe fires in the kernel's return trampoline, which this counts as
+/// stepped; an instruction that cannot be read counts as stepped too.
+fn trap_kinds(
+    objects: &[std::path::PathBuf],
+    points: &[ProbePoint],
+) -> [TrapKind; HIT_KINDS as usize] {
+    use std::os::unix::fs::FileExt as _;
+    let mut kinds = [TrapKind::Emulated; HIT_KINDS as usize];
+    for point in points {
+        let Some(family) = super::family(point.program) else {
+            continue;
+        };
+        let kind = if super::is_return_probe(point.program) {
+            TrapKind::Stepped
+        } else {
+            let mut code = [0u8; 16];
+            let read = objects
+                .get(usize::from(point.object))
+                .and_then(|path| std::fs::File::open(path).ok())
+                .and_then(|file| file.read_at(&mut code, point.file_offset).ok());
+            match read {
+                Some(read) => TrapKind::of_instruction(&code[..read]),
+                None => TrapKind::Stepped,
+            }
+        };
+        let slot = &mut kinds[family as usize];
+        *slot = (*slot).max(kind);
+    }
+    kinds
 }
 
 /// Probes of a target's object attached for a window now and then (map discovery): each

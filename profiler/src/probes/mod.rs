@@ -33,6 +33,11 @@ pub fn purpose(program: &str) -> &'static str {
     }
 }
 
+/// Whether `program` is a return probe (`uretprobe`): only on C code, never on Go's.
+pub fn is_return_probe(program: &str) -> bool {
+    program == crate::native::probes::NATIVE_RETURN
+}
+
 /// The family a probe program counts its hits under (`profiler_common::counters::HIT_*`): what
 /// `mapscope_probe_hits_total` and the cost figures are labeled by. `None` for the calibration
 /// program, which no target carries.
