@@ -172,6 +172,16 @@ pub const MAX_NATIVE_LIVE: u32 = 65_536;
 /// from inside one is the allocator's own, whichever of its functions made it.
 pub const MAX_OWN_CODE: u32 = 4;
 
+/// Functions that allocate for their caller (C++'s `operator new` forms: `native::wrappers`):
+/// `[start, end, depth]`, their code in the target's address space and the bytes each holds on
+/// the stack below its return address when it calls the allocator. A sampled allocation whose
+/// return address is in one is its caller's (`[start, end)` empty: unused).
+pub const MAX_WRAPPERS: u32 = 8;
+
+/// How many such functions deep a call is followed (the nothrow `operator new` calls the
+/// plain one, which calls `malloc`).
+pub const MAX_WRAPPER_LEVELS: usize = 3;
+
 /// Threads whose last counted call the kernel keeps, to tell the allocator calling itself
 /// from the program calling it (least recently used first out).
 pub const MAX_NATIVE_THREADS: u32 = 8192;

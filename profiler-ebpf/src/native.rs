@@ -21,10 +21,10 @@ use profiler_common::{
     native::{
         CallShape, LastCall, LiveSample, MAX_ALLOCATORS, MAX_ARGS, MAX_ENTRY_POINTS,
         MAX_NATIVE_LIVE, MAX_NATIVE_SAMPLE_KEYS, MAX_NATIVE_STACKS, MAX_NATIVE_THREADS,
-        MAX_OWN_CODE, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS,
-        NATIVE_SAMPLE_BYTES, NATIVE_SLOTS, NativeSampleKey, PendingSample, RETURNS_THROUGH_ARG0,
-        ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES, is_allocators_own,
-        native_counter, native_size_slot,
+        MAX_OWN_CODE, MAX_WRAPPER_LEVELS, MAX_WRAPPERS, NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED,
+        NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SAMPLE_BYTES, NATIVE_SLOTS, NativeSampleKey,
+        PendingSample, RETURNS_THROUGH_ARG0, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES,
+        ZERO_SIZE_ALLOCATES, is_allocators_own, native_counter, native_size_slot,
     },
 };
 
@@ -135,7 +135,7 @@ fn sample(ctx: &ProbeContext, allocator: u8, size: u64, ret: u64, sp: u64, out: 
     }
     *left = sample_distance();
     let key = NativeSampleKey {
-        stack_id: crate::stacks::user_stack_at_entry(ctx, &NATIVE_STACKS, ret),
+        stack_id: crate::stacks::user_stack_at_entry(ctx, &NATIVE_STACKS, site(ret, sp)),
         allocator: u32::from(allocator),
         size,
     };
@@ -181,6 +181,40 @@ fn in_own_code(ret: u64) -> bool {
         }
     }
     false
+}
+
+/// `MAX_WRAPPERS` functions that allocate for their caller (C++'s `operator new`), as
+/// `[start, end, depth]` (see `profiler_common::native::MAX_WRAPPERS`), set by userspace.
+#[map]
+static NATIVE_WRAPPERS: Array<[u64; 3]> = Array::with_max_entries(MAX_WRAPPERS, 0);
+
+/// The site of an allocation whose return address at the allocator's entry (stack pointer
+/// `sp`) is `ret`: `ret`, or, when that is in a function allocating for its caller, the
+/// return address that function's own frame holds, `depth` bytes above the one below it.
+#[inline(always)]
+fn site(ret: u64, sp: u64) -> u64 {
+    let (mut site, mut slot) = (ret, sp);
+    for _ in 0..MAX_WRAPPER_LEVELS {
+        let mut depth = None;
+        for index in 0..MAX_WRAPPERS {
+            if let Some(&[start, end, bytes]) = NATIVE_WRAPPERS.get(index)
+                && start <= site
+                && site < end
+            {
+                depth = Some(bytes);
+            }
+        }
+        let Some(depth) = depth else {
+            break;
+        };
+        slot += 8 + depth;
+        // SAFETY: bpf_probe_read_user copies from the target's memory and fails cleanly.
+        match unsafe { bpf_probe_read_user(slot as *const u64) } {
+            Ok(caller) => site = caller,
+            Err(_) => break,
+        }
+    }
+    site
 }
 
 /// By entry point index: the entry points whose calls may tail-jump into it, a bit each (set

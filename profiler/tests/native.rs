@@ -697,6 +697,67 @@ fn sampled_sites_split_the_bytes_as_the_program_did() {
     }
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct NewSiteBytes {
+    orders: u64,
+    notes: u64,
+    spares: u64,
+    blocks: u64,
+}
+
+/// C++: `testdata/c/newsites.cpp`'s four functions allocate through four forms of `operator
+/// new` (plain, array, nothrow array, aligned), which call `malloc` or `aligned_alloc` from
+/// Debian's libstdc++, built without frame pointers, as is the program. Each site must be
+/// the function that said `new`, named as C++ names it, with its share of the bytes within
+/// the sampling bound (as `sampled_sites_split_the_bytes_as_the_program_did`), never
+/// `operator new` and never a frame past it: the kernel program reads the caller from where
+/// each `operator new` keeps its return address (`native::wrappers`).
+#[test]
+#[ignore = "needs root and g++: run `cargo xtask test`"]
+fn cxx_sites_are_the_callers_of_operator_new() {
+    let binary = common::build_c("newsites.cpp", "newsites", &["-O2", "-g"]);
+    let mut program = Fixture::start(&binary, None);
+    let pid = program.pid();
+    let mapscope = Mapscope::attach_unbudgeted(pid);
+    mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+        metrics.has("mapscope_native_alloc_objects_total")
+    });
+    let before = settled_totals(&mapscope, pid, "glibc");
+    let asked: NewSiteBytes = program.command("go 30000");
+    let total = (asked.orders + asked.notes + asked.spares + asked.blocks) as f64;
+    mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+        native_totals(metrics, pid, "glibc")[1] >= before[1] + total
+    });
+    // The samples of the last table retired come one read after it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let by_function = site_bytes(&mapscope.scrape(), pid);
+    println!("asked {asked:?}; mapscope's sites {by_function:?}");
+    for (function, actual) in [
+        ("shop::place_order()", asked.orders),
+        ("shop::write_note(int)", asked.notes),
+        ("shop::spare_parts(int)", asked.spares),
+        ("shop::aligned_block(int)", asked.blocks),
+    ] {
+        let estimated = by_function.get(function).copied().unwrap_or(0.0);
+        let bound = 4.0 / (actual as f64 / 524_288.0).sqrt();
+        let error = estimated / actual as f64 - 1.0;
+        assert!(
+            error.abs() < bound,
+            "{function}: estimated {estimated:.0}, asked {actual} ({:+.1}%, bound {:.1}%): \
+             {by_function:?}",
+            error * 100.0,
+            bound * 100.0
+        );
+    }
+    // Nothing else of note: the C++ runtime's own start-up allocations are a few KiB.
+    let elsewhere: f64 = by_function
+        .iter()
+        .filter(|(function, _)| !function.starts_with("shop::"))
+        .map(|(_, bytes)| bytes)
+        .sum();
+    assert!(elsewhere < total * 0.01, "{by_function:?}");
+}
+
 /// mapscope's live bytes, objects and age at `function`'s sites, summed (age: the largest).
 fn live_at(metrics: &common::Metrics, pid: u32, function: &str) -> (f64, f64, f64) {
     let ours = |labels: &std::collections::BTreeMap<String, String>| {

@@ -118,13 +118,15 @@ fn test(filter: Option<String>) -> Result<()> {
     };
     // The daemon's endpoint tests make a certificate and speak TLS with these; the maps page is
     // checked in a real headless browser; binutils' strip makes symbol-less twins (and its nm
-    // is the native tests' ground truth); the C allocators that replace glibc's.
+    // is the native tests' ground truth); g++ builds the C++ fixture; the C allocators that
+    // replace glibc's.
     setup::debian_packages(&[
         "openssl",
         "curl",
         "chromium",
         "binutils",
         "gcc",
+        "g++",
         "libc6-dev",
         "libjemalloc2",
         "libtcmalloc-minimal4",

@@ -114,6 +114,10 @@ pub struct NativeSiteOptions {
     pub half_life: Duration,
 }
 
+/// How many reads (one a second) look for C++'s `operator new` in a target where it was not
+/// mapped at attach.
+const WRAPPER_LOOKS: u32 = 30;
+
 pub struct NativeCollector {
     counts: PerCpuArray<MapData, u64>,
     /// The sampled allocations still live (`--native-inuse`).
@@ -126,6 +130,9 @@ pub struct NativeCollector {
     /// The kernel's table of the dedicated libraries' code, while it is not complete
     /// (`NativePlan::own_code_complete`).
     own_code: Option<Array<MapData, [u64; 2]>>,
+    /// The kernel's table of C++'s `operator new`s while none was found, and how many more
+    /// reads look for them (a program `run` starts maps libstdc++ in its first moments).
+    wrappers: Option<(Array<MapData, [u64; 3]>, u32)>,
     pid: u32,
     metrics: Arc<TargetMetrics>,
     tallies: Vec<NativeTally>,
@@ -148,6 +155,7 @@ impl NativeCollector {
     ) -> Self {
         let tallies = vec![NativeTally::default(); plan.allocators.len()];
         let own_code = (!plan.own_code_complete()).then_some(maps.own_code);
+        let wrappers = (!plan.wrappers_found()).then_some((maps.wrappers, WRAPPER_LOOKS));
         let collector = Self {
             counts: maps.counts,
             live: maps.live,
@@ -155,6 +163,7 @@ impl NativeCollector {
             stacks: maps.stacks,
             symbols: NativeSymbols::new(pid),
             own_code,
+            wrappers,
             pid,
             metrics,
             sites: (0..tallies.len()).map(|_| SiteTotals::default()).collect(),
@@ -196,6 +205,12 @@ impl NativeCollector {
             && self.plan.refresh_own_code(self.pid, table)
         {
             self.own_code = None;
+        }
+        if let Some((table, looks)) = self.wrappers.as_mut() {
+            *looks = looks.saturating_sub(1);
+            if self.plan.refresh_wrappers(self.pid, table) || *looks == 0 {
+                self.wrappers = None;
+            }
         }
         let coverage = self.metrics.coverage();
         let settled = coverage.settled(HIT_NATIVE);

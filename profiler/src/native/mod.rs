@@ -9,6 +9,7 @@ pub mod allocator;
 pub mod probes;
 pub mod symbols;
 pub mod tails;
+pub mod wrappers;
 
 use std::{
     io,

@@ -10,10 +10,10 @@ use aya::{
     maps::{MapData, PerCpuArray},
 };
 use profiler_common::native::{
-    CallShape, MAX_ALLOCATORS, MAX_ENTRY_POINTS, MAX_FUNCTION_BYTES, MAX_OWN_CODE, NATIVE_BYTES,
-    NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SIZE_BASE, NATIVE_SLOTS,
-    NO_ARG, NO_INDEX, RETURNS_THROUGH_ARG0, ROLE_ALLOCATES, ROLE_FREES, ROLE_REALLOCATES,
-    ZERO_SIZE_ALLOCATES, native_counter,
+    CallShape, MAX_ALLOCATORS, MAX_ENTRY_POINTS, MAX_FUNCTION_BYTES, MAX_OWN_CODE, MAX_WRAPPERS,
+    NATIVE_BYTES, NATIVE_FREES, NATIVE_NESTED, NATIVE_OBJECTS, NATIVE_REALLOCS, NATIVE_SIZE_BASE,
+    NATIVE_SLOTS, NO_ARG, NO_INDEX, RETURNS_THROUGH_ARG0, ROLE_ALLOCATES, ROLE_FREES,
+    ROLE_REALLOCATES, ZERO_SIZE_ALLOCATES, native_counter,
 };
 
 use crate::probes::{loaded::LoadError, stw::ProbePoint};
@@ -225,6 +225,8 @@ pub struct NativePlan {
     dedicated: Vec<PathBuf>,
     own_code: Vec<[u64; 2]>,
     tail_from: Vec<(u32, u64)>,
+    /// C++'s `operator new`s, where they are mapped (`NATIVE_WRAPPERS`).
+    wrappers: Vec<super::wrappers::Wrapper>,
 }
 
 /// The attach point's name of a probe: entry names come from fixed tables (and a few fixed
@@ -318,7 +320,31 @@ impl NativePlan {
             .collect();
         plan.own_code = own_code(pid, &plan.dedicated);
         plan.tail_from = tail_table(kept);
+        plan.wrappers = super::wrappers::find(pid);
         plan
+    }
+
+    /// Whether C++'s `operator new` was found mapped (not in a C program; not yet in a
+    /// program stopped at its exec: `mapscope run`).
+    pub fn wrappers_found(&self) -> bool {
+        !self.wrappers.is_empty()
+    }
+
+    /// Look for `operator new` again in `pid` (its loader may have mapped libstdc++ since),
+    /// and tell the kernel programs where it is; whether it was found.
+    pub fn refresh_wrappers(
+        &mut self,
+        pid: u32,
+        table: &mut aya::maps::Array<MapData, [u64; 3]>,
+    ) -> bool {
+        self.wrappers = super::wrappers::find(pid);
+        for (index, wrapper) in (0..MAX_WRAPPERS).zip(&self.wrappers) {
+            if let Err(error) = table.set(index, wrapper, 0) {
+                tracing::warn!("PID {pid}: cannot fill NATIVE_WRAPPERS: {error}");
+                return false;
+            }
+        }
+        self.wrappers_found()
     }
 
     /// Whether the code of every dedicated library was found mapped (not yet, in a program
@@ -366,6 +392,12 @@ impl NativePlan {
         let mut own = array::<[u64; 2]>(ebpf, "NATIVE_OWN_CODE")?;
         for (index, range) in (0..MAX_OWN_CODE).zip(&self.own_code) {
             own.set(index, range, 0).map_err(fill("NATIVE_OWN_CODE"))?;
+        }
+        let mut wrappers = array::<[u64; 3]>(ebpf, "NATIVE_WRAPPERS")?;
+        for (index, wrapper) in (0..MAX_WRAPPERS).zip(&self.wrappers) {
+            wrappers
+                .set(index, wrapper, 0)
+                .map_err(fill("NATIVE_WRAPPERS"))?;
         }
         let mut tails = array::<u64>(ebpf, "NATIVE_TAIL_FROM")?;
         for (index, from) in &self.tail_from {

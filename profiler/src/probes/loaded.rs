@@ -75,6 +75,8 @@ pub struct NativeMaps {
     pub counts: PerCpuArray<MapData, u64>,
     /// The code of the dedicated allocator libraries, filled again once they are mapped.
     pub own_code: aya::maps::Array<MapData, [u64; 2]>,
+    /// C++'s `operator new`s, filled again once they are mapped.
+    pub wrappers: aya::maps::Array<MapData, [u64; 3]>,
     /// The two sample tables, and the switch that says which one the probes fill.
     pub samples: [HashMap<MapData, NativeSampleKey, u64>; 2],
     pub filling: aya::maps::Array<MapData, u32>,
@@ -307,6 +309,7 @@ impl AttachedProbes {
         Ok(NativeMaps {
             counts: self.take("NATIVE_COUNTS")?,
             own_code: self.take("NATIVE_OWN_CODE")?,
+            wrappers: self.take("NATIVE_WRAPPERS")?,
             samples: [self.take(first)?, self.take(second)?],
             filling: self.take("NATIVE_SAMPLES_FILLING")?,
             stacks: self.take("NATIVE_STACKS")?,

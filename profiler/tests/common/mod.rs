@@ -164,8 +164,8 @@ pub fn build_go_env(program: &str, version: &str, flags: &[&str], env: &[(&str, 
     output
 }
 
-/// testdata/c/`source` built with gcc and `flags` as `name` in the tests' folder (each name
-/// once per test binary).
+/// testdata/c/`source` built with gcc (g++ for a `.cpp` file) and `flags` as `name` in the
+/// tests' folder (each name once per test binary).
 pub fn build_c(source: &str, name: &str, flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap();
@@ -178,7 +178,15 @@ pub fn build_c(source: &str, name: &str, flags: &[&str]) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../testdata/c")
         .join(source);
-    let out = Command::new("gcc")
+    let compiler = if source
+        .extension()
+        .is_some_and(|extension| extension == "cpp")
+    {
+        "g++"
+    } else {
+        "gcc"
+    };
+    let out = Command::new(compiler)
         .args(flags)
         .arg("-o")
         .arg(&output)
@@ -187,7 +195,7 @@ pub fn build_c(source: &str, name: &str, flags: &[&str]) -> PathBuf {
         .expect("running gcc");
     assert!(
         out.status.success(),
-        "gcc {flags:?} {} failed:\n{}",
+        "{compiler} {flags:?} {} failed:\n{}",
         source.display(),
         String::from_utf8_lossy(&out.stderr)
     );
