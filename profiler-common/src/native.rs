@@ -183,7 +183,7 @@ pub const MAX_WRAPPERS: u32 = 8;
 pub const MAX_WRAPPER_LEVELS: usize = 3;
 
 /// Threads whose last counted call the kernel keeps, to tell the allocator calling itself
-/// from the program calling it (least recently used first out).
+/// from the program calling it (userspace removes those of threads that ended).
 pub const MAX_NATIVE_THREADS: u32 = 8192;
 
 /// A thread's last counted call into the allocator: its stack pointer and return address at
@@ -232,6 +232,8 @@ mod user {
     unsafe impl aya::Pod for super::NativeSampleKey {}
     // SAFETY: as above: #[repr(C)], Copy, integers only, no padding.
     unsafe impl aya::Pod for super::LiveSample {}
+    // SAFETY: as above: #[repr(C)], Copy, six u64s.
+    unsafe impl aya::Pod for super::LastCall {}
 }
 
 #[cfg(test)]

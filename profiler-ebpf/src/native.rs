@@ -228,9 +228,8 @@ static NATIVE_COUNTS: PerCpuArray<u64> =
 
 /// Each thread's last counted call (by thread id), to tell the allocator's own calls. A plain
 /// hash table: as an LRU one it lost records (8 to 25 calls in 18,000 counted twice), though it
-/// held three threads in 8,192 entries.
-// TODO(issue 15): entries of threads that exited are never removed; task-local storage
-// (BPF_MAP_TYPE_TASK_STORAGE) goes with its thread.
+/// held three threads in 8,192 entries. Userspace removes the records of threads that ended
+/// (`collect::native`), so a service that starts and ends threads does not fill it.
 #[map]
 static NATIVE_LAST_CALL: HashMap<u32, LastCall> = HashMap::with_max_entries(MAX_NATIVE_THREADS, 0);
 

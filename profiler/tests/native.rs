@@ -284,21 +284,28 @@ fn settled_totals(mapscope: &Mapscope, pid: u32, allocator: &str) -> [f64; 5] {
 /// allocator makes to itself (glibc's `realloc(NULL, n)` jumps to `malloc`; jemalloc's and
 /// tcmalloc's entry points call one another): `allocs.c` calls every standard entry point
 /// from two threads and counts what it asked for, under glibc and under each preloaded
-/// allocator, with `mapscope attach` counting every call (`--max-overhead 0`), and the
-/// metrics must say exactly that, each under its allocator's label.
+/// allocator, and built statically (glibc's allocator in the executable itself), with
+/// `mapscope attach` counting every call (`--max-overhead 0`), and the metrics must say
+/// exactly that, each under its allocator's label.
 #[test]
 #[ignore = "needs root, gcc and Debian's allocators: run `cargo xtask test`"]
 fn every_call_the_program_makes_is_counted_once() {
     let binary = build_allocs();
+    let static_binary = common::build_c(
+        "allocs.c",
+        "allocs-static",
+        &["-O1", "-fno-builtin", "-pthread", "-static"],
+    );
     let mut wrong = Vec::new();
-    for (preload, allocator) in [
-        (None, "glibc"),
-        (Some("libjemalloc.so.2"), "jemalloc"),
-        (Some("libtcmalloc_minimal.so.4"), "tcmalloc"),
-        (Some("libmimalloc.so.2"), "mimalloc"),
+    for (binary, preload, allocator) in [
+        (&binary, None, "glibc"),
+        (&binary, Some("libjemalloc.so.2"), "jemalloc"),
+        (&binary, Some("libtcmalloc_minimal.so.4"), "tcmalloc"),
+        (&binary, Some("libmimalloc.so.2"), "mimalloc"),
+        (&static_binary, None, "glibc"),
     ] {
         let library = preload.map(system_library);
-        let mut allocs = Fixture::start(&binary, library.as_deref());
+        let mut allocs = Fixture::start(binary, library.as_deref());
         let pid = allocs.pid();
         let mapscope = Mapscope::attach_unbudgeted(pid);
         mapscope.scrape_until(Duration::from_secs(10), |metrics| {

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use profiler_common::{
     counters::HIT_NATIVE,
-    native::{LiveSample, NATIVE_SAMPLE_BYTES, NativeSampleKey},
+    native::{LastCall, LiveSample, NATIVE_SAMPLE_BYTES, NativeSampleKey},
 };
 
 use super::{
@@ -114,6 +114,9 @@ pub struct NativeSiteOptions {
     pub half_life: Duration,
 }
 
+/// How often the last-call records of ended threads are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// How many reads (one a second) look for C++'s `operator new` in a target where it was not
 /// mapped at attach.
 const WRAPPER_LOOKS: u32 = 30;
@@ -122,6 +125,10 @@ pub struct NativeCollector {
     counts: PerCpuArray<MapData, u64>,
     /// The sampled allocations still live (`--native-inuse`).
     live: HashMap<MapData, u64, LiveSample>,
+    /// Each thread's last counted call, and when the records of threads that ended were last
+    /// removed.
+    last_calls: HashMap<MapData, u32, LastCall>,
+    swept: std::time::Instant,
     /// The kernel's two sample tables, as the Go sampler's (`alloc::SampleTables`).
     samples: SampleTables<NativeSampleKey>,
     stacks: StackTable,
@@ -159,6 +166,8 @@ impl NativeCollector {
         let collector = Self {
             counts: maps.counts,
             live: maps.live,
+            last_calls: maps.last_calls,
+            swept: std::time::Instant::now(),
             samples: SampleTables::new(maps.samples, maps.filling),
             stacks: maps.stacks,
             symbols: NativeSymbols::new(pid),
@@ -193,6 +202,30 @@ impl NativeCollector {
         self
     }
 
+    /// Remove the last-call records of the target's threads that ended (the kernel table
+    /// holds `MAX_NATIVE_THREADS`; a thread without a record has its allocator's own calls
+    /// counted as the program's). A thread id the kernel gave again since is only a thread
+    /// whose first call finds a record of the same id, matched only by the same stack
+    /// pointer and return address.
+    fn remove_ended_threads(&mut self) {
+        let ended: Vec<u32> = self
+            .last_calls
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tid| !std::path::Path::new(&format!("/proc/{}/task/{tid}", self.pid)).exists())
+            .collect();
+        if !ended.is_empty() {
+            tracing::debug!(
+                "PID {}: {} ended threads' last calls removed",
+                self.pid,
+                ended.len()
+            );
+            for tid in ended {
+                let _ = self.last_calls.remove(&tid);
+            }
+        }
+    }
+
     /// Take the counts whose share of the target's work is settled; `last`: take them all,
     /// with the share predicted if an on part still counts.
     pub fn read(&mut self, last: bool) {
@@ -205,6 +238,10 @@ impl NativeCollector {
             && self.plan.refresh_own_code(self.pid, table)
         {
             self.own_code = None;
+        }
+        if self.swept.elapsed() >= SWEEP_EVERY {
+            self.swept = std::time::Instant::now();
+            self.remove_ended_threads();
         }
         if let Some((table, looks)) = self.wrappers.as_mut() {
             *looks = looks.saturating_sub(1);

@@ -20,7 +20,7 @@ use profiler_common::{
     alloc::{ALLOC_SAMPLE_TABLES, AllocKey},
     counters::HIT_KINDS,
     maps::{MapOpKey, MapSiteKey, TrackedMap},
-    native::{LiveSample, NATIVE_SAMPLE_TABLES, NativeSampleKey},
+    native::{LastCall, LiveSample, NATIVE_SAMPLE_TABLES, NativeSampleKey},
 };
 
 use super::{calibrate::TrapKind, stw::ProbePoint};
@@ -83,6 +83,8 @@ pub struct NativeMaps {
     pub stacks: crate::collect::stacks::StackTable,
     /// The sampled allocations still live, by block (`--native-inuse`).
     pub live: HashMap<MapData, u64, LiveSample>,
+    /// Each thread's last counted call, by thread id.
+    pub last_calls: HashMap<MapData, u32, LastCall>,
 }
 
 /// Kernel maps of the Go-map tracker.
@@ -314,6 +316,7 @@ impl AttachedProbes {
             filling: self.take("NATIVE_SAMPLES_FILLING")?,
             stacks: self.take("NATIVE_STACKS")?,
             live: self.take("NATIVE_LIVE")?,
+            last_calls: self.take("NATIVE_LAST_CALL")?,
         })
     }
 
