@@ -124,7 +124,13 @@ pub fn preflight(need_ptrace: bool) -> Result<(), UserError> {
             ),
         ),
         other => UserError::new(Exit::KernelFeature, format!("unsupported kernel: {other}")),
-    })
+    })?;
+    // What a probe hit costs is measured once per process, in a child of its own: from now,
+    // while the target is read and its probes planned, so that the overhead governor can judge
+    // the first probes soon after they go in (a malloc-heavy program pays for every moment
+    // its allocator's probes stay on before that).
+    crate::probes::calibrate::TrapCost::start();
+    Ok(())
 }
 
 pub fn open_process(pid: u32) -> Result<Process, UserError> {

@@ -402,7 +402,17 @@ impl Governor {
     /// workers: removal waits on the kernel).
     pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let mut readings = self.readings.clone();
+        let mut meter_gone = false;
         loop {
+            // A family attached all the time and not judged yet is judged as soon as the
+            // meter's first reading comes (each moment an allocator's probes stay on over the
+            // budget costs a malloc-heavy target dearly), not at its next retry.
+            let unjudged = !meter_gone
+                && self.families.iter().any(|governed| {
+                    matches!(governed.phase, Phase::Continuous { .. })
+                        && governed.last_share.is_none()
+                });
             // Woken when the next phase is due, to the millisecond: an on part's length is
             // what its counts are scaled by.
             let next = self
@@ -414,6 +424,21 @@ impl Governor {
             tokio::select! {
                 biased;
                 () = &mut stop => break,
+                changed = readings.changed(), if unjudged => {
+                    if changed.is_err() {
+                        meter_gone = true;
+                        continue;
+                    }
+                    let now = Instant::now();
+                    for index in 0..self.families.len() {
+                        let governed = &self.families[index];
+                        if matches!(governed.phase, Phase::Continuous { .. })
+                            && governed.last_share.is_none()
+                        {
+                            self.advance(index, now);
+                        }
+                    }
+                }
                 () = tokio::time::sleep_until(next.into()) => {
                     let now = Instant::now();
                     for index in 0..self.families.len() {

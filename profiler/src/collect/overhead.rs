@@ -307,6 +307,12 @@ impl OverheadMeter {
         }
     }
 
+    /// Whether the first reading is still to come (the trap's cost not measured yet): until
+    /// then the governor cannot judge the probes, so the hits are offered at every drain.
+    pub fn awaiting_first_reading(&self) -> bool {
+        self.last_update.is_none()
+    }
+
     /// Take the hit totals counted so far (by family) into account, at most once per
     /// `UPDATE_INTERVAL` (or always, with `force`), and export the ratios.
     pub fn update(&mut self, hits: &[u64], metrics: &TargetMetrics, force: bool) {

@@ -90,7 +90,14 @@ impl StwCollector {
                 _ = tick.tick() => {
                     let own = self.metrics.own_cpu().clone();
                     own.measure(|| {
-                        if self.drain() > 0 || counters_read.elapsed() >= COUNTER_INTERVAL {
+                        let awaited = self
+                            .meter
+                            .as_ref()
+                            .is_some_and(super::overhead::OverheadMeter::awaiting_first_reading);
+                        if self.drain() > 0
+                            || counters_read.elapsed() >= COUNTER_INTERVAL
+                            || awaited
+                        {
                             counters_read = std::time::Instant::now();
                             self.sync_counters(false);
                         }

@@ -229,6 +229,26 @@ pub struct NativePlan {
     wrappers: Vec<super::wrappers::Wrapper>,
 }
 
+/// Where an entry point named `function` goes in the order its probes are removed: `malloc`
+/// and `free` (under any of `allocators`' prefixes) first, then `calloc` and `realloc`, then
+/// the rest, which programs call far less.
+fn busiest_first(function: &str, allocators: &[FoundAllocator]) -> u8 {
+    let name = allocators
+        .iter()
+        .find_map(|found| {
+            let prefix = found.allocator.prefix;
+            (!prefix.is_empty())
+                .then(|| function.strip_prefix(prefix))
+                .flatten()
+        })
+        .unwrap_or(function);
+    match name {
+        "malloc" | "free" => 0,
+        "calloc" | "realloc" => 1,
+        _ => 2,
+    }
+}
+
 /// The attach point's name of a probe: entry names come from fixed tables (and a few fixed
 /// prefixes), so keeping each once for the life of mapscope stays bounded.
 fn intern(name: &str) -> &'static str {
@@ -313,6 +333,10 @@ impl NativePlan {
                 }
             }
         }
+        // Probes come off in this order, one after another at about 0.1 s each, firing until
+        // then: the busiest first.
+        plan.points
+            .sort_by_key(|point| busiest_first(point.function, kept));
         plan.dedicated = kept
             .iter()
             .filter(|found| dedicated(found))
@@ -320,7 +344,7 @@ impl NativePlan {
             .collect();
         plan.own_code = own_code(pid, &plan.dedicated);
         plan.tail_from = tail_table(kept);
-        plan.wrappers = super::wrappers::find(pid);
+        plan.wrappers = super::wrappers::find(pid, true);
         plan
     }
 
@@ -337,7 +361,7 @@ impl NativePlan {
         pid: u32,
         table: &mut aya::maps::Array<MapData, [u64; 3]>,
     ) -> bool {
-        self.wrappers = super::wrappers::find(pid);
+        self.wrappers = super::wrappers::find(pid, false);
         for (index, wrapper) in (0..MAX_WRAPPERS).zip(&self.wrappers) {
             if let Err(error) = table.set(index, wrapper, 0) {
                 tracing::warn!("PID {pid}: cannot fill NATIVE_WRAPPERS: {error}");

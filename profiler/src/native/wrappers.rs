@@ -137,8 +137,10 @@ fn code_at<'a>(file: &'a object::File<'_>, address: u64, size: u64) -> Option<&'
 }
 
 /// Every `operator new` of process `pid`: in the C++ runtime libraries it maps (libstdc++,
-/// libc++) and in its executable (a static build carries its own), where each is mapped now.
-pub fn find(pid: u32) -> Vec<Wrapper> {
+/// libc++) and, with `executable`, in its executable (a static build carries its own), where
+/// each is mapped now. (The executable is read whole: looked at once, not again while the
+/// libraries are awaited.)
+pub fn find(pid: u32, executable: bool) -> Vec<Wrapper> {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return Vec::new();
     };
@@ -158,9 +160,9 @@ pub fn find(pid: u32) -> Vec<Wrapper> {
             .and_then(|name| name.to_str())
             .unwrap_or_default();
         let cxx_runtime = name.starts_with("libstdc++") || name.starts_with("libc++.");
-        let executable = exe.as_deref() == Some(Path::new(path));
+        let the_executable = executable && exe.as_deref() == Some(Path::new(path));
         // The file's first mapping (offset 0) gives its load bias.
-        if !(cxx_runtime || executable)
+        if !(cxx_runtime || the_executable)
             || !offset.trim_start_matches('0').is_empty()
             || seen.contains(&path)
         {

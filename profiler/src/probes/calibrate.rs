@@ -288,38 +288,55 @@ fn site_file_offset(kind: TrapKind) -> Result<u64, CalibrationError> {
         .map_err(|error| CalibrationError::Site(error.to_string()))
 }
 
-/// The cost of one hit with an empty program on the site of `kind`, in the child.
-fn measure(calibrator: &mut Calibrator, kind: TrapKind) -> Result<Duration, CalibrationError> {
+/// The probe point of the site of `kind` in mapscope's executable.
+fn site(kind: TrapKind) -> Result<ProbePoint, CalibrationError> {
     let file_offset = site_file_offset(kind)?;
-    let pid = calibrator.child.id();
-    // Warm up: the first calls fault the page in.
-    calibrator.ns_per_call(kind)?;
-    let without = calibrator.ns_per_call(kind)?;
-    let point = ProbePoint {
+    Ok(ProbePoint {
         program: NOOP,
         function: "mapscope_calibration_site",
         address: file_offset,
         file_offset,
         cookie: 0,
         object: super::stw::EXECUTABLE,
-    };
-    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
-    let probes = AttachedProbes::attach(pid, [exe].into(), None, &[point], &[], &[], &[])?;
-    let with = calibrator.ns_per_call(kind);
-    probes.detach();
-    let with = with?;
-    if with <= without {
-        return Err(CalibrationError::NoDifference { with, without });
-    }
-    Ok(Duration::from_secs_f64((with - without) / 1e9))
+    })
 }
 
-/// The cost of one uprobe hit with an empty program, on this machine, now, by kind of trap.
+/// The cost of one uprobe hit with an empty program, on this machine, now, by kind of trap:
+/// both sites timed without probes, then with (one object, loaded and removed once).
 pub fn trap_costs() -> Result<TrapCosts, CalibrationError> {
+    let kinds = [TrapKind::Emulated, TrapKind::Stepped];
+    let points = [site(kinds[0])?, site(kinds[1])?];
     let mut calibrator = Calibrator::start()?;
-    let emulated = measure(&mut calibrator, TrapKind::Emulated)?;
-    let stepped = measure(&mut calibrator, TrapKind::Stepped)?;
-    Ok(TrapCosts { emulated, stepped })
+    let pid = calibrator.child.id();
+    let mut without = [0.0; 2];
+    for (kind, without) in kinds.into_iter().zip(&mut without) {
+        // Warm up: the first calls fault the page in.
+        calibrator.ns_per_call(kind)?;
+        *without = calibrator.ns_per_call(kind)?;
+    }
+    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    let probes = AttachedProbes::attach(pid, [exe].into(), None, &points, &[], &[], &[])?;
+    let with: Result<Vec<f64>, CalibrationError> = kinds
+        .into_iter()
+        .map(|kind| calibrator.ns_per_call(kind))
+        .collect();
+    probes.detach();
+    let with = with?;
+    let cost = |index: usize| {
+        if with[index] <= without[index] {
+            return Err(CalibrationError::NoDifference {
+                with: with[index],
+                without: without[index],
+            });
+        }
+        Ok(Duration::from_secs_f64(
+            (with[index] - without[index]) / 1e9,
+        ))
+    };
+    Ok(TrapCosts {
+        emulated: cost(0)?,
+        stepped: cost(1)?,
+    })
 }
 
 /// The calibration, run once per process on a thread of its own (it takes a few tenths of a
