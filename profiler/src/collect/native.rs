@@ -204,9 +204,8 @@ impl NativeCollector {
 
     /// Remove the last-call records of the target's threads that ended (the kernel table
     /// holds `MAX_NATIVE_THREADS`; a thread without a record has its allocator's own calls
-    /// counted as the program's). A thread id the kernel gave again since is only a thread
-    /// whose first call finds a record of the same id, matched only by the same stack
-    /// pointer and return address.
+    /// counted as the program's). A new thread given an ended one's id before the sweep finds
+    /// its record, which a call matches only with the same stack pointer and return address.
     fn remove_ended_threads(&mut self) {
         let ended: Vec<u32> = self
             .last_calls

@@ -293,7 +293,10 @@ fn site(kind: TrapKind) -> Result<ProbePoint, CalibrationError> {
     let file_offset = site_file_offset(kind)?;
     Ok(ProbePoint {
         program: NOOP,
-        function: "mapscope_calibration_site",
+        function: match kind {
+            TrapKind::Emulated => "mapscope_calibration_site",
+            TrapKind::Stepped => "mapscope_calibration_stepped_site",
+        },
         address: file_offset,
         file_offset,
         cookie: 0,
