@@ -583,6 +583,70 @@ fn site_bytes(metrics: &common::Metrics, pid: u32) -> std::collections::BTreeMap
     by_function
 }
 
+/// A site fixture run once, counted all the time: the program (alive while this is), mapscope
+/// attached to it, its answer to one command, and mapscope's metrics once every byte it says
+/// it asked for is counted and the samples are read.
+struct SampledRun<T> {
+    _program: Fixture,
+    mapscope: Mapscope,
+    pid: u32,
+    asked: T,
+    metrics: common::Metrics,
+}
+
+impl<T: serde::de::DeserializeOwned> SampledRun<T> {
+    /// `bytes`: what the answer says the program asked for in all.
+    fn new(binary: &Path, command: &str, bytes: impl Fn(&T) -> u64) -> Self {
+        let mut program = Fixture::start(binary, None);
+        let pid = program.pid();
+        let mapscope = Mapscope::attach_unbudgeted(pid);
+        mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+            metrics.has("mapscope_native_alloc_objects_total")
+        });
+        let before = settled_totals(&mapscope, pid, "glibc");
+        let asked: T = program.command(command);
+        let wanted = before[1] + bytes(&asked) as f64;
+        let metrics = mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+            native_totals(metrics, pid, "glibc")[1] >= wanted
+        });
+        // Two more reads: the samples of the last table retired come one read after it.
+        std::thread::sleep(Duration::from_millis(2500));
+        let later = mapscope.scrape();
+        assert_eq!(
+            native_totals(&later, pid, "glibc")[1],
+            native_totals(&metrics, pid, "glibc")[1]
+        );
+        Self {
+            _program: program,
+            mapscope,
+            pid,
+            asked,
+            metrics: later,
+        }
+    }
+}
+
+/// `function`'s estimated bytes in `by_function` match the `actual` bytes within four
+/// standard deviations of the sampling (one sample per 512 KiB on average: a site of B bytes
+/// has about B / 512 KiB samples, a relative error of 1/sqrt of that).
+fn assert_within_sampling(
+    run: &str,
+    by_function: &std::collections::BTreeMap<String, f64>,
+    function: &str,
+    actual: u64,
+) {
+    let estimated = by_function.get(function).copied().unwrap_or(0.0);
+    let bound = 4.0 / (actual as f64 / 524_288.0).sqrt();
+    let error = estimated / actual as f64 - 1.0;
+    assert!(
+        error.abs() < bound,
+        "{run}: {function}: estimated {estimated:.0}, asked {actual} ({:+.1}%, bound {:.1}%): \
+         {by_function:?}",
+        error * 100.0,
+        bound * 100.0
+    );
+}
+
 /// The call sites of the samples: `sites.c`'s three functions allocate about 8, 6 and 3 of
 /// every 17 bytes through malloc, calloc and realloc, from two threads, and say how much each
 /// asked for. mapscope's site bytes must match each within four standard deviations of its
@@ -607,28 +671,9 @@ fn sampled_sites_split_the_bytes_as_the_program_did() {
         ),
     ] {
         let binary = common::build_c("sites.c", name, flags);
-        let mut sites = Fixture::start(&binary, None);
-        let pid = sites.pid();
-        let mapscope = Mapscope::attach_unbudgeted(pid);
-        mapscope.scrape_until(Duration::from_secs(10), |metrics| {
-            metrics.has("mapscope_native_alloc_objects_total")
-        });
-        let before = settled_totals(&mapscope, pid, "glibc");
-        let asked: SiteBytes = sites.command("go 20000");
-        let metrics = mapscope.scrape_until(Duration::from_secs(10), |metrics| {
-            native_totals(metrics, pid, "glibc")[1] >= before[1] + asked.bytes as f64
-        });
-        // Two more reads: the samples of the last table retired come one read after it.
-        std::thread::sleep(Duration::from_millis(2500));
-        let metrics = {
-            let later = mapscope.scrape();
-            assert_eq!(
-                native_totals(&later, pid, "glibc")[1],
-                native_totals(&metrics, pid, "glibc")[1]
-            );
-            later
-        };
-        let by_function = site_bytes(&metrics, pid);
+        let run = SampledRun::new(&binary, "go 20000", |asked: &SiteBytes| asked.bytes);
+        let (asked, metrics, pid) = (&run.asked, &run.metrics, run.pid);
+        let by_function = site_bytes(metrics, pid);
         println!("{name}: asked {asked:?}; mapscope's sites {by_function:?}");
         let mut ranked: Vec<(&String, &f64)> = by_function.iter().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(a.1));
@@ -646,17 +691,7 @@ fn sampled_sites_split_the_bytes_as_the_program_did() {
             ("medium_allocs", asked.medium_bytes),
             ("small_allocs", asked.small_bytes),
         ] {
-            let estimated = by_function.get(function).copied().unwrap_or(0.0);
-            let samples = actual as f64 / 524_288.0;
-            let bound = 4.0 / samples.sqrt();
-            let error = estimated / actual as f64 - 1.0;
-            assert!(
-                error.abs() < bound,
-                "{name}: {function}: estimated {estimated:.0}, asked {actual} ({:+.1}%, bound \
-                 {:.1}%)",
-                error * 100.0,
-                bound * 100.0
-            );
+            assert_within_sampling(name, &by_function, function, actual);
         }
         let locations: Vec<&String> = metrics
             .0
@@ -681,7 +716,7 @@ fn sampled_sites_split_the_bytes_as_the_program_did() {
         let profile = std::env::temp_dir().join(format!("mapscope-{name}-{pid}.pb.gz"));
         std::fs::write(
             &profile,
-            common::http_get_bytes(mapscope.address, "/debug/pprof/native"),
+            common::http_get_bytes(run.mapscope.address, "/debug/pprof/native"),
         )
         .unwrap();
         let profile = profile.to_str().unwrap();
@@ -723,21 +758,12 @@ struct NewSiteBytes {
 #[ignore = "needs root and g++: run `cargo xtask test`"]
 fn cxx_sites_are_the_callers_of_operator_new() {
     let binary = common::build_c("newsites.cpp", "newsites", &["-O2", "-g"]);
-    let mut program = Fixture::start(&binary, None);
-    let pid = program.pid();
-    let mapscope = Mapscope::attach_unbudgeted(pid);
-    mapscope.scrape_until(Duration::from_secs(10), |metrics| {
-        metrics.has("mapscope_native_alloc_objects_total")
+    let run = SampledRun::new(&binary, "go 30000", |asked: &NewSiteBytes| {
+        asked.orders + asked.notes + asked.spares + asked.blocks
     });
-    let before = settled_totals(&mapscope, pid, "glibc");
-    let asked: NewSiteBytes = program.command("go 30000");
+    let asked = &run.asked;
     let total = (asked.orders + asked.notes + asked.spares + asked.blocks) as f64;
-    mapscope.scrape_until(Duration::from_secs(10), |metrics| {
-        native_totals(metrics, pid, "glibc")[1] >= before[1] + total
-    });
-    // The samples of the last table retired come one read after it.
-    std::thread::sleep(Duration::from_millis(2500));
-    let by_function = site_bytes(&mapscope.scrape(), pid);
+    let by_function = site_bytes(&run.metrics, run.pid);
     println!("asked {asked:?}; mapscope's sites {by_function:?}");
     for (function, actual) in [
         ("shop::place_order()", asked.orders),
@@ -745,16 +771,7 @@ fn cxx_sites_are_the_callers_of_operator_new() {
         ("shop::spare_parts(int)", asked.spares),
         ("shop::aligned_block(int)", asked.blocks),
     ] {
-        let estimated = by_function.get(function).copied().unwrap_or(0.0);
-        let bound = 4.0 / (actual as f64 / 524_288.0).sqrt();
-        let error = estimated / actual as f64 - 1.0;
-        assert!(
-            error.abs() < bound,
-            "{function}: estimated {estimated:.0}, asked {actual} ({:+.1}%, bound {:.1}%): \
-             {by_function:?}",
-            error * 100.0,
-            bound * 100.0
-        );
+        assert_within_sampling("newsites", &by_function, function, actual);
     }
     // Nothing else of note: the C++ runtime's own start-up allocations are a few KiB.
     let elsewhere: f64 = by_function

@@ -41,8 +41,9 @@ pub fn tail_from(file: &object::File<'_>, entries: &[EntryPoint]) -> Vec<u64> {
     from
 }
 
-/// The code of `entry`, from the section that holds it.
-fn code<'a>(file: &'a object::File<'_>, address: u64, size: u64) -> Option<&'a [u8]> {
+/// `size` bytes of code at `address` (fewer where its section ends), from the section that
+/// holds it.
+pub(super) fn code<'a>(file: &'a object::File<'_>, address: u64, size: u64) -> Option<&'a [u8]> {
     let section = file.sections().find(|section| {
         section.address() <= address && address < section.address() + section.size()
     })?;

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register};
-use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSymbol as _};
 use profiler_common::native::MAX_WRAPPERS;
 
 /// The Itanium C++ ABI's names of `operator new` and `operator new[]` (with `size_t` an
@@ -26,7 +26,7 @@ const OPERATOR_NEW: [&str; 8] = [
 ];
 
 /// The most code read of one `operator new`.
-const MAX_CODE: usize = 512;
+const MAX_CODE: u64 = 512;
 
 /// One function that allocates for its caller: its code `[start, end)` in the target's
 /// address space, and the bytes it holds on the stack below its return address when it calls
@@ -83,14 +83,21 @@ pub fn depth_at_calls(code: &[u8], address: u64) -> Option<u64> {
     at_calls.and_then(|depth| u64::try_from(depth).ok())
 }
 
-/// The `operator new`s of the ELF file at `path` mapped with load bias `bias`, with their
-/// depths.
-fn in_file(path: &Path, bias: u64) -> Vec<Wrapper> {
+/// The `operator new`s of the ELF file at `path`, whose first mapping starts at `mapped`,
+/// with their depths.
+fn in_file(path: &Path, mapped: u64) -> Vec<Wrapper> {
     let Ok(data) = std::fs::read(path) else {
         return Vec::new();
     };
     let Ok(file) = object::File::parse(&*data) else {
         return Vec::new();
+    };
+    // A shared library or a PIE executable is mapped at a bias from its link addresses, which
+    // start at 0; a position-dependent executable at its link addresses.
+    let bias = if file.kind() == object::ObjectKind::Dynamic {
+        mapped
+    } else {
+        0
     };
     let mut found = Vec::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
@@ -107,7 +114,12 @@ fn in_file(path: &Path, bias: u64) -> Vec<Wrapper> {
         {
             continue;
         }
-        let Some(code) = code_at(&file, start, symbol.size()) else {
+        let read = if symbol.size() == 0 {
+            MAX_CODE
+        } else {
+            symbol.size().min(MAX_CODE)
+        };
+        let Some(code) = super::tails::code(&file, start, read) else {
             continue;
         };
         if let Some(depth) = depth_at_calls(code, start) {
@@ -124,16 +136,6 @@ fn in_file(path: &Path, bias: u64) -> Vec<Wrapper> {
         }
     }
     found
-}
-
-fn code_at<'a>(file: &'a object::File<'_>, address: u64, size: u64) -> Option<&'a [u8]> {
-    let section = file.sections().find(|section| {
-        section.address() <= address && address < section.address() + section.size()
-    })?;
-    let data = section.data().ok()?;
-    let start = usize::try_from(address - section.address()).ok()?;
-    let size = if size == 0 { MAX_CODE } else { size as usize };
-    data.get(start..data.len().min(start + size.min(MAX_CODE)))
 }
 
 /// Every `operator new` of process `pid`: in the C++ runtime libraries it maps (libstdc++,
@@ -175,14 +177,7 @@ pub fn find(pid: u32, executable: bool) -> Vec<Wrapper> {
         else {
             continue;
         };
-        let file = root.join(path.trim_start_matches('/'));
-        // A position-dependent executable is mapped at its link addresses: no bias.
-        let bias = if is_position_independent(&file) {
-            start
-        } else {
-            0
-        };
-        wrappers.extend(in_file(&file, bias));
+        wrappers.extend(in_file(&root.join(path.trim_start_matches('/')), start));
     }
     if wrappers.len() > MAX_WRAPPERS as usize {
         tracing::debug!(
@@ -192,16 +187,6 @@ pub fn find(pid: u32, executable: bool) -> Vec<Wrapper> {
         wrappers.truncate(MAX_WRAPPERS as usize);
     }
     wrappers
-}
-
-/// Whether the ELF file is position independent (a shared library or a PIE executable),
-/// mapped at a bias from its link addresses, which start at 0.
-fn is_position_independent(path: &Path) -> bool {
-    use std::io::Read as _;
-    let mut header = [0u8; 18];
-    std::fs::File::open(path)
-        .and_then(|mut file| file.read_exact(&mut header))
-        .is_ok_and(|()| u16::from_le_bytes([header[16], header[17]]) == 3)
 }
 
 #[cfg(test)]
