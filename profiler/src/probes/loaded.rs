@@ -473,6 +473,11 @@ fn trap_kinds(
 ) -> [TrapKind; HIT_KINDS as usize] {
     use std::os::unix::fs::FileExt as _;
     let mut kinds = [TrapKind::Emulated; HIT_KINDS as usize];
+    // Each object opened once (a library holds a dozen entry points).
+    let files: Vec<Option<std::fs::File>> = objects
+        .iter()
+        .map(|path| std::fs::File::open(path).ok())
+        .collect();
     for point in points {
         let Some(family) = super::family(point.program) else {
             continue;
@@ -481,9 +486,9 @@ fn trap_kinds(
             TrapKind::Stepped
         } else {
             let mut code = [0u8; 16];
-            let read = objects
+            let read = files
                 .get(usize::from(point.object))
-                .and_then(|path| std::fs::File::open(path).ok())
+                .and_then(Option::as_ref)
                 .and_then(|file| file.read_at(&mut code, point.file_offset).ok());
             match read {
                 Some(read) => TrapKind::of_instruction(&code[..read]),
