@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use profiler_common::counters::HIT_NATIVE;
 use tokio::sync::oneshot;
 
 use crate::{
@@ -635,6 +636,17 @@ const GOVERNED_FAMILIES: [u32; 4] = [
     profiler_common::counters::HIT_NATIVE,
 ];
 
+/// The families the overhead governor holds: none without a budget, and not the native one
+/// while it tracks live blocks (`tracking_live`: every free must be seen for a tracked block
+/// not to stay live for ever).
+fn governed_families(options: &Options, tracking_live: bool) -> &'static [u32] {
+    match (options.max_overhead > 0.0, tracking_live) {
+        (false, _) => &[],
+        (true, true) => &GOVERNED_FAMILIES[..3],
+        (true, false) => &GOVERNED_FAMILIES,
+    }
+}
+
 pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached> {
     let pid = target.process.pid;
     // Without a Go runtime, no family fills the sampler's tables: `load` shrinks them.
@@ -654,12 +666,12 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
         // The live-heap tables stay empty.
         small_tables.extend(["NATIVE_PENDING", "NATIVE_LIVE"]);
     }
-    let governed: &[u32] = match (options.max_overhead > 0.0, tracking_live) {
-        (false, _) => &[],
-        // Every free must be seen for a tracked block not to stay live for ever.
-        (true, true) => &GOVERNED_FAMILIES[..3],
-        (true, false) => &GOVERNED_FAMILIES,
-    };
+    // The native probes' links are kept whoever holds them (the governor, or the native
+    // collector, which adds and removes those of libraries mapped and unmapped later).
+    let mut kept = governed_families(options, tracking_live).to_vec();
+    if target.native.is_some() && !kept.contains(&HIT_NATIVE) {
+        kept.push(HIT_NATIVE);
+    }
     let process = &target.process;
     let windowed = target
         .go
@@ -672,7 +684,7 @@ pub fn attach(mut target: Target, options: &Options) -> anyhow::Result<Attached>
         target.native.as_ref(),
         &target.points(),
         &windowed,
-        governed,
+        &kept,
         &small_tables,
     ) {
         Ok(probes) => Ok(Attached { target, probes }),
@@ -882,7 +894,25 @@ impl Attached {
             );
         }
         let watching = std::time::Instant::now();
-        let governed = self.probes.governed();
+        let mut governed = self.probes.governed();
+        // The native probes follow the libraries the target maps and unmaps: the governor
+        // applies the changes while it holds them, the native collector otherwise.
+        let native_changes = crate::probes::loaded::ProbeChanges::default();
+        let native_governed =
+            governed_families(&options, options.native_inuse).contains(&HIT_NATIVE);
+        let mut native_probes = None;
+        if let Some(index) = governed
+            .iter()
+            .position(|(family, _)| *family == HIT_NATIVE)
+        {
+            if native_governed {
+                governed[index].1.follow(native_changes.clone());
+            } else {
+                let (_, mut probes) = governed.remove(index);
+                probes.follow(native_changes.clone());
+                native_probes = Some(probes);
+            }
+        }
         // The governor's own handle on the hit counters, taken before the pause collector's.
         let governed_maps = if governed.is_empty() {
             None
@@ -953,6 +983,10 @@ impl Attached {
                     },
                 );
                 collector.profile = Arc::clone(&native_profile);
+                collector.watch_libraries_through(crate::collect::native::LibraryWatch {
+                    changes: native_changes,
+                    probes: native_probes,
+                });
                 let mut stopped = stopped.clone();
                 Some(tokio::spawn(collector.run_until(async move {
                     let _ = stopped.changed().await;

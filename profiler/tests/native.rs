@@ -211,8 +211,15 @@ struct Fixture {
 
 impl Fixture {
     fn start(binary: &Path, preload: Option<&Path>) -> Self {
+        Self::start_with(binary, &[], preload)
+    }
+
+    fn start_with(binary: &Path, args: &[&str], preload: Option<&Path>) -> Self {
         let mut command = Command::new(binary);
-        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
         if let Some(library) = preload {
             command.env("LD_PRELOAD", library);
         }
@@ -345,6 +352,168 @@ fn every_call_the_program_makes_is_counted_once() {
         assert_eq!(coverage, 1.0, "{allocator}: counted all the time");
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// What `plugin.c` says of its library after loading or unloading it.
+#[derive(Debug, serde::Deserialize)]
+struct Mapped {
+    mapped: bool,
+}
+
+/// An allocator library a program loads after mapscope attached (`dlopen`, as a plugin
+/// linked with mimalloc is loaded) is found within seconds and counted under its own label,
+/// exactly, with the probes on all the time; once the program unloads it (`dlclose`), its
+/// probes are removed, none left behind (mapscope's probe handles back to what they were);
+/// loaded again, it is probed again and its counts go on. Under the default budget the
+/// governor holds the library's probes with the rest of the family: counted there too, and
+/// none left behind either.
+#[test]
+#[ignore = "needs root, gcc and Debian's mimalloc: run `cargo xtask test`"]
+fn an_allocator_library_loaded_later_is_counted_and_its_probes_go_when_it_is_unloaded() {
+    let binary = common::build_c("plugin.c", "plugin", &["-O1"]);
+    let library = system_library("libmimalloc.so.2");
+    let args = [library.to_str().unwrap(), "mi_malloc", "mi_free"];
+    let mimalloc_series = |metrics: &common::Metrics, pid: u32| {
+        metrics.0.iter().any(|sample| {
+            sample.name == "mapscope_native_alloc_objects_total"
+                && sample.labels.get("pid") == Some(&pid.to_string())
+                && sample.labels.get("allocator").map(String::as_str) == Some("mimalloc")
+        })
+    };
+    // The handles of the probes on glibc alone, on all the time: what every pass must come
+    // back to once the library is unloaded.
+    let mut glibc_only = None;
+    for budgeted in [false, true] {
+        let mut plugin = Fixture::start_with(&binary, &args, None);
+        let pid = plugin.pid();
+        let mapscope = if budgeted {
+            Mapscope::attach(pid)
+        } else {
+            Mapscope::attach_unbudgeted(pid)
+        };
+        let own = mapscope.guard.0.id();
+        mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+            metrics.has("mapscope_native_alloc_objects_total")
+        });
+        let before = common::settled_probe_handles(own);
+        let glibc_only = *glibc_only.get_or_insert(before);
+        let opened: Mapped = plugin.command("open");
+        assert!(opened.mapped, "the library was not mapped");
+        mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+            mimalloc_series(metrics, pid)
+        });
+        if budgeted {
+            // Counted while the governor has the family on: several runs see some of it.
+            let mut seen = 0.0;
+            for _ in 0..15 {
+                let _: AskedFor = plugin.command("go");
+                std::thread::sleep(Duration::from_millis(700));
+                seen = native_totals(&mapscope.scrape(), pid, "mimalloc")[0];
+                if seen > 0.0 {
+                    break;
+                }
+            }
+            assert!(
+                seen > 0.0,
+                "no call into the library loaded later was counted"
+            );
+        } else {
+            let probed = common::settled_probe_handles(own);
+            assert!(
+                probed > before,
+                "no probe added for the library: {before} handles before, {probed} after"
+            );
+            for round in 1..=2 {
+                if round == 2 {
+                    // Unloaded and loaded again: probed again, counted on.
+                    let closed: Mapped = plugin.command("close");
+                    assert!(!closed.mapped);
+                    let opened: Mapped = plugin.command("open");
+                    assert!(opened.mapped);
+                    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                    while common::settled_probe_handles(own) != probed {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "the library loaded again was not probed again: {} handles, {probed} \
+                             the first time",
+                            common::probe_handles(own)
+                        );
+                    }
+                }
+                let asked: AskedFor = plugin.command("go");
+                let expected =
+                    [asked.objects, asked.bytes, asked.frees].map(|n| n as f64 * f64::from(round));
+                let counted = native_totals(
+                    &mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+                        native_totals(metrics, pid, "mimalloc")[..3] == expected
+                    }),
+                    pid,
+                    "mimalloc",
+                );
+                assert_eq!(
+                    counted[..3],
+                    expected,
+                    "round {round}: the library's calls counted (objects, bytes, frees)"
+                );
+                println!("loaded later, round {round}: counted {counted:?}");
+            }
+        }
+        let closed: Mapped = plugin.command("close");
+        assert!(!closed.mapped, "the library stayed mapped");
+        // Its probes go: once their removal is done, mapscope holds at most the C library's,
+        // and holds them again when the family is on (the governor puts a family back on part
+        // of the time, then all of it once the idle program costs it nothing): a probe left
+        // behind would come back with them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut counts = vec![common::probe_handles(own)];
+        while *counts.last().unwrap() > glibc_only {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{counts:?} probe handles after the library was unloaded, {glibc_only} on the C \
+                 library alone; mapscope's log:\n{}",
+                mapscope.stderr.all()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            counts.push(common::probe_handles(own));
+        }
+        let on_again = std::time::Instant::now() + Duration::from_secs(1);
+        let mut on_since = None;
+        loop {
+            let now = common::probe_handles(own);
+            assert!(
+                now <= glibc_only,
+                "{now} probe handles after the library was unloaded, {glibc_only} on the C \
+                 library alone; mapscope's log:\n{}",
+                mapscope.stderr.all()
+            );
+            // On with the C library's probes alone for a second: none left behind.
+            if now == glibc_only {
+                let since = *on_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= Duration::from_secs(1) && std::time::Instant::now() > on_again
+                {
+                    break;
+                }
+            } else {
+                on_since = None;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the native probes never came back on for a second after the library was \
+                 unloaded (now {now} handles); mapscope's log:\n{}",
+                mapscope.stderr.all()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = mapscope.stderr.all();
+        assert!(
+            log.contains("its allocator's probes removed"),
+            "the removal was not said: {log}"
+        );
+        println!(
+            "{}: {glibc_only} handles on the C library, back to that once unloaded",
+            if budgeted { "budgeted" } else { "unbudgeted" }
+        );
+    }
 }
 
 /// The probes are held within the default budget (1% of the target's CPU time): on a program

@@ -908,37 +908,6 @@ fn memory_and_cpu_stay_flat_while_distinct_stacks_accumulate() {
     );
 }
 
-/// mapscope's handles on attached probes: a perf event and a BPF link for each. The kernel
-/// removes a uprobe when the last of them closes.
-fn probe_handles(pid: u32) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    fds.filter_map(Result::ok)
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter(|link| {
-            let link = link.to_string_lossy();
-            link == "anon_inode:[perf_event]" || link == "anon_inode:bpf_link"
-        })
-        .count()
-}
-
-/// `probe_handles(pid)` once it has held for a second (15 s at most): the count in passing
-/// (a detach closes its handles one by one) would prove nothing.
-fn settled_probe_handles(pid: u32) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut count = probe_handles(pid);
-    let mut since = std::time::Instant::now();
-    while since.elapsed() < Duration::from_secs(1) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        let now = probe_handles(pid);
-        if now != count {
-            (count, since) = (now, std::time::Instant::now());
-        }
-    }
-    count
-}
-
 /// The governor takes a family's probes off and puts them back every cycle: the daemon holds
 /// no more of them after many cycles than while attached all the time, and when a target exits
 /// mid-cycle (once while its map probes are off, once right as they go back), every probe it
@@ -952,7 +921,7 @@ fn the_governor_leaves_no_probe_behind_when_cycling_or_when_its_target_exits_mid
     let daemon_pid = daemon.guard.0.id();
     // The daemon's own: the exec watch's link, attached soon after it listens (aya's feature
     // probes open and close a link or two before it, so the count must hold first).
-    let baseline = settled_probe_handles(daemon_pid);
+    let baseline = common::settled_probe_handles(daemon_pid);
     assert!(baseline > 0, "the daemon holds no exec watch");
     for exit_while_going_back in [false, true] {
         let mut target = Command::new(&binary)
@@ -987,7 +956,7 @@ fn the_governor_leaves_no_probe_behind_when_cycling_or_when_its_target_exits_mid
         let mut counts = Vec::new();
         let until = std::time::Instant::now() + Duration::from_secs(25);
         while std::time::Instant::now() < until {
-            counts.push(probe_handles(daemon_pid));
+            counts.push(common::probe_handles(daemon_pid));
             std::thread::sleep(Duration::from_millis(50));
         }
         let (low, high) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
@@ -1008,9 +977,9 @@ fn the_governor_leaves_no_probe_behind_when_cycling_or_when_its_target_exits_mid
         );
         // Exit mid-cycle: while the map probes are off, or as soon as they start going back.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut last = probe_handles(daemon_pid);
+        let mut last = common::probe_handles(daemon_pid);
         loop {
-            let now = probe_handles(daemon_pid);
+            let now = common::probe_handles(daemon_pid);
             if (!exit_while_going_back && now == low) || (exit_while_going_back && now > last) {
                 break;
             }
@@ -1027,7 +996,7 @@ fn the_governor_leaves_no_probe_behind_when_cycling_or_when_its_target_exits_mid
         // two on a loaded machine is no end.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let left = settled_probe_handles(daemon_pid);
+            let left = common::settled_probe_handles(daemon_pid);
             if left == baseline {
                 break;
             }

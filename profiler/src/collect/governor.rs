@@ -37,7 +37,7 @@ use super::overhead::MeterReading;
 use crate::{
     export::metrics::TargetMetrics,
     model::governor::{OffStretch, duty_cycles, early_half_goes_back, on_share, planning_share},
-    probes::loaded::WindowedProbes,
+    probes::loaded::{ProbeChanges, WindowedProbes},
 };
 
 /// How long a cycling family stays attached each cycle at most (its cost is measured
@@ -404,6 +404,11 @@ impl Governor {
         tokio::pin!(stop);
         let mut readings = self.readings.clone();
         let mut meter_gone = false;
+        // Probes added or removed while the family is held (libraries mapped and unmapped).
+        let changes = self
+            .families
+            .iter()
+            .find_map(|governed| governed.probes.changes().cloned());
         loop {
             // A family attached all the time and not judged yet is judged as soon as the
             // meter's first reading comes (each moment an allocator's probes stay on over the
@@ -436,6 +441,17 @@ impl Governor {
                             && governed.last_share.is_none()
                         {
                             self.advance(index, now);
+                        }
+                    }
+                }
+                () = pushed(changes.as_ref()), if changes.is_some() => {
+                    let own = self.metrics.own_cpu().clone();
+                    for governed in &mut self.families {
+                        if governed.probes.changes().is_some_and(ProbeChanges::pending) {
+                            // Removing probes waits on the kernel: off the async workers.
+                            tokio::task::block_in_place(|| {
+                                own.measure(|| governed.probes.apply_changes())
+                            });
                         }
                     }
                 }
@@ -955,6 +971,14 @@ impl Governed {
     /// estimate scaled by it came out at a twelfth of the program's own count).
     fn share_cpu_rate(&self) -> Option<f64> {
         (!self.by_time).then_some(self.on_rate).flatten()
+    }
+}
+
+/// Resolves once a change is pushed to `changes`; never without a queue.
+async fn pushed(changes: Option<&ProbeChanges>) {
+    match changes {
+        Some(changes) => changes.pushed().await,
+        None => std::future::pending().await,
     }
 }
 

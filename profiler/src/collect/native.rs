@@ -25,7 +25,10 @@ use crate::{
         probes::{NativeCounts, NativePlan},
         symbols::{NativeSymbols, is_allocator_frame},
     },
-    probes::loaded::NativeMaps,
+    probes::{
+        loaded::{NativeMaps, ProbeChange, ProbeChanges, WindowedProbes},
+        stw::ProbePoint,
+    },
 };
 
 /// How often the counts are read.
@@ -121,6 +124,34 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// mapped at attach.
 const WRAPPER_LOOKS: u32 = 30;
 
+/// How often the target's mappings are read for allocator libraries it loaded or unloaded
+/// (`dlopen`, `dlclose`) since: a read of `/proc/PID/maps`, a fraction of a millisecond.
+const LIBRARIES_EVERY: Duration = Duration::from_secs(2);
+
+/// An allocator library of the target: probed at attach, or mapped since.
+struct WatchedLibrary {
+    /// As the process names it.
+    object: std::path::PathBuf,
+    /// Where mapscope attaches to it.
+    host_path: std::path::PathBuf,
+    /// Its probes (none if it has no allocator, or one too many), put back if it is mapped
+    /// again after it was unmapped.
+    points: Vec<ProbePoint>,
+    /// Whether the last read of the mappings found it, and whether its probes are in the
+    /// family now (those probed at attach are before their library is mapped, by `run`).
+    mapped: bool,
+    probed: bool,
+}
+
+/// The native probes' owner, when the overhead governor does not hold them (continuous mode,
+/// `--native-inuse`): the collector applies its own changes.
+pub struct LibraryWatch {
+    /// Where the changes to the native probes go.
+    pub changes: ProbeChanges,
+    /// The probes, when this collector owns them.
+    pub probes: Option<WindowedProbes>,
+}
+
 pub struct NativeCollector {
     counts: PerCpuArray<MapData, u64>,
     /// The sampled allocations still live (`--native-inuse`).
@@ -134,9 +165,18 @@ pub struct NativeCollector {
     stacks: StackTable,
     symbols: NativeSymbols,
     plan: NativePlan,
-    /// The kernel's table of the dedicated libraries' code, while it is not complete
+    /// The kernel's table of the dedicated libraries' code, and whether it is complete
     /// (`NativePlan::own_code_complete`).
-    own_code: Option<Array<MapData, [u64; 2]>>,
+    own_code: Array<MapData, [u64; 2]>,
+    own_code_complete: bool,
+    /// The kernel's table of tail jumps between entry points, extended for libraries mapped
+    /// later.
+    tail_from: Array<MapData, u64>,
+    /// The allocator libraries, the changes their mapping and unmapping make to the probes,
+    /// and when the mappings were last read.
+    libraries: Vec<WatchedLibrary>,
+    watch: Option<LibraryWatch>,
+    libraries_read: std::time::Instant,
     /// The kernel's table of C++'s `operator new`s while none was found, and how many more
     /// reads look for them (a program `run` starts maps libstdc++ in its first moments).
     wrappers: Option<(Array<MapData, [u64; 3]>, u32)>,
@@ -161,8 +201,22 @@ impl NativeCollector {
         sites: NativeSiteOptions,
     ) -> Self {
         let tallies = vec![NativeTally::default(); plan.allocators.len()];
-        let own_code = (!plan.own_code_complete()).then_some(maps.own_code);
         let wrappers = (!plan.wrappers_found()).then_some((maps.wrappers, WRAPPER_LOOKS));
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        let libraries = plan
+            .dedicated_libraries()
+            .into_iter()
+            .map(|object| {
+                let host_path = root.join(object.strip_prefix("/").unwrap_or(&object));
+                WatchedLibrary {
+                    points: plan.library_points(&host_path),
+                    object,
+                    host_path,
+                    mapped: false,
+                    probed: true,
+                }
+            })
+            .collect();
         let collector = Self {
             counts: maps.counts,
             live: maps.live,
@@ -171,7 +225,13 @@ impl NativeCollector {
             samples: SampleTables::new(maps.samples, maps.filling),
             stacks: maps.stacks,
             symbols: NativeSymbols::new(pid),
-            own_code,
+            own_code: maps.own_code,
+            own_code_complete: plan.own_code_complete(),
+            tail_from: maps.tail_from,
+            libraries,
+            watch: None,
+            // The first read comes a second after attach, as the counts' first.
+            libraries_read: std::time::Instant::now() - LIBRARIES_EVERY + READ_EVERY,
             wrappers,
             pid,
             metrics,
@@ -200,6 +260,124 @@ impl NativeCollector {
             }
         }
         self
+    }
+
+    /// Follow the target's allocator libraries from now on: probe those it maps later, and
+    /// remove the probes of those it unmaps, through `watch`.
+    pub fn watch_libraries_through(&mut self, watch: LibraryWatch) {
+        self.watch = Some(watch);
+    }
+
+    /// Read the target's mappings: an allocator library mapped since the last read gets
+    /// probes (counted as an allocator of its own), one unmapped loses them (and is probed
+    /// again if mapped again).
+    fn watch_libraries(&mut self) {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)) else {
+            return;
+        };
+        let mapped = crate::native::mapped_allocator_libraries(&maps);
+        let mut changes = Vec::new();
+        for library in &mut self.libraries {
+            let now = mapped.contains(&library.object);
+            // Unmapped once seen mapped, or mapped again once unmapped.
+            let change = (now && !library.probed) || (!now && library.mapped && library.probed);
+            if change && !library.points.is_empty() {
+                tracing::info!(
+                    "PID {}: {} {}: its allocator's probes {}",
+                    self.pid,
+                    if now { "mapped" } else { "unmapped" },
+                    library.object.display(),
+                    if now { "put back" } else { "removed" },
+                );
+                self.plan.library_mapped(&library.object, now);
+                changes.push(if now {
+                    ProbeChange::Add {
+                        object: library.host_path.clone(),
+                        points: library.points.clone(),
+                    }
+                } else {
+                    ProbeChange::Remove {
+                        object: library.host_path.clone(),
+                    }
+                });
+                library.probed = now;
+            }
+            library.mapped = now;
+        }
+        for object in mapped {
+            if self.libraries.iter().any(|known| known.object == object) {
+                continue;
+            }
+            let library = self.probe_library(object);
+            if !library.points.is_empty() {
+                changes.push(ProbeChange::Add {
+                    object: library.host_path.clone(),
+                    points: library.points.clone(),
+                });
+            }
+            self.libraries.push(library);
+        }
+        if changes.is_empty() {
+            return;
+        }
+        // The allocators' own code changed: their calls to themselves are told apart by it.
+        self.own_code_complete = self.plan.refresh_own_code(self.pid, &mut self.own_code);
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        for change in changes {
+            watch.changes.push(change);
+        }
+        if let Some(probes) = watch.probes.as_mut() {
+            // Removing probes waits on the kernel: off the async workers.
+            let own = self.metrics.own_cpu().clone();
+            tokio::task::block_in_place(|| own.measure(|| probes.apply_changes()));
+        }
+    }
+
+    /// Plan the probes of allocator library `object`, mapped since attach, and count it.
+    fn probe_library(&mut self, object: std::path::PathBuf) -> WatchedLibrary {
+        let host_path = std::path::PathBuf::from(format!("/proc/{}/root", self.pid))
+            .join(object.strip_prefix("/").unwrap_or(&object));
+        let mut library = WatchedLibrary {
+            object,
+            host_path,
+            points: Vec::new(),
+            mapped: true,
+            probed: true,
+        };
+        let found = match crate::native::in_library(self.pid, &library.object) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::info!("PID {}: {error}; its allocator is not counted", self.pid);
+                return library;
+            }
+        };
+        let Some(probes) = self.plan.add_library(self.pid, &found) else {
+            return library;
+        };
+        for (index, from) in &probes.tail_from {
+            if let Err(error) = self.tail_from.set(*index, from, 0) {
+                tracing::warn!("PID {}: cannot fill NATIVE_TAIL_FROM: {error}", self.pid);
+            }
+        }
+        for _ in probes.allocators.clone() {
+            self.tallies.push(NativeTally::default());
+            self.sites.push(SiteTotals::default());
+        }
+        for found in &found {
+            tracing::info!(
+                "PID {}: {} mapped since attach: {} allocator, {} entry points probed",
+                self.pid,
+                library.object.display(),
+                found.allocator.kind.label(),
+                found.allocator.entry_points.len()
+            );
+        }
+        library.points = probes.points;
+        // Its series from now: a dashboard shows 0 rather than no data.
+        self.export();
+        library
     }
 
     /// Remove the last-call records of the target's threads that ended (the kernel table
@@ -233,10 +411,12 @@ impl NativeCollector {
     }
 
     fn read_counts(&mut self, last: bool) {
-        if let Some(table) = self.own_code.as_mut()
-            && self.plan.refresh_own_code(self.pid, table)
-        {
-            self.own_code = None;
+        if self.watch.is_some() && self.libraries_read.elapsed() >= LIBRARIES_EVERY {
+            self.libraries_read = std::time::Instant::now();
+            self.watch_libraries();
+        }
+        if !self.own_code_complete {
+            self.own_code_complete = self.plan.refresh_own_code(self.pid, &mut self.own_code);
         }
         if self.swept.elapsed() >= SWEEP_EVERY {
             self.swept = std::time::Instant::now();

@@ -224,6 +224,47 @@ pub fn for_process(
     choose(ordered(executable, libraries))
 }
 
+/// The allocator libraries (jemalloc, tcmalloc, mimalloc) whose code a `/proc/PID/maps`
+/// listing maps, each once: those a process loaded after attach (`dlopen`) are found here.
+pub fn mapped_allocator_libraries(maps: &str) -> Vec<PathBuf> {
+    let mut libraries: Vec<PathBuf> = Vec::new();
+    for object in mapped_code(maps) {
+        if is_allocator_library(file_name(&object)) && !libraries.contains(&object) {
+            libraries.push(object);
+        }
+    }
+    libraries
+}
+
+/// Every allocator in library `object` of process `pid`, read through its `/proc/PID/root`
+/// (a library mapped after attach: its `malloc`, if it has one, is not the process's, but
+/// whoever loaded it calls it by its own names or through `dlsym`).
+pub fn in_library(pid: u32, object: &Path) -> Result<Vec<FoundAllocator>, NativeError> {
+    let host_path =
+        PathBuf::from(format!("/proc/{pid}/root")).join(object.strip_prefix("/").unwrap_or(object));
+    let data =
+        crate::files::read_regular(&host_path, crate::files::MAX_EXECUTABLE).map_err(|source| {
+            NativeError::Read {
+                path: object.display().to_string(),
+                source,
+            }
+        })?;
+    let file = object::File::parse(data.as_slice()).map_err(|error| NativeError::NotElf {
+        path: object.display().to_string(),
+        detail: error.to_string(),
+    })?;
+    Ok(allocator::allocators_in(&file)
+        .into_iter()
+        .map(|allocator| FoundAllocator {
+            object: object.to_owned(),
+            host_path: host_path.clone(),
+            in_executable: false,
+            tails: tails::tail_from(&file, &allocator.entry_points),
+            allocator,
+        })
+        .collect())
+}
+
 /// The files mapped executable in a `/proc/PID/maps` listing, in address order; deleted ones
 /// (a library upgraded under a running process) left out, as their path is no longer theirs.
 fn mapped_code(maps: &str) -> Vec<PathBuf> {

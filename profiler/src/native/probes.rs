@@ -75,11 +75,11 @@ pub fn shape(
     }
 }
 
-/// By entry point index (numbered across `allocators`, in order), the entry points that may
-/// tail-jump into it (`native::tails`), for `NATIVE_TAIL_FROM`.
-fn tail_table(allocators: &[FoundAllocator]) -> Vec<(u32, u64)> {
+/// By entry point index (numbered across `allocators`, in order, from `first`), the entry
+/// points that may tail-jump into it (`native::tails`), for `NATIVE_TAIL_FROM`.
+fn tail_table(allocators: &[FoundAllocator], first: u32) -> Vec<(u32, u64)> {
     let mut table = Vec::new();
-    let mut base = 0u32;
+    let mut base = first;
     for found in allocators {
         let count = found.allocator.entry_points.len() as u32;
         if dedicated(found) {
@@ -227,6 +227,21 @@ pub struct NativePlan {
     tail_from: Vec<(u32, u64)>,
     /// C++'s `operator new`s, where they are mapped (`NATIVE_WRAPPERS`).
     wrappers: Vec<super::wrappers::Wrapper>,
+    /// Entry points numbered so far (`CallShape::index`), across allocators.
+    next_index: u32,
+    /// The `ProbePoint::object` of `libraries[0]`.
+    first_library: u8,
+}
+
+/// The probes of an allocator library mapped after attach (`NativePlan::add_library`).
+#[derive(Clone, Debug)]
+pub struct LibraryProbes {
+    /// Its allocators, by `CallShape::allocator`.
+    pub allocators: std::ops::Range<usize>,
+    /// Their points (`ProbePoint::object` left for the probes' owner to set).
+    pub points: Vec<ProbePoint>,
+    /// Their entries of `NATIVE_TAIL_FROM`.
+    pub tail_from: Vec<(u32, u64)>,
 }
 
 /// Where an entry point named `function` goes in the order its probes are removed: `malloc`
@@ -271,6 +286,7 @@ impl NativePlan {
     pub fn new(pid: u32, allocators: &[FoundAllocator], first_library: u8, inuse: bool) -> Self {
         let mut plan = Self {
             inuse,
+            first_library,
             ..Self::default()
         };
         let kept = &allocators[..allocators.len().min(MAX_ALLOCATORS as usize)];
@@ -281,9 +297,7 @@ impl NativePlan {
                 skipped.object.display()
             );
         }
-        // Entry points are numbered across the process's allocators (`tail_table`).
-        let mut next_index = 0u32;
-        for (allocator, found) in kept.iter().enumerate() {
+        for found in kept {
             let object = if found.in_executable {
                 crate::probes::stw::EXECUTABLE
             } else {
@@ -299,39 +313,8 @@ impl NativePlan {
                     }
                 }
             };
-            plan.allocators.push(CountedAllocator {
-                kind: found.allocator.kind,
-                object: found.object.clone(),
-            });
-            for entry in &found.allocator.entry_points {
-                let index = match u8::try_from(next_index) {
-                    Ok(index) if next_index < MAX_ENTRY_POINTS => index,
-                    _ => NO_INDEX,
-                };
-                next_index += 1;
-                let shape = shape(
-                    entry,
-                    found.allocator.kind,
-                    found.allocator.prefix,
-                    allocator as u8,
-                    index,
-                );
-                let point = ProbePoint {
-                    program: NATIVE_CALL,
-                    function: intern(&entry.function),
-                    address: entry.address,
-                    file_offset: entry.file_offset,
-                    cookie: shape.encode(),
-                    object,
-                };
-                plan.points.push(point);
-                if inuse && entry.role != Role::Frees {
-                    plan.points.push(ProbePoint {
-                        program: NATIVE_RETURN,
-                        ..point
-                    });
-                }
-            }
+            let points = plan.add_allocator(found, object);
+            plan.points.extend(points);
         }
         // Probes come off in this order, one after another at about 0.1 s each, firing until
         // then: the busiest first.
@@ -343,9 +326,114 @@ impl NativePlan {
             .map(|found| found.object.clone())
             .collect();
         plan.own_code = own_code(pid, &plan.dedicated);
-        plan.tail_from = tail_table(kept);
+        plan.tail_from = tail_table(kept, 0);
         plan.wrappers = super::wrappers::find(pid, true);
         plan
+    }
+
+    /// Count `found` as allocator number `self.allocators.len()`, its entry points numbered
+    /// on from the last allocator's (`tail_table`); its points, in file `object`.
+    fn add_allocator(&mut self, found: &FoundAllocator, object: u8) -> Vec<ProbePoint> {
+        let allocator = self.allocators.len() as u8;
+        self.allocators.push(CountedAllocator {
+            kind: found.allocator.kind,
+            object: found.object.clone(),
+        });
+        let mut points = Vec::new();
+        for entry in &found.allocator.entry_points {
+            let index = match u8::try_from(self.next_index) {
+                Ok(index) if self.next_index < MAX_ENTRY_POINTS => index,
+                _ => NO_INDEX,
+            };
+            self.next_index += 1;
+            let shape = shape(
+                entry,
+                found.allocator.kind,
+                found.allocator.prefix,
+                allocator,
+                index,
+            );
+            let point = ProbePoint {
+                program: NATIVE_CALL,
+                function: intern(&entry.function),
+                address: entry.address,
+                file_offset: entry.file_offset,
+                cookie: shape.encode(),
+                object,
+            };
+            points.push(point);
+            if self.inuse && entry.role != Role::Frees {
+                points.push(ProbePoint {
+                    program: NATIVE_RETURN,
+                    ..point
+                });
+            }
+        }
+        points
+    }
+
+    /// Count the allocators of a library process `pid` mapped after attach (`dlopen`), after
+    /// those counted so far; `None` when no more fit (`MAX_ALLOCATORS`), said so.
+    pub fn add_library(&mut self, pid: u32, found: &[FoundAllocator]) -> Option<LibraryProbes> {
+        let first = self.allocators.len();
+        if first + found.len() > MAX_ALLOCATORS as usize {
+            if let Some(library) = found.first() {
+                tracing::warn!(
+                    "PID {pid}: more than {MAX_ALLOCATORS} allocators; {} in {} (mapped since \
+                     attach) is not counted",
+                    library.allocator.kind.label(),
+                    library.object.display()
+                );
+            }
+            return None;
+        }
+        let first_index = self.next_index;
+        let mut points = Vec::new();
+        for allocator in found {
+            points.extend(self.add_allocator(allocator, 0));
+        }
+        points.sort_by_key(|point| busiest_first(point.function, found));
+        self.dedicated.extend(
+            found
+                .iter()
+                .filter(|library| dedicated(library))
+                .map(|library| library.object.clone()),
+        );
+        Some(LibraryProbes {
+            allocators: first..self.allocators.len(),
+            points,
+            tail_from: tail_table(found, first_index),
+        })
+    }
+
+    /// The points planned at attach in the library mapscope attaches to at `host_path`.
+    pub fn library_points(&self, host_path: &std::path::Path) -> Vec<ProbePoint> {
+        let Some(index) = self.libraries.iter().position(|known| known == host_path) else {
+            return Vec::new();
+        };
+        let object = self.first_library + index as u8;
+        self.points
+            .iter()
+            .filter(|point| point.object == object)
+            .copied()
+            .collect()
+    }
+
+    /// The allocator libraries probed at attach (not the C library, nor an executable): as
+    /// the process names them, and where mapscope attaches to them.
+    pub fn dedicated_libraries(&self) -> Vec<PathBuf> {
+        self.dedicated.clone()
+    }
+
+    /// A library's allocators are unmapped (`dlclose`) or mapped again: their code is no
+    /// longer, or again, the allocator's own (`refresh_own_code`).
+    pub fn library_mapped(&mut self, object: &std::path::Path, mapped: bool) {
+        let known = self.dedicated.iter().any(|library| library == object);
+        if mapped && !known {
+            self.dedicated.push(object.to_owned());
+        } else if !mapped {
+            self.dedicated.retain(|library| library != object);
+        }
     }
 
     /// Whether C++'s `operator new` was found mapped (not in a C program; not yet in a
@@ -385,7 +473,13 @@ impl NativePlan {
         table: &mut aya::maps::Array<MapData, [u64; 2]>,
     ) -> bool {
         self.own_code = own_code(pid, &self.dedicated);
-        for (index, range) in (0..MAX_OWN_CODE).zip(&self.own_code) {
+        // The slots past them emptied: a library unmapped since must not stay.
+        let ranges = self
+            .own_code
+            .iter()
+            .copied()
+            .chain(std::iter::repeat([0, 0]));
+        for (index, range) in (0..MAX_OWN_CODE).zip(ranges) {
             if let Err(error) = table.set(index, range, 0) {
                 tracing::warn!("PID {pid}: cannot fill NATIVE_OWN_CODE: {error}");
                 return false;

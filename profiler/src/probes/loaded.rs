@@ -77,6 +77,8 @@ pub struct NativeMaps {
     pub own_code: aya::maps::Array<MapData, [u64; 2]>,
     /// C++'s `operator new`s, filled again once they are mapped.
     pub wrappers: aya::maps::Array<MapData, [u64; 3]>,
+    /// Which entry points tail-jump into which, extended for libraries mapped later.
+    pub tail_from: aya::maps::Array<MapData, u64>,
     /// The two sample tables, and the switch that says which one the probes fill.
     pub samples: [HashMap<MapData, NativeSampleKey, u64>; 2],
     pub filling: aya::maps::Array<MapData, u32>,
@@ -210,16 +212,24 @@ impl AttachedProbes {
                         WindowedProbes {
                             ebpf: Arc::downgrade(&self.ebpf),
                             pid: self.pid,
-                            objects: Arc::clone(&self.objects),
+                            objects: self.objects.to_vec(),
+                            first_added: self.objects.len(),
                             points: Vec::new(),
                             links: Vec::new(),
+                            on: true,
+                            changes: None,
                         },
                     ));
                     families.len() - 1
                 }
             };
             let probes = &mut families[index].1;
-            probes.links.push((point.cookie, point.program, link));
+            probes.links.push(Link {
+                cookie: point.cookie,
+                program: point.program,
+                object: point.object,
+                id: link,
+            });
             probes.points.push(point);
         }
         families
@@ -234,9 +244,12 @@ impl AttachedProbes {
         (!self.windowed.is_empty()).then(|| WindowedProbes {
             ebpf: Arc::downgrade(&self.ebpf),
             pid: self.pid,
-            objects: Arc::clone(&self.objects),
+            objects: self.objects.to_vec(),
+            first_added: self.objects.len(),
             points: self.windowed.clone(),
             links: Vec::new(),
+            on: false,
+            changes: None,
         })
     }
 
@@ -312,6 +325,7 @@ impl AttachedProbes {
             counts: self.take("NATIVE_COUNTS")?,
             own_code: self.take("NATIVE_OWN_CODE")?,
             wrappers: self.take("NATIVE_WRAPPERS")?,
+            tail_from: self.take("NATIVE_TAIL_FROM")?,
             samples: [self.take(first)?, self.take(second)?],
             filling: self.take("NATIVE_SAMPLES_FILLING")?,
             stacks: self.take("NATIVE_STACKS")?,
@@ -501,16 +515,90 @@ fn trap_kinds(
     kinds
 }
 
-/// Probes of a target's object attached for a window now and then (map discovery): each
-/// window only attaches and detaches uprobes of programs loaded with the object. Holds the
-/// object weakly: once the target's probes are detached, attaching fails and nothing leaks.
+/// Probes of a target's object attached for a window now and then (map discovery), or those
+/// of a family its owner takes off and puts back (the overhead governor), or keeps on while
+/// adding and removing some (the native allocators of libraries mapped and unmapped later).
+/// Only attaches and detaches uprobes of programs loaded with the object, and holds the object
+/// weakly: once the target's probes are detached, attaching fails and nothing leaks.
 pub struct WindowedProbes {
     ebpf: std::sync::Weak<Mutex<Ebpf>>,
     pid: u32,
-    objects: Objects,
+    /// The files its points go in, by `ProbePoint::object`: the target's, then those added.
+    objects: Vec<std::path::PathBuf>,
+    /// Where the files added after attach begin in `objects`.
+    first_added: usize,
     points: Vec<ProbePoint>,
-    /// Each attached probe's cookie, program and link.
-    links: Vec<(u64, &'static str, UProbeLinkId)>,
+    links: Vec<Link>,
+    /// Whether its owner has it on: attached, or between `attach` and `detach`. Points added
+    /// while on are attached at once.
+    on: bool,
+    /// Points to add or remove, queued by whoever finds them (`apply_changes`).
+    changes: Option<ProbeChanges>,
+}
+
+/// One attached probe.
+struct Link {
+    /// Its cookie (the probe index is in bits 16–23: `detach_busiest_first`).
+    cookie: u64,
+    program: &'static str,
+    /// Its file, by index in `WindowedProbes::objects`.
+    object: u8,
+    id: UProbeLinkId,
+}
+
+/// A change to a family's probes after attach: a library mapped later gets probes of its
+/// own, and loses them once it is unmapped (a uprobe stays on its file while mapscope holds
+/// it, firing in no process but keeping the file and the probe alive).
+#[derive(Debug)]
+pub enum ProbeChange {
+    /// Probe `points` in the file at `object` (their `ProbePoint::object` is ignored).
+    Add {
+        object: std::path::PathBuf,
+        points: Vec<ProbePoint>,
+    },
+    /// Remove every probe in the file at `object`.
+    Remove { object: std::path::PathBuf },
+}
+
+/// A queue of `ProbeChange`s: filled by the collector that watches the target's mappings,
+/// applied by the owner of the family's `WindowedProbes`, which is woken for them.
+#[derive(Clone, Default)]
+pub struct ProbeChanges(Arc<(Mutex<Vec<ProbeChange>>, tokio::sync::Notify)>);
+
+impl ProbeChanges {
+    pub fn push(&self, change: ProbeChange) {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(change);
+        self.0.1.notify_one();
+    }
+
+    fn take(&self) -> Vec<ProbeChange> {
+        std::mem::take(
+            &mut *self
+                .0
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Whether changes wait to be applied.
+    pub fn pending(&self) -> bool {
+        !self
+            .0
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Resolves once a change is pushed (or was, since the last wait).
+    pub async fn pushed(&self) {
+        self.0.1.notified().await;
+    }
 }
 
 /// Stops the log drain when dropped.
@@ -528,21 +616,44 @@ impl WindowedProbes {
         self.points.len()
     }
 
-    /// Whether the probes are attached now.
+    /// Whether the probes are on now.
     pub fn attached(&self) -> bool {
-        !self.links.is_empty()
+        self.on
     }
 
-    /// Attach every point; on a failure, detach those attached and say why.
+    /// Take changes from `changes` from now on (`apply_changes`).
+    pub fn follow(&mut self, changes: ProbeChanges) {
+        self.changes = Some(changes);
+    }
+
+    /// The queue it takes changes from, if any.
+    pub fn changes(&self) -> Option<&ProbeChanges> {
+        self.changes.as_ref()
+    }
+
+    /// Attach every point (the changes queued first applied); on a failure, detach those
+    /// attached and say why. A point added later that fails (its file gone) is dropped, and
+    /// the rest go on.
     pub fn attach(&mut self) -> Result<(), LoadError> {
         self.detach();
+        self.apply_changes();
         let Some(ebpf) = self.ebpf.upgrade() else {
             return Err(LoadError::Detached);
         };
         let mut ebpf = lock(&ebpf);
+        let mut failed_late: Vec<u8> = Vec::new();
         for point in &self.points {
             match attach_point(&mut ebpf, self.pid, &self.objects, point) {
-                Ok(link) => self.links.push((point.cookie, point.program, link)),
+                Ok(id) => self.links.push(Link {
+                    cookie: point.cookie,
+                    program: point.program,
+                    object: point.object,
+                    id,
+                }),
+                Err(error) if self.is_late(point.object) => {
+                    tracing::debug!("PID {}: {error}; its library's probes dropped", self.pid);
+                    failed_late.push(point.object);
+                }
                 Err(error) => {
                     drop(ebpf);
                     self.detach();
@@ -550,7 +661,18 @@ impl WindowedProbes {
                 }
             }
         }
+        drop(ebpf);
+        self.on = true;
+        for object in failed_late {
+            self.remove_object(object);
+        }
         Ok(())
+    }
+
+    /// Whether file `object` was added after attach (`ProbeChange::Add`): the files added come
+    /// after the target's own.
+    fn is_late(&self, object: u8) -> bool {
+        usize::from(object) >= self.first_added
     }
 
     /// Remove the window's uprobes; the kernel restores the original instructions.
@@ -563,24 +685,103 @@ impl WindowedProbes {
     /// after another (the kernel serializes them), while the probes not yet removed keep
     /// firing: 13 probes stay on for 1.4 s after the window, and the busy ones must not be last.
     pub fn detach_busiest_first(&mut self, hits: &[u64]) {
-        let mut links = std::mem::take(&mut self.links);
+        self.on = false;
+        let links = std::mem::take(&mut self.links);
+        self.detach_links(links, hits);
+    }
+
+    fn detach_links(&self, mut links: Vec<Link>, hits: &[u64]) {
         let Some(ebpf) = self.ebpf.upgrade() else {
             // The object is gone, and its links with it.
             return;
         };
-        links.sort_by_key(|(cookie, _, _)| {
+        links.sort_by_key(|link| {
             std::cmp::Reverse(
-                hits.get(((cookie >> 16) & 0xff) as usize)
+                hits.get(((link.cookie >> 16) & 0xff) as usize)
                     .copied()
                     .unwrap_or(0),
             )
         });
         let mut ebpf = lock(&ebpf);
-        for (_, program, link) in links {
-            if let Ok(program) = uprobe(&mut ebpf, program) {
-                let _ = program.detach(link);
+        for link in links {
+            if let Ok(program) = uprobe(&mut ebpf, link.program) {
+                let _ = program.detach(link.id);
             }
         }
+    }
+
+    /// Apply the changes queued (`follow`): a file's points added (attached at once if the
+    /// probes are on), or removed with their probes. Blocks while the kernel removes them.
+    pub fn apply_changes(&mut self) {
+        let Some(changes) = self.changes.as_ref().map(ProbeChanges::take) else {
+            return;
+        };
+        for change in changes {
+            match change {
+                ProbeChange::Add { object, points } => self.add(object, points),
+                ProbeChange::Remove { object } => {
+                    if let Some(index) = self.objects.iter().position(|known| *known == object) {
+                        self.remove_object(index as u8);
+                    }
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, object: std::path::PathBuf, points: Vec<ProbePoint>) {
+        let index = match self.objects.iter().position(|known| *known == object) {
+            Some(index) => index,
+            None => {
+                self.objects.push(object);
+                self.objects.len() - 1
+            }
+        };
+        let Ok(index) = u8::try_from(index) else {
+            tracing::warn!(
+                "PID {}: too many probed files; a library left out",
+                self.pid
+            );
+            return;
+        };
+        let points: Vec<ProbePoint> = points
+            .into_iter()
+            .map(|point| ProbePoint {
+                object: index,
+                ..point
+            })
+            .collect();
+        // Not twice: a library mapped again after it was removed comes back once.
+        self.remove_object(index);
+        if self.on
+            && let Some(ebpf) = self.ebpf.upgrade()
+        {
+            let mut ebpf = lock(&ebpf);
+            for point in &points {
+                match attach_point(&mut ebpf, self.pid, &self.objects, point) {
+                    Ok(id) => self.links.push(Link {
+                        cookie: point.cookie,
+                        program: point.program,
+                        object: index,
+                        id,
+                    }),
+                    Err(error) => {
+                        // Unmapped and gone already: its removal follows.
+                        tracing::debug!("PID {}: {error}", self.pid);
+                    }
+                }
+            }
+        }
+        self.points.extend(points);
+    }
+
+    /// Remove file `object`'s points, and detach their probes.
+    fn remove_object(&mut self, object: u8) {
+        self.points.retain(|point| point.object != object);
+        let (gone, kept) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|link| link.object == object);
+        self.links = kept;
+        self.detach_links(gone, &[]);
     }
 }
 

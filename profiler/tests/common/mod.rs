@@ -808,3 +808,34 @@ pub fn kernel_allocates_on_demand() -> bool {
         .map(|part| part.parse::<u32>().unwrap_or(0));
     (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (6, 1)
 }
+
+/// mapscope's handles on attached probes: a perf event and a BPF link for each. The kernel
+/// removes a uprobe when the last of them closes.
+pub fn probe_handles(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|link| {
+            let link = link.to_string_lossy();
+            link == "anon_inode:[perf_event]" || link == "anon_inode:bpf_link"
+        })
+        .count()
+}
+
+/// `probe_handles(pid)` once it has held for a second (15 s at most): the count in passing
+/// (a detach closes its handles one by one) would prove nothing.
+pub fn settled_probe_handles(pid: u32) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut count = probe_handles(pid);
+    let mut since = std::time::Instant::now();
+    while since.elapsed() < Duration::from_secs(1) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = probe_handles(pid);
+        if now != count {
+            (count, since) = (now, std::time::Instant::now());
+        }
+    }
+    count
+}
