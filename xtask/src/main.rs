@@ -119,7 +119,8 @@ fn test(filter: Option<String>) -> Result<()> {
     // The daemon's endpoint tests make a certificate and speak TLS with these; the maps page is
     // checked in a real headless browser; binutils' strip makes symbol-less twins (and its nm
     // is the native tests' ground truth); g++ builds the C++ fixture; the C allocators that
-    // replace glibc's.
+    // replace glibc's; Redis, a real server on Debian's jemalloc (with its client and
+    // benchmark).
     setup::debian_packages(&[
         "openssl",
         "curl",
@@ -131,6 +132,7 @@ fn test(filter: Option<String>) -> Result<()> {
         "libjemalloc2",
         "libtcmalloc-minimal4",
         "libmimalloc2.0",
+        "redis-tools",
     ])?;
     let go_list = toolchains
         .iter()
