@@ -151,7 +151,8 @@ fn lock(ebpf: &Mutex<Ebpf>) -> std::sync::MutexGuard<'_, Ebpf> {
 impl AttachedProbes {
     /// Load the programs of `points` and `windowed`, and attach every one of `points`, for
     /// `pid` only; `windowed` stay loaded for `windowed()`, and the links of the `governed`
-    /// families are kept for `governed()`. `small_tables`: tables of the object sized to
+    /// families are kept for `governed()` (those the overhead governor holds, and the native
+    /// family, whose probes change with the libraries the target maps). `small_tables`: tables of the object sized to
     /// `SMALL_TABLE` entries (those of a family that should find nothing to count). `native`:
     /// what the native allocation probes must know before the first of them fires.
     pub fn attach(
@@ -199,8 +200,8 @@ impl AttachedProbes {
         self.trap_kinds
     }
 
-    /// The probes of each governed family, attached, for the governor to take off and put back
-    /// (by family); each family once.
+    /// The probes of each family whose links were kept, attached, for the governor to take off
+    /// and put back, or for their collector to change (by family); each family once.
     pub fn governed(&mut self) -> Vec<(u32, WindowedProbes)> {
         let mut families: Vec<(u32, WindowedProbes)> = Vec::new();
         for (family, point, link) in std::mem::take(&mut self.governed) {
