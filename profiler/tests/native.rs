@@ -354,6 +354,75 @@ fn every_call_the_program_makes_is_counted_once() {
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
+/// A Rust program counts exactly as a C one: its global allocator (the system's, as every
+/// Rust program's by default) reaches glibc's `malloc`, `calloc`, `realloc` and `free`, and
+/// `testdata/rust/allocs.rs` wraps it to count what the program asks for, from two threads
+/// (boxes, growing vectors, formatted strings, zeroed buffers, a hash map). Its sites are the
+/// allocator's direct callers: the program's own functions where the standard library's
+/// allocating code is inlined into them.
+#[test]
+#[ignore = "needs root and rustc: run `cargo xtask test`"]
+fn a_rust_program_is_counted_exactly() {
+    let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rust");
+    std::fs::create_dir_all(&folder).unwrap();
+    let binary = folder.join("allocs-rs");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/rust/allocs.rs");
+    // The compiler beside the cargo that builds the tests.
+    let rustc = Path::new(env!("CARGO")).with_file_name("rustc");
+    let built = Command::new(if rustc.exists() {
+        rustc.as_path()
+    } else {
+        Path::new("rustc")
+    })
+    .args(["-O", "-g", "--edition", "2024", "-o"])
+    .arg(&binary)
+    .arg(&source)
+    .output()
+    .unwrap();
+    assert!(
+        built.status.success(),
+        "rustc: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut program = Fixture::start(&binary, None);
+    let pid = program.pid();
+    let mapscope = Mapscope::attach_unbudgeted(pid);
+    mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+        metrics.has("mapscope_native_alloc_objects_total")
+    });
+    let before = settled_totals(&mapscope, pid, "glibc");
+    let mut asked = [0.0; 3];
+    for round in 1..=2 {
+        let this: AskedFor = program.command("go");
+        for (total, n) in asked.iter_mut().zip([this.objects, this.bytes, this.frees]) {
+            *total += n as f64;
+        }
+        let expected = [
+            before[0] + asked[0],
+            before[1] + asked[1],
+            before[2] + asked[2],
+        ];
+        let counted = native_totals(
+            &mapscope.scrape_until(Duration::from_secs(10), |metrics| {
+                native_totals(metrics, pid, "glibc")[..3] == expected
+            }),
+            pid,
+            "glibc",
+        );
+        println!("Rust, round {round}: mapscope {counted:?}, the program {expected:?}");
+        assert_eq!(
+            counted[..3],
+            expected,
+            "round {round}: objects, bytes, frees"
+        );
+    }
+    let sites = site_bytes(&mapscope.scrape(), pid);
+    assert!(
+        sites.keys().any(|site| site.starts_with("allocs::work")),
+        "the program's own function is no site: {sites:?}"
+    );
+}
+
 /// What `plugin.c` says of its library after loading or unloading it.
 #[derive(Debug, serde::Deserialize)]
 struct Mapped {
