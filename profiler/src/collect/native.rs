@@ -143,12 +143,12 @@ struct WatchedLibrary {
     probed: bool,
 }
 
-/// The native probes' owner, when the overhead governor does not hold them (continuous mode,
-/// `--native-inuse`): the collector applies its own changes.
+/// Where the collector sends the changes the libraries it watches make to the native probes.
 pub struct LibraryWatch {
-    /// Where the changes to the native probes go.
+    /// The queue the probes' holder follows.
     pub changes: ProbeChanges,
-    /// The probes, when this collector owns them.
+    /// The probes, when the collector holds them (the overhead governor does not: continuous
+    /// mode, `--native-inuse`), and applies its changes itself.
     pub probes: Option<WindowedProbes>,
 }
 
@@ -231,7 +231,9 @@ impl NativeCollector {
             libraries,
             watch: None,
             // The first read comes a second after attach, as the counts' first.
-            libraries_read: std::time::Instant::now() - LIBRARIES_EVERY + READ_EVERY,
+            libraries_read: std::time::Instant::now()
+                .checked_sub(LIBRARIES_EVERY - READ_EVERY)
+                .unwrap_or_else(std::time::Instant::now),
             wrappers,
             pid,
             metrics,

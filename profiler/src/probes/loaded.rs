@@ -152,9 +152,10 @@ impl AttachedProbes {
     /// Load the programs of `points` and `windowed`, and attach every one of `points`, for
     /// `pid` only; `windowed` stay loaded for `windowed()`, and the links of the `governed`
     /// families are kept for `governed()` (those the overhead governor holds, and the native
-    /// family, whose probes change with the libraries the target maps). `small_tables`: tables of the object sized to
-    /// `SMALL_TABLE` entries (those of a family that should find nothing to count). `native`:
-    /// what the native allocation probes must know before the first of them fires.
+    /// family, whose probes change with the libraries the target maps). `small_tables`: tables
+    /// of the object sized to `SMALL_TABLE` entries (those of a family that should find nothing
+    /// to count). `native`: what the native allocation probes must know before the first of
+    /// them fires.
     pub fn attach(
         pid: u32,
         objects: Objects,
