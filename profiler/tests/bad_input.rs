@@ -254,7 +254,7 @@ fn run_with_missing_command() {
 #[test]
 #[ignore = "needs root and gcc: run `cargo xtask test`"]
 fn run_with_a_command_that_never_becomes_profilable() {
-    let binary = common::build_c(
+    let binary = common::build_fixture(
         "noalloc.c",
         "noalloc-exits",
         &["-O1", "-nostdlib", "-static", "-DEXIT_AT_ONCE"],

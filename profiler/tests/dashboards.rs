@@ -226,7 +226,7 @@ fn every_dashboard_query_returns_data() {
             let exe = format!("{}-{}", spec.name, std::process::id());
             let binary = copies.path().join(&exe);
             let built = match spec.program.strip_prefix("c:") {
-                Some(source) => common::build_c(
+                Some(source) => common::build_fixture(
                     source,
                     spec.name,
                     &["-O1", "-g", "-fno-builtin", "-pthread"],

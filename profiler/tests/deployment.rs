@@ -1161,7 +1161,7 @@ fn short_log(extra: &[&str], env: &[(&str, &str)], terminal: bool) -> String {
     args.extend(extra);
     // A command mapscope cannot profile (no Go runtime, no C allocator) that ends at once: an
     // info line while it runs, then the one-line error, and no summary on standard output.
-    let command = common::build_c(
+    let command = common::build_fixture(
         "noalloc.c",
         "noalloc-exits",
         &["-O1", "-nostdlib", "-static", "-DEXIT_AT_ONCE"],

@@ -210,7 +210,8 @@ fn too_old_go_is_reported_not_refused() {
 fn non_go_corrupt_and_missing_files_are_one_line_errors() {
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), b"\x7fELF but not really an ELF file at all").unwrap();
-    let no_allocator = common::build_c("no_allocator.c", "no-allocator", &["-nostdlib", "-static"]);
+    let no_allocator =
+        common::build_fixture("no_allocator.c", "no-allocator", &["-nostdlib", "-static"]);
     for (path, words) in [
         (
             no_allocator.to_str().unwrap(),

@@ -111,7 +111,7 @@ fn system_library(library: &str) -> PathBuf {
 #[test]
 #[ignore = "needs gcc and binutils: run `cargo xtask test`"]
 fn a_dynamic_c_program_allocates_through_the_c_library() {
-    let binary = common::build_c("waiter.c", "waiter", &["-O1"]);
+    let binary = common::build_fixture("waiter.c", "waiter", &["-O1"]);
     let libc = system_library("libc.so.6");
     let report = inspect_json(&[binary.to_str().unwrap()]);
     assert_eq!(report["go_version"], Value::Null);
@@ -128,7 +128,7 @@ fn a_dynamic_c_program_allocates_through_the_c_library() {
 #[test]
 #[ignore = "needs gcc and binutils: run `cargo xtask test`"]
 fn a_static_c_program_carries_its_allocator() {
-    let binary = common::build_c("waiter.c", "waiter-static", &["-O1", "-static"]);
+    let binary = common::build_fixture("waiter.c", "waiter-static", &["-O1", "-static"]);
     let report = inspect_json(&[binary.to_str().unwrap()]);
     check_allocator(&report, "glibc", &binary, true);
     let waiter = Fixture::start(&binary, None);
@@ -143,7 +143,7 @@ fn a_static_c_program_carries_its_allocator() {
 #[test]
 #[ignore = "needs Debian's allocator packages: run `cargo xtask test`"]
 fn replacement_allocators_are_found_by_their_own_symbols() {
-    let binary = common::build_c("waiter.c", "waiter", &["-O1"]);
+    let binary = common::build_fixture("waiter.c", "waiter", &["-O1"]);
     for (library, kind, own) in [
         ("libjemalloc.so.2", "jemalloc", &["mallocx", "sdallocx"][..]),
         ("libtcmalloc_minimal.so.4", "tcmalloc", &["_Znwm"][..]),
@@ -251,7 +251,7 @@ impl Fixture {
 }
 
 fn build_allocs() -> PathBuf {
-    common::build_c("allocs.c", "allocs", &["-O1", "-fno-builtin", "-pthread"])
+    common::build_fixture("allocs.c", "allocs", &["-O1", "-fno-builtin", "-pthread"])
 }
 
 /// mapscope's native totals for `pid`'s allocator `allocator`: objects, bytes, frees, and
@@ -298,7 +298,7 @@ fn settled_totals(mapscope: &Mapscope, pid: u32, allocator: &str) -> [f64; 5] {
 #[ignore = "needs root, gcc and Debian's allocators: run `cargo xtask test`"]
 fn every_call_the_program_makes_is_counted_once() {
     let binary = build_allocs();
-    let static_binary = common::build_c(
+    let static_binary = common::build_fixture(
         "allocs.c",
         "allocs-static",
         &["-O1", "-fno-builtin", "-pthread", "-static"],
@@ -363,27 +363,8 @@ fn every_call_the_program_makes_is_counted_once() {
 #[test]
 #[ignore = "needs root and rustc: run `cargo xtask test`"]
 fn a_rust_program_is_counted_exactly() {
-    let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rust");
-    std::fs::create_dir_all(&folder).unwrap();
-    let binary = folder.join("allocs-rs");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/rust/allocs.rs");
-    // The compiler beside the cargo that builds the tests.
-    let rustc = Path::new(env!("CARGO")).with_file_name("rustc");
-    let built = Command::new(if rustc.exists() {
-        rustc.as_path()
-    } else {
-        Path::new("rustc")
-    })
-    .args(["-O", "-g", "--edition", "2024", "-o"])
-    .arg(&binary)
-    .arg(&source)
-    .output()
-    .unwrap();
-    assert!(
-        built.status.success(),
-        "rustc: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let binary =
+        common::build_fixture("allocs.rs", "allocs-rs", &["-O", "-g", "--edition", "2024"]);
     let mut program = Fixture::start(&binary, None);
     let pid = program.pid();
     let mapscope = Mapscope::attach_unbudgeted(pid);
@@ -439,7 +420,7 @@ struct Mapped {
 #[test]
 #[ignore = "needs root, gcc and Debian's mimalloc: run `cargo xtask test`"]
 fn an_allocator_library_loaded_later_is_counted_and_its_probes_go_when_it_is_unloaded() {
-    let binary = common::build_c("plugin.c", "plugin", &["-O1"]);
+    let binary = common::build_fixture("plugin.c", "plugin", &["-O1"]);
     let library = system_library("libmimalloc.so.2");
     let args = [library.to_str().unwrap(), "mi_malloc", "mi_free"];
     let mimalloc_series = |metrics: &common::Metrics, pid: u32| {
@@ -499,15 +480,13 @@ fn an_allocator_library_loaded_later_is_counted_and_its_probes_go_when_it_is_unl
                     assert!(!closed.mapped);
                     let opened: Mapped = plugin.command("open");
                     assert!(opened.mapped);
-                    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-                    while common::settled_probe_handles(own) != probed {
-                        assert!(
-                            std::time::Instant::now() < deadline,
-                            "the library loaded again was not probed again: {} handles, {probed} \
-                             the first time",
-                            common::probe_handles(own)
-                        );
-                    }
+                    let again =
+                        common::settled_probe_handles_at(own, probed, Duration::from_secs(20));
+                    assert_eq!(
+                        again, probed,
+                        "the library loaded again was not probed again: {again} handles, \
+                         {probed} the first time"
+                    );
                 }
                 let asked: AskedFor = plugin.command("go");
                 let expected =
@@ -867,7 +846,7 @@ fn run_follows_a_wrapper_to_a_c_program_and_counts_it_exactly() {
 #[test]
 #[ignore = "needs root and gcc: run `cargo xtask test`"]
 fn the_daemon_profiles_a_selected_c_program() {
-    let binary = common::build_c(
+    let binary = common::build_fixture(
         "allocs.c",
         "allocs-daemon",
         &["-O1", "-fno-builtin", "-pthread"],
@@ -1032,7 +1011,7 @@ fn sampled_sites_split_the_bytes_as_the_program_did() {
             true,
         ),
     ] {
-        let binary = common::build_c("sites.c", name, flags);
+        let binary = common::build_fixture("sites.c", name, flags);
         let run = SampledRun::new(&binary, "go 20000", |asked: &SiteBytes| asked.bytes);
         let (asked, metrics, pid) = (&run.asked, &run.metrics, run.pid);
         let by_function = site_bytes(metrics, pid);
@@ -1119,7 +1098,7 @@ struct NewSiteBytes {
 #[test]
 #[ignore = "needs root and g++: run `cargo xtask test`"]
 fn cxx_sites_are_the_callers_of_operator_new() {
-    let binary = common::build_c("newsites.cpp", "newsites", &["-O2", "-g"]);
+    let binary = common::build_fixture("newsites.cpp", "newsites", &["-O2", "-g"]);
     let run = SampledRun::new(&binary, "go 30000", |asked: &NewSiteBytes| {
         asked.orders + asked.notes + asked.spares + asked.blocks
     });
@@ -1172,7 +1151,7 @@ fn live_at(metrics: &common::Metrics, pid: u32, function: &str) -> (f64, f64, f6
 #[test]
 #[ignore = "needs root, gcc and Go toolchains: run `cargo xtask test`"]
 fn the_live_heap_shows_the_leak_and_only_the_leak() {
-    let binary = common::build_c(
+    let binary = common::build_fixture(
         "sites.c",
         "sites-leak",
         &["-O1", "-g", "-fno-builtin", "-pthread"],
@@ -1256,7 +1235,7 @@ fn the_live_heap_shows_the_leak_and_only_the_leak() {
 #[test]
 #[ignore = "needs root, gcc and Go toolchains: run `cargo xtask test`"]
 fn profile_native_writes_a_profile_pprof_opens() {
-    let binary = common::build_c(
+    let binary = common::build_fixture(
         "sites.c",
         "sites-profiled",
         &["-O1", "-g", "-fno-builtin", "-pthread"],
@@ -1297,7 +1276,7 @@ fn profile_native_writes_a_profile_pprof_opens() {
 #[test]
 #[ignore = "needs root and gcc: run `cargo xtask test`"]
 fn a_program_without_an_allocator_is_refused() {
-    let binary = common::build_c("noalloc.c", "noalloc", &["-O1", "-nostdlib", "-static"]);
+    let binary = common::build_fixture("noalloc.c", "noalloc", &["-O1", "-nostdlib", "-static"]);
     let target = ChildGuard(Command::new(&binary).spawn().unwrap());
     let output = Command::new(common::MAPSCOPE)
         .args(["attach", "--pid", &target.0.id().to_string()])

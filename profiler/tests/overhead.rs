@@ -994,19 +994,14 @@ fn the_governor_leaves_no_probe_behind_when_cycling_or_when_its_target_exits_mid
         target.wait().unwrap();
         // Removing them takes the kernel a tenth of a second or more apiece: a pause between
         // two on a loaded machine is no end.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = common::settled_probe_handles(daemon_pid);
-            if left == baseline {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{left} probe handles left after the target exited (the daemon's own: \
-                 {baseline}); daemon log:\n{}",
-                daemon.stderr.all()
-            );
-        }
+        let left = common::settled_probe_handles_at(daemon_pid, baseline, Duration::from_secs(20));
+        assert_eq!(
+            left,
+            baseline,
+            "{left} probe handles left after the target exited (the daemon's own: \
+             {baseline}); daemon log:\n{}",
+            daemon.stderr.all()
+        );
         println!(
             "exit while {}: handles {low}..{high} while cycling, {baseline} after",
             if exit_while_going_back {

@@ -202,12 +202,11 @@ impl NativeCollector {
     ) -> Self {
         let tallies = vec![NativeTally::default(); plan.allocators.len()];
         let wrappers = (!plan.wrappers_found()).then_some((maps.wrappers, WRAPPER_LOOKS));
-        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
         let libraries = plan
             .dedicated_libraries()
             .into_iter()
             .map(|object| {
-                let host_path = root.join(object.strip_prefix("/").unwrap_or(&object));
+                let host_path = crate::native::in_process_root(pid, &object);
                 WatchedLibrary {
                     points: plan.library_points(&host_path),
                     object,
@@ -339,8 +338,7 @@ impl NativeCollector {
 
     /// Plan the probes of allocator library `object`, mapped since attach, and count it.
     fn probe_library(&mut self, object: std::path::PathBuf) -> WatchedLibrary {
-        let host_path = std::path::PathBuf::from(format!("/proc/{}/root", self.pid))
-            .join(object.strip_prefix("/").unwrap_or(&object));
+        let host_path = crate::native::in_process_root(self.pid, &object);
         let mut library = WatchedLibrary {
             object,
             host_path,

@@ -224,6 +224,12 @@ pub fn for_process(
     choose(ordered(executable, libraries))
 }
 
+/// Where mapscope reads (and attaches to) `object` of process `pid`: through its
+/// `/proc/PID/root`, so that an object inside a container is the container's.
+pub fn in_process_root(pid: u32, object: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root")).join(object.strip_prefix("/").unwrap_or(object))
+}
+
 /// The allocator libraries (jemalloc, tcmalloc, mimalloc) whose code a `/proc/PID/maps`
 /// listing maps, each once: those a process loaded after attach (`dlopen`) are found here.
 pub fn mapped_allocator_libraries(maps: &str) -> Vec<PathBuf> {
@@ -240,8 +246,7 @@ pub fn mapped_allocator_libraries(maps: &str) -> Vec<PathBuf> {
 /// (a library mapped after attach: its `malloc`, if it has one, is not the process's, but
 /// whoever loaded it calls it by its own names or through `dlsym`).
 pub fn in_library(pid: u32, object: &Path) -> Result<Vec<FoundAllocator>, NativeError> {
-    let host_path =
-        PathBuf::from(format!("/proc/{pid}/root")).join(object.strip_prefix("/").unwrap_or(object));
+    let host_path = in_process_root(pid, object);
     let data =
         crate::files::read_regular(&host_path, crate::files::MAX_EXECUTABLE).map_err(|source| {
             NativeError::Read {

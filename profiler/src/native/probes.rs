@@ -122,11 +122,10 @@ fn own_code(pid: u32, dedicated: &[PathBuf]) -> Vec<[u64; 2]> {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return Vec::new();
     };
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
     let inodes: Vec<u64> = dedicated
         .iter()
         .filter_map(|object| {
-            std::fs::metadata(root.join(object.strip_prefix("/").unwrap_or(object)))
+            std::fs::metadata(super::in_process_root(pid, object))
                 .ok()
                 .map(|metadata| metadata.ino())
         })

@@ -141,10 +141,11 @@ pub struct AttachedProbes {
 /// libraries of its native allocators, through `/proc/PID/root`.
 pub type Objects = Arc<[std::path::PathBuf]>;
 
-/// The object, even if a thread panicked holding it: aya's state stays consistent between
-/// calls, and the probes must still come off.
-fn lock(ebpf: &Mutex<Ebpf>) -> std::sync::MutexGuard<'_, Ebpf> {
-    ebpf.lock()
+/// The object (or a queue of changes to its probes), even if a thread panicked holding it:
+/// aya's state stays consistent between calls, and the probes must still come off.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -226,12 +227,7 @@ impl AttachedProbes {
                 }
             };
             let probes = &mut families[index].1;
-            probes.links.push(Link {
-                cookie: point.cookie,
-                program: point.program,
-                object: point.object,
-                id: link,
-            });
+            probes.links.push(Link::new(&point, link));
             probes.points.push(point);
         }
         families
@@ -548,6 +544,17 @@ struct Link {
     id: UProbeLinkId,
 }
 
+impl Link {
+    fn new(point: &ProbePoint, id: UProbeLinkId) -> Self {
+        Self {
+            cookie: point.cookie,
+            program: point.program,
+            object: point.object,
+            id,
+        }
+    }
+}
+
 /// A change to a family's probes after attach: a library mapped later gets probes of its
 /// own, and loses them once it is unmapped (a uprobe stays on its file while mapscope holds
 /// it, firing in no process but keeping the file and the probe alive).
@@ -569,32 +576,17 @@ pub struct ProbeChanges(Arc<(Mutex<Vec<ProbeChange>>, tokio::sync::Notify)>);
 
 impl ProbeChanges {
     pub fn push(&self, change: ProbeChange) {
-        self.0
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(change);
+        lock(&self.0.0).push(change);
         self.0.1.notify_one();
     }
 
     fn take(&self) -> Vec<ProbeChange> {
-        std::mem::take(
-            &mut *self
-                .0
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        std::mem::take(&mut *lock(&self.0.0))
     }
 
     /// Whether changes wait to be applied.
     pub fn pending(&self) -> bool {
-        !self
-            .0
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_empty()
+        !lock(&self.0.0).is_empty()
     }
 
     /// Resolves once a change is pushed (or was, since the last wait).
@@ -646,12 +638,7 @@ impl WindowedProbes {
         let mut failed_late: Vec<u8> = Vec::new();
         for point in &self.points {
             match attach_point(&mut ebpf, self.pid, &self.objects, point) {
-                Ok(id) => self.links.push(Link {
-                    cookie: point.cookie,
-                    program: point.program,
-                    object: point.object,
-                    id,
-                }),
+                Ok(id) => self.links.push(Link::new(point, id)),
                 Err(error) if self.is_late(point.object) => {
                     tracing::debug!("PID {}: {error}; its library's probes dropped", self.pid);
                     failed_late.push(point.object);
@@ -760,12 +747,7 @@ impl WindowedProbes {
             let mut ebpf = lock(&ebpf);
             for point in &points {
                 match attach_point(&mut ebpf, self.pid, &self.objects, point) {
-                    Ok(id) => self.links.push(Link {
-                        cookie: point.cookie,
-                        program: point.program,
-                        object: index,
-                        id,
-                    }),
+                    Ok(id) => self.links.push(Link::new(point, id)),
                     Err(error) => {
                         // Unmapped and gone already: its removal follows.
                         tracing::debug!("PID {}: {error}", self.pid);

@@ -164,9 +164,10 @@ pub fn build_go_env(program: &str, version: &str, flags: &[&str], env: &[(&str, 
     output
 }
 
-/// testdata/c/`source` built with gcc (g++ for a `.cpp` file) and `flags` as `name` in the
-/// tests' folder (each name once per test binary).
-pub fn build_c(source: &str, name: &str, flags: &[&str]) -> PathBuf {
+/// A test program: testdata/c/`source` built with gcc (g++ for a `.cpp` file;
+/// testdata/rust/`source` with the rustc beside the cargo that builds the tests, for a `.rs`
+/// file) and `flags` as `name` in the tests' folder (each name once per test binary).
+pub fn build_fixture(source: &str, name: &str, flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap();
     if let Some(path) = built.get(name) {
@@ -175,27 +176,31 @@ pub fn build_c(source: &str, name: &str, flags: &[&str]) -> PathBuf {
     let folder = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c");
     std::fs::create_dir_all(&folder).unwrap();
     let output = folder.join(name);
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/c")
-        .join(source);
-    let compiler = if source
+    let extension = Path::new(source)
         .extension()
-        .is_some_and(|extension| extension == "cpp")
-    {
-        "g++"
-    } else {
-        "gcc"
+        .and_then(|extension| extension.to_str());
+    let rustc = Path::new(env!("CARGO")).with_file_name("rustc");
+    let (folder, compiler) = match extension {
+        Some("cpp") => ("c", Path::new("g++")),
+        Some("rs") if rustc.exists() => ("rust", rustc.as_path()),
+        Some("rs") => ("rust", Path::new("rustc")),
+        _ => ("c", Path::new("gcc")),
     };
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(folder)
+        .join(source);
     let out = Command::new(compiler)
         .args(flags)
         .arg("-o")
         .arg(&output)
         .arg(&source)
         .output()
-        .expect("running gcc");
+        .unwrap_or_else(|error| panic!("running {}: {error}", compiler.display()));
     assert!(
         out.status.success(),
-        "{compiler} {flags:?} {} failed:\n{}",
+        "{} {flags:?} {} failed:\n{}",
+        compiler.display(),
         source.display(),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -822,6 +827,18 @@ pub fn probe_handles(pid: u32) -> usize {
             link == "anon_inode:[perf_event]" || link == "anon_inode:bpf_link"
         })
         .count()
+}
+
+/// `settled_probe_handles(pid)` once it is `wanted` (within `timeout`), or the last count
+/// that held, for the caller to report.
+pub fn settled_probe_handles_at(pid: u32, wanted: usize, timeout: Duration) -> usize {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let count = settled_probe_handles(pid);
+        if count == wanted || std::time::Instant::now() >= deadline {
+            return count;
+        }
+    }
 }
 
 /// `probe_handles(pid)` once it has held for a second (15 s at most): the count in passing
